@@ -1,0 +1,607 @@
+"""Batch-norm kernels: per-channel statistics over (N, C, S) buffers.
+
+Layout: x is C-contiguous (N, C, S), S = product of the spatial dims (S = 1 for (N, C)).
+Two walks cover every shape with both cores busy:
+
+* S > 1 ("rows"): the N*C*S elements are cut into n_threads equal ranges; a thread walks
+  its range row segment by row segment (a row = the S elements of one (n, c)) and keeps
+  per-channel partials. Balanced whatever C is (C = 3 splits as well as C = 512).
+* S = 1 ("cols", (N, C) activations): the N rows are cut into n_threads ranges; a thread
+  works on tiles of ROWS_PER_TILE x COLS_PER_TILE so every SIMD lane is a channel.
+
+Partials are merged per channel in thread order, so results never change from run to
+run for a given thread count. Callers (cnorm.functional) validate shapes and dtypes and
+pass C-contiguous arrays; nothing here checks them again.
+"""
+
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.float cimport FLT_MAX
+from libc.math cimport sqrt
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memset
+
+from ._openmp cimport n_threads_for, split_start as _split
+from ._stats cimport (BLOCK, LANES, _block_stats_f64, chan_merge, floating, segment_stats,
+                      split_mean)
+
+cnp.import_array()
+
+cdef enum:
+    ROWS_PER_TILE = 32      # (N, C) path: rows summed in the input precision per tile
+    COLS_PER_TILE = 1024    # (N, C) path: channels per tile (32 x 1024 float32 = 128 KiB)
+    N_COEF = 5              # per-channel coefficients of the elementwise passes
+
+
+# ---------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------
+
+cdef void _stats_rows(const floating* x,       # IN  (N, C, S) flat
+                      Py_ssize_t C, Py_ssize_t S,
+                      Py_ssize_t e0, Py_ssize_t e1,  # this thread's element range
+                      double* part             # OUT (3, C): count, mean, m2
+                      ) noexcept nogil:
+    cdef Py_ssize_t r = e0 // S, pos = e0, end, c
+    while pos < e1:
+        end = (r + 1) * S
+        if end > e1:
+            end = e1
+        c = r % C
+        segment_stats(x + pos, end - pos, &part[c], &part[C + c], &part[2 * C + c])
+        pos = end
+        r += 1
+
+
+cdef void _stats_cols(const floating* x,       # IN  (N, C)
+                      Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1,
+                      double* part,            # OUT (3, C): count, mean, m2
+                      floating* acc            # scratch (3, COLS_PER_TILE)
+                      ) noexcept nogil:
+    cdef Py_ssize_t b0, nb, c0, nc, n, c, k_b0, k_c0
+    cdef floating* s0 = acc
+    cdef floating* s1 = acc + COLS_PER_TILE
+    cdef floating* s2 = acc + 2 * COLS_PER_TILE
+    cdef const floating* row
+    cdef floating d
+    cdef double mean_b, m2_b, q
+    for k_b0 in range((n1 - n0 + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
+        b0 = n0 + k_b0 * ROWS_PER_TILE
+        nb = n1 - b0 if n1 - b0 < ROWS_PER_TILE else ROWS_PER_TILE
+        for k_c0 in range((C + COLS_PER_TILE - 1) // COLS_PER_TILE):
+            c0 = k_c0 * COLS_PER_TILE
+            nc = C - c0 if C - c0 < COLS_PER_TILE else COLS_PER_TILE
+            for c in range(nc):
+                s0[c] = 0
+                s1[c] = 0
+                s2[c] = 0
+            for n in range(nb):                  # pass 1: rough per-channel means
+                row = x + (b0 + n) * C + c0
+                for c in range(nc):
+                    s0[c] += row[c]
+            for c in range(nc):
+                s0[c] = <floating>(<double>s0[c] / nb)
+            for n in range(nb):                  # pass 2 (from cache): deviations
+                row = x + (b0 + n) * C + c0
+                for c in range(nc):
+                    d = row[c] - s0[c]
+                    s1[c] += d
+                    s2[c] += d * d
+            for c in range(nc):
+                if floating is float and not (s2[c] <= FLT_MAX):
+                    _column_stats_f64(x + b0 * C + c0 + c, nb, C, &mean_b, &m2_b)
+                else:
+                    q = <double>s1[c]
+                    mean_b = s0[c] + q / nb
+                    m2_b = s2[c] - q * q / nb
+                    if m2_b < 0:
+                        m2_b = 0
+                chan_merge(&part[c0 + c], &part[C + c0 + c], &part[2 * C + c0 + c],
+                           <double>nb, mean_b, m2_b)
+
+
+cdef void _column_stats_f64(const floating* x, Py_ssize_t n, Py_ssize_t stride,
+                            double* mean, double* m2) noexcept nogil:
+    """Two-pass float64 statistics of a strided column (float32 overflow fallback)."""
+    cdef Py_ssize_t i
+    cdef double s = 0, d, s1 = 0, s2 = 0, shift
+    for i in range(n):
+        s += x[i * stride]
+    shift = s / n
+    for i in range(n):
+        d = <double>x[i * stride] - shift
+        s1 += d
+        s2 += d * d
+    mean[0] = shift + s1 / n
+    m2[0] = s2 - s1 * s1 / n if s2 > s1 * s1 / n else 0.0
+
+
+cdef int _channel_stats(const floating* x,     # IN  (N, C, S)
+                        Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                        double* mean,          # OUT (C,)
+                        double* var            # OUT (C,) biased variance
+                        ) noexcept nogil:
+    """Per-channel mean and biased variance in one pass over memory. Returns -1 on OOM."""
+    cdef Py_ssize_t E = N * C * S, c
+    cdef int n_threads = n_threads_for(E), t
+    cdef double* part = <double*>calloc(3 * C * n_threads, sizeof(double))
+    cdef floating* acc = NULL
+    cdef double count, mu, m2
+    if part == NULL:
+        return -1
+    if S == 1:
+        acc = <floating*>malloc(3 * COLS_PER_TILE * n_threads * sizeof(floating))
+        if acc == NULL:
+            free(part)
+            return -1
+        for t in prange(n_threads, schedule='static', num_threads=n_threads):
+            _stats_cols(x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads),
+                        part + 3 * C * t, acc + 3 * COLS_PER_TILE * t)
+        free(acc)
+    else:
+        for t in prange(n_threads, schedule='static', num_threads=n_threads):
+            _stats_rows(x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads),
+                        part + 3 * C * t)
+    # merge the thread partials in thread order: deterministic
+    for c in range(C):
+        count = 0
+        mu = 0
+        m2 = 0
+        for t in range(n_threads):
+            chan_merge(&count, &mu, &m2, part[3 * C * t + c], part[3 * C * t + C + c],
+                       part[3 * C * t + 2 * C + c])
+        mean[c] = mu
+        var[c] = m2 / count if count > 0 else 0.0
+    free(part)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# elementwise passes: out = k1 * (a - k0) + k2 * ((x - hi) - lo)
+#   normalize : a = x,  k0 = hi + lo ... written as its own loop (below) for speed
+# ---------------------------------------------------------------------------------------
+
+cdef void _normalize_rows(floating* y, const floating* x, Py_ssize_t C, Py_ssize_t S,
+                          Py_ssize_t e0, Py_ssize_t e1, const floating* coef) noexcept nogil:
+    # coef (N_COEF, C): hi, lo, scale, beta
+    cdef Py_ssize_t r = e0 // S, pos = e0, end, i, c
+    cdef floating hi, lo, scale, beta
+    while pos < e1:
+        end = (r + 1) * S
+        if end > e1:
+            end = e1
+        c = r % C
+        hi = coef[c]
+        lo = coef[C + c]
+        scale = coef[2 * C + c]
+        beta = coef[3 * C + c]
+        for i in range(pos, end):
+            y[i] = ((x[i] - hi) - lo) * scale + beta
+        pos = end
+        r += 1
+
+
+cdef void _normalize_cols(floating* y, const floating* x, Py_ssize_t C,
+                          Py_ssize_t n0, Py_ssize_t n1, const floating* coef) noexcept nogil:
+    cdef Py_ssize_t n, c
+    cdef const floating* hi = coef
+    cdef const floating* lo = coef + C
+    cdef const floating* scale = coef + 2 * C
+    cdef const floating* beta = coef + 3 * C
+    cdef const floating* xr
+    cdef floating* yr
+    for n in range(n0, n1):
+        xr = x + n * C
+        yr = y + n * C
+        for c in range(C):
+            yr[c] = ((xr[c] - hi[c]) - lo[c]) * scale[c] + beta[c]
+
+
+cdef void _normalize(floating* y, const floating* x, Py_ssize_t N, Py_ssize_t C,
+                     Py_ssize_t S, const floating* coef) noexcept nogil:
+    cdef Py_ssize_t E = N * C * S
+    cdef int n_threads = n_threads_for(E), t
+    if S == 1:
+        for t in prange(n_threads, schedule='static', num_threads=n_threads):
+            _normalize_cols(y, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads), coef)
+    else:
+        for t in prange(n_threads, schedule='static', num_threads=n_threads):
+            _normalize_rows(y, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads), coef)
+
+
+cdef void _fill_normalize_coef(floating* coef, Py_ssize_t C, const double* mean,
+                               const double* invstd, const floating* weight,
+                               const floating* bias) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        split_mean(mean[c], &coef[c], &coef[C + c])
+        coef[2 * C + c] = <floating>(invstd[c] * (weight[c] if weight != NULL else 1.0))
+        coef[3 * C + c] = bias[c] if bias != NULL else 0
+
+
+# ---------------------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------------------
+
+cdef void _reduce_rows(const floating* dy, const floating* x, Py_ssize_t C, Py_ssize_t S,
+                       Py_ssize_t e0, Py_ssize_t e1, const floating* coef,
+                       double* part) noexcept nogil:
+    # part (2, C): sum dy, sum dy * (x - mean)
+    cdef Py_ssize_t r = e0 // S, pos = e0, end, i, j, b, len_b, n_vec, c, k_b, k_i
+    cdef floating hi, lo, d
+    cdef floating a1[LANES]
+    cdef floating a2[LANES]
+    cdef double s1, s2
+    while pos < e1:
+        end = (r + 1) * S
+        if end > e1:
+            end = e1
+        c = r % C
+        hi = coef[c]
+        lo = coef[C + c]
+        s1 = 0
+        s2 = 0
+        for k_b in range((end - pos + BLOCK - 1) // BLOCK):
+            b = pos + k_b * BLOCK
+            len_b = end - b if end - b < BLOCK else BLOCK
+            n_vec = len_b - len_b % LANES
+            for j in range(LANES):
+                a1[j] = 0
+                a2[j] = 0
+            for k_i in range(n_vec // LANES):
+                i = b + k_i * LANES
+                for j in range(LANES):
+                    d = (x[i + j] - hi) - lo
+                    a1[j] += dy[i + j]
+                    a2[j] += dy[i + j] * d
+            for i in range(b + n_vec, b + len_b):
+                d = (x[i] - hi) - lo
+                a1[i - b - n_vec] += dy[i]
+                a2[i - b - n_vec] += dy[i] * d
+            for j in range(LANES):
+                s1 += a1[j]
+                s2 += a2[j]
+        part[c] += s1
+        part[C + c] += s2
+        pos = end
+        r += 1
+
+
+cdef void _reduce_cols(const floating* dy, const floating* x, Py_ssize_t C,
+                       Py_ssize_t n0, Py_ssize_t n1, const floating* coef,
+                       double* part, floating* acc) noexcept nogil:
+    cdef Py_ssize_t b0, nb, c0, nc, n, c, k_b0, k_c0
+    cdef const floating* hi = coef
+    cdef const floating* lo = coef + C
+    cdef floating* s1 = acc
+    cdef floating* s2 = acc + COLS_PER_TILE
+    cdef const floating* xr
+    cdef const floating* gr
+    cdef floating d
+    for k_b0 in range((n1 - n0 + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
+        b0 = n0 + k_b0 * ROWS_PER_TILE
+        nb = n1 - b0 if n1 - b0 < ROWS_PER_TILE else ROWS_PER_TILE
+        for k_c0 in range((C + COLS_PER_TILE - 1) // COLS_PER_TILE):
+            c0 = k_c0 * COLS_PER_TILE
+            nc = C - c0 if C - c0 < COLS_PER_TILE else COLS_PER_TILE
+            for c in range(nc):
+                s1[c] = 0
+                s2[c] = 0
+            for n in range(nb):
+                xr = x + (b0 + n) * C + c0
+                gr = dy + (b0 + n) * C + c0
+                for c in range(nc):
+                    d = (xr[c] - hi[c0 + c]) - lo[c0 + c]
+                    s1[c] += gr[c]
+                    s2[c] += gr[c] * d
+            for c in range(nc):
+                part[c0 + c] += s1[c]
+                part[C + c0 + c] += s2[c]
+
+
+cdef int _backward_reduce(const floating* dy, const floating* x,
+                          Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                          const floating* coef,
+                          const double* invstd,
+                          double* sum_dy,        # OUT (C,)
+                          double* sum_dy_xhat    # OUT (C,)
+                          ) noexcept nogil:
+    cdef Py_ssize_t E = N * C * S, c
+    cdef int n_threads = n_threads_for(2 * E), t
+    cdef double* part = <double*>calloc(2 * C * n_threads, sizeof(double))
+    cdef floating* acc = NULL
+    cdef double s1, s2
+    if part == NULL:
+        return -1
+    if S == 1:
+        acc = <floating*>malloc(2 * COLS_PER_TILE * n_threads * sizeof(floating))
+        if acc == NULL:
+            free(part)
+            return -1
+        for t in prange(n_threads, schedule='static', num_threads=n_threads):
+            _reduce_cols(dy, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads),
+                         coef, part + 2 * C * t, acc + 2 * COLS_PER_TILE * t)
+        free(acc)
+    else:
+        for t in prange(n_threads, schedule='static', num_threads=n_threads):
+            _reduce_rows(dy, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads),
+                         coef, part + 2 * C * t)
+    for c in range(C):
+        s1 = 0
+        s2 = 0
+        for t in range(n_threads):
+            s1 += part[2 * C * t + c]
+            s2 += part[2 * C * t + C + c]
+        sum_dy[c] = s1
+        sum_dy_xhat[c] = s2 * invstd[c]
+    free(part)
+    return 0
+
+
+cdef void _grad_input_rows(floating* dx, const floating* dy, const floating* x,
+                           Py_ssize_t C, Py_ssize_t S, Py_ssize_t e0, Py_ssize_t e1,
+                           const floating* coef) noexcept nogil:
+    # coef (N_COEF, C): hi, lo, k1, mean_dy, k2 ; dx = k1 * (dy - mean_dy) + k2 * (x - mean)
+    cdef Py_ssize_t r = e0 // S, pos = e0, end, i, c
+    cdef floating hi, lo, k1, mdy, k2
+    while pos < e1:
+        end = (r + 1) * S
+        if end > e1:
+            end = e1
+        c = r % C
+        hi = coef[c]
+        lo = coef[C + c]
+        k1 = coef[2 * C + c]
+        mdy = coef[3 * C + c]
+        k2 = coef[4 * C + c]
+        for i in range(pos, end):
+            dx[i] = k1 * (dy[i] - mdy) + k2 * ((x[i] - hi) - lo)
+        pos = end
+        r += 1
+
+
+cdef void _grad_input_cols(floating* dx, const floating* dy, const floating* x,
+                           Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1,
+                           const floating* coef) noexcept nogil:
+    cdef Py_ssize_t n, c
+    cdef const floating* hi = coef
+    cdef const floating* lo = coef + C
+    cdef const floating* k1 = coef + 2 * C
+    cdef const floating* mdy = coef + 3 * C
+    cdef const floating* k2 = coef + 4 * C
+    for n in range(n0, n1):
+        for c in range(C):
+            dx[n * C + c] = (k1[c] * (dy[n * C + c] - mdy[c])
+                             + k2[c] * ((x[n * C + c] - hi[c]) - lo[c]))
+
+
+cdef void _grad_input(floating* dx, const floating* dy, const floating* x,
+                      Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                      const floating* coef) noexcept nogil:
+    cdef Py_ssize_t E = N * C * S
+    cdef int n_threads = n_threads_for(2 * E), t
+    if S == 1:
+        for t in prange(n_threads, schedule='static', num_threads=n_threads):
+            _grad_input_cols(dx, dy, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads), coef)
+    else:
+        for t in prange(n_threads, schedule='static', num_threads=n_threads):
+            _grad_input_rows(dx, dy, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads), coef)
+
+
+# ---------------------------------------------------------------------------------------
+# Python entry points (arguments already validated by cnorm.functional)
+# ---------------------------------------------------------------------------------------
+
+cdef inline cnp.ndarray _empty_f64(Py_ssize_t n):
+    cdef cnp.npy_intp dim = n
+    return cnp.PyArray_EMPTY(1, &dim, cnp.NPY_DOUBLE, 0)
+
+
+cdef inline cnp.ndarray _empty_like(cnp.ndarray x):
+    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+
+
+cdef inline void* _data_or_null(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef int _stats_impl(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                     double* mean, double* var) except -1 nogil:
+    if _channel_stats(x, N, C, S, mean, var) < 0:
+        with gil:
+            raise MemoryError()
+    return 0
+
+
+def stats(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S):
+    """Per-channel (mean, biased variance) of x viewed as (N, C, S), float64 arrays (C,)."""
+    cdef cnp.ndarray mean = _empty_f64(C), var = _empty_f64(C)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* pv = <double*>cnp.PyArray_DATA(var)
+    cdef void* px = cnp.PyArray_DATA(x)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+        with nogil:
+            _stats_impl(<const float*>px, N, C, S, pm, pv)
+    else:
+        with nogil:
+            _stats_impl(<const double*>px, N, C, S, pm, pv)
+    return mean, var
+
+
+cdef int _normalize_impl(floating* y, const floating* x, Py_ssize_t N, Py_ssize_t C,
+                         Py_ssize_t S, const double* mean, const double* invstd,
+                         const floating* weight, const floating* bias) except -1 nogil:
+    cdef floating* coef = <floating*>malloc(N_COEF * C * sizeof(floating) + 1)
+    if coef == NULL:
+        with gil:
+            raise MemoryError()
+    _fill_normalize_coef(coef, C, mean, invstd, weight, bias)
+    _normalize(y, x, N, C, S, coef)
+    free(coef)
+    return 0
+
+
+def normalize(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+              cnp.ndarray mean, cnp.ndarray invstd, weight, bias):
+    """y = (x - mean) * invstd * weight + bias per channel; returns a new array like x."""
+    cdef cnp.ndarray y = _empty_like(x)
+    cdef void* py = cnp.PyArray_DATA(y)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pw = _data_or_null(weight)
+    cdef void* pb = _data_or_null(bias)
+    cdef const double* pm = <const double*>cnp.PyArray_DATA(mean)
+    cdef const double* ps = <const double*>cnp.PyArray_DATA(invstd)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+        with nogil:
+            _normalize_impl(<float*>py, <const float*>px, N, C, S, pm, ps,
+                            <const float*>pw, <const float*>pb)
+    else:
+        with nogil:
+            _normalize_impl(<double*>py, <const double*>px, N, C, S, pm, ps,
+                            <const double*>pw, <const double*>pb)
+    return y
+
+
+cdef int _forward_train_impl(floating* y, const floating* x,
+                             Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                             const floating* weight, const floating* bias,
+                             floating* running_mean, floating* running_var,
+                             double factor, double eps,
+                             double* mean, double* invstd) except -1 nogil:
+    cdef Py_ssize_t c
+    cdef double M = <double>N * S, var
+    _stats_impl(x, N, C, S, mean, invstd)        # invstd holds the biased variance here
+    for c in range(C):
+        var = invstd[c]
+        if running_mean != NULL:
+            running_mean[c] = <floating>((1.0 - factor) * running_mean[c] + factor * mean[c])
+        if running_var != NULL:
+            running_var[c] = <floating>((1.0 - factor) * running_var[c]
+                                        + factor * var * (M / (M - 1.0)))
+        invstd[c] = 1.0 / sqrt(var + eps)
+    _normalize_impl(y, x, N, C, S, mean, invstd, weight, bias)
+    return 0
+
+
+def forward_train(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                  weight, bias, running_mean, running_var, double factor, double eps):
+    """Training forward in one call: batch statistics, running-statistics update in place
+    (when given; needs N*S > 1), normalization. Returns (y, mean, invstd)."""
+    cdef cnp.ndarray y = _empty_like(x)
+    cdef cnp.ndarray mean = _empty_f64(C), invstd = _empty_f64(C)
+    cdef void* py = cnp.PyArray_DATA(y)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pw = _data_or_null(weight)
+    cdef void* pb = _data_or_null(bias)
+    cdef void* prm = _data_or_null(running_mean)
+    cdef void* prv = _data_or_null(running_var)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* ps = <double*>cnp.PyArray_DATA(invstd)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+        with nogil:
+            _forward_train_impl(<float*>py, <const float*>px, N, C, S, <const float*>pw,
+                                <const float*>pb, <float*>prm, <float*>prv, factor, eps, pm, ps)
+    else:
+        with nogil:
+            _forward_train_impl(<double*>py, <const double*>px, N, C, S, <const double*>pw,
+                                <const double*>pb, <double*>prm, <double*>prv, factor, eps, pm, ps)
+    return y, mean, invstd
+
+
+cdef int _backward_impl(floating* dx, const floating* dy, const floating* x,
+                        Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                        const double* mean, const double* invstd, const floating* weight,
+                        bint training, double count,
+                        const double* in_sum_dy, const double* in_sum_dy_xhat,
+                        double* sum_dy, double* sum_dy_xhat) except -1 nogil:
+    """sum_dy / sum_dy_xhat: OUT, this input's sums (when not NULL). in_sum_*: the sums
+    the input gradient uses (the global ones for a synchronized batch norm); NULL = use
+    this input's sums; count: the number of elements per channel they were summed over."""
+    cdef Py_ssize_t c
+    cdef double k1, g
+    cdef floating* coef = <floating*>malloc(N_COEF * C * sizeof(floating) + 1)
+    if coef == NULL:
+        with gil:
+            raise MemoryError()
+    for c in range(C):
+        split_mean(mean[c], &coef[c], &coef[C + c])
+    if sum_dy != NULL:
+        if _backward_reduce(dy, x, N, C, S, coef, invstd, sum_dy, sum_dy_xhat) < 0:
+            free(coef)
+            with gil:
+                raise MemoryError()
+    if in_sum_dy == NULL:
+        in_sum_dy = sum_dy
+        in_sum_dy_xhat = sum_dy_xhat
+    if dx != NULL:
+        for c in range(C):
+            g = weight[c] if weight != NULL else 1.0
+            k1 = g * invstd[c]
+            coef[2 * C + c] = <floating>k1
+            if training:
+                # dx = g*invstd*(dy - mean(dy) - xhat*mean(dy*xhat)), xhat = (x - mean)*invstd
+                coef[3 * C + c] = <floating>(in_sum_dy[c] / count)
+                coef[4 * C + c] = <floating>(-k1 * invstd[c] * in_sum_dy_xhat[c] / count)
+            else:
+                coef[3 * C + c] = 0
+                coef[4 * C + c] = 0
+        _grad_input(dx, dy, x, N, C, S, coef)
+    free(coef)
+    return 0
+
+
+def backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+             cnp.ndarray mean, cnp.ndarray invstd, weight, bint training,
+             bint need_input_grad=True):
+    """Returns (dx or None, sum_dy, sum_dy_xhat): sum_dy is dbias, sum_dy_xhat dweight (float64)."""
+    cdef cnp.ndarray dx = _empty_like(x) if need_input_grad else None
+    cdef cnp.ndarray sum_dy = _empty_f64(C), sum_dy_xhat = _empty_f64(C)
+    cdef void* pdx = _data_or_null(dx)
+    cdef void* pdy = cnp.PyArray_DATA(dy)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pw = _data_or_null(weight)
+    cdef const double* pm = <const double*>cnp.PyArray_DATA(mean)
+    cdef const double* ps = <const double*>cnp.PyArray_DATA(invstd)
+    cdef double* s1 = <double*>cnp.PyArray_DATA(sum_dy)
+    cdef double* s2 = <double*>cnp.PyArray_DATA(sum_dy_xhat)
+    cdef double count = <double>N * S
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+        with nogil:
+            _backward_impl(<float*>pdx, <const float*>pdy, <const float*>px, N, C, S, pm, ps,
+                           <const float*>pw, training, count, NULL, NULL, s1, s2)
+    else:
+        with nogil:
+            _backward_impl(<double*>pdx, <const double*>pdy, <const double*>px, N, C, S, pm, ps,
+                           <const double*>pw, training, count, NULL, NULL, s1, s2)
+    return dx, sum_dy, sum_dy_xhat
+
+
+def backward_reduce(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                    cnp.ndarray mean, cnp.ndarray invstd):
+    """Per-channel (sum dy, sum dy*xhat) as float64 arrays (C,), no input gradient."""
+    return backward(dy, x, N, C, S, mean, invstd, None, True, False)[1:]
+
+
+def backward_input(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                   cnp.ndarray mean, cnp.ndarray invstd, weight,
+                   cnp.ndarray sum_dy, cnp.ndarray sum_dy_xhat, double count):
+    """Input gradient of a training-mode batch norm from given per-channel sums over
+    `count` elements per channel (e.g. all-reduced over the ranks of a distributed batch)."""
+    cdef cnp.ndarray dx = _empty_like(x)
+    cdef void* pdx = cnp.PyArray_DATA(dx)
+    cdef void* pdy = cnp.PyArray_DATA(dy)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pw = _data_or_null(weight)
+    cdef const double* pm = <const double*>cnp.PyArray_DATA(mean)
+    cdef const double* ps = <const double*>cnp.PyArray_DATA(invstd)
+    cdef const double* s1 = <const double*>cnp.PyArray_DATA(sum_dy)
+    cdef const double* s2 = <const double*>cnp.PyArray_DATA(sum_dy_xhat)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+        with nogil:
+            _backward_impl(<float*>pdx, <const float*>pdy, <const float*>px, N, C, S, pm, ps,
+                           <const float*>pw, True, count, s1, s2, NULL, NULL)
+    else:
+        with nogil:
+            _backward_impl(<double*>pdx, <const double*>pdy, <const double*>px, N, C, S, pm, ps,
+                           <const double*>pw, True, count, s1, s2, NULL, NULL)
+    return dx

@@ -1,0 +1,255 @@
+"""Row-norm kernels (LayerNorm): statistics per row of a C-contiguous (M, D) buffer.
+
+Each thread owns a contiguous range of rows. A row's statistics are computed while the
+row is in cache (the exact block statistics of _stats.pxd), then the row is transformed;
+mean and rstd are kept (float64) for backward. The backward pass accumulates dweight and
+dbias per thread (in the input precision over ROWS_PER_FLUSH rows, then in float64) and
+reduces the thread buffers in thread order afterwards: no races, no atomics, and the same
+bits on every run for a given thread count. Arguments are validated by cnorm.functional.
+"""
+
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+from libc.stdlib cimport free, malloc
+
+from ._openmp cimport n_threads_for, split_start
+from ._stats cimport BLOCK, LANES, floating, segment_stats, split_mean
+
+cnp.import_array()
+
+cdef enum:
+    ROWS_PER_FLUSH = 32     # rows summed in the input precision before a float64 flush
+
+
+cdef void _forward_rows(floating* y,              # OUT (M, D)
+                        double* mean,             # OUT (M,)
+                        double* rstd,             # OUT (M,)
+                        const floating* x,        # IN  (M, D)
+                        const floating* weight,   # IN  (D,)
+                        const floating* bias,     # IN  (D,)
+                        Py_ssize_t D, double eps,
+                        Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef Py_ssize_t r, j
+    cdef double count, mu, m2, rs
+    cdef floating hi, lo, s
+    cdef const floating* xr
+    cdef floating* yr
+    for r in range(r0, r1):
+        xr = x + r * D
+        yr = y + r * D
+        count = 0
+        mu = 0
+        m2 = 0
+        segment_stats(xr, D, &count, &mu, &m2)
+        rs = 1.0 / sqrt(m2 / D + eps)
+        mean[r] = mu
+        rstd[r] = rs
+        split_mean(mu, &hi, &lo)
+        s = <floating>rs
+        for j in range(D):
+            yr[j] = (((xr[j] - hi) - lo) * s) * weight[j] + bias[j]
+
+
+cdef void _backward_rows(floating* dx,             # OUT (M, D)
+                         double* dweight,          # OUT (D,) this thread's partial, float64
+                         double* dbias,            # OUT (D,) this thread's partial, float64
+                         floating* tw,             # scratch (D,)
+                         floating* tb,             # scratch (D,)
+                         const floating* dy,       # IN  (M, D)
+                         const floating* x,        # IN  (M, D)
+                         const double* mean,       # IN  (M,)
+                         const double* rstd,       # IN  (M,)
+                         const floating* weight,   # IN  (D,)
+                         Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef Py_ssize_t r, i, j, b, len_b, n_vec, k, k_b, k_i
+    cdef const floating* xr
+    cdef const floating* gr
+    cdef floating* dxr
+    cdef floating hi, lo, rs, d, g, xhat, c1, c2, k0
+    cdef floating a1[LANES]
+    cdef floating a2[LANES]
+    cdef double sum_g, sum_gd, rsd
+    for j in range(D):
+        dweight[j] = 0
+        dbias[j] = 0
+        tw[j] = 0
+        tb[j] = 0
+    for r in range(r0, r1):
+        xr = x + r * D
+        gr = dy + r * D
+        dxr = dx + r * D
+        split_mean(mean[r], &hi, &lo)
+        rsd = rstd[r]
+        rs = <floating>rsd
+        # pass 1: sum g and sum g*(x - mean), g = dy*weight; the dweight/dbias partials
+        sum_g = 0
+        sum_gd = 0
+        for k_b in range((D + BLOCK - 1) // BLOCK):
+            b = k_b * BLOCK
+            len_b = D - b if D - b < BLOCK else BLOCK
+            n_vec = len_b - len_b % LANES
+            for k in range(LANES):
+                a1[k] = 0
+                a2[k] = 0
+            for k_i in range(n_vec // LANES):
+                i = b + k_i * LANES
+                for k in range(LANES):
+                    j = i + k
+                    d = (xr[j] - hi) - lo
+                    g = gr[j] * weight[j]
+                    a1[k] += g
+                    a2[k] += g * d
+                    tw[j] += gr[j] * (d * rs)
+                    tb[j] += gr[j]
+            for j in range(b + n_vec, b + len_b):
+                d = (xr[j] - hi) - lo
+                g = gr[j] * weight[j]
+                a1[j - b - n_vec] += g
+                a2[j - b - n_vec] += g * d
+                tw[j] += gr[j] * (d * rs)
+                tb[j] += gr[j]
+            for k in range(LANES):
+                sum_g += a1[k]
+                sum_gd += a2[k]
+        # pass 2 (row in cache): dx = rstd*(g - mean(g) - xhat*mean(g*xhat))
+        #                           = k0*dy*weight - c1 - c2*(x - mean)
+        k0 = rs
+        c1 = <floating>(rsd * sum_g / D)
+        c2 = <floating>(rsd * rsd * rsd * sum_gd / D)
+        for j in range(D):
+            dxr[j] = k0 * (gr[j] * weight[j]) - c1 - c2 * ((xr[j] - hi) - lo)
+        if (r - r0) % ROWS_PER_FLUSH == ROWS_PER_FLUSH - 1 or r == r1 - 1:
+            for j in range(D):
+                dweight[j] += tw[j]
+                dbias[j] += tb[j]
+                tw[j] = 0
+                tb[j] = 0
+
+
+# ---------------------------------------------------------------------------------------
+# Python entry points (arguments already validated by cnorm.functional)
+# ---------------------------------------------------------------------------------------
+
+cdef inline cnp.ndarray _empty(Py_ssize_t n, int typenum):
+    cdef cnp.npy_intp dim = n
+    return cnp.PyArray_EMPTY(1, &dim, typenum, 0)
+
+
+cdef inline cnp.ndarray _empty_like(cnp.ndarray x):
+    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+
+
+cdef int _forward_impl(floating* y, double* mean, double* rstd, const floating* x,
+                       const floating* weight, const floating* bias,
+                       Py_ssize_t M, Py_ssize_t D, double eps) except -1 nogil:
+    cdef int n_threads = n_threads_for(M * D), t
+    cdef Py_ssize_t j
+    cdef floating* ones_zeros = NULL
+    if weight == NULL or bias == NULL:      # absent affine parameters: 1 and 0
+        ones_zeros = <floating*>malloc(2 * D * sizeof(floating) + 1)
+        if ones_zeros == NULL:
+            with gil:
+                raise MemoryError()
+        for j in range(D):
+            ones_zeros[j] = 1
+            ones_zeros[D + j] = 0
+        if weight == NULL:
+            weight = ones_zeros
+        if bias == NULL:
+            bias = ones_zeros + D
+    for t in prange(n_threads, schedule='static', num_threads=n_threads):
+        _forward_rows(y, mean, rstd, x, weight, bias, D, eps,
+                      split_start(M, t, n_threads), split_start(M, t + 1, n_threads))
+    free(ones_zeros)
+    return 0
+
+
+def forward(cnp.ndarray x, Py_ssize_t M, Py_ssize_t D, weight, bias, double eps):
+    """LayerNorm of x viewed as (M, D). Returns (y like x, mean (M,), rstd (M,)) with
+    float64 statistics."""
+    cdef cnp.ndarray y = _empty_like(x)
+    cdef cnp.ndarray mean = _empty(M, cnp.NPY_DOUBLE), rstd = _empty(M, cnp.NPY_DOUBLE)
+    cdef void* py = cnp.PyArray_DATA(y)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pw = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
+    cdef void* pb = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* ps = <double*>cnp.PyArray_DATA(rstd)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+        with nogil:
+            _forward_impl(<float*>py, pm, ps, <const float*>px, <const float*>pw,
+                          <const float*>pb, M, D, eps)
+    else:
+        with nogil:
+            _forward_impl(<double*>py, pm, ps, <const double*>px, <const double*>pw,
+                          <const double*>pb, M, D, eps)
+    return y, mean, rstd
+
+
+cdef int _backward_impl(floating* dx, floating* dweight, floating* dbias,
+                        const floating* dy, const floating* x,
+                        const double* mean, const double* rstd, const floating* weight,
+                        Py_ssize_t M, Py_ssize_t D) except -1 nogil:
+    cdef int n_threads = n_threads_for(2 * M * D), t
+    cdef Py_ssize_t j
+    cdef double sw, sb
+    cdef floating* ones = NULL
+    # per thread: dweight, dbias partials (float64) then two input-precision scratch rows
+    cdef char* scratch = <char*>malloc(n_threads * D * 2 * (sizeof(double) + sizeof(floating)) + 1)
+    cdef double* part
+    cdef floating* tmp
+    if scratch == NULL:
+        with gil:
+            raise MemoryError()
+    part = <double*>scratch
+    tmp = <floating*>(scratch + n_threads * D * 2 * sizeof(double))
+    if weight == NULL:
+        ones = <floating*>malloc(D * sizeof(floating) + 1)
+        if ones == NULL:
+            free(scratch)
+            with gil:
+                raise MemoryError()
+        for j in range(D):
+            ones[j] = 1
+        weight = ones
+    for t in prange(n_threads, schedule='static', num_threads=n_threads):
+        _backward_rows(dx, part + 2 * D * t, part + 2 * D * t + D,
+                       tmp + 2 * D * t, tmp + 2 * D * t + D, dy, x, mean, rstd, weight, D,
+                       split_start(M, t, n_threads), split_start(M, t + 1, n_threads))
+    for j in range(D):
+        sw = 0
+        sb = 0
+        for t in range(n_threads):
+            sw += part[2 * D * t + j]
+            sb += part[2 * D * t + D + j]
+        dweight[j] = <floating>sw
+        dbias[j] = <floating>sb
+    free(ones)
+    free(scratch)
+    return 0
+
+
+def backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M, Py_ssize_t D,
+             cnp.ndarray mean, cnp.ndarray rstd, weight):
+    """Returns (dx like x, dweight (D,), dbias (D,)) in the input dtype."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef cnp.ndarray dx = _empty_like(x)
+    cdef cnp.ndarray dw = _empty(D, typenum), db = _empty(D, typenum)
+    cdef void* pdx = cnp.PyArray_DATA(dx)
+    cdef void* pdw = cnp.PyArray_DATA(dw)
+    cdef void* pdb = cnp.PyArray_DATA(db)
+    cdef void* pdy = cnp.PyArray_DATA(dy)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pw = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
+    cdef const double* pm = <const double*>cnp.PyArray_DATA(mean)
+    cdef const double* ps = <const double*>cnp.PyArray_DATA(rstd)
+    if typenum == cnp.NPY_FLOAT:
+        with nogil:
+            _backward_impl(<float*>pdx, <float*>pdw, <float*>pdb, <const float*>pdy,
+                           <const float*>px, pm, ps, <const float*>pw, M, D)
+    else:
+        with nogil:
+            _backward_impl(<double*>pdx, <double*>pdw, <double*>pdb, <const double*>pdy,
+                           <const double*>px, pm, ps, <const double*>pw, M, D)
+    return dx, dw, db

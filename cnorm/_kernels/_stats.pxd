@@ -1,0 +1,120 @@
+# Shared numerics of every cnorm kernel: exact statistics of short in-cache blocks and
+# Chan's merge of (count, mean, M2) partials. Never E[x^2] - E[x]^2.
+#
+# Why blocks: a block of <= BLOCK elements is read from memory once and then a second
+# time from L1, so "mean first, then squared deviations" (the two-pass algorithm, exact
+# to a few ulp) costs one pass over memory. Inside a block the sums run in the input
+# precision across LANES independent accumulators (short sums: <= BLOCK/LANES terms per
+# lane, and a layout GCC vectorizes without -ffast-math); blocks merge in float64.
+
+from libc.math cimport sqrt
+from libc.float cimport FLT_MAX
+
+ctypedef fused floating:
+    float
+    double
+
+cdef enum:
+    LANES = 16      # independent accumulators: 4 SSE or 2 AVX registers of float32
+    BLOCK = 512     # elements per exactly-summed block (2 KiB of float32: stays in L1)
+
+
+cdef inline void chan_merge(double* count, double* mean, double* m2,
+                            double count_b, double mean_b, double m2_b) noexcept nogil:
+    """(count, mean, m2) <- the statistics of both sets (Chan, Golub & LeVeque)."""
+    cdef double n, delta
+    if count_b == 0:
+        return
+    if count[0] == 0:
+        count[0] = count_b
+        mean[0] = mean_b
+        m2[0] = m2_b
+        return
+    n = count[0] + count_b
+    delta = mean_b - mean[0]
+    mean[0] += delta * (count_b / n)
+    m2[0] += m2_b + delta * delta * (count[0] * count_b / n)
+    count[0] = n
+
+
+cdef inline void _block_stats_f64(const floating* x, Py_ssize_t n,
+                                  double* mean, double* m2) noexcept nogil:
+    """Two-pass block statistics in float64 (the slow path for float32 overflow)."""
+    cdef Py_ssize_t i
+    cdef double s = 0, d, s1 = 0, s2 = 0, shift
+    for i in range(n):
+        s += x[i]
+    shift = s / n
+    for i in range(n):
+        d = <double>x[i] - shift
+        s1 += d
+        s2 += d * d
+    mean[0] = shift + s1 / n
+    m2[0] = s2 - s1 * s1 / n if s2 > s1 * s1 / n else 0.0
+
+
+cdef inline void block_stats(const floating* x,    # IN (n,)
+                             Py_ssize_t n,         # 1 <= n <= BLOCK
+                             double* mean,         # OUT
+                             double* m2            # OUT: sum of squared deviations
+                             ) noexcept nogil:
+    """Mean and M2 of one in-cache block, corrected two-pass algorithm."""
+    cdef floating acc1[LANES]
+    cdef floating acc2[LANES]
+    cdef Py_ssize_t i, j, k_i, n_vec = n - n % LANES
+    cdef floating shift, d
+    cdef double s1 = 0, s2 = 0
+    for j in range(LANES):
+        acc1[j] = 0
+        acc2[j] = 0
+    # pass 1: a rough mean, used only as the shift of pass 2
+    for k_i in range(n_vec // LANES):
+        i = k_i * LANES
+        for j in range(LANES):
+            acc1[j] += x[i + j]
+    for i in range(n_vec, n):
+        acc1[i - n_vec] += x[i]
+    for j in range(LANES):
+        s1 += acc1[j]
+        acc1[j] = 0
+    shift = <floating>(s1 / n)
+    # pass 2 (from L1): deviations from the shift; their sum corrects the mean
+    for k_i in range(n_vec // LANES):
+        i = k_i * LANES
+        for j in range(LANES):
+            d = x[i + j] - shift
+            acc1[j] += d
+            acc2[j] += d * d
+    for i in range(n_vec, n):
+        d = x[i] - shift
+        acc1[i - n_vec] += d
+        acc2[i - n_vec] += d * d
+    s1 = 0
+    for j in range(LANES):
+        s1 += acc1[j]
+        s2 += acc2[j]
+    if floating is float:
+        if not (s2 <= FLT_MAX):     # squares overflowed float32 (|x| > ~1e19) or NaN/Inf
+            _block_stats_f64(x, n, mean, m2)
+            return
+    mean[0] = shift + s1 / n
+    m2[0] = s2 - s1 * s1 / n if s2 > s1 * s1 / n else 0.0
+
+
+cdef inline void segment_stats(const floating* x, Py_ssize_t n,
+                               double* count, double* mean, double* m2) noexcept nogil:
+    """Merge the statistics of x[0:n] (any length) into (count, mean, m2)."""
+    cdef Py_ssize_t i, k_i, len_b
+    cdef double mean_b, m2_b
+    for k_i in range((n + BLOCK - 1) // BLOCK):
+        i = k_i * BLOCK
+        len_b = n - i if n - i < BLOCK else BLOCK
+        block_stats(x + i, len_b, &mean_b, &m2_b)
+        chan_merge(count, mean, m2, <double>len_b, mean_b, m2_b)
+
+
+cdef inline void split_mean(double mean, floating* hi, floating* lo) noexcept nogil:
+    """mean = hi + lo to ~2x the input precision, so (x - hi) - lo keeps every digit of
+    x - mean in float32 (x - hi is exact when x is near the mean: Sterbenz)."""
+    hi[0] = <floating>mean
+    lo[0] = <floating>(mean - <double>hi[0])

@@ -1,0 +1,450 @@
+"""The benchmark case table and the builders of the timed callables.
+
+This module is shared by ``python -m cnorm bench`` (:mod:`cnorm.benchmarks.runner`)
+and by the pytest-benchmark suite in ``bench/``.  It imports neither torch nor
+the compiled cnorm core at import time: every builder imports what it needs
+lazily and raises :class:`ImplUnavailable` when that is missing.
+
+Every callable returned by :func:`build` takes no argument and runs one
+operation.  Everything else (module construction, input / grad arrays, the
+output buffer of the copy roofline) is done once, in :func:`build`, from
+deterministic data (``numpy.random.default_rng(0)``).
+
+Implementations ("impls"):
+
+``cnorm``
+    the cnorm module: ``y = m(x)``; fwd_bwd: ``m.zero_grad(); y = m(x); m.backward(dy)``.
+``torch``
+    the matching ``torch.nn`` module on ``torch.from_numpy`` copies of the same data.
+    Forward-only ops use a module whose parameters do not require grad (so no
+    autograd graph is recorded -- the same kernel as under ``torch.no_grad()``,
+    without the context-manager cost); fwd_bwd: ``x.grad = p.grad = None;
+    m(x).backward(dy)`` with ``x.requires_grad_()``.
+``numpy``
+    the pure NumPy reference ``cnorm.slow``.
+``copy``
+    the memory roofline: ``np.copyto(out, x)`` into a preallocated ``out``.
+
+Both sides allocate their output on every call.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "Case", "CASES", "CASES_BY_NAME", "BN_OPS", "LN_OPS", "ALL_OPS", "IMPLS",
+    "DTYPES", "EPS", "MOMENTUM", "ImplUnavailable", "CaseData", "make_data",
+    "build", "select_cases", "select_ops", "op_bytes", "copy_bytes",
+    "numpy_ref_is_heavy", "iter_params", "torch_available", "slow_available",
+]
+
+BN_OPS: Tuple[str, ...] = ("train_fwd", "eval_fwd", "fwd_bwd")
+LN_OPS: Tuple[str, ...] = ("fwd", "fwd_bwd")
+ALL_OPS: Tuple[str, ...] = ("train_fwd", "eval_fwd", "fwd", "fwd_bwd")
+IMPLS: Tuple[str, ...] = ("cnorm", "torch", "numpy", "copy")
+DTYPES: Tuple[str, ...] = ("float32", "float64")
+
+EPS = 1e-5
+MOMENTUM = 0.1
+
+OP_DOC = {
+    "train_fwd": "BatchNorm forward in training mode (batch stats + running-stat update)",
+    "eval_fwd": "BatchNorm forward in eval mode (running stats)",
+    "fwd": "LayerNorm forward",
+    "fwd_bwd": "forward + backward (training mode for BatchNorm): dx, dweight, dbias",
+}
+
+_MODULE_NAME = {"bn1d": "BatchNorm1d", "bn2d": "BatchNorm2d", "bn3d": "BatchNorm3d",
+                "ln": "LayerNorm"}
+
+
+class ImplUnavailable(RuntimeError):
+    """The requested implementation cannot be built here (torch / cnorm.slow missing...)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str                      # "bn1d", "bn2d", "bn3d" or "ln"
+    shape: Tuple[int, ...]
+    normalized_shape: Optional[Tuple[int, ...]] = None   # LayerNorm only
+    note: str = ""
+
+    @property
+    def family(self) -> str:
+        return "ln" if self.kind == "ln" else "bn"
+
+    @property
+    def module_name(self) -> str:
+        return _MODULE_NAME[self.kind]
+
+    @property
+    def ops(self) -> Tuple[str, ...]:
+        return LN_OPS if self.family == "ln" else BN_OPS
+
+    @property
+    def numel(self) -> int:
+        return int(math.prod(self.shape))
+
+    @property
+    def num_features(self) -> int:
+        """C for BatchNorm; prod(normalized_shape) for LayerNorm."""
+        if self.family == "bn":
+            return self.shape[1]
+        return int(math.prod(self.normalized_shape))
+
+    @property
+    def param_shape(self) -> Tuple[int, ...]:
+        return (self.shape[1],) if self.family == "bn" else tuple(self.normalized_shape)
+
+    def nbytes(self, dtype) -> int:
+        return self.numel * np.dtype(dtype).itemsize
+
+    def describe(self) -> str:
+        s = f"{self.module_name}({self.num_features if self.family == 'bn' else self.normalized_shape})"
+        return f"{s} x{self.shape}"
+
+
+def _bn(name, kind, shape, note=""):
+    return Case(name, kind, tuple(shape), None, note)
+
+
+def _ln(name, shape, note=""):
+    return Case(name, "ln", tuple(shape), (shape[-1],), note)
+
+
+CASES: Tuple[Case, ...] = (
+    _bn("bn2d_resnet", "bn2d", (32, 64, 56, 56), "ResNet stage-1 activation"),
+    _bn("bn2d_mid", "bn2d", (32, 256, 14, 14), "ResNet stage-3, small spatial"),
+    _bn("bn2d_fewC", "bn2d", (64, 4, 64, 64), "few channels, large planes"),
+    _bn("bn1d_mlp", "bn1d", (256, 1024), "(N, C) MLP features"),
+    _bn("bn1d_seq", "bn1d", (32, 128, 512), "(N, C, L) sequence"),
+    _bn("bn3d", "bn3d", (4, 32, 16, 32, 32), "video / volumetric"),
+    _bn("bn2d_tiny", "bn2d", (1, 64, 8, 8), "tiny: call overhead"),
+    _ln("ln_bert", (32, 128, 768), "BERT-base"),
+    _ln("ln_gpt", (8, 512, 1024), "GPT-2 medium"),
+    _ln("ln_smallD", (4096, 64), "many short rows"),
+    _ln("ln_token", (1, 1, 768), "single token: call overhead"),
+)
+CASES_BY_NAME: Dict[str, Case] = {c.name: c for c in CASES}
+
+
+# --------------------------------------------------------------------------- selection
+
+def _split(spec) -> List[str]:
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        spec = spec.split(",")
+    return [s.strip() for s in spec if s and s.strip()]
+
+
+def select_cases(spec=None, cases: Sequence[Case] = CASES) -> List[Case]:
+    """Cases named by ``spec`` (comma list or sequence of names).
+
+    Each token selects the case with exactly that name, or else every case whose
+    name contains it (case-insensitive): ``"bn2d"``, ``"ln_"``, ``"tiny,token"``.
+    ``None``/empty selects all.  Table order is kept.  A token that matches
+    nothing raises ``ValueError``.
+    """
+    tokens = _split(spec)
+    if not tokens:
+        return list(cases)
+    chosen = set()
+    for tok in tokens:
+        exact = [c.name for c in cases if c.name == tok]
+        hits = exact or [c.name for c in cases if tok.lower() in c.name.lower()]
+        if not hits:
+            raise ValueError(f"no benchmark case matches {tok!r}; cases: "
+                             + ", ".join(c.name for c in cases))
+        chosen.update(hits)
+    return [c for c in cases if c.name in chosen]
+
+
+def select_ops(spec=None) -> List[str]:
+    """Ops named by ``spec`` (comma list); ``None``/empty selects all; unknown -> ValueError."""
+    tokens = _split(spec)
+    if not tokens:
+        return list(ALL_OPS)
+    bad = [t for t in tokens if t not in ALL_OPS]
+    if bad:
+        raise ValueError(f"unknown op(s) {', '.join(bad)}; ops: {', '.join(ALL_OPS)}")
+    return [op for op in ALL_OPS if op in tokens]
+
+
+# --------------------------------------------------------------------------- bytes
+
+def op_bytes(case: Case, op: str, dtype) -> int:
+    """Bytes an ideal implementation must move (parameters/statistics ignored).
+
+    forward ops: x read once + y written once            = 2 * numel * itemsize
+    fwd_bwd    : x, y (forward) + dy read, dx written     = 4 * numel * itemsize
+                 (the second read of x in backward is not counted)
+    """
+    return (4 if op == "fwd_bwd" else 2) * case.nbytes(dtype)
+
+
+def copy_bytes(case: Case, dtype) -> int:
+    """Bytes moved by the copy roofline ``np.copyto(out, x)``: read x + write out."""
+    return 2 * case.nbytes(dtype)
+
+
+# Rough cost model of the NumPy reference, in elements touched per call: it does
+# ~10-20 full float64 passes per op (~40 ms per million elements for fwd_bwd on one
+# core).  Above this limit (heading for ~1 s per call on a slow shared core) the
+# pytest suite skips it.  Only bn2d_resnet fwd_bwd is above.
+NUMPY_REF_MAX_WORK = 12_000_000
+
+
+def numpy_ref_is_heavy(case: Case, op: str) -> bool:
+    """True when the NumPy reference would take about a second or more per call."""
+    work = case.numel * (2.5 if op == "fwd_bwd" else 1)
+    return work > NUMPY_REF_MAX_WORK
+
+
+def iter_params(cases: Iterable[Case] = CASES, ops: Iterable[str] = ALL_OPS,
+                impls: Iterable[str] = IMPLS, dtypes: Iterable[str] = ("float32",)):
+    """Yield ``(case, dtype, op, impl)`` in an order that keeps one case's data hot."""
+    ops, impls, dtypes = list(ops), list(impls), list(dtypes)
+    for case in cases:
+        for dtype in dtypes:
+            for op in case.ops:
+                if op in ops:
+                    for impl in impls:
+                        yield case, dtype, op, impl
+
+
+# --------------------------------------------------------------------------- data
+
+@dataclass
+class CaseData:
+    """Deterministic arrays of one (case, dtype); shared by all impls, never written to."""
+    x: np.ndarray
+    dy: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+    running_mean: Optional[np.ndarray]
+    running_var: Optional[np.ndarray]
+
+
+def _make_data(case: Case, dtype: str) -> CaseData:
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(0)
+    # standard_normal(dtype=...) only supports float32/float64, which is all we need
+    x = rng.standard_normal(case.shape, dtype=dt)
+    x *= 2.0
+    x += 0.5                                     # non-zero mean, non-unit variance
+    dy = rng.standard_normal(case.shape, dtype=dt)
+    weight = (1.0 + 0.1 * rng.standard_normal(case.param_shape)).astype(dt)
+    bias = (0.1 * rng.standard_normal(case.param_shape)).astype(dt)
+    if case.family == "bn":
+        rm = (0.5 + 0.1 * rng.standard_normal(case.param_shape)).astype(dt)
+        rv = (4.0 + 0.1 * rng.standard_normal(case.param_shape)).astype(dt)
+    else:
+        rm = rv = None
+    # left writable on purpose: a read-only input could push an implementation onto a
+    # slower (copying) path that user code would not hit.  No builder writes to them.
+    return CaseData(x, dy, weight, bias, rm, rv)
+
+
+@functools.lru_cache(maxsize=2)
+def make_data(case: Case, dtype: str) -> CaseData:
+    """Cached (the two most recent (case, dtype)) deterministic data from default_rng(0)."""
+    return _make_data(case, str(np.dtype(dtype)))
+
+
+# --------------------------------------------------------------------------- availability
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _import_slow():
+    try:
+        return importlib.import_module("cnorm.slow")
+    except ImportError as exc:
+        raise ImplUnavailable(f"NumPy reference cnorm.slow is not importable: {exc}") from exc
+
+
+def slow_available() -> bool:
+    try:
+        _import_slow()
+    except ImplUnavailable:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- builders
+
+def _check(case: Case, op: str, impl: str, dtype: str):
+    if op not in case.ops:
+        raise ValueError(f"op {op!r} does not apply to case {case.name!r} (ops: {case.ops})")
+    if impl not in IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; impls: {IMPLS}")
+    if str(np.dtype(dtype)) not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; dtypes: {DTYPES}")
+
+
+def build(case: Case, op: str, impl: str, dtype="float32",
+          data: Optional[CaseData] = None) -> Callable[[], object]:
+    """Return a zero-argument callable running ``op`` of ``case`` with ``impl``.
+
+    All allocation of inputs/modules happens here; the callable only runs the op
+    (allocating its own output, as a user call would).  Raises
+    :class:`ImplUnavailable` when ``impl`` cannot be built in this environment.
+    """
+    dtype = str(np.dtype(dtype))
+    _check(case, op, impl, dtype)
+    if data is None:
+        data = make_data(case, dtype)
+    builder = {"cnorm": _build_cnorm, "torch": _build_torch,
+               "numpy": _build_numpy, "copy": _build_copy}[impl]
+    fn = builder(case, op, dtype, data)
+    fn.__name__ = f"{case.name}_{op}_{impl}_{dtype}"
+    fn.__qualname__ = fn.__name__
+    return fn
+
+
+def _build_copy(case, op, dtype, data):
+    x = data.x
+    out = np.empty_like(x)
+    copyto = np.copyto
+
+    def fn():
+        copyto(out, x)
+    return fn
+
+
+def _build_cnorm(case, op, dtype, data):
+    try:
+        import cnorm
+        cls = getattr(cnorm, case.module_name)
+    except (ImportError, AttributeError) as exc:
+        raise ImplUnavailable(f"cnorm.{case.module_name} is not available: {exc}") from exc
+    dt = np.dtype(dtype)
+    if case.family == "bn":
+        m = cls(case.num_features, eps=EPS, momentum=MOMENTUM, dtype=dt)
+        m.running_mean[...] = data.running_mean
+        m.running_var[...] = data.running_var
+    else:
+        m = cls(case.normalized_shape, eps=EPS, dtype=dt)
+    m.weight[...] = data.weight
+    m.bias[...] = data.bias
+    x, dy = data.x, data.dy
+
+    if op == "fwd_bwd":
+        m.train()
+
+        def fn():
+            m.zero_grad()
+            m(x)
+            return m.backward(dy)
+        return fn
+
+    if op == "eval_fwd":
+        m.eval()
+    else:
+        m.train()
+
+    def fn():
+        return m(x)
+    return fn
+
+
+def _build_torch(case, op, dtype, data):
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImplUnavailable("torch is not installed") from exc
+    tdt = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    if case.family == "bn":
+        cls = getattr(torch.nn, case.module_name)
+        m = cls(case.num_features, eps=EPS, momentum=MOMENTUM, dtype=tdt)
+    else:
+        m = torch.nn.LayerNorm(case.normalized_shape, eps=EPS, dtype=tdt)
+    with torch.no_grad():
+        m.weight.copy_(torch.from_numpy(data.weight.copy()))
+        m.bias.copy_(torch.from_numpy(data.bias.copy()))
+        if case.family == "bn":
+            m.running_mean.copy_(torch.from_numpy(data.running_mean.copy()))
+            m.running_var.copy_(torch.from_numpy(data.running_var.copy()))
+    x = torch.from_numpy(data.x.copy())
+
+    if op == "fwd_bwd":
+        m.train()
+        x.requires_grad_(True)
+        dy = torch.from_numpy(data.dy.copy())
+        params = list(m.parameters())
+
+        def fn():
+            # like a training step with zero_grad(set_to_none=True): no grad accumulation pass
+            x.grad = None
+            for p in params:
+                p.grad = None
+            m(x).backward(dy)
+            return x.grad
+        return fn
+
+    # forward only: no autograd graph (same kernel as under torch.no_grad())
+    m.requires_grad_(False)
+    m.train(op != "eval_fwd")
+
+    def fn():
+        return m(x)
+    return fn
+
+
+def _build_numpy(case, op, dtype, data):
+    slow = _import_slow()
+    x, dy, w, b = data.x, data.dy, data.weight, data.bias
+    if case.family == "ln":
+        ns = tuple(case.normalized_shape)
+        fwd = slow.layer_norm_forward
+        if op == "fwd":
+            def fn():
+                return fwd(x, ns, w, b, EPS)
+            return fn
+        bwd = slow.layer_norm_backward
+
+        def fn():
+            fwd(x, ns, w, b, EPS)
+            return bwd(dy, x, ns, w, EPS)
+        return fn
+
+    # BatchNorm: private running stats (updated in place by training forwards)
+    rm = data.running_mean.copy()
+    rv = data.running_var.copy()
+    fwd = slow.batch_norm_forward
+    if op in ("train_fwd", "eval_fwd"):
+        training = op == "train_fwd"
+
+        def fn():
+            return fwd(x, w, b, rm, rv, training, MOMENTUM, EPS)
+        return fn
+    bwd = slow.batch_norm_backward
+
+    def fn():
+        out = fwd(x, w, b, rm, rv, True, MOMENTUM, EPS)
+        mean, invstd = _bn_saved_stats(out, x)
+        return bwd(dy, x, w, mean, invstd, True)
+    return fn
+
+
+def _bn_saved_stats(out, x):
+    """(mean, invstd) from the reference forward's result; computed here if it returns only y."""
+    if isinstance(out, tuple) and len(out) >= 3:
+        return out[1], out[2]
+    axes = (0,) + tuple(range(2, x.ndim))
+    xd = x.astype(np.float64)
+    return xd.mean(axis=axes), 1.0 / np.sqrt(xd.var(axis=axes) + EPS)

@@ -1,0 +1,123 @@
+"""Interleaved wall-clock timing used by ``python -m cnorm bench``.
+
+Method (also shown by ``python -m cnorm bench --help``):
+
+1. warm-up: every callable is called until ``warmup_s`` has elapsed (at least
+   ``min_warmup_calls`` calls) -- first-touch page faults, thread pool start-up,
+   allocator caches;
+2. calibration, once per callable: the number ``k`` of inner calls is grown
+   until one loop of ``k`` calls takes at least ``min_rep_s`` (2 ms by default),
+   so timer resolution and loop overhead are negligible;
+3. repetitions are interleaved -- ``a, b, c, a, b, c, ...`` -- so that slow drifts
+   of the machine (frequency, other tenants) hit every implementation alike; each
+   rep is ``time.perf_counter()`` around ``k`` calls, divided by ``k``;
+4. the reported time is the median over reps (robust to outliers). The garbage
+   collector is disabled while timing.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Callable, Dict, List, Mapping
+
+__all__ = ["TimingSettings", "Measurement", "warm_up", "calibrate", "time_loop",
+           "measure_interleaved", "METHOD_TEXT"]
+
+METHOD_TEXT = (
+    "timing method: all implementations run in the same process. Each callable is "
+    "built once (module constructed, input/grad arrays preallocated from "
+    "numpy.random.default_rng(0)), warmed up, then calibrated once: the inner "
+    "count k grows until k calls take >= --min-rep-ms. Repetitions are interleaved "
+    "(cnorm, torch, copy, cnorm, torch, copy, ...); one rep = time.perf_counter() "
+    "around a loop of k calls, divided by k; the reported time is the median over "
+    "--reps reps (gc disabled while timing)."
+)
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    reps: int = 15                 # interleaved repetitions (median taken)
+    min_rep_s: float = 2e-3        # one rep (k inner calls) lasts at least this long
+    warmup_s: float = 0.02         # warm-up time per callable ...
+    min_warmup_calls: int = 2      # ... and at least this many calls
+    max_measure_s: float = 6.0     # cap on the timed part of one measurement: fewer reps
+    min_reps: int = 3              # ... but never fewer than this
+
+
+@dataclass
+class Measurement:
+    times: Dict[str, List[float]] = field(default_factory=dict)   # seconds per call, per rep
+    inner: Dict[str, int] = field(default_factory=dict)           # k per callable
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.times[name])
+
+    @property
+    def medians(self) -> Dict[str, float]:
+        return {name: self.median(name) for name in self.times}
+
+
+def time_loop(fn: Callable[[], object], k: int) -> float:
+    """Seconds per call of ``fn``, from one ``perf_counter`` pair around ``k`` calls."""
+    perf_counter = time.perf_counter
+    t0 = perf_counter()
+    for _ in repeat(None, k):
+        fn()
+    return (perf_counter() - t0) / k
+
+
+def warm_up(fn: Callable[[], object], min_s: float, min_calls: int = 1) -> None:
+    perf_counter = time.perf_counter
+    t_end = perf_counter() + min_s
+    n = 0
+    while n < min_calls or perf_counter() < t_end:
+        fn()
+        n += 1
+
+
+def calibrate(fn: Callable[[], object], min_rep_s: float, max_inner: int = 10_000_000) -> int:
+    """Smallest (roughly) ``k`` such that ``k`` calls of ``fn`` take ``>= min_rep_s``."""
+    k = 1
+    while True:
+        dt = time_loop(fn, k) * k
+        if dt >= min_rep_s or k >= max_inner:
+            return k
+        if dt <= 0:
+            k *= 10
+        else:
+            # aim 20% above the target, grow at least x2, at most x100 per step
+            k = int(min(max(k * 2, math.ceil(k * 1.2 * min_rep_s / dt)), k * 100))
+        k = min(k, max_inner)
+
+
+def measure_interleaved(fns: Mapping[str, Callable[[], object]],
+                        settings: TimingSettings = TimingSettings()) -> Measurement:
+    """Time every callable of ``fns`` with interleaved repetitions (see module doc)."""
+    names = list(fns)
+    m = Measurement()
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for name in names:
+            warm_up(fns[name], settings.warmup_s, settings.min_warmup_calls)
+        for name in names:
+            m.inner[name] = calibrate(fns[name], settings.min_rep_s)
+            m.times[name] = []
+        # one interleaved round costs about sum(k * t); cap the number of rounds
+        round_s = sum(m.inner[n] * time_loop(fns[n], 1) for n in names)
+        reps = settings.reps
+        if round_s > 0 and reps * round_s > settings.max_measure_s:
+            reps = max(settings.min_reps, int(settings.max_measure_s / round_s))
+        for _ in range(reps):
+            for name in names:
+                m.times[name].append(time_loop(fns[name], m.inner[name]))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return m

@@ -1,0 +1,162 @@
+"""State handling shared by every cnorm module: parameters, buffers, gradients, train/eval,
+state_dict in torch's key order, and the forward -> backward hand-off."""
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+_SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def module_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in _SUPPORTED_DTYPES:
+        raise TypeError(f"unsupported dtype {dt}: cnorm works on float32 and float64 arrays")
+    return dt
+
+
+def _to_numpy(value) -> np.ndarray:
+    """A NumPy view of an array or a torch tensor (torch is never imported here)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "numpy"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+class Module:
+    """Base of the cnorm modules (the role of ``torch.nn.Module`` for NumPy arrays).
+
+    Subclasses list their state in ``_param_names`` (trainable, with a ``<name>_grad``)
+    and ``_buffer_names``; a name whose attribute is None is absent, as in torch.
+    ``num_batches_tracked`` is kept as a Python int and exported as a 0-d int64 array.
+    """
+
+    _param_names: Tuple[str, ...] = ()
+    _buffer_names: Tuple[str, ...] = ()
+
+    def __init__(self, dtype=np.float32) -> None:
+        self.dtype = module_dtype(dtype)
+        self.training = True
+        self._saved: Optional[tuple] = None   # what backward() needs from the last forward()
+        self._forward_seen = False
+        for name in self._param_names:
+            setattr(self, name + "_grad", None)
+
+    # -- calling ---------------------------------------------------------------------
+    def __call__(self, input: np.ndarray) -> np.ndarray:
+        return self.forward(input)
+
+    def forward(self, input: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _take_saved(self) -> tuple:
+        """The state saved by the last forward(), released so backward runs once per forward."""
+        saved = self._saved
+        if saved is None:
+            if not self._forward_seen:
+                raise RuntimeError("backward() called before forward()")
+            raise RuntimeError("Trying to backward through the graph a second time: "
+                               "call forward() again before backward()")
+        self._saved = None
+        return saved
+
+    def _accumulate(self, name: str, grad: np.ndarray) -> None:
+        """``<name>_grad += grad`` (torch's .grad accumulation), only for present params."""
+        if getattr(self, name) is None:
+            return
+        attr = name + "_grad"
+        current = getattr(self, attr)
+        setattr(self, attr, grad if current is None else current + grad)
+
+    def zero_grad(self) -> None:
+        """Set every parameter gradient to None (torch's ``zero_grad(set_to_none=True)``)."""
+        for name in self._param_names:
+            setattr(self, name + "_grad", None)
+
+    # -- modes -----------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Module":
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.training = mode
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    # -- parameters and state --------------------------------------------------------
+    def parameters(self):
+        """The present parameter arrays (for an optimizer loop)."""
+        return [p for p in (getattr(self, n) for n in self._param_names) if p is not None]
+
+    def named_parameters(self):
+        return [(n, getattr(self, n)) for n in self._param_names if getattr(self, n) is not None]
+
+    def _state_items(self):
+        for name in self._param_names + self._buffer_names:
+            value = getattr(self, name)
+            if value is not None:
+                yield name, value
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """Copies of the parameters and buffers, keyed and ordered as in torch."""
+        out = {}
+        for name, value in self._state_items():
+            out[name] = (np.array(value, dtype=np.int64) if name == "num_batches_tracked"
+                         else value.copy())
+        return out
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
+        """Copy parameters and buffers from ``state_dict`` (NumPy arrays or torch tensors).
+
+        Like torch, raises RuntimeError listing missing and unexpected keys (when
+        ``strict``) and shape mismatches (always); nothing is modified when it raises.
+        A missing ``num_batches_tracked`` keeps the current count, as in torch.
+        """
+        expected = dict(self._state_items())
+        missing = [k for k in expected if k not in state_dict and k != "num_batches_tracked"]
+        unexpected = [k for k in state_dict if k not in expected]
+        errors = []
+        if strict and missing:
+            errors.append("Missing key(s) in state_dict: {}. ".format(
+                ", ".join(f'"{k}"' for k in missing)))
+        if strict and unexpected:
+            errors.append("Unexpected key(s) in state_dict: {}. ".format(
+                ", ".join(f'"{k}"' for k in unexpected)))
+        staged = {}
+        for key, current in expected.items():
+            if key not in state_dict:
+                continue
+            value = _to_numpy(state_dict[key])
+            shape = () if key == "num_batches_tracked" else current.shape
+            if value.shape != shape:
+                errors.append(f"size mismatch for {key}: copying a param with shape "
+                              f"{value.shape} from checkpoint, the shape in current model "
+                              f"is {shape}.")
+                continue
+            staged[key] = value
+        if errors:
+            raise RuntimeError("Error(s) in loading state_dict for {}:\n\t{}".format(
+                type(self).__name__, "\n\t".join(errors)))
+        for key, value in staged.items():
+            if key == "num_batches_tracked":
+                self.num_batches_tracked = int(value)
+            else:
+                np.copyto(getattr(self, key), value, casting="unsafe")
+        return IncompatibleKeys(missing, unexpected)
+
+    # -- pickling: the saved forward state is transient, like torch's autograd graph --
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_saved"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"

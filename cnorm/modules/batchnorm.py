@@ -1,0 +1,176 @@
+"""BatchNorm1d/2d/3d on NumPy arrays with torch.nn semantics.
+
+``_BatchNorm`` owns the state; the subclasses only check the input's number of dims;
+all arithmetic is in :mod:`cnorm.functional` and the kernels beneath it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .. import functional as F
+from ._base import Module
+
+
+class _BatchNorm(Module):
+    _param_names = ("weight", "bias")
+    _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        dtype=np.float32,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(dtype)
+        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) \
+                or num_features < 0:
+            raise ValueError(f"num_features must be a non-negative integer, got {num_features!r}")
+        self.num_features = int(num_features)
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        c, dt = self.num_features, self.dtype
+        self.weight = np.ones(c, dt) if affine else None
+        self.bias = np.zeros(c, dt) if affine and bias else None
+        if track_running_stats:
+            self.running_mean = np.zeros(c, dt)
+            self.running_var = np.ones(c, dt)
+            self.num_batches_tracked: Optional[int] = 0
+        else:
+            self.running_mean = self.running_var = None
+            self.num_batches_tracked = None
+        self.zero_grad()
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.fill(0)
+            self.running_var.fill(1)
+            self.num_batches_tracked = 0
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.weight is not None:
+            self.weight.fill(1)
+        if self.bias is not None:
+            self.bias.fill(0)
+
+    def _check_input_dim(self, ndim: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, input: np.ndarray) -> np.ndarray:
+        r"""Normalize ``input`` of shape ``(N, C, *)`` per channel; see :func:`cnorm.functional.batch_norm`."""
+        x = F._check_array(input)
+        self._check_input_dim(x.ndim)
+        if x.dtype != self.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
+        n, c, s = F._bn_dims(x)
+        if c != self.num_features:
+            raise ValueError(f"expected input with {self.num_features} channels (num_features), "
+                             f"got input of shape {x.shape}")
+        if self.training:
+            if self.track_running_stats:
+                nbt = self.num_batches_tracked + 1
+                # momentum=None: cumulative moving average
+                factor = 1.0 / nbt if self.momentum is None else self.momentum
+                y, mean, invstd = F._batch_norm_train(
+                    x, n, c, s, self.weight, self.bias, self.running_mean, self.running_var,
+                    factor, self.eps)
+                self.num_batches_tracked = nbt
+            else:
+                y, mean, invstd = F._batch_norm_train(
+                    x, n, c, s, self.weight, self.bias, None, None, 0.0, self.eps)
+            batch_stats = True
+        elif self.running_mean is None:
+            # eval without running statistics: normalize with the batch's own
+            y, mean, invstd = F._batch_norm_train(
+                x, n, c, s, self.weight, self.bias, None, None, 0.0, self.eps)
+            batch_stats = True
+        else:
+            y, mean, invstd = F._batch_norm_eval(x, n, c, s, self.weight, self.bias,
+                                                 self.running_mean, self.running_var, self.eps)
+            batch_stats = False
+        self._saved = (x, n, c, s, mean, invstd, batch_stats)
+        self._forward_seen = True
+        return y
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
+        ``bias_grad``. Uses the statistics that forward used (batch or running)."""
+        x, n, c, s, mean, invstd, batch_stats = self._take_saved()
+        try:
+            g = F._check_grad(grad_output, x)
+        except Exception:
+            self._saved = (x, n, c, s, mean, invstd, batch_stats)   # a bad call frees nothing
+            raise
+        dx, dw, db = F._batch_norm_backward(g, x, n, c, s, self.weight, mean, invstd, batch_stats)
+        self._accumulate("weight", dw)
+        self._accumulate("bias", db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    r"""Batch normalization over a 2D ``(N, C)`` or 3D ``(N, C, L)`` input, as
+    :class:`torch.nn.BatchNorm1d`.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    Mean and variance are per channel over ``N`` (and ``L``); the variance is the biased
+    one for normalizing and the unbiased one for ``running_var``. Running statistics:
+    ``running = (1 - momentum) * running + momentum * batch``; ``momentum=None`` is a
+    cumulative average.
+
+    Example::
+
+        >>> m = BatchNorm1d(100)
+        >>> x = np.random.default_rng(0).standard_normal((20, 100)).astype(np.float32)
+        >>> y = m(x)
+        >>> dx = m.backward(np.ones_like(y))
+    """
+
+    def _check_input_dim(self, ndim: int) -> None:
+        if ndim != 2 and ndim != 3:
+            raise ValueError(f"expected 2D or 3D input (got {ndim}D input)")
+
+
+class BatchNorm2d(_BatchNorm):
+    r"""Batch normalization over a 4D ``(N, C, H, W)`` input, as :class:`torch.nn.BatchNorm2d`.
+
+    Same formula and running statistics as :class:`BatchNorm1d`; statistics per channel
+    over ``(N, H, W)``.
+
+    Example::
+
+        >>> m = BatchNorm2d(64)
+        >>> y = m(np.zeros((8, 64, 7, 7), np.float32))
+    """
+
+    def _check_input_dim(self, ndim: int) -> None:
+        if ndim != 4:
+            raise ValueError(f"expected 4D input (got {ndim}D input)")
+
+
+class BatchNorm3d(_BatchNorm):
+    r"""Batch normalization over a 5D ``(N, C, D, H, W)`` input, as :class:`torch.nn.BatchNorm3d`.
+
+    Example::
+
+        >>> m = BatchNorm3d(16, dtype=np.float64)
+        >>> y = m(np.zeros((2, 16, 4, 8, 8)))
+    """
+
+    def _check_input_dim(self, ndim: int) -> None:
+        if ndim != 5:
+            raise ValueError(f"expected 5D input (got {ndim}D input)")

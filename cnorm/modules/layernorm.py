@@ -1,0 +1,89 @@
+"""LayerNorm on NumPy arrays with torch.nn semantics."""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+
+from .. import functional as F
+from ._base import Module
+
+
+class LayerNorm(Module):
+    r"""Layer normalization over the trailing ``normalized_shape`` dims, as
+    :class:`torch.nn.LayerNorm`.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    Mean and (biased) variance per row of ``D = prod(normalized_shape)`` elements;
+    ``weight`` (:math:`\gamma`, ones) and ``bias`` (:math:`\beta`, zeros) have shape
+    ``normalized_shape``. The same in training and eval.
+
+    Shape: input ``(*, *normalized_shape)``, output the same.
+
+    Example::
+
+        >>> m = LayerNorm(768)
+        >>> x = np.random.default_rng(0).standard_normal((4, 128, 768)).astype(np.float32)
+        >>> y = m(x)
+        >>> dx = m.backward(np.ones_like(y))
+    """
+
+    _param_names = ("weight", "bias")
+
+    def __init__(
+        self,
+        normalized_shape: Union[int, Sequence[int]],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        dtype=np.float32,
+    ) -> None:
+        super().__init__(dtype)
+        self.normalized_shape = F._normalized_shape(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        shape, dt = self.normalized_shape, self.dtype
+        self.weight = np.ones(shape, dt) if elementwise_affine else None
+        self.bias = np.zeros(shape, dt) if elementwise_affine and bias else None
+        self.zero_grad()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            self.weight.fill(1)
+        if self.bias is not None:
+            self.bias.fill(0)
+
+    def forward(self, input: np.ndarray) -> np.ndarray:
+        """Normalize ``input``; see :func:`cnorm.functional.layer_norm`."""
+        x = F._check_array(input)
+        if x.dtype != self.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
+        shape = self.normalized_shape
+        m, d = F._ln_dims(x, shape)
+        w = None if self.weight is None else self.weight.reshape(-1)
+        b = None if self.bias is None else self.bias.reshape(-1)
+        y, mean, rstd = F._layer_norm(x, shape, m, d, w, b, self.eps)
+        self._saved = (x, m, d, mean, rstd)
+        self._forward_seen = True
+        return y
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
+        ``bias_grad``."""
+        saved = self._take_saved()
+        x, m, d, mean, rstd = saved
+        try:
+            g = F._check_grad(grad_output, x)
+        except Exception:
+            self._saved = saved
+            raise
+        w = None if self.weight is None else self.weight.reshape(-1)
+        dx, dw, db = F._layer_norm_backward(g, x, self.normalized_shape, m, d, mean, rstd, w)
+        self._accumulate("weight", dw)
+        self._accumulate("bias", db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
