@@ -86,7 +86,8 @@ def extensions():
     cflags = ["-O0", "-g"] if debug else ["-O3"]
     # Vectorize without -ffast-math: the kernels keep explicit lane accumulators, so
     # no reassociation is needed; these two only drop errno/trap bookkeeping.
-    cflags += ["-fno-math-errno", "-fno-trapping-math", "-Wno-unreachable-code"]
+    cflags += ["-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+               "-Wno-unreachable-code", "-Wno-unused-function"]
     if _env_flag("CNORM_NATIVE"):
         cflags.append("-march=native")
     macros = [

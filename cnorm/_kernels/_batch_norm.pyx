@@ -22,8 +22,10 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from ._openmp cimport n_threads_for, split_start as _split
-from ._stats cimport (BLOCK, LANES, _block_stats_f64, chan_merge, floating, segment_stats,
-                      split_mean)
+from ._simd cimport (vaffine, vaffine_cols, vcol_add, vcol_dev, vcol_grad_sums, vdot_dev,
+                     vgrad, vgrad_cols)
+from ._stats cimport BLOCK, chan_merge, segment_stats, split_mean
+from ._types cimport floating
 
 cnp.import_array()
 
@@ -58,12 +60,13 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
                       double* part,            # OUT (3, C): count, mean, m2
                       floating* acc            # scratch (3, COLS_PER_TILE)
                       ) noexcept nogil:
+    """Rows n0..n1 of an (N, C) batch, by tiles of ROWS_PER_TILE x COLS_PER_TILE: the
+    block statistics of _stats.pxd with one SIMD lane per channel."""
     cdef Py_ssize_t b0, nb, c0, nc, n, c, k_b0, k_c0
-    cdef floating* s0 = acc
+    cdef floating* shift = acc
     cdef floating* s1 = acc + COLS_PER_TILE
     cdef floating* s2 = acc + 2 * COLS_PER_TILE
-    cdef const floating* row
-    cdef floating d
+    cdef const floating* tile
     cdef double mean_b, m2_b, q
     for k_b0 in range((n1 - n0 + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
         b0 = n0 + k_b0 * ROWS_PER_TILE
@@ -71,34 +74,25 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
         for k_c0 in range((C + COLS_PER_TILE - 1) // COLS_PER_TILE):
             c0 = k_c0 * COLS_PER_TILE
             nc = C - c0 if C - c0 < COLS_PER_TILE else COLS_PER_TILE
-            for c in range(nc):
-                s0[c] = 0
-                s1[c] = 0
-                s2[c] = 0
+            tile = x + b0 * C + c0
+            memset(shift, 0, 3 * COLS_PER_TILE * sizeof(floating))
             for n in range(nb):                  # pass 1: rough per-channel means
-                row = x + (b0 + n) * C + c0
-                for c in range(nc):
-                    s0[c] += row[c]
+                vcol_add(shift, tile + n * C, nc)
             for c in range(nc):
-                s0[c] = <floating>(<double>s0[c] / nb)
+                shift[c] = <floating>(<double>shift[c] / nb)
             for n in range(nb):                  # pass 2 (from cache): deviations
-                row = x + (b0 + n) * C + c0
-                for c in range(nc):
-                    d = row[c] - s0[c]
-                    s1[c] += d
-                    s2[c] += d * d
+                vcol_dev(s1, s2, tile + n * C, shift, nc)
             for c in range(nc):
                 if floating is float and not (s2[c] <= FLT_MAX):
-                    _column_stats_f64(x + b0 * C + c0 + c, nb, C, &mean_b, &m2_b)
+                    _column_stats_f64(tile + c, nb, C, &mean_b, &m2_b)
                 else:
                     q = <double>s1[c]
-                    mean_b = s0[c] + q / nb
+                    mean_b = shift[c] + q / nb
                     m2_b = s2[c] - q * q / nb
                     if m2_b < 0:
                         m2_b = 0
                 chan_merge(&part[c0 + c], &part[C + c0 + c], &part[2 * C + c0 + c],
                            <double>nb, mean_b, m2_b)
-
 
 cdef void _column_stats_f64(const floating* x, Py_ssize_t n, Py_ssize_t stride,
                             double* mean, double* m2) noexcept nogil:
@@ -164,38 +158,22 @@ cdef int _channel_stats(const floating* x,     # IN  (N, C, S)
 cdef void _normalize_rows(floating* y, const floating* x, Py_ssize_t C, Py_ssize_t S,
                           Py_ssize_t e0, Py_ssize_t e1, const floating* coef) noexcept nogil:
     # coef (N_COEF, C): hi, lo, scale, beta
-    cdef Py_ssize_t r = e0 // S, pos = e0, end, i, c
-    cdef floating hi, lo, scale, beta
+    cdef Py_ssize_t r = e0 // S, pos = e0, end, c
     while pos < e1:
         end = (r + 1) * S
         if end > e1:
             end = e1
         c = r % C
-        hi = coef[c]
-        lo = coef[C + c]
-        scale = coef[2 * C + c]
-        beta = coef[3 * C + c]
-        for i in range(pos, end):
-            y[i] = ((x[i] - hi) - lo) * scale + beta
+        vaffine(y + pos, x + pos, end - pos, coef[c], coef[C + c], coef[2 * C + c],
+                coef[3 * C + c])
         pos = end
         r += 1
 
-
 cdef void _normalize_cols(floating* y, const floating* x, Py_ssize_t C,
                           Py_ssize_t n0, Py_ssize_t n1, const floating* coef) noexcept nogil:
-    cdef Py_ssize_t n, c
-    cdef const floating* hi = coef
-    cdef const floating* lo = coef + C
-    cdef const floating* scale = coef + 2 * C
-    cdef const floating* beta = coef + 3 * C
-    cdef const floating* xr
-    cdef floating* yr
+    cdef Py_ssize_t n
     for n in range(n0, n1):
-        xr = x + n * C
-        yr = y + n * C
-        for c in range(C):
-            yr[c] = ((xr[c] - hi[c]) - lo[c]) * scale[c] + beta[c]
-
+        vaffine_cols(y + n * C, x + n * C, C, coef, coef + C, coef + 2 * C, coef + 3 * C)
 
 cdef void _normalize(floating* y, const floating* x, Py_ssize_t N, Py_ssize_t C,
                      Py_ssize_t S, const floating* coef) noexcept nogil:
@@ -227,77 +205,41 @@ cdef void _reduce_rows(const floating* dy, const floating* x, Py_ssize_t C, Py_s
                        Py_ssize_t e0, Py_ssize_t e1, const floating* coef,
                        double* part) noexcept nogil:
     # part (2, C): sum dy, sum dy * (x - mean)
-    cdef Py_ssize_t r = e0 // S, pos = e0, end, i, j, b, len_b, n_vec, c, k_b, k_i
-    cdef floating hi, lo, d
-    cdef floating a1[LANES]
-    cdef floating a2[LANES]
+    cdef Py_ssize_t r = e0 // S, pos = e0, end, b, len_b, k_b, c
     cdef double s1, s2
     while pos < e1:
         end = (r + 1) * S
         if end > e1:
             end = e1
         c = r % C
-        hi = coef[c]
-        lo = coef[C + c]
-        s1 = 0
-        s2 = 0
-        for k_b in range((end - pos + BLOCK - 1) // BLOCK):
+        for k_b in range((end - pos + BLOCK - 1) // BLOCK):   # short sums, merged in float64
             b = pos + k_b * BLOCK
             len_b = end - b if end - b < BLOCK else BLOCK
-            n_vec = len_b - len_b % LANES
-            for j in range(LANES):
-                a1[j] = 0
-                a2[j] = 0
-            for k_i in range(n_vec // LANES):
-                i = b + k_i * LANES
-                for j in range(LANES):
-                    d = (x[i + j] - hi) - lo
-                    a1[j] += dy[i + j]
-                    a2[j] += dy[i + j] * d
-            for i in range(b + n_vec, b + len_b):
-                d = (x[i] - hi) - lo
-                a1[i - b - n_vec] += dy[i]
-                a2[i - b - n_vec] += dy[i] * d
-            for j in range(LANES):
-                s1 += a1[j]
-                s2 += a2[j]
-        part[c] += s1
-        part[C + c] += s2
+            vdot_dev(&s1, &s2, dy + b, x + b, len_b, coef[c], coef[C + c])
+            part[c] += s1
+            part[C + c] += s2
         pos = end
         r += 1
-
 
 cdef void _reduce_cols(const floating* dy, const floating* x, Py_ssize_t C,
                        Py_ssize_t n0, Py_ssize_t n1, const floating* coef,
                        double* part, floating* acc) noexcept nogil:
     cdef Py_ssize_t b0, nb, c0, nc, n, c, k_b0, k_c0
-    cdef const floating* hi = coef
-    cdef const floating* lo = coef + C
     cdef floating* s1 = acc
     cdef floating* s2 = acc + COLS_PER_TILE
-    cdef const floating* xr
-    cdef const floating* gr
-    cdef floating d
     for k_b0 in range((n1 - n0 + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
         b0 = n0 + k_b0 * ROWS_PER_TILE
         nb = n1 - b0 if n1 - b0 < ROWS_PER_TILE else ROWS_PER_TILE
         for k_c0 in range((C + COLS_PER_TILE - 1) // COLS_PER_TILE):
             c0 = k_c0 * COLS_PER_TILE
             nc = C - c0 if C - c0 < COLS_PER_TILE else COLS_PER_TILE
-            for c in range(nc):
-                s1[c] = 0
-                s2[c] = 0
+            memset(s1, 0, 2 * COLS_PER_TILE * sizeof(floating))
             for n in range(nb):
-                xr = x + (b0 + n) * C + c0
-                gr = dy + (b0 + n) * C + c0
-                for c in range(nc):
-                    d = (xr[c] - hi[c0 + c]) - lo[c0 + c]
-                    s1[c] += gr[c]
-                    s2[c] += gr[c] * d
+                vcol_grad_sums(s1, s2, dy + (b0 + n) * C + c0, x + (b0 + n) * C + c0,
+                               coef + c0, coef + C + c0, nc)
             for c in range(nc):
                 part[c0 + c] += s1[c]
                 part[C + c0 + c] += s2[c]
-
 
 cdef int _backward_reduce(const floating* dy, const floating* x,
                           Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
@@ -342,38 +284,24 @@ cdef void _grad_input_rows(floating* dx, const floating* dy, const floating* x,
                            Py_ssize_t C, Py_ssize_t S, Py_ssize_t e0, Py_ssize_t e1,
                            const floating* coef) noexcept nogil:
     # coef (N_COEF, C): hi, lo, k1, mean_dy, k2 ; dx = k1 * (dy - mean_dy) + k2 * (x - mean)
-    cdef Py_ssize_t r = e0 // S, pos = e0, end, i, c
-    cdef floating hi, lo, k1, mdy, k2
+    cdef Py_ssize_t r = e0 // S, pos = e0, end, c
     while pos < e1:
         end = (r + 1) * S
         if end > e1:
             end = e1
         c = r % C
-        hi = coef[c]
-        lo = coef[C + c]
-        k1 = coef[2 * C + c]
-        mdy = coef[3 * C + c]
-        k2 = coef[4 * C + c]
-        for i in range(pos, end):
-            dx[i] = k1 * (dy[i] - mdy) + k2 * ((x[i] - hi) - lo)
+        vgrad(dx + pos, dy + pos, x + pos, end - pos, coef[c], coef[C + c], coef[2 * C + c],
+              coef[3 * C + c], coef[4 * C + c])
         pos = end
         r += 1
-
 
 cdef void _grad_input_cols(floating* dx, const floating* dy, const floating* x,
                            Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1,
                            const floating* coef) noexcept nogil:
-    cdef Py_ssize_t n, c
-    cdef const floating* hi = coef
-    cdef const floating* lo = coef + C
-    cdef const floating* k1 = coef + 2 * C
-    cdef const floating* mdy = coef + 3 * C
-    cdef const floating* k2 = coef + 4 * C
+    cdef Py_ssize_t n
     for n in range(n0, n1):
-        for c in range(C):
-            dx[n * C + c] = (k1[c] * (dy[n * C + c] - mdy[c])
-                             + k2[c] * ((x[n * C + c] - hi[c]) - lo[c]))
-
+        vgrad_cols(dx + n * C, dy + n * C, x + n * C, C, coef, coef + C, coef + 2 * C,
+                   coef + 3 * C, coef + 4 * C)
 
 cdef void _grad_input(floating* dx, const floating* dy, const floating* x,
                       Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,

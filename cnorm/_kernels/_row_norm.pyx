@@ -14,7 +14,9 @@ from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from ._openmp cimport n_threads_for, split_start
-from ._stats cimport BLOCK, LANES, floating, segment_stats, split_mean
+from ._simd cimport vln_grad_row, vln_grad_sums, vln_row
+from ._stats cimport BLOCK, segment_stats, split_mean
+from ._types cimport floating
 
 cnp.import_array()
 
@@ -30,9 +32,9 @@ cdef void _forward_rows(floating* y,              # OUT (M, D)
                         const floating* bias,     # IN  (D,)
                         Py_ssize_t D, double eps,
                         Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    cdef Py_ssize_t r, j
+    cdef Py_ssize_t r
     cdef double count, mu, m2, rs
-    cdef floating hi, lo, s
+    cdef floating hi, lo
     cdef const floating* xr
     cdef floating* yr
     for r in range(r0, r1):
@@ -46,9 +48,7 @@ cdef void _forward_rows(floating* y,              # OUT (M, D)
         mean[r] = mu
         rstd[r] = rs
         split_mean(mu, &hi, &lo)
-        s = <floating>rs
-        for j in range(D):
-            yr[j] = (((xr[j] - hi) - lo) * s) * weight[j] + bias[j]
+        vln_row(yr, xr, weight, bias, D, hi, lo, <floating>rs)
 
 
 cdef void _backward_rows(floating* dx,             # OUT (M, D)
@@ -62,14 +62,12 @@ cdef void _backward_rows(floating* dx,             # OUT (M, D)
                          const double* rstd,       # IN  (M,)
                          const floating* weight,   # IN  (D,)
                          Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    cdef Py_ssize_t r, i, j, b, len_b, n_vec, k, k_b, k_i
+    cdef Py_ssize_t r, j, b, len_b, k_b
     cdef const floating* xr
     cdef const floating* gr
     cdef floating* dxr
-    cdef floating hi, lo, rs, d, g, xhat, c1, c2, k0
-    cdef floating a1[LANES]
-    cdef floating a2[LANES]
-    cdef double sum_g, sum_gd, rsd
+    cdef floating hi, lo, rs
+    cdef double sum_g, sum_gd, s_g, s_gd, rsd
     for j in range(D):
         dweight[j] = 0
         dbias[j] = 0
@@ -85,40 +83,17 @@ cdef void _backward_rows(floating* dx,             # OUT (M, D)
         # pass 1: sum g and sum g*(x - mean), g = dy*weight; the dweight/dbias partials
         sum_g = 0
         sum_gd = 0
-        for k_b in range((D + BLOCK - 1) // BLOCK):
+        for k_b in range((D + BLOCK - 1) // BLOCK):     # short sums, merged in float64
             b = k_b * BLOCK
             len_b = D - b if D - b < BLOCK else BLOCK
-            n_vec = len_b - len_b % LANES
-            for k in range(LANES):
-                a1[k] = 0
-                a2[k] = 0
-            for k_i in range(n_vec // LANES):
-                i = b + k_i * LANES
-                for k in range(LANES):
-                    j = i + k
-                    d = (xr[j] - hi) - lo
-                    g = gr[j] * weight[j]
-                    a1[k] += g
-                    a2[k] += g * d
-                    tw[j] += gr[j] * (d * rs)
-                    tb[j] += gr[j]
-            for j in range(b + n_vec, b + len_b):
-                d = (xr[j] - hi) - lo
-                g = gr[j] * weight[j]
-                a1[j - b - n_vec] += g
-                a2[j - b - n_vec] += g * d
-                tw[j] += gr[j] * (d * rs)
-                tb[j] += gr[j]
-            for k in range(LANES):
-                sum_g += a1[k]
-                sum_gd += a2[k]
+            vln_grad_sums(&s_g, &s_gd, tw + b, tb + b, gr + b, xr + b, weight + b, len_b,
+                          hi, lo, rs)
+            sum_g += s_g
+            sum_gd += s_gd
         # pass 2 (row in cache): dx = rstd*(g - mean(g) - xhat*mean(g*xhat))
-        #                           = k0*dy*weight - c1 - c2*(x - mean)
-        k0 = rs
-        c1 = <floating>(rsd * sum_g / D)
-        c2 = <floating>(rsd * rsd * rsd * sum_gd / D)
-        for j in range(D):
-            dxr[j] = k0 * (gr[j] * weight[j]) - c1 - c2 * ((xr[j] - hi) - lo)
+        #                           = rstd*dy*weight - c1 - c2*(x - mean)
+        vln_grad_row(dxr, gr, xr, weight, D, hi, lo, rs, <floating>(rsd * sum_g / D),
+                     <floating>(rsd * rsd * rsd * sum_gd / D))
         if (r - r0) % ROWS_PER_FLUSH == ROWS_PER_FLUSH - 1 or r == r1 - 1:
             for j in range(D):
                 dweight[j] += tw[j]

@@ -4,18 +4,16 @@
 # Why blocks: a block of <= BLOCK elements is read from memory once and then a second
 # time from L1, so "mean first, then squared deviations" (the two-pass algorithm, exact
 # to a few ulp) costs one pass over memory. Inside a block the sums run in the input
-# precision across LANES independent accumulators (short sums: <= BLOCK/LANES terms per
-# lane, and a layout GCC vectorizes without -ffast-math); blocks merge in float64.
+# precision across the independent lanes of _simd.h (short sums: <= 32 terms per lane);
+# blocks merge in float64.
 
 from libc.math cimport sqrt
 from libc.float cimport FLT_MAX
 
-ctypedef fused floating:
-    float
-    double
+from ._simd cimport vdev, vsum
+from ._types cimport floating
 
 cdef enum:
-    LANES = 16      # independent accumulators: 4 SSE or 2 AVX registers of float32
     BLOCK = 512     # elements per exactly-summed block (2 KiB of float32: stays in L1)
 
 
@@ -58,41 +56,11 @@ cdef inline void block_stats(const floating* x,    # IN (n,)
                              double* mean,         # OUT
                              double* m2            # OUT: sum of squared deviations
                              ) noexcept nogil:
-    """Mean and M2 of one in-cache block, corrected two-pass algorithm."""
-    cdef floating acc1[LANES]
-    cdef floating acc2[LANES]
-    cdef Py_ssize_t i, j, k_i, n_vec = n - n % LANES
-    cdef floating shift, d
-    cdef double s1 = 0, s2 = 0
-    for j in range(LANES):
-        acc1[j] = 0
-        acc2[j] = 0
-    # pass 1: a rough mean, used only as the shift of pass 2
-    for k_i in range(n_vec // LANES):
-        i = k_i * LANES
-        for j in range(LANES):
-            acc1[j] += x[i + j]
-    for i in range(n_vec, n):
-        acc1[i - n_vec] += x[i]
-    for j in range(LANES):
-        s1 += acc1[j]
-        acc1[j] = 0
-    shift = <floating>(s1 / n)
-    # pass 2 (from L1): deviations from the shift; their sum corrects the mean
-    for k_i in range(n_vec // LANES):
-        i = k_i * LANES
-        for j in range(LANES):
-            d = x[i + j] - shift
-            acc1[j] += d
-            acc2[j] += d * d
-    for i in range(n_vec, n):
-        d = x[i] - shift
-        acc1[i - n_vec] += d
-        acc2[i - n_vec] += d * d
-    s1 = 0
-    for j in range(LANES):
-        s1 += acc1[j]
-        s2 += acc2[j]
+    """Mean and M2 of one in-cache block, corrected two-pass algorithm: a rough mean
+    first (only a shift), then the sums of deviations from it, which correct it."""
+    cdef floating shift = <floating>(vsum(x, n) / n)
+    cdef double s1, s2
+    vdev(&s1, &s2, x, n, shift)
     if floating is float:
         if not (s2 <= FLT_MAX):     # squares overflowed float32 (|x| > ~1e19) or NaN/Inf
             _block_stats_f64(x, n, mean, m2)

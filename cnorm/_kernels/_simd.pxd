@@ -1,0 +1,152 @@
+# Cython view of the vectorized inner loops in _simd.h, with one fused name per loop.
+# See _simd.h for what each computes; "d" is x - mean formed as (x - hi) - lo.
+
+from ._types cimport floating
+
+cdef extern from "_simd.h" nogil:
+    double cn_sum_f(const float* x, Py_ssize_t n)
+    double cn_sum_d(const double* x, Py_ssize_t n)
+    void cn_dev_f(double* s1, double* s2, const float* x, Py_ssize_t n, float shift)
+    void cn_dev_d(double* s1, double* s2, const double* x, Py_ssize_t n, double shift)
+    void cn_dot_dev_f(double* s_dy, double* s_dyd, const float* dy, const float* x,
+                      Py_ssize_t n, float hi, float lo)
+    void cn_dot_dev_d(double* s_dy, double* s_dyd, const double* dy, const double* x,
+                      Py_ssize_t n, double hi, double lo)
+    void cn_ln_grad_sums_f(double* s_g, double* s_gd, float* tw, float* tb, const float* dy,
+                           const float* x, const float* w, Py_ssize_t n,
+                           float hi, float lo, float rs)
+    void cn_ln_grad_sums_d(double* s_g, double* s_gd, double* tw, double* tb, const double* dy,
+                           const double* x, const double* w, Py_ssize_t n,
+                           double hi, double lo, double rs)
+    void cn_affine_f(float* y, const float* x, Py_ssize_t n, float hi, float lo,
+                     float scale, float beta)
+    void cn_affine_d(double* y, const double* x, Py_ssize_t n, double hi, double lo,
+                     double scale, double beta)
+    void cn_affine_cols_f(float* y, const float* x, Py_ssize_t n, const float* hi,
+                          const float* lo, const float* scale, const float* beta)
+    void cn_affine_cols_d(double* y, const double* x, Py_ssize_t n, const double* hi,
+                          const double* lo, const double* scale, const double* beta)
+    void cn_ln_row_f(float* y, const float* x, const float* w, const float* b, Py_ssize_t n,
+                     float hi, float lo, float rs)
+    void cn_ln_row_d(double* y, const double* x, const double* w, const double* b,
+                     Py_ssize_t n, double hi, double lo, double rs)
+    void cn_grad_f(float* dx, const float* dy, const float* x, Py_ssize_t n,
+                   float hi, float lo, float k1, float mdy, float k2)
+    void cn_grad_d(double* dx, const double* dy, const double* x, Py_ssize_t n,
+                   double hi, double lo, double k1, double mdy, double k2)
+    void cn_grad_cols_f(float* dx, const float* dy, const float* x, Py_ssize_t n,
+                        const float* hi, const float* lo, const float* k1, const float* mdy,
+                        const float* k2)
+    void cn_grad_cols_d(double* dx, const double* dy, const double* x, Py_ssize_t n,
+                        const double* hi, const double* lo, const double* k1,
+                        const double* mdy, const double* k2)
+    void cn_ln_grad_row_f(float* dx, const float* dy, const float* x, const float* w,
+                          Py_ssize_t n, float hi, float lo, float k0, float c1, float c2)
+    void cn_ln_grad_row_d(double* dx, const double* dy, const double* x, const double* w,
+                          Py_ssize_t n, double hi, double lo, double k0, double c1, double c2)
+    void cn_col_add_f(float* s, const float* row, Py_ssize_t n)
+    void cn_col_add_d(double* s, const double* row, Py_ssize_t n)
+    void cn_col_dev_f(float* s1, float* s2, const float* row, const float* shift, Py_ssize_t n)
+    void cn_col_dev_d(double* s1, double* s2, const double* row, const double* shift,
+                      Py_ssize_t n)
+    void cn_col_grad_sums_f(float* s1, float* s2, const float* dy, const float* x,
+                            const float* hi, const float* lo, Py_ssize_t n)
+    void cn_col_grad_sums_d(double* s1, double* s2, const double* dy, const double* x,
+                            const double* hi, const double* lo, Py_ssize_t n)
+
+
+cdef inline double vsum(const floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return cn_sum_f(x, n)
+    else:
+        return cn_sum_d(x, n)
+
+cdef inline void vdev(double* s1, double* s2, const floating* x, Py_ssize_t n,
+                      floating shift) noexcept nogil:
+    if floating is float:
+        cn_dev_f(s1, s2, x, n, shift)
+    else:
+        cn_dev_d(s1, s2, x, n, shift)
+
+cdef inline void vdot_dev(double* s_dy, double* s_dyd, const floating* dy, const floating* x,
+                          Py_ssize_t n, floating hi, floating lo) noexcept nogil:
+    if floating is float:
+        cn_dot_dev_f(s_dy, s_dyd, dy, x, n, hi, lo)
+    else:
+        cn_dot_dev_d(s_dy, s_dyd, dy, x, n, hi, lo)
+
+cdef inline void vln_grad_sums(double* s_g, double* s_gd, floating* tw, floating* tb,
+                               const floating* dy, const floating* x, const floating* w,
+                               Py_ssize_t n, floating hi, floating lo,
+                               floating rs) noexcept nogil:
+    if floating is float:
+        cn_ln_grad_sums_f(s_g, s_gd, tw, tb, dy, x, w, n, hi, lo, rs)
+    else:
+        cn_ln_grad_sums_d(s_g, s_gd, tw, tb, dy, x, w, n, hi, lo, rs)
+
+cdef inline void vaffine(floating* y, const floating* x, Py_ssize_t n, floating hi,
+                         floating lo, floating scale, floating beta) noexcept nogil:
+    if floating is float:
+        cn_affine_f(y, x, n, hi, lo, scale, beta)
+    else:
+        cn_affine_d(y, x, n, hi, lo, scale, beta)
+
+cdef inline void vaffine_cols(floating* y, const floating* x, Py_ssize_t n,
+                              const floating* hi, const floating* lo, const floating* scale,
+                              const floating* beta) noexcept nogil:
+    if floating is float:
+        cn_affine_cols_f(y, x, n, hi, lo, scale, beta)
+    else:
+        cn_affine_cols_d(y, x, n, hi, lo, scale, beta)
+
+cdef inline void vln_row(floating* y, const floating* x, const floating* w, const floating* b,
+                         Py_ssize_t n, floating hi, floating lo, floating rs) noexcept nogil:
+    if floating is float:
+        cn_ln_row_f(y, x, w, b, n, hi, lo, rs)
+    else:
+        cn_ln_row_d(y, x, w, b, n, hi, lo, rs)
+
+cdef inline void vgrad(floating* dx, const floating* dy, const floating* x, Py_ssize_t n,
+                       floating hi, floating lo, floating k1, floating mdy,
+                       floating k2) noexcept nogil:
+    if floating is float:
+        cn_grad_f(dx, dy, x, n, hi, lo, k1, mdy, k2)
+    else:
+        cn_grad_d(dx, dy, x, n, hi, lo, k1, mdy, k2)
+
+cdef inline void vgrad_cols(floating* dx, const floating* dy, const floating* x, Py_ssize_t n,
+                            const floating* hi, const floating* lo, const floating* k1,
+                            const floating* mdy, const floating* k2) noexcept nogil:
+    if floating is float:
+        cn_grad_cols_f(dx, dy, x, n, hi, lo, k1, mdy, k2)
+    else:
+        cn_grad_cols_d(dx, dy, x, n, hi, lo, k1, mdy, k2)
+
+cdef inline void vln_grad_row(floating* dx, const floating* dy, const floating* x,
+                              const floating* w, Py_ssize_t n, floating hi, floating lo,
+                              floating k0, floating c1, floating c2) noexcept nogil:
+    if floating is float:
+        cn_ln_grad_row_f(dx, dy, x, w, n, hi, lo, k0, c1, c2)
+    else:
+        cn_ln_grad_row_d(dx, dy, x, w, n, hi, lo, k0, c1, c2)
+
+cdef inline void vcol_add(floating* s, const floating* row, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        cn_col_add_f(s, row, n)
+    else:
+        cn_col_add_d(s, row, n)
+
+cdef inline void vcol_dev(floating* s1, floating* s2, const floating* row,
+                          const floating* shift, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        cn_col_dev_f(s1, s2, row, shift, n)
+    else:
+        cn_col_dev_d(s1, s2, row, shift, n)
+
+cdef inline void vcol_grad_sums(floating* s1, floating* s2, const floating* dy,
+                                const floating* x, const floating* hi, const floating* lo,
+                                Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        cn_col_grad_sums_f(s1, s2, dy, x, hi, lo, n)
+    else:
+        cn_col_grad_sums_d(s1, s2, dy, x, hi, lo, n)

@@ -1,0 +1,3 @@
+ctypedef fused floating:
+    float
+    double
