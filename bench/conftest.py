@@ -8,8 +8,12 @@ Run:   pytest bench/                          # timings, grouped per case-op-dty
 
 No path tweaking here: ``cnorm`` is imported from the installed (``pip install -e``)
 package.  Option names are prefixed ``--bench-`` so they cannot clash with
-tests/conftest.py.
+tests/conftest.py, and ``pytest tests bench`` keeps working (see
+:func:`pytest_configure`).
 """
+
+import sys
+import types
 
 import pytest
 
@@ -26,6 +30,27 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "float64: benchmark on float64 inputs (--bench-dtype)")
+    _give_back_conftest_name(config)
+
+
+def _give_back_conftest_name(config):
+    """Do not shadow another rootless conftest in ``sys.modules["conftest"]``.
+
+    conftest.py files outside packages are all imported under the module name
+    ``conftest``; pytest drops the previous one from ``sys.modules`` when it loads the
+    next.  When ``pytest tests bench`` loads this file after tests/conftest.py, test
+    modules doing ``from conftest import ...`` would get this module.  This module is
+    only used as a plugin (pytest keeps its own reference), so hand the name back to
+    the conftest that held it -- when there is exactly one such candidate.
+    """
+    this = sys.modules.get(__name__)
+    if __name__ != "conftest" or this is None or sys.modules.get("conftest") is not this:
+        return
+    others = [p for p in config.pluginmanager.get_plugins()
+              if isinstance(p, types.ModuleType) and p.__name__ == "conftest"
+              and p is not this]
+    if len(others) == 1:
+        sys.modules["conftest"] = others[0]
 
 
 def _opt(config, name, default):
@@ -36,7 +61,7 @@ def _opt(config, name, default):
         return default
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _same_thread_count(request):
     """cnorm and torch use the same number of threads; both restored afterwards."""
     import cnorm
@@ -56,19 +81,21 @@ def _same_thread_count(request):
         torch.set_num_threads(orig_t)
 
 
-try:  # pragma: no cover - depends on the environment
-    import pytest_benchmark  # noqa: F401
-except ImportError:  # pragma: no cover
-    class _CallOnce:
-        """Stand-in for the pytest-benchmark fixture: calls the function once."""
+class _CallOnce:
+    """Stand-in for pytest-benchmark's fixture when the plugin is missing or disabled
+    (``-p no:benchmark``): runs the function once, like ``--benchmark-disable``."""
 
-        def __init__(self):
-            self.group = None
-            self.extra_info = {}
+    def __init__(self):
+        self.group = None
+        self.extra_info = {}
 
-        def __call__(self, fn, *args, **kwargs):
-            return fn(*args, **kwargs)
+    def __call__(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
 
-    @pytest.fixture
-    def benchmark():
-        return _CallOnce()
+
+@pytest.fixture
+def bench(request):
+    """pytest-benchmark's ``benchmark`` fixture, or a call-once stand-in without it."""
+    if request.config.pluginmanager.hasplugin("benchmark"):
+        return request.getfixturevalue("benchmark")
+    return _CallOnce()

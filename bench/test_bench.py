@@ -29,7 +29,7 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("bench_params", params)
 
 
-def test_bench(benchmark, bench_params, _same_thread_count):
+def test_bench(request, bench_params, _same_thread_count):
     case, dtype, op, impl = bench_params
     if impl == "torch":
         pytest.importorskip("torch")
@@ -41,8 +41,10 @@ def test_bench(benchmark, bench_params, _same_thread_count):
         if impl == "cnorm":
             raise
         pytest.skip(str(exc))
-    benchmark.group = f"{case.name}-{op}-{dtype}"
-    benchmark.extra_info.update(
+    # requested only now, so that the skips above do not leave it unused (a warning)
+    bench = request.getfixturevalue("bench")
+    bench.group = f"{case.name}-{op}-{dtype}"
+    bench.extra_info.update(
         impl=impl, shape=list(case.shape), dtype=dtype, op=op,
         bytes=C.op_bytes(case, op, dtype), threads=_same_thread_count)
-    benchmark(fn)
+    bench(fn)

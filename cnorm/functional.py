@@ -53,8 +53,9 @@ def _check_array(x, name: str = "input") -> Array:
         if dtype.kind == "f" and dtype.itemsize in (4, 8) and not dtype.isnative:
             return np.ascontiguousarray(x, dtype=dtype.newbyteorder("="))
         raise _unsupported(dtype)
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
+    flags = x.flags
+    if not (flags.c_contiguous and flags.aligned):
+        x = np.array(x, order="C", copy=True)   # ascontiguousarray keeps misalignment
     return x
 
 
@@ -64,7 +65,9 @@ def _check_dtype(x: Array, dtype: np.dtype, what: str) -> None:
 
 
 def _check_vector(a, name: str, n: int, dtype: np.dtype, writable: bool = False) -> Optional[Array]:
-    """A per-channel / per-feature parameter: None, or a 1-D array of length n."""
+    """A per-channel parameter or running statistic: None, or a 1-D array of length n,
+    returned C-contiguous and aligned (a copy when it is not: the caller writes a
+    `writable` one back with np.copyto)."""
     if a is None:
         return None
     if not isinstance(a, np.ndarray):
@@ -73,11 +76,12 @@ def _check_vector(a, name: str, n: int, dtype: np.dtype, writable: bool = False)
         raise TypeError(f"{name} has dtype {a.dtype} but the input has dtype {dtype}")
     if a.shape != (n,):
         raise ValueError(f"{name} should contain {n} elements not {a.size} (shape {a.shape})")
-    if writable:
-        if not (a.flags.c_contiguous and a.flags.writeable):
-            raise ValueError(f"{name} must be a writeable C-contiguous array (it is updated in place)")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} is read-only, but it is updated in place when training")
+    flags = a.flags
+    if flags.c_contiguous and flags.aligned:
         return a
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    return np.array(a, order="C", copy=True)
 
 
 def _bn_dims(x: Array) -> Tuple[int, int, int]:
@@ -135,7 +139,7 @@ def _check_affine(a, name: str, shape: Tuple[int, ...], dtype: np.dtype) -> Opti
     if a.shape != shape:
         raise ValueError(f"Expected {name} to be of same shape as normalized_shape, but got "
                          f"{name} of shape {list(a.shape)} and normalized_shape = {list(shape)}")
-    return np.ascontiguousarray(a).reshape(-1)
+    return np.ascontiguousarray(a)
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,14 +174,19 @@ def native_batch_norm(
     dtype = x.dtype
     weight = _check_vector(weight, "weight", c, dtype)
     bias = _check_vector(bias, "bias", c, dtype)
-    running_mean = _check_vector(running_mean, "running_mean", c, dtype, writable=True)
-    running_var = _check_vector(running_var, "running_var", c, dtype, writable=True)
-    if training:
-        return _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var,
-                                 momentum, eps)
-    if running_mean is None or running_var is None:
-        raise ValueError("running_mean and running_var must be given when training=False")
-    return _batch_norm_eval(x, n, c, s, weight, bias, running_mean, running_var, eps)
+    rm = _check_vector(running_mean, "running_mean", c, dtype, writable=training)
+    rv = _check_vector(running_var, "running_var", c, dtype, writable=training)
+    if not training:
+        if rm is None or rv is None:
+            raise ValueError("running_mean and running_var must be given when training=False")
+        return _batch_norm_eval(x, n, c, s, weight, bias, rm, rv, eps)
+    if rm is None or rv is None:
+        rm = rv = None      # torch updates the running statistics only when both are given
+    out = _batch_norm_train(x, n, c, s, weight, bias, rm, rv, momentum, eps)
+    if rm is not running_mean and rm is not None:       # worked on contiguous copies
+        np.copyto(running_mean, rm)
+        np.copyto(running_var, rv)
+    return out
 
 
 def _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, momentum, eps):
@@ -191,18 +200,14 @@ def _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, momen
     if m == 0 or c == 0:
         # torch: an empty batch leaves the running statistics alone
         return np.empty_like(x), np.zeros(c), np.zeros(c)
-    if running_mean is None or running_var is None:
-        running_mean = running_var = None
     return _batch_norm.forward_train(x, n, c, s, weight, bias, running_mean, running_var,
                                      float(momentum), float(eps))
 
 
 def _batch_norm_eval(x, n, c, s, weight, bias, running_mean, running_var, eps):
-    mean = running_mean.astype(np.float64)
-    invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
-    if x.size == 0:
-        return np.empty_like(x), mean, invstd
-    return _batch_norm.normalize(x, n, c, s, mean, invstd, weight, bias), mean, invstd
+    """Eval forward (running statistics) on validated arguments."""
+    return _batch_norm.forward_eval(x, n, c, s, weight, bias, running_mean, running_var,
+                                    float(eps))
 
 
 def batch_norm(
@@ -296,16 +301,18 @@ def native_layer_norm(
     m, d = _ln_dims(x, shape)
     weight = _check_affine(weight, "weight", shape, x.dtype)
     bias = _check_affine(bias, "bias", shape, x.dtype)
-    return _layer_norm(x, shape, m, d, weight, bias, eps)
-
-
-def _layer_norm(x, shape, m, d, weight, bias, eps):
+    y, mean, rstd = _layer_norm(x, m, d, weight, bias, eps)
     lead = x.shape[: x.ndim - len(shape)]
+    return y, mean.reshape(lead), rstd.reshape(lead)
+
+
+def _layer_norm(x, m, d, weight, bias, eps):
+    """Forward on validated arguments: (y, mean (m,), rstd (m,)); weight and bias may have
+    any shape of d contiguous elements."""
     if m == 0 or d == 0:
         # an empty row has no mean (torch gives nan)
-        return np.empty_like(x), np.full(lead, np.nan), np.full(lead, np.nan)
-    y, mean, rstd = _row_norm.forward(x, m, d, weight, bias, float(eps))
-    return y, mean.reshape(lead), rstd.reshape(lead)
+        return np.empty_like(x), np.full(m, np.nan), np.full(m, np.nan)
+    return _row_norm.forward(x, m, d, weight, bias, float(eps))
 
 
 def layer_norm(
@@ -356,5 +363,5 @@ def _layer_norm_backward(g, x, shape, m, d, mean, rstd, weight):
     if m == 0 or d == 0:
         zeros = np.zeros(shape, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
-    dx, dw, db = _row_norm.backward(g, x, m, d, mean.reshape(-1), rstd.reshape(-1), weight)
+    dx, dw, db = _row_norm.backward(g, x, m, d, mean, rstd, weight)
     return dx, dw.reshape(shape), db.reshape(shape)

@@ -43,10 +43,19 @@ def assert_close(actual, expected, dtype, scale=1.0, err_msg=""):
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, (actual.shape, expected.shape, err_msg)
     tol = tol_for(dtype)
-    np.testing.assert_allclose(
-        actual.astype(np.float64), expected, rtol=tol, atol=tol * np.maximum(scale, 1.0),
-        err_msg=err_msg,
-    )
+    a = actual.astype(np.float64)
+    allowed = tol * np.maximum(scale, 1.0) + tol * np.abs(expected)
+    bad = ~(np.abs(a - expected) <= allowed)  # also catches nan
+    same_nan = np.isnan(a) & np.isnan(expected)
+    bad &= ~same_nan
+    if np.any(bad):
+        idx = np.argwhere(bad)[:5]
+        worst = np.nanmax(np.where(bad, np.abs(a - expected) / allowed, 0.0)) if a.size else 0.0
+        detail = "; ".join(
+            f"at {tuple(int(j) for j in i)}: got {a[tuple(i)]!r}, expected {expected[tuple(i)]!r}" for i in idx)
+        raise AssertionError(
+            f"{err_msg}: {int(bad.sum())}/{a.size} elements differ (dtype {np.dtype(dtype).name}, "
+            f"tol {tol:g}, worst error/allowed {worst:.3g}); {detail}")
 
 
 def assert_reduction_close(actual, expected, terms, axes, dtype, err_msg=""):

@@ -21,6 +21,7 @@ from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
+from ._buffers cimport check_array, data_or_null, input_typenum
 from ._openmp cimport n_threads_for, split_start as _split
 from ._simd cimport (vaffine, vaffine_cols, vcol_add, vcol_dev, vcol_grad_sums, vdot_dev,
                      vgrad, vgrad_cols)
@@ -128,14 +129,20 @@ cdef int _channel_stats(const floating* x,     # IN  (N, C, S)
         if acc == NULL:
             free(part)
             return -1
-        for t in prange(n_threads, schedule='static', num_threads=n_threads):
-            _stats_cols(x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads),
-                        part + 3 * C * t, acc + 3 * COLS_PER_TILE * t)
+        if n_threads == 1:      # no parallel region: it costs ~1 us
+            _stats_cols(x, C, 0, N, part, acc)
+        else:
+            for t in prange(n_threads, schedule='static', num_threads=n_threads):
+                _stats_cols(x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads),
+                            part + 3 * C * t, acc + 3 * COLS_PER_TILE * t)
         free(acc)
     else:
-        for t in prange(n_threads, schedule='static', num_threads=n_threads):
-            _stats_rows(x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads),
-                        part + 3 * C * t)
+        if n_threads == 1:      # no parallel region: it costs ~1 us
+            _stats_rows(x, C, S, 0, E, part)
+        else:
+            for t in prange(n_threads, schedule='static', num_threads=n_threads):
+                _stats_rows(x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads),
+                            part + 3 * C * t)
     # merge the thread partials in thread order: deterministic
     for c in range(C):
         count = 0
@@ -180,11 +187,17 @@ cdef void _normalize(floating* y, const floating* x, Py_ssize_t N, Py_ssize_t C,
     cdef Py_ssize_t E = N * C * S
     cdef int n_threads = n_threads_for(E), t
     if S == 1:
-        for t in prange(n_threads, schedule='static', num_threads=n_threads):
-            _normalize_cols(y, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads), coef)
+        if n_threads == 1:      # no parallel region: it costs ~1 us
+            _normalize_cols(y, x, C, 0, N, coef)
+        else:
+            for t in prange(n_threads, schedule='static', num_threads=n_threads):
+                _normalize_cols(y, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads), coef)
     else:
-        for t in prange(n_threads, schedule='static', num_threads=n_threads):
-            _normalize_rows(y, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads), coef)
+        if n_threads == 1:      # no parallel region: it costs ~1 us
+            _normalize_rows(y, x, C, S, 0, E, coef)
+        else:
+            for t in prange(n_threads, schedule='static', num_threads=n_threads):
+                _normalize_rows(y, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads), coef)
 
 
 cdef void _fill_normalize_coef(floating* coef, Py_ssize_t C, const double* mean,
@@ -260,14 +273,20 @@ cdef int _backward_reduce(const floating* dy, const floating* x,
         if acc == NULL:
             free(part)
             return -1
-        for t in prange(n_threads, schedule='static', num_threads=n_threads):
-            _reduce_cols(dy, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads),
-                         coef, part + 2 * C * t, acc + 2 * COLS_PER_TILE * t)
+        if n_threads == 1:      # no parallel region: it costs ~1 us
+            _reduce_cols(dy, x, C, 0, N, coef, part, acc)
+        else:
+            for t in prange(n_threads, schedule='static', num_threads=n_threads):
+                _reduce_cols(dy, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads),
+                             coef, part + 2 * C * t, acc + 2 * COLS_PER_TILE * t)
         free(acc)
     else:
-        for t in prange(n_threads, schedule='static', num_threads=n_threads):
-            _reduce_rows(dy, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads),
-                         coef, part + 2 * C * t)
+        if n_threads == 1:      # no parallel region: it costs ~1 us
+            _reduce_rows(dy, x, C, S, 0, E, coef, part)
+        else:
+            for t in prange(n_threads, schedule='static', num_threads=n_threads):
+                _reduce_rows(dy, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads),
+                             coef, part + 2 * C * t)
     for c in range(C):
         s1 = 0
         s2 = 0
@@ -309,11 +328,17 @@ cdef void _grad_input(floating* dx, const floating* dy, const floating* x,
     cdef Py_ssize_t E = N * C * S
     cdef int n_threads = n_threads_for(2 * E), t
     if S == 1:
-        for t in prange(n_threads, schedule='static', num_threads=n_threads):
-            _grad_input_cols(dx, dy, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads), coef)
+        if n_threads == 1:      # no parallel region: it costs ~1 us
+            _grad_input_cols(dx, dy, x, C, 0, N, coef)
+        else:
+            for t in prange(n_threads, schedule='static', num_threads=n_threads):
+                _grad_input_cols(dx, dy, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads), coef)
     else:
-        for t in prange(n_threads, schedule='static', num_threads=n_threads):
-            _grad_input_rows(dx, dy, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads), coef)
+        if n_threads == 1:      # no parallel region: it costs ~1 us
+            _grad_input_rows(dx, dy, x, C, S, 0, E, coef)
+        else:
+            for t in prange(n_threads, schedule='static', num_threads=n_threads):
+                _grad_input_rows(dx, dy, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads), coef)
 
 
 # ---------------------------------------------------------------------------------------
@@ -329,8 +354,13 @@ cdef inline cnp.ndarray _empty_like(cnp.ndarray x):
     return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
 
 
-cdef inline void* _data_or_null(object a):
-    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+cdef inline int _check_input(object x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) except -1:
+    """x: float32/float64, C-contiguous, N*C*S elements; returns its type number."""
+    cdef int typenum = input_typenum(x, "input")
+    if N < 0 or C < 0 or S < 0:
+        raise ValueError("negative dimension")
+    check_array(x, N * C * S, typenum, False, "input")
+    return typenum
 
 
 cdef int _stats_impl(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
@@ -343,11 +373,12 @@ cdef int _stats_impl(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S
 
 def stats(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S):
     """Per-channel (mean, biased variance) of x viewed as (N, C, S), float64 arrays (C,)."""
+    cdef int typenum = _check_input(x, N, C, S)
     cdef cnp.ndarray mean = _empty_f64(C), var = _empty_f64(C)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* pv = <double*>cnp.PyArray_DATA(var)
     cdef void* px = cnp.PyArray_DATA(x)
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+    if typenum == cnp.NPY_FLOAT:
         with nogil:
             _stats_impl(<const float*>px, N, C, S, pm, pv)
     else:
@@ -372,14 +403,19 @@ cdef int _normalize_impl(floating* y, const floating* x, Py_ssize_t N, Py_ssize_
 def normalize(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
               cnp.ndarray mean, cnp.ndarray invstd, weight, bias):
     """y = (x - mean) * invstd * weight + bias per channel; returns a new array like x."""
+    cdef int typenum = _check_input(x, N, C, S)
+    check_array(mean, C, cnp.NPY_DOUBLE, False, "mean")
+    check_array(invstd, C, cnp.NPY_DOUBLE, False, "invstd")
+    check_array(weight, C, typenum, False, "weight")
+    check_array(bias, C, typenum, False, "bias")
     cdef cnp.ndarray y = _empty_like(x)
     cdef void* py = cnp.PyArray_DATA(y)
     cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* pw = _data_or_null(weight)
-    cdef void* pb = _data_or_null(bias)
+    cdef void* pw = data_or_null(weight)
+    cdef void* pb = data_or_null(bias)
     cdef const double* pm = <const double*>cnp.PyArray_DATA(mean)
     cdef const double* ps = <const double*>cnp.PyArray_DATA(invstd)
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+    if typenum == cnp.NPY_FLOAT:
         with nogil:
             _normalize_impl(<float*>py, <const float*>px, N, C, S, pm, ps,
                             <const float*>pw, <const float*>pb)
@@ -415,17 +451,26 @@ def forward_train(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                   weight, bias, running_mean, running_var, double factor, double eps):
     """Training forward in one call: batch statistics, running-statistics update in place
     (when given; needs N*S > 1), normalization. Returns (y, mean, invstd)."""
+    cdef int typenum = _check_input(x, N, C, S)
+    check_array(weight, C, typenum, False, "weight")
+    check_array(bias, C, typenum, False, "bias")
+    check_array(running_mean, C, typenum, True, "running_mean")
+    check_array(running_var, C, typenum, True, "running_var")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    if N * S < 2 and running_var is not None:
+        raise ValueError("the unbiased variance needs more than 1 value per channel")
     cdef cnp.ndarray y = _empty_like(x)
     cdef cnp.ndarray mean = _empty_f64(C), invstd = _empty_f64(C)
     cdef void* py = cnp.PyArray_DATA(y)
     cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* pw = _data_or_null(weight)
-    cdef void* pb = _data_or_null(bias)
-    cdef void* prm = _data_or_null(running_mean)
-    cdef void* prv = _data_or_null(running_var)
+    cdef void* pw = data_or_null(weight)
+    cdef void* pb = data_or_null(bias)
+    cdef void* prm = data_or_null(running_mean)
+    cdef void* prv = data_or_null(running_var)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* ps = <double*>cnp.PyArray_DATA(invstd)
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+    if typenum == cnp.NPY_FLOAT:
         with nogil:
             _forward_train_impl(<float*>py, <const float*>px, N, C, S, <const float*>pw,
                                 <const float*>pb, <float*>prm, <float*>prv, factor, eps, pm, ps)
@@ -433,6 +478,48 @@ def forward_train(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
         with nogil:
             _forward_train_impl(<double*>py, <const double*>px, N, C, S, <const double*>pw,
                                 <const double*>pb, <double*>prm, <double*>prv, factor, eps, pm, ps)
+    return y, mean, invstd
+
+
+def forward_eval(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                 weight, bias, running_mean, running_var, double eps):
+    """Eval forward with the running statistics. Returns (y, mean, invstd), the float64
+    statistics used (invstd = 1/sqrt(running_var + eps))."""
+    cdef int typenum = _check_input(x, N, C, S)
+    check_array(weight, C, typenum, False, "weight")
+    check_array(bias, C, typenum, False, "bias")
+    check_array(running_mean, C, typenum, False, "running_mean")
+    check_array(running_var, C, typenum, False, "running_var")
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var must be given")
+    cdef cnp.ndarray y = _empty_like(x)
+    cdef cnp.ndarray mean = _empty_f64(C), invstd = _empty_f64(C)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* ps = <double*>cnp.PyArray_DATA(invstd)
+    cdef void* py = cnp.PyArray_DATA(y)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pw = data_or_null(weight)
+    cdef void* pb = data_or_null(bias)
+    cdef void* prm = cnp.PyArray_DATA(<cnp.ndarray>running_mean)
+    cdef void* prv = cnp.PyArray_DATA(<cnp.ndarray>running_var)
+    cdef Py_ssize_t c
+    for c in range(C):
+        if typenum == cnp.NPY_FLOAT:
+            pm[c] = (<float*>prm)[c]
+            ps[c] = 1.0 / sqrt(<double>(<float*>prv)[c] + eps)
+        else:
+            pm[c] = (<double*>prm)[c]
+            ps[c] = 1.0 / sqrt((<double*>prv)[c] + eps)
+    if N * C * S == 0:
+        return y, mean, invstd
+    if typenum == cnp.NPY_FLOAT:
+        with nogil:
+            _normalize_impl(<float*>py, <const float*>px, N, C, S, pm, ps,
+                            <const float*>pw, <const float*>pb)
+    else:
+        with nogil:
+            _normalize_impl(<double*>py, <const double*>px, N, C, S, pm, ps,
+                            <const double*>pw, <const double*>pb)
     return y, mean, invstd
 
 
@@ -482,18 +569,23 @@ def backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize
              cnp.ndarray mean, cnp.ndarray invstd, weight, bint training,
              bint need_input_grad=True):
     """Returns (dx or None, sum_dy, sum_dy_xhat): sum_dy is dbias, sum_dy_xhat dweight (float64)."""
+    cdef int typenum = _check_input(x, N, C, S)
+    check_array(dy, N * C * S, typenum, False, "grad_output")
+    check_array(mean, C, cnp.NPY_DOUBLE, False, "mean")
+    check_array(invstd, C, cnp.NPY_DOUBLE, False, "invstd")
+    check_array(weight, C, typenum, False, "weight")
     cdef cnp.ndarray dx = _empty_like(x) if need_input_grad else None
     cdef cnp.ndarray sum_dy = _empty_f64(C), sum_dy_xhat = _empty_f64(C)
-    cdef void* pdx = _data_or_null(dx)
+    cdef void* pdx = data_or_null(dx)
     cdef void* pdy = cnp.PyArray_DATA(dy)
     cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* pw = _data_or_null(weight)
+    cdef void* pw = data_or_null(weight)
     cdef const double* pm = <const double*>cnp.PyArray_DATA(mean)
     cdef const double* ps = <const double*>cnp.PyArray_DATA(invstd)
     cdef double* s1 = <double*>cnp.PyArray_DATA(sum_dy)
     cdef double* s2 = <double*>cnp.PyArray_DATA(sum_dy_xhat)
     cdef double count = <double>N * S
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+    if typenum == cnp.NPY_FLOAT:
         with nogil:
             _backward_impl(<float*>pdx, <const float*>pdy, <const float*>px, N, C, S, pm, ps,
                            <const float*>pw, training, count, NULL, NULL, s1, s2)
@@ -515,16 +607,23 @@ def backward_input(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py
                    cnp.ndarray sum_dy, cnp.ndarray sum_dy_xhat, double count):
     """Input gradient of a training-mode batch norm from given per-channel sums over
     `count` elements per channel (e.g. all-reduced over the ranks of a distributed batch)."""
+    cdef int typenum = _check_input(x, N, C, S)
+    check_array(dy, N * C * S, typenum, False, "grad_output")
+    check_array(mean, C, cnp.NPY_DOUBLE, False, "mean")
+    check_array(invstd, C, cnp.NPY_DOUBLE, False, "invstd")
+    check_array(weight, C, typenum, False, "weight")
+    check_array(sum_dy, C, cnp.NPY_DOUBLE, False, "sum_dy")
+    check_array(sum_dy_xhat, C, cnp.NPY_DOUBLE, False, "sum_dy_xhat")
     cdef cnp.ndarray dx = _empty_like(x)
     cdef void* pdx = cnp.PyArray_DATA(dx)
     cdef void* pdy = cnp.PyArray_DATA(dy)
     cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* pw = _data_or_null(weight)
+    cdef void* pw = data_or_null(weight)
     cdef const double* pm = <const double*>cnp.PyArray_DATA(mean)
     cdef const double* ps = <const double*>cnp.PyArray_DATA(invstd)
     cdef const double* s1 = <const double*>cnp.PyArray_DATA(sum_dy)
     cdef const double* s2 = <const double*>cnp.PyArray_DATA(sum_dy_xhat)
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+    if typenum == cnp.NPY_FLOAT:
         with nogil:
             _backward_impl(<float*>pdx, <const float*>pdy, <const float*>px, N, C, S, pm, ps,
                            <const float*>pw, True, count, s1, s2, NULL, NULL)

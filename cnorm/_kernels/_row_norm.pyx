@@ -13,6 +13,7 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
+from ._buffers cimport check_array, data_or_null, input_typenum
 from ._openmp cimport n_threads_for, split_start
 from ._simd cimport vln_grad_row, vln_grad_sums, vln_row
 from ._stats cimport BLOCK, segment_stats, split_mean
@@ -133,25 +134,34 @@ cdef int _forward_impl(floating* y, double* mean, double* rstd, const floating* 
             weight = ones_zeros
         if bias == NULL:
             bias = ones_zeros + D
-    for t in prange(n_threads, schedule='static', num_threads=n_threads):
-        _forward_rows(y, mean, rstd, x, weight, bias, D, eps,
-                      split_start(M, t, n_threads), split_start(M, t + 1, n_threads))
+    if n_threads == 1:      # no parallel region: it costs ~1 us
+        _forward_rows(y, mean, rstd, x, weight, bias, D, eps, 0, M)
+    else:
+        for t in prange(n_threads, schedule='static', num_threads=n_threads):
+            _forward_rows(y, mean, rstd, x, weight, bias, D, eps,
+                          split_start(M, t, n_threads), split_start(M, t + 1, n_threads))
     free(ones_zeros)
     return 0
 
 
 def forward(cnp.ndarray x, Py_ssize_t M, Py_ssize_t D, weight, bias, double eps):
     """LayerNorm of x viewed as (M, D). Returns (y like x, mean (M,), rstd (M,)) with
-    float64 statistics."""
+    float64 statistics. weight and bias: None or D contiguous elements (any shape)."""
+    cdef int typenum = input_typenum(x, "input")
+    if M < 0 or D < 0:
+        raise ValueError("negative dimension")
+    check_array(x, M * D, typenum, False, "input")
+    check_array(weight, D, typenum, False, "weight")
+    check_array(bias, D, typenum, False, "bias")
     cdef cnp.ndarray y = _empty_like(x)
     cdef cnp.ndarray mean = _empty(M, cnp.NPY_DOUBLE), rstd = _empty(M, cnp.NPY_DOUBLE)
     cdef void* py = cnp.PyArray_DATA(y)
     cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* pw = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
-    cdef void* pb = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
+    cdef void* pw = data_or_null(weight)
+    cdef void* pb = data_or_null(bias)
     cdef double* pm = <double*>cnp.PyArray_DATA(mean)
     cdef double* ps = <double*>cnp.PyArray_DATA(rstd)
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+    if typenum == cnp.NPY_FLOAT:
         with nogil:
             _forward_impl(<float*>py, pm, ps, <const float*>px, <const float*>pw,
                           <const float*>pb, M, D, eps)
@@ -188,10 +198,13 @@ cdef int _backward_impl(floating* dx, floating* dweight, floating* dbias,
         for j in range(D):
             ones[j] = 1
         weight = ones
-    for t in prange(n_threads, schedule='static', num_threads=n_threads):
-        _backward_rows(dx, part + 2 * D * t, part + 2 * D * t + D,
-                       tmp + 2 * D * t, tmp + 2 * D * t + D, dy, x, mean, rstd, weight, D,
-                       split_start(M, t, n_threads), split_start(M, t + 1, n_threads))
+    if n_threads == 1:      # no parallel region: it costs ~1 us
+        _backward_rows(dx, part, part + D, tmp, tmp + D, dy, x, mean, rstd, weight, D, 0, M)
+    else:
+        for t in prange(n_threads, schedule='static', num_threads=n_threads):
+            _backward_rows(dx, part + 2 * D * t, part + 2 * D * t + D,
+                           tmp + 2 * D * t, tmp + 2 * D * t + D, dy, x, mean, rstd, weight, D,
+                           split_start(M, t, n_threads), split_start(M, t + 1, n_threads))
     for j in range(D):
         sw = 0
         sb = 0
@@ -208,7 +221,14 @@ cdef int _backward_impl(floating* dx, floating* dweight, floating* dbias,
 def backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M, Py_ssize_t D,
              cnp.ndarray mean, cnp.ndarray rstd, weight):
     """Returns (dx like x, dweight (D,), dbias (D,)) in the input dtype."""
-    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef int typenum = input_typenum(x, "input")
+    if M < 0 or D < 0:
+        raise ValueError("negative dimension")
+    check_array(x, M * D, typenum, False, "input")
+    check_array(dy, M * D, typenum, False, "grad_output")
+    check_array(mean, M, cnp.NPY_DOUBLE, False, "mean")
+    check_array(rstd, M, cnp.NPY_DOUBLE, False, "rstd")
+    check_array(weight, D, typenum, False, "weight")
     cdef cnp.ndarray dx = _empty_like(x)
     cdef cnp.ndarray dw = _empty(D, typenum), db = _empty(D, typenum)
     cdef void* pdx = cnp.PyArray_DATA(dx)
@@ -216,7 +236,7 @@ def backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M, Py_ssize_t D,
     cdef void* pdb = cnp.PyArray_DATA(db)
     cdef void* pdy = cnp.PyArray_DATA(dy)
     cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* pw = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
+    cdef void* pw = data_or_null(weight)
     cdef const double* pm = <const double*>cnp.PyArray_DATA(mean)
     cdef const double* ps = <const double*>cnp.PyArray_DATA(rstd)
     if typenum == cnp.NPY_FLOAT:

@@ -20,7 +20,7 @@ cdef enum:
 cdef inline void chan_merge(double* count, double* mean, double* m2,
                             double count_b, double mean_b, double m2_b) noexcept nogil:
     """(count, mean, m2) <- the statistics of both sets (Chan, Golub & LeVeque)."""
-    cdef double n, delta
+    cdef double n, delta, frac_b
     if count_b == 0:
         return
     if count[0] == 0:
@@ -29,9 +29,10 @@ cdef inline void chan_merge(double* count, double* mean, double* m2,
         m2[0] = m2_b
         return
     n = count[0] + count_b
+    frac_b = count_b / n                 # the one division
     delta = mean_b - mean[0]
-    mean[0] += delta * (count_b / n)
-    m2[0] += m2_b + delta * delta * (count[0] * count_b / n)
+    mean[0] += delta * frac_b
+    m2[0] += m2_b + delta * delta * (count[0] * frac_b)
     count[0] = n
 
 
@@ -58,15 +59,17 @@ cdef inline void block_stats(const floating* x,    # IN (n,)
                              ) noexcept nogil:
     """Mean and M2 of one in-cache block, corrected two-pass algorithm: a rough mean
     first (only a shift), then the sums of deviations from it, which correct it."""
-    cdef floating shift = <floating>(vsum(x, n) / n)
-    cdef double s1, s2
+    cdef double inv_n = 1.0 / n
+    cdef floating shift = <floating>(vsum(x, n) * inv_n)
+    cdef double s1, s2, corr
     vdev(&s1, &s2, x, n, shift)
     if floating is float:
         if not (s2 <= FLT_MAX):     # squares overflowed float32 (|x| > ~1e19) or NaN/Inf
             _block_stats_f64(x, n, mean, m2)
             return
-    mean[0] = shift + s1 / n
-    m2[0] = s2 - s1 * s1 / n if s2 > s1 * s1 / n else 0.0
+    corr = s1 * s1 * inv_n
+    mean[0] = shift + s1 * inv_n
+    m2[0] = s2 - corr if s2 > corr else 0.0
 
 
 cdef inline void segment_stats(const floating* x, Py_ssize_t n,

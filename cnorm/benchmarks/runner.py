@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma list among {','.join(C.ALL_OPS)} (default: all; BatchNorm "
                         "cases have train_fwd, eval_fwd, fwd_bwd; LayerNorm fwd, fwd_bwd)")
     p.add_argument("--json", default=None, metavar="FILE",
-                   help="write every measurement (medians, per-rep times, inner counts, "
+                   help="write every measurement (medians, minima, per-rep times, inner counts, "
                         "bytes) and metadata (versions, cpu, threads, date) as JSON")
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="save a bar chart of the speedup torch/cnorm per case and op "
@@ -259,6 +259,13 @@ def _metadata(cnorm, torch, threads, settings, argv, dtypes) -> dict:
     return meta
 
 
+def _loadavg() -> Optional[float]:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _call(obj, name):
     f = getattr(obj, name, None)
     try:
@@ -302,6 +309,7 @@ def _record(case, dtype, op, n, meas, error=None) -> dict:
         "dtype": dtype, "op": op, "threads": n,
         "bytes": nb, "copy_bytes": cb,
         "median_s": med,
+        "min_s": {k: min(v) for k, v in meas.times.items()} if meas is not None else {},
         "times_s": meas.times if meas is not None else {},
         "inner": meas.inner if meas is not None else {},
         "ratio_cnorm_torch": ratio, "gbps": gbps,
@@ -558,6 +566,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{meta['cpu_count']} cpus | threads {','.join(map(str, threads))} | "
           f"{'quick' if args.quick else 'full'}: median of {settings.reps} interleaved reps "
           f">= {settings.min_rep_s * 1e3:g} ms")
+    load = _loadavg()
+    meta["loadavg_start"] = load
+    ncpu = meta["cpu_affinity"] or meta["cpu_count"] or 1
+    if load is not None and load >= max(1.0, 0.25 * ncpu):
+        print(f"note: 1-min load average {load:.2f} on {ncpu} cpus: other work on the machine "
+              "makes timings noisy (multi-thread rows above all); see the noise% column")
     if openmp is False and any(n > 1 for n in threads):
         print("note: cnorm was built without OpenMP: its multi-thread rows run on one thread")
 
@@ -573,6 +587,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     elapsed = time.perf_counter() - t0
     meta["elapsed_s"] = round(elapsed, 3)
+    meta["loadavg_end"] = _loadavg()
 
     print()
     print(f"(run took {elapsed:.1f} s)")

@@ -61,9 +61,7 @@ class LayerNorm(Module):
             raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
         shape = self.normalized_shape
         m, d = F._ln_dims(x, shape)
-        w = None if self.weight is None else self.weight.reshape(-1)
-        b = None if self.bias is None else self.bias.reshape(-1)
-        y, mean, rstd = F._layer_norm(x, shape, m, d, w, b, self.eps)
+        y, mean, rstd = F._layer_norm(x, m, d, self.weight, self.bias, self.eps)
         self._saved = (x, m, d, mean, rstd)
         self._forward_seen = True
         return y
@@ -78,8 +76,8 @@ class LayerNorm(Module):
         except Exception:
             self._saved = saved
             raise
-        w = None if self.weight is None else self.weight.reshape(-1)
-        dx, dw, db = F._layer_norm_backward(g, x, self.normalized_shape, m, d, mean, rstd, w)
+        dx, dw, db = F._layer_norm_backward(g, x, self.normalized_shape, m, d, mean, rstd,
+                                            self.weight)
         self._accumulate("weight", dw)
         self._accumulate("bias", db)
         return dx
