@@ -15,11 +15,18 @@ from libc.stdlib cimport free, malloc
 
 from ._buffers cimport check_array, data_or_null, input_typenum
 from ._openmp cimport n_threads_for, split_start
-from ._simd cimport vln_grad_row, vln_grad_sums, vln_row
+from ._simd cimport cn_simd_init, cn_simd_set, vln_grad_row, vln_grad_sums, vln_row
 from ._stats cimport BLOCK, segment_stats, split_mean
 from ._types cimport floating
 
 cnp.import_array()
+cn_simd_init()
+
+
+def _set_simd(bint use_avx2):
+    """Use the AVX2 (True, when the CPU has it) or the baseline loops; returns which runs.
+    Both give the same bits: the tests check that."""
+    return bool(cn_simd_set(use_avx2))
 
 cdef enum:
     ROWS_PER_FLUSH = 32     # rows summed in the input precision before a float64 flush

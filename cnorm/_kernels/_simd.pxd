@@ -4,6 +4,8 @@
 from ._types cimport floating
 
 cdef extern from "_simd.h" nogil:
+    int cn_simd_init()          # pick the AVX2 or baseline loops (once per module, at import)
+    int cn_simd_set(int use_avx2)
     double cn_sum_f(const float* x, Py_ssize_t n)
     double cn_sum_d(const double* x, Py_ssize_t n)
     void cn_dev_f(double* s1, double* s2, const float* x, Py_ssize_t n, float shift)
