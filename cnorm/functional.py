@@ -22,6 +22,11 @@ __all__ = [
     "batch_norm",
     "native_batch_norm",
     "batch_norm_backward",
+    "batch_norm_stats",
+    "merge_stats",
+    "batch_norm_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
     "layer_norm",
     "native_layer_norm",
     "layer_norm_backward",
@@ -275,6 +280,128 @@ def _batch_norm_backward(g, x, n, c, s, weight, mean, invstd, training):
     dx, sum_dy, sum_dy_xhat = _batch_norm.backward(g, x, n, c, s, mean, invstd, weight,
                                                    bool(training))
     return dx, sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# building blocks of a synchronized (distributed) batch norm, engine-free
+# ---------------------------------------------------------------------------------------
+
+def batch_norm_stats(input: Array) -> Tuple[int, Array, Array]:
+    r"""Per-channel ``(count, mean, m2)`` of ``input`` ``(N, C, *)`` in one pass:
+    ``count = N * prod(spatial)`` (an int), ``mean`` and ``m2 = Σ(x - mean)²`` float64
+    arrays ``(C,)``. Partial statistics of several shards merge exactly with
+    :func:`merge_stats` (Chan's formula), e.g. after an all-gather across processes.
+
+    Example::
+
+        >>> rng = np.random.default_rng(0)
+        >>> a, b = rng.standard_normal((3, 4, 5)), rng.standard_normal((2, 4, 5))
+        >>> n, mean, m2 = merge_stats(*zip(batch_norm_stats(a), batch_norm_stats(b)))
+        >>> bool(np.allclose(mean, np.concatenate([a, b]).mean(axis=(0, 2))))
+        True
+    """
+    x = _check_array(input)
+    n, c, s = _bn_dims(x)
+    count = n * s
+    if count == 0 or c == 0:
+        return count, np.zeros(c), np.zeros(c)
+    mean, var = _batch_norm.stats(x, n, c, s)
+    return count, mean, var * count
+
+
+def merge_stats(counts, means, m2s) -> Tuple[int, Array, Array]:
+    r"""Merge per-shard ``(count, mean, m2)`` statistics (as returned by
+    :func:`batch_norm_stats`) into those of the union, in shard order (deterministic).
+
+    Args:
+        counts: ``(R,)`` element counts per shard (shards with 0 elements are skipped).
+        means, m2s: ``(R, C)`` per-shard means and sums of squared deviations.
+
+    Returns:
+        ``(count, mean, m2)``: the total count and float64 ``(C,)`` arrays;
+        the biased variance is ``m2 / count``, the unbiased one ``m2 / (count - 1)``.
+    """
+    counts = np.asarray(counts, dtype=np.float64).reshape(-1)
+    means = np.asarray(means, dtype=np.float64).reshape(len(counts), -1)
+    m2s = np.asarray(m2s, dtype=np.float64).reshape(len(counts), -1)
+    total = 0.0
+    mean = np.zeros(means.shape[1])
+    m2 = np.zeros(means.shape[1])
+    for n_b, mean_b, m2_b in zip(counts, means, m2s):
+        if n_b == 0:
+            continue
+        n = total + n_b
+        delta = mean_b - mean
+        mean = mean + delta * (n_b / n)
+        m2 = m2 + m2_b + delta * delta * (total * n_b / n)
+        total = n
+    return int(total), mean, m2
+
+
+def batch_norm_elemt(
+    input: Array,
+    mean: Array,
+    invstd: Array,
+    weight: Optional[Array] = None,
+    bias: Optional[Array] = None,
+) -> Array:
+    r"""``(input - mean) * invstd * weight + bias`` per channel, with given (e.g. global)
+    float64 statistics ``mean`` and ``invstd = 1/sqrt(var + eps)`` of shape ``(C,)``."""
+    x = _check_array(input)
+    n, c, s = _bn_dims(x)
+    weight = _check_vector(weight, "weight", c, x.dtype)
+    bias = _check_vector(bias, "bias", c, x.dtype)
+    mean = _stats_vector(mean, "mean", c)
+    invstd = _stats_vector(invstd, "invstd", c)
+    if x.size == 0:
+        return np.empty_like(x)
+    return _batch_norm.normalize(x, n, c, s, mean, invstd, weight, bias)
+
+
+def batch_norm_backward_reduce(
+    grad_output: Array, input: Array, mean: Array, invstd: Array
+) -> Tuple[Array, Array]:
+    r"""Per-channel ``(Σ dy, Σ dy·x̂)`` (float64 ``(C,)``) of this shard, with
+    ``x̂ = (x - mean) * invstd``: what a synchronized batch norm all-reduces in backward
+    (they are also ``grad_bias`` and ``grad_weight``)."""
+    x = _check_array(input)
+    n, c, s = _bn_dims(x)
+    g = _check_grad(grad_output, x)
+    mean = _stats_vector(mean, "mean", c)
+    invstd = _stats_vector(invstd, "invstd", c)
+    if x.size == 0:
+        return np.zeros(c), np.zeros(c)
+    return _batch_norm.backward_reduce(g, x, n, c, s, mean, invstd)
+
+
+def batch_norm_backward_elemt(
+    grad_output: Array,
+    input: Array,
+    mean: Array,
+    invstd: Array,
+    weight: Optional[Array],
+    sum_dy: Array,
+    sum_dy_xhat: Array,
+    count: int,
+) -> Array:
+    r"""Input gradient of a training-mode batch norm whose statistics came from
+    ``count`` elements per channel (all shards):
+    :math:`dx = \gamma\,\sigma^{-1}(dy - Σdy/count - \hat x\,Σ(dy\,\hat x)/count)`, with the
+    all-reduced sums of :func:`batch_norm_backward_reduce`."""
+    x = _check_array(input)
+    n, c, s = _bn_dims(x)
+    g = _check_grad(grad_output, x)
+    weight = _check_vector(weight, "weight", c, x.dtype)
+    mean = _stats_vector(mean, "mean", c)
+    invstd = _stats_vector(invstd, "invstd", c)
+    sum_dy = _stats_vector(sum_dy, "sum_dy", c)
+    sum_dy_xhat = _stats_vector(sum_dy_xhat, "sum_dy_xhat", c)
+    if x.size == 0:
+        return np.empty_like(x)
+    if not count > 0:
+        raise ValueError(f"count must be positive, got {count}")
+    return _batch_norm.backward_input(g, x, n, c, s, mean, invstd, weight, sum_dy,
+                                      sum_dy_xhat, float(count))
 
 
 # ---------------------------------------------------------------------------------------

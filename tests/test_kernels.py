@@ -364,6 +364,20 @@ def test_layer_norm_large_offset_is_stable(num_threads, rng, dtype, loc, atol):
     np.testing.assert_allclose(rstd, rstd_ref, rtol=1e-4 if dtype == np.float32 else 1e-9)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", [c for c in LN_CASES if 0 in c[0]], ids=ln_id)
+def test_ln_module_empty(case, dtype):
+    shape, ns = case
+    m = cnorm.LayerNorm(ns, dtype=dtype)
+    y = m(np.zeros(shape, dtype))
+    assert y.shape == shape and y.dtype == dtype
+    dx = m.backward(np.zeros(shape, dtype))
+    assert dx.shape == shape and dx.dtype == dtype
+    for g in (m.weight_grad, m.bias_grad):
+        assert g.shape == tuple(ns) and g.dtype == dtype
+        np.testing.assert_array_equal(g, 0)
+
+
 LN_MODULE_CONFIGS = {
     "default": dict(),
     "nobias": dict(bias=False),
