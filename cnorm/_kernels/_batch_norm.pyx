@@ -23,8 +23,8 @@ from libc.string cimport memset
 
 from ._buffers cimport check_array, data_or_null, input_typenum
 from ._openmp cimport n_threads_for, split_start as _split
-from ._simd cimport (cn_simd_init, cn_simd_set, vaffine, vaffine_cols, vcol_add, vcol_dev,
-                     vcol_grad_sums, vdot_dev, vgrad, vgrad_cols)
+from ._simd cimport (cn_simd_init, cn_simd_set, vaffine, vaffine_cols, vany_above, vcol_merge,
+                     vcols_dev, vcols_grad_sums, vcols_sum, vdot_dev, vgrad, vgrad_cols)
 from ._stats cimport BLOCK, chan_merge, segment_stats, split_mean
 from ._types cimport floating
 
@@ -68,7 +68,7 @@ cdef void _stats_rows(const floating* x,       # IN  (N, C, S) flat
 
 cdef void _stats_cols(const floating* x,       # IN  (N, C)
                       Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1,
-                      double* part,            # OUT (3, C): count, mean, m2
+                      double* part,            # OUT (3, C): count, mean, m2 (zeroed)
                       floating* acc            # scratch (3, COLS_PER_TILE)
                       ) noexcept nogil:
     """Rows n0..n1 of an (N, C) batch, by tiles of ROWS_PER_TILE x COLS_PER_TILE: the
@@ -78,7 +78,7 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
     cdef floating* s1 = acc + COLS_PER_TILE
     cdef floating* s2 = acc + 2 * COLS_PER_TILE
     cdef const floating* tile
-    cdef double mean_b, m2_b, q
+    cdef double count = 0, cnt, mean_b, m2_b, q
     for k_b0 in range((n1 - n0 + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
         b0 = n0 + k_b0 * ROWS_PER_TILE
         nb = n1 - b0 if n1 - b0 < ROWS_PER_TILE else ROWS_PER_TILE
@@ -86,24 +86,27 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
             c0 = k_c0 * COLS_PER_TILE
             nc = C - c0 if C - c0 < COLS_PER_TILE else COLS_PER_TILE
             tile = x + b0 * C + c0
-            memset(shift, 0, 3 * COLS_PER_TILE * sizeof(floating))
-            for n in range(nb):                  # pass 1: rough per-channel means
-                vcol_add(shift, tile + n * C, nc)
+            vcols_sum(shift, tile, C, nb, nc)     # pass 1: rough per-channel means
             for c in range(nc):
                 shift[c] = <floating>(<double>shift[c] / nb)
-            for n in range(nb):                  # pass 2 (from cache): deviations
-                vcol_dev(s1, s2, tile + n * C, shift, nc)
-            for c in range(nc):
-                if floating is float and not (s2[c] <= FLT_MAX):
-                    _column_stats_f64(tile + c, nb, C, &mean_b, &m2_b)
-                else:
+            vcols_dev(s1, s2, tile, C, nb, shift, nc)   # pass 2 (from cache): deviations
+            if floating is double or not vany_above(s2, nc, <floating>FLT_MAX):
+                vcol_merge(part + C + c0, part + 2 * C + c0, shift, s1, s2, nc, count, nb)
+                continue
+            for c in range(nc):                  # float32 squares overflowed: float64 redo
+                if s2[c] <= FLT_MAX:
                     q = <double>s1[c]
                     mean_b = shift[c] + q / nb
-                    m2_b = s2[c] - q * q / nb
-                    if m2_b < 0:
-                        m2_b = 0
-                chan_merge(&part[c0 + c], &part[C + c0 + c], &part[2 * C + c0 + c],
-                           <double>nb, mean_b, m2_b)
+                    m2_b = s2[c] - q * q / nb if s2[c] > q * q / nb else 0.0
+                else:
+                    _column_stats_f64(tile + c, nb, C, &mean_b, &m2_b)
+                cnt = count
+                chan_merge(&cnt, &part[C + c0 + c], &part[2 * C + c0 + c], <double>nb,
+                           mean_b, m2_b)
+        count += nb
+    for c in range(C):
+        part[c] = count
+
 
 cdef void _column_stats_f64(const floating* x, Py_ssize_t n, Py_ssize_t stride,
                             double* mean, double* m2) noexcept nogil:
@@ -262,10 +265,8 @@ cdef void _reduce_cols(const floating* dy, const floating* x, Py_ssize_t C,
         for k_c0 in range((C + COLS_PER_TILE - 1) // COLS_PER_TILE):
             c0 = k_c0 * COLS_PER_TILE
             nc = C - c0 if C - c0 < COLS_PER_TILE else COLS_PER_TILE
-            memset(s1, 0, 2 * COLS_PER_TILE * sizeof(floating))
-            for n in range(nb):
-                vcol_grad_sums(s1, s2, dy + (b0 + n) * C + c0, x + (b0 + n) * C + c0,
-                               coef + c0, coef + C + c0, nc)
+            vcols_grad_sums(s1, s2, dy + b0 * C + c0, x + b0 * C + c0, C, nb, coef + c0,
+                            coef + C + c0, nc)
             for c in range(nc):
                 part[c0 + c] += s1[c]
                 part[C + c0 + c] += s2[c]

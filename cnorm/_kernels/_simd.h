@@ -73,6 +73,7 @@ static inline double cn_tree_d(double* a)       /* 8 lanes */
             for (k = 0; k < K; k++) { const ptrdiff_t o = i + k * W; BODY }                \
         SPILL                                                                              \
     }
+
 #endif
 
 #define CN_DEFINE_LOOPS(T, S, ISA, VB, ATTR)                                               \
@@ -232,33 +233,105 @@ ATTR static void cn_ln_grad_row_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTR
     for (i = 0; i < n; i++) dx[i] = k0 * (dy[i] * w[i]) - c1 - c2 * ((x[i] - hi) - lo);   \
 }                                                                                          \
                                                                                            \
-/* column accumulators of an (N, C) tile, one lane per channel */                          \
-ATTR static void cn_col_add_##S##_##ISA(T* CN_RESTRICT s, const T* CN_RESTRICT row,       \
-                                        ptrdiff_t n)                                       \
+/* (N, C) tiles, one lane per channel: rows stream by four at a time through an           \
+   elementwise loop (the compiler vectorizes it across channels), so each accumulator is  \
+   loaded and stored once per four rows. Per channel the order is fixed: rows in groups   \
+   of four, ((r0 + r1) + (r2 + r3)), then the leftover rows one by one.  */               \
+/* s = sum over rows of x */                                                               \
+ATTR static void cn_cols_sum_##S##_##ISA(T* CN_RESTRICT s, const T* CN_RESTRICT x,        \
+                                         ptrdiff_t ld, ptrdiff_t nrows, ptrdiff_t n)       \
 {                                                                                          \
-    ptrdiff_t i;                                                                           \
-    for (i = 0; i < n; i++) s[i] += row[i];                                                \
+    ptrdiff_t i, r = 0;                                                                    \
+    for (i = 0; i < n; i++) s[i] = 0;                                                      \
+    for (; r + 4 <= nrows; r += 4) {                                                       \
+        const T* CN_RESTRICT a = x + r * ld; const T* CN_RESTRICT b = a + ld;              \
+        const T* CN_RESTRICT c = b + ld; const T* CN_RESTRICT d = c + ld;                  \
+        for (i = 0; i < n; i++) s[i] += (a[i] + b[i]) + (c[i] + d[i]);                     \
+    }                                                                                      \
+    for (; r < nrows; r++) {                                                               \
+        const T* CN_RESTRICT a = x + r * ld;                                               \
+        for (i = 0; i < n; i++) s[i] += a[i];                                              \
+    }                                                                                      \
 }                                                                                          \
                                                                                            \
-ATTR static void cn_col_dev_##S##_##ISA(T* CN_RESTRICT s1, T* CN_RESTRICT s2,             \
-                                        const T* CN_RESTRICT row,                          \
-                                        const T* CN_RESTRICT shift, ptrdiff_t n)           \
+/* s1 = sum over rows of (x - shift), s2 = sum of (x - shift)^2 */                         \
+ATTR static void cn_cols_dev_##S##_##ISA(T* CN_RESTRICT s1, T* CN_RESTRICT s2,            \
+                                         const T* CN_RESTRICT x, ptrdiff_t ld,             \
+                                         ptrdiff_t nrows, const T* CN_RESTRICT shift,      \
+                                         ptrdiff_t n)                                      \
 {                                                                                          \
-    ptrdiff_t i;                                                                           \
-    for (i = 0; i < n; i++) { T d = row[i] - shift[i]; s1[i] += d; s2[i] += d * d; }      \
+    ptrdiff_t i, r = 0;                                                                    \
+    for (i = 0; i < n; i++) s1[i] = s2[i] = 0;                                             \
+    for (; r + 4 <= nrows; r += 4) {                                                       \
+        const T* CN_RESTRICT a = x + r * ld; const T* CN_RESTRICT b = a + ld;              \
+        const T* CN_RESTRICT c = b + ld; const T* CN_RESTRICT d = c + ld;                  \
+        for (i = 0; i < n; i++) {                                                          \
+            T da = a[i] - shift[i], db = b[i] - shift[i];                                  \
+            T dc = c[i] - shift[i], dd = d[i] - shift[i];                                  \
+            s1[i] += (da + db) + (dc + dd);                                                \
+            s2[i] += (da * da + db * db) + (dc * dc + dd * dd);                            \
+        }                                                                                  \
+    }                                                                                      \
+    for (; r < nrows; r++) {                                                               \
+        const T* CN_RESTRICT a = x + r * ld;                                               \
+        for (i = 0; i < n; i++) { T da = a[i] - shift[i]; s1[i] += da; s2[i] += da * da; } \
+    }                                                                                      \
 }                                                                                          \
                                                                                            \
-ATTR static void cn_col_grad_sums_##S##_##ISA(T* CN_RESTRICT s1, T* CN_RESTRICT s2,       \
-                                              const T* CN_RESTRICT dy,                     \
-                                              const T* CN_RESTRICT x,                      \
-                                              const T* CN_RESTRICT hi,                     \
-                                              const T* CN_RESTRICT lo, ptrdiff_t n)        \
+/* s1 = sum over rows of dy, s2 = sum of dy * ((x - hi) - lo) */                           \
+ATTR static void cn_cols_grad_sums_##S##_##ISA(T* CN_RESTRICT s1, T* CN_RESTRICT s2,      \
+                                               const T* CN_RESTRICT dy,                    \
+                                               const T* CN_RESTRICT x, ptrdiff_t ld,       \
+                                               ptrdiff_t nrows, const T* CN_RESTRICT hi,   \
+                                               const T* CN_RESTRICT lo, ptrdiff_t n)       \
 {                                                                                          \
+    ptrdiff_t i, r = 0;                                                                    \
+    for (i = 0; i < n; i++) s1[i] = s2[i] = 0;                                             \
+    for (; r + 2 <= nrows; r += 2) {                                                       \
+        const T* CN_RESTRICT xa = x + r * ld; const T* CN_RESTRICT xb = xa + ld;           \
+        const T* CN_RESTRICT ga = dy + r * ld; const T* CN_RESTRICT gb = ga + ld;          \
+        for (i = 0; i < n; i++) {                                                          \
+            T da = (xa[i] - hi[i]) - lo[i], db = (xb[i] - hi[i]) - lo[i];                  \
+            s1[i] += ga[i] + gb[i];                                                        \
+            s2[i] += ga[i] * da + gb[i] * db;                                              \
+        }                                                                                  \
+    }                                                                                      \
+    for (; r < nrows; r++) {                                                               \
+        const T* CN_RESTRICT xa = x + r * ld; const T* CN_RESTRICT ga = dy + r * ld;       \
+        for (i = 0; i < n; i++) {                                                          \
+            T da = (xa[i] - hi[i]) - lo[i];                                                \
+            s1[i] += ga[i]; s2[i] += ga[i] * da;                                           \
+        }                                                                                  \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+/* (N, C) tiles: merge the tile's per-channel block statistics (shift, s1 = sum(x-shift),    \
+   s2 = sum((x-shift)^2) over nb rows) into (mean, m2) after count_a rows (Chan; all      \
+   channels share the counts, so this is one vector loop). mean, m2 start at 0. */        \
+ATTR static void cn_col_merge_##S##_##ISA(double* CN_RESTRICT mean, double* CN_RESTRICT m2, \
+                                          const T* CN_RESTRICT shift,                      \
+                                          const T* CN_RESTRICT s1,                         \
+                                          const T* CN_RESTRICT s2, ptrdiff_t n,            \
+                                          double count_a, double nb)                       \
+{                                                                                          \
+    const double inv_nb = 1.0 / nb, frac = nb / (count_a + nb), w = count_a * frac;        \
     ptrdiff_t i;                                                                           \
     for (i = 0; i < n; i++) {                                                              \
-        T d = (x[i] - hi[i]) - lo[i];                                                      \
-        s1[i] += dy[i]; s2[i] += dy[i] * d;                                                \
+        double q = s1[i], mb = shift[i] + q * inv_nb, m2b = s2[i] - q * q * inv_nb;        \
+        double delta = mb - mean[i];                                                       \
+        m2b = m2b > 0 ? m2b : 0;                                                           \
+        mean[i] += delta * frac;                                                           \
+        m2[i] += m2b + delta * delta * w;                                                  \
     }                                                                                      \
+}                                                                                          \
+                                                                                           \
+/* 1 when some s2 is not a finite value <= limit (float32 squares overflowed, or NaN) */  \
+ATTR static int cn_any_above_##S##_##ISA(const T* CN_RESTRICT s2, ptrdiff_t n, T limit)   \
+{                                                                                          \
+    ptrdiff_t i;                                                                           \
+    int bad = 0;                                                                           \
+    for (i = 0; i < n; i++) bad |= !(s2[i] <= limit);                                      \
+    return bad;                                                                            \
 }
 
 #if !defined(__GNUC__)      /* no vector extensions: the same lanes, scalar */
@@ -334,13 +407,21 @@ static inline void cn_grad_cols_##S(T* dx, const T* dy, const T* x, ptrdiff_t n,
 static inline void cn_ln_grad_row_##S(T* dx, const T* dy, const T* x, const T* w,          \
                                       ptrdiff_t n, T hi, T lo, T k0, T c1, T c2)           \
 { CN_PICK(cn_ln_grad_row, S)(dx, dy, x, w, n, hi, lo, k0, c1, c2); }                       \
-static inline void cn_col_add_##S(T* s, const T* row, ptrdiff_t n)                         \
-{ CN_PICK(cn_col_add, S)(s, row, n); }                                                     \
-static inline void cn_col_dev_##S(T* s1, T* s2, const T* row, const T* shift, ptrdiff_t n) \
-{ CN_PICK(cn_col_dev, S)(s1, s2, row, shift, n); }                                         \
-static inline void cn_col_grad_sums_##S(T* s1, T* s2, const T* dy, const T* x,             \
-                                        const T* hi, const T* lo, ptrdiff_t n)             \
-{ CN_PICK(cn_col_grad_sums, S)(s1, s2, dy, x, hi, lo, n); }
+static inline void cn_cols_sum_##S(T* s, const T* x, ptrdiff_t ld, ptrdiff_t nrows,         \
+                                   ptrdiff_t n)                                            \
+{ CN_PICK(cn_cols_sum, S)(s, x, ld, nrows, n); }                                           \
+static inline void cn_cols_dev_##S(T* s1, T* s2, const T* x, ptrdiff_t ld, ptrdiff_t nrows, \
+                                   const T* shift, ptrdiff_t n)                            \
+{ CN_PICK(cn_cols_dev, S)(s1, s2, x, ld, nrows, shift, n); }                               \
+static inline void cn_cols_grad_sums_##S(T* s1, T* s2, const T* dy, const T* x,            \
+                                         ptrdiff_t ld, ptrdiff_t nrows, const T* hi,       \
+                                         const T* lo, ptrdiff_t n)                         \
+{ CN_PICK(cn_cols_grad_sums, S)(s1, s2, dy, x, ld, nrows, hi, lo, n); }                    \
+static inline void cn_col_merge_##S(double* mean, double* m2, const T* shift, const T* s1,   \
+                                    const T* s2, ptrdiff_t n, double count_a, double nb)   \
+{ CN_PICK(cn_col_merge, S)(mean, m2, shift, s1, s2, n, count_a, nb); }                     \
+static inline int cn_any_above_##S(const T* s2, ptrdiff_t n, T limit)                      \
+{ return CN_PICK(cn_any_above, S)(s2, n, limit); }
 
 CN_DISPATCHERS(float, f)
 CN_DISPATCHERS(double, d)

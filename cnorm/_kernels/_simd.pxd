@@ -46,15 +46,24 @@ cdef extern from "_simd.h" nogil:
                           Py_ssize_t n, float hi, float lo, float k0, float c1, float c2)
     void cn_ln_grad_row_d(double* dx, const double* dy, const double* x, const double* w,
                           Py_ssize_t n, double hi, double lo, double k0, double c1, double c2)
-    void cn_col_add_f(float* s, const float* row, Py_ssize_t n)
-    void cn_col_add_d(double* s, const double* row, Py_ssize_t n)
-    void cn_col_dev_f(float* s1, float* s2, const float* row, const float* shift, Py_ssize_t n)
-    void cn_col_dev_d(double* s1, double* s2, const double* row, const double* shift,
-                      Py_ssize_t n)
-    void cn_col_grad_sums_f(float* s1, float* s2, const float* dy, const float* x,
-                            const float* hi, const float* lo, Py_ssize_t n)
-    void cn_col_grad_sums_d(double* s1, double* s2, const double* dy, const double* x,
-                            const double* hi, const double* lo, Py_ssize_t n)
+    void cn_cols_sum_f(float* s, const float* x, Py_ssize_t ld, Py_ssize_t nrows, Py_ssize_t n)
+    void cn_cols_sum_d(double* s, const double* x, Py_ssize_t ld, Py_ssize_t nrows, Py_ssize_t n)
+    void cn_cols_dev_f(float* s1, float* s2, const float* x, Py_ssize_t ld, Py_ssize_t nrows,
+                       const float* shift, Py_ssize_t n)
+    void cn_cols_dev_d(double* s1, double* s2, const double* x, Py_ssize_t ld, Py_ssize_t nrows,
+                       const double* shift, Py_ssize_t n)
+    void cn_cols_grad_sums_f(float* s1, float* s2, const float* dy, const float* x,
+                             Py_ssize_t ld, Py_ssize_t nrows, const float* hi, const float* lo,
+                             Py_ssize_t n)
+    void cn_cols_grad_sums_d(double* s1, double* s2, const double* dy, const double* x,
+                             Py_ssize_t ld, Py_ssize_t nrows, const double* hi,
+                             const double* lo, Py_ssize_t n)
+    void cn_col_merge_f(double* mean, double* m2, const float* shift, const float* s1,
+                        const float* s2, Py_ssize_t n, double count_a, double nb)
+    void cn_col_merge_d(double* mean, double* m2, const double* shift, const double* s1,
+                        const double* s2, Py_ssize_t n, double count_a, double nb)
+    int cn_any_above_f(const float* s2, Py_ssize_t n, float limit)
+    int cn_any_above_d(const double* s2, Py_ssize_t n, double limit)
 
 
 cdef inline double vsum(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -132,23 +141,39 @@ cdef inline void vln_grad_row(floating* dx, const floating* dy, const floating* 
     else:
         cn_ln_grad_row_d(dx, dy, x, w, n, hi, lo, k0, c1, c2)
 
-cdef inline void vcol_add(floating* s, const floating* row, Py_ssize_t n) noexcept nogil:
+cdef inline void vcols_sum(floating* s, const floating* x, Py_ssize_t ld, Py_ssize_t nrows,
+                           Py_ssize_t n) noexcept nogil:
     if floating is float:
-        cn_col_add_f(s, row, n)
+        cn_cols_sum_f(s, x, ld, nrows, n)
     else:
-        cn_col_add_d(s, row, n)
+        cn_cols_sum_d(s, x, ld, nrows, n)
 
-cdef inline void vcol_dev(floating* s1, floating* s2, const floating* row,
-                          const floating* shift, Py_ssize_t n) noexcept nogil:
+cdef inline void vcols_dev(floating* s1, floating* s2, const floating* x, Py_ssize_t ld,
+                           Py_ssize_t nrows, const floating* shift, Py_ssize_t n) noexcept nogil:
     if floating is float:
-        cn_col_dev_f(s1, s2, row, shift, n)
+        cn_cols_dev_f(s1, s2, x, ld, nrows, shift, n)
     else:
-        cn_col_dev_d(s1, s2, row, shift, n)
+        cn_cols_dev_d(s1, s2, x, ld, nrows, shift, n)
 
-cdef inline void vcol_grad_sums(floating* s1, floating* s2, const floating* dy,
-                                const floating* x, const floating* hi, const floating* lo,
-                                Py_ssize_t n) noexcept nogil:
+cdef inline void vcols_grad_sums(floating* s1, floating* s2, const floating* dy,
+                                 const floating* x, Py_ssize_t ld, Py_ssize_t nrows,
+                                 const floating* hi, const floating* lo,
+                                 Py_ssize_t n) noexcept nogil:
     if floating is float:
-        cn_col_grad_sums_f(s1, s2, dy, x, hi, lo, n)
+        cn_cols_grad_sums_f(s1, s2, dy, x, ld, nrows, hi, lo, n)
     else:
-        cn_col_grad_sums_d(s1, s2, dy, x, hi, lo, n)
+        cn_cols_grad_sums_d(s1, s2, dy, x, ld, nrows, hi, lo, n)
+
+cdef inline void vcol_merge(double* mean, double* m2, const floating* shift, const floating* s1,
+                            const floating* s2, Py_ssize_t n, double count_a,
+                            double nb) noexcept nogil:
+    if floating is float:
+        cn_col_merge_f(mean, m2, shift, s1, s2, n, count_a, nb)
+    else:
+        cn_col_merge_d(mean, m2, shift, s1, s2, n, count_a, nb)
+
+cdef inline bint vany_above(const floating* s2, Py_ssize_t n, floating limit) noexcept nogil:
+    if floating is float:
+        return cn_any_above_f(s2, n, limit)
+    else:
+        return cn_any_above_d(s2, n, limit)
