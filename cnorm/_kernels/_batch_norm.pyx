@@ -23,7 +23,8 @@ from libc.string cimport memset
 
 from ._buffers cimport check_array, data_or_null, input_typenum
 from ._openmp cimport n_threads_for, split_start as _split
-from ._simd cimport (cn_simd_init, cn_simd_set, vaffine, vaffine_cols, vany_above, vcol_merge,
+from ._simd cimport (STREAM_MIN_RUN, cn_simd_init, cn_simd_set, cn_stream_min_bytes,
+                     vaffine, vaffine_cols, vany_above, vcol_merge,
                      vcols_dev, vcols_grad_sums, vcols_sum, vdot_dev, vgrad, vgrad_cols)
 from ._stats cimport BLOCK, chan_merge, segment_stats, split_mean
 from ._types cimport floating
@@ -36,6 +37,15 @@ def _set_simd(bint use_avx2):
     """Use the AVX2 (True, when the CPU has it) or the baseline loops; returns which runs.
     Both give the same bits: the tests check that."""
     return bool(cn_simd_set(use_avx2))
+
+
+def _set_stream_min_bytes(Py_ssize_t n):
+    """Outputs of at least n bytes are written with non-temporal stores; returns the old
+    threshold (for benchmarks and tests)."""
+    global cn_stream_min_bytes
+    old = cn_stream_min_bytes
+    cn_stream_min_bytes = n
+    return old
 
 cdef enum:
     ROWS_PER_TILE = 32      # (N, C) path: rows summed in the input precision per tile
@@ -176,7 +186,7 @@ cdef int _channel_stats(const floating* x,     # IN  (N, C, S)
 # ---------------------------------------------------------------------------------------
 
 cdef void _normalize_rows(floating* y, const floating* x, Py_ssize_t C, Py_ssize_t S,
-                          Py_ssize_t e0, Py_ssize_t e1, const floating* coef) noexcept nogil:
+                          Py_ssize_t e0, Py_ssize_t e1, const floating* coef, bint stream) noexcept nogil:
     # coef (N_COEF, C): hi, lo, scale, beta
     cdef Py_ssize_t r = e0 // S, pos = e0, end
     cdef Py_ssize_t c = r % C      # then stepped: a division per row costs ~15 ns
@@ -185,7 +195,7 @@ cdef void _normalize_rows(floating* y, const floating* x, Py_ssize_t C, Py_ssize
         if end > e1:
             end = e1
         vaffine(y + pos, x + pos, end - pos, coef[c], coef[C + c], coef[2 * C + c],
-                coef[3 * C + c])
+                coef[3 * C + c], stream)
         pos = end
         r += 1
         c += 1
@@ -193,27 +203,32 @@ cdef void _normalize_rows(floating* y, const floating* x, Py_ssize_t C, Py_ssize
             c = 0
 
 cdef void _normalize_cols(floating* y, const floating* x, Py_ssize_t C,
-                          Py_ssize_t n0, Py_ssize_t n1, const floating* coef) noexcept nogil:
+                          Py_ssize_t n0, Py_ssize_t n1, const floating* coef, bint stream) noexcept nogil:
     cdef Py_ssize_t n
     for n in range(n0, n1):
-        vaffine_cols(y + n * C, x + n * C, C, coef, coef + C, coef + 2 * C, coef + 3 * C)
+        vaffine_cols(y + n * C, x + n * C, C, coef, coef + C, coef + 2 * C, coef + 3 * C,
+                     stream)
 
 cdef void _normalize(floating* y, const floating* x, Py_ssize_t N, Py_ssize_t C,
                      Py_ssize_t S, const floating* coef) noexcept nogil:
     cdef Py_ssize_t E = N * C * S
     cdef int n_threads = n_threads_for(E), t
+    cdef bint stream = (E * <Py_ssize_t>sizeof(floating) >= cn_stream_min_bytes
+                        and (S if S > 1 else C) >= STREAM_MIN_RUN)
     if S == 1:
         if n_threads == 1:      # no parallel region: it costs ~1 us
-            _normalize_cols(y, x, C, 0, N, coef)
+            _normalize_cols(y, x, C, 0, N, coef, stream)
         else:
             for t in prange(n_threads, schedule='static', num_threads=n_threads):
-                _normalize_cols(y, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads), coef)
+                _normalize_cols(y, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads),
+                                coef, stream)
     else:
         if n_threads == 1:      # no parallel region: it costs ~1 us
-            _normalize_rows(y, x, C, S, 0, E, coef)
+            _normalize_rows(y, x, C, S, 0, E, coef, stream)
         else:
             for t in prange(n_threads, schedule='static', num_threads=n_threads):
-                _normalize_rows(y, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads), coef)
+                _normalize_rows(y, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads),
+                                coef, stream)
 
 
 cdef void _fill_normalize_coef(floating* coef, Py_ssize_t C, const double* mean,
@@ -318,7 +333,7 @@ cdef int _backward_reduce(const floating* dy, const floating* x,
 
 cdef void _grad_input_rows(floating* dx, const floating* dy, const floating* x,
                            Py_ssize_t C, Py_ssize_t S, Py_ssize_t e0, Py_ssize_t e1,
-                           const floating* coef) noexcept nogil:
+                           const floating* coef, bint stream) noexcept nogil:
     # coef (N_COEF, C): hi, lo, k1, mean_dy, k2 ; dx = k1 * (dy - mean_dy) + k2 * (x - mean)
     cdef Py_ssize_t r = e0 // S, pos = e0, end
     cdef Py_ssize_t c = r % C      # then stepped: a division per row costs ~15 ns
@@ -327,7 +342,7 @@ cdef void _grad_input_rows(floating* dx, const floating* dy, const floating* x,
         if end > e1:
             end = e1
         vgrad(dx + pos, dy + pos, x + pos, end - pos, coef[c], coef[C + c], coef[2 * C + c],
-              coef[3 * C + c], coef[4 * C + c])
+              coef[3 * C + c], coef[4 * C + c], stream)
         pos = end
         r += 1
         c += 1
@@ -336,29 +351,33 @@ cdef void _grad_input_rows(floating* dx, const floating* dy, const floating* x,
 
 cdef void _grad_input_cols(floating* dx, const floating* dy, const floating* x,
                            Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1,
-                           const floating* coef) noexcept nogil:
+                           const floating* coef, bint stream) noexcept nogil:
     cdef Py_ssize_t n
     for n in range(n0, n1):
         vgrad_cols(dx + n * C, dy + n * C, x + n * C, C, coef, coef + C, coef + 2 * C,
-                   coef + 3 * C, coef + 4 * C)
+                   coef + 3 * C, coef + 4 * C, stream)
 
 cdef void _grad_input(floating* dx, const floating* dy, const floating* x,
                       Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                       const floating* coef) noexcept nogil:
     cdef Py_ssize_t E = N * C * S
     cdef int n_threads = n_threads_for(2 * E), t
+    cdef bint stream = (E * <Py_ssize_t>sizeof(floating) >= cn_stream_min_bytes
+                        and (S if S > 1 else C) >= STREAM_MIN_RUN)
     if S == 1:
         if n_threads == 1:      # no parallel region: it costs ~1 us
-            _grad_input_cols(dx, dy, x, C, 0, N, coef)
+            _grad_input_cols(dx, dy, x, C, 0, N, coef, stream)
         else:
             for t in prange(n_threads, schedule='static', num_threads=n_threads):
-                _grad_input_cols(dx, dy, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads), coef)
+                _grad_input_cols(dx, dy, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads),
+                                coef, stream)
     else:
         if n_threads == 1:      # no parallel region: it costs ~1 us
-            _grad_input_rows(dx, dy, x, C, S, 0, E, coef)
+            _grad_input_rows(dx, dy, x, C, S, 0, E, coef, stream)
         else:
             for t in prange(n_threads, schedule='static', num_threads=n_threads):
-                _grad_input_rows(dx, dy, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads), coef)
+                _grad_input_rows(dx, dy, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads),
+                                coef, stream)
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from libc.stdlib cimport free, malloc
 
 from ._buffers cimport check_array, data_or_null, input_typenum
 from ._openmp cimport n_threads_for, split_start
-from ._simd cimport cn_simd_init, cn_simd_set, vln_grad_row, vln_grad_sums, vln_row
+from ._simd cimport (STREAM_MIN_RUN, cn_simd_init, cn_simd_set, cn_stream_min_bytes, vln_grad_row,
+                     vln_grad_sums, vln_row)
 from ._stats cimport BLOCK, segment_stats, split_mean
 from ._types cimport floating
 
@@ -28,6 +29,15 @@ def _set_simd(bint use_avx2):
     Both give the same bits: the tests check that."""
     return bool(cn_simd_set(use_avx2))
 
+
+def _set_stream_min_bytes(Py_ssize_t n):
+    """Outputs of at least n bytes are written with non-temporal stores; returns the old
+    threshold (for benchmarks and tests)."""
+    global cn_stream_min_bytes
+    old = cn_stream_min_bytes
+    cn_stream_min_bytes = n
+    return old
+
 cdef enum:
     ROWS_PER_FLUSH = 32     # rows summed in the input precision before a float64 flush
 
@@ -39,7 +49,7 @@ cdef void _forward_rows(floating* y,              # OUT (M, D)
                         const floating* weight,   # IN  (D,)
                         const floating* bias,     # IN  (D,)
                         Py_ssize_t D, double eps,
-                        Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+                        Py_ssize_t r0, Py_ssize_t r1, bint stream) noexcept nogil:
     cdef Py_ssize_t r
     cdef double count, mu, m2, rs
     cdef floating hi, lo
@@ -56,7 +66,7 @@ cdef void _forward_rows(floating* y,              # OUT (M, D)
         mean[r] = mu
         rstd[r] = rs
         split_mean(mu, &hi, &lo)
-        vln_row(yr, xr, weight, bias, D, hi, lo, <floating>rs)
+        vln_row(yr, xr, weight, bias, D, hi, lo, <floating>rs, stream)
 
 
 cdef void _backward_rows(floating* dx,             # OUT (M, D)
@@ -69,7 +79,8 @@ cdef void _backward_rows(floating* dx,             # OUT (M, D)
                          const double* mean,       # IN  (M,)
                          const double* rstd,       # IN  (M,)
                          const floating* weight,   # IN  (D,)
-                         Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+                         Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
+                         bint stream) noexcept nogil:
     cdef Py_ssize_t r, j, b, len_b, k_b
     cdef const floating* xr
     cdef const floating* gr
@@ -101,7 +112,7 @@ cdef void _backward_rows(floating* dx,             # OUT (M, D)
         # pass 2 (row in cache): dx = rstd*(g - mean(g) - xhat*mean(g*xhat))
         #                           = rstd*dy*weight - c1 - c2*(x - mean)
         vln_grad_row(dxr, gr, xr, weight, D, hi, lo, rs, <floating>(rsd * sum_g / D),
-                     <floating>(rsd * rsd * rsd * sum_gd / D))
+                     <floating>(rsd * rsd * rsd * sum_gd / D), stream)
         if (r - r0) % ROWS_PER_FLUSH == ROWS_PER_FLUSH - 1 or r == r1 - 1:
             for j in range(D):
                 dweight[j] += tw[j]
@@ -128,6 +139,8 @@ cdef int _forward_impl(floating* y, double* mean, double* rstd, const floating* 
                        Py_ssize_t M, Py_ssize_t D, double eps) except -1 nogil:
     cdef int n_threads = n_threads_for(M * D), t
     cdef Py_ssize_t j
+    cdef bint stream = (M * D * <Py_ssize_t>sizeof(floating) >= cn_stream_min_bytes
+                        and D >= STREAM_MIN_RUN)
     cdef floating* ones_zeros = NULL
     if weight == NULL or bias == NULL:      # absent affine parameters: 1 and 0
         ones_zeros = <floating*>malloc(2 * D * sizeof(floating) + 1)
@@ -142,11 +155,11 @@ cdef int _forward_impl(floating* y, double* mean, double* rstd, const floating* 
         if bias == NULL:
             bias = ones_zeros + D
     if n_threads == 1:      # no parallel region: it costs ~1 us
-        _forward_rows(y, mean, rstd, x, weight, bias, D, eps, 0, M)
+        _forward_rows(y, mean, rstd, x, weight, bias, D, eps, 0, M, stream)
     else:
         for t in prange(n_threads, schedule='static', num_threads=n_threads):
             _forward_rows(y, mean, rstd, x, weight, bias, D, eps,
-                          split_start(M, t, n_threads), split_start(M, t + 1, n_threads))
+                          split_start(M, t, n_threads), split_start(M, t + 1, n_threads), stream)
     free(ones_zeros)
     return 0
 
@@ -185,6 +198,8 @@ cdef int _backward_impl(floating* dx, floating* dweight, floating* dbias,
                         Py_ssize_t M, Py_ssize_t D) except -1 nogil:
     cdef int n_threads = n_threads_for(2 * M * D), t
     cdef Py_ssize_t j
+    cdef bint stream = (M * D * <Py_ssize_t>sizeof(floating) >= cn_stream_min_bytes
+                        and D >= STREAM_MIN_RUN)
     cdef double sw, sb
     cdef floating* ones = NULL
     # per thread: dweight, dbias partials (float64) then two input-precision scratch rows
@@ -206,12 +221,14 @@ cdef int _backward_impl(floating* dx, floating* dweight, floating* dbias,
             ones[j] = 1
         weight = ones
     if n_threads == 1:      # no parallel region: it costs ~1 us
-        _backward_rows(dx, part, part + D, tmp, tmp + D, dy, x, mean, rstd, weight, D, 0, M)
+        _backward_rows(dx, part, part + D, tmp, tmp + D, dy, x, mean, rstd, weight, D, 0, M,
+                       stream)
     else:
         for t in prange(n_threads, schedule='static', num_threads=n_threads):
             _backward_rows(dx, part + 2 * D * t, part + 2 * D * t + D,
                            tmp + 2 * D * t, tmp + 2 * D * t + D, dy, x, mean, rstd, weight, D,
-                           split_start(M, t, n_threads), split_start(M, t + 1, n_threads))
+                           split_start(M, t, n_threads), split_start(M, t + 1, n_threads),
+                           stream)
     for j in range(D):
         sw = 0
         sb = 0

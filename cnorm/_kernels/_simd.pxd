@@ -3,9 +3,14 @@
 
 from ._types cimport floating
 
+cdef enum:
+    # Non-temporal stores only pay on long contiguous runs (each run peels to alignment)
+    STREAM_MIN_RUN = 512
+
 cdef extern from "_simd.h" nogil:
     int cn_simd_init()          # pick the AVX2 or baseline loops (once per module, at import)
     int cn_simd_set(int use_avx2)
+    Py_ssize_t cn_stream_min_bytes   # outputs this large use non-temporal stores
     double cn_sum_f(const float* x, Py_ssize_t n)
     double cn_sum_d(const double* x, Py_ssize_t n)
     void cn_dev_f(double* s1, double* s2, const float* x, Py_ssize_t n, float shift)
@@ -21,31 +26,31 @@ cdef extern from "_simd.h" nogil:
                            const double* x, const double* w, Py_ssize_t n,
                            double hi, double lo, double rs)
     void cn_affine_f(float* y, const float* x, Py_ssize_t n, float hi, float lo,
-                     float scale, float beta)
+                     float scale, float beta, int stream)
     void cn_affine_d(double* y, const double* x, Py_ssize_t n, double hi, double lo,
-                     double scale, double beta)
+                     double scale, double beta, int stream)
     void cn_affine_cols_f(float* y, const float* x, Py_ssize_t n, const float* hi,
-                          const float* lo, const float* scale, const float* beta)
+                          const float* lo, const float* scale, const float* beta, int stream)
     void cn_affine_cols_d(double* y, const double* x, Py_ssize_t n, const double* hi,
-                          const double* lo, const double* scale, const double* beta)
+                          const double* lo, const double* scale, const double* beta, int stream)
     void cn_ln_row_f(float* y, const float* x, const float* w, const float* b, Py_ssize_t n,
-                     float hi, float lo, float rs)
+                     float hi, float lo, float rs, int stream)
     void cn_ln_row_d(double* y, const double* x, const double* w, const double* b,
-                     Py_ssize_t n, double hi, double lo, double rs)
+                     Py_ssize_t n, double hi, double lo, double rs, int stream)
     void cn_grad_f(float* dx, const float* dy, const float* x, Py_ssize_t n,
-                   float hi, float lo, float k1, float mdy, float k2)
+                   float hi, float lo, float k1, float mdy, float k2, int stream)
     void cn_grad_d(double* dx, const double* dy, const double* x, Py_ssize_t n,
-                   double hi, double lo, double k1, double mdy, double k2)
+                   double hi, double lo, double k1, double mdy, double k2, int stream)
     void cn_grad_cols_f(float* dx, const float* dy, const float* x, Py_ssize_t n,
                         const float* hi, const float* lo, const float* k1, const float* mdy,
-                        const float* k2)
+                        const float* k2, int stream)
     void cn_grad_cols_d(double* dx, const double* dy, const double* x, Py_ssize_t n,
                         const double* hi, const double* lo, const double* k1,
-                        const double* mdy, const double* k2)
+                        const double* mdy, const double* k2, int stream)
     void cn_ln_grad_row_f(float* dx, const float* dy, const float* x, const float* w,
-                          Py_ssize_t n, float hi, float lo, float k0, float c1, float c2)
+                          Py_ssize_t n, float hi, float lo, float k0, float c1, float c2, int stream)
     void cn_ln_grad_row_d(double* dx, const double* dy, const double* x, const double* w,
-                          Py_ssize_t n, double hi, double lo, double k0, double c1, double c2)
+                          Py_ssize_t n, double hi, double lo, double k0, double c1, double c2, int stream)
     void cn_cols_sum_f(float* s, const float* x, Py_ssize_t ld, Py_ssize_t nrows, Py_ssize_t n)
     void cn_cols_sum_d(double* s, const double* x, Py_ssize_t ld, Py_ssize_t nrows, Py_ssize_t n)
     void cn_cols_dev_f(float* s1, float* s2, const float* x, Py_ssize_t ld, Py_ssize_t nrows,
@@ -96,50 +101,50 @@ cdef inline void vln_grad_sums(double* s_g, double* s_gd, floating* tw, floating
         cn_ln_grad_sums_d(s_g, s_gd, tw, tb, dy, x, w, n, hi, lo, rs)
 
 cdef inline void vaffine(floating* y, const floating* x, Py_ssize_t n, floating hi,
-                         floating lo, floating scale, floating beta) noexcept nogil:
+                         floating lo, floating scale, floating beta, bint stream) noexcept nogil:
     if floating is float:
-        cn_affine_f(y, x, n, hi, lo, scale, beta)
+        cn_affine_f(y, x, n, hi, lo, scale, beta, stream)
     else:
-        cn_affine_d(y, x, n, hi, lo, scale, beta)
+        cn_affine_d(y, x, n, hi, lo, scale, beta, stream)
 
 cdef inline void vaffine_cols(floating* y, const floating* x, Py_ssize_t n,
                               const floating* hi, const floating* lo, const floating* scale,
-                              const floating* beta) noexcept nogil:
+                              const floating* beta, bint stream) noexcept nogil:
     if floating is float:
-        cn_affine_cols_f(y, x, n, hi, lo, scale, beta)
+        cn_affine_cols_f(y, x, n, hi, lo, scale, beta, stream)
     else:
-        cn_affine_cols_d(y, x, n, hi, lo, scale, beta)
+        cn_affine_cols_d(y, x, n, hi, lo, scale, beta, stream)
 
 cdef inline void vln_row(floating* y, const floating* x, const floating* w, const floating* b,
-                         Py_ssize_t n, floating hi, floating lo, floating rs) noexcept nogil:
+                         Py_ssize_t n, floating hi, floating lo, floating rs, bint stream) noexcept nogil:
     if floating is float:
-        cn_ln_row_f(y, x, w, b, n, hi, lo, rs)
+        cn_ln_row_f(y, x, w, b, n, hi, lo, rs, stream)
     else:
-        cn_ln_row_d(y, x, w, b, n, hi, lo, rs)
+        cn_ln_row_d(y, x, w, b, n, hi, lo, rs, stream)
 
 cdef inline void vgrad(floating* dx, const floating* dy, const floating* x, Py_ssize_t n,
                        floating hi, floating lo, floating k1, floating mdy,
-                       floating k2) noexcept nogil:
+                       floating k2, bint stream) noexcept nogil:
     if floating is float:
-        cn_grad_f(dx, dy, x, n, hi, lo, k1, mdy, k2)
+        cn_grad_f(dx, dy, x, n, hi, lo, k1, mdy, k2, stream)
     else:
-        cn_grad_d(dx, dy, x, n, hi, lo, k1, mdy, k2)
+        cn_grad_d(dx, dy, x, n, hi, lo, k1, mdy, k2, stream)
 
 cdef inline void vgrad_cols(floating* dx, const floating* dy, const floating* x, Py_ssize_t n,
                             const floating* hi, const floating* lo, const floating* k1,
-                            const floating* mdy, const floating* k2) noexcept nogil:
+                            const floating* mdy, const floating* k2, bint stream) noexcept nogil:
     if floating is float:
-        cn_grad_cols_f(dx, dy, x, n, hi, lo, k1, mdy, k2)
+        cn_grad_cols_f(dx, dy, x, n, hi, lo, k1, mdy, k2, stream)
     else:
-        cn_grad_cols_d(dx, dy, x, n, hi, lo, k1, mdy, k2)
+        cn_grad_cols_d(dx, dy, x, n, hi, lo, k1, mdy, k2, stream)
 
 cdef inline void vln_grad_row(floating* dx, const floating* dy, const floating* x,
                               const floating* w, Py_ssize_t n, floating hi, floating lo,
-                              floating k0, floating c1, floating c2) noexcept nogil:
+                              floating k0, floating c1, floating c2, bint stream) noexcept nogil:
     if floating is float:
-        cn_ln_grad_row_f(dx, dy, x, w, n, hi, lo, k0, c1, c2)
+        cn_ln_grad_row_f(dx, dy, x, w, n, hi, lo, k0, c1, c2, stream)
     else:
-        cn_ln_grad_row_d(dx, dy, x, w, n, hi, lo, k0, c1, c2)
+        cn_ln_grad_row_d(dx, dy, x, w, n, hi, lo, k0, c1, c2, stream)
 
 cdef inline void vcols_sum(floating* s, const floating* x, Py_ssize_t ld, Py_ssize_t nrows,
                            Py_ssize_t n) noexcept nogil:

@@ -1,0 +1,183 @@
+"""A CPU SyncBatchNorm (torch.distributed, e.g. the gloo backend) on the cnorm kernels."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from .. import functional as CF
+from ._dropin import _FLOATS, _np, cnorm_batch_norm
+
+__all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "SyncBatchNormFunction"]
+
+
+def _gather_stats(count: int, mean: np.ndarray, m2: np.ndarray, group, world_size: int):
+    """All-gather every rank's (count, mean, m2) and merge them in rank order."""
+    c = mean.shape[0]
+    packed = np.empty(2 * c + 1)
+    packed[0] = count
+    packed[1:c + 1] = mean
+    packed[c + 1:] = m2
+    local = torch.from_numpy(packed)
+    gathered = [torch.empty_like(local) for _ in range(world_size)]
+    dist.all_gather(gathered, local, group=group)
+    allstats = torch.stack(gathered).numpy()
+    return CF.merge_stats(allstats[:, 0], allstats[:, 1:c + 1], allstats[:, c + 1:])
+
+
+class SyncBatchNormFunction(torch.autograd.Function):
+    """Training-mode batch norm with statistics over every rank of ``process_group``.
+
+    forward: all-gather of the per-rank ``(count, mean, m2)`` (float64), merged with
+    Chan's formula in rank order (so every rank gets the same numbers), normalization
+    of the local input with the global mean and ``invstd = 1/sqrt(m2/count + eps)``,
+    running statistics updated with the global mean and unbiased variance.
+    backward: all-reduce of the per-channel ``(Σdy, Σdy·x̂)`` (float64); weight/bias
+    gradients stay local (DDP averages them), as in torch's SyncBatchNorm.
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, running_mean, running_var, eps, momentum,
+                process_group, world_size):
+        x = _np(input)
+        c = x.shape[1]
+        count, mean, m2 = CF.batch_norm_stats(x)
+        total, mean, m2 = _gather_stats(count, mean, m2, process_group, world_size)
+        if total == 1:
+            raise ValueError("Expected more than 1 value per channel when training, got 1 "
+                             f"value per channel over {world_size} processes")
+        if total > 0:
+            var = m2 / total
+            invstd = 1.0 / np.sqrt(var + eps)
+            if running_mean is not None:
+                # as the kernels do it: float64 arithmetic, rounded once to the dtype
+                running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
+                running_var[...] = ((1.0 - momentum) * running_var
+                                    + momentum * (var * (total / (total - 1.0))))
+        else:
+            invstd = np.zeros(c)            # empty everywhere: nothing to normalize
+        y = CF.batch_norm_elemt(x, mean, invstd, _np(weight), _np(bias))
+        ctx.save_for_backward(input, weight)
+        ctx.stats = (mean, invstd, total, process_group)
+        return torch.from_numpy(y)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        mean, invstd, total, group = ctx.stats
+        x = _np(input)
+        dy = _np(grad_output)
+        sum_dy, sum_dy_xhat = CF.batch_norm_backward_reduce(dy, x, mean, invstd)
+        need = ctx.needs_input_grad
+        grad_input = grad_weight = grad_bias = None
+        if need[0]:
+            c = sum_dy.shape[0]
+            both = torch.from_numpy(np.concatenate([sum_dy, sum_dy_xhat]))
+            dist.all_reduce(both, op=dist.ReduceOp.SUM, group=group)
+            g = both.numpy()
+            grad_input = torch.from_numpy(CF.batch_norm_backward_elemt(
+                dy, x, mean, invstd, _np(weight), g[:c], g[c:], total))
+        dtype = x.dtype
+        if weight is not None and need[1]:
+            grad_weight = torch.from_numpy(sum_dy_xhat.astype(dtype))
+        if need[2]:
+            grad_bias = torch.from_numpy(sum_dy.astype(dtype))
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    r""":class:`torch.nn.SyncBatchNorm` that also works on CPU tensors (gloo backend).
+
+    In training mode with ``torch.distributed`` initialized and more than one process in
+    ``process_group``, the batch statistics are those of the union of the batches of
+    all ranks (which may differ in size, or be empty); outputs, running statistics and
+    input gradients equal those of a BatchNorm over the concatenated batch, and the
+    weight/bias gradients are each rank's local share (their sum over the ranks is the
+    full gradient; DDP averages them). Otherwise (eval mode, no process group, one
+    process) it is a plain BatchNorm on the cnorm kernels. Inputs on other devices go
+    to torch's implementation. Same constructor, parameters, buffers and state_dict
+    keys as torch's class; inputs ``(N, C, *)``.
+    """
+
+    #: set to False on an instance to use torch's kernels when no synchronization is needed
+    use_cnorm = True
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not input.is_cpu:
+            return super().forward(input)
+        self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
+        training = self.training
+        bn_training = training or (self.running_mean is None and self.running_var is None)
+        need_sync = bn_training and training and dist.is_available() and dist.is_initialized()
+        if need_sync:
+            group = self.process_group if self.process_group else dist.group.WORLD
+            world_size = dist.get_world_size(group)
+            need_sync = world_size > 1
+        if not need_sync:
+            out = cnorm_batch_norm(self, input)
+            return super().forward(input) if out is None else out
+
+        dtype = input.dtype
+        weight, bias = self.weight, self.bias
+        rm = self.running_mean if self.track_running_stats else None
+        rv = self.running_var if self.track_running_stats else None
+        bad = [name for name, t in (("weight", weight), ("bias", bias),
+                                    ("running_mean", rm), ("running_var", rv))
+               if t is not None and (t.dtype != dtype or not t.is_cpu)]
+        if dtype not in _FLOATS or bad:
+            raise TypeError(f"cnorm.torch.SyncBatchNorm on CPU needs float32 or float64 "
+                            f"input, parameters and buffers of one dtype; got input "
+                            f"{dtype}" + "".join(f", {n} {t.dtype}" for n, t in
+                                                 (("weight", weight), ("bias", bias),
+                                                  ("running_mean", rm), ("running_var", rv))
+                                                 if t is not None and n in bad))
+        if not input.is_contiguous():
+            input = input.contiguous()
+
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        rm_np = None if rm is None else rm.detach().numpy()
+        rv_np = None if rv is None else rv.detach().numpy()
+        if rm_np is not None and not (rm.is_contiguous() and rv.is_contiguous()):
+            raise TypeError("cnorm.torch.SyncBatchNorm needs contiguous running statistics")
+        return SyncBatchNormFunction.apply(
+            input, weight.contiguous() if weight is not None else None,
+            bias.contiguous() if bias is not None else None,
+            rm_np, rv_np, self.eps, factor, group, world_size)
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group: Optional[Any] = None) -> nn.Module:
+    """Replace every BatchNorm layer (any :class:`torch.nn.modules.batchnorm._BatchNorm`:
+    torch's BatchNorm1d/2d/3d, SyncBatchNorm, the cnorm.torch ones) of ``module`` by a
+    :class:`cnorm.torch.SyncBatchNorm`, as :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`
+    does (same Parameter objects, buffers and training flag); returns the module, or the
+    replacement when ``module`` itself is a BatchNorm."""
+    module_output = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        module_output = SyncBatchNorm(module.num_features, module.eps, module.momentum,
+                                      module.affine, module.track_running_stats,
+                                      process_group, device="meta",
+                                      bias=module.bias is not None)
+        if module.affine:
+            with torch.no_grad():
+                module_output.weight = module.weight
+                module_output.bias = module.bias
+        module_output.running_mean = module.running_mean
+        module_output.running_var = module.running_var
+        module_output.num_batches_tracked = module.num_batches_tracked
+        module_output.training = module.training
+        if hasattr(module, "qconfig"):
+            module_output.qconfig = module.qconfig
+    for name, child in module.named_children():
+        module_output.add_module(name, convert_sync_batchnorm(child, process_group))
+    del module
+    return module_output
