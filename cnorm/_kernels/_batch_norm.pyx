@@ -10,8 +10,8 @@ Two walks cover every shape with both cores busy:
   works on tiles of ROWS_PER_TILE x COLS_PER_TILE so every SIMD lane is a channel.
 
 Partials are merged per channel in thread order, so results never change from run to
-run for a given thread count. Callers (cnorm.functional) validate shapes and dtypes and
-pass C-contiguous arrays; nothing here checks them again.
+run for a given thread count. cnorm.functional gives the friendly errors; the entry
+points at the bottom still check every buffer (_buffers.pxd) before taking its pointer.
 """
 
 cimport numpy as cnp
@@ -19,7 +19,6 @@ from cython.parallel cimport prange
 from libc.float cimport FLT_MAX
 from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memset
 
 from ._buffers cimport check_array, data_or_null, input_typenum
 from ._openmp cimport n_threads_for, split_start as _split
@@ -381,7 +380,7 @@ cdef void _grad_input(floating* dx, const floating* dy, const floating* x,
 
 
 # ---------------------------------------------------------------------------------------
-# Python entry points (arguments already validated by cnorm.functional)
+# Python entry points: every buffer is checked (type, size, layout) before use
 # ---------------------------------------------------------------------------------------
 
 cdef inline cnp.ndarray _empty_f64(Py_ssize_t n):

@@ -5,7 +5,7 @@ row is in cache (the exact block statistics of _stats.pxd), then the row is tran
 mean and rstd are kept (float64) for backward. The backward pass accumulates dweight and
 dbias per thread (in the input precision over ROWS_PER_FLUSH rows, then in float64) and
 reduces the thread buffers in thread order afterwards: no races, no atomics, and the same
-bits on every run for a given thread count. Arguments are validated by cnorm.functional.
+bits on every run for a given thread count. Entry points check every buffer (_buffers.pxd).
 """
 
 cimport numpy as cnp
@@ -16,7 +16,7 @@ from libc.stdlib cimport free, malloc
 from ._buffers cimport check_array, data_or_null, input_typenum
 from ._openmp cimport n_threads_for, split_start
 from ._simd cimport (STREAM_MIN_RUN, cn_simd_init, cn_simd_set, cn_stream_min_bytes, vln_grad_row,
-                     vln_grad_sums, vln_row)
+                     vln_grad_sums, vln_grad_sums2, vln_row)
 from ._stats cimport BLOCK, segment_stats, split_mean
 from ._types cimport floating
 
@@ -81,39 +81,51 @@ cdef void _backward_rows(floating* dx,             # OUT (M, D)
                          const floating* weight,   # IN  (D,)
                          Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
                          bint stream) noexcept nogil:
-    cdef Py_ssize_t r, j, b, len_b, k_b
-    cdef const floating* xr
-    cdef const floating* gr
-    cdef floating* dxr
-    cdef floating hi, lo, rs
-    cdef double sum_g, sum_gd, s_g, s_gd, rsd
+    cdef Py_ssize_t r, j, b, len_b, k_b, q, n_rows
+    cdef floating hi[2]
+    cdef floating lo[2]
+    cdef floating rs[2]
+    cdef double sum_g[2]
+    cdef double sum_gd[2]
+    cdef double s_g[2]
+    cdef double s_gd[2]
+    cdef double rsd
     for j in range(D):
         dweight[j] = 0
         dbias[j] = 0
         tw[j] = 0
         tb[j] = 0
-    for r in range(r0, r1):
-        xr = x + r * D
-        gr = dy + r * D
-        dxr = dx + r * D
-        split_mean(mean[r], &hi, &lo)
-        rsd = rstd[r]
-        rs = <floating>rsd
+    r = r0
+    while r < r1:
+        n_rows = 2 if r + 1 < r1 else 1          # two rows share the dweight/dbias updates
+        for q in range(n_rows):
+            split_mean(mean[r + q], &hi[q], &lo[q])
+            rs[q] = <floating>rstd[r + q]
+            sum_g[q] = 0
+            sum_gd[q] = 0
         # pass 1: sum g and sum g*(x - mean), g = dy*weight; the dweight/dbias partials
-        sum_g = 0
-        sum_gd = 0
         for k_b in range((D + BLOCK - 1) // BLOCK):     # short sums, merged in float64
             b = k_b * BLOCK
             len_b = D - b if D - b < BLOCK else BLOCK
-            vln_grad_sums(&s_g, &s_gd, tw + b, tb + b, gr + b, xr + b, weight + b, len_b,
-                          hi, lo, rs)
-            sum_g += s_g
-            sum_gd += s_gd
-        # pass 2 (row in cache): dx = rstd*(g - mean(g) - xhat*mean(g*xhat))
-        #                           = rstd*dy*weight - c1 - c2*(x - mean)
-        vln_grad_row(dxr, gr, xr, weight, D, hi, lo, rs, <floating>(rsd * sum_g / D),
-                     <floating>(rsd * rsd * rsd * sum_gd / D), stream)
-        if (r - r0) % ROWS_PER_FLUSH == ROWS_PER_FLUSH - 1 or r == r1 - 1:
+            if n_rows == 2:
+                vln_grad_sums2(s_g, s_gd, tw + b, tb + b, dy + r * D + b, dy + (r + 1) * D + b,
+                               x + r * D + b, x + (r + 1) * D + b, weight + b, len_b,
+                               hi[0], lo[0], rs[0], hi[1], lo[1], rs[1])
+            else:
+                vln_grad_sums(s_g, s_gd, tw + b, tb + b, dy + r * D + b, x + r * D + b,
+                              weight + b, len_b, hi[0], lo[0], rs[0])
+            for q in range(n_rows):
+                sum_g[q] += s_g[q]
+                sum_gd[q] += s_gd[q]
+        # pass 2 (rows in cache): dx = rstd*(g - mean(g) - xhat*mean(g*xhat))
+        #                            = rstd*dy*weight - c1 - c2*(x - mean)
+        for q in range(n_rows):
+            rsd = rstd[r + q]
+            vln_grad_row(dx + (r + q) * D, dy + (r + q) * D, x + (r + q) * D, weight, D,
+                         hi[q], lo[q], rs[q], <floating>(rsd * sum_g[q] / D),
+                         <floating>(rsd * rsd * rsd * sum_gd[q] / D), stream)
+        r += n_rows
+        if (r - r0) % ROWS_PER_FLUSH == 0 or r == r1:
             for j in range(D):
                 dweight[j] += tw[j]
                 dbias[j] += tb[j]
@@ -122,7 +134,7 @@ cdef void _backward_rows(floating* dx,             # OUT (M, D)
 
 
 # ---------------------------------------------------------------------------------------
-# Python entry points (arguments already validated by cnorm.functional)
+# Python entry points: every buffer is checked (type, size, layout) before use
 # ---------------------------------------------------------------------------------------
 
 cdef inline cnp.ndarray _empty(Py_ssize_t n, int typenum):

@@ -219,6 +219,47 @@ ATTR static void cn_ln_grad_sums_##S##_##ISA(double* s_g, double* s_gd,         
     *s_g = r1; *s_gd = r2;                                                                 \
 }                                                                                          \
                                                                                            \
+/* the same for two rows at once (row sums bit-identical to the one-row version): the    \
+   dweight/dbias partials are loaded and stored once per two rows,                         \
+   tw += dy0 * xhat0 + dy1 * xhat1, tb += dy0 + dy1 */                                     \
+ATTR static void cn_ln_grad_sums2_##S##_##ISA(double* s_g, double* s_gd,                  \
+                                              T* CN_RESTRICT tw, T* CN_RESTRICT tb,        \
+                                              const T* CN_RESTRICT dy0,                    \
+                                              const T* CN_RESTRICT dy1,                    \
+                                              const T* CN_RESTRICT x0,                     \
+                                              const T* CN_RESTRICT x1,                     \
+                                              const T* CN_RESTRICT w, ptrdiff_t n,         \
+                                              T hi0, T lo0, T rs0, T hi1, T lo1, T rs1)    \
+{                                                                                          \
+    enum { L = CN_BUNDLE_BYTES / sizeof(T) };                                              \
+    T a1[L] = {0}, a2[L] = {0}, b1[L] = {0}, b2[L] = {0};                                  \
+    ptrdiff_t i = 0;                                                                       \
+    const T* CN_RESTRICT x = x0;                                                           \
+    CN_REDUCE_VEC(T, VB,                                                                   \
+        V p[K]; V q[K]; V pp[K]; V qq[K];                                                  \
+        V h0 = (V){0} + hi0; V l0 = (V){0} + lo0; V r0 = (V){0} + rs0;                    \
+        V h1 = (V){0} + hi1; V l1 = (V){0} + lo1; V r1 = (V){0} + rs1;                    \
+        for (k = 0; k < K; k++) p[k] = q[k] = pp[k] = qq[k] = (V){0};,                     \
+        V v0; V v1; V g0; V g1; V gw; V t;                                                 \
+        memcpy(&v0, x0 + o, VB); memcpy(&g0, dy0 + o, VB); memcpy(&gw, w + o, VB);         \
+        memcpy(&v1, x1 + o, VB); memcpy(&g1, dy1 + o, VB);                                 \
+        v0 = (v0 - h0) - l0; v1 = (v1 - h1) - l1;                                          \
+        p[k] += g0 * gw; q[k] += (g0 * gw) * v0; pp[k] += g1 * gw; qq[k] += (g1 * gw) * v1;\
+        memcpy(&t, tw + o, VB); t += g0 * (v0 * r0) + g1 * (v1 * r1); memcpy(tw + o, &t, VB);\
+        memcpy(&t, tb + o, VB); t += g0 + g1; memcpy(tb + o, &t, VB);,                     \
+        memcpy(a1, p, sizeof p); memcpy(a2, q, sizeof q);                                  \
+        memcpy(b1, pp, sizeof pp); memcpy(b2, qq, sizeof qq);)                             \
+    (void)x;                                                                               \
+    for (; i < n; i++) {                                                                   \
+        T d0 = (x0[i] - hi0) - lo0, d1 = (x1[i] - hi1) - lo1;                              \
+        T g0 = dy0[i] * w[i], g1 = dy1[i] * w[i];                                          \
+        a1[i % L] += g0; a2[i % L] += g0 * d0; b1[i % L] += g1; b2[i % L] += g1 * d1;      \
+        tw[i] += dy0[i] * (d0 * rs0) + dy1[i] * (d1 * rs1); tb[i] += dy0[i] + dy1[i];      \
+    }                                                                                      \
+    s_g[0] = cn_tree_##S(a1); s_gd[0] = cn_tree_##S(a2);                                   \
+    s_g[1] = cn_tree_##S(b1); s_gd[1] = cn_tree_##S(b2);                                   \
+}                                                                                          \
+                                                                                           \
 /* ---- elementwise loops: out[i] = EXPR(i) over n elements ----                            \
    EXPR is written once with an accessor LD(p) (element i of p) and used for the scalar    \
    loop and, when stream != 0, for a vector loop with non-temporal stores: a large output  \
@@ -445,6 +486,12 @@ static inline void cn_ln_grad_sums_##S(double* a, double* b, T* tw, T* tb, const
                                        const T* x, const T* w, ptrdiff_t n,                \
                                        T hi, T lo, T rs)                                   \
 { CN_PICK(cn_ln_grad_sums, S)(a, b, tw, tb, dy, x, w, n, hi, lo, rs); }                    \
+static inline void cn_ln_grad_sums2_##S(double* a, double* b, T* tw, T* tb, const T* dy0,   \
+                                        const T* dy1, const T* x0, const T* x1, const T* w, \
+                                        ptrdiff_t n, T hi0, T lo0, T rs0, T hi1, T lo1,    \
+                                        T rs1)                                             \
+{ CN_PICK(cn_ln_grad_sums2, S)(a, b, tw, tb, dy0, dy1, x0, x1, w, n, hi0, lo0, rs0, hi1,   \
+                               lo1, rs1); }                                                \
 static inline void cn_affine_##S(T* y, const T* x, ptrdiff_t n, T hi, T lo, T sc, T be,    \
                                  int stream)                                               \
 { CN_PICK(cn_affine, S)(y, x, n, hi, lo, sc, be, stream); }                                        \

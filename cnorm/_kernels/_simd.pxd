@@ -25,6 +25,14 @@ cdef extern from "_simd.h" nogil:
     void cn_ln_grad_sums_d(double* s_g, double* s_gd, double* tw, double* tb, const double* dy,
                            const double* x, const double* w, Py_ssize_t n,
                            double hi, double lo, double rs)
+    void cn_ln_grad_sums2_f(double* s_g, double* s_gd, float* tw, float* tb, const float* dy0,
+                            const float* dy1, const float* x0, const float* x1, const float* w,
+                            Py_ssize_t n, float hi0, float lo0, float rs0, float hi1,
+                            float lo1, float rs1)
+    void cn_ln_grad_sums2_d(double* s_g, double* s_gd, double* tw, double* tb,
+                            const double* dy0, const double* dy1, const double* x0,
+                            const double* x1, const double* w, Py_ssize_t n, double hi0,
+                            double lo0, double rs0, double hi1, double lo1, double rs1)
     void cn_affine_f(float* y, const float* x, Py_ssize_t n, float hi, float lo,
                      float scale, float beta, int stream)
     void cn_affine_d(double* y, const double* x, Py_ssize_t n, double hi, double lo,
@@ -99,6 +107,18 @@ cdef inline void vln_grad_sums(double* s_g, double* s_gd, floating* tw, floating
         cn_ln_grad_sums_f(s_g, s_gd, tw, tb, dy, x, w, n, hi, lo, rs)
     else:
         cn_ln_grad_sums_d(s_g, s_gd, tw, tb, dy, x, w, n, hi, lo, rs)
+
+cdef inline void vln_grad_sums2(double* s_g, double* s_gd, floating* tw, floating* tb,
+                                const floating* dy0, const floating* dy1, const floating* x0,
+                                const floating* x1, const floating* w, Py_ssize_t n,
+                                floating hi0, floating lo0, floating rs0, floating hi1,
+                                floating lo1, floating rs1) noexcept nogil:
+    if floating is float:
+        cn_ln_grad_sums2_f(s_g, s_gd, tw, tb, dy0, dy1, x0, x1, w, n, hi0, lo0, rs0, hi1, lo1,
+                           rs1)
+    else:
+        cn_ln_grad_sums2_d(s_g, s_gd, tw, tb, dy0, dy1, x0, x1, w, n, hi0, lo0, rs0, hi1, lo1,
+                           rs1)
 
 cdef inline void vaffine(floating* y, const floating* x, Py_ssize_t n, floating hi,
                          floating lo, floating scale, floating beta, bint stream) noexcept nogil:
