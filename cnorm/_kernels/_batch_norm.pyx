@@ -23,8 +23,9 @@ from libc.stdlib cimport calloc, free, malloc
 from ._buffers cimport check_array, data_or_null, input_typenum
 from ._openmp cimport n_threads_for, split_start as _split
 from ._simd cimport (STREAM_MIN_RUN, cn_simd_init, cn_simd_set, cn_stream_min_bytes,
-                     vaffine, vaffine_cols, vany_above, vcol_merge,
-                     vcols_dev, vcols_grad_sums, vcols_sum, vdot_dev, vgrad, vgrad_cols)
+                     vaffine, vaffine_cols, vaffine_cols4, vany_above, vcol_merge,
+                     vcols_dev, vcols_grad_sums, vcols_sum, vdot_dev, vgrad, vgrad_cols,
+                     vgrad_cols4)
 from ._stats cimport BLOCK, chan_merge, segment_stats, split_mean
 from ._types cimport floating
 
@@ -203,10 +204,16 @@ cdef void _normalize_rows(floating* y, const floating* x, Py_ssize_t C, Py_ssize
 
 cdef void _normalize_cols(floating* y, const floating* x, Py_ssize_t C,
                           Py_ssize_t n0, Py_ssize_t n1, const floating* coef, bint stream) noexcept nogil:
-    cdef Py_ssize_t n
-    for n in range(n0, n1):
+    cdef Py_ssize_t n = n0
+    if not stream:
+        while n + 4 <= n1:
+            vaffine_cols4(y + n * C, x + n * C, C, C, coef, coef + C, coef + 2 * C,
+                          coef + 3 * C)
+            n += 4
+    while n < n1:
         vaffine_cols(y + n * C, x + n * C, C, coef, coef + C, coef + 2 * C, coef + 3 * C,
                      stream)
+        n += 1
 
 cdef void _normalize(floating* y, const floating* x, Py_ssize_t N, Py_ssize_t C,
                      Py_ssize_t S, const floating* coef) noexcept nogil:
@@ -351,10 +358,17 @@ cdef void _grad_input_rows(floating* dx, const floating* dy, const floating* x,
 cdef void _grad_input_cols(floating* dx, const floating* dy, const floating* x,
                            Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1,
                            const floating* coef, bint stream) noexcept nogil:
-    cdef Py_ssize_t n
-    for n in range(n0, n1):
+    cdef Py_ssize_t n = n0
+    if not stream:
+        while n + 4 <= n1:
+            vgrad_cols4(dx + n * C, dy + n * C, x + n * C, C, C, coef, coef + C, coef + 2 * C,
+                        coef + 3 * C, coef + 4 * C)
+            n += 4
+    while n < n1:
         vgrad_cols(dx + n * C, dy + n * C, x + n * C, C, coef, coef + C, coef + 2 * C,
                    coef + 3 * C, coef + 4 * C, stream)
+        n += 1
+
 
 cdef void _grad_input(floating* dx, const floating* dy, const floating* x,
                       Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,

@@ -284,6 +284,25 @@ ATTR static void cn_affine_cols_##S##_##ISA(T* CN_RESTRICT y, const T* CN_RESTRI
     CN_ELEMWISE(T, VB, y, n, stream, CN_AFFINE_COLS_EXPR)                                  \
 }                                                                                          \
                                                                                            \
+/* four rows (stride ld) of an (N, C) batch at once: each coefficient is loaded once for  \
+   four outputs (the one-row loop is bound by its five loads per element) */               \
+ATTR static void cn_affine_cols4_##S##_##ISA(T* CN_RESTRICT y, const T* CN_RESTRICT x,    \
+                                             ptrdiff_t ld, ptrdiff_t n,                    \
+                                             const T* CN_RESTRICT hi,                      \
+                                             const T* CN_RESTRICT lo,                      \
+                                             const T* CN_RESTRICT scale,                   \
+                                             const T* CN_RESTRICT beta)                    \
+{                                                                                          \
+    ptrdiff_t i;                                                                           \
+    for (i = 0; i < n; i++) {                                                              \
+        const T h = hi[i], l = lo[i], s = scale[i], b = beta[i];                           \
+        y[i] = ((x[i] - h) - l) * s + b;                                                   \
+        y[ld + i] = ((x[ld + i] - h) - l) * s + b;                                         \
+        y[2 * ld + i] = ((x[2 * ld + i] - h) - l) * s + b;                                 \
+        y[3 * ld + i] = ((x[3 * ld + i] - h) - l) * s + b;                                 \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
 /* LayerNorm row: y = (((x - hi) - lo) * rs) * w + b */                                    \
 ATTR static void cn_ln_row_##S##_##ISA(T* CN_RESTRICT y, const T* CN_RESTRICT x,          \
                                        const T* CN_RESTRICT w, const T* CN_RESTRICT b,     \
@@ -309,6 +328,22 @@ ATTR static void cn_grad_cols_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTRIC
                                           const T* CN_RESTRICT k2, int stream)             \
 {                                                                                          \
     CN_ELEMWISE(T, VB, dx, n, stream, CN_GRAD_COLS_EXPR)                                   \
+}                                                                                          \
+                                                                                           \
+ATTR static void cn_grad_cols4_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTRICT dy,    \
+                                           const T* CN_RESTRICT x, ptrdiff_t ld,           \
+                                           ptrdiff_t n, const T* CN_RESTRICT hi,           \
+                                           const T* CN_RESTRICT lo,                        \
+                                           const T* CN_RESTRICT k1,                        \
+                                           const T* CN_RESTRICT mdy,                       \
+                                           const T* CN_RESTRICT k2)                        \
+{                                                                                          \
+    ptrdiff_t i, r;                                                                        \
+    for (i = 0; i < n; i++) {                                                              \
+        const T h = hi[i], l = lo[i], a = k1[i], m = mdy[i], c = k2[i];                    \
+        for (r = 0; r < 4; r++)                                                            \
+            dx[r * ld + i] = a * (dy[r * ld + i] - m) + c * ((x[r * ld + i] - h) - l);     \
+    }                                                                                      \
 }                                                                                          \
                                                                                            \
 /* LayerNorm input gradient: dx = k0 * (dy * w) - c1 - c2 * ((x - hi) - lo) */            \
@@ -498,6 +533,13 @@ static inline void cn_affine_##S(T* y, const T* x, ptrdiff_t n, T hi, T lo, T sc
 static inline void cn_affine_cols_##S(T* y, const T* x, ptrdiff_t n, const T* hi,          \
                                       const T* lo, const T* sc, const T* be, int stream)   \
 { CN_PICK(cn_affine_cols, S)(y, x, n, hi, lo, sc, be, stream); }                                   \
+static inline void cn_affine_cols4_##S(T* y, const T* x, ptrdiff_t ld, ptrdiff_t n,          \
+                                       const T* hi, const T* lo, const T* sc, const T* be)  \
+{ CN_PICK(cn_affine_cols4, S)(y, x, ld, n, hi, lo, sc, be); }                              \
+static inline void cn_grad_cols4_##S(T* dx, const T* dy, const T* x, ptrdiff_t ld,         \
+                                     ptrdiff_t n, const T* hi, const T* lo, const T* k1,   \
+                                     const T* mdy, const T* k2)                            \
+{ CN_PICK(cn_grad_cols4, S)(dx, dy, x, ld, n, hi, lo, k1, mdy, k2); }                      \
 static inline void cn_ln_row_##S(T* y, const T* x, const T* w, const T* b, ptrdiff_t n,    \
                                  T hi, T lo, T rs, int stream)                             \
 { CN_PICK(cn_ln_row, S)(y, x, w, b, n, hi, lo, rs, stream); }                                      \

@@ -41,6 +41,18 @@ cdef extern from "_simd.h" nogil:
                           const float* lo, const float* scale, const float* beta, int stream)
     void cn_affine_cols_d(double* y, const double* x, Py_ssize_t n, const double* hi,
                           const double* lo, const double* scale, const double* beta, int stream)
+    void cn_affine_cols4_f(float* y, const float* x, Py_ssize_t ld, Py_ssize_t n,
+                           const float* hi, const float* lo, const float* scale,
+                           const float* beta)
+    void cn_affine_cols4_d(double* y, const double* x, Py_ssize_t ld, Py_ssize_t n,
+                           const double* hi, const double* lo, const double* scale,
+                           const double* beta)
+    void cn_grad_cols4_f(float* dx, const float* dy, const float* x, Py_ssize_t ld,
+                         Py_ssize_t n, const float* hi, const float* lo, const float* k1,
+                         const float* mdy, const float* k2)
+    void cn_grad_cols4_d(double* dx, const double* dy, const double* x, Py_ssize_t ld,
+                         Py_ssize_t n, const double* hi, const double* lo, const double* k1,
+                         const double* mdy, const double* k2)
     void cn_ln_row_f(float* y, const float* x, const float* w, const float* b, Py_ssize_t n,
                      float hi, float lo, float rs, int stream)
     void cn_ln_row_d(double* y, const double* x, const double* w, const double* b,
@@ -134,6 +146,23 @@ cdef inline void vaffine_cols(floating* y, const floating* x, Py_ssize_t n,
         cn_affine_cols_f(y, x, n, hi, lo, scale, beta, stream)
     else:
         cn_affine_cols_d(y, x, n, hi, lo, scale, beta, stream)
+
+cdef inline void vaffine_cols4(floating* y, const floating* x, Py_ssize_t ld, Py_ssize_t n,
+                               const floating* hi, const floating* lo, const floating* scale,
+                               const floating* beta) noexcept nogil:
+    if floating is float:
+        cn_affine_cols4_f(y, x, ld, n, hi, lo, scale, beta)
+    else:
+        cn_affine_cols4_d(y, x, ld, n, hi, lo, scale, beta)
+
+cdef inline void vgrad_cols4(floating* dx, const floating* dy, const floating* x, Py_ssize_t ld,
+                             Py_ssize_t n, const floating* hi, const floating* lo,
+                             const floating* k1, const floating* mdy,
+                             const floating* k2) noexcept nogil:
+    if floating is float:
+        cn_grad_cols4_f(dx, dy, x, ld, n, hi, lo, k1, mdy, k2)
+    else:
+        cn_grad_cols4_d(dx, dy, x, ld, n, hi, lo, k1, mdy, k2)
 
 cdef inline void vln_row(floating* y, const floating* x, const floating* w, const floating* b,
                          Py_ssize_t n, floating hi, floating lo, floating rs, bint stream) noexcept nogil:
