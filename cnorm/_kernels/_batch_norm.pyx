@@ -53,6 +53,11 @@ cdef enum:
     N_COEF = 5              # per-channel coefficients of the elementwise passes
 
 
+cdef inline const floating* _off(const floating* p, Py_ssize_t k) noexcept nogil:
+    """p + k, or NULL for an absent optional buffer."""
+    return p + k if p != NULL else NULL
+
+
 # ---------------------------------------------------------------------------------------
 # statistics
 # ---------------------------------------------------------------------------------------
@@ -186,8 +191,9 @@ cdef int _channel_stats(const floating* x,     # IN  (N, C, S)
 # ---------------------------------------------------------------------------------------
 
 cdef void _normalize_rows(floating* y, const floating* x, Py_ssize_t C, Py_ssize_t S,
-                          Py_ssize_t e0, Py_ssize_t e1, const floating* coef, bint stream) noexcept nogil:
-    # coef (N_COEF, C): hi, lo, scale, beta
+                          Py_ssize_t e0, Py_ssize_t e1, const floating* coef, bint stream,
+                          bint relu) noexcept nogil:
+    # coef (N_COEF, C): hi, lo, scale, beta; relu: y = max(0, y) (fused BN + ReLU)
     cdef Py_ssize_t r = e0 // S, pos = e0, end
     cdef Py_ssize_t c = r % C      # then stepped: a division per row costs ~15 ns
     while pos < e1:
@@ -195,7 +201,7 @@ cdef void _normalize_rows(floating* y, const floating* x, Py_ssize_t C, Py_ssize
         if end > e1:
             end = e1
         vaffine(y + pos, x + pos, end - pos, coef[c], coef[C + c], coef[2 * C + c],
-                coef[3 * C + c], stream)
+                coef[3 * C + c], stream, relu)
         pos = end
         r += 1
         c += 1
@@ -203,38 +209,39 @@ cdef void _normalize_rows(floating* y, const floating* x, Py_ssize_t C, Py_ssize
             c = 0
 
 cdef void _normalize_cols(floating* y, const floating* x, Py_ssize_t C,
-                          Py_ssize_t n0, Py_ssize_t n1, const floating* coef, bint stream) noexcept nogil:
+                          Py_ssize_t n0, Py_ssize_t n1, const floating* coef, bint stream,
+                          bint relu) noexcept nogil:
     cdef Py_ssize_t n = n0
     if not stream:
         while n + 4 <= n1:
             vaffine_cols4(y + n * C, x + n * C, C, C, coef, coef + C, coef + 2 * C,
-                          coef + 3 * C)
+                          coef + 3 * C, relu)
             n += 4
     while n < n1:
         vaffine_cols(y + n * C, x + n * C, C, coef, coef + C, coef + 2 * C, coef + 3 * C,
-                     stream)
+                     stream, relu)
         n += 1
 
 cdef void _normalize(floating* y, const floating* x, Py_ssize_t N, Py_ssize_t C,
-                     Py_ssize_t S, const floating* coef) noexcept nogil:
+                     Py_ssize_t S, const floating* coef, bint relu) noexcept nogil:
     cdef Py_ssize_t E = N * C * S
     cdef int n_threads = n_threads_for(E), t
     cdef bint stream = (E * <Py_ssize_t>sizeof(floating) >= cn_stream_min_bytes
                         and (S if S > 1 else C) >= STREAM_MIN_RUN)
     if S == 1:
         if n_threads == 1:      # no parallel region: it costs ~1 us
-            _normalize_cols(y, x, C, 0, N, coef, stream)
+            _normalize_cols(y, x, C, 0, N, coef, stream, relu)
         else:
             for t in prange(n_threads, schedule='static', num_threads=n_threads):
                 _normalize_cols(y, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads),
-                                coef, stream)
+                                coef, stream, relu)
     else:
         if n_threads == 1:      # no parallel region: it costs ~1 us
-            _normalize_rows(y, x, C, S, 0, E, coef, stream)
+            _normalize_rows(y, x, C, S, 0, E, coef, stream, relu)
         else:
             for t in prange(n_threads, schedule='static', num_threads=n_threads):
                 _normalize_rows(y, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads),
-                                coef, stream)
+                                coef, stream, relu)
 
 
 cdef void _fill_normalize_coef(floating* coef, Py_ssize_t C, const double* mean,
@@ -253,8 +260,8 @@ cdef void _fill_normalize_coef(floating* coef, Py_ssize_t C, const double* mean,
 
 cdef void _reduce_rows(const floating* dy, const floating* x, Py_ssize_t C, Py_ssize_t S,
                        Py_ssize_t e0, Py_ssize_t e1, const floating* coef,
-                       double* part) noexcept nogil:
-    # part (2, C): sum dy, sum dy * (x - mean)
+                       double* part, const floating* ym) noexcept nogil:
+    # part (2, C): sum dy, sum dy * (x - mean); ym: mask dy by ym > 0 (BN + ReLU) or NULL
     cdef Py_ssize_t r = e0 // S, pos = e0, end, b, len_b, k_b
     cdef Py_ssize_t c = r % C      # then stepped: a division per row costs ~15 ns
     cdef double s1, s2
@@ -265,7 +272,7 @@ cdef void _reduce_rows(const floating* dy, const floating* x, Py_ssize_t C, Py_s
         for k_b in range((end - pos + BLOCK - 1) // BLOCK):   # short sums, merged in float64
             b = pos + k_b * BLOCK
             len_b = end - b if end - b < BLOCK else BLOCK
-            vdot_dev(&s1, &s2, dy + b, x + b, len_b, coef[c], coef[C + c])
+            vdot_dev(&s1, &s2, dy + b, x + b, len_b, coef[c], coef[C + c], _off(ym, b))
             part[c] += s1
             part[C + c] += s2
         pos = end
@@ -276,7 +283,7 @@ cdef void _reduce_rows(const floating* dy, const floating* x, Py_ssize_t C, Py_s
 
 cdef void _reduce_cols(const floating* dy, const floating* x, Py_ssize_t C,
                        Py_ssize_t n0, Py_ssize_t n1, const floating* coef,
-                       double* part, floating* acc) noexcept nogil:
+                       double* part, floating* acc, const floating* ym) noexcept nogil:
     cdef Py_ssize_t b0, nb, c0, nc, n, c, k_b0, k_c0
     cdef floating* s1 = acc
     cdef floating* s2 = acc + COLS_PER_TILE
@@ -287,7 +294,7 @@ cdef void _reduce_cols(const floating* dy, const floating* x, Py_ssize_t C,
             c0 = k_c0 * COLS_PER_TILE
             nc = C - c0 if C - c0 < COLS_PER_TILE else COLS_PER_TILE
             vcols_grad_sums(s1, s2, dy + b0 * C + c0, x + b0 * C + c0, C, nb, coef + c0,
-                            coef + C + c0, nc)
+                            coef + C + c0, nc, _off(ym, b0 * C + c0))
             for c in range(nc):
                 part[c0 + c] += s1[c]
                 part[C + c0 + c] += s2[c]
@@ -297,7 +304,8 @@ cdef int _backward_reduce(const floating* dy, const floating* x,
                           const floating* coef,
                           const double* invstd,
                           double* sum_dy,        # OUT (C,)
-                          double* sum_dy_xhat    # OUT (C,)
+                          double* sum_dy_xhat,   # OUT (C,)
+                          const floating* ym     # IN (N, C, S) BN + ReLU output, or NULL
                           ) noexcept nogil:
     cdef Py_ssize_t E = N * C * S, c
     cdef int n_threads = n_threads_for(2 * E), t
@@ -312,19 +320,19 @@ cdef int _backward_reduce(const floating* dy, const floating* x,
             free(part)
             return -1
         if n_threads == 1:      # no parallel region: it costs ~1 us
-            _reduce_cols(dy, x, C, 0, N, coef, part, acc)
+            _reduce_cols(dy, x, C, 0, N, coef, part, acc, ym)
         else:
             for t in prange(n_threads, schedule='static', num_threads=n_threads):
                 _reduce_cols(dy, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads),
-                             coef, part + 2 * C * t, acc + 2 * COLS_PER_TILE * t)
+                             coef, part + 2 * C * t, acc + 2 * COLS_PER_TILE * t, ym)
         free(acc)
     else:
         if n_threads == 1:      # no parallel region: it costs ~1 us
-            _reduce_rows(dy, x, C, S, 0, E, coef, part)
+            _reduce_rows(dy, x, C, S, 0, E, coef, part, ym)
         else:
             for t in prange(n_threads, schedule='static', num_threads=n_threads):
                 _reduce_rows(dy, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads),
-                             coef, part + 2 * C * t)
+                             coef, part + 2 * C * t, ym)
     for c in range(C):
         s1 = 0
         s2 = 0
@@ -339,7 +347,7 @@ cdef int _backward_reduce(const floating* dy, const floating* x,
 
 cdef void _grad_input_rows(floating* dx, const floating* dy, const floating* x,
                            Py_ssize_t C, Py_ssize_t S, Py_ssize_t e0, Py_ssize_t e1,
-                           const floating* coef, bint stream) noexcept nogil:
+                           const floating* coef, bint stream, const floating* ym) noexcept nogil:
     # coef (N_COEF, C): hi, lo, k1, mean_dy, k2 ; dx = k1 * (dy - mean_dy) + k2 * (x - mean)
     cdef Py_ssize_t r = e0 // S, pos = e0, end
     cdef Py_ssize_t c = r % C      # then stepped: a division per row costs ~15 ns
@@ -348,7 +356,7 @@ cdef void _grad_input_rows(floating* dx, const floating* dy, const floating* x,
         if end > e1:
             end = e1
         vgrad(dx + pos, dy + pos, x + pos, end - pos, coef[c], coef[C + c], coef[2 * C + c],
-              coef[3 * C + c], coef[4 * C + c], stream)
+              coef[3 * C + c], coef[4 * C + c], stream, _off(ym, pos))
         pos = end
         r += 1
         c += 1
@@ -357,40 +365,40 @@ cdef void _grad_input_rows(floating* dx, const floating* dy, const floating* x,
 
 cdef void _grad_input_cols(floating* dx, const floating* dy, const floating* x,
                            Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1,
-                           const floating* coef, bint stream) noexcept nogil:
+                           const floating* coef, bint stream, const floating* ym) noexcept nogil:
     cdef Py_ssize_t n = n0
     if not stream:
         while n + 4 <= n1:
             vgrad_cols4(dx + n * C, dy + n * C, x + n * C, C, C, coef, coef + C, coef + 2 * C,
-                        coef + 3 * C, coef + 4 * C)
+                        coef + 3 * C, coef + 4 * C, _off(ym, n * C))
             n += 4
     while n < n1:
         vgrad_cols(dx + n * C, dy + n * C, x + n * C, C, coef, coef + C, coef + 2 * C,
-                   coef + 3 * C, coef + 4 * C, stream)
+                   coef + 3 * C, coef + 4 * C, stream, _off(ym, n * C))
         n += 1
 
 
 cdef void _grad_input(floating* dx, const floating* dy, const floating* x,
                       Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                      const floating* coef) noexcept nogil:
+                      const floating* coef, const floating* ym) noexcept nogil:
     cdef Py_ssize_t E = N * C * S
     cdef int n_threads = n_threads_for(2 * E), t
     cdef bint stream = (E * <Py_ssize_t>sizeof(floating) >= cn_stream_min_bytes
                         and (S if S > 1 else C) >= STREAM_MIN_RUN)
     if S == 1:
         if n_threads == 1:      # no parallel region: it costs ~1 us
-            _grad_input_cols(dx, dy, x, C, 0, N, coef, stream)
+            _grad_input_cols(dx, dy, x, C, 0, N, coef, stream, ym)
         else:
             for t in prange(n_threads, schedule='static', num_threads=n_threads):
                 _grad_input_cols(dx, dy, x, C, _split(N, t, n_threads), _split(N, t + 1, n_threads),
-                                coef, stream)
+                                coef, stream, ym)
     else:
         if n_threads == 1:      # no parallel region: it costs ~1 us
-            _grad_input_rows(dx, dy, x, C, S, 0, E, coef, stream)
+            _grad_input_rows(dx, dy, x, C, S, 0, E, coef, stream, ym)
         else:
             for t in prange(n_threads, schedule='static', num_threads=n_threads):
                 _grad_input_rows(dx, dy, x, C, S, _split(E, t, n_threads), _split(E, t + 1, n_threads),
-                                coef, stream)
+                                coef, stream, ym)
 
 
 # ---------------------------------------------------------------------------------------
@@ -441,20 +449,22 @@ def stats(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S):
 
 cdef int _normalize_impl(floating* y, const floating* x, Py_ssize_t N, Py_ssize_t C,
                          Py_ssize_t S, const double* mean, const double* invstd,
-                         const floating* weight, const floating* bias) except -1 nogil:
+                         const floating* weight, const floating* bias,
+                         bint relu) except -1 nogil:
     cdef floating* coef = <floating*>malloc(N_COEF * C * sizeof(floating) + 1)
     if coef == NULL:
         with gil:
             raise MemoryError()
     _fill_normalize_coef(coef, C, mean, invstd, weight, bias)
-    _normalize(y, x, N, C, S, coef)
+    _normalize(y, x, N, C, S, coef, relu)
     free(coef)
     return 0
 
 
 def normalize(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-              cnp.ndarray mean, cnp.ndarray invstd, weight, bias):
-    """y = (x - mean) * invstd * weight + bias per channel; returns a new array like x."""
+              cnp.ndarray mean, cnp.ndarray invstd, weight, bias, bint relu=False):
+    """y = (x - mean) * invstd * weight + bias per channel (then max(0, y) with relu);
+    returns a new array like x."""
     cdef int typenum = _check_input(x, N, C, S)
     check_array(mean, C, cnp.NPY_DOUBLE, False, "mean")
     check_array(invstd, C, cnp.NPY_DOUBLE, False, "invstd")
@@ -470,11 +480,11 @@ def normalize(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     if typenum == cnp.NPY_FLOAT:
         with nogil:
             _normalize_impl(<float*>py, <const float*>px, N, C, S, pm, ps,
-                            <const float*>pw, <const float*>pb)
+                            <const float*>pw, <const float*>pb, relu)
     else:
         with nogil:
             _normalize_impl(<double*>py, <const double*>px, N, C, S, pm, ps,
-                            <const double*>pw, <const double*>pb)
+                            <const double*>pw, <const double*>pb, relu)
     return y
 
 
@@ -483,7 +493,7 @@ cdef int _forward_train_impl(floating* y, const floating* x,
                              const floating* weight, const floating* bias,
                              floating* running_mean, floating* running_var,
                              double factor, double eps,
-                             double* mean, double* invstd) except -1 nogil:
+                             double* mean, double* invstd, bint relu) except -1 nogil:
     cdef Py_ssize_t c
     cdef double M = <double>N * S, var
     _stats_impl(x, N, C, S, mean, invstd)        # invstd holds the biased variance here
@@ -495,14 +505,16 @@ cdef int _forward_train_impl(floating* y, const floating* x,
             running_var[c] = <floating>((1.0 - factor) * running_var[c]
                                         + factor * var * (M / (M - 1.0)))
         invstd[c] = 1.0 / sqrt(var + eps)
-    _normalize_impl(y, x, N, C, S, mean, invstd, weight, bias)
+    _normalize_impl(y, x, N, C, S, mean, invstd, weight, bias, relu)
     return 0
 
 
 def forward_train(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                  weight, bias, running_mean, running_var, double factor, double eps):
+                  weight, bias, running_mean, running_var, double factor, double eps,
+                  bint relu=False):
     """Training forward in one call: batch statistics, running-statistics update in place
-    (when given; needs N*S > 1), normalization. Returns (y, mean, invstd)."""
+    (when given; needs N*S > 1), normalization (then max(0, y) with relu: a fused
+    BN + ReLU). Returns (y, mean, invstd)."""
     cdef int typenum = _check_input(x, N, C, S)
     check_array(weight, C, typenum, False, "weight")
     check_array(bias, C, typenum, False, "bias")
@@ -525,18 +537,20 @@ def forward_train(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     if typenum == cnp.NPY_FLOAT:
         with nogil:
             _forward_train_impl(<float*>py, <const float*>px, N, C, S, <const float*>pw,
-                                <const float*>pb, <float*>prm, <float*>prv, factor, eps, pm, ps)
+                                <const float*>pb, <float*>prm, <float*>prv, factor, eps, pm, ps,
+                                relu)
     else:
         with nogil:
             _forward_train_impl(<double*>py, <const double*>px, N, C, S, <const double*>pw,
-                                <const double*>pb, <double*>prm, <double*>prv, factor, eps, pm, ps)
+                                <const double*>pb, <double*>prm, <double*>prv, factor, eps, pm,
+                                ps, relu)
     return y, mean, invstd
 
 
 def forward_eval(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                 weight, bias, running_mean, running_var, double eps):
-    """Eval forward with the running statistics. Returns (y, mean, invstd), the float64
-    statistics used (invstd = 1/sqrt(running_var + eps))."""
+                 weight, bias, running_mean, running_var, double eps, bint relu=False):
+    """Eval forward with the running statistics (then max(0, y) with relu). Returns
+    (y, mean, invstd), the float64 statistics used (invstd = 1/sqrt(running_var + eps))."""
     cdef int typenum = _check_input(x, N, C, S)
     check_array(weight, C, typenum, False, "weight")
     check_array(bias, C, typenum, False, "bias")
@@ -567,11 +581,11 @@ def forward_eval(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     if typenum == cnp.NPY_FLOAT:
         with nogil:
             _normalize_impl(<float*>py, <const float*>px, N, C, S, pm, ps,
-                            <const float*>pw, <const float*>pb)
+                            <const float*>pw, <const float*>pb, relu)
     else:
         with nogil:
             _normalize_impl(<double*>py, <const double*>px, N, C, S, pm, ps,
-                            <const double*>pw, <const double*>pb)
+                            <const double*>pw, <const double*>pb, relu)
     return y, mean, invstd
 
 
@@ -580,10 +594,12 @@ cdef int _backward_impl(floating* dx, const floating* dy, const floating* x,
                         const double* mean, const double* invstd, const floating* weight,
                         bint training, double count,
                         const double* in_sum_dy, const double* in_sum_dy_xhat,
-                        double* sum_dy, double* sum_dy_xhat) except -1 nogil:
+                        double* sum_dy, double* sum_dy_xhat,
+                        const floating* ym) except -1 nogil:
     """sum_dy / sum_dy_xhat: OUT, this input's sums (when not NULL). in_sum_*: the sums
     the input gradient uses (the global ones for a synchronized batch norm); NULL = use
-    this input's sums; count: the number of elements per channel they were summed over."""
+    this input's sums; count: the number of elements per channel they were summed over.
+    ym: the output of a fused BN + ReLU (dy counts only where ym > 0), or NULL."""
     cdef Py_ssize_t c
     cdef double k1, g
     cdef floating* coef = <floating*>malloc(N_COEF * C * sizeof(floating) + 1)
@@ -593,7 +609,7 @@ cdef int _backward_impl(floating* dx, const floating* dy, const floating* x,
     for c in range(C):
         split_mean(mean[c], &coef[c], &coef[C + c])
     if sum_dy != NULL:
-        if _backward_reduce(dy, x, N, C, S, coef, invstd, sum_dy, sum_dy_xhat) < 0:
+        if _backward_reduce(dy, x, N, C, S, coef, invstd, sum_dy, sum_dy_xhat, ym) < 0:
             free(coef)
             with gil:
                 raise MemoryError()
@@ -612,17 +628,20 @@ cdef int _backward_impl(floating* dx, const floating* dy, const floating* x,
             else:
                 coef[3 * C + c] = 0
                 coef[4 * C + c] = 0
-        _grad_input(dx, dy, x, N, C, S, coef)
+        _grad_input(dx, dy, x, N, C, S, coef, ym)
     free(coef)
     return 0
 
 
 def backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
              cnp.ndarray mean, cnp.ndarray invstd, weight, bint training,
-             bint need_input_grad=True):
-    """Returns (dx or None, sum_dy, sum_dy_xhat): sum_dy is dbias, sum_dy_xhat dweight (float64)."""
+             bint need_input_grad=True, y=None):
+    """Returns (dx or None, sum_dy, sum_dy_xhat): sum_dy is dbias, sum_dy_xhat dweight
+    (float64). y: the output of a fused BN + ReLU forward, whose mask y > 0 applies to dy."""
     cdef int typenum = _check_input(x, N, C, S)
     check_array(dy, N * C * S, typenum, False, "grad_output")
+    check_array(y, N * C * S, typenum, False, "y")
+    cdef void* pym = data_or_null(y)
     check_array(mean, C, cnp.NPY_DOUBLE, False, "mean")
     check_array(invstd, C, cnp.NPY_DOUBLE, False, "invstd")
     check_array(weight, C, typenum, False, "weight")
@@ -640,11 +659,13 @@ def backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize
     if typenum == cnp.NPY_FLOAT:
         with nogil:
             _backward_impl(<float*>pdx, <const float*>pdy, <const float*>px, N, C, S, pm, ps,
-                           <const float*>pw, training, count, NULL, NULL, s1, s2)
+                           <const float*>pw, training, count, NULL, NULL, s1, s2,
+                           <const float*>pym)
     else:
         with nogil:
             _backward_impl(<double*>pdx, <const double*>pdy, <const double*>px, N, C, S, pm, ps,
-                           <const double*>pw, training, count, NULL, NULL, s1, s2)
+                           <const double*>pw, training, count, NULL, NULL, s1, s2,
+                           <const double*>pym)
     return dx, sum_dy, sum_dy_xhat
 
 
@@ -678,9 +699,9 @@ def backward_input(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py
     if typenum == cnp.NPY_FLOAT:
         with nogil:
             _backward_impl(<float*>pdx, <const float*>pdy, <const float*>px, N, C, S, pm, ps,
-                           <const float*>pw, True, count, s1, s2, NULL, NULL)
+                           <const float*>pw, True, count, s1, s2, NULL, NULL, NULL)
     else:
         with nogil:
             _backward_impl(<double*>pdx, <const double*>pdy, <const double*>px, N, C, S, pm, ps,
-                           <const double*>pw, True, count, s1, s2, NULL, NULL)
+                           <const double*>pw, True, count, s1, s2, NULL, NULL, NULL)
     return dx

@@ -39,6 +39,8 @@
 #endif
 
 #define CN_BUNDLE_BYTES 64
+#define CN_PASTE_(a, b) a##b
+#define CN_PASTE(a, b) CN_PASTE_(a, b)
 
 /* Sum of the lanes of a bundle by a fixed pairwise tree, in the lane precision (a
    serial float64 chain over 16 lanes costs ~64 cycles: too much for short rows). */
@@ -84,9 +86,31 @@ static inline double cn_tree_d(double* a)       /* 8 lanes */
 #define CN_GRAD_EXPR(LD) (k1 * (LD(dy) - mdy) + k2 * ((LD(x) - hi) - lo))
 #define CN_GRAD_COLS_EXPR(LD) \
     (LD(k1) * (LD(dy) - LD(mdy)) + LD(k2) * ((LD(x) - LD(hi)) - LD(lo)))
+#define CN_ADD_EXPR(LD) (LD(a) + LD(b))
+#define CN_SEG_GRAD_EXPR(LD) (ka * LD(dy) - kb - kc * ((LD(x) - hi) - lo))
 #define CN_LN_GRAD_EXPR(LD) (k0 * (LD(dy) * LD(w)) - c1 - c2 * ((LD(x) - hi) - lo))
 
 #define CN_LD_SCALAR(p) ((p)[i])
+
+/* ReLU of a value and "g where y > 0, else 0", for scalars (suffix CN_LD_SCALAR) and
+   vectors (suffix CN_LD_VEC); an EXPR picks the form with CN_PASTE(CN_RELU_, LD).
+   NaN stays NaN through the ReLU (as torch.relu) and a NaN y masks its gradient out. */
+#define CN_RELU_CN_LD_SCALAR(v)                                                            \
+    (__extension__({ __typeof__(v) t_ = (v); (t_ > 0 || t_ != t_) ? t_ : (__typeof__(t_))0; }))
+#define CN_MASK_CN_LD_SCALAR(g, yv) ((yv) > 0 ? (g) : (__typeof__(g))0)
+#define CN_RELU_CN_LD_VEC(v)                                                               \
+    (__extension__({ V t_ = (v); __typeof__(t_ > 0) m_ = (t_ > 0) | (t_ != t_);            \
+                     (V)((__typeof__(m_))t_ & m_); }))
+#define CN_MASK_CN_LD_VEC(g, yv)                                                           \
+    (__extension__({ V g_ = (g); (V)((__typeof__(g_ > 0))g_ & ((yv) > 0)); }))
+
+#define CN_AFFINE_RELU_EXPR(LD) CN_PASTE(CN_RELU_, LD)(CN_AFFINE_EXPR(LD))
+#define CN_AFFINE_COLS_RELU_EXPR(LD) CN_PASTE(CN_RELU_, LD)(CN_AFFINE_COLS_EXPR(LD))
+#define CN_GRAD_MASKED_EXPR(LD)                                                            \
+    (k1 * (CN_PASTE(CN_MASK_, LD)(LD(dy), LD(ym)) - mdy) + k2 * ((LD(x) - hi) - lo))
+#define CN_GRAD_COLS_MASKED_EXPR(LD)                                                       \
+    (LD(k1) * (CN_PASTE(CN_MASK_, LD)(LD(dy), LD(ym)) - LD(mdy))                           \
+     + LD(k2) * ((LD(x) - LD(hi)) - LD(lo)))
 
 #if CN_HAVE_AVX2_BUILD || (defined(__GNUC__) && defined(__SSE2__))
 #include <immintrin.h>
@@ -95,8 +119,7 @@ static inline double cn_tree_d(double* a)       /* 8 lanes */
 /* a non-temporal store of one vector of VB bytes (p aligned to VB) */
 #define CN_STREAM_STORE_16(p, v) _mm_stream_si128((__m128i*)(void*)(p), (__m128i)(v))
 #define CN_STREAM_STORE_32(p, v) _mm256_stream_si256((__m256i*)(void*)(p), (__m256i)(v))
-#define CN_PASTE_(a, b) a##b
-#define CN_PASTE(a, b) CN_PASTE_(a, b)
+
 #else
 #define CN_CAN_STREAM 0
 #endif
@@ -161,28 +184,38 @@ ATTR static void cn_dev_##S##_##ISA(double* s1, double* s2, const T* CN_RESTRICT
     *s1 = r1; *s2 = r2;                                                                    \
 }                                                                                          \
                                                                                            \
-/* batch-norm backward sums: s_dy = sum(dy), s_dyd = sum(dy * ((x - hi) - lo)) */          \
+/* batch-norm backward sums: s_dy = sum(g), s_dyd = sum(g * ((x - hi) - lo)), with         \
+   g = dy, or g = (y > 0 ? dy : 0) when ym (the output of a fused BN + ReLU) is given */   \
 ATTR static void cn_dot_dev_##S##_##ISA(double* s_dy, double* s_dyd,                      \
                                         const T* CN_RESTRICT dy, const T* CN_RESTRICT x,   \
-                                        ptrdiff_t n, T hi, T lo)                           \
+                                        ptrdiff_t n, T hi, T lo, const T* CN_RESTRICT ym)  \
 {                                                                                          \
     enum { L = CN_BUNDLE_BYTES / sizeof(T) };                                              \
     T a1[L] = {0}, a2[L] = {0};                                                            \
     ptrdiff_t i = 0;                                                                       \
-    double r1 = 0, r2 = 0;                                                                 \
-    CN_REDUCE_VEC(T, VB,                                                                   \
-        V p[K]; V q[K]; V vh = (V){0} + hi; V vl = (V){0} + lo;                           \
-        for (k = 0; k < K; k++) p[k] = q[k] = (V){0};,                                     \
-        V v; V g; memcpy(&v, x + o, VB); memcpy(&g, dy + o, VB);                           \
-        v = (v - vh) - vl; p[k] += g; q[k] += g * v;,                                      \
-        memcpy(a1, p, sizeof p); memcpy(a2, q, sizeof q);)                                 \
+    if (ym) {                                                                              \
+        CN_REDUCE_VEC(T, VB,                                                               \
+            V p[K]; V q[K]; V vh = (V){0} + hi; V vl = (V){0} + lo;                        \
+            for (k = 0; k < K; k++) p[k] = q[k] = (V){0};,                                 \
+            V v; V g; V yv; memcpy(&v, x + o, VB); memcpy(&g, dy + o, VB);                 \
+            memcpy(&yv, ym + o, VB); g = CN_MASK_CN_LD_VEC(g, yv);                         \
+            v = (v - vh) - vl; p[k] += g; q[k] += g * v;,                                  \
+            memcpy(a1, p, sizeof p); memcpy(a2, q, sizeof q);)                             \
+    } else {                                                                               \
+        CN_REDUCE_VEC(T, VB,                                                               \
+            V p[K]; V q[K]; V vh = (V){0} + hi; V vl = (V){0} + lo;                        \
+            for (k = 0; k < K; k++) p[k] = q[k] = (V){0};,                                 \
+            V v; V g; memcpy(&v, x + o, VB); memcpy(&g, dy + o, VB);                       \
+            v = (v - vh) - vl; p[k] += g; q[k] += g * v;,                                  \
+            memcpy(a1, p, sizeof p); memcpy(a2, q, sizeof q);)                             \
+    }                                                                                      \
     for (; i < n; i++) {                                                                   \
         T d = (x[i] - hi) - lo;                                                            \
-        a1[i % L] += dy[i]; a2[i % L] += dy[i] * d;                                        \
+        T g = ym ? CN_MASK_CN_LD_SCALAR(dy[i], ym[i]) : dy[i];                             \
+        a1[i % L] += g; a2[i % L] += g * d;                                                \
     }                                                                                      \
-    r1 = cn_tree_##S(a1);                                                              \
-    r2 = cn_tree_##S(a2);                                                              \
-    *s_dy = r1; *s_dyd = r2;                                                               \
+    *s_dy = cn_tree_##S(a1);                                                               \
+    *s_dyd = cn_tree_##S(a2);                                                              \
 }                                                                                          \
                                                                                            \
 /* LayerNorm backward sums of one row, g = dy * w, d = (x - hi) - lo:                     \
@@ -269,9 +302,10 @@ ATTR static void cn_ln_grad_sums2_##S##_##ISA(double* s_g, double* s_gd,        
 /* y = ((x - hi) - lo) * scale + beta */                                                   \
 ATTR static void cn_affine_##S##_##ISA(T* CN_RESTRICT y, const T* CN_RESTRICT x,          \
                                        ptrdiff_t n, T hi, T lo, T scale, T beta,           \
-                                       int stream)                                         \
+                                       int stream, int relu)                               \
 {                                                                                          \
-    CN_ELEMWISE(T, VB, y, n, stream, CN_AFFINE_EXPR)                                       \
+    if (relu) { CN_ELEMWISE(T, VB, y, n, stream, CN_AFFINE_RELU_EXPR) }                    \
+    else { CN_ELEMWISE(T, VB, y, n, stream, CN_AFFINE_EXPR) }                              \
 }                                                                                          \
                                                                                            \
 /* the same with per-element coefficients (a row of an (N, C) batch) */                    \
@@ -279,9 +313,11 @@ ATTR static void cn_affine_cols_##S##_##ISA(T* CN_RESTRICT y, const T* CN_RESTRI
                                             ptrdiff_t n, const T* CN_RESTRICT hi,          \
                                             const T* CN_RESTRICT lo,                       \
                                             const T* CN_RESTRICT scale,                    \
-                                            const T* CN_RESTRICT beta, int stream)         \
+                                            const T* CN_RESTRICT beta, int stream,         \
+                                            int relu)                                      \
 {                                                                                          \
-    CN_ELEMWISE(T, VB, y, n, stream, CN_AFFINE_COLS_EXPR)                                  \
+    if (relu) { CN_ELEMWISE(T, VB, y, n, stream, CN_AFFINE_COLS_RELU_EXPR) }               \
+    else { CN_ELEMWISE(T, VB, y, n, stream, CN_AFFINE_COLS_EXPR) }                         \
 }                                                                                          \
                                                                                            \
 /* four rows (stride ld) of an (N, C) batch at once: each coefficient is loaded once for  \
@@ -291,15 +327,20 @@ ATTR static void cn_affine_cols4_##S##_##ISA(T* CN_RESTRICT y, const T* CN_RESTR
                                              const T* CN_RESTRICT hi,                      \
                                              const T* CN_RESTRICT lo,                      \
                                              const T* CN_RESTRICT scale,                   \
-                                             const T* CN_RESTRICT beta)                    \
+                                             const T* CN_RESTRICT beta, int relu)          \
 {                                                                                          \
-    ptrdiff_t i;                                                                           \
+    ptrdiff_t i, r;                                                                        \
+    if (relu) {                                                                            \
+        for (i = 0; i < n; i++) {                                                          \
+            const T h = hi[i], l = lo[i], s = scale[i], b = beta[i];                       \
+            for (r = 0; r < 4; r++)                                                        \
+                y[r * ld + i] = CN_RELU_CN_LD_SCALAR(((x[r * ld + i] - h) - l) * s + b);   \
+        }                                                                                  \
+        return;                                                                            \
+    }                                                                                      \
     for (i = 0; i < n; i++) {                                                              \
         const T h = hi[i], l = lo[i], s = scale[i], b = beta[i];                           \
-        y[i] = ((x[i] - h) - l) * s + b;                                                   \
-        y[ld + i] = ((x[ld + i] - h) - l) * s + b;                                         \
-        y[2 * ld + i] = ((x[2 * ld + i] - h) - l) * s + b;                                 \
-        y[3 * ld + i] = ((x[3 * ld + i] - h) - l) * s + b;                                 \
+        for (r = 0; r < 4; r++) y[r * ld + i] = ((x[r * ld + i] - h) - l) * s + b;         \
     }                                                                                      \
 }                                                                                          \
                                                                                            \
@@ -314,9 +355,11 @@ ATTR static void cn_ln_row_##S##_##ISA(T* CN_RESTRICT y, const T* CN_RESTRICT x,
 /* batch-norm input gradient: dx = k1 * (dy - mdy) + k2 * ((x - hi) - lo) */              \
 ATTR static void cn_grad_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTRICT dy,          \
                                      const T* CN_RESTRICT x, ptrdiff_t n,                  \
-                                     T hi, T lo, T k1, T mdy, T k2, int stream)            \
+                                     T hi, T lo, T k1, T mdy, T k2, int stream,            \
+                                     const T* CN_RESTRICT ym)                              \
 {                                                                                          \
-    CN_ELEMWISE(T, VB, dx, n, stream, CN_GRAD_EXPR)                                        \
+    if (ym) { CN_ELEMWISE(T, VB, dx, n, stream, CN_GRAD_MASKED_EXPR) }                     \
+    else { CN_ELEMWISE(T, VB, dx, n, stream, CN_GRAD_EXPR) }                               \
 }                                                                                          \
                                                                                            \
 ATTR static void cn_grad_cols_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTRICT dy,     \
@@ -325,9 +368,11 @@ ATTR static void cn_grad_cols_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTRIC
                                           const T* CN_RESTRICT lo,                         \
                                           const T* CN_RESTRICT k1,                         \
                                           const T* CN_RESTRICT mdy,                        \
-                                          const T* CN_RESTRICT k2, int stream)             \
+                                          const T* CN_RESTRICT k2, int stream,             \
+                                          const T* CN_RESTRICT ym)                         \
 {                                                                                          \
-    CN_ELEMWISE(T, VB, dx, n, stream, CN_GRAD_COLS_EXPR)                                   \
+    if (ym) { CN_ELEMWISE(T, VB, dx, n, stream, CN_GRAD_COLS_MASKED_EXPR) }                \
+    else { CN_ELEMWISE(T, VB, dx, n, stream, CN_GRAD_COLS_EXPR) }                          \
 }                                                                                          \
                                                                                            \
 ATTR static void cn_grad_cols4_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTRICT dy,    \
@@ -336,9 +381,19 @@ ATTR static void cn_grad_cols4_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTRI
                                            const T* CN_RESTRICT lo,                        \
                                            const T* CN_RESTRICT k1,                        \
                                            const T* CN_RESTRICT mdy,                       \
-                                           const T* CN_RESTRICT k2)                        \
+                                           const T* CN_RESTRICT k2,                        \
+                                           const T* CN_RESTRICT ym)                        \
 {                                                                                          \
     ptrdiff_t i, r;                                                                        \
+    if (ym) {                                                                              \
+        for (i = 0; i < n; i++) {                                                          \
+            const T h = hi[i], l = lo[i], a = k1[i], m = mdy[i], c = k2[i];                \
+            for (r = 0; r < 4; r++)                                                        \
+                dx[r * ld + i] = a * (CN_MASK_CN_LD_SCALAR(dy[r * ld + i], ym[r * ld + i]) - m) \
+                                 + c * ((x[r * ld + i] - h) - l);                          \
+        }                                                                                  \
+        return;                                                                            \
+    }                                                                                      \
     for (i = 0; i < n; i++) {                                                              \
         const T h = hi[i], l = lo[i], a = k1[i], m = mdy[i], c = k2[i];                    \
         for (r = 0; r < 4; r++)                                                            \
@@ -353,6 +408,22 @@ ATTR static void cn_ln_grad_row_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTR
                                             T hi, T lo, T k0, T c1, T c2, int stream)      \
 {                                                                                          \
     CN_ELEMWISE(T, VB, dx, n, stream, CN_LN_GRAD_EXPR)                                     \
+}                                                                                          \
+                                                                                           \
+/* out = a + b (the fused residual add) */                                                 \
+ATTR static void cn_add_##S##_##ISA(T* CN_RESTRICT out, const T* CN_RESTRICT a,           \
+                                    const T* CN_RESTRICT b, ptrdiff_t n, int stream)       \
+{                                                                                          \
+    CN_ELEMWISE(T, VB, out, n, stream, CN_ADD_EXPR)                                        \
+}                                                                                          \
+                                                                                           \
+/* dx = ka * dy - kb - kc * ((x - hi) - lo): a row-norm gradient over a segment with one  \
+   affine weight (GroupNorm / InstanceNorm channels) */                                    \
+ATTR static void cn_seg_grad_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTRICT dy,      \
+                                         const T* CN_RESTRICT x, ptrdiff_t n, T hi, T lo,  \
+                                         T ka, T kb, T kc, int stream)                     \
+{                                                                                          \
+    CN_ELEMWISE(T, VB, dx, n, stream, CN_SEG_GRAD_EXPR)                                    \
 }                                                                                          \
                                                                                            \
 /* (N, C) tiles, one lane per channel: rows stream by four at a time through an           \
@@ -400,15 +471,28 @@ ATTR static void cn_cols_dev_##S##_##ISA(T* CN_RESTRICT s1, T* CN_RESTRICT s2,  
     }                                                                                      \
 }                                                                                          \
                                                                                            \
-/* s1 = sum over rows of dy, s2 = sum of dy * ((x - hi) - lo) */                           \
+/* s1 = sum over rows of g, s2 = sum of g * ((x - hi) - lo); g = dy, masked by y > 0 when  \
+   ym is given */                                                                          \
 ATTR static void cn_cols_grad_sums_##S##_##ISA(T* CN_RESTRICT s1, T* CN_RESTRICT s2,      \
                                                const T* CN_RESTRICT dy,                    \
                                                const T* CN_RESTRICT x, ptrdiff_t ld,       \
                                                ptrdiff_t nrows, const T* CN_RESTRICT hi,   \
-                                               const T* CN_RESTRICT lo, ptrdiff_t n)       \
+                                               const T* CN_RESTRICT lo, ptrdiff_t n,       \
+                                               const T* CN_RESTRICT ym)                    \
 {                                                                                          \
     ptrdiff_t i, r = 0;                                                                    \
     for (i = 0; i < n; i++) s1[i] = s2[i] = 0;                                             \
+    if (ym) {                                                                              \
+        for (r = 0; r < nrows; r++) {                                                      \
+            const T* CN_RESTRICT xa = x + r * ld; const T* CN_RESTRICT ga = dy + r * ld;   \
+            const T* CN_RESTRICT ya = ym + r * ld;                                         \
+            for (i = 0; i < n; i++) {                                                      \
+                T da = (xa[i] - hi[i]) - lo[i], g = CN_MASK_CN_LD_SCALAR(ga[i], ya[i]);    \
+                s1[i] += g; s2[i] += g * da;                                               \
+            }                                                                              \
+        }                                                                                  \
+        return;                                                                            \
+    }                                                                                      \
     for (; r + 2 <= nrows; r += 2) {                                                       \
         const T* CN_RESTRICT xa = x + r * ld; const T* CN_RESTRICT xb = xa + ld;           \
         const T* CN_RESTRICT ga = dy + r * ld; const T* CN_RESTRICT gb = ga + ld;          \
@@ -515,8 +599,8 @@ static inline double cn_sum_##S(const T* x, ptrdiff_t n)                        
 static inline void cn_dev_##S(double* s1, double* s2, const T* x, ptrdiff_t n, T shift)    \
 { CN_PICK(cn_dev, S)(s1, s2, x, n, shift); }                                               \
 static inline void cn_dot_dev_##S(double* a, double* b, const T* dy, const T* x,           \
-                                  ptrdiff_t n, T hi, T lo)                                 \
-{ CN_PICK(cn_dot_dev, S)(a, b, dy, x, n, hi, lo); }                                        \
+                                  ptrdiff_t n, T hi, T lo, const T* ym)                    \
+{ CN_PICK(cn_dot_dev, S)(a, b, dy, x, n, hi, lo, ym); }                                        \
 static inline void cn_ln_grad_sums_##S(double* a, double* b, T* tw, T* tb, const T* dy,    \
                                        const T* x, const T* w, ptrdiff_t n,                \
                                        T hi, T lo, T rs)                                   \
@@ -528,31 +612,38 @@ static inline void cn_ln_grad_sums2_##S(double* a, double* b, T* tw, T* tb, cons
 { CN_PICK(cn_ln_grad_sums2, S)(a, b, tw, tb, dy0, dy1, x0, x1, w, n, hi0, lo0, rs0, hi1,   \
                                lo1, rs1); }                                                \
 static inline void cn_affine_##S(T* y, const T* x, ptrdiff_t n, T hi, T lo, T sc, T be,    \
-                                 int stream)                                               \
-{ CN_PICK(cn_affine, S)(y, x, n, hi, lo, sc, be, stream); }                                        \
+                                 int stream, int relu)                                     \
+{ CN_PICK(cn_affine, S)(y, x, n, hi, lo, sc, be, stream, relu); }                                        \
 static inline void cn_affine_cols_##S(T* y, const T* x, ptrdiff_t n, const T* hi,          \
-                                      const T* lo, const T* sc, const T* be, int stream)   \
-{ CN_PICK(cn_affine_cols, S)(y, x, n, hi, lo, sc, be, stream); }                                   \
+                                      const T* lo, const T* sc, const T* be, int stream,   \
+                                      int relu)                                            \
+{ CN_PICK(cn_affine_cols, S)(y, x, n, hi, lo, sc, be, stream, relu); }                                   \
 static inline void cn_affine_cols4_##S(T* y, const T* x, ptrdiff_t ld, ptrdiff_t n,          \
-                                       const T* hi, const T* lo, const T* sc, const T* be)  \
-{ CN_PICK(cn_affine_cols4, S)(y, x, ld, n, hi, lo, sc, be); }                              \
+                                       const T* hi, const T* lo, const T* sc, const T* be,  \
+                                       int relu)                                           \
+{ CN_PICK(cn_affine_cols4, S)(y, x, ld, n, hi, lo, sc, be, relu); }                              \
 static inline void cn_grad_cols4_##S(T* dx, const T* dy, const T* x, ptrdiff_t ld,         \
                                      ptrdiff_t n, const T* hi, const T* lo, const T* k1,   \
-                                     const T* mdy, const T* k2)                            \
-{ CN_PICK(cn_grad_cols4, S)(dx, dy, x, ld, n, hi, lo, k1, mdy, k2); }                      \
+                                     const T* mdy, const T* k2, const T* ym)               \
+{ CN_PICK(cn_grad_cols4, S)(dx, dy, x, ld, n, hi, lo, k1, mdy, k2, ym); }                      \
 static inline void cn_ln_row_##S(T* y, const T* x, const T* w, const T* b, ptrdiff_t n,    \
                                  T hi, T lo, T rs, int stream)                             \
 { CN_PICK(cn_ln_row, S)(y, x, w, b, n, hi, lo, rs, stream); }                                      \
 static inline void cn_grad_##S(T* dx, const T* dy, const T* x, ptrdiff_t n, T hi, T lo,    \
-                               T k1, T mdy, T k2, int stream)                              \
-{ CN_PICK(cn_grad, S)(dx, dy, x, n, hi, lo, k1, mdy, k2, stream); }                                \
+                               T k1, T mdy, T k2, int stream, const T* ym)                 \
+{ CN_PICK(cn_grad, S)(dx, dy, x, n, hi, lo, k1, mdy, k2, stream, ym); }                                \
 static inline void cn_grad_cols_##S(T* dx, const T* dy, const T* x, ptrdiff_t n,           \
                                     const T* hi, const T* lo, const T* k1, const T* mdy,   \
-                                    const T* k2, int stream)                               \
-{ CN_PICK(cn_grad_cols, S)(dx, dy, x, n, hi, lo, k1, mdy, k2, stream); }                           \
+                                    const T* k2, int stream, const T* ym)                  \
+{ CN_PICK(cn_grad_cols, S)(dx, dy, x, n, hi, lo, k1, mdy, k2, stream, ym); }                           \
 static inline void cn_ln_grad_row_##S(T* dx, const T* dy, const T* x, const T* w,          \
                                       ptrdiff_t n, T hi, T lo, T k0, T c1, T c2, int stream)  \
 { CN_PICK(cn_ln_grad_row, S)(dx, dy, x, w, n, hi, lo, k0, c1, c2, stream); }                       \
+static inline void cn_add_##S(T* out, const T* a, const T* b, ptrdiff_t n, int stream)      \
+{ CN_PICK(cn_add, S)(out, a, b, n, stream); }                                              \
+static inline void cn_seg_grad_##S(T* dx, const T* dy, const T* x, ptrdiff_t n, T hi, T lo, \
+                                   T ka, T kb, T kc, int stream)                           \
+{ CN_PICK(cn_seg_grad, S)(dx, dy, x, n, hi, lo, ka, kb, kc, stream); }                     \
 static inline void cn_cols_sum_##S(T* s, const T* x, ptrdiff_t ld, ptrdiff_t nrows,         \
                                    ptrdiff_t n)                                            \
 { CN_PICK(cn_cols_sum, S)(s, x, ld, nrows, n); }                                           \
@@ -561,8 +652,8 @@ static inline void cn_cols_dev_##S(T* s1, T* s2, const T* x, ptrdiff_t ld, ptrdi
 { CN_PICK(cn_cols_dev, S)(s1, s2, x, ld, nrows, shift, n); }                               \
 static inline void cn_cols_grad_sums_##S(T* s1, T* s2, const T* dy, const T* x,            \
                                          ptrdiff_t ld, ptrdiff_t nrows, const T* hi,       \
-                                         const T* lo, ptrdiff_t n)                         \
-{ CN_PICK(cn_cols_grad_sums, S)(s1, s2, dy, x, ld, nrows, hi, lo, n); }                    \
+                                         const T* lo, ptrdiff_t n, const T* ym)            \
+{ CN_PICK(cn_cols_grad_sums, S)(s1, s2, dy, x, ld, nrows, hi, lo, n, ym); }                    \
 static inline void cn_col_merge_##S(double* mean, double* m2, const T* shift, const T* s1,   \
                                     const T* s2, ptrdiff_t n, double count_a, double nb)   \
 { CN_PICK(cn_col_merge, S)(mean, m2, shift, s1, s2, n, count_a, nb); }                     \
