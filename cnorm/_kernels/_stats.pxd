@@ -89,3 +89,22 @@ cdef inline void split_mean(double mean, floating* hi, floating* lo) noexcept no
     x - mean in float32 (x - hi is exact when x is near the mean: Sterbenz)."""
     hi[0] = <floating>mean
     lo[0] = <floating>(mean - <double>hi[0])
+
+
+cdef inline double sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Sum of x[0:n]**2 (RMSNorm): blocks summed in the input precision across lanes,
+    merged in float64; a block whose float32 squares overflow is redone in float64."""
+    cdef Py_ssize_t i, j, k_i, len_b
+    cdef double total = 0, s1, s2, d
+    for k_i in range((n + BLOCK - 1) // BLOCK):
+        i = k_i * BLOCK
+        len_b = n - i if n - i < BLOCK else BLOCK
+        vdev(&s1, &s2, x + i, len_b, 0)
+        if floating is float:
+            if not (s2 <= FLT_MAX):
+                s2 = 0
+                for j in range(len_b):
+                    d = x[i + j]
+                    s2 += d * d
+        total += s2
+    return total
