@@ -15,6 +15,8 @@ the torch.nn.functional-style API), ``cnorm.modules`` (stateful layers), ``cnorm
 from . import functional
 from ._kernels._openmp import get_num_threads, openmp_enabled, set_num_threads
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm, Module
+from .modules import (AddLayerNorm, BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d,
+                      GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, RMSNorm)
 
 __version__ = "0.1.0"
 
@@ -28,4 +30,13 @@ __all__ = [
     "get_num_threads",
     "openmp_enabled",
     "set_num_threads",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "RMSNorm",
+    "AddLayerNorm",
+    "BatchNormReLU1d",
+    "BatchNormReLU2d",
+    "BatchNormReLU3d",
 ]

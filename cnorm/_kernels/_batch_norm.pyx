@@ -431,7 +431,7 @@ cdef int _stats_impl(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S
     return 0
 
 
-def stats(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S):
+def stats(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S):
     """Per-channel (mean, biased variance) of x viewed as (N, C, S), float64 arrays (C,)."""
     cdef int typenum = _check_input(x, N, C, S)
     cdef cnp.ndarray mean = _empty_f64(C), var = _empty_f64(C)
@@ -461,8 +461,8 @@ cdef int _normalize_impl(floating* y, const floating* x, Py_ssize_t N, Py_ssize_
     return 0
 
 
-def normalize(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-              cnp.ndarray mean, cnp.ndarray invstd, weight, bias, bint relu=False):
+def normalize(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+              cnp.ndarray mean not None, cnp.ndarray invstd not None, weight, bias, bint relu=False):
     """y = (x - mean) * invstd * weight + bias per channel (then max(0, y) with relu);
     returns a new array like x."""
     cdef int typenum = _check_input(x, N, C, S)
@@ -509,7 +509,7 @@ cdef int _forward_train_impl(floating* y, const floating* x,
     return 0
 
 
-def forward_train(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+def forward_train(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                   weight, bias, running_mean, running_var, double factor, double eps,
                   bint relu=False):
     """Training forward in one call: batch statistics, running-statistics update in place
@@ -547,7 +547,7 @@ def forward_train(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     return y, mean, invstd
 
 
-def forward_eval(cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+def forward_eval(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                  weight, bias, running_mean, running_var, double eps, bint relu=False):
     """Eval forward with the running statistics (then max(0, y) with relu). Returns
     (y, mean, invstd), the float64 statistics used (invstd = 1/sqrt(running_var + eps))."""
@@ -633,8 +633,8 @@ cdef int _backward_impl(floating* dx, const floating* dy, const floating* x,
     return 0
 
 
-def backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-             cnp.ndarray mean, cnp.ndarray invstd, weight, bint training,
+def backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+             cnp.ndarray mean not None, cnp.ndarray invstd not None, weight, bint training,
              bint need_input_grad=True, y=None):
     """Returns (dx or None, sum_dy, sum_dy_xhat): sum_dy is dbias, sum_dy_xhat dweight
     (float64). y: the output of a fused BN + ReLU forward, whose mask y > 0 applies to dy."""
@@ -669,15 +669,15 @@ def backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize
     return dx, sum_dy, sum_dy_xhat
 
 
-def backward_reduce(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                    cnp.ndarray mean, cnp.ndarray invstd):
+def backward_reduce(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                    cnp.ndarray mean not None, cnp.ndarray invstd not None):
     """Per-channel (sum dy, sum dy*xhat) as float64 arrays (C,), no input gradient."""
     return backward(dy, x, N, C, S, mean, invstd, None, True, False)[1:]
 
 
-def backward_input(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                   cnp.ndarray mean, cnp.ndarray invstd, weight,
-                   cnp.ndarray sum_dy, cnp.ndarray sum_dy_xhat, double count):
+def backward_input(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                   cnp.ndarray mean not None, cnp.ndarray invstd not None, weight,
+                   cnp.ndarray sum_dy not None, cnp.ndarray sum_dy_xhat not None, double count):
     """Input gradient of a training-mode batch norm from given per-channel sums over
     `count` elements per channel (e.g. all-reduced over the ranks of a distributed batch)."""
     cdef int typenum = _check_input(x, N, C, S)

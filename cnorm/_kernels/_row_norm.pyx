@@ -447,14 +447,14 @@ cdef object _row_forward(cnp.ndarray x, res, Py_ssize_t M, Py_ssize_t D, weight,
     return y, s, mean, rstd
 
 
-def forward(cnp.ndarray x, Py_ssize_t M, Py_ssize_t D, weight, bias, double eps):
+def forward(cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D, weight, bias, double eps):
     """LayerNorm of x viewed as (M, D). Returns (y like x, mean (M,), rstd (M,)) with
     float64 statistics. weight and bias: None or D contiguous elements (any shape)."""
     y, _, mean, rstd = _row_forward(x, None, M, D, weight, bias, eps, True)
     return y, mean, rstd
 
 
-def add_forward(cnp.ndarray x, residual, Py_ssize_t M, Py_ssize_t D, weight, bias,
+def add_forward(cnp.ndarray x not None, residual, Py_ssize_t M, Py_ssize_t D, weight, bias,
                 double eps):
     """LayerNorm of s = x + residual (both (M, D)), in one pass over memory. Returns
     (y, s, mean, rstd); the backward is `backward` applied to s."""
@@ -463,7 +463,7 @@ def add_forward(cnp.ndarray x, residual, Py_ssize_t M, Py_ssize_t D, weight, bia
     return _row_forward(x, residual, M, D, weight, bias, eps, True)
 
 
-def rms_forward(cnp.ndarray x, Py_ssize_t M, Py_ssize_t D, weight, double eps):
+def rms_forward(cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D, weight, double eps):
     """RMSNorm of x viewed as (M, D): y = x / sqrt(mean(x**2) + eps) * weight. Returns
     (y, rrms (M,)) with rrms = 1/sqrt(mean(x**2) + eps) in float64."""
     y, _, _, rrms = _row_forward(x, None, M, D, weight, None, eps, False)
@@ -473,6 +473,8 @@ def rms_forward(cnp.ndarray x, Py_ssize_t M, Py_ssize_t D, weight, double eps):
 cdef object _row_backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M, Py_ssize_t D,
                           mean, cnp.ndarray rstd, weight, bint with_bias):
     cdef int typenum = _check_rows(x, M, D)
+    if dy is None or rstd is None:
+        raise TypeError("grad_output and rstd must be NumPy arrays")
     check_array(dy, M * D, typenum, False, "grad_output")
     check_array(mean, M, cnp.NPY_DOUBLE, False, "mean")
     check_array(rstd, M, cnp.NPY_DOUBLE, False, "rstd")
@@ -499,14 +501,14 @@ cdef object _row_backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M, Py_ssize_
     return dx, dw, db
 
 
-def backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M, Py_ssize_t D,
-             cnp.ndarray mean, cnp.ndarray rstd, weight):
+def backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D,
+             cnp.ndarray mean not None, cnp.ndarray rstd not None, weight):
     """LayerNorm backward. Returns (dx like x, dweight (D,), dbias (D,)) in the input dtype."""
     return _row_backward(dy, x, M, D, mean, rstd, weight, True)
 
 
-def rms_backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M, Py_ssize_t D,
-                 cnp.ndarray rrms, weight):
+def rms_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D,
+                 cnp.ndarray rrms not None, weight):
     """RMSNorm backward. Returns (dx like x, dweight (D,)) in the input dtype."""
     dx, dw, _ = _row_backward(dy, x, M, D, None, rrms, weight, False)
     return dx, dw
@@ -519,7 +521,7 @@ cdef inline int _check_groups(object x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t C
     return _check_rows(x, N * G, Cg * S)
 
 
-def group_forward(cnp.ndarray x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg, Py_ssize_t S,
+def group_forward(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg, Py_ssize_t S,
                   weight, bias, double eps):
     """GroupNorm of x viewed as (N, G, Cg, S) with per-channel (G*Cg) weight and bias.
     Returns (y, mean, rstd, var), float64 statistics of shape (N*G,) (var biased).
@@ -554,8 +556,8 @@ def group_forward(cnp.ndarray x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg, Py_s
     return y, mean, rstd, var
 
 
-def group_backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
-                   Py_ssize_t S, cnp.ndarray mean, cnp.ndarray rstd, weight):
+def group_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
+                   Py_ssize_t S, cnp.ndarray mean not None, cnp.ndarray rstd not None, weight):
     """GroupNorm backward. Returns (dx like x, dweight (C,), dbias (C,)) in the input dtype."""
     cdef int typenum = _check_groups(x, N, G, Cg, S)
     check_array(dy, N * G * Cg * S, typenum, False, "grad_output")

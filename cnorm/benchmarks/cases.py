@@ -14,8 +14,10 @@ Implementations ("impls"):
 
 ``cnorm``
     the cnorm module: ``y = m(x)``; fwd_bwd: ``m.zero_grad(); y = m(x); m.backward(dy)``.
+    (``add_ln``: ``y, s = m(x, r)`` with :class:`cnorm.AddLayerNorm`, ``m.backward(dy)``.)
 ``torch``
     the matching ``torch.nn`` module on ``torch.from_numpy`` copies of the same data.
+    (``add_ln``: the unfused ``s = x + r; y = F.layer_norm(s)`` with ``nn.LayerNorm``.)
     Forward-only ops use a module whose parameters do not require grad (so no
     autograd graph is recorded -- the same kernel as under ``torch.no_grad()``,
     without the context-manager cost); fwd_bwd: ``x.grad = p.grad = None;
@@ -57,12 +59,19 @@ MOMENTUM = 0.1
 OP_DOC = {
     "train_fwd": "BatchNorm forward in training mode (batch stats + running-stat update)",
     "eval_fwd": "BatchNorm forward in eval mode (running stats)",
-    "fwd": "LayerNorm forward",
+    "fwd": "forward (LayerNorm, GroupNorm, InstanceNorm, RMSNorm, residual add + LayerNorm)",
     "fwd_bwd": "forward + backward (training mode for BatchNorm): dx, dweight, dbias",
 }
 
 _MODULE_NAME = {"bn1d": "BatchNorm1d", "bn2d": "BatchNorm2d", "bn3d": "BatchNorm3d",
-                "ln": "LayerNorm"}
+                "ln": "LayerNorm", "gn": "GroupNorm", "in2d": "InstanceNorm2d",
+                "rms": "RMSNorm", "add_ln": "AddLayerNorm"}
+
+# kind -> family (every bn* kind is "bn"). Families: "bn" (train_fwd, eval_fwd, fwd_bwd;
+# running statistics), "ln", "gn", "in", "rms", "add_ln" (fwd, fwd_bwd). "gn" and "in"
+# have per-channel parameters (C,), the others parameters of shape normalized_shape.
+_FAMILY = {"ln": "ln", "gn": "gn", "in2d": "in", "rms": "rms", "add_ln": "add_ln"}
+_CHANNEL_FAMILIES = ("bn", "gn", "in")
 
 
 class ImplUnavailable(RuntimeError):
@@ -72,14 +81,15 @@ class ImplUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str                      # "bn1d", "bn2d", "bn3d" or "ln"
+    kind: str                      # "bn1d", "bn2d", "bn3d", "ln", "gn", "in2d", "rms", "add_ln"
     shape: Tuple[int, ...]
-    normalized_shape: Optional[Tuple[int, ...]] = None   # LayerNorm only
+    normalized_shape: Optional[Tuple[int, ...]] = None   # ln, rms, add_ln
     note: str = ""
+    num_groups: Optional[int] = None                     # gn only
 
     @property
     def family(self) -> str:
-        return "ln" if self.kind == "ln" else "bn"
+        return _FAMILY.get(self.kind, "bn")
 
     @property
     def module_name(self) -> str:
@@ -87,7 +97,7 @@ class Case:
 
     @property
     def ops(self) -> Tuple[str, ...]:
-        return LN_OPS if self.family == "ln" else BN_OPS
+        return BN_OPS if self.family == "bn" else LN_OPS
 
     @property
     def numel(self) -> int:
@@ -95,29 +105,40 @@ class Case:
 
     @property
     def num_features(self) -> int:
-        """C for BatchNorm; prod(normalized_shape) for LayerNorm."""
-        if self.family == "bn":
+        """C for BatchNorm, GroupNorm, InstanceNorm; prod(normalized_shape) otherwise."""
+        if self.family in _CHANNEL_FAMILIES:
             return self.shape[1]
         return int(math.prod(self.normalized_shape))
 
     @property
     def param_shape(self) -> Tuple[int, ...]:
-        return (self.shape[1],) if self.family == "bn" else tuple(self.normalized_shape)
+        if self.family in _CHANNEL_FAMILIES:
+            return (self.shape[1],)
+        return tuple(self.normalized_shape)
 
     def nbytes(self, dtype) -> int:
         return self.numel * np.dtype(dtype).itemsize
 
     def describe(self) -> str:
-        s = f"{self.module_name}({self.num_features if self.family == 'bn' else self.normalized_shape})"
-        return f"{s} x{self.shape}"
+        if self.family == "gn":
+            args = f"{self.num_groups}, {self.num_features}"
+        elif self.family in _CHANNEL_FAMILIES:
+            args = f"{self.num_features}"
+        else:
+            args = f"{self.normalized_shape}"
+        return f"{self.module_name}({args}) x{self.shape}"
 
 
 def _bn(name, kind, shape, note=""):
     return Case(name, kind, tuple(shape), None, note)
 
 
-def _ln(name, shape, note=""):
-    return Case(name, "ln", tuple(shape), (shape[-1],), note)
+def _ln(name, shape, note="", kind="ln"):
+    return Case(name, kind, tuple(shape), (shape[-1],), note)
+
+
+def _gn(name, num_groups, shape, note=""):
+    return Case(name, "gn", tuple(shape), None, note, num_groups)
 
 
 CASES: Tuple[Case, ...] = (
@@ -132,6 +153,11 @@ CASES: Tuple[Case, ...] = (
     _ln("ln_gpt", (8, 512, 1024), "GPT-2 medium"),
     _ln("ln_smallD", (4096, 64), "many short rows"),
     _ln("ln_token", (1, 1, 768), "single token: call overhead"),
+    _gn("gn", 32, (32, 256, 28, 28), "GroupNorm(32, 256): detection / diffusion backbones"),
+    Case("in2d", "in2d", (16, 64, 64, 64), None, "InstanceNorm2d(64): style transfer"),
+    _ln("rms", (8, 512, 1024), "RMSNorm(1024): LLaMA-style transformer", kind="rms"),
+    _ln("add_ln", (8, 512, 1024), "residual add + LayerNorm(1024) fused (torch: x + r, "
+        "then layer_norm)", kind="add_ln"),
 )
 CASES_BY_NAME: Dict[str, Case] = {c.name: c for c in CASES}
 
@@ -187,7 +213,11 @@ def op_bytes(case: Case, op: str, dtype) -> int:
     forward ops: x read once + y written once            = 2 * numel * itemsize
     fwd_bwd    : x, y (forward) + dy read, dx written     = 4 * numel * itemsize
                  (the second read of x in backward is not counted)
+    add_ln     : x, r read, y, s written (fwd: 4 * numel * itemsize); fwd_bwd adds
+                 dy read and dx written (6 * numel * itemsize; s read again not counted)
     """
+    if case.family == "add_ln":
+        return (6 if op == "fwd_bwd" else 4) * case.nbytes(dtype)
     return (4 if op == "fwd_bwd" else 2) * case.nbytes(dtype)
 
 
@@ -233,6 +263,7 @@ class CaseData:
     bias: np.ndarray
     running_mean: Optional[np.ndarray]
     running_var: Optional[np.ndarray]
+    residual: Optional[np.ndarray] = None       # add_ln only
 
 
 def _make_data(case: Case, dtype: str) -> CaseData:
@@ -250,9 +281,12 @@ def _make_data(case: Case, dtype: str) -> CaseData:
         rv = (4.0 + 0.1 * rng.standard_normal(case.param_shape)).astype(dt)
     else:
         rm = rv = None
+    residual = None
+    if case.family == "add_ln":                  # drawn last: the other arrays stay as they were
+        residual = rng.standard_normal(case.shape, dtype=dt)
     # left writable on purpose: a read-only input could push an implementation onto a
     # slower (copying) path that user code would not hit.  No builder writes to them.
-    return CaseData(x, dy, weight, bias, rm, rv)
+    return CaseData(x, dy, weight, bias, rm, rv, residual)
 
 
 @functools.lru_cache(maxsize=2)
@@ -338,11 +372,33 @@ def _build_cnorm(case, op, dtype, data):
         m = cls(case.num_features, eps=EPS, momentum=MOMENTUM, dtype=dt)
         m.running_mean[...] = data.running_mean
         m.running_var[...] = data.running_var
+    elif case.family == "gn":
+        m = cls(case.num_groups, case.num_features, eps=EPS, dtype=dt)
+    elif case.family == "in":
+        m = cls(case.num_features, eps=EPS, dtype=dt)      # torch's defaults: no affine
+    elif case.family == "rms":
+        m = cls(case.normalized_shape, dtype=dt)            # eps=None: finfo(dtype).eps
     else:
         m = cls(case.normalized_shape, eps=EPS, dtype=dt)
-    m.weight[...] = data.weight
-    m.bias[...] = data.bias
+    if m.weight is not None:
+        m.weight[...] = data.weight
+    if getattr(m, "bias", None) is not None:
+        m.bias[...] = data.bias
     x, dy = data.x, data.dy
+
+    if case.family == "add_ln":
+        r = data.residual
+        m.train()
+        if op == "fwd_bwd":
+            def fn():
+                m.zero_grad()
+                m(x, r)
+                return m.backward(dy)      # the gradient of x (== that of r)
+            return fn
+
+        def fn():
+            return m(x, r)
+        return fn
 
     if op == "fwd_bwd":
         m.train()
@@ -372,15 +428,46 @@ def _build_torch(case, op, dtype, data):
     if case.family == "bn":
         cls = getattr(torch.nn, case.module_name)
         m = cls(case.num_features, eps=EPS, momentum=MOMENTUM, dtype=tdt)
-    else:
+    elif case.family == "gn":
+        m = torch.nn.GroupNorm(case.num_groups, case.num_features, eps=EPS, dtype=tdt)
+    elif case.family == "in":
+        m = torch.nn.InstanceNorm2d(case.num_features, eps=EPS, dtype=tdt)
+    elif case.family == "rms":
+        m = torch.nn.RMSNorm(case.normalized_shape, dtype=tdt)
+    else:   # ln, add_ln (torch: the unfused x + r, then layer_norm)
         m = torch.nn.LayerNorm(case.normalized_shape, eps=EPS, dtype=tdt)
     with torch.no_grad():
-        m.weight.copy_(torch.from_numpy(data.weight.copy()))
-        m.bias.copy_(torch.from_numpy(data.bias.copy()))
+        if m.weight is not None:
+            m.weight.copy_(torch.from_numpy(data.weight.copy()))
+        if getattr(m, "bias", None) is not None:
+            m.bias.copy_(torch.from_numpy(data.bias.copy()))
         if case.family == "bn":
             m.running_mean.copy_(torch.from_numpy(data.running_mean.copy()))
             m.running_var.copy_(torch.from_numpy(data.running_var.copy()))
     x = torch.from_numpy(data.x.copy())
+
+    if case.family == "add_ln":
+        r = torch.from_numpy(data.residual.copy())
+        if op == "fwd_bwd":
+            m.train()
+            x.requires_grad_(True)
+            r.requires_grad_(True)
+            dy = torch.from_numpy(data.dy.copy())
+            params = list(m.parameters())
+
+            def fn():
+                x.grad = r.grad = None
+                for p in params:
+                    p.grad = None
+                m(x + r).backward(dy)
+                return x.grad
+            return fn
+        m.requires_grad_(False)
+
+        def fn():
+            s = x + r
+            return m(s), s
+        return fn
 
     if op == "fwd_bwd":
         m.train()
@@ -409,6 +496,8 @@ def _build_torch(case, op, dtype, data):
 def _build_numpy(case, op, dtype, data):
     slow = _import_slow()
     x, dy, w, b = data.x, data.dy, data.weight, data.bias
+    if case.family in ("gn", "in", "rms", "add_ln"):
+        return _build_numpy_rows(slow, case, op, data)
     if case.family == "ln":
         ns = tuple(case.normalized_shape)
         fwd = slow.layer_norm_forward
@@ -450,3 +539,52 @@ def _bn_stats(x):
     axes = (0,) + tuple(range(2, x.ndim))
     xd = x.astype(np.float64)
     return xd.mean(axis=axes), xd.var(axis=axes)
+
+
+def _build_numpy_rows(slow, case, op, data):
+    """The NumPy reference of the gn / in / rms / add_ln cases (as the cnorm modules are
+    configured: GroupNorm and RMSNorm affine, InstanceNorm2d without affine or running
+    statistics, RMSNorm eps=None)."""
+    x, dy, w, b = data.x, data.dy, data.weight, data.bias
+    family = case.family
+    if family == "gn":
+        G = case.num_groups
+
+        def fwd():
+            return slow.group_norm_forward(x, G, w, b, EPS)
+
+        def bwd():
+            return slow.group_norm_backward(dy, x, G, w, EPS)
+    elif family == "in":
+        def fwd():
+            return slow.instance_norm_forward(x, None, None, None, None, True, MOMENTUM, EPS)
+
+        def bwd():
+            return slow.instance_norm_backward(dy, x, None, EPS)
+    elif family == "rms":
+        ns = tuple(case.normalized_shape)
+
+        def fwd():
+            return slow.rms_norm_forward(x, ns, w, None)
+
+        def bwd():
+            return slow.rms_norm_backward(dy, x, ns, w, None)
+    else:
+        ns = tuple(case.normalized_shape)
+        r = data.residual
+
+        def fwd():
+            return slow.add_layer_norm_forward(x, r, ns, w, b, EPS)
+
+        def bwd():
+            s = fwd()[1]
+            return slow.add_layer_norm_backward(dy, None, s, ns, w, EPS)
+    if op == "fwd":
+        return fwd
+    if family == "add_ln":
+        return bwd                  # runs the forward itself
+
+    def fn():
+        fwd()
+        return bwd()
+    return fn

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="save a bar chart of the speedup torch/cnorm per case and op "
                         "(needs matplotlib)")
+    p.add_argument("--dropin", action="store_true",
+                   help="time the cnorm.torch drop-in modules against torch.nn under torch "
+                        "autograd, and a CNN training step (see cnorm/benchmarks/torch_cases.py)")
     p.add_argument("--no-torch", action="store_true",
                    help="do not time torch even if it is installed")
     p.add_argument("--no-progress", action="store_true",
@@ -555,6 +558,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.min_rep_ms < 0:
             return fail("--min-rep-ms must be >= 0")
         settings = TimingSettings(**{**settings.__dict__, "min_rep_s": args.min_rep_ms / 1e3})
+
+    if args.dropin:  # the drop-in section lives in torch_cases.py
+        from .torch_cases import run_dropin
+        return run_dropin(args, settings)
 
     meta = _metadata(cnorm, torch, threads, settings, argv_list, dtypes)
     meta["cnorm_default_threads"] = cnorm.get_num_threads()

@@ -127,16 +127,20 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         weight, bias = self.weight, self.bias
         rm = self.running_mean if self.track_running_stats else None
         rv = self.running_var if self.track_running_stats else None
-        bad = [name for name, t in (("weight", weight), ("bias", bias),
-                                    ("running_mean", rm), ("running_var", rv))
+        tensors = (("weight", weight), ("bias", bias), ("running_mean", rm),
+                   ("running_var", rv))
+        bad = [f"{n} {t.dtype} on {t.device}" for n, t in tensors
                if t is not None and (t.dtype != dtype or not t.is_cpu)]
         if dtype not in _FLOATS or bad:
-            raise TypeError(f"cnorm.torch.SyncBatchNorm on CPU needs float32 or float64 "
-                            f"input, parameters and buffers of one dtype; got input "
-                            f"{dtype}" + "".join(f", {n} {t.dtype}" for n, t in
-                                                 (("weight", weight), ("bias", bias),
-                                                  ("running_mean", rm), ("running_var", rv))
-                                                 if t is not None and n in bad))
+            raise TypeError("cnorm.torch.SyncBatchNorm on CPU needs a float32 or float64 "
+                            "input and parameters/buffers of its dtype on the CPU; got input "
+                            f"{dtype}" + "".join(", " + b for b in bad))
+        c = input.shape[1]
+        for n, t in tensors:
+            if t is not None and t.numel() != c:
+                raise RuntimeError(f"{n} should contain {c} elements not {t.numel()}")
+        if rm is not None and not (rm.is_contiguous() and rv.is_contiguous()):
+            raise TypeError("cnorm.torch.SyncBatchNorm needs contiguous running statistics")
         if not input.is_contiguous():
             input = input.contiguous()
 
@@ -145,10 +149,8 @@ class SyncBatchNorm(nn.SyncBatchNorm):
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
                 factor = 1.0 / float(self.num_batches_tracked)
-        rm_np = None if rm is None else rm.detach().numpy()
+        rm_np = None if rm is None else rm.detach().numpy()   # updated in place
         rv_np = None if rv is None else rv.detach().numpy()
-        if rm_np is not None and not (rm.is_contiguous() and rv.is_contiguous()):
-            raise TypeError("cnorm.torch.SyncBatchNorm needs contiguous running statistics")
         return SyncBatchNormFunction.apply(
             input, weight.contiguous() if weight is not None else None,
             bias.contiguous() if bias is not None else None,

@@ -1,0 +1,182 @@
+"""Fused layers: residual add + LayerNorm (ONNX Runtime's SkipLayerNormalization) and
+BatchNorm + ReLU (oneDNN's fuse_norm_relu), with the API of the other cnorm modules.
+
+Both keep a reference to an OUTPUT of their forward until ``backward()`` (the sum ``s``
+for :class:`AddLayerNorm`, ``y`` for the BatchNormReLU modules), as the input is kept:
+modify that array in place in between and the gradient follows the change.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .. import functional as F
+from ._base import Module
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+
+class AddLayerNorm(Module):
+    r"""``s = x + residual; y = LayerNorm(s)`` in one pass over memory (ONNX Runtime's
+    SkipLayerNormalization): the pre-norm residual step of a transformer block.
+
+    Same constructor, parameters and state as :class:`~cnorm.LayerNorm`.
+    ``forward(x, residual)`` returns ``(y, s)``; ``backward(dy, dsum=None)`` returns the
+    gradient w.r.t. ``x``, which is also the gradient w.r.t. ``residual`` (returned once):
+    the layer-norm input gradient plus ``dsum``, the gradient reaching ``s`` from its other
+    uses (None = 0).
+
+    Example::
+
+        >>> m = AddLayerNorm(768)
+        >>> rng = np.random.default_rng(0)
+        >>> x, r = rng.standard_normal((2, 4, 16, 768)).astype(np.float32)
+        >>> y, s = m(x, r)
+        >>> dx = m.backward(np.ones_like(y))    # == the gradient of r
+    """
+
+    _param_names = ("weight", "bias")
+
+    def __init__(
+        self,
+        normalized_shape: Union[int, Sequence[int]],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        dtype=np.float32,
+    ) -> None:
+        super().__init__(dtype)
+        self.normalized_shape = F._normalized_shape(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        shape, dt = self.normalized_shape, self.dtype
+        self.weight = np.ones(shape, dt) if elementwise_affine else None
+        self.bias = np.zeros(shape, dt) if elementwise_affine and bias else None
+        self.zero_grad()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            self.weight.fill(1)
+        if self.bias is not None:
+            self.bias.fill(0)
+
+    def __call__(self, input: np.ndarray, residual: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        return self.forward(input, residual)
+
+    def forward(self, input: np.ndarray, residual: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """``(layer_norm(input + residual), input + residual)``; see
+        :func:`cnorm.functional.add_layer_norm`."""
+        x = F._check_array(input)
+        if x.dtype != self.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
+        r = F._check_same(residual, x, "residual", "the input")
+        m, d = F._ln_dims(x, self.normalized_shape)
+        y, s, mean, rstd = F._add_layer_norm(x, r, m, d, self.weight, self.bias, self.eps)
+        self._saved = (s, m, d, mean, rstd)
+        self._forward_seen = True
+        return y, s
+
+    def backward(self, grad_output: np.ndarray, grad_sum: Optional[np.ndarray] = None) -> np.ndarray:
+        """Gradient w.r.t. ``input`` (== w.r.t. ``residual``) of the latest forward, given
+        the gradients of ``y`` and (optionally) of ``s``; accumulates ``weight_grad`` and
+        ``bias_grad``."""
+        saved = self._take_saved()
+        s, m, d, mean, rstd = saved
+        try:
+            dy = F._check_grad(grad_output, s)
+            dsum = None if grad_sum is None else F._check_same(grad_sum, s, "grad_sum", "the sum")
+        except Exception:
+            self._saved = saved
+            raise
+        dx, dw, db = F._add_layer_norm_backward(dy, dsum, s, self.normalized_shape, m, d,
+                                                mean, rstd, self.weight)
+        self._accumulate("weight", dw)
+        self._accumulate("bias", db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
+
+
+class _BatchNormReLU:
+    """Mixin over a BatchNormXd: ``relu(batch_norm(x))`` fused, same state and semantics."""
+
+    def forward(self, input: np.ndarray) -> np.ndarray:
+        r"""``max(0, batch_norm(input))``; see :func:`cnorm.functional.batch_norm_relu`."""
+        x = F._check_array(input)
+        self._check_input_dim(x.ndim)
+        if x.dtype != self.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
+        n, c, s = F._bn_dims(x)
+        if c != self.num_features:
+            raise ValueError(f"expected input with {self.num_features} channels (num_features), "
+                             f"got input of shape {x.shape}")
+        if self.training:
+            if self.track_running_stats:
+                nbt = self.num_batches_tracked + 1
+                factor = 1.0 / nbt if self.momentum is None else self.momentum
+                y, mean, invstd = F._batch_norm_relu_train(
+                    x, n, c, s, self.weight, self.bias, self.running_mean, self.running_var,
+                    factor, self.eps)
+                self.num_batches_tracked = nbt
+            else:
+                y, mean, invstd = F._batch_norm_relu_train(
+                    x, n, c, s, self.weight, self.bias, None, None, 0.0, self.eps)
+            batch_stats = True
+        elif self.running_mean is None:
+            y, mean, invstd = F._batch_norm_relu_train(
+                x, n, c, s, self.weight, self.bias, None, None, 0.0, self.eps)
+            batch_stats = True
+        else:
+            y, mean, invstd = F._batch_norm_relu_eval(x, n, c, s, self.weight, self.bias,
+                                                      self.running_mean, self.running_var,
+                                                      self.eps)
+            batch_stats = False
+        self._saved = (x, y, n, c, s, mean, invstd, batch_stats)
+        self._forward_seen = True
+        return y
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """Gradient w.r.t. the input of the latest forward (zero where the output is 0);
+        accumulates ``weight_grad`` and ``bias_grad``."""
+        saved = self._take_saved()
+        x, y, n, c, s, mean, invstd, batch_stats = saved
+        try:
+            dy = F._check_grad(grad_output, x)
+        except Exception:
+            self._saved = saved
+            raise
+        dx, dw, db = F._batch_norm_relu_backward(dy, x, y, n, c, s, self.weight, mean, invstd,
+                                                 batch_stats)
+        self._accumulate("weight", dw)
+        self._accumulate("bias", db)
+        return dx
+
+
+class BatchNormReLU1d(_BatchNormReLU, BatchNorm1d):
+    r"""``relu(BatchNorm1d(x))`` in one pass: the constructor, state, ``state_dict`` and
+    input shapes of :class:`~cnorm.BatchNorm1d`; ``backward`` passes the gradient only
+    where the output is positive.
+
+    Example::
+
+        >>> m = BatchNormReLU1d(64)
+        >>> y = m(np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32))
+        >>> bool((y >= 0).all())
+        True
+    """
+
+
+class BatchNormReLU2d(_BatchNormReLU, BatchNorm2d):
+    r"""``relu(BatchNorm2d(x))`` in one pass; see :class:`BatchNormReLU1d`.
+
+    Example::
+
+        >>> m = BatchNormReLU2d(64)
+        >>> y = m(np.random.default_rng(0).standard_normal((8, 64, 7, 7)).astype(np.float32))
+    """
+
+
+class BatchNormReLU3d(_BatchNormReLU, BatchNorm3d):
+    r"""``relu(BatchNorm3d(x))`` in one pass; see :class:`BatchNormReLU1d`."""

@@ -1,0 +1,98 @@
+"""GroupNorm on NumPy arrays with torch.nn semantics."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from ._base import Module
+
+
+class GroupNorm(Module):
+    r"""Group normalization, as :class:`torch.nn.GroupNorm`.
+
+    The ``num_channels`` channels are split into ``num_groups`` groups of
+    ``num_channels / num_groups`` consecutive channels; every sample's group is normalized
+    with its own mean and (biased) variance over its channels and spatial positions:
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    ``weight`` (:math:`\gamma`, ones) and ``bias`` (:math:`\beta`, zeros) are per channel
+    (``affine=True``). The same in training and eval.
+
+    Shape: input ``(N, C, *)``, output the same.
+
+    Example::
+
+        >>> m = GroupNorm(32, 256)
+        >>> x = np.random.default_rng(0).standard_normal((4, 256, 14, 14)).astype(np.float32)
+        >>> y = m(x)
+        >>> dx = m.backward(np.ones_like(y))
+    """
+
+    _param_names = ("weight", "bias")
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        dtype=np.float32,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(dtype)
+        if isinstance(num_channels, bool) or not isinstance(num_channels, (int, np.integer)) \
+                or num_channels < 0:
+            raise ValueError(f"num_channels must be a non-negative integer, got {num_channels!r}")
+        groups = F._num_groups(num_groups)
+        if num_channels % groups != 0:
+            raise ValueError(f"num_channels ({num_channels}) must be divisible by "
+                             f"num_groups ({num_groups})")
+        self.num_groups = groups
+        self.num_channels = int(num_channels)
+        self.eps = eps
+        self.affine = affine
+        c, dt = self.num_channels, self.dtype
+        self.weight = np.ones(c, dt) if affine else None
+        self.bias = np.zeros(c, dt) if affine and bias else None
+        self.zero_grad()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            self.weight.fill(1)
+        if self.bias is not None:
+            self.bias.fill(0)
+
+    def forward(self, input: np.ndarray) -> np.ndarray:
+        """Normalize ``input`` ``(N, C, *)``; see :func:`cnorm.functional.group_norm`."""
+        x = F._check_array(input)
+        if x.dtype != self.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
+        n, g, cg, s = F._gn_dims(x, self.num_groups)
+        # like torch, the channel count is only checked through weight / bias
+        weight = F._check_channel_param(self.weight, "weight", g * cg, x)
+        bias = F._check_channel_param(self.bias, "bias", g * cg, x)
+        y, mean, rstd, _ = F._group_norm(x, n, g, cg, s, weight, bias, self.eps)
+        self._saved = (x, n, g, cg, s, mean, rstd)
+        self._forward_seen = True
+        return y
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
+        ``bias_grad``."""
+        saved = self._take_saved()
+        x, n, g, cg, s, mean, rstd = saved
+        try:
+            dy = F._check_grad(grad_output, x)
+        except Exception:
+            self._saved = saved
+            raise
+        dx, dw, db = F._group_norm_backward(dy, x, n, g, cg, s, mean, rstd, self.weight)
+        self._accumulate("weight", dw)
+        self._accumulate("bias", db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, "
+                f"affine={self.affine}, bias={self.bias is not None}")

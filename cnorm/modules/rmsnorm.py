@@ -1,0 +1,78 @@
+"""RMSNorm on NumPy arrays with torch.nn semantics."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .. import functional as F
+from ._base import Module
+
+
+class RMSNorm(Module):
+    r"""Root-mean-square layer normalization over the trailing ``normalized_shape`` dims,
+    as :class:`torch.nn.RMSNorm`.
+
+    .. math:: y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \gamma
+
+    per row of ``D = prod(normalized_shape)`` elements; ``weight`` (:math:`\gamma`, ones)
+    has shape ``normalized_shape``; there is no bias. ``eps=None`` (the default) means
+    ``np.finfo(dtype).eps``, as in torch.
+
+    Shape: input ``(*, *normalized_shape)``, output the same.
+
+    Example::
+
+        >>> m = RMSNorm(1024)
+        >>> x = np.random.default_rng(0).standard_normal((2, 16, 1024)).astype(np.float32)
+        >>> y = m(x)
+        >>> dx = m.backward(np.ones_like(y))
+    """
+
+    _param_names = ("weight",)
+
+    def __init__(
+        self,
+        normalized_shape: Union[int, Sequence[int]],
+        eps: Optional[float] = None,
+        elementwise_affine: bool = True,
+        dtype=np.float32,
+    ) -> None:
+        super().__init__(dtype)
+        self.normalized_shape = F._normalized_shape(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.weight = np.ones(self.normalized_shape, self.dtype) if elementwise_affine else None
+        self.zero_grad()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            self.weight.fill(1)
+
+    def forward(self, input: np.ndarray) -> np.ndarray:
+        """Normalize ``input``; see :func:`cnorm.functional.rms_norm`."""
+        x = F._check_array(input)
+        if x.dtype != self.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
+        m, d = F._rms_dims(x, self.normalized_shape)
+        y, rrms = F._rms_norm(x, m, d, self.weight, self.eps)
+        self._saved = (x, m, d, rrms)
+        self._forward_seen = True
+        return y
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad``."""
+        saved = self._take_saved()
+        x, m, d, rrms = saved
+        try:
+            dy = F._check_grad(grad_output, x)
+        except Exception:
+            self._saved = saved
+            raise
+        dx, dw = F._rms_norm_backward(dy, x, self.normalized_shape, m, d, rrms, self.weight)
+        self._accumulate("weight", dw)
+        return dx
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")
