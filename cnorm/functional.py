@@ -112,7 +112,7 @@ def _check_grad(grad_output, x: Array) -> Array:
 
 def _normalized_shape(normalized_shape: ShapeLike) -> Tuple[int, ...]:
     if isinstance(normalized_shape, (int, np.integer)):
-        return (int(normalized_shape),)
+        normalized_shape = (normalized_shape,)
     try:
         shape = tuple(int(d) for d in normalized_shape)
     except TypeError:

@@ -449,47 +449,41 @@ def test_huge_values_mixed_with_ordinary_channels(rng, value):
 
 # eps scaled with the data, eps = 1e-5 * s**2, so that the variance (not eps) decides the
 # output: this is where float32 squares must neither overflow nor underflow.
-_UNDERFLOW_REASON = (
-    "float32 squares underflow for |x| < ~1e-19: the block statistics (vdev in _stats.pxd / "
-    "vcols_dev) accumulate (x - shift)**2 in float32 and only fall back to float64 when the "
-    "sum overflows (s2 > FLT_MAX), not when it underflows, so the variance of x = 1e-20 * "
-    "N(0,1) comes out 0 or inexact; visible when eps is scaled to the data (eps = 1e-5 * s**2)")
 
 
 @pytest.mark.parametrize("scale", [
-    pytest.param(1e-30, marks=pytest.mark.xfail(strict=True, reason=_UNDERFLOW_REASON)),
-    pytest.param(1e-25, marks=pytest.mark.xfail(strict=True, reason=_UNDERFLOW_REASON)),
-    pytest.param(1e-20, marks=pytest.mark.xfail(strict=True, reason=_UNDERFLOW_REASON)),
+    1e-30,
+    1e-25,
+    1e-20,
     1e-15, 1e-10, 1e-3, 1.0, 1e10, 1e19, 1e25, 1e30], ids=lambda s: f"s{s:g}")
-def test_forward_with_eps_scaled_to_data(scale):
+def test_forward_and_gradients_with_eps_scaled_to_data(scale):
     rng = np.random.default_rng(int(abs(np.log10(scale))) + 11)
     eps = 1e-5 * scale * scale
     errors = {}
     for shape in SCALE_SHAPES:
         x = offset_data(rng, shape, 0.0, scale)
-        y = F.batch_norm(x, None, None, training=True, eps=eps)
+        dy = rng.standard_normal(shape).astype(np.float32)
+        y, mean, invstd = F.native_batch_norm(x, None, None, None, None, True, 0.1, eps)
         errors[f"bn{shape}"] = max_err(y, bn_train_ref(x, None, None, eps))
-        xl = x.reshape(shape[0], -1)
-        yl = F.layer_norm(xl, xl.shape[1:], eps=eps)
-        errors[f"ln{xl.shape}"] = max_err(yl, ln_ref(xl, xl.shape[1:], None, None, eps))
+        dx = F.batch_norm_backward(dy, x, None, mean, invstd, True)[0]
+        errors[f"bn{shape} dx (rel.)"] = rel_err(dx, bn_grad_ref(dy, x, None, eps)[0]) * FWD_TOL / GRAD_RTOL
+        xl, dyl = x.reshape(shape[0], -1), dy.reshape(shape[0], -1)
+        ns = xl.shape[1:]
+        yl, ml, rl = F.native_layer_norm(xl, ns, None, None, eps)
+        errors[f"ln{xl.shape}"] = max_err(yl, ln_ref(xl, ns, None, None, eps))
+        dxl = F.layer_norm_backward(dyl, xl, ns, ml, rl, None)[0]
+        errors[f"ln{xl.shape} dx (rel.)"] = rel_err(dxl, slow.layer_norm_backward(
+            dyl, xl.astype(np.float64), ns, None, eps)[0]) * FWD_TOL / GRAD_RTOL
     bad = {k: v for k, v in errors.items() if not v <= FWD_TOL}
-    assert not bad, f"max errors above {FWD_TOL}: {bad}"
+    assert not bad, (f"errors above the limits (outputs {FWD_TOL}; gradients {GRAD_RTOL} relative, "
+                     f"shown scaled to {FWD_TOL}): {bad}")
 
 
-_GRAD_SCALE_REASON = (
-    "gradient coefficient underflow for |x| >~ 1e20: the BN backward folds "
-    "-gamma*invstd**2*sum(dy*xhat)/count into a float32 coefficient (coef[4] in "
-    "_batch_norm._backward_impl) and the LN backward passes rstd**3*sum/D as float32 "
-    "(_row_norm._backward_rows); for invstd ~ 1e-25 these underflow to 0, so the x_hat term "
-    "of dx is lost (relative errors 2e-2 .. 0.9 at |x| ~ 1e25 .. 1e30)")
-
-
-@pytest.mark.parametrize("scale", [
-    1e-10, 1.0, 1e10, 1e15,
-    pytest.param(1e25, marks=pytest.mark.xfail(strict=True, reason=_GRAD_SCALE_REASON)),
-    pytest.param(1e30, marks=pytest.mark.xfail(strict=True, reason=_GRAD_SCALE_REASON))],
-    ids=lambda s: f"s{s:g}")
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e-10, 1.0, 1e10, 1e15, 1e20, 1e25, 1e30],
+                         ids=lambda s: f"s{s:g}")
 def test_gradients_any_magnitude(scale):
+    """Gradients of x = s * N(0, 1) (default eps): no coefficient of the backward may
+    underflow or overflow float32 (invstd**2 or rstd**3 ~ 1e-90 at s = 1e30)."""
     rng = np.random.default_rng(int(abs(np.log10(scale))) + 21)
     errors = {}
     for shape in SCALE_SHAPES:
@@ -668,11 +662,6 @@ def test_nan_inf_masks_match_torch_train_backward(rng, shape, kind, where):
     _assert_same_nonfinite(dxl, xlt.grad.numpy(), "LN dx")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "eval-mode BN backward computes dx = k1*(dy - k3) + k2*((x - hi) - lo) with k2 = 0 "
-    "(vgrad / vgrad_cols in _batch_norm._grad_input), so 0 * NaN / 0 * Inf makes dx NaN "
-    "where x is NaN or +-Inf; torch's (and cnorm's documented) eval gradient "
-    "dx = dy * gamma * invstd does not depend on x and stays finite"))
 @pytest.mark.parametrize("kind", ["nan", "inf", "-inf"])
 @pytest.mark.parametrize("shape", NAN_SHAPES[:4], ids=str)
 def test_nan_inf_masks_match_torch_eval_backward(rng, shape, kind):

@@ -220,11 +220,9 @@ def test_bn_train_eval_sequence(shape, dtype, modes, momentum, track, threads, s
                 assert m.num_batches_tracked == ref.num_batches_tracked
                 assert_close(m.running_mean, ref.running_mean, dtype, scale=1 + step)
                 assert_close(m.running_var, ref.running_var, dtype, scale=(1 + step) ** 2)
-    # gradients accumulate over the steps
-    axes = bn_axes(len(shape))
-    assert_close(m.bias_grad, ref.bias_grad, dtype, scale=max(1.0, M * len(modes) ** 0.5) if M else 1.0)
-    assert m.weight_grad.shape == (C,)
-    del axes
+    # gradients accumulate over the steps (sum of |dy| over every step bounds the error)
+    assert m.weight_grad.shape == (C,) and m.bias_grad.shape == (C,)
+    assert_close(m.bias_grad, ref.bias_grad, dtype, scale=max(1.0, 4.0 * M * len(modes)))
 
 
 # ---------------------------------------------------------------------------------------

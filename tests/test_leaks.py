@@ -47,13 +47,6 @@ def _rss_growth(step):
     return rss_bytes() - before
 
 
-def _module_step(m, x, dy):
-    def step():
-        m(x)
-        m.backward(dy)
-    return step
-
-
 CASES = {
     "bn1d_train": (lambda: cnorm.BatchNorm1d(8), (16, 8)),
     "bn2d_train": (lambda: cnorm.BatchNorm2d(4), (4, 4, 5, 5)),

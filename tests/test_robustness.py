@@ -19,9 +19,8 @@ import pickle
 import re
 import subprocess
 import sys
-import textwrap
 import threading
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pytest
@@ -251,10 +250,6 @@ def _backward_with(name, dy_fn):
     return m.backward(dy_fn(shape))
 
 
-def _transposed_shape(shape):
-    return shape[::-1]
-
-
 for name in MODULES:
     hostile(f"{name} backward before forward", lambda name=name: _backward_before_forward(name),
             RuntimeError, re.escape("backward() called before forward()"))
@@ -370,11 +365,6 @@ hostile("F.layer_norm_backward rstd (3,)",
         ValueError, re.escape("rstd must have shape (6,), got (3,)"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "functional._normalized_shape returns (n,) for an int n without the negative-size check "
-    "that sequences get, so LayerNorm(-1) fails later inside np.ones with NumPy's "
-    "'negative dimensions are not allowed' instead of cnorm's 'normalized_shape must not "
-    "contain negative sizes, got (-1,)'"))
 def test_layer_norm_negative_int_shape_message():
     with pytest.raises(ValueError, match=re.escape("normalized_shape must not contain negative sizes")):
         cnorm.LayerNorm(-1)
@@ -513,15 +503,15 @@ KERNEL_CASES = [
     ("R.backward mean None", "R.backward(xl, xl, 2, 5, None, m2, None)", _TYPE_OR_VALUE, r"\S", None),
     ("R.backward grad None", "R.backward(None, xl, 2, 5, m2, m2, None)", _TYPE_OR_VALUE, r"\S", None),
     # sizes whose product wraps around 2**64
-    ("B.stats N*C*S overflow (cols)", "B.stats(e, 2**62, 4, 1)", _VALUE_OR_OVERFLOW, r"\S", _OVERFLOW),
-    ("B.stats N*C*S overflow (rows)", "B.stats(e, 1, 4, 2**62)", _VALUE_OR_OVERFLOW, r"\S", _OVERFLOW),
+    ("B.stats N*C*S overflow (cols)", "B.stats(e, 2**62, 4, 1)", _VALUE_OR_OVERFLOW, r"\S", None),
+    ("B.stats N*C*S overflow (rows)", "B.stats(e, 1, 4, 2**62)", _VALUE_OR_OVERFLOW, r"\S", None),
     ("B.forward_train N*C*S overflow", "B.forward_train(e, 2**62, 4, 1, None, None, None, None, 0.1, 1e-5)",
-     _VALUE_OR_OVERFLOW, r"\S", _OVERFLOW),
+     _VALUE_OR_OVERFLOW, r"\S", None),
     ("B.forward_eval N*C*S overflow", "B.forward_eval(e, 2**62, 4, 1, None, None, w4, w4, 1e-5)",
-     _VALUE_OR_OVERFLOW, r"\S", _OVERFLOW),
-    ("B.normalize N*C*S overflow", "B.normalize(e, 2**62, 4, 1, e4, e4, None, None)", _VALUE_OR_OVERFLOW, r"\S", _OVERFLOW),
-    ("B.backward N*C*S overflow", "B.backward(e, e, 2**62, 4, 1, e4, e4, None, True)", _VALUE_OR_OVERFLOW, r"\S", _OVERFLOW),
-    ("R.forward M*D overflow", "R.forward(e, 4, 2**62, None, None, 1e-5)", _VALUE_OR_OVERFLOW, r"\S", _OVERFLOW),
+     _VALUE_OR_OVERFLOW, r"\S", None),
+    ("B.normalize N*C*S overflow", "B.normalize(e, 2**62, 4, 1, e4, e4, None, None)", _VALUE_OR_OVERFLOW, r"\S", None),
+    ("B.backward N*C*S overflow", "B.backward(e, e, 2**62, 4, 1, e4, e4, None, True)", _VALUE_OR_OVERFLOW, r"\S", None),
+    ("R.forward M*D overflow", "R.forward(e, 4, 2**62, None, None, 1e-5)", _VALUE_OR_OVERFLOW, r"\S", None),
 ]
 
 _KERNEL_RUNNER = r"""
@@ -735,11 +725,6 @@ def test_failed_forward_changes_no_state():
     assert dx.shape == x.shape
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "load_state_dict is not atomic although its docstring says 'nothing is modified when it "
-    "raises': shapes are checked first, but the values are then copied one by one with "
-    "np.copyto(..., casting='unsafe'), so a value that cannot be converted (here bias = "
-    "['a', 'b', 'c']) raises ValueError after weight was already overwritten"))
 def test_load_state_dict_is_atomic_on_bad_values():
     m = cnorm.BatchNorm2d(3)
     sd = m.state_dict()

@@ -20,13 +20,13 @@ from libc.float cimport FLT_MAX
 from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
 
-from ._buffers cimport check_array, data_or_null, input_typenum
+from ._buffers cimport check_array, check_dims, data_or_null, input_typenum
 from ._openmp cimport n_threads_for, split_start as _split
 from ._simd cimport (STREAM_MIN_RUN, cn_simd_init, cn_simd_set, cn_stream_min_bytes,
-                     vaffine, vaffine_cols, vaffine_cols4, vany_above, vcol_merge,
+                     vaffine, vaffine_cols, vaffine_cols4, vany_unsafe, vcol_merge,
                      vcols_dev, vcols_grad_sums, vcols_sum, vdot_dev, vgrad, vgrad_cols,
                      vgrad_cols4)
-from ._stats cimport BLOCK, chan_merge, segment_stats, split_mean
+from ._stats cimport BLOCK, chan_merge, f32_sums_unsafe, segment_stats, split_mean
 from ._types cimport floating
 
 cnp.import_array()
@@ -50,7 +50,7 @@ def _set_stream_min_bytes(Py_ssize_t n):
 cdef enum:
     ROWS_PER_TILE = 32      # (N, C) path: rows summed in the input precision per tile
     COLS_PER_TILE = 1024    # (N, C) path: channels per tile (32 x 1024 float32 = 128 KiB)
-    N_COEF = 5              # per-channel coefficients of the elementwise passes
+    N_COEF = 6              # per-channel coefficients of the elementwise passes
 
 
 cdef inline const floating* _off(const floating* p, Py_ssize_t k) noexcept nogil:
@@ -105,11 +105,11 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
             for c in range(nc):
                 shift[c] = <floating>(<double>shift[c] / nb)
             vcols_dev(s1, s2, tile, C, nb, shift, nc)   # pass 2 (from cache): deviations
-            if floating is double or not vany_above(s2, nc, <floating>FLT_MAX):
+            if floating is double or not vany_unsafe(s1, s2, shift, nc):
                 vcol_merge(part + C + c0, part + 2 * C + c0, shift, s1, s2, nc, count, nb)
                 continue
-            for c in range(nc):                  # float32 squares overflowed: float64 redo
-                if s2[c] <= FLT_MAX:
+            for c in range(nc):                  # unsafe float32 sums: float64 redo
+                if not f32_sums_unsafe(s1[c], s2[c], shift[c]):
                     q = <double>s1[c]
                     mean_b = shift[c] + q / nb
                     m2_b = s2[c] - q * q / nb if s2[c] > q * q / nb else 0.0
@@ -348,15 +348,16 @@ cdef int _backward_reduce(const floating* dy, const floating* x,
 cdef void _grad_input_rows(floating* dx, const floating* dy, const floating* x,
                            Py_ssize_t C, Py_ssize_t S, Py_ssize_t e0, Py_ssize_t e1,
                            const floating* coef, bint stream, const floating* ym) noexcept nogil:
-    # coef (N_COEF, C): hi, lo, k1, mean_dy, k2 ; dx = k1 * (dy - mean_dy) + k2 * (x - mean)
+    # coef (N_COEF, C): hi, lo, k1, mean_dy, k2, invstd
+    # dx = k1 * ((dy - mean_dy) - k2 * xhat), xhat = (x - mean) * invstd
     cdef Py_ssize_t r = e0 // S, pos = e0, end
     cdef Py_ssize_t c = r % C      # then stepped: a division per row costs ~15 ns
     while pos < e1:
         end = (r + 1) * S
         if end > e1:
             end = e1
-        vgrad(dx + pos, dy + pos, x + pos, end - pos, coef[c], coef[C + c], coef[2 * C + c],
-              coef[3 * C + c], coef[4 * C + c], stream, _off(ym, pos))
+        vgrad(dx + pos, dy + pos, x + pos, end - pos, coef[c], coef[C + c], coef[5 * C + c],
+              coef[2 * C + c], coef[3 * C + c], coef[4 * C + c], stream, _off(ym, pos))
         pos = end
         r += 1
         c += 1
@@ -369,12 +370,12 @@ cdef void _grad_input_cols(floating* dx, const floating* dy, const floating* x,
     cdef Py_ssize_t n = n0
     if not stream:
         while n + 4 <= n1:
-            vgrad_cols4(dx + n * C, dy + n * C, x + n * C, C, C, coef, coef + C, coef + 2 * C,
-                        coef + 3 * C, coef + 4 * C, _off(ym, n * C))
+            vgrad_cols4(dx + n * C, dy + n * C, x + n * C, C, C, coef, coef + C, coef + 5 * C,
+                        coef + 2 * C, coef + 3 * C, coef + 4 * C, _off(ym, n * C))
             n += 4
     while n < n1:
-        vgrad_cols(dx + n * C, dy + n * C, x + n * C, C, coef, coef + C, coef + 2 * C,
-                   coef + 3 * C, coef + 4 * C, stream, _off(ym, n * C))
+        vgrad_cols(dx + n * C, dy + n * C, x + n * C, C, coef, coef + C, coef + 5 * C,
+                   coef + 2 * C, coef + 3 * C, coef + 4 * C, stream, _off(ym, n * C))
         n += 1
 
 
@@ -417,8 +418,7 @@ cdef inline cnp.ndarray _empty_like(cnp.ndarray x):
 cdef inline int _check_input(object x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) except -1:
     """x: float32/float64, C-contiguous, N*C*S elements; returns its type number."""
     cdef int typenum = input_typenum(x, "input")
-    if N < 0 or C < 0 or S < 0:
-        raise ValueError("negative dimension")
+    check_dims(N, C, S, 1)
     check_array(x, N * C * S, typenum, False, "input")
     return typenum
 
@@ -616,15 +616,25 @@ cdef int _backward_impl(floating* dx, const floating* dy, const floating* x,
     if in_sum_dy == NULL:
         in_sum_dy = sum_dy
         in_sum_dy_xhat = sum_dy_xhat
-    if dx != NULL:
+    if dx != NULL and not training and ym == NULL:
+        # running statistics: dx = dy * g * invstd, a per-channel scaling of dy (x unread,
+        # so a NaN in x does not leak into dx); coef as _normalize's: 0, 0, scale, 0
+        for c in range(C):
+            coef[c] = 0
+            coef[C + c] = 0
+            coef[2 * C + c] = <floating>((weight[c] if weight != NULL else 1.0) * invstd[c])
+            coef[3 * C + c] = 0
+        _normalize(dx, dy, N, C, S, coef, False)
+    elif dx != NULL:
         for c in range(C):
             g = weight[c] if weight != NULL else 1.0
             k1 = g * invstd[c]
             coef[2 * C + c] = <floating>k1
+            coef[5 * C + c] = <floating>invstd[c]
             if training:
                 # dx = g*invstd*(dy - mean(dy) - xhat*mean(dy*xhat)), xhat = (x - mean)*invstd
                 coef[3 * C + c] = <floating>(in_sum_dy[c] / count)
-                coef[4 * C + c] = <floating>(-k1 * invstd[c] * in_sum_dy_xhat[c] / count)
+                coef[4 * C + c] = <floating>(in_sum_dy_xhat[c] / count)
             else:
                 coef[3 * C + c] = 0
                 coef[4 * C + c] = 0

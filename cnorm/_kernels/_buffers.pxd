@@ -4,6 +4,8 @@
 # has already given the friendly error messages; this is the last line, and cheap.
 
 cimport numpy as cnp
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
 
 
 cdef inline int check_array(object a, Py_ssize_t size, int typenum, bint writable,
@@ -38,3 +40,13 @@ cdef inline int input_typenum(object x, str name) except -1:
     if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
         raise TypeError(f"{name}: unsupported dtype {(<object>x).dtype}")
     return typenum
+
+
+cdef inline int check_dims(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c, Py_ssize_t d) except -1:
+    """The sizes a kernel is told: non-negative, and their product (the element count,
+    computed exactly with Python integers) representable, so no index arithmetic wraps."""
+    if a < 0 or b < 0 or c < 0 or d < 0:
+        raise ValueError("negative dimension")
+    if (<object>a) * b * c * d > <object>PY_SSIZE_T_MAX:
+        raise ValueError("dimensions too large: their product overflows Py_ssize_t")
+    return 0

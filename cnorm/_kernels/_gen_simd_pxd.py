@@ -11,17 +11,17 @@ funcs = [
  ("affine_cols", "void", "T* y, const T* x, Py_ssize_t n, const T* hi, const T* lo, const T* scale, const T* beta, bint stream, bint relu"),
  ("affine_cols4", "void", "T* y, const T* x, Py_ssize_t ld, Py_ssize_t n, const T* hi, const T* lo, const T* scale, const T* beta, bint relu"),
  ("ln_row", "void", "T* y, const T* x, const T* w, const T* b, Py_ssize_t n, T hi, T lo, T rs, bint stream"),
- ("grad", "void", "T* dx, const T* dy, const T* x, Py_ssize_t n, T hi, T lo, T k1, T mdy, T k2, bint stream, const T* ym"),
- ("grad_cols", "void", "T* dx, const T* dy, const T* x, Py_ssize_t n, const T* hi, const T* lo, const T* k1, const T* mdy, const T* k2, bint stream, const T* ym"),
- ("grad_cols4", "void", "T* dx, const T* dy, const T* x, Py_ssize_t ld, Py_ssize_t n, const T* hi, const T* lo, const T* k1, const T* mdy, const T* k2, const T* ym"),
+ ("grad", "void", "T* dx, const T* dy, const T* x, Py_ssize_t n, T hi, T lo, T s, T k1, T mdy, T k2, bint stream, const T* ym"),
+ ("grad_cols", "void", "T* dx, const T* dy, const T* x, Py_ssize_t n, const T* hi, const T* lo, const T* s, const T* k1, const T* mdy, const T* k2, bint stream, const T* ym"),
+ ("grad_cols4", "void", "T* dx, const T* dy, const T* x, Py_ssize_t ld, Py_ssize_t n, const T* hi, const T* lo, const T* s, const T* k1, const T* mdy, const T* k2, const T* ym"),
  ("ln_grad_row", "void", "T* dx, const T* dy, const T* x, const T* w, Py_ssize_t n, T hi, T lo, T k0, T c1, T c2, bint stream"),
  ("add", "void", "T* out, const T* a, const T* b, Py_ssize_t n, bint stream"),
- ("seg_grad", "void", "T* dx, const T* dy, const T* x, Py_ssize_t n, T hi, T lo, T ka, T kb, T kc, bint stream"),
+ ("seg_grad", "void", "T* dx, const T* dy, const T* x, Py_ssize_t n, T hi, T lo, T ka, T w, T kb, T kc, bint stream"),
  ("cols_sum", "void", "T* s, const T* x, Py_ssize_t ld, Py_ssize_t nrows, Py_ssize_t n"),
  ("cols_dev", "void", "T* s1, T* s2, const T* x, Py_ssize_t ld, Py_ssize_t nrows, const T* shift, Py_ssize_t n"),
  ("cols_grad_sums", "void", "T* s1, T* s2, const T* dy, const T* x, Py_ssize_t ld, Py_ssize_t nrows, const T* hi, const T* lo, Py_ssize_t n, const T* ym"),
  ("col_merge", "void", "double* mean, double* m2, const T* shift, const T* s1, const T* s2, Py_ssize_t n, double count_a, double nb"),
- ("any_above", "bint", "const T* s2, Py_ssize_t n, T limit"),
+ ("any_unsafe", "bint", "const T* s1, const T* s2, const T* shift, Py_ssize_t n"),
 ]
 import textwrap, re
 def wrap(line, indent):

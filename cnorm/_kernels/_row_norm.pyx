@@ -22,7 +22,7 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
 
-from ._buffers cimport check_array, data_or_null, input_typenum
+from ._buffers cimport check_array, check_dims, data_or_null, input_typenum
 from ._openmp cimport n_threads_for, split_start
 from ._simd cimport (STREAM_MIN_RUN, cn_simd_init, cn_simd_set, cn_stream_min_bytes, vadd,
                      vaffine, vdot_dev, vln_grad_row, vln_grad_sums, vln_grad_sums2, vln_row,
@@ -147,14 +147,12 @@ cdef void _backward_rows(floating* dx,             # OUT (M, D)
                 sum_g[q] += s_g[q]
                 sum_gd[q] += s_gd[q]
         # pass 2 (rows in cache): dx = rstd*(g - mean(g) - xhat*mean(g*xhat))
-        #                            = rstd*dy*weight - c1 - c2*(x - mean)
-        # (RMSNorm: no mean(g) term, c1 = 0)
+        # (RMSNorm: no mean(g) term)
         for q in range(n_rows):
             rsd = rstd[r + q]
             vln_grad_row(dx + (r + q) * D, dy + (r + q) * D, x + (r + q) * D, weight, D,
-                         hi[q], lo[q], rs[q],
-                         <floating>(rsd * sum_g[q] / D) if mean != NULL else 0,
-                         <floating>(rsd * rsd * rsd * sum_gd[q] / D), stream)
+                         hi[q], lo[q], rs[q], <floating>(sum_g[q] / D) if mean != NULL else 0,
+                         <floating>(rsd * sum_gd[q] / D), stream)
         r += n_rows
         if (r - r0) % ROWS_PER_FLUSH == 0 or r == r1:
             for j in range(D):
@@ -318,9 +316,8 @@ cdef void _group_backward_rows(floating* dx,            # OUT (N*G, Cg*S)
         # pass 2 (row in cache): dx = rstd*(g - mean(g) - xhat*mean(g*xhat)) per segment
         for j in range(Cg):
             o = r * D + j * S
-            vseg_grad(dx + o, dy + o, x + o, S, hi, lo, <floating>(rs * weight[c + j]),
-                      <floating>(rs * sum_g / D), <floating>(rs * rs * rs * sum_gd / D),
-                      stream)
+            vseg_grad(dx + o, dy + o, x + o, S, hi, lo, <floating>rs, weight[c + j],
+                      <floating>(sum_g / D), <floating>(rs * sum_gd / D), stream)
 
 
 cdef int _group_forward_impl(floating* y, double* mean, double* rstd, double* var,
@@ -411,8 +408,7 @@ cdef inline cnp.ndarray _empty_like(cnp.ndarray x):
 cdef inline int _check_rows(object x, Py_ssize_t M, Py_ssize_t D) except -1:
     """x: float32/float64, C-contiguous, M*D elements; returns its type number."""
     cdef int typenum = input_typenum(x, "input")
-    if M < 0 or D < 0:
-        raise ValueError("negative dimension")
+    check_dims(M, D, 1, 1)
     check_array(x, M * D, typenum, False, "input")
     return typenum
 
@@ -516,8 +512,7 @@ def rms_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t M, 
 
 cdef inline int _check_groups(object x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
                               Py_ssize_t S) except -1:
-    if N < 0 or G < 0 or Cg < 0 or S < 0:
-        raise ValueError("negative dimension")
+    check_dims(N, G, Cg, S)
     return _check_rows(x, N * G, Cg * S)
 
 

@@ -22,6 +22,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <float.h>
+
+/* float32 block sums of squares below this are redone in float64 (f32_sums_unsafe) */
+#define CN_TINY_SUM_SQUARES 1e-28
+#define CN_TINY_SHIFT 1e-12
 
 #if defined(__GNUC__)
 #define CN_RESTRICT __restrict__
@@ -83,12 +88,14 @@ static inline double cn_tree_d(double* a)       /* 8 lanes */
 #define CN_AFFINE_EXPR(LD) (((LD(x) - hi) - lo) * scale + beta)
 #define CN_AFFINE_COLS_EXPR(LD) (((LD(x) - LD(hi)) - LD(lo)) * LD(scale) + LD(beta))
 #define CN_LN_ROW_EXPR(LD) ((((LD(x) - hi) - lo) * rs) * LD(w) + LD(b))
-#define CN_GRAD_EXPR(LD) (k1 * (LD(dy) - mdy) + k2 * ((LD(x) - hi) - lo))
+/* Gradients are formed from O(1) terms, x̂ = (x - mean) * invstd first: coefficients such
+   as invstd^3 would over- or underflow float32 for data of scale 1e±13 and beyond. */
+#define CN_GRAD_EXPR(LD) (k1 * ((LD(dy) - mdy) - k2 * (((LD(x) - hi) - lo) * s)))
 #define CN_GRAD_COLS_EXPR(LD) \
-    (LD(k1) * (LD(dy) - LD(mdy)) + LD(k2) * ((LD(x) - LD(hi)) - LD(lo)))
+    (LD(k1) * ((LD(dy) - LD(mdy)) - LD(k2) * (((LD(x) - LD(hi)) - LD(lo)) * LD(s))))
 #define CN_ADD_EXPR(LD) (LD(a) + LD(b))
-#define CN_SEG_GRAD_EXPR(LD) (ka * LD(dy) - kb - kc * ((LD(x) - hi) - lo))
-#define CN_LN_GRAD_EXPR(LD) (k0 * (LD(dy) * LD(w)) - c1 - c2 * ((LD(x) - hi) - lo))
+#define CN_SEG_GRAD_EXPR(LD) (ka * ((LD(dy) * w - kb) - kc * (((LD(x) - hi) - lo) * ka)))
+#define CN_LN_GRAD_EXPR(LD) (k0 * ((LD(dy) * LD(w) - c1) - c2 * (((LD(x) - hi) - lo) * k0)))
 
 #define CN_LD_SCALAR(p) ((p)[i])
 
@@ -107,10 +114,10 @@ static inline double cn_tree_d(double* a)       /* 8 lanes */
 #define CN_AFFINE_RELU_EXPR(LD) CN_PASTE(CN_RELU_, LD)(CN_AFFINE_EXPR(LD))
 #define CN_AFFINE_COLS_RELU_EXPR(LD) CN_PASTE(CN_RELU_, LD)(CN_AFFINE_COLS_EXPR(LD))
 #define CN_GRAD_MASKED_EXPR(LD)                                                            \
-    (k1 * (CN_PASTE(CN_MASK_, LD)(LD(dy), LD(ym)) - mdy) + k2 * ((LD(x) - hi) - lo))
+    (k1 * ((CN_PASTE(CN_MASK_, LD)(LD(dy), LD(ym)) - mdy) - k2 * (((LD(x) - hi) - lo) * s)))
 #define CN_GRAD_COLS_MASKED_EXPR(LD)                                                       \
-    (LD(k1) * (CN_PASTE(CN_MASK_, LD)(LD(dy), LD(ym)) - LD(mdy))                           \
-     + LD(k2) * ((LD(x) - LD(hi)) - LD(lo)))
+    (LD(k1) * ((CN_PASTE(CN_MASK_, LD)(LD(dy), LD(ym)) - LD(mdy))                          \
+               - LD(k2) * (((LD(x) - LD(hi)) - LD(lo)) * LD(s))))
 
 #if CN_HAVE_AVX2_BUILD || (defined(__GNUC__) && defined(__SSE2__))
 #include <immintrin.h>
@@ -355,7 +362,7 @@ ATTR static void cn_ln_row_##S##_##ISA(T* CN_RESTRICT y, const T* CN_RESTRICT x,
 /* batch-norm input gradient: dx = k1 * (dy - mdy) + k2 * ((x - hi) - lo) */              \
 ATTR static void cn_grad_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTRICT dy,          \
                                      const T* CN_RESTRICT x, ptrdiff_t n,                  \
-                                     T hi, T lo, T k1, T mdy, T k2, int stream,            \
+                                     T hi, T lo, T s, T k1, T mdy, T k2, int stream,       \
                                      const T* CN_RESTRICT ym)                              \
 {                                                                                          \
     if (ym) { CN_ELEMWISE(T, VB, dx, n, stream, CN_GRAD_MASKED_EXPR) }                     \
@@ -366,6 +373,7 @@ ATTR static void cn_grad_cols_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTRIC
                                           const T* CN_RESTRICT x, ptrdiff_t n,             \
                                           const T* CN_RESTRICT hi,                         \
                                           const T* CN_RESTRICT lo,                         \
+                                          const T* CN_RESTRICT s,                          \
                                           const T* CN_RESTRICT k1,                         \
                                           const T* CN_RESTRICT mdy,                        \
                                           const T* CN_RESTRICT k2, int stream,             \
@@ -379,6 +387,7 @@ ATTR static void cn_grad_cols4_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTRI
                                            const T* CN_RESTRICT x, ptrdiff_t ld,           \
                                            ptrdiff_t n, const T* CN_RESTRICT hi,           \
                                            const T* CN_RESTRICT lo,                        \
+                                           const T* CN_RESTRICT s,                         \
                                            const T* CN_RESTRICT k1,                        \
                                            const T* CN_RESTRICT mdy,                       \
                                            const T* CN_RESTRICT k2,                        \
@@ -387,17 +396,17 @@ ATTR static void cn_grad_cols4_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTRI
     ptrdiff_t i, r;                                                                        \
     if (ym) {                                                                              \
         for (i = 0; i < n; i++) {                                                          \
-            const T h = hi[i], l = lo[i], a = k1[i], m = mdy[i], c = k2[i];                \
+            const T h = hi[i], l = lo[i], v = s[i], a = k1[i], m = mdy[i], c = k2[i];      \
             for (r = 0; r < 4; r++)                                                        \
-                dx[r * ld + i] = a * (CN_MASK_CN_LD_SCALAR(dy[r * ld + i], ym[r * ld + i]) - m) \
-                                 + c * ((x[r * ld + i] - h) - l);                          \
+                dx[r * ld + i] = a * ((CN_MASK_CN_LD_SCALAR(dy[r * ld + i], ym[r * ld + i]) - m) \
+                                      - c * (((x[r * ld + i] - h) - l) * v));              \
         }                                                                                  \
         return;                                                                            \
     }                                                                                      \
     for (i = 0; i < n; i++) {                                                              \
-        const T h = hi[i], l = lo[i], a = k1[i], m = mdy[i], c = k2[i];                    \
+        const T h = hi[i], l = lo[i], v = s[i], a = k1[i], m = mdy[i], c = k2[i];          \
         for (r = 0; r < 4; r++)                                                            \
-            dx[r * ld + i] = a * (dy[r * ld + i] - m) + c * ((x[r * ld + i] - h) - l);     \
+            dx[r * ld + i] = a * ((dy[r * ld + i] - m) - c * (((x[r * ld + i] - h) - l) * v)); \
     }                                                                                      \
 }                                                                                          \
                                                                                            \
@@ -421,7 +430,7 @@ ATTR static void cn_add_##S##_##ISA(T* CN_RESTRICT out, const T* CN_RESTRICT a, 
    affine weight (GroupNorm / InstanceNorm channels) */                                    \
 ATTR static void cn_seg_grad_##S##_##ISA(T* CN_RESTRICT dx, const T* CN_RESTRICT dy,      \
                                          const T* CN_RESTRICT x, ptrdiff_t n, T hi, T lo,  \
-                                         T ka, T kb, T kc, int stream)                     \
+                                         T ka, T w, T kb, T kc, int stream)                \
 {                                                                                          \
     CN_ELEMWISE(T, VB, dx, n, stream, CN_SEG_GRAD_EXPR)                                    \
 }                                                                                          \
@@ -531,12 +540,18 @@ ATTR static void cn_col_merge_##S##_##ISA(double* CN_RESTRICT mean, double* CN_R
     }                                                                                      \
 }                                                                                          \
                                                                                            \
-/* 1 when some s2 is not a finite value <= limit (float32 squares overflowed, or NaN) */  \
-ATTR static int cn_any_above_##S##_##ISA(const T* CN_RESTRICT s2, ptrdiff_t n, T limit)   \
+/* 1 when, for some channel, float32 sums need a float64 redo: s2 overflowed or is NaN,   \
+   or the squares are subnormal-small (see f32_sums_unsafe in _stats.pxd) */              \
+ATTR static int cn_any_unsafe_##S##_##ISA(const T* CN_RESTRICT s1, const T* CN_RESTRICT s2, \
+                                          const T* CN_RESTRICT shift, ptrdiff_t n)         \
 {                                                                                          \
     ptrdiff_t i;                                                                           \
     int bad = 0;                                                                           \
-    for (i = 0; i < n; i++) bad |= !(s2[i] <= limit);                                      \
+    for (i = 0; i < n; i++)                                                                \
+        bad |= !(s2[i] <= FLT_MAX)                                                         \
+               | ((s2[i] < CN_TINY_SUM_SQUARES)                                            \
+                  & ((s2[i] > 0) | (s1[i] != 0)                                            \
+                     | ((shift[i] < CN_TINY_SHIFT) & (shift[i] > -CN_TINY_SHIFT))));        \
     return bad;                                                                            \
 }
 
@@ -623,27 +638,27 @@ static inline void cn_affine_cols4_##S(T* y, const T* x, ptrdiff_t ld, ptrdiff_t
                                        int relu)                                           \
 { CN_PICK(cn_affine_cols4, S)(y, x, ld, n, hi, lo, sc, be, relu); }                              \
 static inline void cn_grad_cols4_##S(T* dx, const T* dy, const T* x, ptrdiff_t ld,         \
-                                     ptrdiff_t n, const T* hi, const T* lo, const T* k1,   \
-                                     const T* mdy, const T* k2, const T* ym)               \
-{ CN_PICK(cn_grad_cols4, S)(dx, dy, x, ld, n, hi, lo, k1, mdy, k2, ym); }                      \
+                                     ptrdiff_t n, const T* hi, const T* lo, const T* s,    \
+                                     const T* k1, const T* mdy, const T* k2, const T* ym)  \
+{ CN_PICK(cn_grad_cols4, S)(dx, dy, x, ld, n, hi, lo, s, k1, mdy, k2, ym); }                      \
 static inline void cn_ln_row_##S(T* y, const T* x, const T* w, const T* b, ptrdiff_t n,    \
                                  T hi, T lo, T rs, int stream)                             \
 { CN_PICK(cn_ln_row, S)(y, x, w, b, n, hi, lo, rs, stream); }                                      \
 static inline void cn_grad_##S(T* dx, const T* dy, const T* x, ptrdiff_t n, T hi, T lo,    \
-                               T k1, T mdy, T k2, int stream, const T* ym)                 \
-{ CN_PICK(cn_grad, S)(dx, dy, x, n, hi, lo, k1, mdy, k2, stream, ym); }                                \
+                               T s, T k1, T mdy, T k2, int stream, const T* ym)            \
+{ CN_PICK(cn_grad, S)(dx, dy, x, n, hi, lo, s, k1, mdy, k2, stream, ym); }                                \
 static inline void cn_grad_cols_##S(T* dx, const T* dy, const T* x, ptrdiff_t n,           \
-                                    const T* hi, const T* lo, const T* k1, const T* mdy,   \
-                                    const T* k2, int stream, const T* ym)                  \
-{ CN_PICK(cn_grad_cols, S)(dx, dy, x, n, hi, lo, k1, mdy, k2, stream, ym); }                           \
+                                    const T* hi, const T* lo, const T* s, const T* k1,     \
+                                    const T* mdy, const T* k2, int stream, const T* ym)    \
+{ CN_PICK(cn_grad_cols, S)(dx, dy, x, n, hi, lo, s, k1, mdy, k2, stream, ym); }                           \
 static inline void cn_ln_grad_row_##S(T* dx, const T* dy, const T* x, const T* w,          \
                                       ptrdiff_t n, T hi, T lo, T k0, T c1, T c2, int stream)  \
 { CN_PICK(cn_ln_grad_row, S)(dx, dy, x, w, n, hi, lo, k0, c1, c2, stream); }                       \
 static inline void cn_add_##S(T* out, const T* a, const T* b, ptrdiff_t n, int stream)      \
 { CN_PICK(cn_add, S)(out, a, b, n, stream); }                                              \
 static inline void cn_seg_grad_##S(T* dx, const T* dy, const T* x, ptrdiff_t n, T hi, T lo, \
-                                   T ka, T kb, T kc, int stream)                           \
-{ CN_PICK(cn_seg_grad, S)(dx, dy, x, n, hi, lo, ka, kb, kc, stream); }                     \
+                                   T ka, T w, T kb, T kc, int stream)                      \
+{ CN_PICK(cn_seg_grad, S)(dx, dy, x, n, hi, lo, ka, w, kb, kc, stream); }                     \
 static inline void cn_cols_sum_##S(T* s, const T* x, ptrdiff_t ld, ptrdiff_t nrows,         \
                                    ptrdiff_t n)                                            \
 { CN_PICK(cn_cols_sum, S)(s, x, ld, nrows, n); }                                           \
@@ -657,8 +672,8 @@ static inline void cn_cols_grad_sums_##S(T* s1, T* s2, const T* dy, const T* x, 
 static inline void cn_col_merge_##S(double* mean, double* m2, const T* shift, const T* s1,   \
                                     const T* s2, ptrdiff_t n, double count_a, double nb)   \
 { CN_PICK(cn_col_merge, S)(mean, m2, shift, s1, s2, n, count_a, nb); }                     \
-static inline int cn_any_above_##S(const T* s2, ptrdiff_t n, T limit)                      \
-{ return CN_PICK(cn_any_above, S)(s2, n, limit); }
+static inline int cn_any_unsafe_##S(const T* s1, const T* s2, const T* shift, ptrdiff_t n)  \
+{ return CN_PICK(cn_any_unsafe, S)(s1, s2, shift, n); }
 
 CN_DISPATCHERS(float, f)
 CN_DISPATCHERS(double, d)

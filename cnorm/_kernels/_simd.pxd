@@ -56,21 +56,23 @@ cdef extern from "_simd.h" nogil:
     void cn_ln_row_d(double* y, const double* x, const double* w, const double* b, Py_ssize_t n,
                      double hi, double lo, double rs, int stream)
     void cn_grad_f(float* dx, const float* dy, const float* x, Py_ssize_t n, float hi, float lo,
-                   float k1, float mdy, float k2, int stream, const float* ym)
+                   float s, float k1, float mdy, float k2, int stream, const float* ym)
     void cn_grad_d(double* dx, const double* dy, const double* x, Py_ssize_t n, double hi,
-                   double lo, double k1, double mdy, double k2, int stream, const double* ym)
+                   double lo, double s, double k1, double mdy, double k2, int stream,
+                   const double* ym)
     void cn_grad_cols_f(float* dx, const float* dy, const float* x, Py_ssize_t n,
-                        const float* hi, const float* lo, const float* k1, const float* mdy,
-                        const float* k2, int stream, const float* ym)
+                        const float* hi, const float* lo, const float* s, const float* k1,
+                        const float* mdy, const float* k2, int stream, const float* ym)
     void cn_grad_cols_d(double* dx, const double* dy, const double* x, Py_ssize_t n,
-                        const double* hi, const double* lo, const double* k1, const double* mdy,
-                        const double* k2, int stream, const double* ym)
+                        const double* hi, const double* lo, const double* s, const double* k1,
+                        const double* mdy, const double* k2, int stream, const double* ym)
     void cn_grad_cols4_f(float* dx, const float* dy, const float* x, Py_ssize_t ld, Py_ssize_t n,
-                         const float* hi, const float* lo, const float* k1, const float* mdy,
-                         const float* k2, const float* ym)
+                         const float* hi, const float* lo, const float* s, const float* k1,
+                         const float* mdy, const float* k2, const float* ym)
     void cn_grad_cols4_d(double* dx, const double* dy, const double* x, Py_ssize_t ld,
-                         Py_ssize_t n, const double* hi, const double* lo, const double* k1,
-                         const double* mdy, const double* k2, const double* ym)
+                         Py_ssize_t n, const double* hi, const double* lo, const double* s,
+                         const double* k1, const double* mdy, const double* k2,
+                         const double* ym)
     void cn_ln_grad_row_f(float* dx, const float* dy, const float* x, const float* w,
                           Py_ssize_t n, float hi, float lo, float k0, float c1, float c2,
                           int stream)
@@ -80,9 +82,9 @@ cdef extern from "_simd.h" nogil:
     void cn_add_f(float* out, const float* a, const float* b, Py_ssize_t n, int stream)
     void cn_add_d(double* out, const double* a, const double* b, Py_ssize_t n, int stream)
     void cn_seg_grad_f(float* dx, const float* dy, const float* x, Py_ssize_t n, float hi,
-                       float lo, float ka, float kb, float kc, int stream)
+                       float lo, float ka, float w, float kb, float kc, int stream)
     void cn_seg_grad_d(double* dx, const double* dy, const double* x, Py_ssize_t n, double hi,
-                       double lo, double ka, double kb, double kc, int stream)
+                       double lo, double ka, double w, double kb, double kc, int stream)
     void cn_cols_sum_f(float* s, const float* x, Py_ssize_t ld, Py_ssize_t nrows, Py_ssize_t n)
     void cn_cols_sum_d(double* s, const double* x, Py_ssize_t ld, Py_ssize_t nrows,
                        Py_ssize_t n)
@@ -100,8 +102,8 @@ cdef extern from "_simd.h" nogil:
                         const float* s2, Py_ssize_t n, double count_a, double nb)
     void cn_col_merge_d(double* mean, double* m2, const double* shift, const double* s1,
                         const double* s2, Py_ssize_t n, double count_a, double nb)
-    int cn_any_above_f(const float* s2, Py_ssize_t n, float limit)
-    int cn_any_above_d(const double* s2, Py_ssize_t n, double limit)
+    int cn_any_unsafe_f(const float* s1, const float* s2, const float* shift, Py_ssize_t n)
+    int cn_any_unsafe_d(const double* s1, const double* s2, const double* shift, Py_ssize_t n)
 
 
 cdef inline double vsum(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -176,30 +178,30 @@ cdef inline void vln_row(floating* y, const floating* x, const floating* w, cons
         cn_ln_row_d(y, x, w, b, n, hi, lo, rs, stream)
 
 cdef inline void vgrad(floating* dx, const floating* dy, const floating* x, Py_ssize_t n,
-                       floating hi, floating lo, floating k1, floating mdy, floating k2,
-                       bint stream, const floating* ym) noexcept nogil:
+                       floating hi, floating lo, floating s, floating k1, floating mdy,
+                       floating k2, bint stream, const floating* ym) noexcept nogil:
     if floating is float:
-        cn_grad_f(dx, dy, x, n, hi, lo, k1, mdy, k2, stream, ym)
+        cn_grad_f(dx, dy, x, n, hi, lo, s, k1, mdy, k2, stream, ym)
     else:
-        cn_grad_d(dx, dy, x, n, hi, lo, k1, mdy, k2, stream, ym)
+        cn_grad_d(dx, dy, x, n, hi, lo, s, k1, mdy, k2, stream, ym)
 
 cdef inline void vgrad_cols(floating* dx, const floating* dy, const floating* x, Py_ssize_t n,
-                            const floating* hi, const floating* lo, const floating* k1,
-                            const floating* mdy, const floating* k2, bint stream,
-                            const floating* ym) noexcept nogil:
+                            const floating* hi, const floating* lo, const floating* s,
+                            const floating* k1, const floating* mdy, const floating* k2,
+                            bint stream, const floating* ym) noexcept nogil:
     if floating is float:
-        cn_grad_cols_f(dx, dy, x, n, hi, lo, k1, mdy, k2, stream, ym)
+        cn_grad_cols_f(dx, dy, x, n, hi, lo, s, k1, mdy, k2, stream, ym)
     else:
-        cn_grad_cols_d(dx, dy, x, n, hi, lo, k1, mdy, k2, stream, ym)
+        cn_grad_cols_d(dx, dy, x, n, hi, lo, s, k1, mdy, k2, stream, ym)
 
 cdef inline void vgrad_cols4(floating* dx, const floating* dy, const floating* x, Py_ssize_t ld,
                              Py_ssize_t n, const floating* hi, const floating* lo,
-                             const floating* k1, const floating* mdy, const floating* k2,
-                             const floating* ym) noexcept nogil:
+                             const floating* s, const floating* k1, const floating* mdy,
+                             const floating* k2, const floating* ym) noexcept nogil:
     if floating is float:
-        cn_grad_cols4_f(dx, dy, x, ld, n, hi, lo, k1, mdy, k2, ym)
+        cn_grad_cols4_f(dx, dy, x, ld, n, hi, lo, s, k1, mdy, k2, ym)
     else:
-        cn_grad_cols4_d(dx, dy, x, ld, n, hi, lo, k1, mdy, k2, ym)
+        cn_grad_cols4_d(dx, dy, x, ld, n, hi, lo, s, k1, mdy, k2, ym)
 
 cdef inline void vln_grad_row(floating* dx, const floating* dy, const floating* x,
                               const floating* w, Py_ssize_t n, floating hi, floating lo,
@@ -218,12 +220,12 @@ cdef inline void vadd(floating* out, const floating* a, const floating* b, Py_ss
         cn_add_d(out, a, b, n, stream)
 
 cdef inline void vseg_grad(floating* dx, const floating* dy, const floating* x, Py_ssize_t n,
-                           floating hi, floating lo, floating ka, floating kb, floating kc,
-                           bint stream) noexcept nogil:
+                           floating hi, floating lo, floating ka, floating w, floating kb,
+                           floating kc, bint stream) noexcept nogil:
     if floating is float:
-        cn_seg_grad_f(dx, dy, x, n, hi, lo, ka, kb, kc, stream)
+        cn_seg_grad_f(dx, dy, x, n, hi, lo, ka, w, kb, kc, stream)
     else:
-        cn_seg_grad_d(dx, dy, x, n, hi, lo, ka, kb, kc, stream)
+        cn_seg_grad_d(dx, dy, x, n, hi, lo, ka, w, kb, kc, stream)
 
 cdef inline void vcols_sum(floating* s, const floating* x, Py_ssize_t ld, Py_ssize_t nrows,
                            Py_ssize_t n) noexcept nogil:
@@ -257,8 +259,9 @@ cdef inline void vcol_merge(double* mean, double* m2, const floating* shift, con
     else:
         cn_col_merge_d(mean, m2, shift, s1, s2, n, count_a, nb)
 
-cdef inline bint vany_above(const floating* s2, Py_ssize_t n, floating limit) noexcept nogil:
+cdef inline bint vany_unsafe(const floating* s1, const floating* s2, const floating* shift,
+                             Py_ssize_t n) noexcept nogil:
     if floating is float:
-        return cn_any_above_f(s2, n, limit)
+        return cn_any_unsafe_f(s1, s2, shift, n)
     else:
-        return cn_any_above_d(s2, n, limit)
+        return cn_any_unsafe_d(s1, s2, shift, n)

@@ -7,7 +7,7 @@
 # precision across the independent lanes of _simd.h (short sums: <= 32 terms per lane);
 # blocks merge in float64.
 
-from libc.math cimport sqrt
+from libc.math cimport fabs, sqrt
 from libc.float cimport FLT_MAX
 
 from ._simd cimport vdev, vsum
@@ -15,6 +15,22 @@ from ._types cimport floating
 
 cdef enum:
     BLOCK = 512     # elements per exactly-summed block (2 KiB of float32: stays in L1)
+
+# float32 block sums of squares outside [TINY_SUM_SQUARES, FLT_MAX] are redone in float64:
+# above, the squares overflowed (|x - mean| > ~1e19); below, they lost digits in the
+# subnormal range (|x - mean| < ~1e-15) or vanished altogether (all-zero squares with a
+# tiny shift: the block may hold tiny distinct values, not a constant). Blocks of one
+# constant (|c| >= 1e-12) stay in float32.
+cdef extern from "_simd.h":
+    const double TINY_SUM_SQUARES "CN_TINY_SUM_SQUARES"
+    const double TINY_SHIFT "CN_TINY_SHIFT"
+
+
+cdef inline bint f32_sums_unsafe(double s1, double s2, double shift) noexcept nogil:
+    """True when float32 block sums (s1 of deviations from shift, s2 of their squares)
+    overflowed, are NaN, or are too small to keep every digit."""
+    return not (s2 <= FLT_MAX) or (s2 < TINY_SUM_SQUARES
+                                   and (s2 > 0 or s1 != 0 or fabs(shift) < TINY_SHIFT))
 
 
 cdef inline void chan_merge(double* count, double* mean, double* m2,
@@ -64,7 +80,7 @@ cdef inline void block_stats(const floating* x,    # IN (n,)
     cdef double s1, s2, corr
     vdev(&s1, &s2, x, n, shift)
     if floating is float:
-        if not (s2 <= FLT_MAX):     # squares overflowed float32 (|x| > ~1e19) or NaN/Inf
+        if f32_sums_unsafe(s1, s2, shift):     # overflow, NaN/Inf, or subnormal squares
             _block_stats_f64(x, n, mean, m2)
             return
     corr = s1 * s1 * inv_n
@@ -101,7 +117,7 @@ cdef inline double sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
         len_b = n - i if n - i < BLOCK else BLOCK
         vdev(&s1, &s2, x + i, len_b, 0)
         if floating is float:
-            if not (s2 <= FLT_MAX):
+            if f32_sums_unsafe(s1, s2, 0.0):
                 s2 = 0
                 for j in range(len_b):
                     d = x[i + j]

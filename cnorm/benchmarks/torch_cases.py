@@ -30,12 +30,18 @@ import numpy as np
 
 from . import cases as C
 
-__all__ = ["DROPIN_IMPLS", "DROPIN_OPS", "CNN_BATCH", "make_cnn", "build_dropin",
-           "build_cnn_step", "iter_dropin_params", "run_dropin"]
+__all__ = ["DROPIN_IMPLS", "DROPIN_OPS", "DROPIN_KINDS", "CNN_BATCH", "dropin_cases",
+           "make_cnn", "build_dropin", "build_cnn_step", "iter_dropin_params", "run_dropin"]
 
 DROPIN_IMPLS = ("cnorm.torch", "torch.nn")
 DROPIN_OPS = ("fwd_bwd", "infer")
+DROPIN_KINDS = ("bn1d", "bn2d", "bn3d", "ln")     # the layers cnorm.torch has drop-ins for
 CNN_BATCH = 128
+
+
+def dropin_cases(cases: Sequence[C.Case] = C.CASES) -> List[C.Case]:
+    """The cases of ``cases`` that have a cnorm.torch drop-in (BatchNorm, LayerNorm)."""
+    return [c for c in cases if c.kind in DROPIN_KINDS]
 
 
 def _torch():
@@ -66,6 +72,8 @@ def build_dropin(case: C.Case, op: str, impl: str, dtype="float32",
     ns = _module_namespace(impl)
     if op not in DROPIN_OPS:
         raise ValueError(f"unknown drop-in op {op!r}; ops: {DROPIN_OPS}")
+    if case.kind not in DROPIN_KINDS:
+        raise ValueError(f"case {case.name!r} ({case.kind}) has no cnorm.torch drop-in")
     dtype = str(np.dtype(dtype))
     data = data if data is not None else C.make_data(case, dtype)
     tdt = getattr(torch, dtype)
@@ -146,8 +154,9 @@ def build_cnn_step(impl: str, batch: int = CNN_BATCH, seed: int = 0) -> Callable
 
 def iter_dropin_params(cases: Sequence[C.Case] = C.CASES, ops: Sequence[str] = ("fwd_bwd",),
                        dtypes: Sequence[str] = ("float32",)):
-    """``(case, dtype, op, impl)`` for the drop-in suite, one case's data kept hot."""
-    for case in cases:
+    """``(case, dtype, op, impl)`` for the drop-in suite (the cases with a drop-in), one
+    case's data kept hot."""
+    for case in dropin_cases(cases):
         for dtype in dtypes:
             for op in ops:
                 for impl in DROPIN_IMPLS:
@@ -166,7 +175,7 @@ def run_dropin(args, settings, out=None) -> int:
 
     out = out if out is not None else sys.stdout
     torch = _torch()
-    cases = C.select_cases(args.cases)
+    cases = dropin_cases(C.select_cases(args.cases))
     ops = [op for op in DROPIN_OPS if not args.ops or op in args.ops.split(",")] or ["fwd_bwd"]
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
     threads = parse_threads(args.threads, cnorm.get_num_threads())

@@ -138,6 +138,12 @@ class Module:
                               f"{value.shape} from checkpoint, the shape in current model "
                               f"is {shape}.")
                 continue
+            if key != "num_batches_tracked":
+                try:    # convert now, so a bad value raises before anything is modified
+                    value = np.asarray(value, dtype=current.dtype)
+                except (TypeError, ValueError) as exc:
+                    errors.append(f"could not convert {key} to {current.dtype}: {exc}")
+                    continue
             staged[key] = value
         if errors:
             raise RuntimeError("Error(s) in loading state_dict for {}:\n\t{}".format(
@@ -146,7 +152,7 @@ class Module:
             if key == "num_batches_tracked":
                 self.num_batches_tracked = int(value)
             else:
-                np.copyto(getattr(self, key), value, casting="unsafe")
+                np.copyto(getattr(self, key), value)
         return IncompatibleKeys(missing, unexpected)
 
     # -- pickling: the saved forward state is transient, like torch's autograd graph --
