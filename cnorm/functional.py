@@ -160,6 +160,8 @@ def native_batch_norm(
     training: bool,
     momentum: float,
     eps: float,
+    *,
+    relu: bool = False,
 ) -> Tuple[Array, Array, Array]:
     r"""Batch normalization that also returns the statistics it used.
 
@@ -169,6 +171,9 @@ def native_batch_norm(
     when ``running_mean``/``running_var`` are given, updates them in place:
     ``running = (1 - momentum) * running + momentum * batch`` (unbiased batch variance).
     ``training=False`` normalizes with the running statistics.
+
+    ``relu=True`` returns ``max(0, output)`` computed in the same pass (see
+    :func:`native_batch_norm_relu`).
 
     Returns:
         ``(output, save_mean, save_invstd)``: the output (shape and dtype of ``input``)
@@ -184,18 +189,20 @@ def native_batch_norm(
     if not training:
         if rm is None or rv is None:
             raise ValueError("running_mean and running_var must be given when training=False")
-        return _batch_norm_eval(x, n, c, s, weight, bias, rm, rv, eps)
+        return _batch_norm_eval(x, n, c, s, weight, bias, rm, rv, eps, relu)
     if rm is None or rv is None:
         rm = rv = None      # torch updates the running statistics only when both are given
-    out = _batch_norm_train(x, n, c, s, weight, bias, rm, rv, momentum, eps)
+    out = _batch_norm_train(x, n, c, s, weight, bias, rm, rv, momentum, eps, relu)
     if rm is not running_mean and rm is not None:       # worked on contiguous copies
         np.copyto(running_mean, rm)
         np.copyto(running_var, rv)
     return out
 
 
-def _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, momentum, eps):
-    """Training forward on validated arguments (the modules call this directly)."""
+def _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, momentum, eps,
+                      relu=False):
+    """Training forward on validated arguments (the modules call this directly); relu:
+    the fused ``max(0, batch_norm(x))``."""
     if not eps > 0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     m = n * s
@@ -206,13 +213,13 @@ def _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, momen
         # torch: an empty batch leaves the running statistics alone
         return np.empty_like(x), np.zeros(c), np.zeros(c)
     return _batch_norm.forward_train(x, n, c, s, weight, bias, running_mean, running_var,
-                                     float(momentum), float(eps))
+                                     float(momentum), float(eps), relu)
 
 
-def _batch_norm_eval(x, n, c, s, weight, bias, running_mean, running_var, eps):
+def _batch_norm_eval(x, n, c, s, weight, bias, running_mean, running_var, eps, relu=False):
     """Eval forward (running statistics) on validated arguments."""
     return _batch_norm.forward_eval(x, n, c, s, weight, bias, running_mean, running_var,
-                                    float(eps))
+                                    float(eps), relu)
 
 
 def batch_norm(
@@ -273,12 +280,14 @@ def _stats_vector(a, name: str, n: int) -> Array:
     return a
 
 
-def _batch_norm_backward(g, x, n, c, s, weight, mean, invstd, training):
+def _batch_norm_backward(g, x, n, c, s, weight, mean, invstd, training, y=None):
+    """Backward on validated arguments; y: the output of a fused BN + ReLU (the gradient
+    passes where y > 0)."""
     if x.size == 0:
         zeros = np.zeros(c, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
     dx, sum_dy, sum_dy_xhat = _batch_norm.backward(g, x, n, c, s, mean, invstd, weight,
-                                                   bool(training))
+                                                   bool(training), True, y)
     return dx, sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype)
 
 
@@ -1022,33 +1031,6 @@ def add_layer_norm_backward(
 # fused batch norm + ReLU (oneDNN's fuse_norm_relu)
 # ---------------------------------------------------------------------------------------
 
-def _batch_norm_relu_train(x, n, c, s, weight, bias, running_mean, running_var, momentum, eps):
-    """``relu(batch_norm)`` training forward on validated arguments (the modules call it)."""
-    if not eps > 0:
-        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
-    if n * s == 1:
-        raise ValueError("Expected more than 1 value per channel when training, "
-                         f"got input size {x.shape}")
-    if n * s == 0 or c == 0:
-        return np.empty_like(x), np.zeros(c), np.zeros(c)
-    return _batch_norm.forward_train(x, n, c, s, weight, bias, running_mean, running_var,
-                                     float(momentum), float(eps), relu=True)
-
-
-def _batch_norm_relu_eval(x, n, c, s, weight, bias, running_mean, running_var, eps):
-    return _batch_norm.forward_eval(x, n, c, s, weight, bias, running_mean, running_var,
-                                    float(eps), relu=True)
-
-
-def _batch_norm_relu_backward(dy, x, y, n, c, s, weight, mean, invstd, training):
-    if x.size == 0:
-        zeros = np.zeros(c, dtype=x.dtype)
-        return np.empty_like(x), zeros, zeros.copy()
-    dx, sum_dy, sum_dy_xhat = _batch_norm.backward(dy, x, n, c, s, mean, invstd, weight,
-                                                   bool(training), True, y)
-    return dx, sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype)
-
-
 def native_batch_norm_relu(
     input: Array,
     weight: Optional[Array],
@@ -1067,24 +1049,8 @@ def native_batch_norm_relu(
         ``(output, save_mean, save_invstd)``; keep ``output`` for the backward (its
         positive entries are where the ReLU passes the gradient).
     """
-    x = _check_array(input)
-    n, c, s = _bn_dims(x)
-    dtype = x.dtype
-    weight = _check_vector(weight, "weight", c, dtype)
-    bias = _check_vector(bias, "bias", c, dtype)
-    rm = _check_vector(running_mean, "running_mean", c, dtype, writable=training)
-    rv = _check_vector(running_var, "running_var", c, dtype, writable=training)
-    if not training:
-        if rm is None or rv is None:
-            raise ValueError("running_mean and running_var must be given when training=False")
-        return _batch_norm_relu_eval(x, n, c, s, weight, bias, rm, rv, eps)
-    if rm is None or rv is None:
-        rm = rv = None
-    out = _batch_norm_relu_train(x, n, c, s, weight, bias, rm, rv, momentum, eps)
-    if rm is not running_mean and rm is not None:       # worked on contiguous copies
-        np.copyto(running_mean, rm)
-        np.copyto(running_var, rv)
-    return out
+    return native_batch_norm(input, weight, bias, running_mean, running_var, training,
+                             momentum, eps, relu=True)
 
 
 def batch_norm_relu(
@@ -1133,5 +1099,4 @@ def batch_norm_relu_backward(
     weight = _check_vector(weight, "weight", c, x.dtype)
     save_mean = _stats_vector(save_mean, "save_mean", c)
     save_invstd = _stats_vector(save_invstd, "save_invstd", c)
-    return _batch_norm_relu_backward(dy, x, y, n, c, s, weight, save_mean, save_invstd,
-                                     training)
+    return _batch_norm_backward(dy, x, n, c, s, weight, save_mean, save_invstd, training, y)

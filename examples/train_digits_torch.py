@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import cnorm
 import cnorm.torch
 
 
@@ -115,7 +116,7 @@ def plot(hist, path, batch):
     ax1b.set_ylabel("|torch.nn - cnorm.torch|", color="tab:gray")
     h1, l1 = ax1.get_legend_handles_labels()
     h2, l2 = ax1b.get_legend_handles_labels()
-    ax1.legend(h1 + h2, l1 + l2, loc="upper right")
+    ax1.legend(h1 + h2, l1 + l2, loc="lower left")
     ta, tb = np.array(a["time"]) * 1e3, np.array(b["time"]) * 1e3
     ma, mb = np.median(ta), np.median(tb)
     ax2.boxplot([ta, tb], showfliers=False, widths=0.5)
@@ -140,8 +141,14 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=".", help="output directory (default: .)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for torch and cnorm (default: torch's default, one per "
+                        "core; on a busy machine fewer threads are faster)")
     p.add_argument("--quick", action="store_true", help="one epoch of at most 6 steps")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        cnorm.set_num_threads(args.threads)
     hist = train(1 if args.quick else args.epochs, args.batch, args.lr, args.seed,
                  max_steps=6 if args.quick else None)
     a, b = hist["torch.nn"], hist["cnorm.torch"]

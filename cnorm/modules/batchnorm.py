@@ -16,6 +16,7 @@ from ._base import Module
 class _BatchNorm(Module):
     _param_names = ("weight", "bias")
     _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+    _relu = False   # True in the fused BatchNormReLU subclasses: y = max(0, batch_norm(x))
 
     def __init__(
         self,
@@ -82,35 +83,39 @@ class _BatchNorm(Module):
                 factor = 1.0 / nbt if self.momentum is None else self.momentum
                 y, mean, invstd = F._batch_norm_train(
                     x, n, c, s, self.weight, self.bias, self.running_mean, self.running_var,
-                    factor, self.eps)
+                    factor, self.eps, self._relu)
                 self.num_batches_tracked = nbt
             else:
                 y, mean, invstd = F._batch_norm_train(
-                    x, n, c, s, self.weight, self.bias, None, None, 0.0, self.eps)
+                    x, n, c, s, self.weight, self.bias, None, None, 0.0, self.eps, self._relu)
             batch_stats = True
         elif self.running_mean is None:
             # eval without running statistics: normalize with the batch's own
             y, mean, invstd = F._batch_norm_train(
-                x, n, c, s, self.weight, self.bias, None, None, 0.0, self.eps)
+                x, n, c, s, self.weight, self.bias, None, None, 0.0, self.eps, self._relu)
             batch_stats = True
         else:
             y, mean, invstd = F._batch_norm_eval(x, n, c, s, self.weight, self.bias,
-                                                 self.running_mean, self.running_var, self.eps)
+                                                 self.running_mean, self.running_var, self.eps,
+                                                 self._relu)
             batch_stats = False
-        self._saved = (x, n, c, s, mean, invstd, batch_stats)
+        # the fused ReLU's backward needs its output (a reference, no copy)
+        self._saved = (x, y if self._relu else None, n, c, s, mean, invstd, batch_stats)
         self._forward_seen = True
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
         ``bias_grad``. Uses the statistics that forward used (batch or running)."""
-        x, n, c, s, mean, invstd, batch_stats = self._take_saved()
+        saved = self._take_saved()
+        x, y, n, c, s, mean, invstd, batch_stats = saved
         try:
             g = F._check_grad(grad_output, x)
         except Exception:
-            self._saved = (x, n, c, s, mean, invstd, batch_stats)   # a bad call frees nothing
+            self._saved = saved     # a bad call frees nothing
             raise
-        dx, dw, db = F._batch_norm_backward(g, x, n, c, s, self.weight, mean, invstd, batch_stats)
+        dx, dw, db = F._batch_norm_backward(g, x, n, c, s, self.weight, mean, invstd,
+                                            batch_stats, y)
         self._accumulate("weight", dw)
         self._accumulate("bias", db)
         return dx

@@ -100,58 +100,11 @@ class AddLayerNorm(Module):
 
 
 class _BatchNormReLU:
-    """Mixin over a BatchNormXd: ``relu(batch_norm(x))`` fused, same state and semantics."""
+    """Mixin over a BatchNormXd: ``relu(batch_norm(x))`` fused in the same passes (forward
+    and backward), same state and semantics; the backward passes the gradient where the
+    output is positive."""
 
-    def forward(self, input: np.ndarray) -> np.ndarray:
-        r"""``max(0, batch_norm(input))``; see :func:`cnorm.functional.batch_norm_relu`."""
-        x = F._check_array(input)
-        self._check_input_dim(x.ndim)
-        if x.dtype != self.dtype:
-            raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
-        n, c, s = F._bn_dims(x)
-        if c != self.num_features:
-            raise ValueError(f"expected input with {self.num_features} channels (num_features), "
-                             f"got input of shape {x.shape}")
-        if self.training:
-            if self.track_running_stats:
-                nbt = self.num_batches_tracked + 1
-                factor = 1.0 / nbt if self.momentum is None else self.momentum
-                y, mean, invstd = F._batch_norm_relu_train(
-                    x, n, c, s, self.weight, self.bias, self.running_mean, self.running_var,
-                    factor, self.eps)
-                self.num_batches_tracked = nbt
-            else:
-                y, mean, invstd = F._batch_norm_relu_train(
-                    x, n, c, s, self.weight, self.bias, None, None, 0.0, self.eps)
-            batch_stats = True
-        elif self.running_mean is None:
-            y, mean, invstd = F._batch_norm_relu_train(
-                x, n, c, s, self.weight, self.bias, None, None, 0.0, self.eps)
-            batch_stats = True
-        else:
-            y, mean, invstd = F._batch_norm_relu_eval(x, n, c, s, self.weight, self.bias,
-                                                      self.running_mean, self.running_var,
-                                                      self.eps)
-            batch_stats = False
-        self._saved = (x, y, n, c, s, mean, invstd, batch_stats)
-        self._forward_seen = True
-        return y
-
-    def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        """Gradient w.r.t. the input of the latest forward (zero where the output is 0);
-        accumulates ``weight_grad`` and ``bias_grad``."""
-        saved = self._take_saved()
-        x, y, n, c, s, mean, invstd, batch_stats = saved
-        try:
-            dy = F._check_grad(grad_output, x)
-        except Exception:
-            self._saved = saved
-            raise
-        dx, dw, db = F._batch_norm_relu_backward(dy, x, y, n, c, s, self.weight, mean, invstd,
-                                                 batch_stats)
-        self._accumulate("weight", dw)
-        self._accumulate("bias", db)
-        return dx
+    _relu = True
 
 
 class BatchNormReLU1d(_BatchNormReLU, BatchNorm1d):
