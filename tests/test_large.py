@@ -42,6 +42,14 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _release_memory():
+    """Two 8.6 GB arrays per test: make sure the previous test's are gone first."""
+    gc.collect()
+    yield
+    gc.collect()
+
+
 def fill(row, loc, scale, seed):
     """row[...] = loc + scale * N(0, 1) in float32, chunk by chunk (no float64 temporary of
     the whole row); a tiled 2**20-value block keeps it fast."""
@@ -122,6 +130,7 @@ def test_batch_norm_beyond_2_31_elements():
     for c, (loc, scale, w, b) in enumerate(params):
         check_normalized(y[0, c], x[0, c], float(m.running_mean[c]), float(m.running_var[c]), w, b,
                          f"BN eval channel {c}")
+    del m, x, y
 
 
 def test_layer_norm_beyond_2_31_elements():

@@ -9,12 +9,10 @@ cdef extern from *:
     #else
     #define CNORM_OPENMP 0
     static int omp_get_max_threads(void) { return 1; }
-    static void omp_set_num_threads(int n) { (void)n; }
     #endif
     """
     const bint CNORM_OPENMP
     int omp_get_max_threads() noexcept nogil
-    void omp_set_num_threads(int n) noexcept nogil
 
 # Elements a thread must have before another one is worth waking: below this the
 # fork/join costs more than the work (a few microseconds).

@@ -1,8 +1,9 @@
 """Thread control for the cnorm kernels.
 
 The thread count in effect is ``omp_get_max_threads()`` of the calling thread (so
-``OMP_NUM_THREADS`` and threadpoolctl's ``threadpool_limits`` apply), capped by the
-process-wide limit that :func:`set_num_threads` sets.
+``OMP_NUM_THREADS``, threadpoolctl's ``threadpool_limits`` and ``torch.set_num_threads``
+apply: torch and cnorm share one libgomp), capped by the process-wide limit that
+:func:`set_num_threads` sets for cnorm alone.
 """
 
 # 0 = no process-wide cap: follow the OpenMP runtime of the calling thread.
@@ -36,13 +37,14 @@ def get_num_threads():
 
 
 def set_num_threads(int n):
-    """Set the number of threads the kernels use (``n >= 1``).
+    """Limit the cnorm kernels to ``n >= 1`` threads, in every Python thread.
 
-    Sets the OpenMP thread count of the calling thread and caps every other thread at
-    ``n``. ``threadpoolctl.threadpool_limits`` still lowers it temporarily.
+    A cap on cnorm alone: the OpenMP runtime (shared with torch) is left as it is, so the
+    count in effect is ``min(n, omp_get_max_threads())`` — raise ``OMP_NUM_THREADS`` (or
+    ``torch.set_num_threads``) to go above the runtime's count;
+    ``threadpoolctl.threadpool_limits`` still lowers it temporarily.
     """
     global _user_cap
     if n < 1:
         raise ValueError(f"the number of threads must be at least 1, got {n}")
     _user_cap = n
-    omp_set_num_threads(n)

@@ -78,11 +78,12 @@ cdef void _forward_rows(floating* y,              # OUT (M, D)
                         floating* s,              # OUT (M, D) x + res, or NULL
                         const floating* x,        # IN  (M, D)
                         const floating* res,      # IN  (M, D) residual, or NULL
-                        const floating* weight,   # IN  (D,)
-                        const floating* bias,     # IN  (D,)
+                        const floating* weight,   # IN  (D,) or NULL (ones)
+                        const floating* bias,     # IN  (D,) or NULL (zeros)
+                        const floating* defaults, # IN  BLOCK ones then BLOCK zeros
                         Py_ssize_t D, double eps, bint center,
                         Py_ssize_t r0, Py_ssize_t r1, bint stream) noexcept nogil:
-    cdef Py_ssize_t r
+    cdef Py_ssize_t r, b, k_b, len_b
     cdef double mu, rs
     cdef floating hi, lo
     cdef const floating* xr
@@ -95,7 +96,12 @@ cdef void _forward_rows(floating* y,              # OUT (M, D)
         mean[r] = mu
         rstd[r] = rs
         split_mean(mu, &hi, &lo)
-        vln_row(y + r * D, xr, weight, bias, D, hi, lo, <floating>rs, stream)
+        for k_b in range((D + BLOCK - 1) // BLOCK):     # absent params: BLOCK-sized defaults
+            b = k_b * BLOCK
+            len_b = D - b if D - b < BLOCK else BLOCK
+            vln_row(y + r * D + b, xr + b, weight + b if weight != NULL else defaults,
+                    bias + b if bias != NULL else defaults + BLOCK, len_b, hi, lo,
+                    <floating>rs, stream)
 
 
 cdef void _backward_rows(floating* dx,             # OUT (M, D)
@@ -107,7 +113,8 @@ cdef void _backward_rows(floating* dx,             # OUT (M, D)
                          const floating* x,        # IN  (M, D)
                          const double* mean,       # IN  (M,), NULL for RMSNorm (no centering)
                          const double* rstd,       # IN  (M,)
-                         const floating* weight,   # IN  (D,)
+                         const floating* weight,   # IN  (D,) or NULL (ones)
+                         const floating* ones,     # IN  (BLOCK,)
                          Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
                          bint stream) noexcept nogil:
     cdef Py_ssize_t r, j, b, len_b, k_b, q, n_rows
@@ -119,6 +126,7 @@ cdef void _backward_rows(floating* dx,             # OUT (M, D)
     cdef double s_g[2]
     cdef double s_gd[2]
     cdef double rsd
+    cdef const floating* wb
     for j in range(D):
         dweight[j] = 0
         dbias[j] = 0
@@ -136,13 +144,14 @@ cdef void _backward_rows(floating* dx,             # OUT (M, D)
         for k_b in range((D + BLOCK - 1) // BLOCK):     # short sums, merged in float64
             b = k_b * BLOCK
             len_b = D - b if D - b < BLOCK else BLOCK
+            wb = weight + b if weight != NULL else ones
             if n_rows == 2:
                 vln_grad_sums2(s_g, s_gd, tw + b, tb + b, dy + r * D + b, dy + (r + 1) * D + b,
-                               x + r * D + b, x + (r + 1) * D + b, weight + b, len_b,
+                               x + r * D + b, x + (r + 1) * D + b, wb, len_b,
                                hi[0], lo[0], rs[0], hi[1], lo[1], rs[1])
             else:
                 vln_grad_sums(s_g, s_gd, tw + b, tb + b, dy + r * D + b, x + r * D + b,
-                              weight + b, len_b, hi[0], lo[0], rs[0])
+                              wb, len_b, hi[0], lo[0], rs[0])
             for q in range(n_rows):
                 sum_g[q] += s_g[q]
                 sum_gd[q] += s_gd[q]
@@ -150,9 +159,13 @@ cdef void _backward_rows(floating* dx,             # OUT (M, D)
         # (RMSNorm: no mean(g) term)
         for q in range(n_rows):
             rsd = rstd[r + q]
-            vln_grad_row(dx + (r + q) * D, dy + (r + q) * D, x + (r + q) * D, weight, D,
-                         hi[q], lo[q], rs[q], <floating>(sum_g[q] / D) if mean != NULL else 0,
-                         <floating>(rsd * sum_gd[q] / D), stream)
+            for k_b in range((D + BLOCK - 1) // BLOCK):
+                b = k_b * BLOCK
+                len_b = D - b if D - b < BLOCK else BLOCK
+                vln_grad_row(dx + (r + q) * D + b, dy + (r + q) * D + b, x + (r + q) * D + b,
+                             weight + b if weight != NULL else ones, len_b, hi[q], lo[q], rs[q],
+                             <floating>(sum_g[q] / D) if mean != NULL else 0,
+                             <floating>(rsd * sum_gd[q] / D), stream)
         r += n_rows
         if (r - r0) % ROWS_PER_FLUSH == 0 or r == r1:
             for j in range(D):
@@ -180,21 +193,16 @@ cdef int _forward_impl(floating* y, double* mean, double* rstd, floating* s,
                        Py_ssize_t M, Py_ssize_t D, double eps, bint center) except -1 nogil:
     cdef int n_threads = n_threads_for(M * D), t
     cdef bint stream = _use_stream(M * D, D, sizeof(floating))
-    cdef floating* defaults = NULL
-    if weight == NULL or bias == NULL:
-        defaults = _ones_zeros(x, D)
-        if defaults == NULL:
-            with gil:
-                raise MemoryError()
-        if weight == NULL:
-            weight = defaults
-        if bias == NULL:
-            bias = defaults + D
+    cdef floating* defaults = _ones_zeros(x, BLOCK)     # O(1): never a row-sized temporary
+    if defaults == NULL:
+        with gil:
+            raise MemoryError()
     if n_threads == 1:      # no parallel region: it costs ~1 us
-        _forward_rows(y, mean, rstd, s, x, res, weight, bias, D, eps, center, 0, M, stream)
+        _forward_rows(y, mean, rstd, s, x, res, weight, bias, defaults, D, eps, center, 0, M,
+                      stream)
     else:
         for t in prange(n_threads, schedule='static', num_threads=n_threads):
-            _forward_rows(y, mean, rstd, s, x, res, weight, bias, D, eps, center,
+            _forward_rows(y, mean, rstd, s, x, res, weight, bias, defaults, D, eps, center,
                           split_start(M, t, n_threads), split_start(M, t + 1, n_threads), stream)
     free(defaults)
     return 0
@@ -218,22 +226,20 @@ cdef int _backward_impl(floating* dx, floating* dweight, floating* dbias,
             raise MemoryError()
     part = <double*>scratch
     tmp = <floating*>(scratch + n_threads * D * 2 * sizeof(double))
-    if weight == NULL:
-        defaults = _ones_zeros(x, D)
-        if defaults == NULL:
-            free(scratch)
-            with gil:
-                raise MemoryError()
-        weight = defaults
+    defaults = _ones_zeros(x, BLOCK)        # an absent weight reads ones: O(1) memory
+    if defaults == NULL:
+        free(scratch)
+        with gil:
+            raise MemoryError()
     if n_threads == 1:      # no parallel region: it costs ~1 us
-        _backward_rows(dx, part, part + D, tmp, tmp + D, dy, x, mean, rstd, weight, D, 0, M,
-                       stream)
+        _backward_rows(dx, part, part + D, tmp, tmp + D, dy, x, mean, rstd, weight, defaults,
+                       D, 0, M, stream)
     else:
         for t in prange(n_threads, schedule='static', num_threads=n_threads):
             _backward_rows(dx, part + 2 * D * t, part + 2 * D * t + D,
-                           tmp + 2 * D * t, tmp + 2 * D * t + D, dy, x, mean, rstd, weight, D,
-                           split_start(M, t, n_threads), split_start(M, t + 1, n_threads),
-                           stream)
+                           tmp + 2 * D * t, tmp + 2 * D * t + D, dy, x, mean, rstd, weight,
+                           defaults, D, split_start(M, t, n_threads),
+                           split_start(M, t + 1, n_threads), stream)
     for j in range(D):
         sw = 0
         sb = 0
