@@ -22,7 +22,8 @@ from libc.stdlib cimport calloc, free, malloc
 
 from ._buffers cimport check_array, check_dims, data_or_null, input_typenum
 from ._openmp cimport n_threads_for, split_start as _split
-from ._simd cimport (STREAM_MIN_RUN, cn_simd_init, cn_simd_set, cn_stream_min_bytes,
+from ._simd cimport (STREAM_MIN_RUN, cn_simd_init, cn_simd_set, cn_stream_fence,
+                     cn_stream_min_bytes,
                      vaffine, vaffine_cols, vaffine_cols4, vany_unsafe, vcol_merge,
                      vcols_dev, vcols_grad_sums, vcols_sum, vdot_dev, vgrad, vgrad_cols,
                      vgrad_cols4)
@@ -207,6 +208,9 @@ cdef void _normalize_rows(floating* y, const floating* x, Py_ssize_t C, Py_ssize
         c += 1
         if c == C:
             c = 0
+    if stream:     # once per thread, after all its streamed stores
+        cn_stream_fence()
+
 
 cdef void _normalize_cols(floating* y, const floating* x, Py_ssize_t C,
                           Py_ssize_t n0, Py_ssize_t n1, const floating* coef, bint stream,
@@ -221,6 +225,9 @@ cdef void _normalize_cols(floating* y, const floating* x, Py_ssize_t C,
         vaffine_cols(y + n * C, x + n * C, C, coef, coef + C, coef + 2 * C, coef + 3 * C,
                      stream, relu)
         n += 1
+    if stream:     # once per thread, after all its streamed stores
+        cn_stream_fence()
+
 
 cdef void _normalize(floating* y, const floating* x, Py_ssize_t N, Py_ssize_t C,
                      Py_ssize_t S, const floating* coef, bint relu) noexcept nogil:
@@ -363,6 +370,9 @@ cdef void _grad_input_rows(floating* dx, const floating* dy, const floating* x,
         c += 1
         if c == C:
             c = 0
+    if stream:     # once per thread, after all its streamed stores
+        cn_stream_fence()
+
 
 cdef void _grad_input_cols(floating* dx, const floating* dy, const floating* x,
                            Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1,
@@ -377,6 +387,8 @@ cdef void _grad_input_cols(floating* dx, const floating* dy, const floating* x,
         vgrad_cols(dx + n * C, dy + n * C, x + n * C, C, coef, coef + C, coef + 5 * C,
                    coef + 2 * C, coef + 3 * C, coef + 4 * C, stream, _off(ym, n * C))
         n += 1
+    if stream:     # once per thread, after all its streamed stores
+        cn_stream_fence()
 
 
 cdef void _grad_input(floating* dx, const floating* dy, const floating* x,

@@ -24,7 +24,8 @@ from libc.stdlib cimport calloc, free, malloc
 
 from ._buffers cimport check_array, check_dims, data_or_null, input_typenum
 from ._openmp cimport n_threads_for, split_start
-from ._simd cimport (STREAM_MIN_RUN, cn_simd_init, cn_simd_set, cn_stream_min_bytes, vadd,
+from ._simd cimport (STREAM_MIN_RUN, cn_simd_init, cn_simd_set, cn_stream_fence,
+                     cn_stream_min_bytes, vadd,
                      vaffine, vdot_dev, vln_grad_row, vln_grad_sums, vln_grad_sums2, vln_row,
                      vseg_grad)
 from ._stats cimport BLOCK, segment_stats, split_mean, sum_squares
@@ -102,6 +103,8 @@ cdef void _forward_rows(floating* y,              # OUT (M, D)
             vln_row(y + r * D + b, xr + b, weight + b if weight != NULL else defaults,
                     bias + b if bias != NULL else defaults + BLOCK, len_b, hi, lo,
                     <floating>rs, stream)
+    if stream:     # once per thread, after all its streamed stores
+        cn_stream_fence()
 
 
 cdef void _backward_rows(floating* dx,             # OUT (M, D)
@@ -173,6 +176,8 @@ cdef void _backward_rows(floating* dx,             # OUT (M, D)
                 dbias[j] += tb[j]
                 tw[j] = 0
                 tb[j] = 0
+    if stream:     # once per thread, after all its streamed stores
+        cn_stream_fence()
 
 
 cdef floating* _ones_zeros(const floating* like, Py_ssize_t n) noexcept nogil:
@@ -281,6 +286,8 @@ cdef void _group_forward_rows(floating* y,            # OUT (N*G, Cg*S)
         for j in range(Cg):
             vaffine(y + r * D + j * S, x + r * D + j * S, S, hi, lo,
                     <floating>(rs * weight[c + j]), bias[c + j], stream, False)
+    if stream:     # once per thread, after all its streamed stores
+        cn_stream_fence()
 
 
 cdef void _group_backward_rows(floating* dx,            # OUT (N*G, Cg*S)
@@ -324,6 +331,8 @@ cdef void _group_backward_rows(floating* dx,            # OUT (N*G, Cg*S)
             o = r * D + j * S
             vseg_grad(dx + o, dy + o, x + o, S, hi, lo, <floating>rs, weight[c + j],
                       <floating>(sum_g / D), <floating>(rs * sum_gd / D), stream)
+    if stream:     # once per thread, after all its streamed stores
+        cn_stream_fence()
 
 
 cdef int _group_forward_impl(floating* y, double* mean, double* rstd, double* var,

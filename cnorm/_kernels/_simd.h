@@ -142,7 +142,6 @@ static inline double cn_tree_d(double* a)       /* 8 lanes */
             V r_ = EXPR(CN_LD_VEC);                                                        \
             CN_PASTE(CN_STREAM_STORE_, VB)(out + i, r_);                                   \
         }                                                                                  \
-        _mm_sfence();                                                                      \
     }                                                                                      \
     for (; i < n; i++) out[i] = EXPR(CN_LD_SCALAR);
 /* element i.. i+W-1 of p as a vector */
@@ -575,6 +574,16 @@ static int cn_use_avx2 = 0;
    gets slower streamed; 12 MB and up got 15-25% faster here). CNORM_STREAM_MIN_BYTES
    overrides, 0 disables. */
 static ptrdiff_t cn_stream_min_bytes = (ptrdiff_t)10 << 20;
+
+/* Orders the non-temporal stores of this thread before what follows: once per thread
+   at the end of a streamed pass (a fence per row would drain the write-combining buffers
+   over and over). */
+static inline void cn_stream_fence(void)
+{
+#if CN_CAN_STREAM
+    _mm_sfence();
+#endif
+}
 
 static int cn_simd_init(void)
 {

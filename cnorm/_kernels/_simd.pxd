@@ -12,6 +12,7 @@ cdef extern from "_simd.h" nogil:
     int cn_simd_init()          # pick the AVX2 or baseline loops (once per module, at import)
     int cn_simd_set(int use_avx2)
     Py_ssize_t cn_stream_min_bytes   # outputs this large use non-temporal stores
+    void cn_stream_fence()      # after a thread's streamed stores (see _simd.h)
 
     double cn_sum_f(const float* x, Py_ssize_t n)
     double cn_sum_d(const double* x, Py_ssize_t n)
