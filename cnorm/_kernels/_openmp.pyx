@@ -6,14 +6,18 @@ apply: torch and cnorm share one libgomp), capped by the process-wide limit that
 :func:`set_num_threads` sets for cnorm alone.
 """
 
-# 0 = no process-wide cap: follow the OpenMP runtime of the calling thread.
-cdef int _user_cap = 0
+# 0 = not set: follow the OpenMP runtime of the calling thread.
+cdef int _user_threads = 0
+# omp_get_max_threads() when set_num_threads was called: a lower value later means a
+# threadpoolctl limit (or torch.set_num_threads) lowered the runtime since, and wins.
+cdef int _omp_at_set = 0
 
 
 cdef int effective_n_threads() noexcept nogil:
-    cdef int n = omp_get_max_threads()
-    if _user_cap > 0 and _user_cap < n:
-        n = _user_cap
+    cdef int omp = omp_get_max_threads()
+    cdef int n = omp
+    if _user_threads > 0:
+        n = _user_threads if omp >= _omp_at_set else min(_user_threads, omp)
     return n if n > 0 else 1
 
 
@@ -37,14 +41,14 @@ def get_num_threads():
 
 
 def set_num_threads(int n):
-    """Limit the cnorm kernels to ``n >= 1`` threads, in every Python thread.
+    """Use ``n >= 1`` threads in the cnorm kernels, from every Python thread.
 
-    A cap on cnorm alone: the OpenMP runtime (shared with torch) is left as it is, so the
-    count in effect is ``min(n, omp_get_max_threads())`` — raise ``OMP_NUM_THREADS`` (or
-    ``torch.set_num_threads``) to go above the runtime's count;
-    ``threadpoolctl.threadpool_limits`` still lowers it temporarily.
+    cnorm's own setting: the OpenMP runtime (shared with torch) is left as it is, so
+    ``torch.get_num_threads()`` does not change. A later ``threadpoolctl.threadpool_limits``
+    (or anything else that lowers the OpenMP thread count) still lowers it temporarily.
     """
-    global _user_cap
+    global _user_threads, _omp_at_set
     if n < 1:
         raise ValueError(f"the number of threads must be at least 1, got {n}")
-    _user_cap = n
+    _user_threads = n
+    _omp_at_set = omp_get_max_threads()
