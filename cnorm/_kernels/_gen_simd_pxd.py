@@ -23,7 +23,7 @@ funcs = [
  ("col_merge", "void", "double* mean, double* m2, const T* shift, const T* s1, const T* s2, Py_ssize_t n, double count_a, double nb"),
  ("any_unsafe", "bint", "const T* s1, const T* s2, const T* shift, Py_ssize_t n"),
 ]
-import textwrap, re
+import re
 def wrap(line, indent):
     """Break a signature only between parameters, continuation lines under the '('."""
     indent = line.index('(') + 1

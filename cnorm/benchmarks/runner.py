@@ -15,7 +15,7 @@ import statistics
 import sys
 import textwrap
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 

@@ -7,6 +7,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .. import functional as F
+
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 _SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -72,6 +74,21 @@ class Module:
         attr = name + "_grad"
         current = getattr(self, attr)
         setattr(self, attr, grad if current is None else current + grad)
+
+    def _input(self, input) -> np.ndarray:
+        """``input`` as a C-contiguous array of the module's dtype (TypeError otherwise)."""
+        x = F._check_array(input)
+        if x.dtype != self.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
+        return x
+
+    def reset_parameters(self) -> None:
+        """Weight to ones, bias to zeros (those present), in place."""
+        weight, bias = getattr(self, "weight", None), getattr(self, "bias", None)
+        if weight is not None:
+            weight.fill(1)
+        if bias is not None:
+            bias.fill(0)
 
     def zero_grad(self) -> None:
         """Set every parameter gradient to None (torch's ``zero_grad(set_to_none=True)``)."""

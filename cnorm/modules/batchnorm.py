@@ -58,10 +58,7 @@ class _BatchNorm(Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.weight is not None:
-            self.weight.fill(1)
-        if self.bias is not None:
-            self.bias.fill(0)
+        super().reset_parameters()
 
     def _check_input_dim(self, ndim: int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

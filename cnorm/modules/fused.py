@@ -7,16 +7,16 @@ modify that array in place in between and the gradient follows the change.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
 import numpy as np
 
 from .. import functional as F
-from ._base import Module
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .layernorm import LayerNorm
 
 
-class AddLayerNorm(Module):
+class AddLayerNorm(LayerNorm):
     r"""``s = x + residual; y = LayerNorm(s)`` in one pass over memory (ONNX Runtime's
     SkipLayerNormalization): the pre-norm residual step of a transformer block.
 
@@ -35,40 +35,13 @@ class AddLayerNorm(Module):
         >>> dx = m.backward(np.ones_like(y))    # == the gradient of r
     """
 
-    _param_names = ("weight", "bias")
-
-    def __init__(
-        self,
-        normalized_shape: Union[int, Sequence[int]],
-        eps: float = 1e-5,
-        elementwise_affine: bool = True,
-        bias: bool = True,
-        dtype=np.float32,
-    ) -> None:
-        super().__init__(dtype)
-        self.normalized_shape = F._normalized_shape(normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        shape, dt = self.normalized_shape, self.dtype
-        self.weight = np.ones(shape, dt) if elementwise_affine else None
-        self.bias = np.zeros(shape, dt) if elementwise_affine and bias else None
-        self.zero_grad()
-
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            self.weight.fill(1)
-        if self.bias is not None:
-            self.bias.fill(0)
-
     def __call__(self, input: np.ndarray, residual: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         return self.forward(input, residual)
 
     def forward(self, input: np.ndarray, residual: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """``(layer_norm(input + residual), input + residual)``; see
         :func:`cnorm.functional.add_layer_norm`."""
-        x = F._check_array(input)
-        if x.dtype != self.dtype:
-            raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
+        x = self._input(input)
         r = F._check_same(residual, x, "residual", "the input")
         m, d = F._ln_dims(x, self.normalized_shape)
         y, s, mean, rstd = F._add_layer_norm(x, r, m, d, self.weight, self.bias, self.eps)
@@ -94,9 +67,6 @@ class AddLayerNorm(Module):
         self._accumulate("bias", db)
         return dx
 
-    def extra_repr(self) -> str:
-        return (f"{self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
 
 
 class _BatchNormReLU:

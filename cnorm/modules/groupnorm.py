@@ -58,17 +58,9 @@ class GroupNorm(Module):
         self.bias = np.zeros(c, dt) if affine and bias else None
         self.zero_grad()
 
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            self.weight.fill(1)
-        if self.bias is not None:
-            self.bias.fill(0)
-
     def forward(self, input: np.ndarray) -> np.ndarray:
         """Normalize ``input`` ``(N, C, *)``; see :func:`cnorm.functional.group_norm`."""
-        x = F._check_array(input)
-        if x.dtype != self.dtype:
-            raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
+        x = self._input(input)
         n, g, cg, s = F._gn_dims(x, self.num_groups)
         # like torch, the channel count is only checked through weight / bias
         weight = F._check_channel_param(self.weight, "weight", g * cg, x)

@@ -48,17 +48,9 @@ class LayerNorm(Module):
         self.bias = np.zeros(shape, dt) if elementwise_affine and bias else None
         self.zero_grad()
 
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            self.weight.fill(1)
-        if self.bias is not None:
-            self.bias.fill(0)
-
     def forward(self, input: np.ndarray) -> np.ndarray:
         """Normalize ``input``; see :func:`cnorm.functional.layer_norm`."""
-        x = F._check_array(input)
-        if x.dtype != self.dtype:
-            raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
+        x = self._input(input)
         shape = self.normalized_shape
         m, d = F._ln_dims(x, shape)
         y, mean, rstd = F._layer_norm(x, m, d, self.weight, self.bias, self.eps)

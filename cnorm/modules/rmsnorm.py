@@ -45,15 +45,9 @@ class RMSNorm(Module):
         self.weight = np.ones(self.normalized_shape, self.dtype) if elementwise_affine else None
         self.zero_grad()
 
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            self.weight.fill(1)
-
     def forward(self, input: np.ndarray) -> np.ndarray:
         """Normalize ``input``; see :func:`cnorm.functional.rms_norm`."""
-        x = F._check_array(input)
-        if x.dtype != self.dtype:
-            raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
+        x = self._input(input)
         m, d = F._rms_dims(x, self.normalized_shape)
         y, rrms = F._rms_norm(x, m, d, self.weight, self.eps)
         self._saved = (x, m, d, rrms)
