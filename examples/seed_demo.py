@@ -11,10 +11,8 @@ Run:  python examples/seed_demo.py [--out DIR] [--seed N]     (writes seed_demo.
 """
 from __future__ import annotations
 
-import argparse
-import os
-
 import numpy as np
+from _common import output_path, parser, require
 
 import cnorm
 
@@ -62,19 +60,15 @@ def plot(h, y, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="BatchNorm before/after histograms")
-    p.add_argument("--out", default=".", help="output directory (default: .)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="(no effect: this demo is quick)")
-    args = p.parse_args(argv)
+    args = parser("BatchNorm before/after histograms", "(no effect: this demo is quick)").parse_args(argv)
+    require("matplotlib")
     h, y, bn = compute(args.seed)
     print(f"before: feature variances {h.var(axis=0).min():.3f} .. {h.var(axis=0).max():.3f}, "
           f"means {h.mean(axis=0).min():+.3f} .. {h.mean(axis=0).max():+.3f}")
     print(f"after : feature variances {y.var(axis=0).min():.4f} .. {y.var(axis=0).max():.4f}, "
           f"|means| <= {np.abs(y.mean(axis=0)).max():.1e}")
     print(f"running_var after one step (momentum 0.1): {bn.running_var[:3]} ...")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "seed_demo.png")
+    path = output_path(args.out, "seed_demo.png")
     plot(h, y, path)
     print(f"wrote {path}")
 

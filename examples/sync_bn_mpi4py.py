@@ -12,6 +12,7 @@ Run::
 
     mpirun -n 4 python examples/sync_bn_mpi4py.py
     python examples/sync_bn_mpi4py.py --simulate 3     # no MPI: 3 ranks as threads
+    python examples/sync_bn_mpi4py.py --simulate 3 --out DIR   # also writes DIR/sync_bn_mpi4py.txt
 
 ``comm`` only needs ``allgather(obj)`` (mpi4py's pickle-based one) and
 ``Allreduce(sendbuf, recvbuf)`` (buffer-based, sum), so :class:`ThreadComm` below
@@ -19,10 +20,10 @@ stands in for ``MPI.COMM_WORLD`` in tests.
 """
 from __future__ import annotations
 
-import argparse
 import threading
 
 import numpy as np
+from _common import output_path, parser, require
 
 import cnorm
 from cnorm import functional as F
@@ -182,16 +183,25 @@ def demo(comm, steps=3, shape=(24, 8, 6, 6), dtype=np.float64):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__.split("\n\n")[0], "(no effect: this demo is quick)", seed=False,
+               out_default=None)
     p.add_argument("--simulate", type=int, default=0, metavar="N",
                    help="run N ranks as threads of this process instead of MPI")
     p.add_argument("--steps", type=int, default=3)
     args = p.parse_args(argv)
     if args.simulate:
-        worst = run_simulated(args.simulate, lambda comm: demo(comm, args.steps))[0]
+        size, rank = args.simulate, 0
+        worst = run_simulated(size, lambda comm: demo(comm, args.steps))[0]
     else:
+        require("mpi4py")
         from mpi4py import MPI
+        size, rank = MPI.COMM_WORLD.Get_size(), MPI.COMM_WORLD.Get_rank()
         worst = demo(MPI.COMM_WORLD, args.steps)
+    if rank == 0 and args.out:                 # a summary file, like the other examples' figures
+        path = output_path(args.out, "sync_bn_mpi4py.txt")
+        with open(path, "w") as fh:
+            fh.write(f"ranks {size}\nsteps {args.steps}\nmax_abs_diff {worst:.6g}\n")
+        print(f"wrote {path}")
     if worst is not None and worst > 1e-10:
         raise SystemExit(f"mismatch: {worst}")
 

@@ -14,7 +14,6 @@ Run:  python examples/train_digits_numpy.py [--epochs 30] [--out DIR]
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -24,6 +23,7 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+from _common import output_path, parser, require  # noqa: E402
 
 import cnorm  # noqa: E402
 
@@ -188,17 +188,14 @@ def plot(hist, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="NumPy MLP + cnorm.BatchNorm1d on digits")
+    p = parser("NumPy MLP + cnorm.BatchNorm1d on digits", "3 epochs")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=".", help="output directory (default: .)")
-    p.add_argument("--quick", action="store_true", help="3 epochs")
     args = p.parse_args(argv)
+    require("sklearn", "matplotlib")
     hist = train(3 if args.quick else args.epochs, args.batch, args.lr, seed=args.seed)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "train_digits_numpy.png")
+    path = output_path(args.out, "train_digits_numpy.png")
     plot(hist, path)
     print(f"wrote {path}")
 

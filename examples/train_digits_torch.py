@@ -16,18 +16,19 @@ Run:  python examples/train_digits_torch.py [--epochs 8] [--batch 128] [--out DI
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import os
 import statistics
 import time
 
 import numpy as np
-import torch
-from torch import nn
+from _common import output_path, parser, require
 
-import cnorm
-import cnorm.torch
+require("torch")  # a clear hint instead of a bare ModuleNotFoundError
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import cnorm  # noqa: E402
+import cnorm.torch  # noqa: E402
 
 
 def make_cnn() -> nn.Sequential:
@@ -135,17 +136,15 @@ def plot(hist, path, batch):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="torch.nn vs cnorm.torch CNN on digits")
+    p = parser("torch.nn vs cnorm.torch CNN on digits", "one epoch of at most 6 steps")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=".", help="output directory (default: .)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for torch and cnorm (default: torch's default, one per "
                         "core; on a busy machine fewer threads are faster)")
-    p.add_argument("--quick", action="store_true", help="one epoch of at most 6 steps")
     args = p.parse_args(argv)
+    require("sklearn", "matplotlib")
     if args.threads:
         torch.set_num_threads(args.threads)
         cnorm.set_num_threads(args.threads)
@@ -157,8 +156,7 @@ def main(argv=None):
     print(f"max |loss difference| over {len(a['loss'])} steps: {diff:.3e}")
     print(f"median step time: torch.nn {ma:.2f} ms, cnorm.torch {mb:.2f} ms "
           f"(ratio {mb / ma:.2f})")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "train_digits_torch.png")
+    path = output_path(args.out, "train_digits_torch.png")
     plot(hist, path, args.batch)
     print(f"wrote {path}")
 
