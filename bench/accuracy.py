@@ -1,7 +1,7 @@
 """Accuracy of float32 normalization: cnorm vs torch, against float64.
 
     python bench/accuracy.py              # plain-text table
-    python bench/accuracy.py --markdown   # the Markdown table of the README
+    python bench/accuracy.py --markdown   # the Markdown table of docs/accuracy.md
 
 Data: x = offset + N(0, 1) in float32 (BatchNorm2d input (32, 16, 32, 32), LayerNorm input
 (256, 1024)), plus two hostile rows: one channel (BN) / row (LN) constant at 1e4, and
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -123,7 +122,7 @@ def _running_var(impl: str, x: np.ndarray) -> np.ndarray:
     return m.running_var.numpy().copy()
 
 
-def measure_row(kind: str, value: float, seed: int = 0) -> Dict[str, object]:
+def measure_row(kind: str, value: float, seed: int = 0) -> dict[str, object]:
     """Errors of one row: {'label', ('bn_train', impl): err, ...}; None = not measurable."""
     label, x_bn, x_ln = _inputs(kind, value, seed)
     x64 = x_bn.astype(np.float64)
@@ -143,7 +142,7 @@ def measure_row(kind: str, value: float, seed: int = 0) -> Dict[str, object]:
     bn_part = (lambda a: a[:, 1]) if kind == "constant" else None
     ln_part = (lambda a: a[1]) if kind == "constant" else None
     rv_part = (lambda a: a[1:2]) if kind == "constant" else None
-    row: Dict[str, object] = {"label": label}
+    row: dict[str, object] = {"label": label}
     for impl in IMPLS:
         if impl == "torch" and torch is None:
             for key, _ in COLUMNS:
@@ -165,7 +164,7 @@ def measure_row(kind: str, value: float, seed: int = 0) -> Dict[str, object]:
     return row
 
 
-def measure(seed: int = 0) -> List[Dict[str, object]]:
+def measure(seed: int = 0) -> list[dict[str, object]]:
     """Every row of the table."""
     rows = [measure_row("offset", off, seed) for off in OFFSETS]
     rows.append(measure_row("constant", CONST, seed))
@@ -177,7 +176,7 @@ def measure(seed: int = 0) -> List[Dict[str, object]]:
 # formatting
 # ---------------------------------------------------------------------------------------
 
-def fmt(v: Optional[float]) -> str:
+def fmt(v: float | None) -> str:
     if v is None:
         return "n/a"
     if isinstance(v, float) and math.isnan(v):
@@ -189,7 +188,7 @@ def fmt(v: Optional[float]) -> str:
     return f"{v:.1e}"
 
 
-def _cells(row) -> List[str]:
+def _cells(row) -> list[str]:
     return [fmt(row[(key, impl)]) for key, _ in COLUMNS for impl in IMPLS]
 
 

@@ -17,6 +17,10 @@ import types
 
 import pytest
 
+from cnorm.benchmarks import cases as C
+from cnorm.benchmarks import torch_cases as T
+from cnorm.benchmarks.timing import SameThreads
+
 
 def pytest_addoption(parser):
     group = parser.getgroup("cnorm-bench", "cnorm benchmark suite (bench/)")
@@ -61,6 +65,27 @@ def _opt(config, name, default):
         return default
 
 
+def _bench_dtypes(config):
+    return C.select_dtypes(_opt(config, "--bench-dtype", "float32"))
+
+
+def pytest_generate_tests(metafunc):
+    """``bench_params`` (test_bench.py) and ``dropin_params`` (test_bench_torch.py):
+    ``(case, dtype, op, impl)``, ids ``{case}-{op}-{impl}-{dtype}``."""
+    names = metafunc.fixturenames
+    dtypes = _bench_dtypes(metafunc.config)
+    if "bench_params" in names:
+        name, rows = "bench_params", C.iter_params(dtypes=dtypes)
+    elif "dropin_params" in names:
+        name, rows = "dropin_params", T.iter_dropin_params(C.CASES, T.DROPIN_OPS, dtypes)
+    else:
+        return
+    metafunc.parametrize(name, [
+        pytest.param(row, marks=[pytest.mark.float64] if row[1] == "float64" else [],
+                     id=f"{row[0].name}-{row[2]}-{row[3]}-{row[1]}")
+        for row in rows])
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _same_thread_count(request):
     """cnorm and torch use the same number of threads; both restored afterwards."""
@@ -70,15 +95,9 @@ def _same_thread_count(request):
     except ImportError:
         torch = None
     n = _opt(request.config, "--bench-threads", None) or cnorm.get_num_threads()
-    orig_c = cnorm.get_num_threads()
-    orig_t = torch.get_num_threads() if torch is not None else None
-    cnorm.set_num_threads(n)
-    if torch is not None:
-        torch.set_num_threads(n)
-    yield n
-    cnorm.set_num_threads(orig_c)
-    if torch is not None:
-        torch.set_num_threads(orig_t)
+    with SameThreads(cnorm, torch) as threads:
+        threads.set(n)
+        yield n
 
 
 class _CallOnce:

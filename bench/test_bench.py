@@ -2,31 +2,13 @@
 
 All callables come from :mod:`cnorm.benchmarks.cases` (the table that
 ``python -m cnorm bench`` uses).  ``benchmark.group`` is ``"{case}-{op}-{dtype}"``
-so that the impls of one measurement sit side by side in the report.
+so that the impls of one measurement sit side by side in the report. ``bench_params``
+is parametrized in ``bench/conftest.py``.
 """
 
 import pytest
 
 from cnorm.benchmarks import cases as C
-
-
-def _dtypes(config):
-    try:
-        opt = config.getoption("--bench-dtype")
-    except ValueError:  # bench/conftest.py not loaded as an initial conftest
-        opt = "float32"
-    return list(C.DTYPES) if opt == "both" else [opt]
-
-
-def pytest_generate_tests(metafunc):
-    if "bench_params" not in metafunc.fixturenames:
-        return
-    params = []
-    for case, dtype, op, impl in C.iter_params(dtypes=_dtypes(metafunc.config)):
-        marks = [pytest.mark.float64] if dtype == "float64" else []
-        params.append(pytest.param((case, dtype, op, impl), marks=marks,
-                                   id=f"{case.name}-{op}-{impl}-{dtype}"))
-    metafunc.parametrize("bench_params", params)
 
 
 def test_bench(request, bench_params, _same_thread_count):

@@ -9,35 +9,15 @@ measurement sit side by side.  The callables come from
 
     pytest bench/test_bench_torch.py                       # timings
     pytest bench/test_bench_torch.py --benchmark-disable   # every callable once
+
+``dropin_params`` is parametrized in ``bench/conftest.py``.
 """
 
 import pytest
 
-from cnorm.benchmarks import cases as C
-
 torch = pytest.importorskip("torch")
 
-from cnorm.benchmarks import torch_cases as T  # noqa: E402
-
-
-def _dtypes(config):
-    try:
-        opt = config.getoption("--bench-dtype")
-    except ValueError:  # bench/conftest.py not loaded as an initial conftest
-        opt = "float32"
-    return list(C.DTYPES) if opt == "both" else [opt]
-
-
-def pytest_generate_tests(metafunc):
-    if "dropin_params" not in metafunc.fixturenames:
-        return
-    params = []
-    for case, dtype, op, impl in T.iter_dropin_params(
-            C.CASES, ops=T.DROPIN_OPS, dtypes=_dtypes(metafunc.config)):
-        marks = [pytest.mark.float64] if dtype == "float64" else []
-        params.append(pytest.param((case, dtype, op, impl), marks=marks,
-                                   id=f"{case.name}-{op}-{impl}-{dtype}"))
-    metafunc.parametrize("dropin_params", params)
+from cnorm.benchmarks import torch_cases as T
 
 
 def _run(request, fn, group, **info):

@@ -1,9 +1,10 @@
 """The benchmark case table and the builders of the timed callables.
 
-This module is shared by ``python -m cnorm bench`` (:mod:`cnorm.benchmarks.runner`)
-and by the pytest-benchmark suite in ``bench/``.  It imports neither torch nor
-the compiled cnorm core at import time: every builder imports what it needs
-lazily and raises :class:`ImplUnavailable` when that is missing.
+The bottom of :mod:`cnorm.benchmarks` (it imports no other module of the package):
+shared by ``python -m cnorm bench`` (:mod:`cnorm.benchmarks.cli`), by
+:mod:`cnorm.benchmarks.torch_cases` and by the pytest-benchmark suite in ``bench/``.
+It imports neither torch nor the compiled cnorm core at import time: every builder
+imports what it needs lazily and raises :class:`ImplUnavailable` when that is missing.
 
 Every callable returned by :func:`build` takes no argument and runs one
 operation.  Everything else (module construction, input / grad arrays, the
@@ -35,23 +36,25 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable
 
 import numpy as np
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped: table, data, selection, builders
     "Case", "CASES", "CASES_BY_NAME", "BN_OPS", "LN_OPS", "ALL_OPS", "IMPLS",
-    "DTYPES", "EPS", "MOMENTUM", "ImplUnavailable", "CaseData", "make_data",
-    "build", "select_cases", "select_ops", "op_bytes", "copy_bytes",
+    "DTYPES", "EPS", "MOMENTUM", "OP_DOC", "ImplUnavailable", "CaseData", "make_data",
+    "build", "select_cases", "select_ops", "select_dtypes", "op_bytes", "copy_bytes",
     "numpy_ref_is_heavy", "iter_params", "torch_available", "slow_available",
+    "import_torch", "torch_module", "torch_fwd_bwd",
 ]
 
-BN_OPS: Tuple[str, ...] = ("train_fwd", "eval_fwd", "fwd_bwd")
-LN_OPS: Tuple[str, ...] = ("fwd", "fwd_bwd")
-ALL_OPS: Tuple[str, ...] = ("train_fwd", "eval_fwd", "fwd", "fwd_bwd")
-IMPLS: Tuple[str, ...] = ("cnorm", "torch", "numpy", "copy")
-DTYPES: Tuple[str, ...] = ("float32", "float64")
+BN_OPS: tuple[str, ...] = ("train_fwd", "eval_fwd", "fwd_bwd")
+LN_OPS: tuple[str, ...] = ("fwd", "fwd_bwd")
+ALL_OPS: tuple[str, ...] = ("train_fwd", "eval_fwd", "fwd", "fwd_bwd")
+IMPLS: tuple[str, ...] = ("cnorm", "torch", "numpy", "copy")
+DTYPES: tuple[str, ...] = ("float32", "float64")
 
 EPS = 1e-5
 MOMENTUM = 0.1
@@ -82,10 +85,10 @@ class ImplUnavailable(RuntimeError):
 class Case:
     name: str
     kind: str                      # "bn1d", "bn2d", "bn3d", "ln", "gn", "in2d", "rms", "add_ln"
-    shape: Tuple[int, ...]
-    normalized_shape: Optional[Tuple[int, ...]] = None   # ln, rms, add_ln
+    shape: tuple[int, ...]
+    normalized_shape: tuple[int, ...] | None = None   # ln, rms, add_ln
     note: str = ""
-    num_groups: Optional[int] = None                     # gn only
+    num_groups: int | None = None                     # gn only
 
     @property
     def family(self) -> str:
@@ -96,7 +99,7 @@ class Case:
         return _MODULE_NAME[self.kind]
 
     @property
-    def ops(self) -> Tuple[str, ...]:
+    def ops(self) -> tuple[str, ...]:
         return BN_OPS if self.family == "bn" else LN_OPS
 
     @property
@@ -108,13 +111,13 @@ class Case:
         """C for BatchNorm, GroupNorm, InstanceNorm; prod(normalized_shape) otherwise."""
         if self.family in _CHANNEL_FAMILIES:
             return self.shape[1]
-        return int(math.prod(self.normalized_shape))
+        return int(math.prod(self.normalized_shape or ()))
 
     @property
-    def param_shape(self) -> Tuple[int, ...]:
+    def param_shape(self) -> tuple[int, ...]:
         if self.family in _CHANNEL_FAMILIES:
             return (self.shape[1],)
-        return tuple(self.normalized_shape)
+        return tuple(self.normalized_shape or ())
 
     def nbytes(self, dtype) -> int:
         return self.numel * np.dtype(dtype).itemsize
@@ -141,7 +144,7 @@ def _gn(name, num_groups, shape, note=""):
     return Case(name, "gn", tuple(shape), None, note, num_groups)
 
 
-CASES: Tuple[Case, ...] = (
+CASES: tuple[Case, ...] = (
     _bn("bn2d_resnet", "bn2d", (32, 64, 56, 56), "ResNet stage-1 activation"),
     _bn("bn2d_mid", "bn2d", (32, 256, 14, 14), "ResNet stage-3, small spatial"),
     _bn("bn2d_fewC", "bn2d", (64, 4, 64, 64), "few channels, large planes"),
@@ -159,12 +162,12 @@ CASES: Tuple[Case, ...] = (
     _ln("add_ln", (8, 512, 1024), "residual add + LayerNorm(1024) fused (torch: x + r, "
         "then layer_norm)", kind="add_ln"),
 )
-CASES_BY_NAME: Dict[str, Case] = {c.name: c for c in CASES}
+CASES_BY_NAME: dict[str, Case] = {c.name: c for c in CASES}
 
 
 # --------------------------------------------------------------------------- selection
 
-def _split(spec) -> List[str]:
+def _split(spec) -> list[str]:
     if spec is None:
         return []
     if isinstance(spec, str):
@@ -172,7 +175,7 @@ def _split(spec) -> List[str]:
     return [s.strip() for s in spec if s and s.strip()]
 
 
-def select_cases(spec=None, cases: Sequence[Case] = CASES) -> List[Case]:
+def select_cases(spec=None, cases: Sequence[Case] = CASES) -> list[Case]:
     """Cases named by ``spec`` (comma list or sequence of names).
 
     Each token selects the case with exactly that name, or else every case whose
@@ -194,7 +197,7 @@ def select_cases(spec=None, cases: Sequence[Case] = CASES) -> List[Case]:
     return [c for c in cases if c.name in chosen]
 
 
-def select_ops(spec=None) -> List[str]:
+def select_ops(spec=None) -> list[str]:
     """Ops named by ``spec`` (comma list); ``None``/empty selects all; unknown -> ValueError."""
     tokens = _split(spec)
     if not tokens:
@@ -203,6 +206,15 @@ def select_ops(spec=None) -> List[str]:
     if bad:
         raise ValueError(f"unknown op(s) {', '.join(bad)}; ops: {', '.join(ALL_OPS)}")
     return [op for op in ALL_OPS if op in tokens]
+
+
+def select_dtypes(spec: str = "float32") -> list[str]:
+    """``"both"`` -> every dtype of :data:`DTYPES`; else the one named dtype."""
+    if spec == "both":
+        return list(DTYPES)
+    if spec not in DTYPES:
+        raise ValueError(f"unsupported dtype {spec!r}; dtypes: {', '.join(DTYPES)}, both")
+    return [spec]
 
 
 # --------------------------------------------------------------------------- bytes
@@ -261,9 +273,9 @@ class CaseData:
     dy: np.ndarray
     weight: np.ndarray
     bias: np.ndarray
-    running_mean: Optional[np.ndarray]
-    running_var: Optional[np.ndarray]
-    residual: Optional[np.ndarray] = None       # add_ln only
+    running_mean: np.ndarray | None
+    running_var: np.ndarray | None
+    residual: np.ndarray | None = None       # add_ln only
 
 
 def _make_data(case: Case, dtype: str) -> CaseData:
@@ -276,12 +288,12 @@ def _make_data(case: Case, dtype: str) -> CaseData:
     dy = rng.standard_normal(case.shape, dtype=dt)
     weight = (1.0 + 0.1 * rng.standard_normal(case.param_shape)).astype(dt)
     bias = (0.1 * rng.standard_normal(case.param_shape)).astype(dt)
+    rm: np.ndarray | None = None
+    rv: np.ndarray | None = None
     if case.family == "bn":
         rm = (0.5 + 0.1 * rng.standard_normal(case.param_shape)).astype(dt)
         rv = (4.0 + 0.1 * rng.standard_normal(case.param_shape)).astype(dt)
-    else:
-        rm = rv = None
-    residual = None
+    residual: np.ndarray | None = None
     if case.family == "add_ln":                  # drawn last: the other arrays stay as they were
         residual = rng.standard_normal(case.shape, dtype=dt)
     # left writable on purpose: a read-only input could push an implementation onto a
@@ -297,10 +309,19 @@ def make_data(case: Case, dtype: str) -> CaseData:
 
 # --------------------------------------------------------------------------- availability
 
+def import_torch():
+    """The torch module, or :class:`ImplUnavailable` when it is not installed."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImplUnavailable("torch is not installed") from exc
+    return torch
+
+
 def torch_available() -> bool:
     try:
-        import torch  # noqa: F401
-    except ImportError:
+        import_torch()
+    except ImplUnavailable:
         return False
     return True
 
@@ -332,7 +353,7 @@ def _check(case: Case, op: str, impl: str, dtype: str):
 
 
 def build(case: Case, op: str, impl: str, dtype="float32",
-          data: Optional[CaseData] = None) -> Callable[[], object]:
+          data: CaseData | None = None) -> Callable[[], object]:
     """Return a zero-argument callable running ``op`` of ``case`` with ``impl``.
 
     All allocation of inputs/modules happens here; the callable only runs the op
@@ -361,34 +382,41 @@ def _build_copy(case, op, dtype, data):
     return fn
 
 
+def _module_args(case: Case):
+    """Constructor arguments of the case's module, the same for cnorm, torch.nn and
+    cnorm.torch (InstanceNorm: torch's defaults, no affine; RMSNorm: eps=None, the
+    dtype's machine epsilon)."""
+    if case.family == "bn":
+        return (case.num_features,), {"eps": EPS, "momentum": MOMENTUM}
+    if case.family == "gn":
+        return (case.num_groups, case.num_features), {"eps": EPS}
+    if case.family == "in":
+        return (case.num_features,), {"eps": EPS}
+    if case.family == "rms":
+        return (case.normalized_shape,), {}
+    return (case.normalized_shape,), {"eps": EPS}
+
+
 def _build_cnorm(case, op, dtype, data):
     try:
         import cnorm
         cls = getattr(cnorm, case.module_name)
     except (ImportError, AttributeError) as exc:
         raise ImplUnavailable(f"cnorm.{case.module_name} is not available: {exc}") from exc
-    dt = np.dtype(dtype)
+    args, kwargs = _module_args(case)
+    m = cls(*args, **kwargs, dtype=np.dtype(dtype))
     if case.family == "bn":
-        m = cls(case.num_features, eps=EPS, momentum=MOMENTUM, dtype=dt)
         m.running_mean[...] = data.running_mean
         m.running_var[...] = data.running_var
-    elif case.family == "gn":
-        m = cls(case.num_groups, case.num_features, eps=EPS, dtype=dt)
-    elif case.family == "in":
-        m = cls(case.num_features, eps=EPS, dtype=dt)      # torch's defaults: no affine
-    elif case.family == "rms":
-        m = cls(case.normalized_shape, dtype=dt)            # eps=None: finfo(dtype).eps
-    else:
-        m = cls(case.normalized_shape, eps=EPS, dtype=dt)
     if m.weight is not None:
         m.weight[...] = data.weight
     if getattr(m, "bias", None) is not None:
         m.bias[...] = data.bias
+    m.train(op != "eval_fwd")
     x, dy = data.x, data.dy
 
     if case.family == "add_ln":
         r = data.residual
-        m.train()
         if op == "fwd_bwd":
             def fn():
                 m.zero_grad()
@@ -401,153 +429,113 @@ def _build_cnorm(case, op, dtype, data):
         return fn
 
     if op == "fwd_bwd":
-        m.train()
-
         def fn():
             m.zero_grad()
             m(x)
             return m.backward(dy)
         return fn
 
-    if op == "eval_fwd":
-        m.eval()
-    else:
-        m.train()
-
     def fn():
         return m(x)
+    return fn
+
+
+def torch_module(case: Case, dtype: str, data: CaseData, nn=None):
+    """The module of ``case`` from ``nn`` (default ``torch.nn``; ``cnorm.torch`` has the
+    same classes for the bn and ln kinds) with the parameters and running statistics of
+    ``data``; in training mode (a new module's default). add_ln: a LayerNorm (torch has
+    no fused add)."""
+    torch = import_torch()
+    nn = torch.nn if nn is None else nn
+    args, kwargs = _module_args(case)
+    cls = getattr(nn, "LayerNorm" if case.family == "add_ln" else case.module_name)
+    m = cls(*args, **kwargs, dtype=getattr(torch, dtype))
+    with torch.no_grad():
+        if m.weight is not None:
+            m.weight.copy_(torch.from_numpy(data.weight))
+        if getattr(m, "bias", None) is not None:
+            m.bias.copy_(torch.from_numpy(data.bias))
+        if case.family == "bn":
+            m.running_mean.copy_(torch.from_numpy(data.running_mean))
+            m.running_var.copy_(torch.from_numpy(data.running_var))
+    return m
+
+
+def torch_fwd_bwd(forward: Callable[[], object], inputs: Sequence, params: Sequence,
+                  dy) -> Callable[[], object]:
+    """``forward().backward(dy)`` after resetting the ``.grad`` of ``inputs`` and ``params``
+    to None, like a training step with ``zero_grad(set_to_none=True)`` (no accumulation
+    pass); returns the gradient of ``inputs[0]``."""
+    x = inputs[0]
+
+    def fn():
+        for t in inputs:
+            t.grad = None
+        for p in params:
+            p.grad = None
+        forward().backward(dy)
+        return x.grad
     return fn
 
 
 def _build_torch(case, op, dtype, data):
-    try:
-        import torch
-    except ImportError as exc:
-        raise ImplUnavailable("torch is not installed") from exc
-    tdt = {"float32": torch.float32, "float64": torch.float64}[dtype]
-    if case.family == "bn":
-        cls = getattr(torch.nn, case.module_name)
-        m = cls(case.num_features, eps=EPS, momentum=MOMENTUM, dtype=tdt)
-    elif case.family == "gn":
-        m = torch.nn.GroupNorm(case.num_groups, case.num_features, eps=EPS, dtype=tdt)
-    elif case.family == "in":
-        m = torch.nn.InstanceNorm2d(case.num_features, eps=EPS, dtype=tdt)
-    elif case.family == "rms":
-        m = torch.nn.RMSNorm(case.normalized_shape, dtype=tdt)
-    else:   # ln, add_ln (torch: the unfused x + r, then layer_norm)
-        m = torch.nn.LayerNorm(case.normalized_shape, eps=EPS, dtype=tdt)
-    with torch.no_grad():
-        if m.weight is not None:
-            m.weight.copy_(torch.from_numpy(data.weight.copy()))
-        if getattr(m, "bias", None) is not None:
-            m.bias.copy_(torch.from_numpy(data.bias.copy()))
-        if case.family == "bn":
-            m.running_mean.copy_(torch.from_numpy(data.running_mean.copy()))
-            m.running_var.copy_(torch.from_numpy(data.running_var.copy()))
+    torch = import_torch()
+    m = torch_module(case, dtype, data)
     x = torch.from_numpy(data.x.copy())
-
+    inputs = [x]
     if case.family == "add_ln":
         r = torch.from_numpy(data.residual.copy())
-        if op == "fwd_bwd":
-            m.train()
-            x.requires_grad_(True)
-            r.requires_grad_(True)
-            dy = torch.from_numpy(data.dy.copy())
-            params = list(m.parameters())
+        inputs.append(r)
 
-            def fn():
-                x.grad = r.grad = None
-                for p in params:
-                    p.grad = None
-                m(x + r).backward(dy)
-                return x.grad
-            return fn
-        m.requires_grad_(False)
-
-        def fn():
-            s = x + r
-            return m(s), s
-        return fn
+        def forward():
+            return m(x + r)
+    else:
+        def forward():
+            return m(x)
 
     if op == "fwd_bwd":
-        m.train()
-        x.requires_grad_(True)
-        dy = torch.from_numpy(data.dy.copy())
-        params = list(m.parameters())
-
-        def fn():
-            # like a training step with zero_grad(set_to_none=True): no grad accumulation pass
-            x.grad = None
-            for p in params:
-                p.grad = None
-            m(x).backward(dy)
-            return x.grad
-        return fn
+        for t in inputs:
+            t.requires_grad_(True)
+        return torch_fwd_bwd(forward, inputs, list(m.parameters()),
+                             torch.from_numpy(data.dy.copy()))
 
     # forward only: no autograd graph (same kernel as under torch.no_grad())
     m.requires_grad_(False)
     m.train(op != "eval_fwd")
-
-    def fn():
-        return m(x)
-    return fn
+    if case.family == "add_ln":
+        def fn():
+            s = x + r
+            return m(s), s
+        return fn
+    return forward
 
 
 def _build_numpy(case, op, dtype, data):
+    """The NumPy reference ``cnorm.slow``, configured as the cnorm modules are (GroupNorm
+    and RMSNorm affine, InstanceNorm2d without affine or running statistics, RMSNorm
+    eps=None)."""
     slow = _import_slow()
     x, dy, w, b = data.x, data.dy, data.weight, data.bias
-    if case.family in ("gn", "in", "rms", "add_ln"):
-        return _build_numpy_rows(slow, case, op, data)
-    if case.family == "ln":
-        ns = tuple(case.normalized_shape)
-        fwd = slow.layer_norm_forward
-        if op == "fwd":
-            def fn():
-                return fwd(x, ns, w, b, EPS)
-            return fn
-        bwd = slow.layer_norm_backward
-
-        def fn():
-            fwd(x, ns, w, b, EPS)
-            return bwd(dy, x, ns, w, EPS)
-        return fn
-
-    # BatchNorm (the reference returns new running stats; its inputs stay unchanged)
-    rm = data.running_mean.copy()
-    rv = data.running_var.copy()
-    fwd = slow.batch_norm_forward
-    if op in ("train_fwd", "eval_fwd"):
-        training = op == "train_fwd"
-
-        def fn():
-            return fwd(x, w, b, rm, rv, training, MOMENTUM, EPS)
-        return fn
-    bwd = slow.batch_norm_backward
-    stats = getattr(slow, "batch_norm_stats", None) or _bn_stats
-
-    def fn():
-        # the reference forward returns (y, new_running_mean, new_running_var): the
-        # statistics the backward needs come from its batch_norm_stats
-        fwd(x, w, b, rm, rv, True, MOMENTUM, EPS)
-        mean, var = stats(x)
-        return bwd(dy, x, w, mean, 1.0 / np.sqrt(var + EPS), True)
-    return fn
-
-
-def _bn_stats(x):
-    """Per-channel (mean, biased var) in float64 (fallback if cnorm.slow lacks batch_norm_stats)."""
-    axes = (0,) + tuple(range(2, x.ndim))
-    xd = x.astype(np.float64)
-    return xd.mean(axis=axes), xd.var(axis=axes)
-
-
-def _build_numpy_rows(slow, case, op, data):
-    """The NumPy reference of the gn / in / rms / add_ln cases (as the cnorm modules are
-    configured: GroupNorm and RMSNorm affine, InstanceNorm2d without affine or running
-    statistics, RMSNorm eps=None)."""
-    x, dy, w, b = data.x, data.dy, data.weight, data.bias
     family = case.family
-    if family == "gn":
+    ns = tuple(case.normalized_shape or ())
+    if family == "bn":
+        # the reference returns new running statistics: its inputs stay unchanged
+        rm, rv = data.running_mean.copy(), data.running_var.copy()
+        training = op != "eval_fwd"
+
+        def fwd():
+            return slow.batch_norm_forward(x, w, b, rm, rv, training, MOMENTUM, EPS)
+
+        def bwd():
+            mean, var = slow.batch_norm_stats(x)
+            return slow.batch_norm_backward(dy, x, w, mean, 1.0 / np.sqrt(var + EPS), True)
+    elif family == "ln":
+        def fwd():
+            return slow.layer_norm_forward(x, ns, w, b, EPS)
+
+        def bwd():
+            return slow.layer_norm_backward(dy, x, ns, w, EPS)
+    elif family == "gn":
         G = case.num_groups
 
         def fwd():
@@ -562,27 +550,24 @@ def _build_numpy_rows(slow, case, op, data):
         def bwd():
             return slow.instance_norm_backward(dy, x, None, EPS)
     elif family == "rms":
-        ns = tuple(case.normalized_shape)
-
         def fwd():
             return slow.rms_norm_forward(x, ns, w, None)
 
         def bwd():
             return slow.rms_norm_backward(dy, x, ns, w, None)
     else:
-        ns = tuple(case.normalized_shape)
         r = data.residual
 
         def fwd():
             return slow.add_layer_norm_forward(x, r, ns, w, b, EPS)
 
         def bwd():
-            s = fwd()[1]
+            s = fwd()[1]            # the backward needs the sum: it runs the forward
             return slow.add_layer_norm_backward(dy, None, s, ns, w, EPS)
-    if op == "fwd":
+    if op != "fwd_bwd":
         return fwd
     if family == "add_ln":
-        return bwd                  # runs the forward itself
+        return bwd
 
     def fn():
         fwd()

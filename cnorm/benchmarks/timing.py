@@ -13,6 +13,10 @@ Method (also shown by ``python -m cnorm bench --help``):
    rep is ``time.perf_counter()`` around ``k`` calls, divided by ``k``;
 4. the reported time is the median over reps (robust to outliers). The garbage
    collector is disabled while timing.
+
+:class:`SameThreads` puts cnorm and torch on one thread count for a measurement.
+This module imports nothing of cnorm (the bottom of :mod:`cnorm.benchmarks`, with
+:mod:`~cnorm.benchmarks.cases`).
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import gc
 import math
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Callable, Dict, List, Mapping
+from typing import Callable
 
-__all__ = ["TimingSettings", "Measurement", "warm_up", "calibrate", "time_loop",
-           "measure_interleaved", "METHOD_TEXT"]
+__all__ = ["METHOD_TEXT", "Measurement", "SameThreads", "TimingSettings", "calibrate",
+           "measure_interleaved", "time_loop", "warm_up"]
 
 METHOD_TEXT = (
     "timing method: all implementations run in the same process. Each callable is "
@@ -51,14 +56,14 @@ class TimingSettings:
 
 @dataclass
 class Measurement:
-    times: Dict[str, List[float]] = field(default_factory=dict)   # seconds per call, per rep
-    inner: Dict[str, int] = field(default_factory=dict)           # k per callable
+    times: dict[str, list[float]] = field(default_factory=dict)   # seconds per call, per rep
+    inner: dict[str, int] = field(default_factory=dict)           # k per callable
 
     def median(self, name: str) -> float:
         return statistics.median(self.times[name])
 
     @property
-    def medians(self) -> Dict[str, float]:
+    def medians(self) -> dict[str, float]:
         return {name: self.median(name) for name in self.times}
 
 
@@ -121,3 +126,33 @@ def measure_interleaved(fns: Mapping[str, Callable[[], object]],
         if gc_was_enabled:
             gc.enable()
     return m
+
+
+class SameThreads:
+    """cnorm and torch (``None``: not timed) on one thread count, set by :meth:`set`; the
+    counts they had on entry come back on exit::
+
+        with SameThreads(cnorm, torch) as threads:
+            threads.set(2)
+    """
+
+    def __init__(self, cnorm, torch=None):
+        self.cnorm, self.torch = cnorm, torch
+        self.orig_cnorm = cnorm.get_num_threads()
+        self.orig_torch = torch.get_num_threads() if torch is not None else None
+
+    def set(self, n: int) -> None:
+        self.cnorm.set_num_threads(n)
+        if self.torch is not None:
+            self.torch.set_num_threads(n)
+
+    def restore(self) -> None:
+        self.cnorm.set_num_threads(self.orig_cnorm)
+        if self.torch is not None:
+            self.torch.set_num_threads(self.orig_torch)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()

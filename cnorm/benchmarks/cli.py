@@ -1,0 +1,349 @@
+"""``python -m cnorm bench``: cnorm vs torch.nn on CPU, with a memory-copy roofline.
+
+Entry point: :func:`main` (``cnorm/__main__.py`` dispatches ``bench`` to it). The top
+of :mod:`cnorm.benchmarks`: it imports cases, torch_cases, timing and report, and
+nothing imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+
+from . import cases as C
+from . import report as R
+from . import torch_cases as T
+from .timing import METHOD_TEXT, SameThreads, TimingSettings, measure_interleaved
+
+__all__ = ["build_parser", "main", "parse_threads", "run_benchmarks", "run_dropin"]
+
+PROG = "python -m cnorm bench"
+
+FULL_SETTINGS = TimingSettings(reps=15, min_rep_s=2e-3, warmup_s=0.02, max_measure_s=6.0)
+QUICK_SETTINGS = TimingSettings(reps=5, min_rep_s=1e-3, warmup_s=0.005, max_measure_s=0.6)
+
+
+def _wrap(text: str, indent: str = "") -> str:
+    return textwrap.fill(text, width=86, initial_indent=indent, subsequent_indent=indent + "  ")
+
+
+EPILOG = f"""\
+{_wrap(METHOD_TEXT)}
+
+columns (one table per case and dtype; one row per op and thread count):
+  cnorm ms / torch ms / copy ms
+              median time of one call. torch = the torch.nn module on the same data
+              (forward-only ops without an autograd graph; fwd_bwd: y = m(x) with
+              x.requires_grad_(), y.backward(dy)); copy = np.copyto(out, x) into a
+              preallocated out (single-threaded NumPy copy of the same input).
+              torch and cnorm both run with the row's thread count
+              (torch.set_num_threads(n) and cnorm.set_num_threads(n); restored at exit).
+  cnorm/torch ratio of the medians: < 1 means cnorm is faster.
+  GB/s        bytes / cnorm time, with bytes = x read once + y written once for the
+              forward ops (2 * x.nbytes), and x, y, dy, dx for fwd_bwd (4 * x.nbytes;
+              the backward's second read of x and the parameters/statistics are not
+              counted).
+  copy%       bandwidth of cnorm relative to the copy: (GB/s of cnorm) / (GB/s of the
+              copy) * 100 = copy ms / cnorm ms * (bytes / copy bytes) * 100. For the
+              forward ops that is simply copy ms / cnorm ms * 100: 100% = as fast as one
+              copy of the input. For fwd_bwd (twice the bytes) 100% = as fast as two
+              copies. With more than one thread it can exceed 100% (the copy is
+              single-threaded).
+  noise%      spread of the reps: the larger of the interquartile ranges of the cnorm
+              and torch reps, in % of their median. Large values (> ~10%) mean a busy
+              or throttling machine: rerun, or raise --reps.
+
+the last line is a one-line summary: the geometric mean over the cases (and dtypes)
+of cnorm/torch per op and thread count.
+
+ops:
+{chr(10).join(_wrap(f"{op}: {C.OP_DOC[op]}", "  ") for op in C.ALL_OPS)}
+cases:
+{_wrap(", ".join(f"{c.name} {c.shape}" for c in C.CASES), "  ")}
+
+examples:
+  {PROG} --quick
+  {PROG} --cases bn2d,ln_bert --ops fwd_bwd --threads 1 --json out.json
+  {PROG} --dtype both --plot speedup.png
+"""
+
+
+# --------------------------------------------------------------------------- arguments
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Benchmark the cnorm normalization layers against torch.nn (CPU) "
+                    "and against a plain memory copy of the input.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help=f"fewer and shorter repetitions (reps={QUICK_SETTINGS.reps}, "
+                        f"min rep {QUICK_SETTINGS.min_rep_s * 1e3:g} ms, <= "
+                        f"{QUICK_SETTINGS.max_measure_s:g} s per measurement): the whole "
+                        "default run takes well under a minute")
+    p.add_argument("--threads", default=None, metavar="LIST",
+                   help="comma list of thread counts, 'N' = cnorm.get_num_threads() at "
+                        "start (default: 1,N)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "both"],
+                   help="input dtype (default: float32)")
+    p.add_argument("--cases", default=None, metavar="NAMES",
+                   help="comma list of case names or substrings of names, e.g. "
+                        "'bn2d,ln_bert' (default: all)")
+    p.add_argument("--ops", default=None, metavar="OPS",
+                   help=f"comma list among {','.join(C.ALL_OPS)} (default: all; BatchNorm "
+                        "cases have train_fwd, eval_fwd, fwd_bwd; LayerNorm fwd, fwd_bwd; "
+                        f"with --dropin: {','.join(T.DROPIN_OPS)})")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="write every measurement (medians, minima, per-rep times, inner counts, "
+                        "bytes) and metadata (versions, cpu, threads, date) as JSON")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="save a bar chart of the speedup torch/cnorm per case and op "
+                        "(needs matplotlib)")
+    p.add_argument("--dropin", action="store_true",
+                   help="time the cnorm.torch drop-in modules against torch.nn under torch "
+                        "autograd, and a CNN training step (see cnorm/benchmarks/torch_cases.py)")
+    p.add_argument("--no-torch", action="store_true",
+                   help="do not time torch even if it is installed")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on stderr (it is off anyway when stderr is not a tty)")
+    p.add_argument("--reps", type=int, default=None,
+                   help="interleaved repetitions per measurement (default: "
+                        f"{FULL_SETTINGS.reps}, --quick {QUICK_SETTINGS.reps})")
+    p.add_argument("--min-rep-ms", type=float, default=None,
+                   help="minimum duration of one repetition, in ms (default: "
+                        f"{FULL_SETTINGS.min_rep_s * 1e3:g}, --quick "
+                        f"{QUICK_SETTINGS.min_rep_s * 1e3:g})")
+    return p
+
+
+def parse_threads(spec: str | None, n_default: int) -> list[int]:
+    """``'1,N'`` -> ``[1, n_default]`` (deduplicated, order kept). 'N', 'all', 'max' = n_default."""
+    if spec is None:
+        spec = "1,N"
+    out: list[int] = []
+    for tok in spec.split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        if tok.lower() in ("n", "all", "max"):
+            n = n_default
+        else:
+            try:
+                n = int(tok)
+            except ValueError:
+                raise ValueError(f"--threads: not an integer: {tok!r}") from None
+            if n < 1:
+                raise ValueError(f"--threads: thread counts must be >= 1, got {n}")
+        if n not in out:
+            out.append(n)
+    if not out:
+        raise ValueError("--threads: empty list")
+    return out
+
+
+def settings_from_args(args) -> TimingSettings:
+    """--quick, --reps and --min-rep-ms on top of the full settings (ValueError if bad)."""
+    settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
+    if args.reps is not None:
+        if args.reps < 1:
+            raise ValueError("--reps must be >= 1")
+        settings = TimingSettings(**{**settings.__dict__, "reps": args.reps,
+                                     "min_reps": min(settings.min_reps, args.reps)})
+    if args.min_rep_ms is not None:
+        if args.min_rep_ms < 0:
+            raise ValueError("--min-rep-ms must be >= 0")
+        settings = TimingSettings(**{**settings.__dict__, "min_rep_s": args.min_rep_ms / 1e3})
+    return settings
+
+
+def _dropin_ops(spec: str | None) -> list[str]:
+    """The drop-in ops named by --ops (the main table's op names other than fwd_bwd
+    select nothing here); fwd_bwd when nothing is left."""
+    return [op for op in T.DROPIN_OPS if not spec or op in spec.split(",")] or ["fwd_bwd"]
+
+
+# --------------------------------------------------------------------------- running
+
+def run_benchmarks(cases, ops, dtypes, threads, settings, cnorm, torch, progress: R.Progress,
+                   out=None) -> list[dict]:
+    """Measure everything; print one table per (case, dtype) as soon as it is done."""
+    out = out if out is not None else sys.stdout
+    records: list[dict] = []
+    try:
+        with SameThreads(cnorm, torch) as thr:
+            for case in cases:
+                for dtype in dtypes:
+                    case_records = []
+                    data = C.make_data(case, dtype)
+                    for op in case.ops:
+                        if op in ops:
+                            case_records += _measure_op(case, dtype, op, data, threads,
+                                                        settings, torch, thr, progress)
+                    progress.clear()
+                    R.print_table(case, dtype, case_records, torch is not None, out)
+                    progress.show()
+                    records.extend(case_records)
+    finally:
+        progress.clear()
+    return records
+
+
+def _measure_op(case, dtype, op, data, threads, settings, torch, thr, progress) -> list[dict]:
+    """The records of one op at every thread count; a failure is recorded, not raised,
+    so that the other cases still run."""
+    progress.show(f"{case.name} {dtype} {op}")
+    fns, error = {}, None
+    try:
+        fns["cnorm"] = C.build(case, op, "cnorm", dtype, data)
+        if torch is not None:
+            fns["torch"] = C.build(case, op, "torch", dtype, data)
+        fns["copy"] = C.build(case, op, "copy", dtype, data)
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        error = f"build failed: {type(exc).__name__}: {exc}"
+    recs = []
+    for n in threads:
+        progress.show(f"{case.name} {dtype} {op} @{n}t")
+        meas = None
+        if error is None:
+            try:
+                thr.set(n)
+                meas = measure_interleaved(fns, settings)
+            except Exception as exc:  # noqa: BLE001 - reported in the table
+                error = f"{type(exc).__name__}: {exc}"
+        recs.append(R.record(case, dtype, op, n, meas, error))
+        progress.step()
+    return recs
+
+
+def run_dropin(cases, ops, dtypes, threads, settings, cnorm, torch, out=None) -> int:
+    """``python -m cnorm bench --dropin``: cnorm.torch vs torch.nn in autograd, per case
+    with a drop-in and op, plus the CNN training step. Returns the exit status."""
+    out = out if out is not None else sys.stdout
+    ratios: dict[tuple, list[float]] = {}
+    out.write(f"drop-in: cnorm.torch vs torch.nn modules under torch autograd | torch "
+              f"{torch.__version__} | median of {settings.reps} interleaved reps\n")
+    out.write(R.DROPIN_TABLE.header() + "\n")
+    rows: list[tuple[C.Case | None, str, str]] = [
+        (case, dtype, op) for case in T.dropin_cases(cases) for dtype in dtypes for op in ops]
+    rows.append((None, "float32", "cnn_step"))
+    with SameThreads(cnorm, torch) as thr:
+        for n in threads:
+            thr.set(n)
+            for case, dtype, op in rows:
+                if case is None:
+                    fns = {impl: T.build_cnn_step(impl) for impl in T.DROPIN_IMPLS}
+                    label = f"cnn b{T.CNN_BATCH}"
+                else:
+                    data = C.make_data(case, dtype)
+                    fns = {impl: T.build_dropin(case, op, impl, dtype, data)
+                           for impl in T.DROPIN_IMPLS}
+                    label = case.name
+                meas = measure_interleaved(fns, settings)
+                a, b = meas.median("cnorm.torch"), meas.median("torch.nn")
+                ratios.setdefault((op, n), []).append(a / b)
+                out.write(R.dropin_row(label, op, dtype, n, a, b) + "\n")
+                out.flush()
+    out.write(R.dropin_summary(ratios) + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+def _fail(msg: str) -> int:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _import_cnorm():
+    """``(cnorm, None)``, or ``(None, why)`` when the compiled core is not importable."""
+    try:
+        import cnorm
+    except ImportError as exc:
+        return None, str(exc)
+    for name in ("get_num_threads", "set_num_threads"):
+        if not callable(getattr(cnorm, name, None)):
+            return None, f"cnorm.{name} is missing"
+    return cnorm, None
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    cnorm, why = _import_cnorm()
+    if cnorm is None:
+        return _fail(f"cannot import the cnorm core ({why}); is the extension built?")
+    torch = None if args.no_torch else _import_torch()
+
+    try:
+        cases = C.select_cases(args.cases)
+        threads = parse_threads(args.threads, cnorm.get_num_threads())
+        dtypes = C.select_dtypes(args.dtype)
+        settings = settings_from_args(args)
+        if args.dropin:
+            if torch is None:
+                return _fail("--dropin times cnorm.torch against torch.nn: it needs torch "
+                             "(installed, and no --no-torch)")
+            return run_dropin(cases, _dropin_ops(args.ops), dtypes, threads, settings,
+                              cnorm, torch)
+        ops = C.select_ops(args.ops)
+    except ValueError as exc:
+        return _fail(str(exc))
+    cases = [c for c in cases if any(op in ops for op in c.ops)]
+    if not cases:
+        return _fail(f"no selected case has any of the ops {', '.join(ops)}")
+    if args.plot:
+        if torch is None:
+            return _fail("--plot shows torch/cnorm speedups: it needs torch (installed, "
+                         "and no --no-torch)")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return _fail("--plot needs matplotlib, which is not installed "
+                         "(pip install matplotlib), or drop --plot")
+
+    meta = R.metadata(cnorm, torch, threads, settings, argv_list, dtypes)
+    print(R.header_line(meta, threads, settings, args.quick))
+    meta["loadavg_start"] = R.loadavg()
+    for note in R.run_notes(meta, threads):
+        print(note)
+
+    total = sum(len(dtypes) * len(threads) * sum(op in ops for op in c.ops) for c in cases)
+    enabled = not args.no_progress and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    progress = R.Progress(total, enabled)
+    t0 = time.perf_counter()
+    try:
+        records = run_benchmarks(cases, ops, dtypes, threads, settings, cnorm, torch, progress)
+    except KeyboardInterrupt:
+        progress.clear()
+        print("interrupted", file=sys.stderr)
+        return 130
+    elapsed = time.perf_counter() - t0
+    meta["elapsed_s"] = round(elapsed, 3)
+    meta["loadavg_end"] = R.loadavg()
+
+    print()
+    print(f"(run took {elapsed:.1f} s)")
+    if args.json:
+        R.write_json(args.json, meta, records)
+        print(f"wrote {args.json}")
+    if args.plot:
+        R.write_plot(args.plot, records, threads)
+        print(f"wrote {args.plot}")
+    print(R.summary_line(records, [op for op in C.ALL_OPS if op in ops], threads,
+                         torch is not None))
+    return 1 if any(r["error"] for r in records) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
