@@ -29,16 +29,7 @@ from torch import nn  # noqa: E402
 
 import cnorm  # noqa: E402
 import cnorm.torch  # noqa: E402
-
-
-def make_cnn() -> nn.Sequential:
-    """The example CNN (also the training-step case of bench/test_bench_torch.py)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+from cnorm.benchmarks.torch_cases import make_cnn  # noqa: E402  (the bench's training-step case)
 
 
 def load_data(seed):
