@@ -1,0 +1,1 @@
+"""Build-time helpers of setup.py (loaded by file path: cnorm is not importable before it is built)."""
