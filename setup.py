@@ -10,7 +10,7 @@ Environment switches:
   CNORM_REQUIRE_OPENMP=1  fail the build when no working OpenMP is found (wheels set it)
   CNORM_NO_OPENMP=1       force a serial build
   CNORM_CROSS_COMPILING=1 do not run the OpenMP probe (it is still compiled and linked)
-  CNORM_NATIVE=1          add -march=native (not portable: the wheel runs only on CPUs like this one)
+  CNORM_NATIVE=1          add -march=native (not portable: runs only on CPUs like this one)
   CNORM_DEBUG=1           -O0 -g, Cython bounds checks on
 
 macOS (Apple clang): `brew install libomp` is enough, the build looks in Homebrew's
@@ -83,7 +83,7 @@ class BuildExt(build_ext):
         if not hasattr(self, "openmp"):  # no extension was built
             return
         targets = [os.path.join(self.build_lib, "cnorm")]
-        if self.inplace or self.editable_mode:
+        if self.inplace or getattr(self, "editable_mode", False):
             targets.append(os.path.join(HERE, "cnorm"))
         for folder in targets:
             os.makedirs(folder, exist_ok=True)

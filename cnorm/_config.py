@@ -19,7 +19,8 @@ except ImportError:  # built by something other than setup.py
 
 # OpenMP runtimes by file name: GNU (also auditwheel's renamed libgomp-<hash>), LLVM,
 # Intel, MSVC.
-_RUNTIME_FILE = re.compile(r"^(libgomp|libomp|libiomp5|vcomp\d*)[-.\w]*\.(so|dylib|dll)", re.I)
+_RUNTIME_FILE = re.compile(r"^(libgomp|libomp|libiomp5|vcomp\d*)[-.\w]*\.(so|dylib|dll)",
+                           re.IGNORECASE)
 
 
 def get_num_threads():
@@ -33,7 +34,7 @@ def get_num_threads():
 def _loaded_openmp_runtimes():
     """(how it was found, [(library, path, version)]) of the OpenMP runtimes in this process."""
     try:
-        import threadpoolctl
+        import threadpoolctl  # type: ignore[import-untyped]
     except ImportError:
         threadpoolctl = None
     if threadpoolctl is not None:
@@ -85,10 +86,10 @@ def _simd_builds():
 
 def _cpu_has(feature):
     try:
-        from numpy._core._multiarray_umath import __cpu_features__
+        from numpy._core._multiarray_umath import __cpu_features__  # type: ignore[import-not-found]
     except ImportError:  # numpy 1.x
         try:
-            from numpy.core._multiarray_umath import __cpu_features__
+            from numpy.core._multiarray_umath import __cpu_features__  # type: ignore[import-not-found]
         except ImportError:
             return False
     return bool(__cpu_features__.get(feature))
@@ -100,7 +101,8 @@ def _versions():
     versions = {
         "cnorm": getattr(sys.modules.get(__package__), "__version__", "unknown"),
         "numpy": numpy.__version__,
-        "python": f"{sys.version.split()[0]} ({platform.python_implementation()}, {sys.executable})",
+        "python": f"{platform.python_version()} ({platform.python_implementation()}, "
+                  f"{sys.executable})",
     }
     for name in ("torch", "threadpoolctl"):  # only when imported: show_config loads nothing
         if name in sys.modules:
@@ -154,6 +156,8 @@ def show_config(mode="stdout"):
             continue
         if isinstance(value, list):
             value = " ".join(value)
+        elif isinstance(value, dict):  # the build's CC/CFLAGS/CPPFLAGS/LDFLAGS
+            value = " ".join(f"{k}={v!r}" for k, v in value.items()) or "none set"
         lines.append(f"  {key}: {'no' if value in ('', False) else value}")
     lines += ["", "openmp:"]
     if omp["enabled"]:

@@ -23,8 +23,8 @@ import subprocess
 import sys
 import tempfile
 
-import setuptools  # noqa: F401  (first: its distutils, not the stdlib's)
-from setuptools.errors import CompileError, LinkError
+import setuptools  # type: ignore[import-untyped]  # noqa: F401  (first: its distutils)
+from setuptools.errors import CompileError, LinkError  # type: ignore[import-untyped]
 
 PROBE_SOURCE = r"""
 #ifndef _OPENMP
@@ -76,7 +76,8 @@ def compiler_version(compiler):
         return "msvc"
     program = describe_compiler(compiler).split()
     try:
-        out = subprocess.run(program + ["--version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(program + ["--version"], capture_output=True, text=True,
+                             timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     lines = (out.stdout or out.stderr).strip().splitlines()
@@ -139,7 +140,7 @@ def _captured_output(path):
                 os.close(fd)
 
 
-_DIAGNOSTIC = re.compile(r"error|cannot|undefined|not found|unsupported|unknown", re.I)
+_DIAGNOSTIC = re.compile(r"error|cannot|undefined|not found|unsupported|unknown", re.IGNORECASE)
 
 
 def _first_diagnostic(path):
@@ -174,7 +175,7 @@ def try_openmp_flags(compiler, compile_args, link_args, run):
                 return True, "compiled and linked (not run: cross build)"
             exe = os.path.abspath(compiler.executable_filename("probe"))
             try:
-                ran = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+                ran = subprocess.run([exe], capture_output=True, text=True, timeout=60, check=False)
             except OSError as exc:  # e.g. ENOEXEC: built for another machine
                 return True, f"compiled and linked; could not run it ({exc.strerror})"
             fields = ran.stdout.split()
