@@ -1,98 +1,125 @@
 """Build the cnorm Cython extensions.
 
-OpenMP is detected with a compile-and-run check (a compiler that accepts -fopenmp
-but cannot link or run an OpenMP program counts as "no OpenMP"); without it the
-kernels build serial and a warning says so.
+OpenMP is detected as scikit-learn does (cnorm/_build_utils/openmp.py): a probe is
+compiled and linked with setuptools' own compiler object (CC with arguments, CFLAGS,
+CPPFLAGS, LDFLAGS apply) and run unless cross-compiling. Without OpenMP the kernels build
+serial, and both the build and every `import cnorm` say so. What was built is recorded
+in cnorm/_build_config.py (generated, git-ignored) for cnorm.show_config().
 
 Environment switches:
-  CNORM_NO_OPENMP=1  force a serial build
-  CNORM_NATIVE=1     add -march=native (not portable: the wheel runs only on CPUs like this one)
-  CNORM_DEBUG=1      -O0 -g, Cython bounds checks on
+  CNORM_REQUIRE_OPENMP=1  fail the build when no working OpenMP is found (wheels set it)
+  CNORM_NO_OPENMP=1       force a serial build
+  CNORM_CROSS_COMPILING=1 do not run the OpenMP probe (it is still compiled and linked)
+  CNORM_NATIVE=1          add -march=native (not portable: runs only on CPUs like this one)
+  CNORM_DEBUG=1           -O0 -g, Cython bounds checks on
+
+macOS (Apple clang): `brew install libomp` is enough, the build looks in Homebrew's
+libomp prefix; otherwise pass CPPFLAGS="-Xpreprocessor -fopenmp -I<libomp>/include" and
+LDFLAGS="-L<libomp>/lib -lomp -Wl,-rpath,<libomp>/lib".
 """
+import importlib.util
 import os
-import shutil
-import subprocess
+import pprint
 import sys
 import sysconfig
-import tempfile
-import textwrap
-import warnings
 
 import numpy as np
+from Cython import __version__ as cython_version
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
-OPENMP_PROBE = textwrap.dedent(
-    r"""
-    #include <omp.h>
-    #include <stdio.h>
-    int main(void) {
-        int n = 0;
-        #pragma omp parallel reduction(+:n)
-        n += 1;
-        printf("%d\n", n == omp_get_max_threads());
-        return n >= 1 ? 0 : 1;
-    }
-    """
-)
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The numpy floor of the compiled extensions, the same as project.dependencies
+# (numpy>=1.23): a wheel built against numpy 2 then imports on every numpy pip allows.
+NPY_TARGET_VERSION = "NPY_1_23_API_VERSION"
 
 
-def _env_flag(name):
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def _load_build_util(name):
+    """cnorm/_build_utils/<name>.py, loaded by path (cnorm cannot be imported yet)."""
+    path = os.path.join(HERE, "cnorm", "_build_utils", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_cnorm_build_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _compiler():
-    return os.environ.get("CC") or sysconfig.get_config_var("CC").split()[0] or "cc"
+openmp = _load_build_util("openmp")
+DEBUG = openmp.env_flag("CNORM_DEBUG")
+NATIVE = openmp.env_flag("CNORM_NATIVE")
 
 
-def openmp_flags():
-    """Return (compile_args, link_args) for OpenMP, or ([], []) when it does not work."""
-    if _env_flag("CNORM_NO_OPENMP"):
-        print("cnorm: CNORM_NO_OPENMP set: building serial kernels")
-        return [], []
-    candidates = [(["-fopenmp"], ["-fopenmp"])]
-    if sys.platform == "darwin":
-        candidates.append((["-Xpreprocessor", "-fopenmp"], ["-lomp"]))
-    cc = _compiler()
-    for cflags, lflags in candidates:
-        tmp = tempfile.mkdtemp(prefix="cnorm-omp-")
-        try:
-            src = os.path.join(tmp, "probe.c")
-            exe = os.path.join(tmp, "probe")
-            with open(src, "w") as f:
-                f.write(OPENMP_PROBE)
-            built = subprocess.run([cc, *cflags, src, "-o", exe, *lflags], capture_output=True)
-            if built.returncode != 0:
-                continue
-            ran = subprocess.run([exe], capture_output=True, timeout=60)
-            if ran.returncode == 0 and ran.stdout.strip() == b"1":
-                return cflags, lflags
-        except (OSError, subprocess.SubprocessError):
-            continue
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    warnings.warn(
-        "cnorm: the C compiler cannot build and run an OpenMP program; "
-        "building SERIAL kernels (one thread). Install an OpenMP-capable compiler "
-        "(e.g. gcc, or clang with libomp) for parallel kernels.",
-        stacklevel=1,
-    )
-    return [], []
-
-
-def extensions():
-    omp_c, omp_l = openmp_flags()
-    debug = _env_flag("CNORM_DEBUG")
-    cflags = ["-O0", "-g"] if debug else ["-O3"]
+def compile_flags(compiler):
+    """(compile_args, link_args) of every extension for this compiler (gcc/clang or MSVC)."""
+    if compiler.compiler_type == "msvc":
+        # /fp:precise (the default) neither contracts to FMA nor reassociates
+        return (["/Od", "/Zi"] if DEBUG else ["/O2"]), []
+    cflags = ["-O0", "-g"] if DEBUG else ["-O3", "-g0"]  # -g0: no debug info in wheels
     # Vectorize without -ffast-math: the kernels keep explicit lane accumulators, so
     # no reassociation is needed; these two only drop errno/trap bookkeeping.
     cflags += ["-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
                "-Wno-unreachable-code", "-Wno-unused-function"]
-    if _env_flag("CNORM_NATIVE"):
+    if NATIVE:
         cflags.append("-march=native")
+    return cflags, []
+
+
+class BuildExt(build_ext):
+    """build_ext that probes OpenMP with its own compiler and records the build."""
+
+    def build_extensions(self):
+        self.openmp = openmp.detect_openmp(self.compiler)
+        if not self.openmp["enabled"]:
+            print("\n" + openmp.serial_warning(self.openmp) + "\n", file=sys.stderr)
+        cflags, lflags = compile_flags(self.compiler)
+        self.flags = (cflags + self.openmp["compile_args"], lflags + self.openmp["link_args"])
+        for ext in self.extensions:
+            ext.extra_compile_args = self.flags[0] + ext.extra_compile_args
+            ext.extra_link_args = self.flags[1] + ext.extra_link_args
+        super().build_extensions()
+
+    def run(self):
+        super().run()
+        if not hasattr(self, "openmp"):  # no extension was built
+            return
+        targets = [os.path.join(self.build_lib, "cnorm")]
+        if self.inplace or getattr(self, "editable_mode", False):
+            targets.append(os.path.join(HERE, "cnorm"))
+        for folder in targets:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, "_build_config.py"), "w") as f:
+                f.write(self.build_config())
+
+    def build_config(self):
+        config = {
+            "compiler": self.openmp["compiler"],
+            "compiler_type": self.openmp["compiler_type"],
+            "compiler_version": self.openmp["compiler_version"],
+            "compile_args": self.flags[0],
+            "link_args": self.flags[1],
+            "openmp": self.openmp["enabled"],
+            "openmp_note": self.openmp["note"],
+            "openmp_tried": self.openmp["tried"],
+            "cross_compiling": self.openmp["cross"],
+            "environment": {k: os.environ[k] for k in ("CC", "CFLAGS", "CPPFLAGS", "LDFLAGS")
+                            if os.environ.get(k)},
+            "platform": sysconfig.get_platform(),
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+            "cython": cython_version,
+            "npy_target_version": NPY_TARGET_VERSION,
+            "debug": DEBUG,
+            "native": NATIVE,
+        }
+        return ("# Generated by setup.py when cnorm was built: what it was built with\n"
+                "# (read by cnorm.show_config()). Not in git; rebuilt by every build.\n"
+                f"BUILD = {pprint.pformat(config, sort_dicts=False)}\n")
+
+
+def extensions():
     macros = [
         ("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION"),
-        ("CNORM_HAVE_OPENMP", "1" if omp_c else "0"),
+        ("NPY_TARGET_VERSION", NPY_TARGET_VERSION),
     ]
     names = ["_openmp", "_batch_norm", "_row_norm"]
     exts = [
@@ -101,25 +128,19 @@ def extensions():
             [f"cnorm/_kernels/{name}.pyx"],
             include_dirs=[np.get_include(), "cnorm/_kernels"],
             define_macros=macros,
-            extra_compile_args=cflags + omp_c,
-            extra_link_args=omp_l,
         )
         for name in names
     ]
     directives = {
         "language_level": 3,
-        "boundscheck": debug,
+        "boundscheck": DEBUG,
         "wraparound": False,
         "cdivision": True,
         "initializedcheck": False,
         "nonecheck": False,
         "embedsignature": True,
     }
-    return cythonize(
-        exts,
-        compiler_directives=directives,
-        compile_time_env={"CNORM_OPENMP": bool(omp_c)},
-    )
+    return cythonize(exts, compiler_directives=directives)
 
 
-setup(ext_modules=extensions())
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

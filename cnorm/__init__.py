@@ -13,7 +13,8 @@ the torch.nn.functional-style API), ``cnorm.modules`` (stateful layers), ``cnorm
 (the NumPy float64 reference), ``cnorm.benchmarks`` (``python -m cnorm bench``).
 """
 from . import functional
-from ._kernels._openmp import get_num_threads, openmp_enabled, set_num_threads
+from ._config import get_num_threads, show_config
+from ._kernels._openmp import openmp_enabled, set_num_threads
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm, Module
 from .modules import (AddLayerNorm, BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d,
                       GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, RMSNorm)
@@ -30,6 +31,7 @@ __all__ = [
     "get_num_threads",
     "openmp_enabled",
     "set_num_threads",
+    "show_config",
     "GroupNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",

@@ -1,0 +1,2 @@
+"""Build-time helpers of setup.py, loaded by file path (cnorm cannot be imported before
+it is built)."""
