@@ -8,16 +8,18 @@ on plain NumPy arrays (PyTorch is never needed at run time)::
     y = bn(np.random.rand(8, 64, 32, 32).astype(np.float32))
     dx = bn.backward(np.ones_like(y))
 
-Layout: ``cnorm._kernels`` (Cython/OpenMP kernels), ``cnorm.functional`` (validation and
-the torch.nn.functional-style API), ``cnorm.modules`` (stateful layers), ``cnorm.slow``
-(the NumPy float64 reference), ``cnorm.benchmarks`` (``python -m cnorm bench``).
+Layers, each importing only those below it: ``cnorm.modules`` (stateful layers) and
+``cnorm.torch`` (torch.nn drop-ins) -> ``cnorm.functional`` (the torch.nn.functional-style
+API) -> ``cnorm._ops`` (kernel calls, running statistics) -> ``cnorm._validate``
+(argument checks) and ``cnorm._kernels`` (Cython/OpenMP). ``cnorm.reference``: the
+float64 NumPy twin of ``cnorm.functional``; ``cnorm.benchmarks``: ``python -m cnorm bench``.
 """
 from . import functional
 from ._config import get_num_threads, show_config
-from ._kernels._openmp import openmp_enabled, set_num_threads
-from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm, Module
-from .modules import (AddLayerNorm, BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d,
-                      GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, RMSNorm)
+from ._ops import openmp_enabled, set_num_threads
+from .modules import (AddLayerNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormReLU1d,
+                      BatchNormReLU2d, BatchNormReLU3d, GroupNorm, InstanceNorm1d,
+                      InstanceNorm2d, InstanceNorm3d, LayerNorm, Module, RMSNorm)
 
 __version__ = "0.1.0"
 

@@ -3,22 +3,13 @@ state_dict in torch's key order, and the forward -> backward hand-off."""
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, NoReturn, Optional, Tuple
 
 import numpy as np
 
-from .. import functional as F
+from .._validate import check_array, check_dtype, check_grad
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
-
-_SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def module_dtype(dtype) -> np.dtype:
-    dt = np.dtype(dtype)
-    if dt not in _SUPPORTED_DTYPES:
-        raise TypeError(f"unsupported dtype {dt}: cnorm works on float32 and float64 arrays")
-    return dt
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -42,7 +33,7 @@ class Module:
     _buffer_names: Tuple[str, ...] = ()
 
     def __init__(self, dtype=np.float32) -> None:
-        self.dtype = module_dtype(dtype)
+        self.dtype = check_dtype(dtype)
         self.training = True
         self._saved: Optional[tuple] = None   # what backward() needs from the last forward()
         self._forward_seen = False
@@ -60,12 +51,25 @@ class Module:
         """The state saved by the last forward(), released so backward runs once per forward."""
         saved = self._saved
         if saved is None:
-            if not self._forward_seen:
-                raise RuntimeError("backward() called before forward()")
-            raise RuntimeError("Trying to backward through the graph a second time: "
-                               "call forward() again before backward()")
+            self._no_saved_state()
         self._saved = None
         return saved
+
+    def _saved_and_grad(self, grad_output) -> Tuple[tuple, np.ndarray]:
+        """(the saved state, ``grad_output`` checked against the saved input ``saved[0]``);
+        the state is released only when the check passes (a bad call frees nothing)."""
+        saved = self._saved
+        if saved is None:
+            self._no_saved_state()
+        dy = check_grad(grad_output, saved[0])
+        self._saved = None
+        return saved, dy
+
+    def _no_saved_state(self) -> NoReturn:
+        if not self._forward_seen:
+            raise RuntimeError("backward() called before forward()")
+        raise RuntimeError("Trying to backward through the graph a second time: "
+                           "call forward() again before backward()")
 
     def _accumulate(self, name: str, grad: np.ndarray) -> None:
         """``<name>_grad += grad`` (torch's .grad accumulation), only for present params."""
@@ -77,7 +81,7 @@ class Module:
 
     def _input(self, input) -> np.ndarray:
         """``input`` as a C-contiguous array of the module's dtype (TypeError otherwise)."""
-        x = F._check_array(input)
+        x = check_array(input)
         if x.dtype != self.dtype:
             raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
         return x

@@ -1,7 +1,7 @@
 """BatchNorm1d/2d/3d on NumPy arrays with torch.nn semantics.
 
 ``_BatchNorm`` owns the state; the subclasses only check the input's number of dims;
-all arithmetic is in :mod:`cnorm.functional` and the kernels beneath it.
+the arithmetic is in the kernels beneath :mod:`cnorm._ops`.
 """
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Optional
 
 import numpy as np
 
-from .. import functional as F
+from .. import _ops as ops
+from .._validate import batch_dims, check_array
 from ._base import Module
 
 
@@ -65,37 +66,29 @@ class _BatchNorm(Module):
 
     def forward(self, input: np.ndarray) -> np.ndarray:
         r"""Normalize ``input`` of shape ``(N, C, *)`` per channel; see :func:`cnorm.functional.batch_norm`."""
-        x = F._check_array(input)
+        x = check_array(input)
         self._check_input_dim(x.ndim)
         if x.dtype != self.dtype:
             raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
-        n, c, s = F._bn_dims(x)
+        n, c, s = batch_dims(x)
         if c != self.num_features:
             raise ValueError(f"expected input with {self.num_features} channels (num_features), "
                              f"got input of shape {x.shape}")
-        if self.training:
-            if self.track_running_stats:
-                nbt = self.num_batches_tracked + 1
-                # momentum=None: cumulative moving average
-                factor = 1.0 / nbt if self.momentum is None else self.momentum
-                y, mean, invstd = F._batch_norm_train(
-                    x, n, c, s, self.weight, self.bias, self.running_mean, self.running_var,
-                    factor, self.eps, self._relu)
-                self.num_batches_tracked = nbt
-            else:
-                y, mean, invstd = F._batch_norm_train(
-                    x, n, c, s, self.weight, self.bias, None, None, 0.0, self.eps, self._relu)
-            batch_stats = True
-        elif self.running_mean is None:
-            # eval without running statistics: normalize with the batch's own
-            y, mean, invstd = F._batch_norm_train(
-                x, n, c, s, self.weight, self.bias, None, None, 0.0, self.eps, self._relu)
-            batch_stats = True
+        batch_stats = self.training or self.running_mean is None
+        if self.training and self.track_running_stats:
+            nbt = self.num_batches_tracked + 1
+            y, mean, invstd = ops.batch_norm_train(
+                x, n, c, s, self.weight, self.bias, self.running_mean, self.running_var,
+                ops.momentum_factor(self.momentum, nbt), self.eps, self._relu)
+            self.num_batches_tracked = nbt
+        elif batch_stats:
+            # no running statistics to update (or, in eval, to use: the batch's own, as torch)
+            y, mean, invstd = ops.batch_norm_train(x, n, c, s, self.weight, self.bias, None, None,
+                                                   0.0, self.eps, self._relu)
         else:
-            y, mean, invstd = F._batch_norm_eval(x, n, c, s, self.weight, self.bias,
-                                                 self.running_mean, self.running_var, self.eps,
-                                                 self._relu)
-            batch_stats = False
+            y, mean, invstd = ops.batch_norm_eval(x, n, c, s, self.weight, self.bias,
+                                                  self.running_mean, self.running_var, self.eps,
+                                                  self._relu)
         # the fused ReLU's backward needs its output (a reference, no copy)
         self._saved = (x, y if self._relu else None, n, c, s, mean, invstd, batch_stats)
         self._forward_seen = True
@@ -104,15 +97,9 @@ class _BatchNorm(Module):
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
         ``bias_grad``. Uses the statistics that forward used (batch or running)."""
-        saved = self._take_saved()
-        x, y, n, c, s, mean, invstd, batch_stats = saved
-        try:
-            g = F._check_grad(grad_output, x)
-        except Exception:
-            self._saved = saved     # a bad call frees nothing
-            raise
-        dx, dw, db = F._batch_norm_backward(g, x, n, c, s, self.weight, mean, invstd,
-                                            batch_stats, y)
+        (x, y, n, c, s, mean, invstd, batch_stats), dy = self._saved_and_grad(grad_output)
+        dx, dw, db = ops.batch_norm_backward(dy, x, n, c, s, self.weight, mean, invstd,
+                                             batch_stats, y)
         self._accumulate("weight", dw)
         self._accumulate("bias", db)
         return dx

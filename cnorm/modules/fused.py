@@ -11,7 +11,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .. import functional as F
+from .. import _ops as ops
+from .._validate import check_same, layer_dims
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .layernorm import LayerNorm
 
@@ -42,9 +43,9 @@ class AddLayerNorm(LayerNorm):
         """``(layer_norm(input + residual), input + residual)``; see
         :func:`cnorm.functional.add_layer_norm`."""
         x = self._input(input)
-        r = F._check_same(residual, x, "residual", "the input")
-        m, d = F._ln_dims(x, self.normalized_shape)
-        y, s, mean, rstd = F._add_layer_norm(x, r, m, d, self.weight, self.bias, self.eps)
+        r = check_same(residual, x, "residual", "the input")
+        m, d = layer_dims(x, self.normalized_shape)
+        y, s, mean, rstd = ops.add_layer_norm_forward(x, r, m, d, self.weight, self.bias, self.eps)
         self._saved = (s, m, d, mean, rstd)
         self._forward_seen = True
         return y, s
@@ -53,20 +54,18 @@ class AddLayerNorm(LayerNorm):
         """Gradient w.r.t. ``input`` (== w.r.t. ``residual``) of the latest forward, given
         the gradients of ``y`` and (optionally) of ``s``; accumulates ``weight_grad`` and
         ``bias_grad``."""
-        saved = self._take_saved()
+        saved, dy = self._saved_and_grad(grad_output)
         s, m, d, mean, rstd = saved
         try:
-            dy = F._check_grad(grad_output, s)
-            dsum = None if grad_sum is None else F._check_same(grad_sum, s, "grad_sum", "the sum")
+            dsum = None if grad_sum is None else check_same(grad_sum, s, "grad_sum", "the sum")
         except Exception:
-            self._saved = saved
+            self._saved = saved     # a bad call frees nothing
             raise
-        dx, dw, db = F._add_layer_norm_backward(dy, dsum, s, self.normalized_shape, m, d,
-                                                mean, rstd, self.weight)
+        dx, dw, db = ops.add_layer_norm_backward(dy, dsum, s, self.normalized_shape, m, d,
+                                                 mean, rstd, self.weight)
         self._accumulate("weight", dw)
         self._accumulate("bias", db)
         return dx
-
 
 
 class _BatchNormReLU:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import functional as F
+from .. import _ops as ops
+from .._validate import check_num_groups, check_param, group_dims
 from ._base import Module
 
 
@@ -45,7 +46,7 @@ class GroupNorm(Module):
         if isinstance(num_channels, bool) or not isinstance(num_channels, (int, np.integer)) \
                 or num_channels < 0:
             raise ValueError(f"num_channels must be a non-negative integer, got {num_channels!r}")
-        groups = F._num_groups(num_groups)
+        groups = check_num_groups(num_groups)
         if num_channels % groups != 0:
             raise ValueError(f"num_channels ({num_channels}) must be divisible by "
                              f"num_groups ({num_groups})")
@@ -61,11 +62,12 @@ class GroupNorm(Module):
     def forward(self, input: np.ndarray) -> np.ndarray:
         """Normalize ``input`` ``(N, C, *)``; see :func:`cnorm.functional.group_norm`."""
         x = self._input(input)
-        n, g, cg, s = F._gn_dims(x, self.num_groups)
+        n, g, cg, s = group_dims(x, self.num_groups)
         # like torch, the channel count is only checked through weight / bias
-        weight = F._check_channel_param(self.weight, "weight", g * cg, x)
-        bias = F._check_channel_param(self.bias, "bias", g * cg, x)
-        y, mean, rstd, _ = F._group_norm(x, n, g, cg, s, weight, bias, self.eps)
+        weight = check_param(self.weight, "weight", (g * cg,), x.dtype, "channels",
+                             input_shape=x.shape)
+        bias = check_param(self.bias, "bias", (g * cg,), x.dtype, "channels", input_shape=x.shape)
+        y, mean, rstd, _ = ops.group_norm_forward(x, n, g, cg, s, weight, bias, self.eps)
         self._saved = (x, n, g, cg, s, mean, rstd)
         self._forward_seen = True
         return y
@@ -73,14 +75,8 @@ class GroupNorm(Module):
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
         ``bias_grad``."""
-        saved = self._take_saved()
-        x, n, g, cg, s, mean, rstd = saved
-        try:
-            dy = F._check_grad(grad_output, x)
-        except Exception:
-            self._saved = saved
-            raise
-        dx, dw, db = F._group_norm_backward(dy, x, n, g, cg, s, mean, rstd, self.weight)
+        (x, n, g, cg, s, mean, rstd), dy = self._saved_and_grad(grad_output)
+        dx, dw, db = ops.group_norm_backward(dy, x, n, g, cg, s, mean, rstd, self.weight)
         self._accumulate("weight", dw)
         self._accumulate("bias", db)
         return dx

@@ -12,7 +12,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from .. import functional as F
+from .. import _ops as ops
+from .._validate import batch_dims, check_array, check_param, check_spatial
 from ._base import IncompatibleKeys
 from .batchnorm import _BatchNorm
 
@@ -42,7 +43,7 @@ class _InstanceNorm(_BatchNorm):
     def forward(self, input: np.ndarray) -> np.ndarray:
         r"""Normalize ``input`` ``(N, C, *)`` or unbatched ``(C, *)``; see
         :func:`cnorm.functional.instance_norm`."""
-        x = F._check_array(input)
+        x = check_array(input)
         self._check_input_dim(x.ndim)
         if x.dtype != self.dtype:
             raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
@@ -56,49 +57,43 @@ class _InstanceNorm(_BatchNorm):
                           "You can silence this warning by not passing in num_features, "
                           "which is not used because affine=False",
                           stacklevel=3)   # the caller of m(x) (through Module.__call__)
-        in_shape = x.shape
+        x_in = x
         if x.ndim == self._no_batch_dim:        # unbatched: a batch of one, like torch
             x = x[None]
-        n, c, s = F._bn_dims(x)
+        n, c, s = batch_dims(x)
         dt = self.dtype
         use_input_stats = self.training or not self.track_running_stats
         if use_input_stats:
-            F._check_spatial(x.shape)
+            check_spatial(x.shape)
             rm = rv = None
             if self.training and self.track_running_stats:
-                rm = F._check_vector(self.running_mean, "running_mean", c, dt)
-                rv = F._check_vector(self.running_var, "running_var", c, dt)
+                rm = check_param(self.running_mean, "running_mean", (c,), dt)
+                rv = check_param(self.running_var, "running_var", (c,), dt)
             # torch: momentum=None is passed on as 0.0 (the running statistics stay put)
-            momentum = 0.0 if self.momentum is None else self.momentum
-            y, mean, invstd = F._instance_norm_train(x, n, c, s, self.weight, self.bias,
-                                                     rm, rv, momentum, self.eps)
+            y, mean, invstd = ops.instance_norm_train(x, n, c, s, self.weight, self.bias, rm, rv,
+                                                      ops.momentum_factor(self.momentum), self.eps)
         else:
-            rm = F._check_vector(self.running_mean, "running_mean", c, dt)
-            rv = F._check_vector(self.running_var, "running_var", c, dt)
-            y, mean, invstd = F._batch_norm_eval(x, n, c, s, self.weight, self.bias, rm, rv,
-                                                 self.eps)
-        self._saved = (x, in_shape, n, c, s, mean, invstd, use_input_stats)
+            rm = check_param(self.running_mean, "running_mean", (c,), dt)
+            rv = check_param(self.running_var, "running_var", (c,), dt)
+            y, mean, invstd = ops.batch_norm_eval(x, n, c, s, self.weight, self.bias, rm, rv,
+                                                  self.eps)
+        self._saved = (x_in, x, n, c, s, mean, invstd, use_input_stats)
         self._forward_seen = True
-        return y.reshape(in_shape)
+        return y.reshape(x_in.shape)
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
         ``bias_grad``. Uses the statistics that forward used (instance or running)."""
-        saved = self._take_saved()
-        x, in_shape, n, c, s, mean, invstd, use_input_stats = saved
-        try:
-            dy = F._check_grad(grad_output, x.reshape(in_shape)).reshape(x.shape)
-        except Exception:
-            self._saved = saved
-            raise
+        (x_in, x, n, c, s, mean, invstd, use_input_stats), dy = self._saved_and_grad(grad_output)
+        dy = dy.reshape(x.shape)
         if use_input_stats:
-            dx, dw, db = F._group_norm_backward(dy, x, n, c, 1, s, mean, invstd, self.weight)
+            dx, dw, db = ops.group_norm_backward(dy, x, n, c, 1, s, mean, invstd, self.weight)
         else:
-            dx, dw, db = F._batch_norm_backward(dy, x, n, c, s, self.weight, mean, invstd,
-                                                False)
+            dx, dw, db = ops.batch_norm_backward(dy, x, n, c, s, self.weight, mean, invstd,
+                                                 False)
         self._accumulate("weight", dw)
         self._accumulate("bias", db)
-        return dx.reshape(in_shape)
+        return dx.reshape(x_in.shape)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         """As the batch norms'; like torch, a checkpoint without version metadata (a plain

@@ -5,7 +5,8 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .. import functional as F
+from .. import _ops as ops
+from .._validate import check_normalized_shape, layer_dims
 from ._base import Module
 
 
@@ -40,7 +41,7 @@ class LayerNorm(Module):
         dtype=np.float32,
     ) -> None:
         super().__init__(dtype)
-        self.normalized_shape = F._normalized_shape(normalized_shape)
+        self.normalized_shape = check_normalized_shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         shape, dt = self.normalized_shape, self.dtype
@@ -51,9 +52,8 @@ class LayerNorm(Module):
     def forward(self, input: np.ndarray) -> np.ndarray:
         """Normalize ``input``; see :func:`cnorm.functional.layer_norm`."""
         x = self._input(input)
-        shape = self.normalized_shape
-        m, d = F._ln_dims(x, shape)
-        y, mean, rstd = F._layer_norm(x, m, d, self.weight, self.bias, self.eps)
+        m, d = layer_dims(x, self.normalized_shape)
+        y, mean, rstd = ops.layer_norm_forward(x, m, d, self.weight, self.bias, self.eps)
         self._saved = (x, m, d, mean, rstd)
         self._forward_seen = True
         return y
@@ -61,15 +61,9 @@ class LayerNorm(Module):
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
         ``bias_grad``."""
-        saved = self._take_saved()
-        x, m, d, mean, rstd = saved
-        try:
-            g = F._check_grad(grad_output, x)
-        except Exception:
-            self._saved = saved
-            raise
-        dx, dw, db = F._layer_norm_backward(g, x, self.normalized_shape, m, d, mean, rstd,
-                                            self.weight)
+        (x, m, d, mean, rstd), dy = self._saved_and_grad(grad_output)
+        dx, dw, db = ops.layer_norm_backward(dy, x, self.normalized_shape, m, d, mean, rstd,
+                                             self.weight)
         self._accumulate("weight", dw)
         self._accumulate("bias", db)
         return dx

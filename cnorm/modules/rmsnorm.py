@@ -5,7 +5,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .. import functional as F
+from .. import _ops as ops
+from .._validate import check_normalized_shape, rms_dims
 from ._base import Module
 
 
@@ -39,7 +40,7 @@ class RMSNorm(Module):
         dtype=np.float32,
     ) -> None:
         super().__init__(dtype)
-        self.normalized_shape = F._normalized_shape(normalized_shape)
+        self.normalized_shape = check_normalized_shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         self.weight = np.ones(self.normalized_shape, self.dtype) if elementwise_affine else None
@@ -48,22 +49,16 @@ class RMSNorm(Module):
     def forward(self, input: np.ndarray) -> np.ndarray:
         """Normalize ``input``; see :func:`cnorm.functional.rms_norm`."""
         x = self._input(input)
-        m, d = F._rms_dims(x, self.normalized_shape)
-        y, rrms = F._rms_norm(x, m, d, self.weight, self.eps)
+        m, d = rms_dims(x, self.normalized_shape)
+        y, rrms = ops.rms_norm_forward(x, m, d, self.weight, self.eps)
         self._saved = (x, m, d, rrms)
         self._forward_seen = True
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad``."""
-        saved = self._take_saved()
-        x, m, d, rrms = saved
-        try:
-            dy = F._check_grad(grad_output, x)
-        except Exception:
-            self._saved = saved
-            raise
-        dx, dw = F._rms_norm_backward(dy, x, self.normalized_shape, m, d, rrms, self.weight)
+        (x, m, d, rrms), dy = self._saved_and_grad(grad_output)
+        dx, dw = ops.rms_norm_backward(dy, x, self.normalized_shape, m, d, rrms, self.weight)
         self._accumulate("weight", dw)
         return dx
 

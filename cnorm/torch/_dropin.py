@@ -6,17 +6,16 @@ import threading
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional
 
-import numpy as np
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from .. import functional as CF
+from .._ops import momentum_factor
+from ._autograd import batch_norm, layer_norm
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "convert",
-           "torch_fallback"]
+           "torch_fallback", "cnorm_batch_norm", "FLOATS"]
 
-_FLOATS = (torch.float32, torch.float64)
+FLOATS = (torch.float32, torch.float64)
 # exact types whose .numpy() is a plain view of the data (subclasses with
 # __torch_function__ / __torch_dispatch__, e.g. FakeTensor or DTensor, go to torch)
 _PLAIN = (torch.Tensor, nn.Parameter)
@@ -44,15 +43,6 @@ def torch_fallback() -> Iterator[None]:
         _switch.enabled = previous
 
 
-def _np(t) -> Optional[np.ndarray]:
-    """A NumPy view of a tensor (no copy), None for None."""
-    if t is None:
-        return None
-    if t.requires_grad:
-        t = t.detach()
-    return t.numpy()
-
-
 _is_scripting = torch.jit.is_scripting
 _is_tracing = torch.jit.is_tracing
 _is_compiling = torch.compiler.is_compiling
@@ -63,7 +53,7 @@ _functorch_active = torch._C._are_functorch_transforms_active
 def _input_ok(input) -> bool:
     """A plain, dense, C-contiguous CPU float32/float64 tensor, outside of autocast,
     torch.jit, torch.compile and torch.func transforms (all of which go to torch)."""
-    return (type(input) in _PLAIN and input.dtype in _FLOATS and input.is_cpu
+    return (type(input) in _PLAIN and input.dtype in FLOATS and input.is_cpu
             and input.layout == _STRIDED and input.is_contiguous()
             and not input.is_neg() and not _is_autocast("cpu") and not _is_scripting()
             and not _is_tracing() and not _is_compiling() and not _functorch_active())
@@ -73,90 +63,6 @@ def _ok(t, dtype, shape) -> bool:
     """None, or a plain contiguous CPU tensor of ``dtype`` and ``shape``."""
     return t is None or (type(t) in _PLAIN and t.dtype == dtype and t.is_cpu
                          and t.layout == _STRIDED and t.is_contiguous() and t.shape == shape)
-
-
-def _needs_grad(input, weight, bias) -> bool:
-    return torch.is_grad_enabled() and (
-        input.requires_grad or (weight is not None and weight.requires_grad)
-        or (bias is not None and bias.requires_grad))
-
-
-# ---------------------------------------------------------------------------- autograd
-
-class BatchNormFunction(torch.autograd.Function):
-    """``y = batch_norm(x)`` on the cnorm kernels: ``apply(input, weight, bias, args)``
-    with CPU tensors of one float dtype, contiguous (weight/bias may be None), and
-    ``args = (running_mean, running_var, training, momentum, eps)`` where the running
-    statistics are NumPy views of the buffers (updated in place when ``training``) or
-    None. Saves the input, the weight and the float64 mean/invstd; the backward is
-    once-differentiable."""
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, args):
-        running_mean, running_var, training, momentum, eps = args
-        y, mean, invstd = CF.native_batch_norm(_np(input), _np(weight), _np(bias),
-                                               running_mean, running_var, training,
-                                               momentum, eps)
-        ctx.save_for_backward(input, weight)
-        ctx.stats = (mean, invstd, training)
-        return torch.from_numpy(y)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        mean, invstd, training = ctx.stats
-        dx, dw, db = CF.batch_norm_backward(_np(grad_output), _np(input), _np(weight),
-                                            mean, invstd, training)
-        need = ctx.needs_input_grad
-        return (torch.from_numpy(dx) if need[0] else None,
-                torch.from_numpy(dw) if need[1] else None,
-                torch.from_numpy(db) if need[2] else None,
-                None)
-
-
-class LayerNormFunction(torch.autograd.Function):
-    """``y = layer_norm(x, normalized_shape, weight, bias, eps)`` on the cnorm kernels:
-    ``apply(input, weight, bias, (normalized_shape, eps))`` with CPU tensors of one float
-    dtype, contiguous. Saves the input, the weight and the float64 per-row mean/rstd;
-    the backward is once-differentiable."""
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, args):
-        normalized_shape, eps = args
-        y, mean, rstd = CF.native_layer_norm(_np(input), normalized_shape, _np(weight),
-                                             _np(bias), eps)
-        ctx.save_for_backward(input, weight)
-        ctx.stats = (normalized_shape, mean, rstd)
-        return torch.from_numpy(y)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        normalized_shape, mean, rstd = ctx.stats
-        dx, dw, db = CF.layer_norm_backward(_np(grad_output), _np(input), normalized_shape,
-                                            mean, rstd, _np(weight))
-        need = ctx.needs_input_grad
-        return (torch.from_numpy(dx) if need[0] else None,
-                torch.from_numpy(dw) if need[1] else None,
-                torch.from_numpy(db) if need[2] else None,
-                None)
-
-
-def _fast_apply(fn):
-    """``fn.apply`` without the Python layer of :meth:`torch.autograd.Function.apply`
-    (default-argument binding, functorch checks: the callers run only outside functorch
-    transforms), which costs several microseconds per call."""
-    try:
-        fast = super(torch.autograd.Function, fn).apply
-    except AttributeError:  # pragma: no cover - other torch versions
-        return fn.apply
-    return fast
-
-
-_bn_apply = _fast_apply(BatchNormFunction)
-_ln_apply = _fast_apply(LayerNormFunction)
 
 
 # ---------------------------------------------------------------------------- batch norm
@@ -204,20 +110,14 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     module._check_input_dim(input)
 
     # the rest of torch's _BatchNorm.forward
-    momentum = module.momentum
-    factor = 0.0 if momentum is None else momentum
-    if training and track and num_batches_tracked is not None:
-        num_batches_tracked.add_(1)
-        if momentum is None:                # cumulative moving average
-            factor = 1.0 / float(num_batches_tracked)
+    nbt = num_batches_tracked if training and track else None
+    if nbt is not None:
+        nbt.add_(1)
+    factor = momentum_factor(module.momentum, nbt)
     # NumPy views: cnorm updates the running buffers in place when training
     rm = None if rm is None else rm.numpy()
     rv = None if rv is None else rv.numpy()
-    if _needs_grad(input, weight, bias):
-        return _bn_apply(input, weight, bias, (rm, rv, bn_training, factor, eps))
-    y = CF.native_batch_norm(_np(input), _np(weight), _np(bias), rm, rv, bn_training,
-                             factor, eps)[0]
-    return torch.from_numpy(y)
+    return batch_norm(input, weight, bias, (rm, rv, bn_training, factor, eps))
 
 
 class _CnormBatchNorm:
@@ -271,11 +171,7 @@ class LayerNorm(nn.LayerNorm):
             bias = params.get("bias", _MISSING)
             if (input.dim() >= k and input.shape[input.dim() - k:] == ns
                     and _ok(weight, dtype, ns) and _ok(bias, dtype, ns)):
-                eps = self.eps
-                if _needs_grad(input, weight, bias):
-                    return _ln_apply(input, weight, bias, (ns, eps))
-                y = CF.native_layer_norm(_np(input), ns, _np(weight), _np(bias), eps)[0]
-                return torch.from_numpy(y)
+                return layer_norm(input, weight, bias, (ns, self.eps))
         return super().forward(input)
 
 

@@ -10,7 +10,9 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .. import functional as CF
-from ._dropin import _FLOATS, _np, cnorm_batch_norm
+from .._ops import momentum_factor, update_running_stats
+from ._autograd import as_numpy
+from ._dropin import FLOATS, cnorm_batch_norm
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "SyncBatchNormFunction"]
 
@@ -43,7 +45,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, running_mean, running_var, eps, momentum,
                 process_group, world_size):
-        x = _np(input)
+        x = as_numpy(input)
         c = x.shape[1]
         count, mean, m2 = CF.batch_norm_stats(x)
         total, mean, m2 = _gather_stats(count, mean, m2, process_group, world_size)
@@ -54,13 +56,11 @@ class SyncBatchNormFunction(torch.autograd.Function):
             var = m2 / total
             invstd = 1.0 / np.sqrt(var + eps)
             if running_mean is not None:
-                # as the kernels do it: float64 arithmetic, rounded once to the dtype
-                running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
-                running_var[...] = ((1.0 - momentum) * running_var
-                                    + momentum * (var * (total / (total - 1.0))))
+                update_running_stats(running_mean, running_var, mean,
+                                     var * (total / (total - 1.0)), momentum)
         else:
             invstd = np.zeros(c)            # empty everywhere: nothing to normalize
-        y = CF.batch_norm_elemt(x, mean, invstd, _np(weight), _np(bias))
+        y = CF.batch_norm_elemt(x, mean, invstd, as_numpy(weight), as_numpy(bias))
         ctx.save_for_backward(input, weight)
         ctx.stats = (mean, invstd, total, process_group)
         return torch.from_numpy(y)
@@ -70,8 +70,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         mean, invstd, total, group = ctx.stats
-        x = _np(input)
-        dy = _np(grad_output)
+        x = as_numpy(input)
+        dy = as_numpy(grad_output)
         sum_dy, sum_dy_xhat = CF.batch_norm_backward_reduce(dy, x, mean, invstd)
         need = ctx.needs_input_grad
         grad_input = grad_weight = grad_bias = None
@@ -81,7 +81,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
             dist.all_reduce(both, op=dist.ReduceOp.SUM, group=group)
             g = both.numpy()
             grad_input = torch.from_numpy(CF.batch_norm_backward_elemt(
-                dy, x, mean, invstd, _np(weight), g[:c], g[c:], total))
+                dy, x, mean, invstd, as_numpy(weight), g[:c], g[c:], total))
         dtype = x.dtype
         if weight is not None and need[1]:
             grad_weight = torch.from_numpy(sum_dy_xhat.astype(dtype))
@@ -131,7 +131,7 @@ class SyncBatchNorm(nn.SyncBatchNorm):
                    ("running_var", rv))
         bad = [f"{n} {t.dtype} on {t.device}" for n, t in tensors
                if t is not None and (t.dtype != dtype or not t.is_cpu)]
-        if dtype not in _FLOATS or bad:
+        if dtype not in FLOATS or bad:
             raise TypeError("cnorm.torch.SyncBatchNorm on CPU needs a float32 or float64 "
                             "input and parameters/buffers of its dtype on the CPU; got input "
                             f"{dtype}" + "".join(", " + b for b in bad))
@@ -144,11 +144,10 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         if not input.is_contiguous():
             input = input.contiguous()
 
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
+        nbt = self.num_batches_tracked if self.track_running_stats else None
+        if nbt is not None:
+            nbt.add_(1)
+        factor = momentum_factor(self.momentum, nbt)
         rm_np = None if rm is None else rm.detach().numpy()   # updated in place
         rv_np = None if rv is None else rv.detach().numpy()
         return SyncBatchNormFunction.apply(

@@ -1,0 +1,224 @@
+"""Validated arguments -> kernel calls, and torch's running-statistics semantics.
+
+The one place that imports the compiled kernels. Every function takes arguments already
+checked by :mod:`cnorm._validate` (C-contiguous arrays of one float dtype whose shapes
+match the dims passed along) and handles what the kernels do not: empty inputs, the
+checks torch makes only in training, the running-statistics update outside the
+batch-norm kernel, and the reshapes of the per-parameter gradients.
+"""
+from __future__ import annotations
+
+from typing import Optional, SupportsFloat, Tuple
+
+import numpy as np
+
+from ._kernels import _batch_norm as bn_kernels
+from ._kernels import _openmp
+from ._kernels import _row_norm as row_kernels
+
+__all__ = ["get_num_threads", "openmp_enabled", "set_num_threads", "momentum_factor",
+           "update_running_stats", "batch_norm_train", "batch_norm_eval",
+           "batch_norm_backward", "batch_norm_stats", "batch_norm_elemt",
+           "batch_norm_backward_reduce", "batch_norm_backward_elemt", "layer_norm_forward",
+           "layer_norm_backward", "add_layer_norm_forward", "add_layer_norm_backward",
+           "rms_norm_forward", "rms_norm_backward", "group_norm_forward", "group_norm_backward",
+           "instance_norm_train"]
+
+Array = np.ndarray
+Stats3 = Tuple[Array, Array, Array]
+
+get_num_threads = _openmp.get_num_threads
+openmp_enabled = _openmp.openmp_enabled
+set_num_threads = _openmp.set_num_threads
+
+
+# ------------------------------------------------------------------- running statistics
+
+def momentum_factor(momentum: Optional[float], num_batches_tracked: Optional[SupportsFloat] = None) -> float:
+    """torch's ``exponential_average_factor``: ``momentum``, or with ``momentum=None`` the
+    cumulative average ``1 / num_batches_tracked`` (the count including this batch);
+    0.0 (running statistics left as they are) when there is no count, as torch passes."""
+    if momentum is not None:
+        return momentum
+    return 0.0 if num_batches_tracked is None else 1.0 / float(num_batches_tracked)
+
+
+def update_running_stats(running_mean: Array, running_var: Array, mean: Array,
+                         unbiased_var: Array, factor: float) -> None:
+    """``running = (1 - factor) * running + factor * batch`` in place, in float64 and
+    rounded once to the buffers' dtype, as the batch-norm kernel does it in its fused
+    training pass (which is why BatchNorm itself does not come here)."""
+    new_mean = (1.0 - factor) * running_mean.astype(np.float64) + factor * mean
+    new_var = (1.0 - factor) * running_var.astype(np.float64) + factor * unbiased_var
+    np.copyto(running_mean, new_mean, casting="same_kind")
+    np.copyto(running_var, new_var, casting="same_kind")
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+def batch_norm_train(x: Array, n: int, c: int, s: int, weight: Optional[Array],
+                     bias: Optional[Array], running_mean: Optional[Array],
+                     running_var: Optional[Array], factor: float, eps: float,
+                     relu: bool = False) -> Stats3:
+    """(y, mean, invstd) with the batch statistics; the running statistics (both or
+    neither) updated in place by the kernel; relu: the fused ``max(0, batch_norm(x))``."""
+    if not eps > 0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    m = n * s
+    if m == 1:
+        raise ValueError("Expected more than 1 value per channel when training, "
+                         f"got input size {x.shape}")
+    if m == 0 or c == 0:
+        # torch: an empty batch leaves the running statistics alone
+        return np.empty_like(x), np.zeros(c), np.zeros(c)
+    return bn_kernels.forward_train(x, n, c, s, weight, bias, running_mean, running_var,
+                                    float(factor), float(eps), relu)
+
+
+def batch_norm_eval(x: Array, n: int, c: int, s: int, weight: Optional[Array],
+                    bias: Optional[Array], running_mean: Array, running_var: Array,
+                    eps: float, relu: bool = False) -> Stats3:
+    """(y, mean, invstd) with the running statistics."""
+    return bn_kernels.forward_eval(x, n, c, s, weight, bias, running_mean, running_var,
+                                   float(eps), relu)
+
+
+def batch_norm_backward(dy: Array, x: Array, n: int, c: int, s: int, weight: Optional[Array],
+                        mean: Array, invstd: Array, training: bool,
+                        y: Optional[Array] = None) -> Stats3:
+    """(dx, dweight, dbias); y: the output of a fused BN + ReLU (the gradient passes where
+    y > 0)."""
+    if x.size == 0:
+        zeros = np.zeros(c, dtype=x.dtype)
+        return np.empty_like(x), zeros, zeros.copy()
+    dx, sum_dy, sum_dy_xhat = bn_kernels.backward(dy, x, n, c, s, mean, invstd, weight,
+                                                  bool(training), True, y)
+    return dx, sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype)
+
+
+def batch_norm_stats(x: Array, n: int, c: int, s: int) -> Tuple[int, Array, Array]:
+    """(count, mean, m2) per channel, float64."""
+    count = n * s
+    if count == 0 or c == 0:
+        return count, np.zeros(c), np.zeros(c)
+    mean, var = bn_kernels.stats(x, n, c, s)
+    return count, mean, var * count
+
+
+def batch_norm_elemt(x: Array, n: int, c: int, s: int, mean: Array, invstd: Array,
+                     weight: Optional[Array], bias: Optional[Array]) -> Array:
+    if x.size == 0:
+        return np.empty_like(x)
+    return bn_kernels.normalize(x, n, c, s, mean, invstd, weight, bias)
+
+
+def batch_norm_backward_reduce(dy: Array, x: Array, n: int, c: int, s: int, mean: Array,
+                               invstd: Array) -> Tuple[Array, Array]:
+    if x.size == 0:
+        return np.zeros(c), np.zeros(c)
+    return bn_kernels.backward_reduce(dy, x, n, c, s, mean, invstd)
+
+
+def batch_norm_backward_elemt(dy: Array, x: Array, n: int, c: int, s: int, mean: Array,
+                              invstd: Array, weight: Optional[Array], sum_dy: Array,
+                              sum_dy_xhat: Array, count: float) -> Array:
+    if x.size == 0:
+        return np.empty_like(x)
+    if not count > 0:
+        raise ValueError(f"count must be positive, got {count}")
+    return bn_kernels.backward_input(dy, x, n, c, s, mean, invstd, weight, sum_dy,
+                                     sum_dy_xhat, float(count))
+
+
+# ------------------------------------------------------------------------------ row norms
+# an empty row has no statistics: NaN, as torch gives
+
+def layer_norm_forward(x: Array, m: int, d: int, weight: Optional[Array],
+                       bias: Optional[Array], eps: float) -> Stats3:
+    """(y, mean (m,), rstd (m,)); weight and bias: any shape of d contiguous elements."""
+    if m == 0 or d == 0:
+        return np.empty_like(x), np.full(m, np.nan), np.full(m, np.nan)
+    return row_kernels.forward(x, m, d, weight, bias, float(eps))
+
+
+def layer_norm_backward(dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: int,
+                        mean: Array, rstd: Array, weight: Optional[Array]) -> Stats3:
+    """(dx, dweight, dbias), the last two of ``shape``."""
+    if m == 0 or d == 0:
+        zeros = np.zeros(shape, dtype=x.dtype)
+        return np.empty_like(x), zeros, zeros.copy()
+    dx, dw, db = row_kernels.backward(dy, x, m, d, mean, rstd, weight)
+    return dx, dw.reshape(shape), db.reshape(shape)
+
+
+def add_layer_norm_forward(x: Array, r: Array, m: int, d: int, weight: Optional[Array],
+                           bias: Optional[Array], eps: float) -> Tuple[Array, Array, Array, Array]:
+    """(y, s = x + r, mean, rstd)."""
+    if m == 0 or d == 0:
+        nan = np.full(m, np.nan)
+        return np.empty_like(x), x + r, nan, nan.copy()
+    return row_kernels.add_forward(x, r, m, d, weight, bias, float(eps))
+
+
+def add_layer_norm_backward(dy: Array, dsum: Optional[Array], s: Array, shape: Tuple[int, ...],
+                            m: int, d: int, mean: Array, rstd: Array,
+                            weight: Optional[Array]) -> Stats3:
+    """(ds, dweight, dbias): the layer-norm backward at s, plus dsum (None: 0)."""
+    ds, dw, db = layer_norm_backward(dy, s, shape, m, d, mean, rstd, weight)
+    if dsum is not None:
+        np.add(ds, dsum, out=ds)
+    return ds, dw, db
+
+
+def rms_norm_forward(x: Array, m: int, d: int, weight: Optional[Array],
+                     eps: Optional[float]) -> Tuple[Array, Array]:
+    """(y, rrms (m,)); eps=None: the machine epsilon of the input dtype (torch's default)."""
+    if m == 0 or d == 0:
+        return np.empty_like(x), np.full(m, np.nan)
+    eps = float(np.finfo(x.dtype).eps) if eps is None else float(eps)
+    return row_kernels.rms_forward(x, m, d, weight, eps)
+
+
+def rms_norm_backward(dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: int,
+                      rrms: Array, weight: Optional[Array]) -> Tuple[Array, Array]:
+    """(dx, dweight of ``shape``)."""
+    if m == 0 or d == 0:
+        return np.empty_like(x), np.zeros(shape, dtype=x.dtype)
+    dx, dw = row_kernels.rms_backward(dy, x, m, d, rrms, weight)
+    return dx, dw.reshape(shape)
+
+
+def group_norm_forward(x: Array, n: int, g: int, cg: int, s: int, weight: Optional[Array],
+                       bias: Optional[Array], eps: float) -> Tuple[Array, Array, Array, Array]:
+    """(y, mean, rstd, biased var), float64 statistics (n*g,)."""
+    if x.size == 0:
+        nan = np.full(n * g, np.nan)
+        return np.empty_like(x), nan, nan.copy(), nan.copy()
+    return row_kernels.group_forward(x, n, g, cg, s, weight, bias, float(eps))
+
+
+def group_norm_backward(dy: Array, x: Array, n: int, g: int, cg: int, s: int, mean: Array,
+                        rstd: Array, weight: Optional[Array]) -> Stats3:
+    """(dx, dweight (C,), dbias (C,))."""
+    if x.size == 0:
+        zeros = np.zeros(g * cg, dtype=x.dtype)
+        return np.empty_like(x), zeros, zeros.copy()
+    return row_kernels.group_backward(dy, x, n, g, cg, s, mean, rstd, weight)
+
+
+def instance_norm_train(x: Array, n: int, c: int, s: int, weight: Optional[Array],
+                        bias: Optional[Array], running_mean: Optional[Array],
+                        running_var: Optional[Array], factor: float, eps: float) -> Stats3:
+    """(y, mean, rstd), float64 (n*c,), with the per-(n, c) statistics (a group norm with
+    one group per channel). Given running statistics are updated as torch does: with the
+    mean over n of the instance means / UNBIASED variances; N = 0 makes them NaN (a mean
+    over no instance) and S = 0 with N > 0 leaves them alone."""
+    y, mean, rstd, var = group_norm_forward(x, n, c, 1, s, weight, bias, eps)
+    if running_mean is not None and running_var is not None and c > 0 and (s > 0 or n == 0):
+        if n == 0:
+            batch_mean = batch_var = np.full(c, np.nan)
+        else:
+            batch_mean = mean.reshape(n, c).mean(axis=0)
+            batch_var = var.reshape(n, c).mean(axis=0) * (s / (s - 1.0))
+        update_running_stats(running_mean, running_var, batch_mean, batch_var, float(factor))
+    return y, mean, rstd

@@ -1,0 +1,217 @@
+"""Argument checks of the Python layer, with torch's wording where torch has one.
+
+Each check returns what the kernels take (C-contiguous, aligned, native byte order) and
+copies only when it must. The functional layer runs them on every argument; the modules
+run the input checks and trust their own state.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ["Array", "ShapeLike", "FLOAT32", "FLOAT64", "unsupported_dtype", "check_dtype",
+           "check_array", "check_grad", "check_same", "check_param", "batch_dims",
+           "check_normalized_shape", "layer_dims", "rms_dims", "check_num_groups", "group_dims",
+           "check_spatial", "torch_shape"]
+
+Array = np.ndarray
+ShapeLike = Union[int, Sequence[int]]
+
+FLOAT32 = np.dtype(np.float32)
+FLOAT64 = np.dtype(np.float64)
+_SUPPORTED = (FLOAT32, FLOAT64)
+
+
+def unsupported_dtype(dtype: np.dtype) -> TypeError:
+    return TypeError(f"unsupported dtype {dtype}: cnorm works on float32 and float64 arrays")
+
+
+def check_dtype(dtype) -> np.dtype:
+    """A module's ``dtype=`` argument as a supported NumPy dtype."""
+    dt = np.dtype(dtype)
+    if dt not in _SUPPORTED:
+        raise unsupported_dtype(dt)
+    return dt
+
+
+# ---------------------------------------------------------------------------------- arrays
+
+def check_array(x, name: str = "input") -> Array:
+    """x as a C-contiguous float32/float64 ndarray (a copy only when x is not one)."""
+    if type(x) is not np.ndarray and not isinstance(x, np.ndarray):
+        raise TypeError(f"expected a NumPy array{'' if name == 'input' else ' for ' + name}, "
+                        f"got {type(x).__name__}")
+    dtype = x.dtype
+    # identity tests first: they decide the common case without dtype.__eq__
+    if dtype is not FLOAT32 and dtype is not FLOAT64 and dtype not in _SUPPORTED:
+        if dtype.kind == "f" and dtype.itemsize in (4, 8) and not dtype.isnative:
+            return np.ascontiguousarray(x, dtype=dtype.newbyteorder("="))
+        raise unsupported_dtype(dtype)
+    flags = x.flags
+    if not (flags.c_contiguous and flags.aligned):
+        x = np.array(x, order="C", copy=True)   # ascontiguousarray keeps misalignment
+    return x
+
+
+def check_grad(grad_output, x: Array) -> Array:
+    """The gradient of an output shaped like the forward's input ``x``."""
+    g = check_array(grad_output, "grad_output")
+    if g.shape != x.shape:
+        raise ValueError(f"grad_output has shape {g.shape} but the input of forward() "
+                         f"had shape {x.shape}")
+    if g.dtype != x.dtype:
+        raise TypeError(f"grad_output dtype {g.dtype} does not match the input dtype {x.dtype}")
+    return g
+
+
+def check_same(a, x: Array, name: str, what: str) -> Array:
+    """Another array of the same shape and dtype as ``x`` (grad_sum, output, residual)."""
+    a = check_array(a, name)
+    if a.shape != x.shape:
+        raise ValueError(f"{name} has shape {a.shape} but {what} has shape {x.shape}")
+    if a.dtype != x.dtype:
+        raise TypeError(f"{name} dtype {a.dtype} does not match the input dtype {x.dtype}")
+    return a
+
+
+# ------------------------------------------------------------------------------ parameters
+
+def _mismatch(wording: str, name: str, a: Array, shape: Tuple[int, ...],
+              input_shape: Tuple[int, ...]) -> str:
+    """The shape-mismatch message of each family, as torch words it."""
+    if wording == "normalized_shape":       # layer norm / RMS norm weight and bias
+        return (f"Expected {name} to be of same shape as normalized_shape, but got {name} "
+                f"of shape {list(a.shape)} and normalized_shape = {list(shape)}")
+    if wording == "channels":               # group norm weight and bias
+        return (f"Expected {name} to be a vector of size equal to the number of channels "
+                f"in input, but got {name} of shape {torch_shape(a.shape)} and input of "
+                f"shape {torch_shape(input_shape)}")
+    if wording == "stats":                  # float64 statistics handed back to a backward
+        return f"{name} must have shape {shape}, got {a.shape}"
+    return f"{name} should contain {shape[0]} elements not {a.size} (shape {a.shape})"
+
+
+def check_param(a, name: str, shape: Tuple[int, ...], dtype: Optional[np.dtype],
+                wording: str = "elements", *, writable: bool = False,
+                input_shape: Tuple[int, ...] = ()) -> Optional[Array]:
+    """A parameter, running buffer or statistic, as the kernels take it.
+
+    ``dtype`` given (weight, bias, running statistics): None, or an ndarray of exactly
+    ``dtype`` and ``shape``. ``dtype=None`` (the float64 statistics a forward returned:
+    mean, invstd, rstd, ...): anything array-like, converted to float64.
+    Returned C-contiguous and aligned, a copy when it is not: the caller writes a
+    ``writable`` one back with ``np.copyto``. ``wording`` picks the shape-mismatch message
+    ("elements", "normalized_shape", "channels" with ``input_shape``, "stats").
+    """
+    if dtype is None:
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        wording = "stats"
+    elif a is None:
+        return None
+    elif not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array or None, got {type(a).__name__}")
+    elif a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype} but the input has dtype {dtype}")
+    if a.shape != shape:
+        raise ValueError(_mismatch(wording, name, a, shape, input_shape))
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} is read-only, but it is updated in place when training")
+    flags = a.flags
+    if flags.c_contiguous and flags.aligned:
+        return a
+    return np.array(a, order="C", copy=True)
+
+
+# ------------------------------------------------------------------------------------ dims
+
+def torch_shape(shape: Sequence[int]) -> str:
+    """A shape as torch's C++ messages print it: ``[2, 4, 3]``."""
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def batch_dims(x: Array) -> Tuple[int, int, int]:
+    """(N, C, S) of a per-channel input (N, C, *spatial), S = prod(spatial)."""
+    shape = x.shape
+    if len(shape) < 2:
+        raise ValueError(f"expected at least 2D input (got {len(shape)}D input)")
+    n, c = shape[0], shape[1]
+    s = 1
+    for d in shape[2:]:
+        s *= d
+    return n, c, s
+
+
+def check_normalized_shape(shape: ShapeLike) -> Tuple[int, ...]:
+    """A ``normalized_shape`` argument as a tuple of non-negative ints."""
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    try:
+        dims = tuple(int(d) for d in shape)
+    except TypeError:
+        raise TypeError("normalized_shape must be an int or a sequence of ints, "
+                        f"got {type(shape).__name__}") from None
+    if any(d < 0 for d in dims):
+        raise ValueError(f"normalized_shape must not contain negative sizes, got {dims}")
+    return dims
+
+
+def layer_dims(x: Array, shape: Tuple[int, ...]) -> Tuple[int, int]:
+    """(M rows, D values per row) of a layer-norm input (*, *normalized_shape)."""
+    k = len(shape)
+    if k == 0 or x.ndim < k or x.shape[x.ndim - k:] != shape:
+        ns = ", ".join(map(str, shape))
+        raise ValueError(f"Given normalized_shape=[{ns}], expected input with shape "
+                         f"[*, {ns}], but got input of size[{', '.join(map(str, x.shape))}]")
+    d = math.prod(shape)
+    return (x.size // d if d else math.prod(x.shape[: x.ndim - k])), d
+
+
+def rms_dims(x: Array, shape: Tuple[int, ...]) -> Tuple[int, int]:
+    """(M, D) of an RMS-norm input, with torch's RMSNorm messages."""
+    k = len(shape)
+    if k == 0:
+        raise ValueError("Expected normalized_shape to be at least 1-dimensional, i.e., "
+                         "containing at least one element, but got normalized_shape = []")
+    if x.ndim < k:
+        raise ValueError(f"Input tensor must have at least {k} dimensions, but got {x.ndim}")
+    if x.shape[x.ndim - k:] != shape:
+        ns = ", ".join(map(str, shape))
+        raise ValueError(f"Given normalized_shape=[{ns}], expected input with shape [*{ns}], "
+                         f"but got input of size{torch_shape(x.shape)}")
+    return math.prod(x.shape[: x.ndim - k]), math.prod(shape)
+
+
+def check_num_groups(groups) -> int:
+    """A ``num_groups`` argument: a positive int (not a bool)."""
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
+        raise TypeError("group_norm(): argument 'num_groups' (position 2) must be int, "
+                        f"not {type(groups).__name__}")
+    if groups <= 0:
+        raise ValueError(f"Expected num groups to be greater than 0, got {int(groups)}")
+    return int(groups)
+
+
+def group_dims(x: Array, groups) -> Tuple[int, int, int, int]:
+    """(N, G, Cg, S) of a group-norm input, with torch's checks in torch's order."""
+    if x.ndim < 2:
+        raise ValueError(f"Expected at least 2 dimensions for input tensor but received {x.ndim}")
+    g = check_num_groups(groups)
+    n, c, s = batch_dims(x)
+    # torch's F.group_norm: _verify_batch_size([N * C // G, G, *spatial])
+    if (n * c // g) * s == 1:
+        size = [n * c // g, g] + list(x.shape[2:])
+        raise ValueError("Expected more than 1 value per channel when training, "
+                         f"got input size {size}")
+    if c % g:
+        raise ValueError("Expected number of channels in input to be divisible by num_groups, "
+                         f"but got input of shape {torch_shape(x.shape)} and num_groups={g}")
+    return n, g, c // g, s
+
+
+def check_spatial(shape: Sequence[int]) -> None:
+    """torch's F.instance_norm check when the input's own statistics are used."""
+    if math.prod(shape[2:]) == 1:
+        raise ValueError("Expected more than 1 spatial element when training, "
+                         f"got input size {tuple(shape)}")
