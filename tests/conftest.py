@@ -1,12 +1,20 @@
-"""Shared fixtures and helpers of the cnorm test suite."""
+"""Shared fixtures and helpers of the cnorm test suite.
 
+The norms themselves (how to call each one, its shapes, its reference) are in norms.py;
+the few private internals the tests need are in _internals.py.
+"""
+
+import contextlib
+import math
+import os
+import re
 import zlib
 
 import numpy as np
 import pytest
+from _internals import KERNEL_MODULES, NEVER, set_simd, set_stream_min_bytes
 
 import cnorm
-from cnorm import slow
 
 DTYPES = [np.float32, np.float64]
 
@@ -15,6 +23,10 @@ DTYPES = [np.float32, np.float64]
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 BN_CLASSES = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
+
+
+def dtype_id(d):
+    return np.dtype(d).name
 
 
 def tol_for(dtype):
@@ -33,6 +45,13 @@ def bn_axes(ndim):
 def channel(v, ndim):
     return np.asarray(v).reshape((1, -1) + (1,) * (ndim - 2))
 
+
+def raises(exc, msg):
+    """pytest.raises for an exact message."""
+    return pytest.raises(exc, match=re.escape(msg))
+
+
+# --------------------------------------------------------------------------- comparisons
 
 def assert_close(actual, expected, dtype, scale=1.0, err_msg=""):
     """``actual`` (of ``dtype``) matches the float64 ``expected`` to the dtype's tolerance.
@@ -64,6 +83,53 @@ def assert_reduction_close(actual, expected, terms, axes, dtype, err_msg=""):
     assert_close(actual, expected, dtype, scale=scale, err_msg=err_msg)
 
 
+def max_err(actual, expected):
+    """max |actual - expected| (float64); NaN anywhere counts as infinite error."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    assert a.shape == e.shape, (a.shape, e.shape)
+    if a.size == 0:
+        return 0.0
+    d = np.abs(a - e)
+    return float("inf") if np.isnan(d).any() else float(d.max())
+
+
+def rel_err(actual, expected):
+    """max |actual - expected| / max |expected| (norm-wise relative error)."""
+    scale = float(np.max(np.abs(np.asarray(expected, dtype=np.float64)), initial=0.0))
+    err = max_err(actual, expected)
+    return err / scale if scale > 0 else err
+
+
+def assert_nested_equal(a, b, what):
+    """Lists / tuples of arrays (or None) equal to the bit."""
+    if isinstance(a, (list, tuple)):
+        assert len(a) == len(b), what
+        for i, (u, v) in enumerate(zip(a, b)):
+            assert_nested_equal(u, v, f"{what}[{i}]")
+    elif a is None:
+        assert b is None, what
+    else:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=what)
+
+
+# --------------------------------------------------------------------------- data
+
+# the BatchNorm module classes and an input of each (module tests)
+BN = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+BN_SHAPE = {"BatchNorm1d": (6, 4, 3), "BatchNorm2d": (3, 4, 2, 3), "BatchNorm3d": (2, 4, 2, 2, 3)}
+
+
+def bn(name, C=4, **kw):
+    """The BatchNorm module ``name`` with C channels."""
+    return getattr(cnorm, name)(C, **kw)
+
+
+def sample(rng, shape, dtype=np.float32):
+    """x = N(0.5, 2) of ``shape``."""
+    return rng.normal(0.5, 2.0, shape).astype(dtype)
+
+
 def make_bn_data(rng, shape, dtype, loc=0.5, scale=2.0):
     """x, dy, weight, bias, running_mean, running_var for a (N, C, *) shape."""
     C = shape[1]
@@ -86,51 +152,126 @@ def make_ln_data(rng, shape, normalized_shape, dtype, loc=0.5, scale=2.0):
     return x, dy, w, b
 
 
-class RefBatchNorm:
-    """Pure-NumPy model of a torch BatchNorm module's state machine (built on cnorm.slow)."""
+def data(rng, shape, dtype, loc=0.5, scale=2.0):
+    """x = N(loc, scale) and dy = N(0, 1) of ``shape``."""
+    x = rng.normal(loc, scale, shape).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    return x, dy
 
-    def __init__(self, C, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 bias=True, weight=None, bias_value=None):
-        self.eps, self.momentum = eps, momentum
-        self.training = True
-        self.weight = (np.ones(C) if weight is None else np.array(weight, np.float64)) if affine else None
-        self.bias = None
-        if affine and bias:
-            self.bias = np.zeros(C) if bias_value is None else np.array(bias_value, np.float64)
-        self.track = track_running_stats
-        self.running_mean = np.zeros(C) if track_running_stats else None
-        self.running_var = np.ones(C) if track_running_stats else None
-        self.num_batches_tracked = 0 if track_running_stats else None
-        self.weight_grad = self.bias_grad = None
 
-    def forward(self, x):
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track:
-            self.num_batches_tracked += 1
-            if self.momentum is None:
-                factor = 1.0 / self.num_batches_tracked
-        use_batch = self.training or self.running_mean is None
-        rm = self.running_mean if (not self.training or self.track) else None
-        rv = self.running_var if (not self.training or self.track) else None
-        y, nrm, nrv = slow.batch_norm_forward(x, self.weight, self.bias, rm, rv, use_batch, factor, self.eps)
-        if use_batch:
-            mean, var = slow.batch_norm_stats(x)
+def params(rng, shape, dtype, loc=(1.0, 0.0)):
+    """weight ~ N(1, 0.5), bias ~ N(0, 0.5) of ``shape``."""
+    w = rng.normal(loc[0], 0.5, shape).astype(dtype)
+    b = rng.normal(loc[1], 0.5, shape).astype(dtype)
+    return w, b
+
+
+def offset_data(rng, shape, offset, scale=1.0, dtype=np.float32):
+    """x = offset + scale * N(0, 1) (in float64, then rounded once to dtype)."""
+    return (offset + scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def affine_params(rng, C, dtype=np.float32):
+    """weight of |w| in [0.5, 1.5] with random signs, bias in [-1, 1]."""
+    w = rng.uniform(0.5, 1.5, C).astype(dtype) * rng.choice([-1, 1], C).astype(dtype)
+    b = rng.uniform(-1.0, 1.0, C).astype(dtype)
+    return w, b
+
+
+def ln_dx_scale(ns, rstd):
+    """Rows of one element have rstd = 1/sqrt(eps) (~316): dx is O(ulp * rstd) there."""
+    return np.max(rstd, initial=1.0) * 0.1 if math.prod(ns) == 1 else 1.0
+
+
+def ln_xhat(x, ns, mean, rstd):
+    expand = (1,) * len(ns)
+    return (x.astype(np.float64) - mean.reshape(mean.shape + expand)) * rstd.reshape(rstd.shape + expand)
+
+
+# --------------------------------------------------------------------------- module state
+
+_MODULE_ATTRS = ["weight", "bias", "weight_grad", "bias_grad", "running_mean", "running_var",
+                 "num_batches_tracked", "training", "eps", "momentum", "dtype", "affine",
+                 "track_running_stats", "num_features", "normalized_shape", "elementwise_affine",
+                 "num_groups", "num_channels"]
+
+
+def module_state(m):
+    """Every piece of state and hyperparameter of a cnorm module."""
+    return {n: getattr(m, n) for n in _MODULE_ATTRS if hasattr(m, n)}
+
+
+def assert_same_module_state(a, b):
+    """The same state (to the bit), hyperparameters, state_dict, repr and type."""
+    sa, sb = module_state(a), module_state(b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if isinstance(sa[k], np.ndarray):
+            assert isinstance(sb[k], np.ndarray), k
+            assert sa[k].dtype == sb[k].dtype, k
+            np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
         else:
-            mean, var = self.running_mean, self.running_var
-        if self.training and self.track:
-            self.running_mean, self.running_var = nrm, nrv
-        self._saved = (x, mean, 1.0 / np.sqrt(var + self.eps), use_batch)
-        return y
+            assert sa[k] == sb[k], k
+    da, db = a.state_dict(), b.state_dict()
+    assert list(da) == list(db)
+    for k in da:
+        np.testing.assert_array_equal(db[k], da[k], err_msg=k)
+    assert repr(a) == repr(b)
+    assert type(a) is type(b)
 
-    def backward(self, dy):
-        x, mean, invstd, use_batch = self._saved
-        dx, dw, db = slow.batch_norm_backward(dy, x, self.weight, mean, invstd, use_batch)
-        if self.weight is not None:
-            self.weight_grad = dw if self.weight_grad is None else self.weight_grad + dw
-        if self.bias is not None:
-            self.bias_grad = db if self.bias_grad is None else self.bias_grad + db
-        return dx
 
+# --------------------------------------------------------------------------- finite differences
+
+FD_EPS = 1e-3          # a larger eps keeps the finite differences well conditioned
+FD_H = 1e-6
+FD_RTOL, FD_ATOL = 1e-6, 1e-7
+
+
+def numeric_grad(f, a, h=FD_H):
+    """Central-difference gradient of the scalar f() with respect to array a (perturbed in place)."""
+    g = np.zeros_like(a)
+    it = np.nditer(a, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = a[i]
+        a[i] = old + h
+        fp = f()
+        a[i] = old - h
+        fm = f()
+        a[i] = old
+        g[i] = (fp - fm) / (2 * h)
+    return g
+
+
+def check_grad(analytic, numeric, what):
+    np.testing.assert_allclose(analytic, numeric, rtol=FD_RTOL, atol=FD_ATOL, err_msg=what)
+
+
+# --------------------------------------------------------------------------- threads
+
+@contextlib.contextmanager
+def threads(n):
+    """cnorm.set_num_threads(n) inside the block; the previous count afterwards."""
+    old = cnorm.get_num_threads()
+    cnorm.set_num_threads(n)
+    try:
+        yield
+    finally:
+        cnorm.set_num_threads(old)
+
+
+THREAD_RTOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-13}
+
+
+def assert_threads_agree(one, two, dtype):
+    """Outputs with 1 and 2 threads: equal to THREAD_RTOL (relative to each output's scale)."""
+    rtol = THREAD_RTOL[np.dtype(dtype)]
+    for i, (a, b) in enumerate(zip(one, two)):
+        scale = np.abs(a).max(initial=1.0)
+        np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * scale, err_msg=f"output {i}")
+
+
+# --------------------------------------------------------------------------- fixtures
 
 @pytest.fixture
 def rng(request):
@@ -141,12 +282,8 @@ def rng(request):
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
 def num_threads(request):
     """Run the test with cnorm.set_num_threads(1) and (2); restores the previous value."""
-    old = cnorm.get_num_threads()
-    cnorm.set_num_threads(request.param)
-    try:
+    with threads(request.param):
         yield request.param
-    finally:
-        cnorm.set_num_threads(old)
 
 
 @pytest.fixture
@@ -155,3 +292,24 @@ def restore_threads():
     old = cnorm.get_num_threads()
     yield old
     cnorm.set_num_threads(old)
+
+
+@pytest.fixture
+def kernel_switches():
+    """Yields the available SIMD modes; restores the default SIMD build and the
+    non-temporal-store threshold of every kernel module afterwards."""
+    avx2 = all(set_simd(mod, True) for mod in KERNEL_MODULES)
+    default_avx2 = avx2 and os.environ.get("CNORM_SIMD", "") != "baseline"
+    old_stream = []
+    for mod in KERNEL_MODULES:
+        old = set_stream_min_bytes(mod, NEVER)
+        set_stream_min_bytes(mod, old)
+        old_stream.append(old)
+    for mod in KERNEL_MODULES:
+        set_simd(mod, default_avx2)
+    try:
+        yield [False, True] if avx2 else [False]
+    finally:
+        for mod, old in zip(KERNEL_MODULES, old_stream):
+            set_simd(mod, default_avx2)
+            set_stream_min_bytes(mod, old)

@@ -1,19 +1,17 @@
-"""Every error of the API spec, with its exact message."""
+"""Errors: every error of the API spec, with its exact message (torch's wording where torch
+has one), and a rejected call loses no state."""
 
 import re
 
 import numpy as np
 import pytest
+from conftest import dtype_id, raises
+from norms import NORMS
 
 import cnorm
 import cnorm.functional as F
 
-
-def raises(exc, msg):
-    return pytest.raises(exc, match=re.escape(msg))
-
-
-# --------------------------------------------------------------------------- input dimensions / shapes
+f32 = np.float32
 
 
 @pytest.mark.parametrize("shape", [(2,), (2, 3, 4, 5), (2, 3, 4, 5, 6), ()], ids=str)
@@ -157,7 +155,7 @@ UNSUPPORTED = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint32, np.ui
                np.complex64, np.complex128, np.float16, object]
 
 
-@pytest.mark.parametrize("dtype", UNSUPPORTED, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", UNSUPPORTED, ids=dtype_id)
 @pytest.mark.parametrize("mod", list(MODULES))
 def test_unsupported_dtype(mod, dtype):
     make, shape = MODULES[mod]
@@ -202,7 +200,6 @@ def test_non_native_byte_order_float_is_not_a_crash():
 
 
 # --------------------------------------------------------------------------- eps / num_features
-
 
 @pytest.mark.parametrize("eps,shown", [(0.0, "0.0"), (-1.0, "-1.0"), (-1e-05, "-1e-05")])
 @pytest.mark.parametrize("cls,shape", [("BatchNorm1d", (4, 3)), ("BatchNorm2d", (2, 3, 2, 2)),
@@ -251,7 +248,6 @@ def test_layer_norm_eps_not_checked():
 
 
 # --------------------------------------------------------------------------- backward protocol
-
 
 @pytest.mark.parametrize("mod", list(MODULES))
 def test_backward_before_forward(mod):
@@ -306,8 +302,44 @@ def test_grad_output_wrong_dtype(mod):
         m.backward(np.ones(shape, np.float32))
 
 
-# --------------------------------------------------------------------------- functional argument checks
+@pytest.mark.parametrize("norm", NORMS, ids=str)
+def test_bad_backward_call_loses_nothing(norm):
+    """A rejected backward call keeps the saved forward: a correct one still works."""
+    rng = np.random.default_rng(4)
+    case = norm.small
+    shape = case.shape
+    m = norm.make(case)
+    x = rng.standard_normal(shape).astype(f32)
+    dy = rng.standard_normal(shape).astype(f32)
+    norm.call(m, x)
+    for bad in (np.ones(shape, np.float64), np.ones(shape[:-1], f32), [1.0], None):
+        with pytest.raises((TypeError, ValueError)):
+            m.backward(bad)
+    assert m.weight_grad is None
+    dx = m.backward(dy)
+    ref = norm.make(case)
+    norm.call(ref, x)
+    np.testing.assert_array_equal(dx, ref.backward(dy))
 
+
+def test_failed_forward_changes_no_state():
+    """A forward that raises leaves running stats, num_batches_tracked and the saved input."""
+    rng = np.random.default_rng(5)
+    m = cnorm.BatchNorm2d(3)
+    x = rng.standard_normal((4, 3, 5, 5)).astype(f32)
+    m(x)
+    state = {k: np.array(v, copy=True) for k, v in m.state_dict().items()}
+    for bad in (np.ones((4, 4, 5, 5), f32), np.ones((1, 3, 1, 1), f32), np.ones((4, 3, 5, 5), np.int32),
+                np.ones((4, 3, 5), f32), [1.0]):
+        with pytest.raises((TypeError, ValueError)):
+            m(bad)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, state[k], err_msg=k)
+    dx = m.backward(np.ones_like(x))           # still the gradient of the good forward
+    assert dx.shape == x.shape
+
+
+# --------------------------------------------------------------------------- functional argument checks
 
 def test_functional_batch_norm_eval_needs_running_stats():
     x = np.ones((4, 3), np.float32)
@@ -318,8 +350,8 @@ def test_functional_batch_norm_eval_needs_running_stats():
 @pytest.mark.parametrize("which", ["weight", "bias", "running_mean", "running_var"])
 def test_functional_batch_norm_param_checks(which):
     x = np.ones((4, 3, 2), np.float32)
-    good = dict(running_mean=np.zeros(3, np.float32), running_var=np.ones(3, np.float32),
-                weight=np.ones(3, np.float32), bias=np.zeros(3, np.float32))
+    good = {"running_mean": np.zeros(3, np.float32), "running_var": np.ones(3, np.float32),
+                "weight": np.ones(3, np.float32), "bias": np.zeros(3, np.float32)}
     with pytest.raises(ValueError):
         F.batch_norm(x, **dict(good, **{which: np.ones(4, np.float32)}), training=True)
     with pytest.raises(ValueError):
@@ -348,3 +380,149 @@ def test_functional_type_checks():
         F.batch_norm(np.ones((4, 3), np.int64), None, None, training=True)
     with raises(TypeError, "unsupported dtype int32: cnorm works on float32 and float64 arrays"):
         F.layer_norm(np.ones((4, 3), np.int32), (3,))
+
+
+# --------------------------------------------------------------------------- GroupNorm, InstanceNorm, RMSNorm, fused
+
+def test_group_norm_errors():
+    x = np.zeros((2, 4, 3), np.float32)
+    with raises(ValueError, "num_channels (4) must be divisible by num_groups (3)"):
+        cnorm.GroupNorm(3, 4)
+    with raises(ValueError, "Expected num groups to be greater than 0, got 0"):
+        cnorm.GroupNorm(0, 4)
+    with raises(ValueError, "Expected num groups to be greater than 0, got -2"):
+        F.group_norm(x, -2)
+    with raises(TypeError, "group_norm(): argument 'num_groups' (position 2) must be int, not float"):
+        F.group_norm(x, 2.0)
+    with raises(ValueError, "num_channels must be a non-negative integer, got -1"):
+        cnorm.GroupNorm(1, -1)
+    with raises(ValueError, "Expected number of channels in input to be divisible by num_groups, "
+                            "but got input of shape [2, 4, 3] and num_groups=3"):
+        F.group_norm(x, 3)
+    with raises(ValueError, "Expected at least 2 dimensions for input tensor but received 1"):
+        F.group_norm(np.zeros(4, np.float32), 2)
+    with raises(ValueError, "Expected more than 1 value per channel when training, got input size [1, 2]"):
+        F.group_norm(np.zeros((1, 2), np.float32), 2)
+    with raises(ValueError, "Expected more than 1 value per channel when training, got input size [1, 2, 1]"):
+        cnorm.GroupNorm(2, 2)(np.zeros((1, 2, 1), np.float32))
+    F.group_norm(np.zeros((1, 4, 1), np.float32), 2)     # (N*C/G)*S = 2: fine, as in torch
+    with raises(ValueError, "Expected weight to be a vector of size equal to the number of channels "
+                            "in input, but got weight of shape [3] and input of shape [2, 4, 3]"):
+        F.group_norm(x, 2, np.ones(3, np.float32))
+    with raises(ValueError, "Expected bias to be a vector of size equal to the number of channels "
+                            "in input, but got bias of shape [5] and input of shape [2, 4, 3]"):
+        F.group_norm(x, 2, None, np.ones(5, np.float32))
+    with raises(TypeError, "weight has dtype float64 but the input has dtype float32"):
+        F.group_norm(x, 2, np.ones(4))
+    with raises(ValueError, "mean must have shape (4,), got (3,)"):
+        F.group_norm_backward(x, x, 2, np.zeros(3), np.ones(4), None)
+    with raises(TypeError, "input dtype float64 does not match the module dtype float32"):
+        cnorm.GroupNorm(2, 4)(x.astype(np.float64))
+    with raises(TypeError, "expected a NumPy array, got list"):
+        cnorm.GroupNorm(2, 4)(x.tolist())
+    with raises(TypeError, "unsupported dtype int64"):
+        F.group_norm(x.astype(np.int64), 2)
+
+
+@pytest.mark.parametrize("name,nb", [("InstanceNorm1d", 2), ("InstanceNorm2d", 3), ("InstanceNorm3d", 4)])
+def test_instance_norm_errors(name, nb):
+    m = getattr(cnorm, name)(3)
+    for nd in (nb - 1, nb + 2):
+        with raises(ValueError, f"expected {nb}D or {nb + 1}D input (got {nd}D input)"):
+            m(np.zeros((3,) * nd, np.float32))
+    shape = (2, 3) + (1,) * (nb - 1)
+    with raises(ValueError, f"Expected more than 1 spatial element when training, got input size {shape}"):
+        m(np.zeros(shape, np.float32))
+    with raises(ValueError, f"Expected more than 1 spatial element when training, got input size {(1,) + shape[1:]}"):
+        m(np.zeros(shape[1:], np.float32))                 # unbatched: a batch of one
+    with raises(ValueError, "Expected more than 1 spatial element when training"):
+        m.eval()(np.zeros(shape, np.float32))              # not tracking: input stats in eval too
+    t = getattr(cnorm, name)(3, track_running_stats=True).eval()
+    assert t(np.zeros(shape, np.float32)).shape == shape   # running stats: fine
+    with raises(ValueError, "num_features must be a non-negative integer, got -1"):
+        getattr(cnorm, name)(-1)
+
+
+def test_instance_norm_functional_errors():
+    x = np.zeros((2, 3, 4), np.float32)
+    z, o = np.zeros(3, np.float32), np.ones(3, np.float32)
+    with raises(ValueError, "Expected more than 1 spatial element when training, got input size (2, 3, 1)"):
+        F.instance_norm(np.zeros((2, 3, 1), np.float32))
+    with raises(ValueError, "Expected more than 1 spatial element when training, got input size (2, 3)"):
+        F.instance_norm(np.zeros((2, 3), np.float32))
+    assert F.instance_norm(np.zeros((2, 3), np.float32), z, o, use_input_stats=False).shape == (2, 3)
+    with raises(ValueError, "Expected running_mean and running_var to be defined when use_input_stats is false"):
+        F.instance_norm(x, use_input_stats=False)
+    with raises(ValueError, "running_mean and running_var must either both be None or neither be None"):
+        F.instance_norm(x, z, None)
+    with raises(ValueError, "running_mean should contain 3 elements not 4"):
+        F.instance_norm(x, np.zeros(4, np.float32), np.ones(4, np.float32))
+    with raises(ValueError, "weight should contain 3 elements not 4"):
+        F.instance_norm(x, weight=np.ones(4, np.float32))
+    with raises(ValueError, "running_mean is read-only"):
+        ro = z.copy()
+        ro.flags.writeable = False
+        F.instance_norm(x, ro, o.copy())
+    F.instance_norm(x, ro, o, use_input_stats=False)     # read-only is fine when not updated
+    # eps is not checked (torch does not)
+    assert np.all(np.isnan(F.instance_norm(np.ones((2, 3, 4), np.float32), eps=0.0)))
+    with raises(ValueError, "save_mean must have shape (6,), got (3,)"):
+        F.instance_norm_backward(x, x, None, z, o, True)
+
+
+def test_rms_norm_errors():
+    x = np.zeros((2, 3), np.float32)
+    with raises(ValueError, "Given normalized_shape=[4], expected input with shape [*4], but got input of size[2, 3]"):
+        F.rms_norm(x, (4,))
+    with raises(ValueError, "Given normalized_shape=[2, 4], expected input with shape [*2, 4], but got input of size[2, 3, 4]"):
+        F.rms_norm(np.zeros((2, 3, 4), np.float32), (2, 4))
+    with raises(ValueError, "Input tensor must have at least 3 dimensions, but got 2"):
+        F.rms_norm(x, (1, 2, 3))
+    with raises(ValueError, "Expected normalized_shape to be at least 1-dimensional, i.e., containing "
+                            "at least one element, but got normalized_shape = []"):
+        F.rms_norm(x, ())
+    with raises(ValueError, "Expected weight to be of same shape as normalized_shape, but got weight "
+                            "of shape [4] and normalized_shape = [3]"):
+        F.rms_norm(x, (3,), np.ones(4, np.float32))
+    with raises(ValueError, "Given normalized_shape=[3], expected input with shape [*3], but got input of size[2, 4]"):
+        cnorm.RMSNorm(3)(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError):
+        cnorm.RMSNorm(-3)
+    with raises(ValueError, "normalized_shape must not contain negative sizes"):
+        cnorm.RMSNorm((2, -3))
+    with raises(TypeError, "input dtype float64 does not match the module dtype float32"):
+        cnorm.RMSNorm(3)(np.zeros((2, 3)))
+    # eps=0 on a zero row: nan like torch; eps is not checked
+    assert np.all(np.isnan(F.rms_norm(x, (3,), eps=0.0)))
+    assert np.all(F.rms_norm(x, (3,)) == 0)
+
+
+def test_add_layer_norm_and_batch_norm_relu_functional_errors():
+    x = np.zeros((2, 3), np.float32)
+    with raises(ValueError, "residual has shape (3, 2) but the input has shape (2, 3)"):
+        F.add_layer_norm(x, x.T, (3,))
+    with raises(ValueError, "Given normalized_shape=[4], expected input with shape [*, 4]"):
+        F.add_layer_norm(x, x, (4,))
+    with raises(ValueError, "grad_output has shape (2, 2) but the sum has shape (2, 3)"):
+        F.add_layer_norm_backward(np.zeros((2, 2), np.float32), None, x, (3,), np.zeros(2), np.ones(2), None)
+    with raises(ValueError, "running_mean and running_var must be given when training=False"):
+        F.batch_norm_relu(x, None, None)
+    with raises(ValueError, "batch_norm eps must be positive during training, but got 0.0"):
+        F.batch_norm_relu(x, None, None, training=True, eps=0.0)
+    with raises(ValueError, "Expected more than 1 value per channel when training, got input size (1, 3)"):
+        F.batch_norm_relu(x[:1], None, None, training=True)
+    with raises(ValueError, "output has shape (2, 2) but the input has shape (2, 3)"):
+        F.batch_norm_relu_backward(x, x, None, np.zeros(3), np.ones(3), True, x[:, :2])
+
+
+def test_batch_norm_relu_module_errors_like_batch_norm():
+    with raises(ValueError, "expected 4D input (got 3D input)"):
+        cnorm.BatchNormReLU2d(3)(np.zeros((2, 3, 4), np.float32))
+    with raises(ValueError, "Expected more than 1 value per channel when training, got input size (1, 3)"):
+        cnorm.BatchNormReLU1d(3)(np.ones((1, 3), np.float32))
+    with raises(ValueError, "expected input with 4 channels (num_features), got input of shape (2, 3)"):
+        cnorm.BatchNormReLU1d(4)(np.ones((2, 3), np.float32))
+    with raises(ValueError, "batch_norm eps must be positive during training, but got 0"):
+        cnorm.BatchNormReLU1d(3, eps=0)(np.ones((2, 3), np.float32))
+    with raises(TypeError, "input dtype float64 does not match the module dtype float32"):
+        cnorm.BatchNormReLU1d(3)(np.ones((2, 3)))

@@ -13,15 +13,18 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from conftest import assert_close, assert_reduction_close, bn_axes, bn_class
+from conftest import threads as _Threads
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from norms import reference as slow
+from reference_models import RefBatchNorm
 
-import cnorm  # noqa: E402
-import cnorm.functional as F  # noqa: E402
-from cnorm import slow  # noqa: E402
+import cnorm
+import cnorm.functional as F
 
-from conftest import RefBatchNorm, assert_close, assert_reduction_close, bn_axes  # noqa: E402
-
+# (hypothesis seeds the drawn examples from each test's source: the tests keep the names
+# slow and _Threads, so that they draw the examples they always drew)
 EXAMPLES = {"bn_module": 160, "ln_module": 110, "bn_functional": 60, "bn_sequence": 40,
             "ln_functional": 40}
 EXAMPLES_TOTAL = sum(EXAMPLES.values())
@@ -102,21 +105,8 @@ def _fwd_scale(dtype, loc, scale):
     return 1.0
 
 
-class _Threads:
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        self.old = cnorm.get_num_threads()
-        cnorm.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        cnorm.set_num_threads(self.old)
-
-
 def _bn_module(ndim, C, **kw):
-    return {2: cnorm.BatchNorm1d, 3: cnorm.BatchNorm1d, 4: cnorm.BatchNorm2d,
-            5: cnorm.BatchNorm3d}[ndim](C, **kw)
+    return bn_class(ndim)(C, **kw)
 
 
 def _grad_terms_bn(x, mean, invstd):

@@ -1,8 +1,9 @@
-"""Arrays beyond 2**31 elements (64-bit indexing everywhere).
+"""Large inputs, marked ``slow`` (CI runs ``-m "not slow"``):
 
-Marked ``slow`` (CI runs ``-m "not slow"``) and skipped unless the machine has at least
-20 GB of available memory (/proc/meminfo MemAvailable): each test holds a float32 input of
-2**31 + k elements (8.6 GB) and its output (8.6 GB).
+* millions of values per channel / row in float32 (accumulation precision);
+* arrays beyond 2**31 elements (64-bit indexing everywhere), skipped unless the machine has
+  at least 20 GB of available memory (/proc/meminfo MemAvailable): each of those tests holds
+  a float32 input of 2**31 + k elements (8.6 GB) and its output (8.6 GB).
 
     python -X faulthandler -m pytest tests/test_large.py -m slow -q -s
 """
@@ -11,6 +12,8 @@ import gc
 
 import numpy as np
 import pytest
+from conftest import assert_close, make_bn_data, make_ln_data
+from norms import reference
 
 import cnorm
 import cnorm.functional as F
@@ -34,12 +37,38 @@ def mem_available():
     return 0
 
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(mem_available() < NEED_BYTES,
-                       reason=f"needs {NEED_BYTES / 1e9:.0f} GB of available memory "
-                              f"(MemAvailable {mem_available() / 1e9:.1f} GB)"),
-]
+pytestmark = pytest.mark.slow
+needs_memory = pytest.mark.skipif(mem_available() < NEED_BYTES,
+                                  reason=f"needs {NEED_BYTES / 1e9:.0f} GB of available memory "
+                                         f"(MemAvailable {mem_available() / 1e9:.1f} GB)")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batch_norm_large_float32(num_threads, rng, training):
+    """Millions of values per channel in float32 (accumulation precision)."""
+    shape = (32, 4, 256, 256)
+    x, dy, w, b, rm, rv = make_bn_data(rng, shape, np.float32)
+    y, mean, invstd = F.native_batch_norm(x, w, b, rm.copy(), rv.copy(), training, 0.1, EPS)
+    y_ref, _, _ = reference.batch_norm_forward(x, w, b, rm, rv, training, 0.1, EPS)
+    assert_close(y, y_ref, np.float32)
+    dx, dw, db = F.batch_norm_backward(dy, x, w, mean, invstd, training)
+    dx_ref, dw_ref, db_ref = reference.batch_norm_backward(dy, x, w, mean, invstd, training)
+    assert_close(dx, dx_ref, np.float32)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-3 * np.sqrt(dy.size / 4))
+    np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-3 * np.sqrt(dy.size / 4))
+
+
+def test_layer_norm_large_float32(num_threads, rng):
+    shape, ns = (4096, 4096), (4096,)
+    x, dy, w, b = make_ln_data(rng, shape, ns, np.float32)
+    y, mean, rstd = F.native_layer_norm(x, ns, w, b, EPS)
+    y_ref, _, _ = reference.layer_norm_forward(x, ns, w, b, EPS)
+    assert_close(y, y_ref, np.float32)
+    dx, dw, db = F.layer_norm_backward(dy, x, ns, mean, rstd, w)
+    dx_ref, dw_ref, db_ref = reference.layer_norm_backward(dy, x, ns, w, EPS)
+    assert_close(dx, dx_ref, np.float32)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-3 * np.sqrt(shape[0]))
+    np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-3 * np.sqrt(shape[0]))
 
 
 @pytest.fixture(autouse=True)
@@ -100,6 +129,7 @@ def check_normalized(y_row, x_row, mean, var, w, b, what):
     assert np.isfinite(y_row[-(1 << 20):]).all(), f"{what}: non-finite values at the end"
 
 
+@needs_memory
 def test_batch_norm_beyond_2_31_elements():
     C, S = 2, BN_S
     assert C * S > 2 ** 31 or BN_S < 2 ** 30  # (smaller only in a smoke run)
@@ -133,6 +163,7 @@ def test_batch_norm_beyond_2_31_elements():
     del m, x, y
 
 
+@needs_memory
 def test_layer_norm_beyond_2_31_elements():
     M, D = 2, LN_D
     assert M * D > 2 ** 31 or LN_D < 2 ** 30

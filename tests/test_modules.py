@@ -1,32 +1,74 @@
-"""Module API: construction, attributes, grads, train/eval, state_dict, pickle/deepcopy."""
-
-import copy
-import pickle
-import re
+"""Modules: construction and defaults, call / train / eval, backward protocol, gradient
+accumulation, reset -- and every module's forward and backward equal to its functional
+form, to the bit."""
 
 import numpy as np
 import pytest
+from conftest import BN, BN_SHAPE, DTYPES, bn, data, dtype_id, raises, sample
+from norms import NORMS
 
 import cnorm
 
-from conftest import DTYPES
+# --------------------------------------------------------------------------- every module
 
-BN = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
-BN_SHAPE = {"BatchNorm1d": (6, 4, 3), "BatchNorm2d": (3, 4, 2, 3), "BatchNorm3d": (2, 4, 2, 2, 3)}
+def _randomized(norm, rng, dtype):
+    m = norm.make(norm.small, dtype, **norm.full_kw)
+    for _, p in m.named_parameters():
+        p[...] = rng.normal(1, 0.5, p.shape)
+    return m
 
 
-def bn(name, C=4, **kw):
-    return getattr(cnorm, name)(C, **kw)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("norm", NORMS, ids=str)
+def test_module_forward_backward_match_functional(rng, norm, dtype):
+    """The module (training, fresh running statistics) computes exactly its functional form."""
+    m = _randomized(norm, rng, dtype)
+    case = norm.small
+    x, dy = data(rng, case.shape, dtype)
+    r = norm.inputs(rng, case, dtype)
+    outs = norm.call(m, x, r)
+    dx = norm.module_backward(m, (dy,))
+    p = {name: getattr(m, name) for name in norm.param_names}
+    p["running_mean"] = p["running_var"] = None
+    if getattr(m, "running_mean", None) is not None:
+        p["running_mean"], p["running_var"] = np.zeros(case.shape[1], dtype), np.ones(case.shape[1], dtype)
+    p["residual"] = r
+    fouts, saved = norm.forward(x, case, p, True, eps=m.eps)
+    grads = norm.backward((dy,), x, case, p, saved, True)
+    for y, fy in zip(outs, fouts):
+        assert np.array_equal(y, fy)
+    assert np.array_equal(dx, grads["input"])
+    for name, _ in m.named_parameters():
+        assert np.array_equal(getattr(m, name + "_grad"), grads[name]), name
 
 
-def data(rng, shape, dtype=np.float32):
-    return rng.normal(0.5, 2.0, shape).astype(dtype)
+@pytest.mark.parametrize("norm", NORMS, ids=str)
+def test_module_grads_accumulate_zero_grad_and_backward_errors(rng, norm):
+    m = _randomized(norm, rng, np.float32)
+    shape = norm.small.shape
+    x, dy = data(rng, shape, np.float32)
+    with raises(RuntimeError, "backward() called before forward()"):
+        m.backward(dy)
+    norm.call(m, x)
+    m.backward(dy)
+    w1 = m.weight_grad.copy()
+    with raises(RuntimeError, "Trying to backward through the graph a second time"):
+        m.backward(dy)
+    norm.call(m, x)
+    with raises(ValueError, f"grad_output has shape (1, 2) but the input of forward() had shape {shape}"):
+        m.backward(np.zeros((1, 2), np.float32))
+    with raises(TypeError, "grad_output dtype float64 does not match the input dtype float32"):
+        m.backward(dy.astype(np.float64))
+    m.backward(dy)                                       # a bad call frees nothing
+    np.testing.assert_allclose(m.weight_grad, 2 * w1, rtol=1e-6, atol=1e-6)
+    m.zero_grad()
+    assert m.weight_grad is None
+    assert all(getattr(m, n + "_grad") is None for n, _ in m.named_parameters())
 
 
 # --------------------------------------------------------------------------- construction
 
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("name", BN)
 def test_bn_initial_state(name, dtype):
     m = bn(name, 5, dtype=dtype)
@@ -60,7 +102,7 @@ def test_bn_bias_is_keyword_only():
         cnorm.BatchNorm2d(3, 1e-5, 0.1, True, True, np.float32, False)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_ln_initial_state(dtype):
     m = cnorm.LayerNorm([3, 4], dtype=dtype)
     assert m.normalized_shape == (3, 4) and isinstance(m.normalized_shape, tuple)
@@ -77,14 +119,54 @@ def test_ln_initial_state(dtype):
     assert m.weight is None and m.bias is None
 
 
-# --------------------------------------------------------------------------- call / train / eval
+def test_group_norm_module_state_and_defaults():
+    m = cnorm.GroupNorm(4, 8)
+    assert (m.num_groups, m.num_channels, m.eps, m.affine) == (4, 8, 1e-5, True)
+    assert m.dtype == np.float32 and m.training
+    assert np.array_equal(m.weight, np.ones(8)) and np.array_equal(m.bias, np.zeros(8))
+    assert m.weight.dtype == np.float32
+    assert m.weight_grad is None and m.bias_grad is None
+    assert list(m.state_dict()) == ["weight", "bias"]
+    m = cnorm.GroupNorm(4, 8, affine=False, dtype=np.float64)
+    assert m.weight is None and m.bias is None and m.state_dict() == {}
+    m = cnorm.GroupNorm(4, 8, bias=False)
+    assert m.bias is None and list(m.state_dict()) == ["weight"]
+    with pytest.raises(TypeError):
+        cnorm.GroupNorm(4, 8, 1e-5, True, np.float32, True)     # bias is keyword-only
 
+
+@pytest.mark.parametrize("name", ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"])
+def test_instance_norm_module_state_and_defaults(name):
+    cls = getattr(cnorm, name)
+    m = cls(5)
+    assert (m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats) == \
+        (5, 1e-5, 0.1, False, False)
+    assert m.weight is None and m.bias is None and m.running_mean is None
+    assert m.num_batches_tracked is None and m.state_dict() == {}
+    m = cls(5, affine=True, track_running_stats=True, dtype=np.float64)
+    assert list(m.state_dict()) == ["weight", "bias", "running_mean", "running_var",
+                                    "num_batches_tracked"]
+    sd = m.state_dict()
+    assert sd["num_batches_tracked"].dtype == np.int64 and sd["running_var"].dtype == np.float64
+    assert list(cls(5, affine=True, bias=False).state_dict()) == ["weight"]
+
+
+def test_rms_norm_module_state_and_defaults():
+    m = cnorm.RMSNorm([2, 3])
+    assert m.normalized_shape == (2, 3) and m.eps is None and m.elementwise_affine
+    assert m.weight.shape == (2, 3) and np.all(m.weight == 1)
+    assert list(m.state_dict()) == ["weight"]
+    m = cnorm.RMSNorm(4, eps=1e-6, elementwise_affine=False, dtype=np.float64)
+    assert m.weight is None and m.state_dict() == {} and m.eps == 1e-6
+
+
+# --------------------------------------------------------------------------- call / train / eval
 
 @pytest.mark.parametrize("name", BN + ["LayerNorm"])
 def test_call_equals_forward_and_train_eval_return_module(rng, name):
     m = cnorm.LayerNorm(3) if name == "LayerNorm" else bn(name)
     shape = (5, 2, 3) if name == "LayerNorm" else BN_SHAPE[name]
-    x = data(rng, shape)
+    x = sample(rng, shape)
     m.eval()
     np.testing.assert_array_equal(m(x), m.forward(x))
     assert m.train() is m and m.training is True
@@ -96,10 +178,10 @@ def test_call_equals_forward_and_train_eval_return_module(rng, name):
 @pytest.mark.parametrize("name", BN)
 def test_eval_forward_does_not_touch_running_stats(rng, name):
     m = bn(name)
-    m(data(rng, BN_SHAPE[name]))
+    m(sample(rng, BN_SHAPE[name]))
     rm, rv, n = m.running_mean.copy(), m.running_var.copy(), m.num_batches_tracked
     m.eval()
-    m(data(rng, BN_SHAPE[name]))
+    m(sample(rng, BN_SHAPE[name]))
     np.testing.assert_array_equal(m.running_mean, rm)
     np.testing.assert_array_equal(m.running_var, rv)
     assert m.num_batches_tracked == n == 1
@@ -108,7 +190,7 @@ def test_eval_forward_does_not_touch_running_stats(rng, name):
 @pytest.mark.parametrize("name", BN)
 def test_training_without_tracking_keeps_stats_none(rng, name):
     m = bn(name, track_running_stats=False)
-    y1 = m(data(rng, BN_SHAPE[name]))
+    y1 = m(sample(rng, BN_SHAPE[name]))
     assert m.running_mean is None and m.num_batches_tracked is None
     axes = (0,) + tuple(range(2, y1.ndim))
     np.testing.assert_allclose(y1.mean(axis=axes), 0, atol=1e-5)
@@ -116,7 +198,7 @@ def test_training_without_tracking_keeps_stats_none(rng, name):
 
 def test_backward_uses_mode_of_forward(rng):
     """Forward in training, then eval(): backward still uses the training formula (and vice versa)."""
-    x = data(rng, (8, 3), np.float64)
+    x = sample(rng, (8, 3), np.float64)
     dy = rng.normal(size=(8, 3))
     a = cnorm.BatchNorm1d(3, dtype=np.float64)
     b = cnorm.BatchNorm1d(3, dtype=np.float64)
@@ -134,7 +216,7 @@ def test_backward_uses_mode_of_forward(rng):
 
 def test_backward_uses_latest_forward(rng):
     m = cnorm.BatchNorm1d(3, dtype=np.float64, track_running_stats=False)
-    x1, x2 = data(rng, (5, 3), np.float64), data(rng, (7, 3), np.float64)
+    x1, x2 = sample(rng, (5, 3), np.float64), sample(rng, (7, 3), np.float64)
     dy = rng.normal(size=(7, 3))
     m(x1)
     m(x2)
@@ -143,18 +225,25 @@ def test_backward_uses_latest_forward(rng):
     np.testing.assert_array_equal(m.backward(dy), ref.backward(dy))
 
 
+def test_group_norm_module_eval_is_training(rng):
+    m = cnorm.GroupNorm(2, 4)
+    x, _ = data(rng, (3, 4, 5), np.float32)
+    y = m(x)
+    assert np.array_equal(m.eval()(x), y)
+    assert m.train() is m and m.training
+
+
 # --------------------------------------------------------------------------- grad accumulation
 
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("name", BN + ["LayerNorm"])
 def test_grads_accumulate_and_zero_grad(rng, name, dtype):
     if name == "LayerNorm":
         make, shape = (lambda: cnorm.LayerNorm((2, 3), dtype=dtype)), (4, 2, 3)
     else:
         make, shape = (lambda: bn(name, dtype=dtype)), BN_SHAPE[name]
-    x1, x2 = data(rng, shape, dtype), data(rng, shape, dtype)
-    d1, d2 = data(rng, shape, dtype), data(rng, shape, dtype)
+    x1, x2 = sample(rng, shape, dtype), sample(rng, shape, dtype)
+    d1, d2 = sample(rng, shape, dtype), sample(rng, shape, dtype)
     singles = []
     for x, d in [(x1, d1), (x2, d2)]:
         s = make()
@@ -182,7 +271,7 @@ def test_grads_accumulate_and_zero_grad(rng, name, dtype):
 
 def test_grad_accumulation_same_batch_doubles(rng):
     m = cnorm.BatchNorm1d(3, dtype=np.float64)
-    x, d = data(rng, (6, 3), np.float64), rng.normal(size=(6, 3))
+    x, d = sample(rng, (6, 3), np.float64), rng.normal(size=(6, 3))
     m(x)
     m.backward(d)
     g1 = m.weight_grad.copy()
@@ -191,10 +280,10 @@ def test_grad_accumulation_same_batch_doubles(rng):
     np.testing.assert_allclose(m.weight_grad, 2 * g1, rtol=1e-14, atol=1e-14)
 
 
-@pytest.mark.parametrize("kw", [dict(affine=False), dict(bias=False)], ids=["noaffine", "nobias"])
+@pytest.mark.parametrize("kw", [{"affine": False}, {"bias": False}], ids=["noaffine", "nobias"])
 def test_grads_none_for_missing_parameters(rng, kw):
     m = cnorm.BatchNorm2d(3, **kw)
-    x = data(rng, (2, 3, 2, 2))
+    x = sample(rng, (2, 3, 2, 2))
     m(x)
     m.backward(np.ones_like(x))
     assert m.bias_grad is None
@@ -206,7 +295,6 @@ def test_grads_none_for_missing_parameters(rng, kw):
 
 # --------------------------------------------------------------------------- reset
 
-
 @pytest.mark.parametrize("name", BN)
 def test_reset_running_stats_and_parameters(rng, name):
     m = bn(name)
@@ -215,14 +303,14 @@ def test_reset_running_stats_and_parameters(rng, name):
     sd["bias"] = rng.normal(size=4).astype(np.float32)
     m.load_state_dict(sd)
     for _ in range(3):
-        m(data(rng, BN_SHAPE[name]))
+        m(sample(rng, BN_SHAPE[name]))
     m.reset_running_stats()
     np.testing.assert_array_equal(m.running_mean, 0)
     np.testing.assert_array_equal(m.running_var, 1)
     assert m.num_batches_tracked == 0
     assert not np.all(m.weight == 1)  # parameters untouched
     np.testing.assert_array_equal(m.weight, sd["weight"])
-    m(data(rng, BN_SHAPE[name]))
+    m(sample(rng, BN_SHAPE[name]))
     m.reset_parameters()
     np.testing.assert_array_equal(m.weight, 1)
     np.testing.assert_array_equal(m.bias, 0)
@@ -249,218 +337,9 @@ def test_layer_norm_reset_parameters(rng):
     np.testing.assert_array_equal(m.bias, 0)
 
 
-# --------------------------------------------------------------------------- state_dict
-
-
-@pytest.mark.parametrize(
-    "kw,keys",
-    [
-        ({}, ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]),
-        (dict(bias=False), ["weight", "running_mean", "running_var", "num_batches_tracked"]),
-        (dict(affine=False), ["running_mean", "running_var", "num_batches_tracked"]),
-        (dict(track_running_stats=False), ["weight", "bias"]),
-        (dict(affine=False, track_running_stats=False), []),
-    ],
-    ids=["default", "nobias", "noaffine", "notrack", "nothing"],
-)
-@pytest.mark.parametrize("name", BN)
-def test_state_dict_keys_and_types(rng, name, kw, keys):
-    m = bn(name, **kw)
-    m(data(rng, BN_SHAPE[name]))
-    sd = m.state_dict()
-    assert list(sd) == keys
-    for k, v in sd.items():
-        assert isinstance(v, np.ndarray), k
-        if k == "num_batches_tracked":
-            assert v.shape == () and v.dtype == np.int64 and int(v) == 1
-        else:
-            assert v.shape == (4,) and v.dtype == np.float32
-            np.testing.assert_array_equal(v, getattr(m, k))
-
-
-def test_state_dict_returns_copies(rng):
-    m = cnorm.BatchNorm1d(3)
-    m(data(rng, (5, 3)))
-    sd = m.state_dict()
-    before = {k: np.array(v, copy=True) for k, v in sd.items()}
-    for v in sd.values():
-        v[...] = 7
-    for k, v in m.state_dict().items():
-        np.testing.assert_array_equal(v, before[k], err_msg=k)
-    for k in ("weight", "bias", "running_mean", "running_var"):
-        assert not np.shares_memory(sd[k], getattr(m, k))
-
-
-def test_load_state_dict_copies_and_round_trips(rng):
-    a = cnorm.BatchNorm2d(3, dtype=np.float64)
-    for _ in range(2):
-        a(data(rng, (2, 3, 3, 3), np.float64))
-    sd = a.state_dict()
-    b = cnorm.BatchNorm2d(3, dtype=np.float64)
-    res = b.load_state_dict(sd)
-    assert list(res.missing_keys) == [] and list(res.unexpected_keys) == []
-    assert res._fields == ("missing_keys", "unexpected_keys")
-    assert b.num_batches_tracked == 2 and isinstance(b.num_batches_tracked, int)
-    for k in ("weight", "bias", "running_mean", "running_var"):
-        np.testing.assert_array_equal(getattr(b, k), sd[k])
-        assert not np.shares_memory(getattr(b, k), sd[k]), k
-    sd["running_mean"][...] = 99  # later changes to the dict do not leak into the module
-    assert not np.any(b.running_mean == 99)
-    x = data(rng, (2, 3, 3, 3), np.float64)
-    a.eval()
-    b.eval()
-    np.testing.assert_array_equal(a(x), b(x))
-
-
-def test_load_state_dict_converts_dtype_and_keeps_module_dtype(rng):
-    m = cnorm.BatchNorm1d(3)  # float32
-    m.load_state_dict({"weight": np.full(3, 2.0), "bias": np.full(3, 1.0),
-                       "running_mean": np.zeros(3), "running_var": np.ones(3),
-                       "num_batches_tracked": np.array(5)})
-    assert m.weight.dtype == m.bias.dtype == m.running_mean.dtype == np.float32
-    np.testing.assert_array_equal(m.weight, 2.0)
-    assert m.num_batches_tracked == 5
-
-
-def test_load_state_dict_missing_keys():
-    m = cnorm.BatchNorm2d(3)
-    sd = m.state_dict()
-    del sd["bias"], sd["running_mean"]
-    msg = ('Error(s) in loading state_dict for BatchNorm2d:\n\t'
-           'Missing key(s) in state_dict: "bias", "running_mean".')
-    with pytest.raises(RuntimeError, match=re.escape(msg)):
-        m.load_state_dict(sd)
-    res = m.load_state_dict(sd, strict=False)
-    assert list(res.missing_keys) == ["bias", "running_mean"] and list(res.unexpected_keys) == []
-
-
-def test_load_state_dict_unexpected_keys():
-    m = cnorm.BatchNorm2d(3)
-    sd = m.state_dict()
-    sd["foo"] = np.zeros(3, np.float32)
-    msg = 'Error(s) in loading state_dict for BatchNorm2d:\n\tUnexpected key(s) in state_dict: "foo".'
-    with pytest.raises(RuntimeError, match=re.escape(msg)):
-        m.load_state_dict(sd)
-    res = m.load_state_dict(sd, strict=False)
-    assert list(res.missing_keys) == [] and list(res.unexpected_keys) == ["foo"]
-
-
-@pytest.mark.parametrize("name", ["BatchNorm1d", "BatchNorm3d", "LayerNorm"])
-def test_load_state_dict_error_names_class(name):
-    m = getattr(cnorm, name)(3)
-    with pytest.raises(RuntimeError, match=re.escape(f"Error(s) in loading state_dict for {name}:\n\t")):
-        m.load_state_dict({})
-
-
-def test_load_state_dict_size_mismatch(rng):
-    m = cnorm.BatchNorm2d(3)
-    sd = cnorm.BatchNorm2d(4).state_dict()
-    msg = ("Error(s) in loading state_dict for BatchNorm2d:\n\tsize mismatch for weight: copying a param with "
-           "shape (4,) from checkpoint, the shape in current model is (3,).")
-    with pytest.raises(RuntimeError, match=re.escape(msg)):
-        m.load_state_dict(sd)
-    with pytest.raises(RuntimeError, match=re.escape("size mismatch for running_var: copying a param with "
-                                                     "shape (4,) from checkpoint, the shape in current model is (3,).")):
-        m.load_state_dict(sd, strict=False)
-    np.testing.assert_array_equal(m.weight, 1)
-
-
-def test_load_state_dict_layer_norm_size_mismatch():
-    m = cnorm.LayerNorm((2, 3))
-    msg = ("size mismatch for weight: copying a param with shape (6,) from checkpoint, "
-           "the shape in current model is (2, 3).")
-    with pytest.raises(RuntimeError, match=re.escape(msg)):
-        m.load_state_dict({"weight": np.ones(6, np.float32), "bias": np.zeros((2, 3), np.float32)})
-
-
-def test_load_state_dict_missing_num_batches_tracked_allowed(rng):
-    m = cnorm.BatchNorm1d(3)
-    m(data(rng, (4, 3)))
-    sd = cnorm.BatchNorm1d(3).state_dict()
-    del sd["num_batches_tracked"]
-    res = m.load_state_dict(sd)
-    assert list(res.missing_keys) == [] and list(res.unexpected_keys) == []
-    np.testing.assert_array_equal(m.running_mean, 0)
-    assert m.num_batches_tracked == 1  # kept, as torch does
-
-
-def test_load_state_dict_keys_for_notrack():
-    m = cnorm.BatchNorm1d(3, track_running_stats=False)
-    sd = cnorm.BatchNorm1d(3).state_dict()
-    with pytest.raises(RuntimeError, match=re.escape(
-            'Unexpected key(s) in state_dict: "running_mean", "running_var", "num_batches_tracked".')):
-        m.load_state_dict(sd)
-
-
-# --------------------------------------------------------------------------- pickle / deepcopy
-
-
-def trained_modules(rng):
-    out = []
-    for name in BN:
-        for kw in ({}, dict(momentum=None, bias=False), dict(affine=False, track_running_stats=False)):
-            m = bn(name, dtype=np.float64, **kw)
-            for _ in range(2):
-                x = data(rng, BN_SHAPE[name], np.float64)
-                m(x)
-                m.backward(np.ones_like(x))
-            out.append((m, BN_SHAPE[name]))
-    for kw in ({}, dict(bias=False), dict(elementwise_affine=False)):
-        m = cnorm.LayerNorm((2, 3), eps=1e-3, dtype=np.float64, **kw)
-        if m.weight is not None:
-            m.load_state_dict({k: rng.normal(size=(2, 3)) for k in m.state_dict()})
-        out.append((m, (4, 2, 3)))
-    return out
-
-
-def module_state(m):
-    return {k: np.array(v) for k, v in m.state_dict().items()}
-
-
-@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
-def test_pickle_and_deepcopy_round_trip(rng, how):
-    for m, shape in trained_modules(rng):
-        m.eval()
-        c = pickle.loads(pickle.dumps(m)) if how == "pickle" else copy.deepcopy(m)
-        assert type(c) is type(m)
-        assert repr(c) == repr(m)
-        assert c.training is False
-        sa, sc = module_state(m), module_state(c)
-        assert list(sa) == list(sc)
-        for k in sa:
-            np.testing.assert_array_equal(sc[k], sa[k], err_msg=k)
-        for attr in ("weight", "bias", "running_mean", "running_var"):
-            a, b = getattr(m, attr, None), getattr(c, attr, None)
-            assert (a is None) == (b is None), attr
-            if a is not None:
-                assert not np.shares_memory(a, b), attr
-        x = data(rng, shape, np.float64)
-        np.testing.assert_array_equal(c(x), m(x))
-        # the copy is independent
-        c.train()
-        c(data(rng, shape, np.float64))
-        if getattr(m, "num_batches_tracked", None) is not None:
-            assert c.num_batches_tracked == m.num_batches_tracked + 1
-            assert not np.array_equal(c.running_mean, m.running_mean)
-
-
-def test_pickle_keeps_hyperparameters():
-    m = cnorm.BatchNorm3d(5, eps=1e-3, momentum=None, affine=True, track_running_stats=True,
-                          dtype=np.float64, bias=False)
-    c = pickle.loads(pickle.dumps(m))
-    assert (c.num_features, c.eps, c.momentum, c.affine, c.track_running_stats) == (5, 1e-3, None, True, True)
-    assert c.bias is None and c.weight.dtype == np.float64
-    ln = pickle.loads(pickle.dumps(cnorm.LayerNorm([2, 3], eps=1e-4, bias=False)))
-    assert ln.normalized_shape == (2, 3) and ln.eps == 1e-4 and ln.bias is None
-
-
-def test_deepcopy_keeps_grads_independent(rng):
-    m = cnorm.BatchNorm1d(3, dtype=np.float64)
-    x = data(rng, (5, 3), np.float64)
-    m(x)
-    m.backward(np.ones_like(x))
-    c = copy.deepcopy(m)
-    assert c.weight_grad is not None  # as torch: deepcopy keeps .grad
-    np.testing.assert_array_equal(c.weight_grad, m.weight_grad)
-    c.weight_grad[...] = 123
-    assert not np.any(m.weight_grad == 123)
+def test_instance_norm_reset(rng):
+    m = cnorm.InstanceNorm1d(3, affine=True, track_running_stats=True)
+    m(sample(rng, (2, 3, 5)))
+    m.weight[...] = 3
+    m.reset_parameters()
+    assert np.all(m.running_mean == 0) and np.all(m.running_var == 1) and np.all(m.weight == 1)

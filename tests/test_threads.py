@@ -1,11 +1,21 @@
-"""Thread control and determinism of the parallel kernels."""
+"""Threads: the thread-count controls, 1 vs 2 OpenMP threads for every norm (inputs big
+enough to be split), bitwise repeatable results, and modules called from 4 Python
+threads at once giving the results of serial calls."""
+
+import threading
 
 import numpy as np
 import pytest
+from conftest import DTYPES, assert_nested_equal, assert_threads_agree, threads
+from norms import BY_NAME, NORMS, norm_cases
 
 import cnorm
 import cnorm.functional as F
 
+f32 = np.float32
+
+
+# --------------------------------------------------------------------------- controls
 
 def test_openmp_enabled_is_bool():
     assert isinstance(cnorm.openmp_enabled(), bool)
@@ -51,79 +61,88 @@ def test_threadpoolctl_limits_apply(restore_threads):
     assert cnorm.get_num_threads() == 2
 
 
-# Inputs big enough to be split across threads (well above the per-thread grain).
-BIG_BN = [(256, 1024), (16, 64, 33, 33), (4, 3, 160, 160), (2, 8, 16, 32, 32)]
-BIG_LN = [((512, 1024), (1024,)), ((64, 4096), (4096,)), ((8, 32, 64, 48), (64, 48))]
+# --------------------------------------------------------------------------- 1 vs 2 threads
+
+def _all_outputs(norm, case, x, douts, training):
+    """Every output of forward and backward, and the running statistics updated in place."""
+    p = norm.params(np.random.default_rng(1), case, x.dtype)
+    outs, saved = norm.forward(x, case, p, training)
+    grads = norm.backward(douts, x, case, p, saved, training)
+    return (list(outs) + list(norm.stats_of(saved)) + [grads[k] for k in sorted(grads)]
+            + [p[k] for k in ("running_mean", "running_var") if p[k] is not None])
 
 
-def bn_all(x, dy, training):
-    C = x.shape[1]
-    rng = np.random.default_rng(1)
-    w = rng.normal(1, 0.5, C).astype(x.dtype)
-    b = rng.normal(0, 0.5, C).astype(x.dtype)
-    rm = rng.normal(size=C).astype(x.dtype)
-    rv = rng.uniform(0.5, 2, C).astype(x.dtype)
-    y, mean, invstd = F.native_batch_norm(x, w, b, rm, rv, training, 0.1, 1e-5)
-    dx, dw, db = F.batch_norm_backward(dy, x, w, mean, invstd, training)
-    return [y, mean, invstd, dx, dw, db, rm, rv]
+@pytest.mark.parametrize("norm, case, dtype, training", norm_cases("big", modes=True, dtypes=DTYPES))
+def test_one_vs_two_threads(restore_threads, norm, case, dtype, training):
+    """1 and 2 threads agree to 1e-6 (float32) / 1e-13 (float64) relative; repeated calls
+    with the same thread count are bitwise identical."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.5, 2.0, case.shape).astype(dtype)
+    douts = tuple(rng.normal(size=case.shape).astype(dtype) for _ in range(norm.n_outputs()))
+    with threads(1):
+        one = _all_outputs(norm, case, x, douts, training)
+    with threads(2):
+        two = _all_outputs(norm, case, x, douts, training)
+        again = _all_outputs(norm, case, x, douts, training)
+    assert_threads_agree(one, two, dtype)
+    for i, (a, b) in enumerate(zip(two, again)):
+        np.testing.assert_array_equal(b, a, err_msg=f"output {i} (repeat)")
 
 
-def ln_all(x, dy, ns):
-    rng = np.random.default_rng(2)
-    w = rng.normal(1, 0.5, ns).astype(x.dtype)
-    b = rng.normal(0, 0.5, ns).astype(x.dtype)
-    y, mean, rstd = F.native_layer_norm(x, ns, w, b, 1e-5)
-    dx, dw, db = F.layer_norm_backward(dy, x, ns, mean, rstd, w)
-    return [y, mean, rstd, dx, dw, db]
+def _training_run(norm, seed):
+    """A few training steps (forward + backward) on a fresh module; everything it produced."""
+    case, kw, dtype = norm.steps
+    shape = case.shape
+    rng = np.random.default_rng(seed)
+    m = norm.make(case, dtype, **kw)
+    r = norm.inputs(rng, case, dtype)
+    out = []
+    for step in range(4):
+        x = (rng.standard_normal(shape) * (step + 1) + step).astype(m.dtype)
+        outs = norm.call(m, x, r)
+        dx = norm.module_backward(m, tuple(rng.standard_normal(shape).astype(m.dtype) for _ in outs))
+        out += list(outs) + [dx]
+    out += [getattr(m, name + "_grad") for name, _ in m.named_parameters()]
+    if getattr(m, "running_mean", None) is not None:
+        out += [m.running_mean, m.running_var, np.array(m.num_batches_tracked)]
+    m.eval()
+    out += list(norm.call(m, np.ones(shape, m.dtype), r))
+    return out
 
 
-def make(shape, dtype, seed):
+# every BatchNorm and one norm of each other family (the others share its kernels)
+STEP_NORMS = [n for i, n in enumerate(NORMS)
+              if n.family == "batch" or n.family not in {m.family for m in NORMS[:i]}]
+
+
+@pytest.mark.parametrize("norm", STEP_NORMS, ids=str)
+def test_module_steps_one_vs_two_threads(restore_threads, norm):
+    """Modules over a few training steps: 1 and 2 threads agree to 1e-6 relative, and each
+    thread count repeats its own bits exactly."""
+    cnorm.set_num_threads(1)
+    one = _training_run(norm, 300)
+    cnorm.set_num_threads(2)
+    two = _training_run(norm, 300)
+    again = _training_run(norm, 300)
+    assert_nested_equal(again, two, "repeat with 2 threads")
+    cnorm.set_num_threads(1)
+    assert_nested_equal(_training_run(norm, 300), one, "repeat with 1 thread")
+    for i, (a, b) in enumerate(zip(one, two)):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        scale = max(float(np.abs(a).max(initial=0.0)), 1e-30)
+        assert np.abs(a - b).max(initial=0.0) <= 1e-6 * scale, f"output {i}: 1 vs 2 threads"
+
+
+def _seeded_data(shape, dtype, seed):
     rng = np.random.default_rng(seed)
     x = (rng.normal(0.5, 2.0, shape)).astype(dtype)
     dy = rng.normal(size=shape).astype(dtype)
     return x, dy
 
 
-def with_threads(n, fn, *args):
-    cnorm.set_num_threads(n)
-    return fn(*args)
-
-
-RTOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-13}
-
-
-def compare_threads(fn, args, dtype):
-    one = with_threads(1, fn, *args)
-    two = with_threads(2, fn, *args)
-    rtol = RTOL[np.dtype(dtype)]
-    for i, (a, b) in enumerate(zip(one, two)):
-        scale = np.abs(a).max(initial=1.0)
-        np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * scale, err_msg=f"output {i}")
-    # repeated calls with the same thread count: bitwise identical
-    again = with_threads(2, fn, *args)
-    for i, (a, b) in enumerate(zip(two, again)):
-        np.testing.assert_array_equal(b, a, err_msg=f"output {i} (repeat)")
-
-
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("shape", BIG_BN, ids=str)
-def test_batch_norm_one_vs_two_threads(restore_threads, shape, dtype, training):
-    x, dy = make(shape, dtype, 3)
-    compare_threads(bn_all, (x, dy, training), dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("case", BIG_LN, ids=lambda c: f"{c[0]}-{c[1]}")
-def test_layer_norm_one_vs_two_threads(restore_threads, case, dtype):
-    shape, ns = case
-    x, dy = make(shape, dtype, 4)
-    compare_threads(ln_all, (x, dy, ns), dtype)
-
-
 def test_module_results_bitwise_repeatable(restore_threads):
     cnorm.set_num_threads(2)
-    x, dy = make((32, 16, 24, 24), np.float32, 5)
+    x, dy = _seeded_data((32, 16, 24, 24), np.float32, 5)
     outs = []
     for _ in range(3):
         m = cnorm.BatchNorm2d(16)
@@ -133,3 +152,86 @@ def test_module_results_bitwise_repeatable(restore_threads):
     for other in outs[1:]:
         for a, b in zip(outs[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- Python threads
+
+def _in_fresh_thread(fn, *args):
+    """Run fn in a new Python thread (the same OpenMP defaults as the workers below)."""
+    out = {}
+
+    def target():
+        out["result"] = fn(*args)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    return out["result"]
+
+
+def _run_concurrently(fns, n_threads=4):
+    """Call fns[i]() in thread i, all released together by a Barrier; return the results."""
+    barrier = threading.Barrier(n_threads)
+    results = [None] * n_threads
+    errors = []
+
+    def worker(i):
+        try:
+            barrier.wait()
+            results[i] = fns[i]()
+        except BaseException as exc:  # noqa: BLE001  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+@pytest.mark.parametrize("cap", [1, 2])
+def test_same_module_from_four_threads(restore_threads, cap):
+    """One eval-mode BatchNorm2d and one LayerNorm shared by 4 threads (forward is
+    stateless there apart from the saved input): the results of serial calls."""
+    cnorm.set_num_threads(cap)
+    rng = np.random.default_rng(10)
+    bn = cnorm.BatchNorm2d(8)
+    bn(rng.standard_normal((8, 8, 20, 20)).astype(f32))
+    bn.eval()
+    ln = cnorm.LayerNorm(300)
+    ln.weight[...] = rng.uniform(0.5, 1.5, 300)
+    inputs = [[rng.standard_normal((16, 8, 24, 24)).astype(f32) for _ in range(5)] for _ in range(4)]
+    ln_inputs = [[rng.standard_normal((256, 300)).astype(f32) for _ in range(5)] for _ in range(4)]
+
+    def work(i):
+        return ([bn(x) for x in inputs[i]] + [ln(x) for x in ln_inputs[i]]
+                + [F.layer_norm(x, (300,), ln.weight, ln.bias) for x in ln_inputs[i]])
+
+    serial = [_in_fresh_thread(work, i) for i in range(4)]
+    for _ in range(3):
+        concurrent = _run_concurrently([lambda i=i: work(i) for i in range(4)])
+        assert_nested_equal(concurrent, serial, "concurrent vs serial")
+
+
+# four different norms in four threads at once: every norm is in one group
+GROUPS = [NORMS[i:i + 4] for i in range(0, len(NORMS), 4)]
+GROUPS[-1] = (GROUPS[-1] + NORMS)[:4]
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: "+".join(n.name for n in g))
+@pytest.mark.parametrize("cap", [1, 2])
+def test_different_modules_from_four_threads(restore_threads, cap, group):
+    cnorm.set_num_threads(cap)
+    serial = [_in_fresh_thread(_training_run, n, 100 + i) for i, n in enumerate(group)]
+    for _ in range(2):
+        concurrent = _run_concurrently([lambda i=i, n=n: _training_run(n, 100 + i)
+                                        for i, n in enumerate(group)])
+        assert_nested_equal(concurrent, serial, "concurrent vs serial")
+    # the same kind of module in every thread, different data
+    bn2d = BY_NAME["BatchNorm2d"]
+    serial = [_in_fresh_thread(_training_run, bn2d, 200 + i) for i in range(4)]
+    concurrent = _run_concurrently([lambda i=i: _training_run(bn2d, 200 + i) for i in range(4)])
+    assert_nested_equal(concurrent, serial, "bn2d x4")

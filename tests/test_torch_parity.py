@@ -1,73 +1,44 @@
-"""Parity with torch.nn (2.13, CPU): outputs, running stats, gradients, state_dict, repr."""
+"""Parity with torch.nn (2.13, CPU) of every module and functional form: outputs, gradients
+(input, weight, bias), running statistics over train / eval steps; zero-size inputs and
+eps edge cases; the float64 reference itself against torch."""
+
+import warnings
 
 import numpy as np
 import pytest
+from conftest import DTYPES, assert_close, bn_axes, dtype_id
+from norms import BY_NAME, norm_cases, reference
+from torch_support import (
+    BN_CONFIGS,
+    BN_INPUTS,
+    LN_CONFIGS,
+    TF,
+    TORCH_DTYPE,
+    compare_grads,
+    compare_state,
+    numpy_state,
+    randomize_params,
+    run_parity_steps,
+    sync_params,
+    to_np,
+    torch,
+    torch_bn,
+    torch_forward,
+    torch_twin,
+    tt,
+)
 
 import cnorm
+import cnorm.functional as F
 
-from conftest import DTYPES, assert_close, bn_axes
-
-torch = pytest.importorskip("torch")
-
-TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
-
-BN_INPUTS = {
-    "1d_NC": ("BatchNorm1d", (6, 5)),
-    "1d_NCL": ("BatchNorm1d", (4, 5, 7)),
-    "2d": ("BatchNorm2d", (3, 5, 4, 6)),
-    "3d": ("BatchNorm3d", (2, 5, 3, 2, 4)),
-}
-
-BN_CONFIGS = {
-    "default": dict(),
-    "momentum_none": dict(momentum=None),
-    "momentum_0.3": dict(momentum=0.3),
-    "eps_1e-2": dict(eps=1e-2),
-    "noaffine": dict(affine=False),
-    "nobias": dict(bias=False),
-    "notrack": dict(track_running_stats=False),
-    "notrack_momentum_none": dict(track_running_stats=False, momentum=None),
-    "noaffine_notrack": dict(affine=False, track_running_stats=False),
-}
-
-STEPS = ["train", "train", "eval", "train", "eval", "eval", "train"]
+BN_STEPS = ["train", "train", "eval", "train", "eval", "eval", "train"]
+STEPS = ["train", "train", "eval", "train", "eval", "train"]
 
 
-def to_np(t):
-    return t.detach().numpy()
-
-
-def torch_bn(name, C, dtype, **kw):
-    return getattr(torch.nn, name)(C, dtype=TORCH_DTYPE[np.dtype(dtype)], **kw)
-
-
-def randomize_params(tm, rng):
-    with torch.no_grad():
-        if tm.weight is not None:
-            tm.weight.copy_(torch.from_numpy(rng.normal(1.0, 0.5, tm.weight.shape)))
-        if tm.bias is not None:
-            tm.bias.copy_(torch.from_numpy(rng.normal(0.0, 0.5, tm.bias.shape)))
-
-
-def numpy_state(tm):
-    return {k: v.detach().numpy().copy() for k, v in tm.state_dict().items()}
-
-
-def compare_state(m, tm, dtype, msg=""):
-    for name in ("running_mean", "running_var"):
-        tv = getattr(tm, name)
-        if tv is None:
-            assert getattr(m, name) is None, name
-        else:
-            assert_close(getattr(m, name), to_np(tv), dtype, err_msg=f"{name} {msg}")
-    if tm.num_batches_tracked is None:
-        assert m.num_batches_tracked is None
-    else:
-        assert m.num_batches_tracked == int(tm.num_batches_tracked), msg
-
+# --------------------------------------------------------------------------- BatchNorm, LayerNorm
 
 @pytest.mark.parametrize("config", list(BN_CONFIGS))
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("inp", list(BN_INPUTS))
 def test_batch_norm_matches_torch(rng, inp, dtype, config):
     name, shape = BN_INPUTS[inp]
@@ -79,7 +50,7 @@ def test_batch_norm_matches_torch(rng, inp, dtype, config):
     m.load_state_dict(numpy_state(tm))
     axes = bn_axes(len(shape))
     sum_abs_dy = 0.0
-    for step, mode in enumerate(STEPS):
+    for step, mode in enumerate(BN_STEPS):
         msg = f"step {step} ({mode})"
         assert m.train(mode == "train") is m
         tm.train(mode == "train")
@@ -94,33 +65,7 @@ def test_batch_norm_matches_torch(rng, inp, dtype, config):
         dx = m.backward(dy)
         assert_close(dx, to_np(tx.grad), dtype, err_msg="dx " + msg)
         sum_abs_dy = sum_abs_dy + np.sum(np.abs(dy.astype(np.float64)), axis=axes)
-        for pname in ("weight", "bias"):
-            tp = getattr(tm, pname)
-            grad = getattr(m, pname + "_grad")
-            if tp is None:
-                assert getattr(m, pname) is None and grad is None, pname
-            else:
-                assert grad.dtype == dtype
-                assert_close(grad, to_np(tp.grad), dtype, scale=5 * sum_abs_dy, err_msg=f"{pname}_grad {msg}")
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4), (2, 3, 0), (0, 3, 2, 2), (2, 3, 2, 0, 1)], ids=str)
-def test_batch_norm_empty_batch_matches_torch(shape, dtype):
-    name = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}[len(shape)]
-    tm = torch_bn(name, 3, dtype, momentum=None)
-    m = getattr(cnorm, name)(3, dtype=dtype, momentum=None)
-    x = np.zeros(shape, dtype)
-    tx = torch.from_numpy(x).requires_grad_(True)
-    ty = tm(tx)
-    y = m(x)
-    assert y.shape == tuple(ty.shape)
-    compare_state(m, tm, dtype)
-    ty.backward(torch.zeros(shape, dtype=TORCH_DTYPE[np.dtype(dtype)]))
-    dx = m.backward(np.zeros(shape, dtype))
-    assert dx.shape == shape
-    np.testing.assert_array_equal(m.weight_grad, to_np(tm.weight.grad))
-    np.testing.assert_array_equal(m.bias_grad, to_np(tm.bias.grad))
+        compare_grads(m, tm, dtype, 5 * sum_abs_dy, msg)
 
 
 def test_batch_norm_momentum_none_is_cumulative_average(rng):
@@ -139,16 +84,6 @@ def test_batch_norm_momentum_none_is_cumulative_average(rng):
     assert m.num_batches_tracked == 5
 
 
-# --------------------------------------------------------------------------- LayerNorm
-
-LN_CONFIGS = {
-    "default": dict(),
-    "nobias": dict(bias=False),
-    "noaffine": dict(elementwise_affine=False),
-    "noaffine_nobias": dict(elementwise_affine=False, bias=False),
-    "eps_1e-2": dict(eps=1e-2),
-}
-
 LN_INPUTS = {
     "1d": ((8, 16), 16),
     "3d_last": ((2, 3, 10), (10,)),
@@ -159,7 +94,7 @@ LN_INPUTS = {
 
 
 @pytest.mark.parametrize("config", list(LN_CONFIGS))
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("inp", list(LN_INPUTS))
 def test_layer_norm_matches_torch(rng, inp, dtype, config):
     shape, ns = LN_INPUTS[inp]
@@ -187,14 +122,7 @@ def test_layer_norm_matches_torch(rng, inp, dtype, config):
         # rows of one element: rstd = 1/sqrt(eps) amplifies rounding
         assert_close(dx, to_np(tx.grad), dtype, scale=32.0 if inp == "D1" else 1.0, err_msg="dx " + msg)
         sum_abs_dy = sum_abs_dy + np.sum(np.abs(dy.astype(np.float64)), axis=lead_axes)
-        for pname in ("weight", "bias"):
-            tp = getattr(tm, pname)
-            grad = getattr(m, pname + "_grad")
-            if tp is None:
-                assert getattr(m, pname) is None and grad is None, pname
-            else:
-                assert grad.shape == tuple(tp.shape)
-                assert_close(grad, to_np(tp.grad), dtype, scale=5 * sum_abs_dy, err_msg=f"{pname}_grad {msg}")
+        compare_grads(m, tm, dtype, 5 * sum_abs_dy, msg)
 
 
 def test_layer_norm_eps_zero_constant_row_gives_nan_like_torch():
@@ -205,114 +133,309 @@ def test_layer_norm_eps_zero_constant_row_gives_nan_like_torch():
     assert np.isnan(y).all()
 
 
-# --------------------------------------------------------------------------- state_dict round trips
+# --------------------------------------------------------------------------- GroupNorm, InstanceNorm, RMSNorm
 
-
-@pytest.mark.parametrize("config", ["default", "momentum_none", "nobias", "noaffine", "notrack"])
-@pytest.mark.parametrize("inp", ["1d_NCL", "2d", "3d"])
-def test_state_dict_cnorm_to_torch(rng, inp, config):
-    name, shape = BN_INPUTS[inp]
-    kw = BN_CONFIGS[config]
-    C = shape[1]
-    m = getattr(cnorm, name)(C, **kw)
-    if m.weight is not None:
-        sd = m.state_dict()
-        sd["weight"] = rng.normal(1, 0.5, C).astype(np.float32)
-        if "bias" in sd:
-            sd["bias"] = rng.normal(0, 0.5, C).astype(np.float32)
-        m.load_state_dict(sd)
-    for _ in range(3):
-        m(rng.normal(0.3, 1.5, shape).astype(np.float32))
-    sd = m.state_dict()
-    tm = getattr(torch.nn, name)(C, **kw)
-    assert list(sd) == list(tm.state_dict())
-    result = tm.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()})
-    assert not result.missing_keys and not result.unexpected_keys
-    if m.num_batches_tracked is not None:
-        assert int(tm.num_batches_tracked) == m.num_batches_tracked == 3
-    x = rng.normal(0.3, 1.5, shape).astype(np.float32)
-    for mode in (False, True):
-        m.train(mode)
-        tm.train(mode)
-        assert_close(m(x), to_np(tm(torch.from_numpy(x))), np.float32, err_msg=f"training={mode}")
-        compare_state(m, tm, np.float32)
-
-
-@pytest.mark.parametrize("config", ["default", "momentum_none", "nobias", "noaffine", "notrack"])
-@pytest.mark.parametrize("inp", ["1d_NC", "2d", "3d"])
-def test_state_dict_torch_to_cnorm(rng, inp, config):
-    name, shape = BN_INPUTS[inp]
-    kw = BN_CONFIGS[config]
-    C = shape[1]
-    tm = getattr(torch.nn, name)(C, **kw)
-    randomize_params(tm, rng)
-    for _ in range(4):
-        tm(torch.from_numpy(rng.normal(0.3, 1.5, shape).astype(np.float32)))
-    m = getattr(cnorm, name)(C, **kw)
-    result = m.load_state_dict(tm.state_dict())  # torch tensors, directly
-    assert list(result.missing_keys) == [] and list(result.unexpected_keys) == []
-    for k, v in m.state_dict().items():
-        np.testing.assert_array_equal(v, to_np(tm.state_dict()[k]), err_msg=k)
-    if m.num_batches_tracked is not None:
-        assert m.num_batches_tracked == 4
-    x = rng.normal(0.3, 1.5, shape).astype(np.float32)
-    for mode in (False, True):
-        m.train(mode)
-        tm.train(mode)
-        assert_close(m(x), to_np(tm(torch.from_numpy(x))), np.float32, err_msg=f"training={mode}")
-        compare_state(m, tm, np.float32)
-
-
-@pytest.mark.parametrize("config", ["default", "nobias", "noaffine"])
-def test_layer_norm_state_dict_round_trips(rng, config):
-    kw = LN_CONFIGS[config]
-    tm = torch.nn.LayerNorm((3, 4), **kw)
-    randomize_params(tm, rng)
-    m = cnorm.LayerNorm((3, 4), **kw)
-    m.load_state_dict(tm.state_dict())
-    sd = m.state_dict()
-    assert list(sd) == list(tm.state_dict())
-    tm2 = torch.nn.LayerNorm((3, 4), **kw)
-    tm2.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
-    x = rng.normal(size=(2, 3, 4)).astype(np.float32)
-    assert_close(m(x), to_np(tm2(torch.from_numpy(x))), np.float32)
-    assert_close(m(x), to_np(tm(torch.from_numpy(x))), np.float32)
-
-
-def test_missing_num_batches_tracked_keeps_value_like_torch(rng):
-    tm = torch.nn.BatchNorm2d(3)
-    m = cnorm.BatchNorm2d(3)
-    for _ in range(2):
-        x = rng.normal(size=(2, 3, 2, 2)).astype(np.float32)
-        tm(torch.from_numpy(x))
-        m(x)
-    sd = {k: v for k, v in numpy_state(torch.nn.BatchNorm2d(3)).items() if k != "num_batches_tracked"}
-    tm.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
-    result = m.load_state_dict(sd)
-    assert list(result.missing_keys) == []
-    assert m.num_batches_tracked == int(tm.num_batches_tracked) == 2
-    np.testing.assert_array_equal(m.running_mean, 0)
-
-
-# --------------------------------------------------------------------------- repr
-
-REPR_CASES = [
-    ("BatchNorm1d", (3,), {}),
-    ("BatchNorm1d", (3,), dict(momentum=None, affine=False, track_running_stats=False)),
-    ("BatchNorm2d", (64,), {}),
-    ("BatchNorm2d", (64,), dict(bias=False)),
-    ("BatchNorm2d", (8,), dict(eps=1e-3, momentum=0.01)),
-    ("BatchNorm2d", (8,), dict(eps=0.5, momentum=1)),
-    ("BatchNorm2d", (0,), dict(affine=False)),
-    ("BatchNorm3d", (16,), dict(track_running_stats=False)),
-    ("LayerNorm", (768,), {}),
-    ("LayerNorm", ([3, 4],), dict(elementwise_affine=False)),
-    ("LayerNorm", ((5,),), dict(bias=False)),
-    ("LayerNorm", (4,), dict(eps=0)),
-    ("LayerNorm", (4,), dict(eps=1e-6, elementwise_affine=False, bias=False)),
+GN_CONFIGS = [
+    (3, 6, (4, 6, 5), {}),
+    (4, 8, (2, 8, 3, 3), {}),
+    (1, 4, (3, 4, 2, 2, 2), {}),
+    (4, 4, (2, 4, 7), {"eps": 1e-3}),
+    (2, 6, (5, 6), {"affine": False}),
+    (32, 64, (2, 64, 5, 5), {"bias": False}),
+    (2, 4, (3, 4, 1031), {}),
 ]
 
 
-@pytest.mark.parametrize("name,args,kw", REPR_CASES, ids=lambda v: str(v))
-def test_repr_matches_torch(name, args, kw):
-    assert repr(getattr(cnorm, name)(*args, **kw)) == repr(getattr(torch.nn, name)(*args, **kw))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("cfg", GN_CONFIGS, ids=lambda c: f"G{c[0]}-C{c[1]}-{c[2]}-{c[3]}")
+def test_group_norm_module_parity(rng, num_threads, cfg, dtype):
+    G, C, shape, kw = cfg
+    m = cnorm.GroupNorm(G, C, dtype=dtype, **kw)
+    tm = torch.nn.GroupNorm(G, C, dtype=TORCH_DTYPE[np.dtype(dtype)], **kw)
+    assert repr(m) == repr(tm)
+    sync_params(m, tm, rng)
+    run_parity_steps(rng, m, tm, STEPS[:3], shape, dtype, bn_axes(len(shape)), 2)
+
+
+IN_CONFIGS = {
+    "default": {},
+    "affine": {"affine": True},
+    "affine_nobias": {"affine": True, "bias": False},
+    "track": {"track_running_stats": True},
+    "affine_track_m0.3": {"affine": True, "track_running_stats": True, "momentum": 0.3},
+    "track_momentum_none": {"track_running_stats": True, "momentum": None},
+    "eps_1e-2": {"eps": 1e-2, "affine": True},
+}
+
+
+IN_SHAPES = {
+    "1d": ("InstanceNorm1d", (4, 3, 7)),
+    "1d_unbatched": ("InstanceNorm1d", (3, 9)),
+    "2d": ("InstanceNorm2d", (2, 3, 4, 5)),
+    "2d_unbatched": ("InstanceNorm2d", (3, 4, 5)),
+    "3d": ("InstanceNorm3d", (2, 3, 2, 3, 4)),
+    "3d_unbatched": ("InstanceNorm3d", (3, 2, 3, 4)),
+    "1d_long": ("InstanceNorm1d", (2, 3, 1031)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("config", list(IN_CONFIGS))
+@pytest.mark.parametrize("inp", list(IN_SHAPES))
+def test_instance_norm_module_parity(rng, num_threads, inp, config, dtype):
+    name, shape = IN_SHAPES[inp]
+    kw = IN_CONFIGS[config]
+    C = 3
+    m = getattr(cnorm, name)(C, dtype=dtype, **kw)
+    tm = getattr(torch.nn, name)(C, dtype=TORCH_DTYPE[np.dtype(dtype)], **kw)
+    assert repr(m) == repr(tm)
+    sync_params(m, tm, rng)
+    no_batch_dim = BY_NAME[name].ndims[0] - 1          # an unbatched input: (C, *spatial)
+    batched = len(shape) == no_batch_dim + 1
+    red = ((0,) if batched else ()) + tuple(range(len(shape) - no_batch_dim + 1, len(shape)))
+    run_parity_steps(rng, m, tm, STEPS, shape, dtype, red, 3, buffers=True)
+    assert m.num_batches_tracked in (None, 0)            # torch never counts for instance norm
+
+
+RMS_CONFIGS = [
+    ((5,), (4, 3, 5), {}),
+    ((1024,), (8, 1024), {}),
+    ((3, 7), (2, 3, 7), {"eps": 1e-6}),
+    ((11,), (11,), {"elementwise_affine": False}),
+    ((4,), (6, 4), {"eps": 0.1}),
+    ((513,), (4, 513), {}),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("cfg", RMS_CONFIGS, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_rms_norm_module_parity(rng, num_threads, cfg, dtype):
+    ns, shape, kw = cfg
+    m = cnorm.RMSNorm(ns, dtype=dtype, **kw)
+    tm = torch.nn.RMSNorm(ns, dtype=TORCH_DTYPE[np.dtype(dtype)], **kw)
+    assert repr(m) == repr(tm)
+    sync_params(m, tm, rng)
+    run_parity_steps(rng, m, tm, STEPS[:3], shape, dtype, tuple(range(len(shape) - len(ns))), 3)
+
+
+# --------------------------------------------------------------------------- fused
+
+@pytest.mark.parametrize("with_dsum", [False, True], ids=["dsumNone", "dsum"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("cfg", [((16,), (4, 8, 16), {}), ((3, 7), (5, 3, 7), {"bias": False}),
+                                 ((1024,), (2, 4, 1024), {"eps": 1e-6}),
+                                 ((9,), (6, 9), {"elementwise_affine": False})],
+                         ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_add_layer_norm_module_parity(rng, num_threads, cfg, dtype, with_dsum):
+    """torch side: the unfused s = x + r; y = layer_norm(s); both gradients of x and r."""
+    ns, shape, kw = cfg
+    m = cnorm.AddLayerNorm(ns, dtype=dtype, **kw)
+    tm = torch.nn.LayerNorm(ns, dtype=TORCH_DTYPE[np.dtype(dtype)], **kw)
+    assert repr(m) == repr(tm).replace("LayerNorm", "AddLayerNorm")
+    sync_params(m, tm, rng)
+    x = rng.normal(0.5, 2, shape).astype(dtype)
+    r = rng.normal(-1, 1, shape).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    ds = rng.normal(size=shape).astype(dtype) if with_dsum else None
+    y, s = m(x, r)
+    dx = m.backward(dy, ds)
+    xt, rt = tt(x, True), tt(r, True)
+    st = xt + rt
+    yt = tm(st)
+    loss = (yt * tt(dy)).sum() + ((st * tt(ds)).sum() if with_dsum else 0)
+    loss.backward()
+    assert np.array_equal(s, to_np(st))
+    assert_close(y, to_np(yt), dtype)
+    assert_close(dx, to_np(xt.grad), dtype, scale=np.abs(to_np(xt.grad)).max())
+    assert_close(dx, to_np(rt.grad), dtype, scale=np.abs(to_np(rt.grad)).max())
+    compare_grads(m, tm, dtype, np.abs(dy).sum(axis=tuple(range(len(shape) - len(ns)))) * 3, "")
+    assert list(m.state_dict()) == list(tm.state_dict())
+
+
+BNR = {
+    "1d_NC": ("BatchNormReLU1d", "BatchNorm1d", (6, 5)),
+    "1d_NCL": ("BatchNormReLU1d", "BatchNorm1d", (4, 5, 7)),
+    "2d": ("BatchNormReLU2d", "BatchNorm2d", (3, 5, 4, 6)),
+    "3d": ("BatchNormReLU3d", "BatchNorm3d", (2, 5, 3, 2, 4)),
+}
+
+
+BNR_CONFIGS = {"default": {}, "momentum_none": {"momentum": None}, "noaffine": {"affine": False},
+               "notrack": {"track_running_stats": False}, "nobias": {"bias": False}}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("config", list(BNR_CONFIGS))
+@pytest.mark.parametrize("inp", list(BNR))
+def test_batch_norm_relu_module_parity(rng, num_threads, inp, config, dtype):
+    name, tname, shape = BNR[inp]
+    kw = BNR_CONFIGS[config]
+    m = getattr(cnorm, name)(5, dtype=dtype, **kw)
+    tbn = getattr(torch.nn, tname)(5, dtype=TORCH_DTYPE[np.dtype(dtype)], **kw)
+    tm = torch.nn.Sequential(tbn, torch.nn.ReLU())
+    assert repr(m) == repr(tbn).replace(tname, name)
+    sync_params(m, tbn, rng)
+    run_parity_steps(rng, m, tm, STEPS, shape, dtype, bn_axes(len(shape)), 3, holder=tbn, buffers=True)
+
+
+# --------------------------------------------------------------------------- functional
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_functional_parity(rng, dtype):
+    x = rng.normal(0.5, 2, (4, 6, 5, 3)).astype(dtype)
+    w = rng.normal(1, 0.5, 6).astype(dtype)
+    b = rng.normal(0, 0.5, 6).astype(dtype)
+    rm = rng.normal(size=6).astype(dtype)
+    rv = rng.uniform(0.5, 2, 6).astype(dtype)
+    assert_close(F.group_norm(x, 3, w, b, 1e-3), to_np(TF.group_norm(tt(x), 3, tt(w), tt(b), 1e-3)), dtype)
+    assert_close(F.group_norm(x, 2), to_np(TF.group_norm(tt(x), 2)), dtype)
+    # instance norm: running statistics updated in place, as torch's
+    crm, crv, trm, trv = rm.copy(), rv.copy(), tt(rm), tt(rv)
+    y = F.instance_norm(x, crm, crv, w, b, True, 0.3, 1e-4)
+    ty = TF.instance_norm(tt(x), trm, trv, tt(w), tt(b), True, 0.3, 1e-4)
+    assert_close(y, to_np(ty), dtype)
+    assert_close(crm, to_np(trm), dtype)
+    assert_close(crv, to_np(trv), dtype)
+    y = F.instance_norm(x, crm, crv, w, b, use_input_stats=False)
+    ty = TF.instance_norm(tt(x), trm, trv, tt(w), tt(b), use_input_stats=False)
+    assert_close(y, to_np(ty), dtype)
+    assert_close(F.instance_norm(x), to_np(TF.instance_norm(tt(x))), dtype)
+    # rms norm, eps=None -> finfo(dtype).eps
+    for eps in (None, 1e-3):
+        assert_close(F.rms_norm(x, (5, 3), None, eps), to_np(TF.rms_norm(tt(x), (5, 3), None, eps)), dtype)
+    small = np.full((2, 4), 1e-5, dtype)
+    assert_close(F.rms_norm(small, (4,)), to_np(TF.rms_norm(tt(small), (4,))), dtype)
+    # batch norm + relu, running statistics in place
+    crm, crv, trm, trv = rm.copy(), rv.copy(), tt(rm), tt(rv)
+    y = F.batch_norm_relu(x, crm, crv, w, b, True, 0.2)
+    ty = TF.relu(TF.batch_norm(tt(x), trm, trv, tt(w), tt(b), True, 0.2))
+    assert_close(y, to_np(ty), dtype)
+    assert_close(crm, to_np(trm), dtype)
+    assert_close(crv, to_np(trv), dtype)
+    # add + layer norm
+    r = rng.normal(size=x.shape).astype(dtype)
+    y, _s = F.add_layer_norm(x, r, (5, 3))
+    assert_close(y, to_np(TF.layer_norm(tt(x) + tt(r), (5, 3))), dtype)
+
+
+# --------------------------------------------------------------------------- empty inputs, eps edge cases
+
+_EMPTY_CONFIGS = {"batch": {"m0.1": {}, "mNone": {"momentum": None}},
+                  "batch_relu": {"m0.1": {}, "mNone": {"momentum": None}},
+                  "instance": {"track": {"track_running_stats": True},
+                               "affine_track": {"affine": True, "track_running_stats": True}}}
+
+
+def _empty_params():
+    out = []
+    for p in norm_cases("empty", modes=True, dtypes=DTYPES):
+        configs = _EMPTY_CONFIGS.get(p.values[0].family, {"default": {}})
+        out += [pytest.param(*p.values, kw, id=f"{p.id}-{name}") for name, kw in configs.items()]
+    return out
+
+
+@pytest.mark.parametrize("norm, case, dtype, training, kw", _empty_params())
+def test_empty_matches_torch(norm, case, dtype, training, kw):
+    """Zero-size inputs: the output shape, the running statistics (NaN where torch's are),
+    num_batches_tracked and the parameter gradients equal torch's."""
+    shape = case.shape
+    m = norm.make(case, dtype, **kw)
+    tm, holder = torch_twin(norm, case, dtype, **kw)
+    m.train(training)
+    tm.train(training)
+    x = np.zeros(shape, dtype)
+    xt = torch.zeros(shape, dtype=TORCH_DTYPE[np.dtype(dtype)], requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yt = torch_forward(norm, tm, xt, torch.zeros_like(xt))
+        except (RuntimeError, IndexError) as exc:
+            pytest.skip(f"torch rejects it: {exc}")
+        outs = norm.call(m, x, x)
+    assert outs[0].shape == tuple(yt.shape)
+    if getattr(m, "running_mean", None) is not None:
+        np.testing.assert_array_equal(m.running_mean, holder.running_mean.numpy())
+        np.testing.assert_array_equal(m.running_var, holder.running_var.numpy())
+        assert m.num_batches_tracked == int(holder.num_batches_tracked)
+    yt.sum().backward()
+    dx = norm.module_backward(m, tuple(np.zeros(shape, dtype) for _ in outs))
+    assert dx.shape == tuple(xt.grad.shape)
+    if norm.family == "group":
+        return     # torch: NaN, the mean of no values; cnorm: 0, the sum of none (test_inputs.py)
+    for name, p in holder.named_parameters():
+        np.testing.assert_array_equal(getattr(m, name + "_grad"), p.grad.numpy(), err_msg=name)
+
+
+@pytest.mark.parametrize("case", [((0, 4, 3), 2), ((2, 4, 0), 2), ((2, 0, 3), 2), ((2, 4), 4)],
+                         ids=str)
+def test_group_norm_edge_shapes_like_torch(rng, case):
+    shape, G = case
+    x = rng.normal(size=shape).astype(np.float32)
+    y = F.group_norm(x, G)
+    ty = TF.group_norm(torch.from_numpy(x), G)
+    assert y.shape == tuple(ty.shape)
+    np.testing.assert_allclose(y, ty.numpy(), atol=1e-5)
+
+
+def test_eps_zero_constant_rows_nan_like_torch():
+    x = np.ones((2, 4, 3), np.float32)
+    assert np.all(np.isnan(F.group_norm(x, 2, eps=0.0)))
+    assert torch.isnan(TF.group_norm(torch.from_numpy(x), 2, eps=0.0)).all()
+    z = np.zeros((2, 3), np.float32)
+    assert np.all(np.isnan(F.rms_norm(z, (3,), eps=0.0)))
+    assert torch.isnan(TF.rms_norm(torch.from_numpy(z), (3,), eps=0.0)).all()
+    np.testing.assert_array_equal(F.rms_norm(z, (3,)), TF.rms_norm(torch.from_numpy(z), (3,)).numpy())
+
+
+# --------------------------------------------------------------------------- the float64 reference
+
+def test_slow_references_match_torch_float64(rng):
+    x = rng.normal(0.5, 2, (3, 6, 4, 5))
+    dy = rng.normal(size=x.shape)
+    w, b = rng.normal(1, 0.5, 6), rng.normal(0, 0.5, 6)
+
+    def grads(fn, *tensors):
+        ts = [tt(t, True) for t in tensors]
+        fn(*ts).backward(tt(dy))
+        return [to_np(t.grad) for t in ts]
+
+    def close(a, e):
+        np.testing.assert_allclose(a, e, rtol=1e-11, atol=1e-11)
+
+    close(reference.group_norm_forward(x, 3, w, b, 1e-5)[0], to_np(TF.group_norm(tt(x), 3, tt(w), tt(b))))
+    for a, e in zip(reference.group_norm_backward(dy, x, 3, w, 1e-5),
+                    grads(lambda x_, w_, b_: TF.group_norm(x_, 3, w_, b_), x, w, b)):
+        close(a, e)
+    rm, rv = rng.normal(size=6), rng.uniform(0.5, 2, 6)
+    trm, trv = tt(rm), tt(rv)
+    y, nrm, nrv = reference.instance_norm_forward(x, rm, rv, w, b, True, 0.3, 1e-5)
+    close(y, to_np(TF.instance_norm(tt(x), trm, trv, tt(w), tt(b), True, 0.3)))
+    close(nrm, to_np(trm))
+    close(nrv, to_np(trv))
+    for a, e in zip(reference.instance_norm_backward(dy, x, w, 1e-5),
+                    grads(lambda x_, w_, b_: TF.instance_norm(x_, None, None, w_, b_), x, w, b)):
+        close(a, e)
+    for a, e in zip(reference.instance_norm_backward(dy, x, w, 1e-5, rm, rv, use_input_stats=False),
+                    grads(lambda x_, w_, b_: TF.instance_norm(x_, tt(rm), tt(rv), w_, b_, False),
+                          x, w, b)):
+        close(a, e)
+    wn = rng.normal(1, 0.5, (4, 5))
+    close(reference.rms_norm_forward(x, (4, 5), wn, None)[0], to_np(TF.rms_norm(tt(x), (4, 5), tt(wn))))
+    for a, e in zip(reference.rms_norm_backward(dy, x, (4, 5), wn, None),
+                    grads(lambda x_, w_: TF.rms_norm(x_, (4, 5), w_), x, wn)):
+        close(a, e)
+    r = rng.normal(size=x.shape)
+    bn = rng.normal(size=(4, 5))
+    close(reference.add_layer_norm_forward(x, r, (4, 5), wn, bn, 1e-5)[0],
+          to_np(TF.layer_norm(tt(x) + tt(r), (4, 5), tt(wn), tt(bn))))
+    dx, dr, dw_, db_ = grads(lambda x_, r_, w_, b_: TF.layer_norm(x_ + r_, (4, 5), w_, b_), x, r, wn, bn)
+    ds, dw, db = reference.add_layer_norm_backward(dy, None, x + r, (4, 5), wn, 1e-5)
+    for a, e in zip((ds, ds, dw, db), (dx, dr, dw_, db_)):
+        close(a, e)
+    y = reference.batch_norm_relu_forward(x, w, b, None, None, True, 0.1, 1e-5)[0]
+    close(y, to_np(TF.relu(TF.batch_norm(tt(x), None, None, tt(w), tt(b), True))))
+    mean, var = reference.batch_norm_stats(x)
+    for a, e in zip(reference.batch_norm_relu_backward(dy, x, w, b, mean, 1 / np.sqrt(var + 1e-5), True),
+                    grads(lambda x_, w_, b_: TF.relu(TF.batch_norm(x_, None, None, w_, b_, True)),
+                          x, w, b)):
+        close(a, e)

@@ -103,18 +103,18 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available():  # pragma: no cover
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
-import cnorm.torch as ct  # noqa: E402
+import cnorm.torch as ct
 
 F64 = torch.float64
 
 # (name, world size, per-rank batch sizes, input shape after N, kwargs, group ranks)
 SCENARIOS = [
-    ("2d_4_2", 2, (4, 2), (3, 2, 2), dict(), None),
-    ("1d_3_0_mnone", 2, (3, 0), (4,), dict(momentum=None), None),
-    ("1d_3_1_0", 3, (3, 1, 0), (4, 5), dict(), None),
-    ("2d_2_2_2_noaffine", 3, (2, 2, 2), (2, 3, 1), dict(affine=False, momentum=0.3), None),
-    ("1d_nobias_1_2_3", 3, (1, 2, 3), (3,), dict(bias=False), None),
-    ("3d_group01", 3, (2, 1, 3), (2, 2, 1, 2), dict(), (0, 1)),
+    ("2d_4_2", 2, (4, 2), (3, 2, 2), {}, None),
+    ("1d_3_0_mnone", 2, (3, 0), (4,), {"momentum": None}, None),
+    ("1d_3_1_0", 3, (3, 1, 0), (4, 5), {}, None),
+    ("2d_2_2_2_noaffine", 3, (2, 2, 2), (2, 3, 1), {"affine": False, "momentum": 0.3}, None),
+    ("1d_nobias_1_2_3", 3, (1, 2, 3), (3,), {"bias": False}, None),
+    ("3d_group01", 3, (2, 1, 3), (2, 2, 1, 2), {}, (0, 1)),
 ]
 STEPS = 2
 
@@ -130,6 +130,16 @@ def _batch(name, step, sizes, tail):
 def _params(c):
     rng = np.random.default_rng(c)
     return rng.normal(1, 0.3, c), rng.normal(0, 0.3, c)
+
+
+def _set_params(m, c):
+    """The parameters of the scenario's module (the same on every process and the reference)."""
+    if m.weight is not None:
+        wt, bs = _params(c)
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(wt))
+            if m.bias is not None:
+                m.bias.copy_(torch.from_numpy(bs))
 
 
 def _bn_class(tail):
@@ -168,12 +178,7 @@ def _worker(rank, world, port, outdir):
                 group = groups[0] if rank in group_ranks else groups[1]
             c = tail[0]
             m = ct.SyncBatchNorm(c, process_group=group, dtype=F64, **kwargs)
-            if m.weight is not None:
-                wt, bs = _params(c)
-                with torch.no_grad():
-                    m.weight.copy_(torch.from_numpy(wt))
-                    if m.bias is not None:
-                        m.bias.copy_(torch.from_numpy(bs))
+            _set_params(m, c)
             lo = sum(sizes[:rank])
             sl = slice(lo, lo + sizes[rank])
             for step in range(STEPS):
@@ -208,12 +213,7 @@ def _reference(name, sizes, tail, kwargs, ranks):
     """Single process: torch.nn BatchNorm on the concatenation of the shards of ``ranks``."""
     c = tail[0]
     m = getattr(torch.nn, _bn_class(tail))(c, dtype=F64, **kwargs)
-    if m.weight is not None:
-        wt, bs = _params(c)
-        with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(wt))
-            if m.bias is not None:
-                m.bias.copy_(torch.from_numpy(bs))
+    _set_params(m, c)
     bounds = np.cumsum((0,) + tuple(sizes))
     idx = np.concatenate([np.arange(bounds[r], bounds[r + 1]) for r in ranks])
     out = {}

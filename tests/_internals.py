@@ -1,0 +1,60 @@
+"""Every private internal of cnorm that the tests touch, in one file.
+
+The rest of tests/ uses the public API only (cnorm.*, cnorm.functional.*, cnorm.torch.*),
+so that when cnorm's insides move, this is the one file to re-point.
+"""
+
+import cnorm.functional as _functional
+from cnorm._kernels import _batch_norm, _row_norm
+
+# --------------------------------------------------------------------------- kernels
+# The compiled extensions that have SIMD builds and non-temporal ("streaming") stores.
+KERNEL_MODULES = (_batch_norm, _row_norm)
+
+# A streaming threshold (bytes) that no array reaches: streaming off.
+NEVER = 2 ** 62
+
+
+def set_simd(module, on):
+    """Switch ``module`` to its AVX2 build (True) or the baseline one; returns what is active."""
+    return module._set_simd(on)
+
+
+def set_stream_min_bytes(module, n):
+    """Set the smallest output (bytes) written with streaming stores; returns the old value."""
+    return module._set_stream_min_bytes(n)
+
+
+# The child processes of test_hostile_kernels.py call the kernels as ``B.<name>`` and
+# ``R.<name>`` (batch-norm and row-norm extensions; their case table names the functions).
+KERNEL_IMPORT = "from cnorm._kernels import _batch_norm as B, _row_norm as R"
+
+# --------------------------------------------------------------------------- cnorm.torch
+# The functions the drop-in modules call for their arithmetic, patched by test_torch_dropin's
+# ``kernel_calls`` fixture to tell the cnorm path from torch's: key -> (owner, attribute name,
+# position of the input array among the arguments).
+DROPIN_ENTRY_POINTS = {
+    "bn": (_functional, "native_batch_norm", 0),
+    "bn_bwd": (_functional, "batch_norm_backward", 1),
+    "ln": (_functional, "native_layer_norm", 0),
+    "ln_bwd": (_functional, "layer_norm_backward", 1),
+}
+
+
+def saved_stats(grad_fn):
+    """(mean, invstd, training) that a drop-in BatchNorm's autograd node keeps for backward."""
+    return grad_fn.stats
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+def bench_main(argv):
+    """``python -m cnorm bench`` with the arguments ``argv``; returns the exit code."""
+    from cnorm.benchmarks import runner
+    return runner.main(argv)
+
+
+def torch_bench_cases():
+    """The module of the torch benchmark cases (CASES_BY_NAME via ``.C``, DROPIN_IMPLS, build_dropin)."""
+    from cnorm.benchmarks import torch_cases
+    return torch_cases

@@ -1,0 +1,213 @@
+"""Hostile calls of the private kernels (cnorm's compiled extensions), run in child
+processes so that a crash is a test failure, not the end of the test session: wrong sizes,
+dtypes, layouts, None for required arrays, sizes whose product wraps around 2**64."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from _internals import KERNEL_IMPORT
+
+# =======================================================================================
+# private kernels: run in child processes (a crash must be a failure, not the end)
+# =======================================================================================
+
+_KERNEL_PRELUDE = """
+import numpy as np
+""" + KERNEL_IMPORT + """
+f32 = np.float32
+x = np.ones((2, 3, 4), f32)           # (N, C, S) = (2, 3, 4)
+x64 = x.astype(np.float64)
+c3 = np.ones(3)                       # float64 per-channel statistics
+w3 = np.ones(3, f32)                  # float32 per-channel parameters
+xl = np.ones((2, 5), f32)             # (M, D) = (2, 5)
+m2 = np.ones(2)
+w5 = np.ones(5, f32)
+nc = np.ones((2, 3, 8), f32)[:, :, ::2]
+fo = np.asfortranarray(np.ones((2, 3, 4), f32))
+mis = np.zeros(x.nbytes + 1, np.uint8)[1:].view(f32).reshape(x.shape)
+swapped = x.astype(">f4")
+ro = np.ones(3, f32); ro.setflags(write=False)
+e = np.empty(0, f32)
+e4 = np.ones(4); w4 = np.ones(4, f32)
+"""
+
+_OVERFLOW = ("private kernels check x.size == N*C*S (M*D) with a Py_ssize_t product that "
+             "wraps around: N=2**62, C=4, S=1 gives 0, an empty array passes the check, and "
+             "the kernel then reads 2**62 rows (segfault) or returns garbage; the product "
+             "must be checked for overflow (or each dimension against x.size)")
+
+_TYPE_OR_VALUE = ("TypeError", "ValueError")
+_VALUE_OR_OVERFLOW = ("ValueError", "OverflowError")
+
+KERNEL_CASES = [
+    # (id, code, exception name(s), message regex, xfail reason or None)
+    ("B.stats wrong size", "B.stats(x, 2, 3, 5)", "ValueError",
+     r"input must be a C-contiguous float32 array of 30 elements", None),
+    ("B.stats int32", "B.stats(x.astype(np.int32), 2, 3, 4)", "TypeError", r"unsupported dtype int32", None),
+    ("B.stats float16", "B.stats(x.astype(np.float16), 2, 3, 4)", "TypeError", r"unsupported dtype float16", None),
+    ("B.stats complex", "B.stats(x.astype(np.complex64), 2, 3, 4)", "TypeError", r"unsupported dtype", None),
+    ("B.stats None", "B.stats(None, 2, 3, 4)", "TypeError", r"must be a NumPy array|incorrect type", None),
+    ("B.stats list", "B.stats([1.0, 2.0], 1, 1, 2)", "TypeError", r"\S", None),
+    ("B.stats non-contiguous", "B.stats(nc, 2, 3, 4)", "ValueError", r"C-contiguous", None),
+    ("B.stats Fortran", "B.stats(fo, 2, 3, 4)", "ValueError", r"C-contiguous", None),
+    ("B.stats misaligned", "B.stats(mis, 2, 3, 4)", "ValueError", r"C-contiguous", None),
+    ("B.stats byte-swapped", "B.stats(swapped, 2, 3, 4)", "ValueError", r"C-contiguous", None),
+    ("B.stats negative N", "B.stats(x, -2, -3, 4)", "ValueError", r"negative dimension", None),
+    ("B.stats negative S", "B.stats(x, 2, 3, -4)", "ValueError", r"negative dimension", None),
+    ("B.normalize mean float32", "B.normalize(x, 2, 3, 4, w3, c3, None, None)", "ValueError",
+     r"mean must be a C-contiguous float64 array of 3 elements", None),
+    ("B.normalize invstd (4,)", "B.normalize(x, 2, 3, 4, c3, e4, None, None)", "ValueError",
+     r"invstd must be a C-contiguous float64 array of 3 elements", None),
+    ("B.normalize weight float64", "B.normalize(x, 2, 3, 4, c3, c3, c3, None)", "ValueError",
+     r"weight must be a C-contiguous float32 array of 3 elements, got float64", None),
+    ("B.normalize bias (4,)", "B.normalize(x, 2, 3, 4, c3, c3, None, w4)", "ValueError", r"bias must be", None),
+    # None for a required array (these segfaulted before the kernels declared them `not None`)
+    ("B.normalize mean None", "B.normalize(x, 2, 3, 4, None, c3, None, None)", _TYPE_OR_VALUE, r"\S", None),
+    ("B.normalize invstd None", "B.normalize(x, 2, 3, 4, c3, None, None, None)", _TYPE_OR_VALUE, r"\S", None),
+    ("B.forward_train read-only running_mean",
+     "B.forward_train(x, 2, 3, 4, None, None, ro, w3.copy(), 0.1, 1e-5)", "ValueError",
+     r"running_mean must be a writeable C-contiguous float32 array of 3 elements", None),
+    ("B.forward_train running_var only",
+     "B.forward_train(x, 2, 3, 4, None, None, None, w3.copy(), 0.1, 1e-5)", "ValueError",
+     r"both be given or both be None", None),
+    ("B.forward_train one value per channel",
+     "B.forward_train(np.ones((1, 3), f32), 1, 3, 1, None, None, w3.copy(), w3.copy(), 0.1, 1e-5)",
+     "ValueError", r"more than 1 value per channel", None),
+    ("B.forward_train running stats float64",
+     "B.forward_train(x, 2, 3, 4, None, None, c3.copy(), c3.copy(), 0.1, 1e-5)", "ValueError",
+     r"running_mean must be a writeable C-contiguous float32 array of 3 elements, got float64", None),
+    ("B.forward_train weight (4,)", "B.forward_train(x, 2, 3, 4, w4, None, None, None, 0.1, 1e-5)",
+     "ValueError", r"weight must be", None),
+    ("B.forward_train non-contiguous", "B.forward_train(nc, 2, 3, 4, None, None, None, None, 0.1, 1e-5)",
+     "ValueError", r"C-contiguous", None),
+    ("B.forward_train None", "B.forward_train(None, 2, 3, 4, None, None, None, None, 0.1, 1e-5)",
+     "TypeError", r"must be a NumPy array|incorrect type", None),
+    ("B.forward_eval no running stats", "B.forward_eval(x, 2, 3, 4, None, None, None, None, 1e-5)",
+     "ValueError", r"running_mean and running_var must be given", None),
+    ("B.forward_eval running_var float64", "B.forward_eval(x, 2, 3, 4, None, None, w3, c3, 1e-5)",
+     "ValueError", r"running_var must be", None),
+    ("B.forward_eval wrong size", "B.forward_eval(x, 2, 3, 3, None, None, w3, w3, 1e-5)",
+     "ValueError", r"input must be", None),
+    ("B.backward grad float64", "B.backward(x64, x, 2, 3, 4, c3, c3, None, True)", "ValueError",
+     r"grad_output must be a C-contiguous float32 array of 24 elements, got float64", None),
+    ("B.backward grad wrong size", "B.backward(np.ones(23, f32), x, 2, 3, 4, c3, c3, None, True)",
+     "ValueError", r"grad_output must be", None),
+    ("B.backward grad non-contiguous", "B.backward(nc, x, 2, 3, 4, c3, c3, None, True)", "ValueError",
+     r"grad_output must be", None),
+    ("B.backward mean (4,)", "B.backward(x, x, 2, 3, 4, e4, c3, None, True)", "ValueError", r"mean must be", None),
+    ("B.backward x None", "B.backward(x, None, 2, 3, 4, c3, c3, None, True)", "TypeError",
+     r"must be a NumPy array|incorrect type", None),
+    ("B.backward mean None", "B.backward(x, x, 2, 3, 4, None, c3, None, True)", _TYPE_OR_VALUE, r"\S", None),
+    ("B.backward invstd None", "B.backward(x, x, 2, 3, 4, c3, None, None, True)", _TYPE_OR_VALUE, r"\S", None),
+    ("B.backward grad None", "B.backward(None, x, 2, 3, 4, c3, c3, None, True)", _TYPE_OR_VALUE, r"\S", None),
+    ("B.backward_reduce mean None", "B.backward_reduce(x, x, 2, 3, 4, None, c3)", _TYPE_OR_VALUE, r"\S", None),
+    ("B.backward_input sum_dy None", "B.backward_input(x, x, 2, 3, 4, c3, c3, None, None, c3, 8.0)",
+     _TYPE_OR_VALUE, r"\S", None),
+    ("B.backward_input grad None", "B.backward_input(None, x, 2, 3, 4, c3, c3, None, c3, c3, 8.0)",
+     _TYPE_OR_VALUE, r"\S", None),
+    ("B.backward_input sum_dy float32", "B.backward_input(x, x, 2, 3, 4, c3, c3, None, w3, c3, 8.0)",
+     "ValueError", r"sum_dy must be", None),
+    ("R.forward wrong size", "R.forward(xl, 2, 4, None, None, 1e-5)", "ValueError",
+     r"input must be a C-contiguous float32 array of 8 elements", None),
+    ("R.forward weight (4,)", "R.forward(xl, 2, 5, w4, None, 1e-5)", "ValueError", r"weight must be", None),
+    ("R.forward bias float64", "R.forward(xl, 2, 5, None, np.ones(5), 1e-5)", "ValueError", r"bias must be", None),
+    ("R.forward int64", "R.forward(xl.astype(np.int64), 2, 5, None, None, 1e-5)", "TypeError",
+     r"unsupported dtype int64", None),
+    ("R.forward None", "R.forward(None, 2, 5, None, None, 1e-5)", "TypeError", r"must be a NumPy array|incorrect type", None),
+    ("R.forward transposed", "R.forward(np.ones((5, 2), f32).T, 2, 5, None, None, 1e-5)", "ValueError",
+     r"C-contiguous", None),
+    ("R.forward negative", "R.forward(xl, -2, -5, None, None, 1e-5)", "ValueError", r"negative dimension", None),
+    ("R.backward grad float64", "R.backward(xl.astype(np.float64), xl, 2, 5, m2, m2, None)", "ValueError",
+     r"grad_output must be", None),
+    ("R.backward mean float32", "R.backward(xl, xl, 2, 5, m2.astype(f32), m2, None)", "ValueError",
+     r"mean must be", None),
+    ("R.backward rstd (3,)", "R.backward(xl, xl, 2, 5, m2, np.ones(3), None)", "ValueError", r"rstd must be", None),
+    ("R.backward weight (4,)", "R.backward(xl, xl, 2, 5, m2, m2, w4)", "ValueError", r"weight must be", None),
+    ("R.backward mean None", "R.backward(xl, xl, 2, 5, None, m2, None)", _TYPE_OR_VALUE, r"\S", None),
+    ("R.backward grad None", "R.backward(None, xl, 2, 5, m2, m2, None)", _TYPE_OR_VALUE, r"\S", None),
+    # sizes whose product wraps around 2**64
+    ("B.stats N*C*S overflow (cols)", "B.stats(e, 2**62, 4, 1)", _VALUE_OR_OVERFLOW, r"\S", None),
+    ("B.stats N*C*S overflow (rows)", "B.stats(e, 1, 4, 2**62)", _VALUE_OR_OVERFLOW, r"\S", None),
+    ("B.forward_train N*C*S overflow", "B.forward_train(e, 2**62, 4, 1, None, None, None, None, 0.1, 1e-5)",
+     _VALUE_OR_OVERFLOW, r"\S", None),
+    ("B.forward_eval N*C*S overflow", "B.forward_eval(e, 2**62, 4, 1, None, None, w4, w4, 1e-5)",
+     _VALUE_OR_OVERFLOW, r"\S", None),
+    ("B.normalize N*C*S overflow", "B.normalize(e, 2**62, 4, 1, e4, e4, None, None)", _VALUE_OR_OVERFLOW, r"\S", None),
+    ("B.backward N*C*S overflow", "B.backward(e, e, 2**62, 4, 1, e4, e4, None, True)", _VALUE_OR_OVERFLOW, r"\S", None),
+    ("R.forward M*D overflow", "R.forward(e, 4, 2**62, None, None, 1e-5)", _VALUE_OR_OVERFLOW, r"\S", None),
+]
+
+_KERNEL_RUNNER = r"""
+import json, sys
+cases = json.loads(sys.stdin.read())
+for cid, code in cases:
+    print("START " + json.dumps(cid), flush=True)
+    try:
+        eval(code)
+        res = [cid, None, None]
+    except BaseException as exc:
+        res = [cid, type(exc).__name__, str(exc)]
+    print("RESULT " + json.dumps(res), flush=True)
+"""
+
+_kernel_results = None
+
+
+def _run_kernel_cases():
+    """{id: ('raised', name, message) | ('returned',) | ('crashed', returncode, stderr)}.
+
+    All cases run in one child process; when it dies, the case it was running is recorded
+    as a crash and a new child goes on with the remaining ones."""
+    global _kernel_results
+    if _kernel_results is not None:
+        return _kernel_results
+    results = {}
+    pending = [(c[0], c[1]) for c in KERNEL_CASES]
+    script = _KERNEL_PRELUDE + _KERNEL_RUNNER
+    while pending:
+        proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", script],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            stdout, stderr = proc.communicate(json.dumps(pending), timeout=120)
+        except subprocess.TimeoutExpired:   # a hang counts as a crash of the running case
+            proc.kill()
+            stdout, stderr = proc.communicate()
+            stderr = "(hung: killed after 120 s)\n" + stderr
+        started = None
+        for line in stdout.splitlines():
+            if line.startswith("START "):
+                started = json.loads(line[6:])
+            elif line.startswith("RESULT "):
+                cid, name, msg = json.loads(line[7:])
+                results[cid] = ("returned",) if name is None else ("raised", name, msg)
+                started = None
+        if started is not None:             # died inside this case
+            results[started] = ("crashed", proc.returncode, stderr[-2000:])
+        elif proc.returncode != 0 and len(results) < len(KERNEL_CASES):
+            raise RuntimeError(f"kernel case runner failed: {stderr[-2000:]}")
+        pending = [p for p in pending if p[0] not in results]
+    _kernel_results = results
+    return results
+
+
+def _kernel_params():
+    out = []
+    for cid, code, exc, match, xfail in KERNEL_CASES:
+        marks = [pytest.mark.xfail(strict=True, reason=xfail)] if xfail else []
+        out.append(pytest.param(cid, exc, match, marks=marks, id=cid))
+    return out
+
+
+@pytest.mark.parametrize("cid, exc, match", _kernel_params())
+def test_private_kernel_hostile_call(cid, exc, match):
+    res = _run_kernel_cases()[cid]
+    if res[0] == "crashed":
+        pytest.fail(f"{cid}: the process died (return code {res[1]}):\n{res[2]}")
+    assert res[0] == "raised", f"{cid}: returned instead of raising {exc}"
+    allowed = (exc,) if isinstance(exc, str) else exc
+    assert res[1] in allowed, f"{cid}: raised {res[1]}: {res[2]} (expected {exc})"
+    assert re.search(match, res[2]), f"{cid}: message {res[2]!r} does not match {match!r}"
