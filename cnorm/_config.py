@@ -10,7 +10,9 @@ import platform
 import re
 import sys
 
-from ._kernels import _openmp
+# names, not the module: without a stub mypy cannot see the compiled _openmp as a submodule
+from ._kernels._openmp import get_num_threads as _kernel_num_threads
+from ._kernels._openmp import openmp_enabled as _openmp_enabled
 
 try:
     from ._build_config import BUILD
@@ -28,7 +30,7 @@ def get_num_threads():
 
     A build without OpenMP runs on one thread whatever :func:`set_num_threads` said.
     """
-    return _openmp.get_num_threads() if _openmp.openmp_enabled() else 1
+    return _kernel_num_threads() if _openmp_enabled() else 1
 
 
 def _loaded_openmp_runtimes():
@@ -56,7 +58,7 @@ def _loaded_openmp_runtimes():
 
 def _cnorm_runtime_name():
     """The runtime cnorm's kernels link: from the compiler that built them."""
-    if not _openmp.openmp_enabled():
+    if not _openmp_enabled():
         return None
     if BUILD.get("compiler_type") == "msvc":
         return "vcomp"
@@ -120,7 +122,7 @@ def config_dict():
         "platform": f"{platform.system()} {platform.machine()} ({platform.platform()})",
         "build": dict(BUILD) or {"note": "no cnorm/_build_config.py: not built by setup.py"},
         "openmp": {
-            "enabled": bool(_openmp.openmp_enabled()),
+            "enabled": bool(_openmp_enabled()),
             "cnorm_runtime": ours,
             "threads": get_num_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),

@@ -2,9 +2,12 @@
 (the twins of :mod:`cnorm.functional.batch_norm`), in float64 NumPy."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple, overload
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["batch_norm", "native_batch_norm", "batch_norm_backward", "batch_norm_stats",
            "merge_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
@@ -14,7 +17,11 @@ __all__ = ["batch_norm", "native_batch_norm", "batch_norm_backward", "batch_norm
 Array = np.ndarray
 
 
-def f64(a) -> Optional[Array]:
+@overload
+def f64(a: None) -> None: ...
+@overload
+def f64(a: ArrayLike) -> Array: ...
+def f64(a: Optional[ArrayLike]) -> Optional[Array]:
     """A new float64 array (None stays None)."""
     return None if a is None else np.array(a, dtype=np.float64)
 
@@ -29,7 +36,7 @@ def channel_axes(x: Array) -> Tuple[int, ...]:
     return (0,) + tuple(range(2, x.ndim))
 
 
-def affine(xhat: Array, weight, bias, ndim: int) -> Array:
+def affine(xhat: Array, weight: Optional[Array], bias: Optional[Array], ndim: int) -> Array:
     """xhat * weight + bias per channel (None: 1 and 0)."""
     y = xhat
     if weight is not None:
@@ -59,8 +66,10 @@ def _mean_var(x: Array) -> Tuple[Array, Array]:
     return mean, var
 
 
-def native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum,
-                      eps, *, relu=False) -> Tuple[Array, Array, Array]:
+def native_batch_norm(input: Array, weight: Optional[Array], bias: Optional[Array],
+                      running_mean: Optional[Array], running_var: Optional[Array],
+                      training: bool, momentum: float, eps: float, *,
+                      relu: bool = False) -> Tuple[Array, Array, Array]:
     """``(y, save_mean, save_invstd)``; with ``training`` the batch statistics, and the
     running statistics (when both are given and the batch is not empty) updated in place
     with the UNBIASED batch variance; otherwise the running statistics."""
@@ -75,6 +84,8 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
         if running_mean is not None and running_var is not None and m > 0:
             update_running(running_mean, running_var, mean, var * m / (m - 1), momentum)
     else:
+        if running_mean is None or running_var is None:
+            raise TypeError("running_mean and running_var must be given when training=False")
         mean, var = f64(running_mean), f64(running_var)
     invstd = 1.0 / np.sqrt(var + eps)
     y = affine((x - channel_view(mean, x.ndim)) * channel_view(invstd, x.ndim), weight, bias,
@@ -82,14 +93,16 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
     return (np.maximum(y, 0.0) if relu else y), mean, invstd
 
 
-def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5) -> Array:
+def batch_norm(input: Array, running_mean: Optional[Array], running_var: Optional[Array],
+               weight: Optional[Array] = None, bias: Optional[Array] = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Array:
     return native_batch_norm(input, weight, bias, running_mean, running_var, training,
                              momentum, eps)[0]
 
 
-def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd,
-                        training) -> Tuple[Array, Array, Array]:
+def batch_norm_backward(grad_output: Array, input: Array, weight: Optional[Array],
+                        save_mean: Array, save_invstd: Array,
+                        training: bool) -> Tuple[Array, Array, Array]:
     """``(dx, dweight, dbias)``: with ``training`` the statistics depended on ``x`` (the
     full formula), otherwise they were constants, ``dx = dy * weight * invstd``."""
     dy, x = f64(grad_output), f64(input)
@@ -112,20 +125,24 @@ def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd,
 
 # ------------------------------------------------------------ fused batch norm + ReLU
 
-def native_batch_norm_relu(input, weight, bias, running_mean, running_var, training,
-                           momentum, eps) -> Tuple[Array, Array, Array]:
+def native_batch_norm_relu(input: Array, weight: Optional[Array], bias: Optional[Array],
+                           running_mean: Optional[Array], running_var: Optional[Array],
+                           training: bool, momentum: float,
+                           eps: float) -> Tuple[Array, Array, Array]:
     return native_batch_norm(input, weight, bias, running_mean, running_var, training,
                              momentum, eps, relu=True)
 
 
-def batch_norm_relu(input, running_mean, running_var, weight=None, bias=None, training=False,
-                    momentum=0.1, eps=1e-5) -> Array:
+def batch_norm_relu(input: Array, running_mean: Optional[Array], running_var: Optional[Array],
+                    weight: Optional[Array] = None, bias: Optional[Array] = None,
+                    training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Array:
     return native_batch_norm(input, weight, bias, running_mean, running_var, training,
                              momentum, eps, relu=True)[0]
 
 
-def batch_norm_relu_backward(grad_output, input, weight, save_mean, save_invstd, training,
-                             output) -> Tuple[Array, Array, Array]:
+def batch_norm_relu_backward(grad_output: Array, input: Array, weight: Optional[Array],
+                             save_mean: Array, save_invstd: Array, training: bool,
+                             output: Array) -> Tuple[Array, Array, Array]:
     """The batch-norm backward of ``dy * (output > 0)``: the ReLU passes no gradient
     where its output is 0."""
     return batch_norm_backward(f64(grad_output) * (f64(output) > 0), input, weight, save_mean,
@@ -134,7 +151,7 @@ def batch_norm_relu_backward(grad_output, input, weight, save_mean, save_invstd,
 
 # --------------------------------------------------------- synchronized batch norm blocks
 
-def batch_norm_stats(input) -> Tuple[int, Array, Array]:
+def batch_norm_stats(input: Array) -> Tuple[int, Array, Array]:
     """``(count, mean, m2)`` per channel: m2 = sum of squared deviations."""
     x = f64(input)
     count = int(np.prod((x.shape[0],) + x.shape[2:]))
@@ -156,13 +173,15 @@ def merge_stats(counts, means, m2s) -> Tuple[int, Array, Array]:
     return int(total), mean, m2
 
 
-def batch_norm_elemt(input, mean, invstd, weight=None, bias=None) -> Array:
+def batch_norm_elemt(input: Array, mean: Array, invstd: Array, weight: Optional[Array] = None,
+                     bias: Optional[Array] = None) -> Array:
     x = f64(input)
     return affine((x - channel_view(f64(mean), x.ndim)) * channel_view(f64(invstd), x.ndim),
                   weight, bias, x.ndim)
 
 
-def batch_norm_backward_reduce(grad_output, input, mean, invstd) -> Tuple[Array, Array]:
+def batch_norm_backward_reduce(grad_output: Array, input: Array, mean: Array,
+                               invstd: Array) -> Tuple[Array, Array]:
     """``(sum dy, sum dy * xhat)`` per channel."""
     dy, x = f64(grad_output), f64(input)
     xhat = (x - channel_view(f64(mean), x.ndim)) * channel_view(f64(invstd), x.ndim)
@@ -170,8 +189,9 @@ def batch_norm_backward_reduce(grad_output, input, mean, invstd) -> Tuple[Array,
     return np.sum(dy, axis=axes), np.sum(dy * xhat, axis=axes)
 
 
-def batch_norm_backward_elemt(grad_output, input, mean, invstd, weight, sum_dy, sum_dy_xhat,
-                              count) -> Array:
+def batch_norm_backward_elemt(grad_output: Array, input: Array, mean: Array, invstd: Array,
+                              weight: Optional[Array], sum_dy: Array, sum_dy_xhat: Array,
+                              count: int) -> Array:
     """``dx = weight * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / count)``."""
     dy, x = f64(grad_output), f64(input)
     nd, c = x.ndim, x.shape[1]

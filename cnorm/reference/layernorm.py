@@ -2,35 +2,41 @@
 :mod:`cnorm.functional.layer_norm`), in float64 NumPy."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 
 from .batchnorm import Array, f64
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from .._validate import ShapeLike
 
 __all__ = ["layer_norm", "native_layer_norm", "layer_norm_backward", "rms_norm",
            "native_rms_norm", "rms_norm_backward", "add_layer_norm", "native_add_layer_norm",
            "add_layer_norm_backward"]
 
 
-def shape_tuple(normalized_shape) -> Tuple[int, ...]:
+def shape_tuple(normalized_shape: ShapeLike) -> Tuple[int, ...]:
     if isinstance(normalized_shape, (int, np.integer)):
         return (int(normalized_shape),)
     return tuple(int(d) for d in normalized_shape)
 
 
-def row_axes(x: Array, normalized_shape) -> Tuple[int, ...]:
+def row_axes(x: Array, normalized_shape: ShapeLike) -> Tuple[int, ...]:
     """The trailing axes a row norm reduces over."""
     k = len(shape_tuple(normalized_shape))
     return tuple(range(x.ndim - k, x.ndim))
 
 
-def _rows(stat, x: Array, axes: Tuple[int, ...]) -> Array:
+def _rows(stat: ArrayLike, x: Array, axes: Tuple[int, ...]) -> Array:
     """A per-row statistic (shape x.shape[:-k]) shaped to broadcast against x."""
     return f64(stat).reshape(x.shape[: x.ndim - len(axes)] + (1,) * len(axes))
 
 
-def native_layer_norm(input, normalized_shape, weight, bias, eps) -> Tuple[Array, Array, Array]:
+def native_layer_norm(input: Array, normalized_shape: ShapeLike, weight: Optional[Array],
+                      bias: Optional[Array], eps: float) -> Tuple[Array, Array, Array]:
     """``(y, mean, rstd)``; an empty row has NaN statistics."""
     x = f64(input)
     axes = row_axes(x, normalized_shape)
@@ -48,12 +54,14 @@ def native_layer_norm(input, normalized_shape, weight, bias, eps) -> Tuple[Array
     return y, mean.reshape(lead), rstd.reshape(lead)
 
 
-def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> Array:
+def layer_norm(input: Array, normalized_shape: ShapeLike, weight: Optional[Array] = None,
+               bias: Optional[Array] = None, eps: float = 1e-5) -> Array:
     return native_layer_norm(input, normalized_shape, weight, bias, eps)[0]
 
 
-def layer_norm_backward(grad_output, input, normalized_shape, mean, rstd,
-                        weight) -> Tuple[Array, Array, Array]:
+def layer_norm_backward(grad_output: Array, input: Array, normalized_shape: ShapeLike,
+                        mean: Array, rstd: Array,
+                        weight: Optional[Array]) -> Tuple[Array, Array, Array]:
     """``(dx, dweight, dbias)``: per row, with ``g = dy * weight``,
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``."""
     dy, x = f64(grad_output), f64(input)
@@ -74,12 +82,13 @@ def layer_norm_backward(grad_output, input, normalized_shape, mean, rstd,
 
 # ---------------------------------------------------------------------------- RMS norm
 
-def rms_eps(eps, dtype) -> float:
+def rms_eps(eps: Optional[float], dtype: DTypeLike) -> float:
     """eps=None: the machine epsilon of the INPUT dtype (torch's default)."""
     return float(np.finfo(dtype).eps) if eps is None else float(eps)
 
 
-def native_rms_norm(input, normalized_shape, weight, eps) -> Tuple[Array, Array]:
+def native_rms_norm(input: Array, normalized_shape: ShapeLike, weight: Optional[Array],
+                    eps: Optional[float]) -> Tuple[Array, Array]:
     """``(y, rrms)``: ``y = x * rrms * weight``, ``rrms = 1/sqrt(mean(x**2) + eps)``."""
     eps = rms_eps(eps, np.asarray(input).dtype)
     x = f64(input)
@@ -94,12 +103,13 @@ def native_rms_norm(input, normalized_shape, weight, eps) -> Tuple[Array, Array]
     return y, rrms.reshape(lead)
 
 
-def rms_norm(input, normalized_shape, weight=None, eps=None) -> Array:
+def rms_norm(input: Array, normalized_shape: ShapeLike, weight: Optional[Array] = None,
+             eps: Optional[float] = None) -> Array:
     return native_rms_norm(input, normalized_shape, weight, eps)[0]
 
 
-def rms_norm_backward(grad_output, input, normalized_shape, rrms,
-                      weight) -> Tuple[Array, Array]:
+def rms_norm_backward(grad_output: Array, input: Array, normalized_shape: ShapeLike,
+                      rrms: Array, weight: Optional[Array]) -> Tuple[Array, Array]:
     """``(dx, dweight)``: per row, with ``r = rrms``, ``xhat = x * r`` and
     ``g = dy * weight``: ``dx = r * (g - xhat * mean(g * xhat))``."""
     dy, x = f64(grad_output), f64(input)
@@ -118,8 +128,9 @@ def rms_norm_backward(grad_output, input, normalized_shape, rrms,
 
 # ------------------------------------------------------ fused residual add + layer norm
 
-def native_add_layer_norm(input, residual, normalized_shape, weight, bias,
-                          eps) -> Tuple[Array, Array, Array, Array]:
+def native_add_layer_norm(input: Array, residual: Array, normalized_shape: ShapeLike,
+                          weight: Optional[Array], bias: Optional[Array],
+                          eps: float) -> Tuple[Array, Array, Array, Array]:
     """``(y, s, mean, rstd)``: ``s = input + residual`` is formed IN THE INPUT DTYPE (it
     is an output of the fused op, stored in that dtype, as ``x + r`` in torch), then
     ``y = layer_norm(s)`` in float64."""
@@ -128,14 +139,16 @@ def native_add_layer_norm(input, residual, normalized_shape, weight, bias,
     return y, s, mean, rstd
 
 
-def add_layer_norm(input, residual, normalized_shape, weight=None, bias=None,
-                   eps=1e-5) -> Tuple[Array, Array]:
+def add_layer_norm(input: Array, residual: Array, normalized_shape: ShapeLike,
+                   weight: Optional[Array] = None, bias: Optional[Array] = None,
+                   eps: float = 1e-5) -> Tuple[Array, Array]:
     y, s, _, _ = native_add_layer_norm(input, residual, normalized_shape, weight, bias, eps)
     return y, s
 
 
-def add_layer_norm_backward(grad_output, grad_sum, s, normalized_shape, mean, rstd,
-                            weight) -> Tuple[Array, Array, Array]:
+def add_layer_norm_backward(grad_output: Array, grad_sum: Optional[Array], s: Array,
+                            normalized_shape: ShapeLike, mean: Array, rstd: Array,
+                            weight: Optional[Array]) -> Tuple[Array, Array, Array]:
     """``(ds, dweight, dbias)``: the layer-norm backward at ``s`` plus ``grad_sum``
     (None: 0); ``ds`` is the gradient of both the input and the residual."""
     ds, dweight, dbias = layer_norm_backward(grad_output, s, normalized_shape, mean, rstd,
