@@ -66,15 +66,22 @@ def vmsize():
 
 RUNNER = r'''
 import json, sys
-code = sys.stdin.read()
-print("START", flush=True)
-try:
-    exec(compile(code, "<case>", "exec"), {"__name__": "__case__"})
-    res = [None, None]
-except BaseException as exc:
-    res = [type(exc).__name__, str(exc)]
-print("RESULT " + json.dumps(res), flush=True)
+base = {"__name__": "__case__"}
+exec(compile(sys.argv[1], "<prelude>", "exec"), base)
+for cid, code in json.loads(sys.stdin.read()):
+    print("START " + json.dumps(cid), flush=True)
+    try:
+        exec(compile(code, "<case>", "exec"), dict(base))
+        res = [cid, None, None]
+    except BaseException as exc:
+        res = [cid, type(exc).__name__, str(exc)]
+    print("RESULT " + json.dumps(res), flush=True)
 '''
+
+# cases that fork, set resource limits, import torch or change the thread count run in a
+# process of their own; the others share one child (restarted after a crash, as in
+# test_robustness.py's runner)
+ISOLATED = ("fork", "memory limit", "TORCH")
 
 CASES = [
     # -- fork safety ------------------------------------------------------------------
@@ -241,22 +248,57 @@ for entry in CASES:
         TABLE.append((entry[0], entry[1], "ok", None))
     else:
         TABLE.append((entry[0], entry[1], entry[2], entry[3]))
+CODES = {c[0]: c[1] for c in TABLE}
 
 
-def _run_case(code):
+def _isolated(cid):
+    return any(word in cid for word in ISOLATED)
+
+
+def _spawn(cases, timeout):
+    """Run [(id, code)] in one child; {id: result} for those that finished, and the id
+    that was running when the child died or hung (or None)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("OMP_NUM_THREADS", None)
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", RUNNER, PRELUDE],
+                            cwd=str(ROOT), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    hung = False
     try:
-        proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", RUNNER],
-                              input=PRELUDE + code, cwd=str(ROOT), env=env, capture_output=True,
-                              text=True, check=False, timeout=CASE_TIMEOUT)
+        stdout, stderr = proc.communicate(json.dumps(cases), timeout=timeout)
     except subprocess.TimeoutExpired:
-        return ("hung", CASE_TIMEOUT, "")
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            name, msg = json.loads(line[7:])
-            return ("returned",) if name is None else ("raised", name, msg)
-    return ("crashed", proc.returncode, proc.stderr[-3000:])
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        hung = True
+    results, started = {}, None
+    for line in stdout.splitlines():
+        if line.startswith("START "):
+            started = json.loads(line[6:])
+        elif line.startswith("RESULT "):
+            cid, name, msg = json.loads(line[7:])
+            results[cid] = ("returned",) if name is None else ("raised", name, msg)
+            started = None
+    if started is not None:
+        results[started] = ("hung", timeout, stderr[-3000:]) if hung else \
+            ("crashed", proc.returncode, stderr[-3000:])
+    elif len(results) < len(cases):
+        raise RuntimeError(f"the case runner failed (exit {proc.returncode}): {stderr[-3000:]}")
+    return results
+
+
+_results = {}
+
+
+def _result(cid):
+    if cid not in _results:
+        if _isolated(cid):
+            _results.update(_spawn([(cid, CODES[cid])], CASE_TIMEOUT))
+        else:
+            pending = [(c, CODES[c]) for c in CODES if not _isolated(c) and c not in _results]
+            while pending:
+                _results.update(_spawn(pending, CASE_TIMEOUT + 10 * len(pending)))
+                pending = [p for p in pending if p[0] not in _results]
+    return _results[cid]
 
 
 def test_table_has_every_item():
@@ -266,9 +308,9 @@ def test_table_has_every_item():
 
 @pytest.mark.parametrize("cid, code, expected, match", TABLE, ids=[c[0] for c in TABLE])
 def test_hostile_r14_case(cid, code, expected, match):
-    res = _run_case(code)
+    res = _result(cid)
     if res[0] == "hung":
-        pytest.fail(f"{cid}: the child process hung (killed after {res[1]} s)")
+        pytest.fail(f"{cid}: the child process hung (killed after {res[1]} s):\n{res[2]}")
     if res[0] == "crashed":
         pytest.fail(f"{cid}: the process died (return code {res[1]}):\n{res[2]}")
     if expected == "ok":
