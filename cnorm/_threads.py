@@ -60,7 +60,7 @@ def set_num_threads(n: int) -> None:
     # bool is an Integral, and a float/str would be truncated or parsed: refuse them, as
     # torch.set_num_threads does
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"set_num_threads expects an int, got {type(n).__name__} {n!r}")
+        raise TypeError(f"set_num_threads expects an integer, got {type(n).__name__} {n!r}")
     n = int(n)
     if n < 1:
         raise ValueError(f"the number of threads must be at least 1, got {n}")
