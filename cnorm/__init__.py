@@ -11,12 +11,13 @@ on plain NumPy arrays (PyTorch is never needed at run time)::
 Layers, each importing only those below it: ``cnorm.modules`` (stateful layers) and
 ``cnorm.torch`` (torch.nn drop-ins) -> ``cnorm.functional`` (the torch.nn.functional-style
 API) -> ``cnorm._ops`` (kernel calls, running statistics) -> ``cnorm._validate``
-(argument checks) and ``cnorm._kernels`` (Cython/OpenMP). ``cnorm.reference``: the
-float64 NumPy twin of ``cnorm.functional``; ``cnorm.benchmarks``: ``python -m cnorm bench``.
+(argument checks), ``cnorm._threads`` (thread count, fork safety) and ``cnorm._kernels``
+(Cython/OpenMP). ``cnorm.reference``: the float64 NumPy twin of ``cnorm.functional``;
+``cnorm.benchmarks``: ``python -m cnorm bench``.
 """
 from . import functional
-from ._config import get_num_threads, show_config
-from ._ops import openmp_enabled, set_num_threads
+from ._config import show_config
+from ._threads import MAX_THREADS, get_num_threads, openmp_enabled, set_num_threads
 from .modules import (AddLayerNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormReLU1d,
                       BatchNormReLU2d, BatchNormReLU3d, GroupNorm, InstanceNorm1d,
                       InstanceNorm2d, InstanceNorm3d, LayerNorm, Module, RMSNorm)
@@ -28,6 +29,7 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "LayerNorm",
+    "MAX_THREADS",
     "Module",
     "functional",
     "get_num_threads",

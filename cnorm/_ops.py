@@ -13,8 +13,8 @@ from typing import Optional, SupportsFloat, Tuple
 import numpy as np
 
 from ._kernels import _batch_norm as bn_kernels
-from ._kernels import _openmp
 from ._kernels import _row_norm as row_kernels
+from ._threads import get_num_threads, openmp_enabled, set_num_threads
 
 __all__ = ["get_num_threads", "openmp_enabled", "set_num_threads", "momentum_factor",
            "update_running_stats", "batch_norm_train", "batch_norm_eval",
@@ -26,11 +26,6 @@ __all__ = ["get_num_threads", "openmp_enabled", "set_num_threads", "momentum_fac
 
 Array = np.ndarray
 Stats3 = Tuple[Array, Array, Array]
-
-get_num_threads = _openmp.get_num_threads
-openmp_enabled = _openmp.openmp_enabled
-set_num_threads = _openmp.set_num_threads
-
 
 # ------------------------------------------------------------------- running statistics
 

@@ -16,6 +16,65 @@ from ._dropin import FLOATS, cnorm_batch_norm
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "SyncBatchNormFunction"]
 
+# dtype <-> the code the ranks exchange (-1: another dtype, named by none of these)
+_DTYPE_CODES = (torch.float32, torch.float64, torch.float16, torch.bfloat16,
+                torch.complex64, torch.complex128, torch.int64, torch.int32)
+
+
+def _dtype_name(code: int) -> str:
+    return str(_DTYPE_CODES[code]).replace("torch.", "") if 0 <= code < len(_DTYPE_CODES) \
+        else "another dtype"
+
+
+def _check_sync_arguments(dtype, c, weight, bias, rm, rv) -> Optional[Exception]:
+    """The error the synchronized path has for these tensors, or None (returned, not
+    raised: the other ranks must learn of it first)."""
+    tensors = (("weight", weight), ("bias", bias), ("running_mean", rm), ("running_var", rv))
+    bad = [f"{n} {t.dtype} on {t.device}" for n, t in tensors
+           if t is not None and (t.dtype != dtype or not t.is_cpu)]
+    if dtype not in FLOATS or bad:
+        return TypeError("cnorm.torch.SyncBatchNorm on CPU needs a float32 or float64 "
+                         "input and parameters/buffers of its dtype on the CPU; got input "
+                         f"{dtype}" + "".join(", " + b for b in bad))
+    for n, t in tensors:
+        if t is not None and t.numel() != c:
+            return RuntimeError(f"{n} should contain {c} elements not {t.numel()}")
+    if rm is not None and not (rm.is_contiguous() and rv.is_contiguous()):
+        return TypeError("cnorm.torch.SyncBatchNorm needs contiguous running statistics")
+    return None
+
+
+def _agree_on_input(c: int, dtype: torch.dtype, local_error: Optional[Exception], group,
+                    world_size: int) -> None:
+    """Make every rank check, before the statistics all-gather, that all ranks have the
+    same channel count and dtype and that none rejected its input; raise on every rank
+    otherwise. A (C, dtype) mismatch would make the all-gather's tensors differ in size
+    (gloo aborts the process) or silently mix precisions; an error on one rank alone
+    would leave the others waiting in the collective. Costs one all-gather of 3 int64
+    per rank and training forward (a few gloo messages of 24 bytes); nothing is cached,
+    so a later change (another input, a converted module) is seen at once."""
+    code = _DTYPE_CODES.index(dtype) if dtype in _DTYPE_CODES else -1
+    local = torch.tensor([c, code, local_error is not None], dtype=torch.int64)
+    gathered = [torch.empty_like(local) for _ in range(world_size)]
+    dist.all_gather(gathered, local, group=group)
+    ranks = torch.stack(gathered).tolist()                 # [[C, dtype code, failed]] by rank
+    if len({(r[0], r[1]) for r in ranks}) > 1:
+        what = ", ".join(f"rank {i}: {r[0]} channels {_dtype_name(r[1])}"
+                         for i, r in enumerate(ranks))
+        channels_differ = len({r[0] for r in ranks}) > 1
+        exc = ValueError if channels_differ else TypeError
+        raise exc("cnorm.torch.SyncBatchNorm: the ranks of the process group called it with "
+                  f"different {'channel counts' if channels_differ else 'dtypes'} ({what}); "
+                  "every rank needs inputs of the same number of channels (num_features) "
+                  "and dtype")
+    if local_error is not None:
+        raise local_error
+    failed = [i for i, r in enumerate(ranks) if r[2]]
+    if failed:
+        raise RuntimeError(f"cnorm.torch.SyncBatchNorm: rank(s) {failed} rejected their input "
+                           "(see the error there); this rank stops too instead of waiting "
+                           "in the statistics all-gather")
+
 
 def _gather_stats(count: int, mean: np.ndarray, m2: np.ndarray, group, world_size: int):
     """All-gather every rank's (count, mean, m2) and merge them in rank order."""
@@ -127,20 +186,10 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         weight, bias = self.weight, self.bias
         rm = self.running_mean if self.track_running_stats else None
         rv = self.running_var if self.track_running_stats else None
-        tensors = (("weight", weight), ("bias", bias), ("running_mean", rm),
-                   ("running_var", rv))
-        bad = [f"{n} {t.dtype} on {t.device}" for n, t in tensors
-               if t is not None and (t.dtype != dtype or not t.is_cpu)]
-        if dtype not in FLOATS or bad:
-            raise TypeError("cnorm.torch.SyncBatchNorm on CPU needs a float32 or float64 "
-                            "input and parameters/buffers of its dtype on the CPU; got input "
-                            f"{dtype}" + "".join(", " + b for b in bad))
         c = input.shape[1]
-        for n, t in tensors:
-            if t is not None and t.numel() != c:
-                raise RuntimeError(f"{n} should contain {c} elements not {t.numel()}")
-        if rm is not None and not (rm.is_contiguous() and rv.is_contiguous()):
-            raise TypeError("cnorm.torch.SyncBatchNorm needs contiguous running statistics")
+        # the local checks raise only after every rank has heard of the outcome
+        local_error = _check_sync_arguments(dtype, c, weight, bias, rm, rv)
+        _agree_on_input(c, dtype, local_error, group, world_size)
         if not input.is_contiguous():
             input = input.contiguous()
 
