@@ -9,6 +9,8 @@ Environment switches:
   CNORM_NATIVE=1     add -march=native (not portable: the wheel runs only on CPUs like this one)
   CNORM_DEBUG=1      -O0 -g, Cython bounds checks on
 """
+import glob
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -35,6 +37,20 @@ OPENMP_PROBE = textwrap.dedent(
     }
     """
 )
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KERNELS = ["openmp", "batch_norm", "row_norm"]     # the extensions cnorm._kernels.<name>
+
+
+def _build_util(name):
+    """cnorm/_build_utils/<name>.py, loaded by file path: the cnorm package cannot be
+    imported before its extensions are built."""
+    path = os.path.join(HERE, "cnorm", "_build_utils", name + ".py")
+    spec = importlib.util.spec_from_file_location(f"_cnorm_build_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _env_flag(name):
@@ -87,14 +103,19 @@ def extensions():
     # Vectorize without -ffast-math: the kernels keep explicit lane accumulators, so
     # no reassociation is needed; these two only drop errno/trap bookkeeping.
     cflags += ["-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
-               "-Wno-unreachable-code", "-Wno-unused-function"]
+               "-Wno-unreachable-code", "-Wno-unused-function",
+               # a loop whose signature disagrees with its dispatch table: an error
+               "-Werror=incompatible-pointer-types"]
     if _env_flag("CNORM_NATIVE"):
         cflags.append("-march=native")
     macros = [
         ("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION"),
         ("CNORM_HAVE_OPENMP", "1" if omp_c else "0"),
     ]
-    names = ["_openmp", "_batch_norm", "_row_norm"]
+    # simd/dispatch.h and simd/loops.pxd, from the table simd/signatures.py
+    for path in _build_util("simd_codegen").generate():
+        print(f"cnorm: generated {os.path.relpath(path, HERE)}")
+    simd_headers = sorted(glob.glob(os.path.join("cnorm", "_kernels", "simd", "*.h")))
     exts = [
         Extension(
             f"cnorm._kernels.{name}",
@@ -103,8 +124,9 @@ def extensions():
             define_macros=macros,
             extra_compile_args=cflags + omp_c,
             extra_link_args=omp_l,
+            depends=simd_headers,
         )
-        for name in names
+        for name in KERNELS
     ]
     directives = {
         "language_level": 3,

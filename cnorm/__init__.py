@@ -13,7 +13,7 @@ the torch.nn.functional-style API), ``cnorm.modules`` (stateful layers), ``cnorm
 (the NumPy float64 reference), ``cnorm.benchmarks`` (``python -m cnorm bench``).
 """
 from . import functional
-from ._kernels._openmp import get_num_threads, openmp_enabled, set_num_threads
+from ._kernels.openmp import get_num_threads, openmp_enabled, set_num_threads
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm, Module
 from .modules import (AddLayerNorm, BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d,
                       GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, RMSNorm)

@@ -16,7 +16,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._kernels import _batch_norm, _row_norm
+from ._kernels import batch_norm as _batch_norm
+from ._kernels import row_norm as _row_norm
 
 __all__ = [
     "batch_norm",
@@ -212,14 +213,14 @@ def _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, momen
     if m == 0 or c == 0:
         # torch: an empty batch leaves the running statistics alone
         return np.empty_like(x), np.zeros(c), np.zeros(c)
-    return _batch_norm.forward_train(x, n, c, s, weight, bias, running_mean, running_var,
-                                     float(momentum), float(eps), relu)
+    return _batch_norm.batch_norm_forward_train(x, n, c, s, weight, bias, running_mean,
+                                                running_var, float(momentum), float(eps), relu)
 
 
 def _batch_norm_eval(x, n, c, s, weight, bias, running_mean, running_var, eps, relu=False):
     """Eval forward (running statistics) on validated arguments."""
-    return _batch_norm.forward_eval(x, n, c, s, weight, bias, running_mean, running_var,
-                                    float(eps), relu)
+    return _batch_norm.batch_norm_forward_eval(x, n, c, s, weight, bias, running_mean,
+                                               running_var, float(eps), relu)
 
 
 def batch_norm(
@@ -286,8 +287,8 @@ def _batch_norm_backward(g, x, n, c, s, weight, mean, invstd, training, y=None):
     if x.size == 0:
         zeros = np.zeros(c, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
-    dx, sum_dy, sum_dy_xhat = _batch_norm.backward(g, x, n, c, s, mean, invstd, weight,
-                                                   bool(training), True, y)
+    dx, sum_dy, sum_dy_xhat = _batch_norm.batch_norm_backward(g, x, n, c, s, mean, invstd,
+                                                              weight, bool(training), y)
     return dx, sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype)
 
 
@@ -314,7 +315,7 @@ def batch_norm_stats(input: Array) -> Tuple[int, Array, Array]:
     count = n * s
     if count == 0 or c == 0:
         return count, np.zeros(c), np.zeros(c)
-    mean, var = _batch_norm.stats(x, n, c, s)
+    mean, var = _batch_norm.batch_norm_stats(x, n, c, s)
     return count, mean, var * count
 
 
@@ -364,7 +365,7 @@ def batch_norm_elemt(
     invstd = _stats_vector(invstd, "invstd", c)
     if x.size == 0:
         return np.empty_like(x)
-    return _batch_norm.normalize(x, n, c, s, mean, invstd, weight, bias)
+    return _batch_norm.batch_norm_elemt(x, n, c, s, mean, invstd, weight, bias)
 
 
 def batch_norm_backward_reduce(
@@ -380,7 +381,7 @@ def batch_norm_backward_reduce(
     invstd = _stats_vector(invstd, "invstd", c)
     if x.size == 0:
         return np.zeros(c), np.zeros(c)
-    return _batch_norm.backward_reduce(g, x, n, c, s, mean, invstd)
+    return _batch_norm.batch_norm_backward_reduce(g, x, n, c, s, mean, invstd)
 
 
 def batch_norm_backward_elemt(
@@ -409,8 +410,8 @@ def batch_norm_backward_elemt(
         return np.empty_like(x)
     if not count > 0:
         raise ValueError(f"count must be positive, got {count}")
-    return _batch_norm.backward_input(g, x, n, c, s, mean, invstd, weight, sum_dy,
-                                      sum_dy_xhat, float(count))
+    return _batch_norm.batch_norm_backward_elemt(g, x, n, c, s, mean, invstd, weight, sum_dy,
+                                                 sum_dy_xhat, float(count))
 
 
 # ---------------------------------------------------------------------------------------
@@ -448,7 +449,7 @@ def _layer_norm(x, m, d, weight, bias, eps):
     if m == 0 or d == 0:
         # an empty row has no mean (torch gives nan)
         return np.empty_like(x), np.full(m, np.nan), np.full(m, np.nan)
-    return _row_norm.forward(x, m, d, weight, bias, float(eps))
+    return _row_norm.layer_norm_forward(x, m, d, weight, bias, float(eps))
 
 
 def layer_norm(
@@ -499,7 +500,7 @@ def _layer_norm_backward(g, x, shape, m, d, mean, rstd, weight):
     if m == 0 or d == 0:
         zeros = np.zeros(shape, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
-    dx, dw, db = _row_norm.backward(g, x, m, d, mean, rstd, weight)
+    dx, dw, db = _row_norm.layer_norm_backward(g, x, m, d, mean, rstd, weight)
     return dx, dw.reshape(shape), db.reshape(shape)
 
 
@@ -511,7 +512,7 @@ def _layer_norm_backward(g, x, shape, m, d, mean, rstd, weight):
 # consecutive channels and normalizes each (n, group) row of Cg*S values; weight and bias
 # are per channel.  Instance norm is group norm with G = C (optionally with running
 # statistics, then an eval forward is a batch-norm eval).  All of them run on the row
-# kernels of cnorm._kernels._row_norm (group_forward / group_backward, rms_*, add_forward);
+# kernels of cnorm._kernels.row_norm (group_norm_*, rms_norm_*, add_layer_norm_forward);
 # batch norm + ReLU on the batch-norm kernels with relu=True / y=.
 
 __all__ += [
@@ -602,14 +603,14 @@ def _group_norm(x, n, g, cg, s, weight, bias, eps):
     if x.size == 0:
         nan = np.full(n * g, np.nan)
         return np.empty_like(x), nan, nan.copy(), nan.copy()
-    return _row_norm.group_forward(x, n, g, cg, s, weight, bias, float(eps))
+    return _row_norm.group_norm_forward(x, n, g, cg, s, weight, bias, float(eps))
 
 
 def _group_norm_backward(dy, x, n, g, cg, s, mean, rstd, weight):
     if x.size == 0:
         zeros = np.zeros(g * cg, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
-    return _row_norm.group_backward(dy, x, n, g, cg, s, mean, rstd, weight)
+    return _row_norm.group_norm_backward(dy, x, n, g, cg, s, mean, rstd, weight)
 
 
 def native_group_norm(
@@ -848,13 +849,13 @@ def _rms_norm(x, m, d, weight, eps):
     """Forward on validated arguments: (y, rrms (m,)); rrms is NaN for empty rows."""
     if m == 0 or d == 0:
         return np.empty_like(x), np.full(m, np.nan)
-    return _row_norm.rms_forward(x, m, d, weight, _rms_eps(eps, x.dtype))
+    return _row_norm.rms_norm_forward(x, m, d, weight, _rms_eps(eps, x.dtype))
 
 
 def _rms_norm_backward(dy, x, shape, m, d, rrms, weight):
     if m == 0 or d == 0:
         return np.empty_like(x), np.zeros(shape, dtype=x.dtype)
-    dx, dw = _row_norm.rms_backward(dy, x, m, d, rrms, weight)
+    dx, dw = _row_norm.rms_norm_backward(dy, x, m, d, rrms, weight)
     return dx, dw.reshape(shape)
 
 
@@ -933,7 +934,7 @@ def _add_layer_norm(x, r, m, d, weight, bias, eps):
     if m == 0 or d == 0:
         nan = np.full(m, np.nan)
         return np.empty_like(x), x + r, nan, nan.copy()
-    return _row_norm.add_forward(x, r, m, d, weight, bias, float(eps))
+    return _row_norm.add_layer_norm_forward(x, r, m, d, weight, bias, float(eps))
 
 
 def _add_layer_norm_backward(dy, dsum, s, shape, m, d, mean, rstd, weight):

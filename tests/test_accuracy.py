@@ -25,8 +25,8 @@ import pytest
 import cnorm
 import cnorm.functional as F
 from cnorm import slow
-from cnorm._kernels import _batch_norm as _bn_kernels
-from cnorm._kernels import _row_norm as _rn_kernels
+from cnorm._kernels import batch_norm as _bn_kernels
+from cnorm._kernels import row_norm as _rn_kernels
 
 FWD_TOL = 2e-6          # max |error| of O(1) float32 outputs
 GRAD_RTOL = 1e-5        # gradients, relative

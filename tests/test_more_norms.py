@@ -1538,7 +1538,7 @@ def test_nan_inf_masks_match_torch(rng):
 
 
 _NEVER = 1 << 62
-_KERNEL_MODULES = (cnorm._kernels._batch_norm, cnorm._kernels._row_norm)
+_KERNEL_MODULES = (cnorm._kernels.batch_norm, cnorm._kernels.row_norm)
 
 
 @pytest.fixture
