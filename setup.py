@@ -17,6 +17,7 @@ macOS (Apple clang): `brew install libomp` is enough, the build looks in Homebre
 libomp prefix; otherwise pass CPPFLAGS="-Xpreprocessor -fopenmp -I<libomp>/include" and
 LDFLAGS="-L<libomp>/lib -lomp -Wl,-rpath,<libomp>/lib".
 """
+import glob
 import importlib.util
 import os
 import pprint
@@ -33,6 +34,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # The numpy floor of the compiled extensions, the same as project.dependencies
 # (numpy>=1.23): a wheel built against numpy 2 then imports on every numpy pip allows.
 NPY_TARGET_VERSION = "NPY_1_23_API_VERSION"
+
+
+KERNELS = ["openmp", "batch_norm", "row_norm"]     # the extensions cnorm._kernels.<name>
 
 
 def _load_build_util(name):
@@ -58,7 +62,9 @@ def compile_flags(compiler):
     # Vectorize without -ffast-math: the kernels keep explicit lane accumulators, so
     # no reassociation is needed; these two only drop errno/trap bookkeeping.
     cflags += ["-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
-               "-Wno-unreachable-code", "-Wno-unused-function"]
+               "-Wno-unreachable-code", "-Wno-unused-function",
+               # a loop whose signature disagrees with its dispatch table: an error
+               "-Werror=incompatible-pointer-types"]
     if NATIVE:
         cflags.append("-march=native")
     return cflags, []
@@ -121,15 +127,19 @@ def extensions():
         ("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION"),
         ("NPY_TARGET_VERSION", NPY_TARGET_VERSION),
     ]
-    names = ["_openmp", "_batch_norm", "_row_norm"]
+    # simd/dispatch.h and simd/loops.pxd, from the table simd/signatures.py
+    for path in _load_build_util("simd_codegen").generate():
+        print(f"cnorm: generated {os.path.relpath(path, HERE)}")
+    simd_headers = sorted(glob.glob(os.path.join("cnorm", "_kernels", "simd", "*.h")))
     exts = [
         Extension(
             f"cnorm._kernels.{name}",
             [f"cnorm/_kernels/{name}.pyx"],
             include_dirs=[np.get_include(), "cnorm/_kernels"],
             define_macros=macros,
+            depends=simd_headers,
         )
-        for name in names
+        for name in KERNELS
     ]
     directives = {
         "language_level": 3,

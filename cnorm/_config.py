@@ -59,7 +59,7 @@ def _cnorm_runtime_name():
 
 def _simd_builds():
     """(available, picked) SIMD builds of the inner loops."""
-    for module_name in ("_batch_norm", "_row_norm"):
+    for module_name in ("batch_norm", "row_norm"):
         module = sys.modules.get(f"{__package__}._kernels.{module_name}")
         info = getattr(module, "_simd_info", None)  # a kernel-side answer, when there is one
         if callable(info):

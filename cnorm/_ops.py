@@ -12,8 +12,8 @@ from typing import Optional, SupportsFloat, Tuple
 
 import numpy as np
 
-from ._kernels import _batch_norm as bn_kernels
-from ._kernels import _row_norm as row_kernels
+from ._kernels import batch_norm as bn_kernels
+from ._kernels import row_norm as row_kernels
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
 
 __all__ = ["get_num_threads", "openmp_enabled", "set_num_threads", "momentum_factor",
@@ -66,7 +66,7 @@ def batch_norm_train(x: Array, n: int, c: int, s: int, weight: Optional[Array],
     if m == 0 or c == 0:
         # torch: an empty batch leaves the running statistics alone
         return np.empty_like(x), np.zeros(c), np.zeros(c)
-    return bn_kernels.forward_train(x, n, c, s, weight, bias, running_mean, running_var,
+    return bn_kernels.batch_norm_forward_train(x, n, c, s, weight, bias, running_mean, running_var,
                                     float(factor), float(eps), relu)
 
 
@@ -74,7 +74,7 @@ def batch_norm_eval(x: Array, n: int, c: int, s: int, weight: Optional[Array],
                     bias: Optional[Array], running_mean: Array, running_var: Array,
                     eps: float, relu: bool = False) -> Stats3:
     """(y, mean, invstd) with the running statistics."""
-    return bn_kernels.forward_eval(x, n, c, s, weight, bias, running_mean, running_var,
+    return bn_kernels.batch_norm_forward_eval(x, n, c, s, weight, bias, running_mean, running_var,
                                    float(eps), relu)
 
 
@@ -86,8 +86,8 @@ def batch_norm_backward(dy: Array, x: Array, n: int, c: int, s: int, weight: Opt
     if x.size == 0:
         zeros = np.zeros(c, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
-    dx, sum_dy, sum_dy_xhat = bn_kernels.backward(dy, x, n, c, s, mean, invstd, weight,
-                                                  bool(training), True, y)
+    dx, sum_dy, sum_dy_xhat = bn_kernels.batch_norm_backward(dy, x, n, c, s, mean, invstd, weight,
+                                                             bool(training), y)
     return dx, sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype)
 
 
@@ -96,7 +96,7 @@ def batch_norm_stats(x: Array, n: int, c: int, s: int) -> Tuple[int, Array, Arra
     count = n * s
     if count == 0 or c == 0:
         return count, np.zeros(c), np.zeros(c)
-    mean, var = bn_kernels.stats(x, n, c, s)
+    mean, var = bn_kernels.batch_norm_stats(x, n, c, s)
     return count, mean, var * count
 
 
@@ -104,14 +104,14 @@ def batch_norm_elemt(x: Array, n: int, c: int, s: int, mean: Array, invstd: Arra
                      weight: Optional[Array], bias: Optional[Array]) -> Array:
     if x.size == 0:
         return np.empty_like(x)
-    return bn_kernels.normalize(x, n, c, s, mean, invstd, weight, bias)
+    return bn_kernels.batch_norm_elemt(x, n, c, s, mean, invstd, weight, bias)
 
 
 def batch_norm_backward_reduce(dy: Array, x: Array, n: int, c: int, s: int, mean: Array,
                                invstd: Array) -> Tuple[Array, Array]:
     if x.size == 0:
         return np.zeros(c), np.zeros(c)
-    return bn_kernels.backward_reduce(dy, x, n, c, s, mean, invstd)
+    return bn_kernels.batch_norm_backward_reduce(dy, x, n, c, s, mean, invstd)
 
 
 def batch_norm_backward_elemt(dy: Array, x: Array, n: int, c: int, s: int, mean: Array,
@@ -121,7 +121,7 @@ def batch_norm_backward_elemt(dy: Array, x: Array, n: int, c: int, s: int, mean:
         return np.empty_like(x)
     if not count > 0:
         raise ValueError(f"count must be positive, got {count}")
-    return bn_kernels.backward_input(dy, x, n, c, s, mean, invstd, weight, sum_dy,
+    return bn_kernels.batch_norm_backward_elemt(dy, x, n, c, s, mean, invstd, weight, sum_dy,
                                      sum_dy_xhat, float(count))
 
 
@@ -133,7 +133,7 @@ def layer_norm_forward(x: Array, m: int, d: int, weight: Optional[Array],
     """(y, mean (m,), rstd (m,)); weight and bias: any shape of d contiguous elements."""
     if m == 0 or d == 0:
         return np.empty_like(x), np.full(m, np.nan), np.full(m, np.nan)
-    return row_kernels.forward(x, m, d, weight, bias, float(eps))
+    return row_kernels.layer_norm_forward(x, m, d, weight, bias, float(eps))
 
 
 def layer_norm_backward(dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: int,
@@ -142,7 +142,7 @@ def layer_norm_backward(dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: 
     if m == 0 or d == 0:
         zeros = np.zeros(shape, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
-    dx, dw, db = row_kernels.backward(dy, x, m, d, mean, rstd, weight)
+    dx, dw, db = row_kernels.layer_norm_backward(dy, x, m, d, mean, rstd, weight)
     return dx, dw.reshape(shape), db.reshape(shape)
 
 
@@ -152,7 +152,7 @@ def add_layer_norm_forward(x: Array, r: Array, m: int, d: int, weight: Optional[
     if m == 0 or d == 0:
         nan = np.full(m, np.nan)
         return np.empty_like(x), x + r, nan, nan.copy()
-    return row_kernels.add_forward(x, r, m, d, weight, bias, float(eps))
+    return row_kernels.add_layer_norm_forward(x, r, m, d, weight, bias, float(eps))
 
 
 def add_layer_norm_backward(dy: Array, dsum: Optional[Array], s: Array, shape: Tuple[int, ...],
@@ -171,7 +171,7 @@ def rms_norm_forward(x: Array, m: int, d: int, weight: Optional[Array],
     if m == 0 or d == 0:
         return np.empty_like(x), np.full(m, np.nan)
     eps = float(np.finfo(x.dtype).eps) if eps is None else float(eps)
-    return row_kernels.rms_forward(x, m, d, weight, eps)
+    return row_kernels.rms_norm_forward(x, m, d, weight, eps)
 
 
 def rms_norm_backward(dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: int,
@@ -179,7 +179,7 @@ def rms_norm_backward(dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: in
     """(dx, dweight of ``shape``)."""
     if m == 0 or d == 0:
         return np.empty_like(x), np.zeros(shape, dtype=x.dtype)
-    dx, dw = row_kernels.rms_backward(dy, x, m, d, rrms, weight)
+    dx, dw = row_kernels.rms_norm_backward(dy, x, m, d, rrms, weight)
     return dx, dw.reshape(shape)
 
 
@@ -189,7 +189,7 @@ def group_norm_forward(x: Array, n: int, g: int, cg: int, s: int, weight: Option
     if x.size == 0:
         nan = np.full(n * g, np.nan)
         return np.empty_like(x), nan, nan.copy(), nan.copy()
-    return row_kernels.group_forward(x, n, g, cg, s, weight, bias, float(eps))
+    return row_kernels.group_norm_forward(x, n, g, cg, s, weight, bias, float(eps))
 
 
 def group_norm_backward(dy: Array, x: Array, n: int, g: int, cg: int, s: int, mean: Array,
@@ -198,7 +198,7 @@ def group_norm_backward(dy: Array, x: Array, n: int, g: int, cg: int, s: int, me
     if x.size == 0:
         zeros = np.zeros(g * cg, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
-    return row_kernels.group_backward(dy, x, n, g, cg, s, mean, rstd, weight)
+    return row_kernels.group_norm_backward(dy, x, n, g, cg, s, mean, rstd, weight)
 
 
 def instance_norm_train(x: Array, n: int, c: int, s: int, weight: Optional[Array],

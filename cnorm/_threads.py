@@ -18,7 +18,7 @@ from __future__ import annotations
 import numbers
 import os
 
-from ._kernels import _openmp as _kernel_threads  # the one import of the kernel module
+from ._kernels import openmp as _kernel_threads  # the one import of the kernel module
 
 __all__ = ["MAX_THREADS", "get_num_threads", "openmp_enabled", "set_num_threads"]
 

@@ -5,11 +5,11 @@ so that when cnorm's insides move, this is the one file to re-point.
 """
 
 import cnorm.functional as _functional
-from cnorm._kernels import _batch_norm, _row_norm
+from cnorm._kernels import batch_norm, row_norm
 
 # --------------------------------------------------------------------------- kernels
 # The compiled extensions that have SIMD builds and non-temporal ("streaming") stores.
-KERNEL_MODULES = (_batch_norm, _row_norm)
+KERNEL_MODULES = (batch_norm, row_norm)
 
 # A streaming threshold (bytes) that no array reaches: streaming off.
 NEVER = 2 ** 62
@@ -27,7 +27,7 @@ def set_stream_min_bytes(module, n):
 
 # The child processes of test_hostile_kernels.py call the kernels as ``B.<name>`` and
 # ``R.<name>`` (batch-norm and row-norm extensions; their case table names the functions).
-KERNEL_IMPORT = "from cnorm._kernels import _batch_norm as B, _row_norm as R"
+KERNEL_IMPORT = "from cnorm._kernels import batch_norm as B, row_norm as R"
 
 # --------------------------------------------------------------------------- cnorm.torch
 # The functions the drop-in modules call for their arithmetic, patched by test_torch_dropin's

@@ -1,2 +1,2 @@
-"""Build-time helpers of setup.py, loaded by file path (cnorm cannot be imported before
-it is built)."""
+"""Build-time helpers of setup.py, loaded there by file path (the cnorm package itself
+cannot be imported before its extensions are built)."""

@@ -1,4 +1,11 @@
-"""Cython/OpenMP kernels of cnorm (compiled extension modules).
+"""The Cython + OpenMP kernels of cnorm (private: cnorm.functional is the API).
+
+    common.pxd       buffer guards, the thread split and fork, block statistics + Chan merge
+    batch_norm.pyx   per-channel statistics of (N, C, S) batches: BatchNorm (+ ReLU), sync parts
+    row_norm.pyx     per-row statistics of (M, D) rows: LayerNorm, RMSNorm, add + LayerNorm,
+                     GroupNorm / InstanceNorm
+    openmp.pyx       the thread count
+    simd/            the C inner loops and their one table of signatures (signatures.py)
 
 Importing this package checks that the extensions are built (an unbuilt source tree
 gets an ImportError that says what to do, as NumPy's does) and, for a build without
@@ -9,7 +16,7 @@ import os
 import sys
 
 # Any compiled module of this package: its absence means "not built (for this Python)".
-_PROBE_MODULE = "_openmp"
+_PROBE_MODULE = "openmp"
 
 
 def _not_built_message(exc):

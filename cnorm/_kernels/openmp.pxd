@@ -21,10 +21,3 @@ cdef enum:
 
 cdef int effective_n_threads() noexcept nogil
 cdef int n_threads_for(Py_ssize_t n_elements) noexcept nogil
-
-
-cdef inline Py_ssize_t split_start(Py_ssize_t total, int t, int n_threads) noexcept nogil:
-    """Start of thread t's share when `total` items are cut into n_threads near-equal
-    contiguous ranges (t = n_threads gives total)."""
-    cdef Py_ssize_t q = total // n_threads, rem = total % n_threads
-    return q * t + (t if t < rem else rem)

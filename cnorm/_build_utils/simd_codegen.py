@@ -1,0 +1,196 @@
+"""Generate the C dispatch code and the Cython declarations of the SIMD loops from their
+one table, cnorm/_kernels/simd/signatures.py.
+
+    simd/dispatch.h  loops.h instantiated per (dtype, build); a table of loops per dtype
+                     and build; cn_use_build(); one dispatcher per (loop, dtype)
+    simd/loops.pxd   the fused type ``floating``, the C declarations, one fused wrapper
+                     per loop (named as the loop)
+
+setup.py runs ``generate()`` before cythonize; tests/test_simd_table.py compares the
+generated text with the files on disk and the table with the prototypes in loops.h.
+Standard library only: runs before anything is built.
+"""
+import os
+import re
+import runpy
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SIMD_DIR = os.path.join(os.path.dirname(HERE), "_kernels", "simd")
+MAX_LINE = 96
+NOTICE = ("GENERATED at build time by cnorm/_build_utils/simd_codegen.py",
+          "from cnorm/_kernels/simd/signatures.py: do not edit")
+
+
+def load_table(simd_dir=SIMD_DIR):
+    """DTYPES, BUILDS, LOOPS, RUNTIME of signatures.py (read by path, not imported)."""
+    ns = runpy.run_path(os.path.join(simd_dir, "signatures.py"))
+    return {key: ns[key] for key in ("DTYPES", "BUILDS", "LOOPS", "RUNTIME")}
+
+
+def parse_params(params):
+    """'const T* x, ptrdiff_t n' -> [('const T*', 'x'), ('ptrdiff_t', 'n')]; 'void' -> []."""
+    params = params.strip()
+    if params in ("", "void"):
+        return []
+    out = []
+    for param in params.split(","):
+        m = re.fullmatch(r"\s*(.*?[\s*])(\w+)\s*", param)
+        if m is None:
+            raise ValueError(f"cannot parse parameter {param!r}")
+        out.append((re.sub(r"\s+", " ", m.group(1).replace(" *", "*")).strip(), m.group(2)))
+    return out
+
+
+def _typed(ctype, elem):
+    return re.sub(r"\bT\b", elem, ctype)
+
+
+def _wrap(head, args, tail, indent=None, comma=", "):
+    """head + args joined, broken between arguments under the opening parenthesis."""
+    indent = len(head) if indent is None else indent
+    lines, cur = [], head
+    for i, arg in enumerate(args):
+        piece = arg + (comma.rstrip() if i < len(args) - 1 else tail)
+        if cur.strip() and len(cur) + len(piece) > MAX_LINE and cur != head:
+            lines.append(cur.rstrip())
+            cur = " " * indent
+        cur += piece + (" " if i < len(args) - 1 else "")
+    lines.append(cur.rstrip())
+    return "\n".join(lines)
+
+
+def _c_params(params, elem):
+    return [f"{_typed(t, elem)} {n}" for t, n in parse_params(params)] or ["void"]
+
+
+# ---------------------------------------------------------------------------------------
+# simd/dispatch.h
+# ---------------------------------------------------------------------------------------
+
+def dispatch_h(table):
+    dtypes, builds, loops = table["DTYPES"], table["BUILDS"], table["LOOPS"]
+    names = [b[0] for b in builds]
+    out = [f"/* {NOTICE[0]}", f"   {NOTICE[1]}.",
+           "   Included by simd.h: the loops of loops.h per (dtype, build), the table of",
+           "   loops of each dtype and build, and the dispatchers that call the build in use. */",
+           "#ifndef CNORM_SIMD_DISPATCH_H", "#define CNORM_SIMD_DISPATCH_H", "",
+           "enum { " + ", ".join(f"CN_BUILD_{n}" for n in names) + ", CN_N_BUILDS };",
+           "static const char* const cn_build_names[CN_N_BUILDS] = {"
+           + ", ".join(f'"{n}"' for n in names) + "};", ""]
+    for s, elem, _ in dtypes:
+        out.append(f"typedef struct cn_loops_{s} {{")
+        for name, ret, params in loops:
+            out.append(_wrap(f"    {ret} (*{name})(", _c_params(params, elem), ");"))
+        out += [f"}} cn_loops_{s};", ""]
+    for bname, vb, cond, target in builds:
+        for s, elem, itype in dtypes:
+            attr = f'__attribute__((target("{target}")))' if target else ""
+            out += [f"#if {cond}", f"#define T {elem}", f"#define CN_IT {itype}",
+                    f"#define CN_S {s}", f"#define CN_BUILD {bname}", f"#define CN_VB {vb}",
+                    f"#define CN_TARGET {attr}".rstrip(), '#include "loops.h"',
+                    "#undef T", "#undef CN_IT", "#undef CN_S", "#undef CN_BUILD", "#undef CN_VB",
+                    "#undef CN_TARGET",
+                    f"static const cn_loops_{s} cn_loops_{s}_{bname} = {{"]
+            out += [f"    .{name} = cn_{name}_{s}_{bname}," for name, _, _ in loops]
+            out += ["};", "#endif", ""]
+    for s, _, _ in dtypes:
+        out.append(f"static const cn_loops_{s}* const cn_loops_{s}_builds[CN_N_BUILDS] = {{")
+        for bname, _, cond, _ in builds:
+            out += [f"#if {cond}", f"    &cn_loops_{s}_{bname},", "#else", "    NULL,", "#endif"]
+        out += ["};", f"static const cn_loops_{s}* cn_loops_{s}_active = &cn_loops_{s}_{names[0]};",
+                ""]
+    out += [f"static int cn_build_in_use = CN_BUILD_{names[0]};", "",
+            "/* build: one that this module has (cn_loops_*_builds[build] != NULL) */",
+            "static void cn_use_build(int build)", "{"]
+    out += [f"    cn_loops_{s}_active = cn_loops_{s}_builds[build];" for s, _, _ in dtypes]
+    out += ["    cn_build_in_use = build;", "}", ""]
+    for name, ret, params in loops:
+        args = [n for _, n in parse_params(params)]
+        ret_kw = "" if ret == "void" else "return "
+        for s, elem, _ in dtypes:
+            head = f"static CN_INLINE {ret} cn_{name}_{s}("
+            out.append(_wrap(head, _c_params(params, elem), ")"))
+            out.append(_wrap(f"{{ {ret_kw}cn_loops_{s}_active->{name}(", args, "); }"))
+        out.append("")
+    out += ["#endif /* CNORM_SIMD_DISPATCH_H */", ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+# simd/loops.pxd
+# ---------------------------------------------------------------------------------------
+
+def _cy_type(ctype, elem):
+    return _typed(ctype, elem).replace("ptrdiff_t", "Py_ssize_t")
+
+
+def _cy_params(params, elem):
+    return [f"{_cy_type(t, elem)} {n}" for t, n in parse_params(params)]
+
+
+def loops_pxd(table):
+    dtypes, loops = table["DTYPES"], table["LOOPS"]
+    out = [f"# {NOTICE[0]}", f"# {NOTICE[1]}.",
+           "# The Cython view of the inner loops (simd/loops.h says what each computes): one fused",
+           "# wrapper per loop, named as the loop, that calls the dispatcher of its dtype,",
+           "# cn_<loop>_<dtype> (simd/dispatch.h), which calls the build in use.", "",
+           "ctypedef fused floating:"]
+    out += [f"    {elem}" for _, elem, _ in dtypes]
+    out += ["", 'cdef extern from "simd/simd.h" nogil:', "    enum: CN_N_BUILDS",
+            "    const char* cn_build_names[]", "    int cn_build_in_use"]
+    for name, ret, params, doc in table["RUNTIME"]:
+        ret = _cy_type(ret, "")
+        out.append(f"    # {doc}")
+        if params is None:
+            out.append(f"    {ret} {name}")
+        else:
+            out.append(f"    {ret} {name}({', '.join(_cy_params(params, ''))})")
+    for name, ret, params in loops:
+        for s, elem, _ in dtypes:
+            out.append(_wrap(f"    {ret} cn_{name}_{s}(", _cy_params(params, elem), ")"))
+    for name, ret, params in loops:
+        ret_cy = "bint" if ret == "int" else ret
+        args = ", ".join(n for _, n in parse_params(params))
+        ret_kw = "" if ret == "void" else "return "
+        out += ["", ""]
+        out.append(_wrap(f"cdef inline {ret_cy} {name}(", _cy_params(params, "floating"),
+                         ") noexcept nogil:"))
+        for i, (s, elem, _) in enumerate(dtypes):
+            if i == len(dtypes) - 1:
+                out.append("    else:")
+            else:
+                out.append(f"    {'if' if i == 0 else 'elif'} floating is {elem}:")
+            out.append(f"        {ret_kw}cn_{name}_{s}({args})")
+    out.append("")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+
+def outputs(simd_dir=SIMD_DIR):
+    """{path: text} of every generated file."""
+    table = load_table(simd_dir)
+    return {os.path.join(simd_dir, "dispatch.h"): dispatch_h(table),
+            os.path.join(simd_dir, "loops.pxd"): loops_pxd(table)}
+
+
+def generate(simd_dir=SIMD_DIR):
+    """Write the generated files that changed (an unchanged file keeps its time stamp, so
+    nothing is rebuilt for it); returns the paths written."""
+    written = []
+    for path, text in outputs(simd_dir).items():
+        try:
+            with open(path) as f:
+                if f.read() == text:
+                    continue
+        except OSError:
+            pass
+        with open(path, "w") as f:
+            f.write(text)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in generate():
+        print("wrote", p)

@@ -1,3 +1,0 @@
-ctypedef fused floating:
-    float
-    double

@@ -1,0 +1,129 @@
+from .common cimport STREAM_MIN_RUN, floating, split_start
+from .simd.loops cimport cn_stream_min_bytes
+
+# The description of one batch-norm call (Job) with its per-channel coefficients, and
+# the walks over the row segments of an (N, C, S) batch and the tiles of an (N, C) one:
+# declarations of batch_norm.pyx.
+
+cdef enum:
+    ROWS_PER_TILE = 32      # (N, C) path: rows summed in the input precision per tile
+    COLS_PER_TILE = 1024    # (N, C) path: channels per tile (32 x 1024 float32 = 128 KiB)
+
+
+cdef struct Normalize:      # per channel c: y = ((x - hi) - lo) * scale + beta
+    void* hi                # (C,) each, the input dtype; mean = hi + lo (split_mean)
+    void* lo
+    void* scale             # invstd * weight
+    void* beta              # bias
+
+
+# per channel c: dx = k1 * ((dy - mean_dy) - mean_dy_xhat * xhat),
+# xhat = ((x - hi) - lo) * invstd
+cdef struct InputGrad:
+    void* hi                # (C,) each, the input dtype
+    void* lo
+    void* invstd
+    void* k1                # weight * invstd
+    void* mean_dy           # sum(dy) / count; 0 with the running statistics
+    void* mean_dy_xhat      # sum(dy * xhat) / count; 0 with the running statistics
+
+
+cdef struct Job:            # one call on x: C-contiguous (N, C, S) of the input dtype
+    Py_ssize_t N, C, S
+    int typenum             # of x: NPY_FLOAT or NPY_DOUBLE
+    const void* x
+    int threads_x           # threads of the passes that read x only (n_threads_for(E))
+    int threads_dy_x        # threads of the passes that read dy and x
+    const void* weight      # IN  (C,) or NULL (ones)
+    const void* bias        # IN  (C,) or NULL (zeros)
+    void* running_mean      # IN/OUT (C,) or NULL: updated by the training forward
+    void* running_var       # IN/OUT (C,) or NULL
+    double factor           # running = (1 - factor) * running + factor * batch statistic
+    double eps
+    double* mean            # OUT (forward) / IN (C,) float64
+    double* var             # OUT (C,) biased variance (statistics pass)
+    double* invstd          # OUT (forward) / IN (C,) 1 / sqrt(var + eps)
+    const void* dy          # IN  (N, C, S) grad_output
+    const void* ym          # IN  (N, C, S) a fused BN + ReLU's output (dy counts where
+    #                       ym > 0), or NULL
+    bint training           # backward: the statistics were this batch's
+    double count            # elements per channel that the sums of the gradient cover
+    const double* in_sum_dy  # IN  (C,) sums the input gradient uses, NULL: this input's
+    const double* in_sum_dy_xhat
+    double* sum_dy          # OUT (C,) this input's sum(dy), or NULL
+    double* sum_dy_xhat     # OUT (C,) this input's sum(dy * xhat)
+    void* out               # OUT (N, C, S) y, or dx (NULL: no input gradient)
+    bint relu               # y = max(0, y): the fused BN + ReLU
+    bint stream             # elementwise passes: non-temporal stores
+    double* part            # scratch (threads, 3 or 2, C): per-thread partials
+    void* tile              # scratch (threads, 3 or 2, COLS_PER_TILE) of the input dtype
+    void* coef              # the storage of norm and grad
+    Normalize norm
+    InputGrad grad
+
+
+cdef struct Segment:        # elements [start, stop) of one row of S elements: channel c
+    Py_ssize_t start, stop, row, c
+
+
+cdef inline Segment first_segment(Py_ssize_t e0, Py_ssize_t e1, Py_ssize_t C,
+                                  Py_ssize_t S) noexcept nogil:
+    """The first row segment of the elements [e0, e1) of an (N, C, S) batch."""
+    cdef Segment seg
+    seg.row = e0 // S
+    seg.c = seg.row % C             # then stepped: a division per row costs ~15 ns
+    seg.start = e0
+    seg.stop = min((seg.row + 1) * S, e1)
+    return seg
+
+
+cdef inline void next_segment(Segment* seg, Py_ssize_t e1, Py_ssize_t C,
+                              Py_ssize_t S) noexcept nogil:
+    seg.start = seg.stop
+    seg.row += 1
+    seg.c += 1
+    if seg.c == C:
+        seg.c = 0
+    seg.stop = min((seg.row + 1) * S, e1)
+
+
+cdef struct Tile:           # rows [b0, b0 + nb) x channels [c0, c0 + nc) of an (N, C) batch
+    Py_ssize_t b0, nb, c0, nc
+
+
+cdef inline Tile first_tile(Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t C) noexcept nogil:
+    """The first tile of the rows [n0, n1); the tiles go channels first, then rows."""
+    cdef Tile tl
+    tl.b0 = n0
+    tl.nb = min(n1 - n0, ROWS_PER_TILE)
+    tl.c0 = 0
+    tl.nc = min(C, COLS_PER_TILE)
+    return tl
+
+
+cdef inline void next_tile(Tile* tl, Py_ssize_t n1, Py_ssize_t C) noexcept nogil:
+    tl.c0 += COLS_PER_TILE
+    if tl.c0 >= C:
+        tl.c0 = 0
+        tl.b0 += ROWS_PER_TILE
+        tl.nb = min(n1 - tl.b0, ROWS_PER_TILE)
+    tl.nc = min(C - tl.c0, COLS_PER_TILE)
+
+
+cdef inline const floating* offset(const floating* p, Py_ssize_t k) noexcept nogil:
+    """p + k, or NULL for an absent optional buffer."""
+    return p + k if p != NULL else NULL
+
+
+cdef inline void thread_share(const Job* j, int t, int n_threads, Py_ssize_t* start,
+                              Py_ssize_t* stop) noexcept nogil:
+    """Thread t's share [start, stop): rows of an (N, C) batch (S = 1), else elements."""
+    cdef Py_ssize_t total = j.N if j.S == 1 else j.N * j.C * j.S
+    start[0] = split_start(total, t, n_threads)
+    stop[0] = split_start(total, t + 1, n_threads)
+
+
+cdef inline bint use_stream(const Job* j, size_t itemsize) noexcept nogil:
+    cdef Py_ssize_t E = j.N * j.C * j.S
+    return (E * <Py_ssize_t>itemsize >= cn_stream_min_bytes
+            and (j.S if j.S > 1 else j.C) >= STREAM_MIN_RUN)

@@ -1,0 +1,594 @@
+"""Batch-norm kernels: per-channel statistics over (N, C, S) buffers.
+
+Layout: x is C-contiguous (N, C, S), S = product of the spatial dims (S = 1 for (N, C)).
+Two walks cover every shape with both cores busy:
+
+* S > 1 ("rows"): the N*C*S elements are cut into n_threads equal ranges; a thread walks
+  its range row segment by row segment (a row = the S elements of one (n, c)) and keeps
+  per-channel partials. Balanced whatever C is (C = 3 splits as well as C = 512).
+* S = 1 ("cols", (N, C) activations): the N rows are cut into n_threads ranges; a thread
+  works on tiles of ROWS_PER_TILE x COLS_PER_TILE so every SIMD lane is a channel.
+
+Partials are merged per channel in thread order, so results never change from run to
+run for a given thread count.
+
+An entry point (the def functions at the bottom) checks every buffer (common.pxd),
+allocates the outputs and scratch, describes the call in a Job and runs one typed
+sequence of passes (_train_forward, _eval_forward, _elemt, _backward); a pass runs its
+work function on every thread (common.parallel).
+
+The input gradient, with xhat = (x - mean) * invstd and y = xhat * w + b: the batch
+statistics depend on x (d mean/dx = 1/count, d invstd/dx = -invstd^3 (x - mean)/count), so
+
+    dx = w * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))      (training)
+
+and with the running statistics they are constants: dx = w * invstd * dy (eval).
+"""
+
+cimport numpy as cnp
+from libc.math cimport sqrt
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memset
+
+from .common cimport (BLOCK, call_typed, chan_merge, check_array, check_dims, data_or_null,
+                      empty_1d, empty_like, floating, input_typenum, parallel, segment_stats,
+                      split_mean, sum_partials, two_pass_f64)
+from .openmp cimport n_threads_for
+from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_cols,
+                          bn_grad_cols4, bn_grad_sums, bn_grad_sums_cols, cn_f32_sums_unsafe,
+                          cn_stream_fence, cols_any_unsafe, cols_dev, cols_merge, cols_sum)
+
+cnp.import_array()
+include "simd_control.pxi"
+
+
+# ---------------------------------------------------------------------------------------
+# statistics pass: per-thread (count, mean, m2) of every channel, merged in thread order
+# ---------------------------------------------------------------------------------------
+
+cdef void _stats_cols(const floating* x,       # IN  (N, C)
+                      Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1,
+                      double* part,            # OUT (3, C): count, mean, m2 (zeroed)
+                      floating* acc            # scratch (3, COLS_PER_TILE)
+                      ) noexcept nogil:
+    """Rows n0..n1 of an (N, C) batch, by tiles of ROWS_PER_TILE x COLS_PER_TILE: the
+    block statistics of common.pxd with one SIMD lane per channel."""
+    cdef Py_ssize_t nb, c0, nc, c
+    cdef floating* shift = acc
+    cdef floating* s1 = acc + COLS_PER_TILE
+    cdef floating* s2 = acc + 2 * COLS_PER_TILE
+    cdef const floating* tile
+    cdef double count, cnt, mean_b, m2_b, q
+    cdef Tile tl = first_tile(n0, n1, C)
+    while tl.b0 < n1 and tl.nc > 0:
+        nb = tl.nb
+        c0 = tl.c0
+        nc = tl.nc
+        count = <double>(tl.b0 - n0)            # rows merged before this tile's
+        tile = x + tl.b0 * C + c0
+        cols_sum(shift, tile, C, nb, nc)     # pass 1: rough per-channel means
+        for c in range(nc):
+            shift[c] = <floating>(<double>shift[c] / nb)
+        cols_dev(s1, s2, tile, C, nb, shift, nc)    # pass 2 (from cache): deviations
+        if floating is double or not cols_any_unsafe(s1, s2, shift, nc):
+            cols_merge(part + C + c0, part + 2 * C + c0, shift, s1, s2, nc, count, nb)
+        else:
+            for c in range(nc):                 # unsafe float32 sums: float64 redo
+                if not cn_f32_sums_unsafe(s1[c], s2[c], shift[c]):
+                    q = <double>s1[c]
+                    mean_b = shift[c] + q / nb
+                    m2_b = s2[c] - q * q / nb if s2[c] > q * q / nb else 0.0
+                else:
+                    two_pass_f64(tile + c, nb, C, &mean_b, &m2_b)
+                cnt = count
+                chan_merge(&cnt, &part[C + c0 + c], &part[2 * C + c0 + c], <double>nb,
+                           mean_b, m2_b)
+        next_tile(&tl, n1, C)
+    for c in range(C):
+        part[c] = <double>(n1 - n0)
+
+
+cdef void _stats_work(const floating* x, void* job, int t, int n_threads) noexcept nogil:
+    """Thread t's per-channel partials: part[t] (3, C) = count, mean, m2."""
+    cdef const Job* j = <const Job*>job
+    cdef Py_ssize_t C = j.C, S = j.S, e0, e1
+    cdef double* part = j.part + 3 * C * t
+    cdef Segment seg
+    thread_share(j, t, n_threads, &e0, &e1)
+    if S == 1:
+        _stats_cols(x, C, e0, e1, part, <floating*>j.tile + 3 * COLS_PER_TILE * t)
+        return
+    seg = first_segment(e0, e1, C, S)
+    while seg.start < e1:
+        segment_stats(x + seg.start, seg.stop - seg.start,
+                      &part[seg.c], &part[C + seg.c], &part[2 * C + seg.c])
+        next_segment(&seg, e1, C, S)
+
+
+cdef void _channel_stats(const floating* x, Job* j) noexcept nogil:
+    """j.mean, j.var <- per-channel mean and biased variance, in one pass over memory."""
+    cdef Py_ssize_t C = j.C, c
+    cdef int t
+    cdef double count, mu, m2
+    cdef const double* part
+    cdef double* mean = j.mean
+    cdef double* var = j.var
+    parallel(_stats_work[floating], x, j, j.threads_x)
+    for c in range(C):              # the thread partials, merged in thread order
+        count = 0
+        mu = 0
+        m2 = 0
+        for t in range(j.threads_x):
+            part = j.part + 3 * C * t
+            chan_merge(&count, &mu, &m2, part[c], part[C + c], part[2 * C + c])
+        mean[c] = mu
+        var[c] = m2 / count if count > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# normalize pass: out = ((x - hi) - lo) * scale + beta per channel (then the ReLU)
+# ---------------------------------------------------------------------------------------
+
+cdef void _normalize_work(const floating* x, void* job, int t, int n_threads) noexcept nogil:
+    """Thread t's share of j.out from x and the coefficients j.norm."""
+    cdef const Job* j = <const Job*>job
+    cdef floating* y = <floating*>j.out
+    cdef const floating* hi = <const floating*>j.norm.hi
+    cdef const floating* lo = <const floating*>j.norm.lo
+    cdef const floating* scale = <const floating*>j.norm.scale
+    cdef const floating* beta = <const floating*>j.norm.beta
+    cdef bint stream = j.stream, relu = j.relu
+    cdef Py_ssize_t C = j.C, S = j.S, n, n1
+    cdef Segment seg
+    thread_share(j, t, n_threads, &n, &n1)
+    if S == 1:          # (N, C): per-element coefficients, four rows per coefficient load
+        if not stream:
+            while n + 4 <= n1:
+                affine_cols4(y + n * C, x + n * C, C, C, hi, lo, scale, beta, relu)
+                n += 4
+        while n < n1:
+            affine_cols(y + n * C, x + n * C, C, hi, lo, scale, beta, stream, relu)
+            n += 1
+    else:               # elements n..n1, one channel per row segment
+        seg = first_segment(n, n1, C, S)
+        while seg.start < n1:
+            affine(y + seg.start, x + seg.start, seg.stop - seg.start, hi[seg.c], lo[seg.c],
+                   scale[seg.c], beta[seg.c], stream, relu)
+            next_segment(&seg, n1, C, S)
+    if stream:          # once per thread, after all its streamed stores
+        cn_stream_fence()
+
+
+cdef void _normalize(const floating* x, Job* j) noexcept nogil:
+    """j.out <- x normalized with j.mean, j.invstd and the affine parameters."""
+    cdef floating* hi = <floating*>j.norm.hi
+    cdef floating* lo = <floating*>j.norm.lo
+    cdef floating* scale = <floating*>j.norm.scale
+    cdef floating* beta = <floating*>j.norm.beta
+    cdef const floating* weight = <const floating*>j.weight
+    cdef const floating* bias = <const floating*>j.bias
+    cdef const double* mean = j.mean
+    cdef const double* invstd = j.invstd
+    cdef Py_ssize_t c
+    for c in range(j.C):
+        split_mean(mean[c], &hi[c], &lo[c])
+        scale[c] = <floating>(invstd[c] * (weight[c] if weight != NULL else 1.0))
+        beta[c] = bias[c] if bias != NULL else 0
+    j.stream = use_stream(j, sizeof(floating))
+    parallel(_normalize_work[floating], x, j, j.threads_x)
+
+
+# ---------------------------------------------------------------------------------------
+# backward: the sums sum(dy), sum(dy * xhat) per channel, then the input gradient
+# ---------------------------------------------------------------------------------------
+
+cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) noexcept nogil:
+    """Thread t's partials: part[t] (2, C) = sum(g), sum(g * (x - mean)), g = dy (masked
+    by ym > 0 after a fused BN + ReLU)."""
+    cdef const Job* j = <const Job*>job
+    cdef const floating* dy = <const floating*>j.dy
+    cdef const floating* ym = <const floating*>j.ym
+    cdef const floating* hi = <const floating*>j.grad.hi
+    cdef const floating* lo = <const floating*>j.grad.lo
+    cdef floating* s1
+    cdef floating* s2
+    cdef Py_ssize_t C = j.C, S = j.S, e0, e1, b, len_b, k_b, o, c
+    cdef double* part = j.part + 2 * C * t
+    cdef double sum_g, sum_gd
+    cdef Segment seg
+    cdef Tile tl
+    thread_share(j, t, n_threads, &e0, &e1)
+    if S == 1:          # (N, C): tiles of rows e0..e1, one lane per channel
+        s1 = <floating*>j.tile + 2 * COLS_PER_TILE * t
+        s2 = s1 + COLS_PER_TILE
+        tl = first_tile(e0, e1, C)
+        while tl.b0 < e1 and tl.nc > 0:
+            o = tl.b0 * C + tl.c0
+            bn_grad_sums_cols(s1, s2, dy + o, x + o, C, tl.nb, hi + tl.c0, lo + tl.c0, tl.nc,
+                              offset(ym, o))
+            for c in range(tl.nc):
+                part[tl.c0 + c] += s1[c]
+                part[C + tl.c0 + c] += s2[c]
+            next_tile(&tl, e1, C)
+        return
+    seg = first_segment(e0, e1, C, S)
+    while seg.start < e1:
+        for k_b in range((seg.stop - seg.start + BLOCK - 1) // BLOCK):    # short sums
+            b = seg.start + k_b * BLOCK
+            len_b = min(seg.stop - b, BLOCK)
+            bn_grad_sums(&sum_g, &sum_gd, dy + b, x + b, len_b, hi[seg.c], lo[seg.c], offset(ym, b))
+            part[seg.c] += sum_g
+            part[C + seg.c] += sum_gd
+        next_segment(&seg, e1, C, S)
+
+
+cdef void _input_grad_work(const floating* x, void* job, int t, int n_threads) noexcept nogil:
+    """Thread t's share of dx = k1 * ((g - mean_dy) - mean_dy_xhat * xhat) (j.grad)."""
+    cdef const Job* j = <const Job*>job
+    cdef floating* dx = <floating*>j.out
+    cdef const floating* dy = <const floating*>j.dy
+    cdef const floating* ym = <const floating*>j.ym
+    cdef const floating* hi = <const floating*>j.grad.hi
+    cdef const floating* lo = <const floating*>j.grad.lo
+    cdef const floating* invstd = <const floating*>j.grad.invstd
+    cdef const floating* k1 = <const floating*>j.grad.k1
+    cdef const floating* mean_dy = <const floating*>j.grad.mean_dy
+    cdef const floating* mean_dy_xhat = <const floating*>j.grad.mean_dy_xhat
+    cdef bint stream = j.stream
+    cdef Py_ssize_t C = j.C, S = j.S, n, n1, o, c
+    cdef Segment seg
+    thread_share(j, t, n_threads, &n, &n1)
+    if S == 1:          # (N, C): per-element coefficients, four rows per coefficient load
+        if not stream:
+            while n + 4 <= n1:
+                bn_grad_cols4(dx + n * C, dy + n * C, x + n * C, C, C, hi, lo, invstd, k1,
+                              mean_dy, mean_dy_xhat, offset(ym, n * C))
+                n += 4
+        while n < n1:
+            bn_grad_cols(dx + n * C, dy + n * C, x + n * C, C, hi, lo, invstd, k1, mean_dy,
+                         mean_dy_xhat, stream, offset(ym, n * C))
+            n += 1
+    else:               # elements n..n1, one channel per row segment
+        seg = first_segment(n, n1, C, S)
+        while seg.start < n1:
+            o = seg.start
+            c = seg.c
+            bn_grad(dx + o, dy + o, x + o, seg.stop - o, hi[c], lo[c], invstd[c], k1[c],
+                    mean_dy[c], mean_dy_xhat[c], stream, offset(ym, o))
+            next_segment(&seg, n1, C, S)
+    if stream:          # once per thread, after all its streamed stores
+        cn_stream_fence()
+
+
+cdef void _backward(const floating* x, void* job) noexcept nogil:
+    """This input's sums (when j.sum_dy), then the input gradient (when j.out)."""
+    cdef Job* j = <Job*>job
+    cdef floating* hi = <floating*>j.grad.hi
+    cdef floating* lo = <floating*>j.grad.lo
+    cdef floating* invstd = <floating*>j.grad.invstd
+    cdef floating* k1 = <floating*>j.grad.k1
+    cdef floating* mean_dy = <floating*>j.grad.mean_dy
+    cdef floating* mean_dy_xhat = <floating*>j.grad.mean_dy_xhat
+    cdef floating* scale = <floating*>j.norm.scale
+    cdef floating* beta = <floating*>j.norm.beta
+    cdef const floating* weight = <const floating*>j.weight
+    cdef const double* mean = j.mean
+    cdef const double* istd = j.invstd         # float64
+    cdef double* sum_dy_xhat = j.sum_dy_xhat
+    cdef const double* in_dy
+    cdef const double* in_dy_xhat
+    cdef Py_ssize_t C = j.C, c
+    cdef double w, count = j.count
+    for c in range(C):
+        split_mean(mean[c], &hi[c], &lo[c])
+    if j.sum_dy != NULL:
+        parallel(_grad_sums_work[floating], x, j, j.threads_dy_x)
+        sum_partials(cnp.NPY_DOUBLE, j.sum_dy, sum_dy_xhat, j.part, C, j.threads_dy_x, 2 * C)
+        for c in range(C):
+            sum_dy_xhat[c] *= istd[c]       # sum(dy * (x - mean)) * invstd
+    if j.in_sum_dy == NULL:
+        j.in_sum_dy = j.sum_dy
+        j.in_sum_dy_xhat = j.sum_dy_xhat
+    if j.out == NULL:
+        return
+    j.stream = use_stream(j, sizeof(floating))
+    if not j.training and j.ym == NULL:
+        # running statistics: dx = dy * w * invstd, a per-channel scaling of dy (x unread,
+        # so that a NaN in x does not leak into dx): the normalize pass on dy
+        for c in range(C):
+            hi[c] = 0
+            lo[c] = 0
+            scale[c] = <floating>((weight[c] if weight != NULL else 1.0) * istd[c])
+            beta[c] = 0
+        j.relu = False
+        parallel(_normalize_work[floating], <const floating*>j.dy, j, j.threads_x)
+        return
+    in_dy = j.in_sum_dy
+    in_dy_xhat = j.in_sum_dy_xhat
+    for c in range(C):
+        w = weight[c] if weight != NULL else 1.0
+        k1[c] = <floating>(w * istd[c])
+        invstd[c] = <floating>istd[c]
+        if j.training:
+            mean_dy[c] = <floating>(in_dy[c] / count)
+            mean_dy_xhat[c] = <floating>(in_dy_xhat[c] / count)
+        else:
+            mean_dy[c] = 0
+            mean_dy_xhat[c] = 0
+    parallel(_input_grad_work[floating], x, j, j.threads_dy_x)
+
+
+# ---------------------------------------------------------------------------------------
+# the typed sequences of the forward entry points
+# ---------------------------------------------------------------------------------------
+
+cdef void _train_forward(const floating* x, void* job) noexcept nogil:
+    """Batch statistics, the running-statistics update (when given), normalize."""
+    cdef Job* j = <Job*>job
+    cdef floating* running_mean = <floating*>j.running_mean
+    cdef floating* running_var = <floating*>j.running_var
+    cdef double* mean = j.mean
+    cdef double* invstd = j.invstd         # holds the variance until here
+    cdef double M = <double>j.N * j.S, var, f = j.factor, eps = j.eps
+    cdef Py_ssize_t c
+    _channel_stats(x, j)
+    for c in range(j.C):
+        var = j.var[c]
+        if running_mean != NULL:
+            running_mean[c] = <floating>((1.0 - f) * running_mean[c] + f * mean[c])
+        if running_var != NULL:     # the unbiased variance, as torch
+            running_var[c] = <floating>((1.0 - f) * running_var[c] + f * var * (M / (M - 1.0)))
+        invstd[c] = 1.0 / sqrt(var + eps)
+    _normalize(x, j)
+
+
+cdef void _eval_forward(const floating* x, void* job) noexcept nogil:
+    """Normalize with the running statistics (j.mean, j.invstd get them in float64)."""
+    cdef Job* j = <Job*>job
+    cdef const floating* running_mean = <const floating*>j.running_mean
+    cdef const floating* running_var = <const floating*>j.running_var
+    cdef double* mean = j.mean
+    cdef double* invstd = j.invstd
+    cdef double eps = j.eps
+    cdef Py_ssize_t c
+    for c in range(j.C):
+        mean[c] = running_mean[c]
+        invstd[c] = 1.0 / sqrt(<double>running_var[c] + eps)
+    if j.N * j.C * j.S > 0:
+        _normalize(x, j)
+
+
+cdef void _elemt(const floating* x, void* job) noexcept nogil:
+    _normalize(x, <Job*>job)
+
+
+cdef void _stats(const floating* x, void* job) noexcept nogil:
+    _channel_stats(x, <Job*>job)
+
+
+# ---------------------------------------------------------------------------------------
+# Python entry points: every buffer is checked (type, size, layout) before use
+# ---------------------------------------------------------------------------------------
+
+cdef inline int _check_input(object x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) except -1:
+    """x: float32/float64, C-contiguous, N*C*S elements; returns its type number."""
+    cdef int typenum = input_typenum(x, "input")
+    check_dims(N, C, S, 1)
+    check_array(x, N * C * S, typenum, False, "input")
+    return typenum
+
+
+cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                int n_partials, weight, bias, cnp.ndarray mean, cnp.ndarray invstd,
+                cnp.ndarray out) except -1:
+    """A job for x of these sizes (optional arrays None): its thread counts and scratch
+    (n_partials float64 per channel and thread; 0: none). _finish(j) frees the scratch."""
+    cdef Py_ssize_t E = N * C * S, itemsize = cnp.PyArray_ITEMSIZE(x)
+    cdef int n_threads
+    cdef char* coef
+    memset(j, 0, sizeof(Job))
+    j.typenum = cnp.PyArray_TYPE(x)
+    j.x = cnp.PyArray_DATA(x)
+    j.N = N
+    j.C = C
+    j.S = S
+    j.weight = data_or_null(weight)
+    j.bias = data_or_null(bias)
+    j.mean = <double*>data_or_null(mean)
+    j.invstd = <double*>data_or_null(invstd)
+    j.out = data_or_null(out)
+    j.threads_x = n_threads_for(E)
+    j.threads_dy_x = n_threads_for(2 * E)
+    n_threads = max(j.threads_x, j.threads_dy_x)
+    j.coef = coef = <char*>malloc(8 * C * itemsize + 1)
+    j.norm.hi = j.grad.hi = coef
+    j.norm.lo = j.grad.lo = coef + C * itemsize
+    j.norm.scale = coef + 2 * C * itemsize
+    j.norm.beta = coef + 3 * C * itemsize
+    j.grad.invstd = coef + 4 * C * itemsize
+    j.grad.k1 = coef + 5 * C * itemsize
+    j.grad.mean_dy = coef + 6 * C * itemsize
+    j.grad.mean_dy_xhat = coef + 7 * C * itemsize
+    if n_partials > 0:
+        j.part = <double*>calloc(n_partials * C * n_threads + 1, sizeof(double))
+        if S == 1:
+            j.tile = malloc(n_partials * COLS_PER_TILE * n_threads * itemsize)
+    if j.coef == NULL or (n_partials > 0 and (j.part == NULL or (S == 1 and j.tile == NULL))):
+        _finish(j)
+        raise MemoryError()
+    return 0
+
+
+cdef void _finish(Job* j) noexcept:
+    free(j.coef)
+    free(j.part)
+    free(j.tile)
+
+
+cdef inline cnp.ndarray _f64(Py_ssize_t n):
+    return empty_1d(n, cnp.NPY_DOUBLE)
+
+
+cdef int _check_params(int typenum, Py_ssize_t C, weight, bias, running_mean, running_var,
+                       bint update) except -1:
+    """The per-channel parameters of a forward (running statistics written when update)."""
+    check_array(weight, C, typenum, False, "weight")
+    check_array(bias, C, typenum, False, "bias")
+    check_array(running_mean, C, typenum, update, "running_mean")
+    check_array(running_var, C, typenum, update, "running_var")
+    return 0
+
+
+cdef int _start_forward(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                        int n_partials, weight, bias, running_mean, running_var, double eps,
+                        bint relu, cnp.ndarray mean, cnp.ndarray invstd,
+                        cnp.ndarray y) except -1:
+    _start(j, x, N, C, S, n_partials, weight, bias, mean, invstd, y)
+    j.running_mean = data_or_null(running_mean)
+    j.running_var = data_or_null(running_var)
+    j.eps = eps
+    j.relu = relu
+    return 0
+
+
+def batch_norm_stats(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S):
+    """Per-channel (mean, biased variance) of x viewed as (N, C, S), float64 arrays (C,)."""
+    _check_input(x, N, C, S)
+    cdef cnp.ndarray mean = _f64(C), var = _f64(C)
+    cdef Job j
+    _start(&j, x, N, C, S, 3, None, None, mean, None, None)
+    j.var = <double*>cnp.PyArray_DATA(var)
+    with nogil:
+        call_typed(j.typenum, j.x, &j, _stats[float], _stats[double])
+    _finish(&j)
+    return mean, var
+
+
+def batch_norm_elemt(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                     cnp.ndarray mean not None, cnp.ndarray invstd not None, weight, bias,
+                     bint relu=False):
+    """y = (x - mean) * invstd * weight + bias per channel (then max(0, y) with relu);
+    returns a new array like x."""
+    cdef int typenum = _check_input(x, N, C, S)
+    check_array(mean, C, cnp.NPY_DOUBLE, False, "mean")
+    check_array(invstd, C, cnp.NPY_DOUBLE, False, "invstd")
+    _check_params(typenum, C, weight, bias, None, None, False)
+    cdef cnp.ndarray y = empty_like(x)
+    cdef Job j
+    _start_forward(&j, x, N, C, S, 0, weight, bias, None, None, 0, relu, mean, invstd, y)
+    with nogil:
+        call_typed(j.typenum, j.x, &j, _elemt[float], _elemt[double])
+    _finish(&j)
+    return y
+
+
+def batch_norm_forward_train(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                             weight, bias, running_mean, running_var, double factor,
+                             double eps, bint relu=False):
+    """Training forward in one call: batch statistics, running-statistics update in place
+    (when given; needs N*S > 1), normalization (then max(0, y) with relu: a fused
+    BN + ReLU). Returns (y, mean, invstd)."""
+    _check_params(_check_input(x, N, C, S), C, weight, bias, running_mean, running_var, True)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    if N * S < 2 and running_var is not None:
+        raise ValueError("the unbiased variance needs more than 1 value per channel")
+    cdef cnp.ndarray y = empty_like(x), mean = _f64(C), invstd = _f64(C)
+    cdef Job j
+    _start_forward(&j, x, N, C, S, 3, weight, bias, running_mean, running_var, eps, relu,
+                   mean, invstd, y)
+    j.factor = factor
+    j.var = j.invstd            # the variance, then invstd
+    with nogil:
+        call_typed(j.typenum, j.x, &j, _train_forward[float], _train_forward[double])
+    _finish(&j)
+    return y, mean, invstd
+
+
+def batch_norm_forward_eval(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                            weight, bias, running_mean, running_var, double eps,
+                            bint relu=False):
+    """Eval forward with the running statistics (then max(0, y) with relu). Returns
+    (y, mean, invstd), the float64 statistics used (invstd = 1/sqrt(running_var + eps))."""
+    _check_params(_check_input(x, N, C, S), C, weight, bias, running_mean, running_var, False)
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var must be given")
+    cdef cnp.ndarray y = empty_like(x), mean = _f64(C), invstd = _f64(C)
+    cdef Job j
+    _start_forward(&j, x, N, C, S, 0, weight, bias, running_mean, running_var, eps, relu,
+                   mean, invstd, y)
+    with nogil:
+        call_typed(j.typenum, j.x, &j, _eval_forward[float], _eval_forward[double])
+    _finish(&j)
+    return y, mean, invstd
+
+
+cdef int _check_backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C,
+                         Py_ssize_t S, cnp.ndarray mean, cnp.ndarray invstd, weight,
+                         y) except -1:
+    """The buffers every backward reads; returns x's type number."""
+    cdef int typenum = _check_input(x, N, C, S)
+    check_array(dy, N * C * S, typenum, False, "grad_output")
+    check_array(y, N * C * S, typenum, False, "y")
+    check_array(mean, C, cnp.NPY_DOUBLE, False, "mean")
+    check_array(invstd, C, cnp.NPY_DOUBLE, False, "invstd")
+    check_array(weight, C, typenum, False, "weight")
+    return typenum
+
+
+cdef void _run_backward(Job* j, cnp.ndarray dy, double count, sum_dy, sum_dy_xhat) noexcept:
+    """The backward of j: sum_dy, sum_dy_xhat (C,) float64 are written when given."""
+    j.dy = cnp.PyArray_DATA(dy)
+    j.count = count
+    j.sum_dy = <double*>data_or_null(sum_dy)
+    j.sum_dy_xhat = <double*>data_or_null(sum_dy_xhat)
+    with nogil:
+        call_typed(j.typenum, j.x, j, _backward[float], _backward[double])
+    _finish(j)
+
+
+def batch_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N,
+                        Py_ssize_t C, Py_ssize_t S, cnp.ndarray mean not None,
+                        cnp.ndarray invstd not None, weight, bint training, y=None):
+    """Returns (dx, sum_dy, sum_dy_xhat): sum_dy is dbias, sum_dy_xhat dweight (float64).
+    y: the output of a fused BN + ReLU forward, whose mask y > 0 applies to dy."""
+    _check_backward(dy, x, N, C, S, mean, invstd, weight, y)
+    cdef cnp.ndarray dx = empty_like(x), sum_dy = _f64(C), sum_dy_xhat = _f64(C)
+    cdef Job j
+    _start(&j, x, N, C, S, 2, weight, None, mean, invstd, dx)
+    j.ym = data_or_null(y)
+    j.training = training
+    _run_backward(&j, dy, <double>N * S, sum_dy, sum_dy_xhat)
+    return dx, sum_dy, sum_dy_xhat
+
+
+def batch_norm_backward_reduce(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N,
+                               Py_ssize_t C, Py_ssize_t S, cnp.ndarray mean not None,
+                               cnp.ndarray invstd not None):
+    """Per-channel (sum dy, sum dy*xhat) as float64 arrays (C,), no input gradient."""
+    _check_backward(dy, x, N, C, S, mean, invstd, None, None)
+    cdef cnp.ndarray sum_dy = _f64(C), sum_dy_xhat = _f64(C)
+    cdef Job j
+    _start(&j, x, N, C, S, 2, None, None, mean, invstd, None)
+    j.training = True
+    _run_backward(&j, dy, <double>N * S, sum_dy, sum_dy_xhat)
+    return sum_dy, sum_dy_xhat
+
+
+def batch_norm_backward_elemt(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N,
+                              Py_ssize_t C, Py_ssize_t S, cnp.ndarray mean not None,
+                              cnp.ndarray invstd not None, weight, cnp.ndarray sum_dy not None,
+                              cnp.ndarray sum_dy_xhat not None, double count):
+    """Input gradient of a training-mode batch norm from given per-channel sums over
+    `count` elements per channel (e.g. all-reduced over the ranks of a distributed batch)."""
+    _check_backward(dy, x, N, C, S, mean, invstd, weight, None)
+    check_array(sum_dy, C, cnp.NPY_DOUBLE, False, "sum_dy")
+    check_array(sum_dy_xhat, C, cnp.NPY_DOUBLE, False, "sum_dy_xhat")
+    cdef cnp.ndarray dx = empty_like(x)
+    cdef Job j
+    _start(&j, x, N, C, S, 0, weight, None, mean, invstd, dx)
+    j.training = True
+    j.in_sum_dy = <const double*>cnp.PyArray_DATA(sum_dy)
+    j.in_sum_dy_xhat = <const double*>cnp.PyArray_DATA(sum_dy_xhat)
+    _run_backward(&j, dy, count, None, None)
+    return dx

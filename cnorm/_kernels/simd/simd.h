@@ -1,0 +1,186 @@
+/* The vectorized inner loops of the cnorm kernels: configuration, builds, selection.
+ *
+ * Why C: the reductions need independent lane accumulators held in registers, which
+ * GCC does not derive from Cython's scalar code without -ffast-math. Each reduction
+ * keeps a 64-byte "bundle" of lanes (16 floats / 8 doubles). Lane j always accumulates
+ * the elements i + j, so every build gives the same bits (with -ffp-contract=off: no
+ * FMA contraction) and the choice of build never changes a result.
+ *
+ * The loops are written once, in loops.h, over an element type T and a vector type V;
+ * dispatch.h (generated at build time from signatures.py) includes loops.h once per
+ * (dtype, build) that this compiler can make:
+ *   scalar  plain C99, V = T: the bundle as 16 (8) scalar lanes; every compiler
+ *   base    GNU vector extension, 16-byte vectors (SSE2 on x86-64, NEON on ARM)
+ *   avx2    32-byte vectors, x86-64 GCC/Clang only (target attribute)
+ * cn_simd_init() picks the best one the CPU runs at import (CNORM_SIMD=scalar|baseline|
+ * avx2 overrides); the tests switch builds to check that they give the same bits.
+ * Define CNORM_PORTABLE_C to compile as a non-GNU compiler would (no extensions).
+ */
+#ifndef CNORM_SIMD_H
+#define CNORM_SIMD_H
+
+#include <float.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(CNORM_PORTABLE_C)
+#define CN_GNU 1
+#else
+#define CN_GNU 0
+#endif
+
+#if CN_GNU
+#define CN_RESTRICT __restrict__
+#define CN_NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define CN_RESTRICT __restrict
+#define CN_NOINLINE __declspec(noinline)
+#else
+#define CN_RESTRICT restrict
+#define CN_NOINLINE
+#endif
+
+#if defined(_MSC_VER) && !defined(__cplusplus)
+#define CN_INLINE __inline
+#else
+#define CN_INLINE inline
+#endif
+
+#if CN_GNU && defined(__x86_64__) && (!defined(__clang__) || __clang_major__ >= 9)
+#define CN_HAVE_AVX2_BUILD 1
+#else
+#define CN_HAVE_AVX2_BUILD 0
+#endif
+
+/* non-temporal stores: x86-64 with the vector extension (the base and avx2 builds) */
+#if CN_GNU && (defined(__SSE2__) || defined(__x86_64__))
+#include <immintrin.h>
+#define CN_CAN_STREAM 1
+#else
+#define CN_CAN_STREAM 0
+#endif
+
+#define CN_BUNDLE_BYTES 64
+#define CN_NAME_(name, s, build) cn_##name##_##s##_##build
+#define CN_NAME(name, s, build) CN_NAME_(name, s, build)
+
+/* float32 block sums of squares outside [CN_TINY_SUM_SQUARES, FLT_MAX] are redone in
+   float64: above, the squares overflowed (|x - mean| > ~1e19); below, they lost digits
+   in the subnormal range (|x - mean| < ~1e-15) or vanished altogether (all-zero squares
+   with a tiny shift: the block may hold tiny distinct values, not a constant). Blocks
+   of one constant (|c| >= CN_TINY_SHIFT) stay in float32. */
+#define CN_TINY_SUM_SQUARES 1e-28
+#define CN_TINY_SHIFT 1e-12
+
+/* 1 when float32 block sums (s1 of deviations from shift, s2 of their squares)
+   overflowed, are NaN, or are too small to keep every digit. Written so that the common
+   case costs two comparisons and the loop over channels of cols_any_unsafe vectorizes. */
+static CN_INLINE int cn_f32_sums_unsafe(double s1, double s2, double shift)
+{
+    return (s2 >= CN_TINY_SUM_SQUARES && s2 <= FLT_MAX)
+               ? 0
+               : (!(s2 <= FLT_MAX)) | (s2 > 0) | (s1 != 0) | (fabs(shift) < CN_TINY_SHIFT);
+}
+
+/* Sum of the lanes of a bundle by a fixed pairwise tree, in the lane precision (a
+   serial float64 chain over 16 lanes costs ~64 cycles: too much for short rows). */
+static CN_INLINE double cn_tree_f(const float* a)      /* 16 lanes */
+{
+    float b[8], c[4];
+    int j;
+    for (j = 0; j < 8; j++) b[j] = a[j] + a[j + 8];
+    for (j = 0; j < 4; j++) c[j] = b[j] + b[j + 4];
+    return (double)((c[0] + c[2]) + (c[1] + c[3]));
+}
+
+static CN_INLINE double cn_tree_d(const double* a)     /* 8 lanes */
+{
+    double c[4];
+    int j;
+    for (j = 0; j < 4; j++) c[j] = a[j] + a[j + 4];
+    return (c[0] + c[2]) + (c[1] + c[3]);
+}
+#define CN_TREE_(s) cn_tree_##s
+#define CN_TREE(s) CN_TREE_(s)
+
+/* the instantiations of loops.h, the per-dtype tables of loops and the dispatchers */
+#include "dispatch.h"
+
+/* outputs of at least this many bytes are written with non-temporal stores: input and
+   output then exceed a typical L3 (an 8 MB output still fits with its input in 32 MB and
+   gets slower streamed; 12 MB and up got 15-25% faster here). CNORM_STREAM_MIN_BYTES
+   overrides, 0 disables. */
+static ptrdiff_t cn_stream_min_bytes = (ptrdiff_t)10 << 20;
+
+/* Orders the non-temporal stores of this thread before what follows: once per thread
+   at the end of a streamed pass (a fence per row would drain the write-combining buffers
+   over and over). */
+static CN_INLINE void cn_stream_fence(void)
+{
+#if CN_CAN_STREAM
+    _mm_sfence();
+#endif
+}
+
+/* 1 when this module has the build and the CPU runs it */
+static int cn_simd_available(int build)
+{
+    if (build < 0 || build >= CN_N_BUILDS || cn_loops_f_builds[build] == NULL)
+        return 0;
+#if CN_HAVE_AVX2_BUILD
+    if (build == CN_BUILD_avx2) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") != 0;
+    }
+#endif
+    return 1;
+}
+
+/* use the given build when available; returns the build in use */
+static int cn_simd_select(int build)
+{
+    if (cn_simd_available(build))
+        cn_use_build(build);
+    return cn_build_in_use;
+}
+
+/* the best build, or the one CNORM_SIMD names; returns it. Once per module, at import. */
+static int cn_simd_init(void)
+{
+    const char* stream_env = getenv("CNORM_STREAM_MIN_BYTES");
+    const char* env = getenv("CNORM_SIMD");
+    int build;
+    if (stream_env && *stream_env) {
+        long long v = atoll(stream_env);
+        cn_stream_min_bytes = v > 0 ? (ptrdiff_t)v : PTRDIFF_MAX;
+    }
+    for (build = CN_N_BUILDS - 1; build > 0 && !cn_simd_available(build); build--)
+        ;
+    if (env && strcmp(env, "baseline") == 0)
+        env = "base";
+    if (env && *env) {
+        int b;
+        for (b = 0; b < CN_N_BUILDS; b++)
+            if (strcmp(env, cn_build_names[b]) == 0 && cn_simd_available(b))
+                build = b < build ? b : build;     /* never a build the CPU cannot run */
+    }
+    return cn_simd_select(build);
+}
+
+/* 1: the avx2 build when the CPU has it; 0: the base build (scalar where there is none).
+   Returns 1 when avx2 runs afterwards. */
+static int cn_simd_set(int use_avx2)
+{
+#if CN_HAVE_AVX2_BUILD
+    if (use_avx2 && cn_simd_select(CN_BUILD_avx2) == CN_BUILD_avx2)
+        return 1;
+#endif
+    (void)use_avx2;
+    cn_simd_select(CN_N_BUILDS > 1 ? 1 : 0);
+    return 0;
+}
+
+#endif /* CNORM_SIMD_H */

@@ -1,0 +1,81 @@
+"""The SIMD builds of the kernels (scalar: portable C99 with the lanes as scalars; base:
+16-byte vectors; avx2: 32-byte vectors) give the same bits for every norm, forward and
+backward, with and without non-temporal stores: they keep the lanes in the same order."""
+import numpy as np
+import pytest
+
+import cnorm.functional as F
+from cnorm._kernels import batch_norm, row_norm
+
+MODULES = (batch_norm, row_norm)
+NEVER = 1 << 62
+
+
+@pytest.fixture
+def builds():
+    """The builds the CPU runs; restores each module's build and streaming threshold."""
+    saved = [(mod._simd_build(), mod._set_stream_min_bytes(NEVER)) for mod in MODULES]
+    for mod, (_, stream) in zip(MODULES, saved):
+        mod._set_stream_min_bytes(stream)
+    try:
+        yield batch_norm._simd_builds()
+    finally:
+        for mod, (build, stream) in zip(MODULES, saved):
+            mod._set_simd_build(build)
+            mod._set_stream_min_bytes(stream)
+
+
+def _everything(x, dy, r):
+    """Outputs of every norm on x (N, C, *) with gradient dy and residual r."""
+    C = x.shape[1]
+    w = np.linspace(0.5, 1.5, C).astype(x.dtype)
+    b = np.linspace(-1, 1, C).astype(x.dtype)
+    out = []
+    for relu in (False, True):
+        rm, rv = np.zeros(C, x.dtype), np.ones(C, x.dtype)
+        y, mean, invstd = F.native_batch_norm(x, w, b, rm, rv, True, 0.1, 1e-5, relu=relu)
+        out += [y, mean, invstd, rm, rv]
+        out += F.batch_norm_relu_backward(dy, x, w, mean, invstd, True, y) if relu else \
+            F.batch_norm_backward(dy, x, w, mean, invstd, True)
+        out += F.native_batch_norm(x, w, b, rm, rv, False, 0.1, 1e-5, relu=relu)
+        out += F.batch_norm_backward(dy, x, w, mean, invstd, False)
+    ns = x.shape[-1:]
+    y, mean, rstd = F.native_layer_norm(x, ns, None, None, 1e-5)
+    out += [y, mean, rstd, *F.layer_norm_backward(dy, x, ns, mean, rstd, None)]
+    y, rrms = F.native_rms_norm(x, ns, None, 1e-6)
+    out += [y, rrms, *F.rms_norm_backward(dy, x, ns, rrms, None)]
+    out += F.native_add_layer_norm(x, r, ns, None, None, 1e-5)
+    y, mean, rstd = F.native_group_norm(x, 1 if C % 2 else 2, w, b, 1e-5)
+    out += [y, mean, rstd, *F.group_norm_backward(dy, x, 1 if C % 2 else 2, mean, rstd, w)]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(4, 8, 1001), (2, 6, 24, 24), (40, 1030), (3, 5, 7)], ids=str)
+def test_builds_give_identical_bits(builds, shape, dtype):
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 2 + 1e3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    r = rng.standard_normal(shape).astype(dtype)
+    ref = None
+    for build in builds:
+        for stream_min in (0, NEVER):
+            for mod in MODULES:
+                assert mod._set_simd_build(build) == build
+                mod._set_stream_min_bytes(stream_min)
+            out = _everything(x, dy, r)
+            if ref is None:
+                ref = out
+                continue
+            for i, (a, b) in enumerate(zip(ref, out)):
+                assert np.array_equal(a, b, equal_nan=True), \
+                    f"output {i} differs: build {build}, stream_min_bytes {stream_min}"
+
+
+def test_builds_listed_and_selectable(builds):
+    assert builds[0] == "scalar"
+    for mod in MODULES:
+        assert mod._simd_builds() == builds
+        for build in builds:
+            assert mod._set_simd_build(build) == build
+        assert mod._set_simd_build("no such build") == builds[-1]
