@@ -14,7 +14,7 @@ import numpy as np
 __all__ = ["Array", "ShapeLike", "FLOAT32", "FLOAT64", "unsupported_dtype", "check_dtype",
            "check_array", "check_grad", "check_same", "check_param", "batch_dims",
            "check_normalized_shape", "layer_dims", "rms_dims", "check_num_groups", "group_dims",
-           "check_spatial", "torch_shape"]
+           "check_spatial", "torch_shape", "int64_count"]
 
 Array = np.ndarray
 ShapeLike = Union[int, Sequence[int]]
@@ -34,6 +34,26 @@ def check_dtype(dtype) -> np.dtype:
     if dt not in _SUPPORTED:
         raise unsupported_dtype(dt)
     return dt
+
+
+_INT64_MIN, _INT64_MAX = -2 ** 63, 2 ** 63 - 1
+
+
+def int64_count(value) -> Optional[int]:
+    """``value`` (a Python or NumPy scalar) as an int in the int64 range, or None.
+
+    A ``num_batches_tracked`` read from a state dict: an integer, or an integral finite
+    float (torch loads ``tensor(5.)``); not a bool, a string, None, NaN, 1.5 or 2**70.
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            return None
+        value = int(value)
+    if type(value) is not int or not _INT64_MIN <= value <= _INT64_MAX:
+        return None
+    return value
 
 
 # ---------------------------------------------------------------------------------- arrays
