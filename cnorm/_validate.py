@@ -56,13 +56,90 @@ def int64_count(value) -> Optional[int]:
     return value
 
 
+# ------------------------------------------------------------------- scalar arguments
+# torch's argument parser: an int is an int (not a bool, a float or a string), a float
+# is any real number, a bool is a bool. Constructors check once; the functional layer
+# checks on every call, with an identity or exact-type test deciding the common case.
+
+def _is_int(value) -> bool:
+    return (type(value) is int or isinstance(value, (int, np.integer))) \
+        and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return type(value) is float or isinstance(value, (int, float, np.integer, np.floating))
+
+
+def _iterable(value) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
+def check_size(value, name: str) -> int:
+    """A constructor's ``num_features`` / ``num_channels``: a non-negative int."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be a non-negative integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def check_real(value, name: str, *, optional: bool = False):
+    """``eps`` / ``momentum``: a real number (or None when ``optional``), returned as is."""
+    if _is_real(value) or (optional and value is None):
+        return value
+    raise TypeError(f"{name} must be a real number{' or None' if optional else ''}, "
+                    f"got {type(value).__name__} {value!r}")
+
+
+def check_bool(value, name: str):
+    """A functional flag (``training``, ``use_input_stats``): True or False, as torch's
+    argument parser wants (not 1, not a string)."""
+    if value is True or value is False or isinstance(value, np.bool_):
+        return value
+    raise TypeError(f"argument '{name}' must be bool, not {type(value).__name__}")
+
+
+def check_flag(value, name: str) -> bool:
+    """A constructor flag (``affine``, ``bias``, ...): a bool, a NumPy bool or 0/1 (what
+    torch's truth-value use of it means clearly); a string such as "False" is refused."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_) or (_is_int(value) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def check_eval_eps(eps) -> None:
+    """torch's batch-norm check when the running statistics are used (NaN refused too)."""
+    if not eps >= 0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+
+
+def _masked(name: str) -> TypeError:
+    return TypeError(f"{name} is a numpy.ma masked array: cnorm would ignore its mask; pass "
+                     "np.ma.filled(a, value) or a.data explicitly")
+
+
+def refuse_masked(a, name: str):
+    """``a`` unless it is a masked array (whose mask the kernels would silently ignore)."""
+    if type(a) is not np.ndarray and isinstance(a, np.ma.MaskedArray):
+        raise _masked(name)
+    return a
+
+
 # ---------------------------------------------------------------------------------- arrays
 
 def check_array(x, name: str = "input") -> Array:
     """x as a C-contiguous float32/float64 ndarray (a copy only when x is not one)."""
-    if type(x) is not np.ndarray and not isinstance(x, np.ndarray):
-        raise TypeError(f"expected a NumPy array{'' if name == 'input' else ' for ' + name}, "
-                        f"got {type(x).__name__}")
+    if type(x) is not np.ndarray:                  # the common case: one identity test
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"expected a NumPy array{'' if name == 'input' else ' for ' + name}, "
+                            f"got {type(x).__name__}")
+        refuse_masked(x, name)
     dtype = x.dtype
     # identity tests first: they decide the common case without dtype.__eq__
     if dtype is not FLOAT32 and dtype is not FLOAT64 and dtype not in _SUPPORTED:
@@ -125,6 +202,8 @@ def check_param(a, name: str, shape: Tuple[int, ...], dtype: Optional[np.dtype],
     ``writable`` one back with ``np.copyto``. ``wording`` picks the shape-mismatch message
     ("elements", "normalized_shape", "channels" with ``input_shape``, "stats").
     """
+    if type(a) is not np.ndarray:
+        refuse_masked(a, name)
     if dtype is None:
         a = np.ascontiguousarray(a, dtype=np.float64)
         wording = "stats"
@@ -164,14 +243,22 @@ def batch_dims(x: Array) -> Tuple[int, int, int]:
 
 
 def check_normalized_shape(shape: ShapeLike) -> Tuple[int, ...]:
-    """A ``normalized_shape`` argument as a tuple of non-negative ints."""
-    if isinstance(shape, (int, np.integer)):
-        shape = (shape,)
-    try:
-        dims = tuple(int(d) for d in shape)
-    except TypeError:
+    """A ``normalized_shape`` argument as a tuple of non-negative ints (not floats,
+    strings, bytes or bools, which torch refuses too)."""
+    if type(shape) is tuple and all(type(d) is int for d in shape):
+        dims = shape                                    # the common case, decided cheaply
+    elif _is_int(shape):
+        dims = (int(shape),)
+    elif isinstance(shape, (str, bytes, bytearray)) or not _iterable(shape):
         raise TypeError("normalized_shape must be an int or a sequence of ints, "
-                        f"got {type(shape).__name__}") from None
+                        f"got {type(shape).__name__}")
+    else:
+        items = tuple(shape)
+        bad = [type(d).__name__ for d in items if not _is_int(d)]
+        if bad:
+            raise TypeError("normalized_shape must be an int or a sequence of ints, "
+                            f"got a {type(shape).__name__} containing {bad[0]}")
+        dims = tuple(int(d) for d in items)
     if any(d < 0 for d in dims):
         raise ValueError(f"normalized_shape must not contain negative sizes, got {dims}")
     return dims
@@ -205,7 +292,7 @@ def rms_dims(x: Array, shape: Tuple[int, ...]) -> Tuple[int, int]:
 
 def check_num_groups(groups) -> int:
     """A ``num_groups`` argument: a positive int (not a bool)."""
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
+    if not _is_int(groups):
         raise TypeError("group_norm(): argument 'num_groups' (position 2) must be int, "
                         f"not {type(groups).__name__}")
     if groups <= 0:
