@@ -14,7 +14,8 @@ import numpy as np
 __all__ = ["Array", "ShapeLike", "FLOAT32", "FLOAT64", "unsupported_dtype", "check_dtype",
            "check_array", "check_grad", "check_same", "check_param", "batch_dims",
            "check_normalized_shape", "layer_dims", "rms_dims", "check_num_groups", "group_dims",
-           "check_spatial", "torch_shape", "int64_count"]
+           "check_spatial", "torch_shape", "int64_count", "check_size", "check_real",
+           "check_bool", "check_flag", "check_eval_eps", "refuse_masked", "check_assigned"]
 
 Array = np.ndarray
 ShapeLike = Union[int, Sequence[int]]
@@ -29,7 +30,14 @@ def unsupported_dtype(dtype: np.dtype) -> TypeError:
 
 
 def check_dtype(dtype) -> np.dtype:
-    """A module's ``dtype=`` argument as a supported NumPy dtype."""
+    """A module's ``dtype=`` argument as a supported NumPy dtype; a torch dtype
+    (``torch.float64``) is taken by name, without importing torch."""
+    if type(dtype).__module__ == "torch":
+        name = str(dtype).rpartition(".")[2]                # "torch.float64" -> "float64"
+        if name not in ("float32", "float64"):
+            raise TypeError(f"unsupported dtype {dtype}: cnorm works on float32 and float64 "
+                            "arrays (pass torch.float32, torch.float64, np.float32 or np.float64)")
+        dtype = name
     dt = np.dtype(dtype)
     if dt not in _SUPPORTED:
         raise unsupported_dtype(dt)
@@ -150,6 +158,30 @@ def check_array(x, name: str = "input") -> Array:
     if not (flags.c_contiguous and flags.aligned):
         x = np.array(x, order="C", copy=True)   # ascontiguousarray keeps misalignment
     return x
+
+
+def check_assigned(value, name: str, shape: Tuple[int, ...], dtype: np.dtype) -> Optional[Array]:
+    """A parameter or running buffer assigned to a module (``m.weight = a``): None, or an
+    ndarray of the module's dtype and the parameter's shape that the kernels can take as
+    it is (C-contiguous, aligned); checked on assignment, as torch's Parameter assignment
+    is, so that a bad value fails here and not at the next forward."""
+    if value is None:
+        return None
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"cannot assign {type(value).__name__} as {name}: a NumPy array "
+                        "(or None) is expected")
+    refuse_masked(value, name)
+    if value.dtype != dtype:
+        raise TypeError(f"cannot assign an array of dtype {value.dtype} as {name}: the module "
+                        f"has dtype {dtype}")
+    if value.shape != shape:
+        raise ValueError(f"cannot assign an array of shape {value.shape} as {name}: expected "
+                         f"shape {shape}")
+    flags = value.flags
+    if not (flags.c_contiguous and flags.aligned):
+        raise ValueError(f"cannot assign a non-contiguous array as {name}: pass "
+                         "np.ascontiguousarray(value)")
+    return value
 
 
 def check_grad(grad_output, x: Array) -> Array:

@@ -8,9 +8,12 @@ from typing import Any, Dict, List, Mapping, NoReturn, Optional, Tuple
 
 import numpy as np
 
-from .._validate import check_array, check_dtype, check_grad, int64_count
+from .._validate import check_array, check_assigned, check_dtype, check_grad, int64_count
 
 _ComplexWarning = getattr(np, "exceptions", np).ComplexWarning   # np.exceptions: NumPy >= 1.25
+
+# the arrays a module hands to the kernels as they are: checked when assigned
+_CHECKED_ON_ASSIGNMENT = frozenset(("weight", "bias", "running_mean", "running_var"))
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -58,6 +61,9 @@ class Module:
     Subclasses list their state in ``_param_names`` (trainable, with a ``<name>_grad``)
     and ``_buffer_names``; a name whose attribute is None is absent, as in torch.
     ``num_batches_tracked`` is kept as a Python int and exported as a 0-d int64 array.
+    Assigning a parameter or running buffer (``m.weight = a``) checks it at once: None or
+    a C-contiguous array of the module's dtype and of ``_param_shape`` (set by the
+    subclass's constructor before its parameters).
     """
 
     _param_names: Tuple[str, ...] = ()
@@ -71,8 +77,17 @@ class Module:
         for name in self._param_names:
             setattr(self, name + "_grad", None)
 
-    # -- calling ---------------------------------------------------------------------
+    def __setattr__(self, name: str, value) -> None:
+        # reads stay plain attribute reads; only these four names pay for a check
+        if name in _CHECKED_ON_ASSIGNMENT and (name in self._param_names
+                                               or name in self._buffer_names):
+            shape = self.__dict__.get("_param_shape")
+            if shape is not None:
+                value = check_assigned(value, name, shape, self.dtype)
+        object.__setattr__(self, name, value)
+
     def __call__(self, input: np.ndarray) -> np.ndarray:
+        """``self.forward(input)``, as torch modules are called."""
         return self.forward(input)
 
     def forward(self, input: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
@@ -130,22 +145,25 @@ class Module:
         for name in self._param_names:
             setattr(self, name + "_grad", None)
 
-    # -- modes -----------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
+        """Set training mode (``mode=True``) or evaluation mode (``mode=False``) and return
+        the module, as :meth:`torch.nn.Module.train`. In training mode the batch norms use
+        and update the batch statistics; in eval mode they use the running ones."""
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
         self.training = mode
         return self
 
     def eval(self) -> "Module":
+        """Set evaluation mode (``train(False)``) and return the module."""
         return self.train(False)
 
-    # -- parameters and state --------------------------------------------------------
     def parameters(self):
         """The present parameter arrays (for an optimizer loop)."""
         return [p for p in (getattr(self, n) for n in self._param_names) if p is not None]
 
     def named_parameters(self):
+        """``(name, array)`` of the present parameters, in torch's order."""
         return [(n, getattr(self, n)) for n in self._param_names if getattr(self, n) is not None]
 
     def _state_items(self):
@@ -207,14 +225,17 @@ class Module:
         cover, which are then not reported again as unexpected): none here."""
         return [], ()
 
-    # -- pickling: the saved forward state is transient, like torch's autograd graph --
     def __getstate__(self):
+        """The state for pickle and copy, without the saved forward state (transient,
+        like torch's autograd graph)."""
         state = self.__dict__.copy()
         state["_saved"] = None
         return state
 
     def extra_repr(self) -> str:
+        """The arguments shown inside ``repr(module)``."""
         return ""
 
     def __repr__(self) -> str:
+        """``ClassName(extra_repr())``, as torch modules print."""
         return f"{type(self).__name__}({self.extra_repr()})"

@@ -39,6 +39,7 @@ class _BatchNorm(Module):
                                                                     "track_running_stats")
         bias = check_flag(bias, "bias")
         c, dt = self.num_features, self.dtype
+        self._param_shape = (c,)
         self.weight = np.ones(c, dt) if affine else None
         self.bias = np.zeros(c, dt) if affine and bias else None
         if track_running_stats:

@@ -54,6 +54,7 @@ class GroupNorm(Module):
         self.affine = affine = check_flag(affine, "affine")
         bias = check_flag(bias, "bias")
         c, dt = self.num_channels, self.dtype
+        self._param_shape = (c,)
         self.weight = np.ones(c, dt) if affine else None
         self.bias = np.zeros(c, dt) if affine and bias else None
         self.zero_grad()

@@ -47,6 +47,7 @@ class LayerNorm(Module):
                                                                   "elementwise_affine")
         bias = check_flag(bias, "bias")
         shape, dt = self.normalized_shape, self.dtype
+        self._param_shape = shape
         self.weight = np.ones(shape, dt) if elementwise_affine else None
         self.bias = np.zeros(shape, dt) if elementwise_affine and bias else None
         self.zero_grad()

@@ -44,6 +44,7 @@ class RMSNorm(Module):
         self.eps = check_real(eps, "eps", optional=True)
         self.elementwise_affine = elementwise_affine = check_flag(elementwise_affine,
                                                                   "elementwise_affine")
+        self._param_shape = self.normalized_shape
         self.weight = np.ones(self.normalized_shape, self.dtype) if elementwise_affine else None
         self.zero_grad()
 
