@@ -14,7 +14,8 @@ import numpy as np
 __all__ = ["Array", "ShapeLike", "FLOAT32", "FLOAT64", "unsupported_dtype", "check_dtype",
            "check_array", "check_grad", "check_same", "check_param", "batch_dims",
            "check_normalized_shape", "layer_dims", "rms_dims", "check_num_groups", "group_dims",
-           "check_spatial", "torch_shape"]
+           "check_spatial", "torch_shape", "int64_count", "check_size", "check_real",
+           "check_bool", "check_flag", "check_eval_eps", "refuse_masked", "check_assigned"]
 
 Array = np.ndarray
 ShapeLike = Union[int, Sequence[int]]
@@ -29,20 +30,124 @@ def unsupported_dtype(dtype: np.dtype) -> TypeError:
 
 
 def check_dtype(dtype) -> np.dtype:
-    """A module's ``dtype=`` argument as a supported NumPy dtype."""
+    """A module's ``dtype=`` argument as a supported NumPy dtype; a torch dtype
+    (``torch.float64``) is taken by name, without importing torch."""
+    if type(dtype).__module__ == "torch":
+        name = str(dtype).rpartition(".")[2]                # "torch.float64" -> "float64"
+        if name not in ("float32", "float64"):
+            raise TypeError(f"unsupported dtype {dtype}: cnorm works on float32 and float64 "
+                            "arrays (pass torch.float32, torch.float64, np.float32 or np.float64)")
+        dtype = name
     dt = np.dtype(dtype)
     if dt not in _SUPPORTED:
         raise unsupported_dtype(dt)
     return dt
 
 
+_INT64_MIN, _INT64_MAX = -2 ** 63, 2 ** 63 - 1
+
+
+def int64_count(value) -> Optional[int]:
+    """``value`` (a Python or NumPy scalar) as an int in the int64 range, or None.
+
+    A ``num_batches_tracked`` read from a state dict: an integer, or an integral finite
+    float (torch loads ``tensor(5.)``); not a bool, a string, None, NaN, 1.5 or 2**70.
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            return None
+        value = int(value)
+    if type(value) is not int or not _INT64_MIN <= value <= _INT64_MAX:
+        return None
+    return value
+
+
+# ------------------------------------------------------------------- scalar arguments
+# torch's argument parser: an int is an int (not a bool, a float or a string), a float
+# is any real number, a bool is a bool. Constructors check once; the functional layer
+# checks on every call, with an identity or exact-type test deciding the common case.
+
+def _is_int(value) -> bool:
+    return (type(value) is int or isinstance(value, (int, np.integer))) \
+        and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return type(value) is float or isinstance(value, (int, float, np.integer, np.floating))
+
+
+def _iterable(value) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
+def check_size(value, name: str) -> int:
+    """A constructor's ``num_features`` / ``num_channels``: a non-negative int."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be a non-negative integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def check_real(value, name: str, *, optional: bool = False):
+    """``eps`` / ``momentum``: a real number (or None when ``optional``), returned as is."""
+    if _is_real(value) or (optional and value is None):
+        return value
+    raise TypeError(f"{name} must be a real number{' or None' if optional else ''}, "
+                    f"got {type(value).__name__} {value!r}")
+
+
+def check_bool(value, name: str):
+    """A functional flag (``training``, ``use_input_stats``): True or False, as torch's
+    argument parser wants (not 1, not a string)."""
+    if value is True or value is False or isinstance(value, np.bool_):
+        return value
+    raise TypeError(f"argument '{name}' must be bool, not {type(value).__name__}")
+
+
+def check_flag(value, name: str) -> bool:
+    """A constructor flag (``affine``, ``bias``, ...): a bool, a NumPy bool or 0/1 (what
+    torch's truth-value use of it means clearly); a string such as "False" is refused."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_) or (_is_int(value) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def check_eval_eps(eps) -> None:
+    """torch's batch-norm check when the running statistics are used (NaN refused too)."""
+    if not eps >= 0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+
+
+def _masked(name: str) -> TypeError:
+    return TypeError(f"{name} is a numpy.ma masked array: cnorm would ignore its mask; pass "
+                     "np.ma.filled(a, value) or a.data explicitly")
+
+
+def refuse_masked(a, name: str):
+    """``a`` unless it is a masked array (whose mask the kernels would silently ignore)."""
+    if type(a) is not np.ndarray and isinstance(a, np.ma.MaskedArray):
+        raise _masked(name)
+    return a
+
+
 # ---------------------------------------------------------------------------------- arrays
 
 def check_array(x, name: str = "input") -> Array:
     """x as a C-contiguous float32/float64 ndarray (a copy only when x is not one)."""
-    if type(x) is not np.ndarray and not isinstance(x, np.ndarray):
-        raise TypeError(f"expected a NumPy array{'' if name == 'input' else ' for ' + name}, "
-                        f"got {type(x).__name__}")
+    if type(x) is not np.ndarray:                  # the common case: one identity test
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"expected a NumPy array{'' if name == 'input' else ' for ' + name}, "
+                            f"got {type(x).__name__}")
+        refuse_masked(x, name)
     dtype = x.dtype
     # identity tests first: they decide the common case without dtype.__eq__
     if dtype is not FLOAT32 and dtype is not FLOAT64 and dtype not in _SUPPORTED:
@@ -53,6 +158,30 @@ def check_array(x, name: str = "input") -> Array:
     if not (flags.c_contiguous and flags.aligned):
         x = np.array(x, order="C", copy=True)   # ascontiguousarray keeps misalignment
     return x
+
+
+def check_assigned(value, name: str, shape: Tuple[int, ...], dtype: np.dtype) -> Optional[Array]:
+    """A parameter or running buffer assigned to a module (``m.weight = a``): None, or an
+    ndarray of the module's dtype and the parameter's shape that the kernels can take as
+    it is (C-contiguous, aligned); checked on assignment, as torch's Parameter assignment
+    is, so that a bad value fails here and not at the next forward."""
+    if value is None:
+        return None
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"cannot assign {type(value).__name__} as {name}: a NumPy array "
+                        "(or None) is expected")
+    refuse_masked(value, name)
+    if value.dtype != dtype:
+        raise TypeError(f"cannot assign an array of dtype {value.dtype} as {name}: the module "
+                        f"has dtype {dtype}")
+    if value.shape != shape:
+        raise ValueError(f"cannot assign an array of shape {value.shape} as {name}: expected "
+                         f"shape {shape}")
+    flags = value.flags
+    if not (flags.c_contiguous and flags.aligned):
+        raise ValueError(f"cannot assign a non-contiguous array as {name}: pass "
+                         "np.ascontiguousarray(value)")
+    return value
 
 
 def check_grad(grad_output, x: Array) -> Array:
@@ -105,6 +234,8 @@ def check_param(a, name: str, shape: Tuple[int, ...], dtype: Optional[np.dtype],
     ``writable`` one back with ``np.copyto``. ``wording`` picks the shape-mismatch message
     ("elements", "normalized_shape", "channels" with ``input_shape``, "stats").
     """
+    if type(a) is not np.ndarray:
+        refuse_masked(a, name)
     if dtype is None:
         a = np.ascontiguousarray(a, dtype=np.float64)
         wording = "stats"
@@ -144,14 +275,22 @@ def batch_dims(x: Array) -> Tuple[int, int, int]:
 
 
 def check_normalized_shape(shape: ShapeLike) -> Tuple[int, ...]:
-    """A ``normalized_shape`` argument as a tuple of non-negative ints."""
-    if isinstance(shape, (int, np.integer)):
-        shape = (shape,)
-    try:
-        dims = tuple(int(d) for d in shape)
-    except TypeError:
+    """A ``normalized_shape`` argument as a tuple of non-negative ints (not floats,
+    strings, bytes or bools, which torch refuses too)."""
+    if type(shape) is tuple and all(type(d) is int for d in shape):
+        dims = shape                                    # the common case, decided cheaply
+    elif _is_int(shape):
+        dims = (int(shape),)
+    elif isinstance(shape, (str, bytes, bytearray)) or not _iterable(shape):
         raise TypeError("normalized_shape must be an int or a sequence of ints, "
-                        f"got {type(shape).__name__}") from None
+                        f"got {type(shape).__name__}")
+    else:
+        items = tuple(shape)
+        bad = [type(d).__name__ for d in items if not _is_int(d)]
+        if bad:
+            raise TypeError("normalized_shape must be an int or a sequence of ints, "
+                            f"got a {type(shape).__name__} containing {bad[0]}")
+        dims = tuple(int(d) for d in items)
     if any(d < 0 for d in dims):
         raise ValueError(f"normalized_shape must not contain negative sizes, got {dims}")
     return dims
@@ -185,7 +324,7 @@ def rms_dims(x: Array, shape: Tuple[int, ...]) -> Tuple[int, int]:
 
 def check_num_groups(groups) -> int:
     """A ``num_groups`` argument: a positive int (not a bool)."""
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
+    if not _is_int(groups):
         raise TypeError("group_norm(): argument 'num_groups' (position 2) must be int, "
                         f"not {type(groups).__name__}")
     if groups <= 0:

@@ -187,8 +187,10 @@ hostile("BatchNorm1d eps=0 eval without running stats",
 # -- constructor arguments ---------------------------------------------------------------------
 for cls in ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]:
     for nf in [-1, -5, 2.5, "3", None, True]:
+        # torch: a TypeError for a non-int (issue 14), a ValueError for a negative int
         hostile(f"{cls}(num_features={nf!r})", lambda cls=cls, nf=nf: getattr(cnorm, cls)(nf),
-                ValueError, re.escape(f"num_features must be a non-negative integer, got {nf!r}"))
+                ValueError if isinstance(nf, int) and not isinstance(nf, bool) else TypeError,
+                re.escape(f"num_features must be a non-negative integer, got {nf!r}"))
     for dt in [np.int32, np.float16, np.complex64, "U3"]:
         hostile(f"{cls}(3, dtype={np.dtype(dt).name})", lambda cls=cls, dt=dt: getattr(cnorm, cls)(3, dtype=dt),
                 TypeError, r"^unsupported dtype")

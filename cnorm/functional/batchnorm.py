@@ -7,7 +7,8 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .. import _ops
-from .._validate import Array, batch_dims, check_array, check_grad, check_param, check_same
+from .._validate import (Array, batch_dims, check_array, check_bool, check_eval_eps, check_grad,
+                         check_param, check_real, check_same, refuse_masked)
 
 __all__ = ["batch_norm", "native_batch_norm", "batch_norm_backward", "batch_norm_stats",
            "merge_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
@@ -44,6 +45,9 @@ def native_batch_norm(
         and the float64 per-channel mean and ``1/sqrt(var + eps)`` used to normalize.
     """
     x = check_array(input)
+    check_bool(training, "training")
+    check_real(momentum, "momentum")
+    check_real(eps, "eps")
     n, c, s = batch_dims(x)
     dtype = x.dtype
     weight = check_param(weight, "weight", (c,), dtype)
@@ -53,6 +57,7 @@ def native_batch_norm(
     if not training:
         if rm is None or rv is None:
             raise ValueError("running_mean and running_var must be given when training=False")
+        check_eval_eps(eps)
         return _ops.batch_norm_eval(x, n, c, s, weight, bias, rm, rv, eps, relu)
     if rm is None or rv is None:
         rm = rv = None      # torch updates the running statistics only when both are given
@@ -90,6 +95,7 @@ def _backward(grad_output, input, weight, save_mean, save_invstd, training,
               output=None) -> Tuple[Array, Array, Array]:
     """batch_norm_backward and batch_norm_relu_backward (with the forward's output)."""
     x = check_array(input)
+    check_bool(training, "training")
     n, c, s = batch_dims(x)
     dy = check_grad(grad_output, x)
     y = None if output is None else check_same(output, x, "output", "the input")
@@ -222,9 +228,17 @@ def merge_stats(counts, means, m2s) -> Tuple[int, Array, Array]:
         ``(count, mean, m2)``: the total count and float64 ``(C,)`` arrays;
         the biased variance is ``m2 / count``, the unbiased one ``m2 / (count - 1)``.
     """
-    counts = np.asarray(counts, dtype=np.float64).reshape(-1)
-    means = np.asarray(means, dtype=np.float64).reshape(len(counts), -1)
-    m2s = np.asarray(m2s, dtype=np.float64).reshape(len(counts), -1)
+    for name, a in (("counts", counts), ("means", means), ("m2s", m2s)):
+        refuse_masked(a, name)
+    counts = np.asarray(counts, dtype=np.float64)
+    means = np.asarray(means, dtype=np.float64)
+    m2s = np.asarray(m2s, dtype=np.float64)
+    if counts.ndim != 1 or means.ndim != 2 or means.shape[0] != counts.shape[0] \
+            or m2s.shape != means.shape:
+        raise ValueError("merge_stats expects counts (R,) and means, m2s (R, C) for R shards, "
+                         f"got counts {counts.shape}, means {means.shape}, m2s {m2s.shape}")
+    if not (counts >= 0).all():     # NaN fails too
+        raise ValueError(f"merge_stats counts must be non-negative, got {counts.tolist()}")
     total = 0.0
     mean = np.zeros(means.shape[1])
     m2 = np.zeros(means.shape[1])

@@ -12,8 +12,8 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .. import _ops
-from .._validate import (Array, batch_dims, check_array, check_grad, check_param,
-                         check_spatial, group_dims)
+from .._validate import (Array, batch_dims, check_array, check_bool, check_grad, check_param,
+                         check_real, check_spatial, group_dims)
 
 __all__ = ["group_norm", "native_group_norm", "group_norm_backward", "instance_norm",
            "native_instance_norm", "instance_norm_backward"]
@@ -40,6 +40,7 @@ def native_group_norm(
     """
     x = check_array(input)
     n, g, cg, s = group_dims(x, num_groups)
+    check_real(eps, "eps")
     weight = check_param(weight, "weight", (g * cg,), x.dtype, "channels", input_shape=x.shape)
     bias = check_param(bias, "bias", (g * cg,), x.dtype, "channels", input_shape=x.shape)
     y, mean, rstd, _ = _ops.group_norm_forward(x, n, g, cg, s, weight, bias, eps)
@@ -121,6 +122,9 @@ def native_instance_norm(
         ``save_invstd = 1/sqrt(var + eps)``.
     """
     x = check_array(input)
+    check_bool(use_input_stats, "use_input_stats")
+    check_real(momentum, "momentum")
+    check_real(eps, "eps")
     if use_input_stats:
         check_spatial(x.shape)
     if (running_mean is None) != (running_var is None):
@@ -189,6 +193,7 @@ def instance_norm_backward(
         input dtype.
     """
     x = check_array(input)
+    check_bool(use_input_stats, "use_input_stats")
     n, c, s = batch_dims(x)
     dy = check_grad(grad_output, x)
     weight = check_param(weight, "weight", (c,), x.dtype)

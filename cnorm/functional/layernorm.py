@@ -7,8 +7,8 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .. import _ops
-from .._validate import (Array, ShapeLike, check_array, check_grad, check_param, check_same,
-                         check_normalized_shape, layer_dims, rms_dims)
+from .._validate import (Array, ShapeLike, check_array, check_grad, check_param, check_real,
+                         check_same, check_normalized_shape, layer_dims, rms_dims)
 
 __all__ = ["layer_norm", "native_layer_norm", "layer_norm_backward", "rms_norm",
            "native_rms_norm", "rms_norm_backward", "add_layer_norm", "native_add_layer_norm",
@@ -33,6 +33,7 @@ def native_layer_norm(
     x = check_array(input)
     shape = check_normalized_shape(normalized_shape)
     m, d = layer_dims(x, shape)
+    check_real(eps, "eps")
     weight = check_param(weight, "weight", shape, x.dtype, "normalized_shape")
     bias = check_param(bias, "bias", shape, x.dtype, "normalized_shape")
     y, mean, rstd = _ops.layer_norm_forward(x, m, d, weight, bias, eps)
@@ -105,6 +106,7 @@ def native_rms_norm(
     x = check_array(input)
     shape = check_normalized_shape(normalized_shape)
     m, d = rms_dims(x, shape)
+    check_real(eps, "eps", optional=True)
     weight = check_param(weight, "weight", shape, x.dtype, "normalized_shape")
     y, rrms = _ops.rms_norm_forward(x, m, d, weight, eps)
     return y, rrms.reshape(x.shape[: x.ndim - len(shape)])
@@ -173,6 +175,7 @@ def native_add_layer_norm(
     r = check_same(residual, x, "residual", "the input")
     shape = check_normalized_shape(normalized_shape)
     m, d = layer_dims(x, shape)
+    check_real(eps, "eps")
     weight = check_param(weight, "weight", shape, x.dtype, "normalized_shape")
     bias = check_param(bias, "bias", shape, x.dtype, "normalized_shape")
     y, s, mean, rstd = _ops.add_layer_norm_forward(x, r, m, d, weight, bias, eps)

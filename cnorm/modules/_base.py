@@ -2,12 +2,18 @@
 state_dict in torch's key order, and the forward -> backward hand-off."""
 from __future__ import annotations
 
+import warnings
 from collections import namedtuple
-from typing import Any, Dict, Mapping, NoReturn, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Tuple
 
 import numpy as np
 
-from .._validate import check_array, check_dtype, check_grad
+from .._validate import check_array, check_assigned, check_dtype, check_grad, int64_count
+
+_ComplexWarning = getattr(np, "exceptions", np).ComplexWarning   # np.exceptions: NumPy >= 1.25
+
+# the arrays a module hands to the kernels as they are: checked when assigned
+_CHECKED_ON_ASSIGNMENT = frozenset(("weight", "bias", "running_mean", "running_var"))
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -21,12 +27,43 @@ def _to_numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
+def _stage(key: str, current, value) -> Tuple[Any, str]:
+    """(``value`` converted for ``key``, "") or (None, the problem in torch's wording)."""
+    try:
+        value = _to_numpy(value)
+    except Exception as exc:    # a ragged list, an object NumPy cannot take, ...
+        return None, f"could not convert {key} to an array: {exc}"
+    if key == "num_batches_tracked":
+        if value.shape != ():
+            return None, (f"size mismatch for {key}: copying a param with shape {value.shape} "
+                          "from checkpoint, the shape in current model is ().")
+        count = int64_count(value.item())
+        if count is None:
+            return None, (f'While copying the parameter named "{key}", expected a finite '
+                          f"integer representable in int64, got {value.item()!r}.")
+        return count, ""
+    if value.shape != current.shape:
+        return None, (f"size mismatch for {key}: copying a param with shape {value.shape} from "
+                      f"checkpoint, the shape in current model is {current.shape}.")
+    if not current.flags.writeable:
+        return None, f"{key} is read-only in the current model."
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", _ComplexWarning)
+            return np.asarray(value, dtype=current.dtype), ""
+    except (TypeError, ValueError, _ComplexWarning) as exc:
+        return None, f"could not convert {key} to {current.dtype}: {exc}"
+
+
 class Module:
     """Base of the cnorm modules (the role of ``torch.nn.Module`` for NumPy arrays).
 
     Subclasses list their state in ``_param_names`` (trainable, with a ``<name>_grad``)
     and ``_buffer_names``; a name whose attribute is None is absent, as in torch.
     ``num_batches_tracked`` is kept as a Python int and exported as a 0-d int64 array.
+    Assigning a parameter or running buffer (``m.weight = a``) checks it at once: None or
+    a C-contiguous array of the module's dtype and of ``_param_shape`` (set by the
+    subclass's constructor before its parameters).
     """
 
     _param_names: Tuple[str, ...] = ()
@@ -40,8 +77,17 @@ class Module:
         for name in self._param_names:
             setattr(self, name + "_grad", None)
 
-    # -- calling ---------------------------------------------------------------------
+    def __setattr__(self, name: str, value) -> None:
+        # reads stay plain attribute reads; only these four names pay for a check
+        if name in _CHECKED_ON_ASSIGNMENT and (name in self._param_names
+                                               or name in self._buffer_names):
+            shape = self.__dict__.get("_param_shape")
+            if shape is not None:
+                value = check_assigned(value, name, shape, self.dtype)
+        object.__setattr__(self, name, value)
+
     def __call__(self, input: np.ndarray) -> np.ndarray:
+        """``self.forward(input)``, as torch modules are called."""
         return self.forward(input)
 
     def forward(self, input: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
@@ -99,22 +145,25 @@ class Module:
         for name in self._param_names:
             setattr(self, name + "_grad", None)
 
-    # -- modes -----------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
+        """Set training mode (``mode=True``) or evaluation mode (``mode=False``) and return
+        the module, as :meth:`torch.nn.Module.train`. In training mode the batch norms use
+        and update the batch statistics; in eval mode they use the running ones."""
         if not isinstance(mode, bool):
             raise ValueError("training mode is expected to be boolean")
         self.training = mode
         return self
 
     def eval(self) -> "Module":
+        """Set evaluation mode (``train(False)``) and return the module."""
         return self.train(False)
 
-    # -- parameters and state --------------------------------------------------------
     def parameters(self):
         """The present parameter arrays (for an optimizer loop)."""
         return [p for p in (getattr(self, n) for n in self._param_names) if p is not None]
 
     def named_parameters(self):
+        """``(name, array)`` of the present parameters, in torch's order."""
         return [(n, getattr(self, n)) for n in self._param_names if getattr(self, n) is not None]
 
     def _state_items(self):
@@ -134,14 +183,17 @@ class Module:
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Copy parameters and buffers from ``state_dict`` (NumPy arrays or torch tensors).
 
-        Like torch, raises RuntimeError listing missing and unexpected keys (when
-        ``strict``) and shape mismatches (always); nothing is modified when it raises.
+        All or nothing: every value is checked and converted first; any problem (missing
+        or unexpected keys when ``strict``, a shape mismatch, a value that does not convert
+        to the parameter's dtype, a ``num_batches_tracked`` that is not a finite integer in
+        the int64 range) raises torch's ``RuntimeError("Error(s) in loading state_dict for
+        <Class>: ...")`` listing every problem, and the module is left unchanged.
         A missing ``num_batches_tracked`` keeps the current count, as in torch.
         """
         expected = dict(self._state_items())
+        errors, ignored = self._checkpoint_errors(state_dict)
         missing = [k for k in expected if k not in state_dict and k != "num_batches_tracked"]
-        unexpected = [k for k in state_dict if k not in expected]
-        errors = []
+        unexpected = [k for k in state_dict if k not in expected and k not in ignored]
         if strict and missing:
             errors.append("Missing key(s) in state_dict: {}. ".format(
                 ", ".join(f'"{k}"' for k in missing)))
@@ -152,38 +204,38 @@ class Module:
         for key, current in expected.items():
             if key not in state_dict:
                 continue
-            value = _to_numpy(state_dict[key])
-            shape = () if key == "num_batches_tracked" else current.shape
-            if value.shape != shape:
-                errors.append(f"size mismatch for {key}: copying a param with shape "
-                              f"{value.shape} from checkpoint, the shape in current model "
-                              f"is {shape}.")
-                continue
-            if key != "num_batches_tracked":
-                try:    # convert now, so a bad value raises before anything is modified
-                    value = np.asarray(value, dtype=current.dtype)
-                except (TypeError, ValueError) as exc:
-                    errors.append(f"could not convert {key} to {current.dtype}: {exc}")
-                    continue
-            staged[key] = value
+            value, problem = _stage(key, current, state_dict[key])
+            if problem:
+                errors.append(problem)
+            else:
+                staged[key] = value
         if errors:
             raise RuntimeError("Error(s) in loading state_dict for {}:\n\t{}".format(
                 type(self).__name__, "\n\t".join(errors)))
+        # nothing below can fail: same shapes, same dtypes, writable targets, an int count
         for key, value in staged.items():
             if key == "num_batches_tracked":
-                self.num_batches_tracked = int(value)
+                self.num_batches_tracked = value
             else:
                 np.copyto(getattr(self, key), value)
         return IncompatibleKeys(missing, unexpected)
 
-    # -- pickling: the saved forward state is transient, like torch's autograd graph --
+    def _checkpoint_errors(self, state_dict: Mapping[str, Any]) -> Tuple[List[str], Tuple[str, ...]]:
+        """(problems of the checkpoint as a whole that a subclass knows about, keys they
+        cover, which are then not reported again as unexpected): none here."""
+        return [], ()
+
     def __getstate__(self):
+        """The state for pickle and copy, without the saved forward state (transient,
+        like torch's autograd graph)."""
         state = self.__dict__.copy()
         state["_saved"] = None
         return state
 
     def extra_repr(self) -> str:
+        """The arguments shown inside ``repr(module)``."""
         return ""
 
     def __repr__(self) -> str:
+        """``ClassName(extra_repr())``, as torch modules print."""
         return f"{type(self).__name__}({self.extra_repr()})"

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from .. import _ops as ops
-from .._validate import batch_dims, check_array
+from .._validate import batch_dims, check_array, check_eval_eps, check_flag, check_real, check_size
 from ._base import Module
 
 
@@ -31,15 +31,15 @@ class _BatchNorm(Module):
         bias: bool = True,
     ) -> None:
         super().__init__(dtype)
-        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) \
-                or num_features < 0:
-            raise ValueError(f"num_features must be a non-negative integer, got {num_features!r}")
-        self.num_features = int(num_features)
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
+        self.num_features = check_size(num_features, "num_features")
+        self.eps = check_real(eps, "eps")
+        self.momentum = check_real(momentum, "momentum", optional=True)
+        self.affine = affine = check_flag(affine, "affine")
+        self.track_running_stats = track_running_stats = check_flag(track_running_stats,
+                                                                    "track_running_stats")
+        bias = check_flag(bias, "bias")
         c, dt = self.num_features, self.dtype
+        self._param_shape = (c,)
         self.weight = np.ones(c, dt) if affine else None
         self.bias = np.zeros(c, dt) if affine and bias else None
         if track_running_stats:
@@ -86,6 +86,7 @@ class _BatchNorm(Module):
             y, mean, invstd = ops.batch_norm_train(x, n, c, s, self.weight, self.bias, None, None,
                                                    0.0, self.eps, self._relu)
         else:
+            check_eval_eps(self.eps)
             y, mean, invstd = ops.batch_norm_eval(x, n, c, s, self.weight, self.bias,
                                                   self.running_mean, self.running_var, self.eps,
                                                   self._relu)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _ops as ops
-from .._validate import check_num_groups, check_param, group_dims
+from .._validate import check_flag, check_num_groups, check_param, check_real, check_size, group_dims
 from ._base import Module
 
 
@@ -43,18 +43,18 @@ class GroupNorm(Module):
         bias: bool = True,
     ) -> None:
         super().__init__(dtype)
-        if isinstance(num_channels, bool) or not isinstance(num_channels, (int, np.integer)) \
-                or num_channels < 0:
-            raise ValueError(f"num_channels must be a non-negative integer, got {num_channels!r}")
+        num_channels = check_size(num_channels, "num_channels")
         groups = check_num_groups(num_groups)
         if num_channels % groups != 0:
             raise ValueError(f"num_channels ({num_channels}) must be divisible by "
                              f"num_groups ({num_groups})")
         self.num_groups = groups
-        self.num_channels = int(num_channels)
-        self.eps = eps
-        self.affine = affine
+        self.num_channels = num_channels
+        self.eps = check_real(eps, "eps")
+        self.affine = affine = check_flag(affine, "affine")
+        bias = check_flag(bias, "bias")
         c, dt = self.num_channels, self.dtype
+        self._param_shape = (c,)
         self.weight = np.ones(c, dt) if affine else None
         self.bias = np.zeros(c, dt) if affine and bias else None
         self.zero_grad()

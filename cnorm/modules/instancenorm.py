@@ -8,13 +8,12 @@ statistics are used.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from .. import _ops as ops
 from .._validate import batch_dims, check_array, check_param, check_spatial
-from ._base import IncompatibleKeys
 from .batchnorm import _BatchNorm
 
 
@@ -95,30 +94,31 @@ class _InstanceNorm(_BatchNorm):
         self._accumulate("bias", db)
         return dx.reshape(x_in.shape)
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
-        """As the batch norms'; like torch, a checkpoint without version metadata (a plain
-        dict) holding running statistics for a module that does not track them is an
-        error with torch's explanation (checkpoints from before torch 0.4)."""
+    def _checkpoint_errors(self, state_dict: Mapping[str, Any]) -> Tuple[List[str], Tuple[str, ...]]:
+        """Like torch, a checkpoint without version metadata (a plain dict) holding running
+        statistics for a module that does not track them is an error with torch's
+        explanation (checkpoints from before torch 0.4); those keys are then not also
+        reported as unexpected."""
         version = None
         metadata = getattr(state_dict, "_metadata", None)
         if metadata is not None:
             version = metadata.get("", {}).get("version", None)
-        if version is None and not self.track_running_stats:
-            keys = [k for k in ("running_mean", "running_var") if k in state_dict]
-            if keys:
-                klass = type(self).__name__
-                raise RuntimeError(
-                    "Error(s) in loading state_dict for {klass}:\n\t"
-                    "Unexpected running stats buffer(s) {names} for {klass} "
-                    "with track_running_stats=False. If state_dict is a "
-                    "checkpoint saved before 0.4.0, this may be expected "
-                    "because {klass} does not track running stats by default "
-                    "since 0.4.0. Please remove these keys from state_dict. If "
-                    "the running stats are actually needed, instead set "
-                    "track_running_stats=True in {klass} to enable them. See "
-                    "the documentation of {klass} for details.".format(
-                        names=" and ".join(f'"{k}"' for k in keys), klass=klass))
-        return super().load_state_dict(state_dict, strict)
+        if version is not None or self.track_running_stats:
+            return [], ()
+        keys = tuple(k for k in ("running_mean", "running_var") if k in state_dict)
+        if not keys:
+            return [], ()
+        klass = type(self).__name__
+        return [
+            "Unexpected running stats buffer(s) {names} for {klass} "
+            "with track_running_stats=False. If state_dict is a "
+            "checkpoint saved before 0.4.0, this may be expected "
+            "because {klass} does not track running stats by default "
+            "since 0.4.0. Please remove these keys from state_dict. If "
+            "the running stats are actually needed, instead set "
+            "track_running_stats=True in {klass} to enable them. See "
+            "the documentation of {klass} for details.".format(
+                names=" and ".join(f'"{k}"' for k in keys), klass=klass)], keys
 
 
 class InstanceNorm1d(_InstanceNorm):

@@ -6,7 +6,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from .. import _ops as ops
-from .._validate import check_normalized_shape, layer_dims
+from .._validate import check_flag, check_normalized_shape, check_real, layer_dims
 from ._base import Module
 
 
@@ -42,9 +42,12 @@ class LayerNorm(Module):
     ) -> None:
         super().__init__(dtype)
         self.normalized_shape = check_normalized_shape(normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
+        self.eps = check_real(eps, "eps")
+        self.elementwise_affine = elementwise_affine = check_flag(elementwise_affine,
+                                                                  "elementwise_affine")
+        bias = check_flag(bias, "bias")
         shape, dt = self.normalized_shape, self.dtype
+        self._param_shape = shape
         self.weight = np.ones(shape, dt) if elementwise_affine else None
         self.bias = np.zeros(shape, dt) if elementwise_affine and bias else None
         self.zero_grad()

@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .. import _ops as ops
-from .._validate import check_normalized_shape, rms_dims
+from .._validate import check_flag, check_normalized_shape, check_real, rms_dims
 from ._base import Module
 
 
@@ -41,8 +41,10 @@ class RMSNorm(Module):
     ) -> None:
         super().__init__(dtype)
         self.normalized_shape = check_normalized_shape(normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
+        self.eps = check_real(eps, "eps", optional=True)
+        self.elementwise_affine = elementwise_affine = check_flag(elementwise_affine,
+                                                                  "elementwise_affine")
+        self._param_shape = self.normalized_shape
         self.weight = np.ones(self.normalized_shape, self.dtype) if elementwise_affine else None
         self.zero_grad()
 

@@ -6,7 +6,9 @@ classes of the same name; on contiguous CPU float32/float64 tensors their forwar
 backward run the cnorm kernels, everything else runs torch's own implementation.
 :func:`convert` swaps those layers of a model in place; :class:`SyncBatchNorm` and
 :func:`convert_sync_batchnorm` synchronize batch statistics across processes on the CPU
-(gloo); :func:`torch_fallback` runs torch's kernels in a block (e.g. double backward)::
+(gloo); :func:`torch_fallback` runs torch's kernels in a block (e.g. double backward);
+:func:`to_torch_state_dict` turns a NumPy module's state into one a ``torch.nn`` layer
+loads::
 
     model = cnorm.torch.convert(model)
     loss = model(x).sum(); loss.backward()  # forward and backward on cnorm
@@ -16,8 +18,9 @@ torch) is ``docs/torch.md``.
 """
 from ._autograd import BatchNormFunction, LayerNormFunction
 from ._dropin import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm, convert, torch_fallback
+from ._state import to_torch_state_dict
 from ._sync import SyncBatchNorm, SyncBatchNormFunction, convert_sync_batchnorm
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "SyncBatchNorm",
            "convert", "convert_sync_batchnorm", "torch_fallback", "BatchNormFunction",
-           "LayerNormFunction", "SyncBatchNormFunction"]
+           "LayerNormFunction", "SyncBatchNormFunction", "to_torch_state_dict"]
