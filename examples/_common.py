@@ -16,9 +16,16 @@ _PACKAGES = {
 }
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):      # a broken or blocked package counts as missing
+        return False
+
+
 def require(*modules: str) -> None:
     """Exit with an install hint (not a bare ModuleNotFoundError) if a module is missing."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    missing = [m for m in modules if not _importable(m)]
     if not missing:
         return
     pip_names = " ".join(_PACKAGES.get(m, (m, None))[0] for m in missing)

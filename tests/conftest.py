@@ -313,3 +313,17 @@ def kernel_switches():
         for mod, old in zip(KERNEL_MODULES, old_stream):
             set_simd(mod, default_avx2)
             set_stream_min_bytes(mod, old)
+
+
+# ----------------------------------------------------------- known-open issue-14 items
+_PENDING = os.path.join(os.path.dirname(__file__), "pending_issue14.txt")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests of pending_issue14.txt xfail(strict=True): known failures of open
+    work that must start failing CI (XPASS) the moment the work lands."""
+    with open(_PENDING) as fh:
+        pending = {line.strip() for line in fh if line.strip() and not line.startswith("#")}
+    for item in items:
+        if item.nodeid in pending:
+            item.add_marker(pytest.mark.xfail(strict=True, reason="issue 14: open kernel work"))

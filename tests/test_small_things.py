@@ -332,6 +332,7 @@ def _work(self, *args, **kwargs):                 # marks the start of the real 
 cnorm.Module.__call__ = _work
 script = sys.argv[2]
 sys.argv = [script] + sys.argv[3:]
+sys.path.insert(0, script.rsplit("/", 1)[0])      # as `python examples/x.py` does
 runpy.run_path(script, run_name="__main__")
 '''
 
