@@ -21,6 +21,7 @@ the error of the constant channel / row alone, whose exact output is 0):
 
 Importing this module runs nothing; :func:`measure` returns the rows, :func:`main` prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,14 +47,19 @@ CONST = 1e4
 HUGE = 1e25
 FLT_MAX = float(np.finfo(np.float32).max)
 
-COLUMNS = [("bn_train", "BN2d train"), ("bn_eval", "BN2d eval"), ("ln", "LN"),
-           ("running_var", "running_var rel.")]
+COLUMNS = [
+    ("bn_train", "BN2d train"),
+    ("bn_eval", "BN2d eval"),
+    ("ln", "LN"),
+    ("running_var", "running_var rel."),
+]
 IMPLS = ("torch", "cnorm")
 
 
 # ---------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------
+
 
 def _inputs(kind: str, value: float, seed: int):
     """(label, x_bn, x_ln) for one row of the table."""
@@ -79,6 +85,7 @@ def _inputs(kind: str, value: float, seed: int):
 # measurements
 # ---------------------------------------------------------------------------------------
 
+
 def _max_err(actual, expected, part=None) -> float:
     """max |actual - expected|; over channel (BN) / row (LN) ``part`` only when given."""
     a = np.asarray(actual, dtype=np.float64)
@@ -92,16 +99,15 @@ def _max_err(actual, expected, part=None) -> float:
 def _bn_train(impl: str, x: np.ndarray) -> np.ndarray:
     if impl == "cnorm":
         return F.batch_norm(x, None, None, training=True, eps=EPS)
-    return torch.nn.functional.batch_norm(torch.from_numpy(x), None, None, training=True,
-                                          eps=EPS).numpy()
+    return torch.nn.functional.batch_norm(torch.from_numpy(x), None, None, training=True, eps=EPS).numpy()
 
 
 def _bn_eval(impl: str, x: np.ndarray, rm: np.ndarray, rv: np.ndarray) -> np.ndarray:
     if impl == "cnorm":
         return F.batch_norm(x, rm, rv, training=False, eps=EPS)
-    return torch.nn.functional.batch_norm(torch.from_numpy(x), torch.from_numpy(rm),
-                                          torch.from_numpy(rv), training=False,
-                                          eps=EPS).numpy()
+    return torch.nn.functional.batch_norm(
+        torch.from_numpy(x), torch.from_numpy(rm), torch.from_numpy(rv), training=False, eps=EPS
+    ).numpy()
 
 
 def _ln(impl: str, x: np.ndarray) -> np.ndarray:
@@ -130,11 +136,9 @@ def measure_row(kind: str, value: float, seed: int = 0) -> dict[str, object]:
     ref_train = slow.batch_norm_forward(x64, None, None, None, None, True, 1.0, EPS)[0]
     with np.errstate(over="ignore"):
         rm, rv = mean.astype(np.float32), var.astype(np.float32)
-    eval_ok = bool(np.isfinite(rv).all())         # var > FLT_MAX: no float32 running stats
-    ref_eval = (slow.batch_norm_forward(x64, None, None, rm, rv, False, 1.0, EPS)[0]
-                if eval_ok else None)
-    ref_ln = slow.layer_norm_forward(x_ln.astype(np.float64), x_ln.shape[-1:], None, None,
-                                     EPS)[0]
+    eval_ok = bool(np.isfinite(rv).all())  # var > FLT_MAX: no float32 running stats
+    ref_eval = slow.batch_norm_forward(x64, None, None, rm, rv, False, 1.0, EPS)[0] if eval_ok else None
+    ref_ln = slow.layer_norm_forward(x_ln.astype(np.float64), x_ln.shape[-1:], None, None, EPS)[0]
     M = x_bn.size // x_bn.shape[1]
     ref_rv = var * M / (M - 1)
     rv_ok = bool(np.all(ref_rv <= FLT_MAX))
@@ -149,8 +153,9 @@ def measure_row(kind: str, value: float, seed: int = 0) -> dict[str, object]:
                 row[(key, impl)] = None
             continue
         row[("bn_train", impl)] = _max_err(_bn_train(impl, x_bn), ref_train, bn_part)
-        row[("bn_eval", impl)] = (_max_err(_bn_eval(impl, x_bn, rm, rv), ref_eval, bn_part)
-                                  if eval_ok else None)
+        row[("bn_eval", impl)] = (
+            _max_err(_bn_eval(impl, x_bn, rm, rv), ref_eval, bn_part) if eval_ok else None
+        )
         row[("ln", impl)] = _max_err(_ln(impl, x_ln), ref_ln, ln_part)
         if rv_ok:
             got = _running_var(impl, x_bn).astype(np.float64)
@@ -176,6 +181,7 @@ def measure(seed: int = 0) -> list[dict[str, object]]:
 # formatting
 # ---------------------------------------------------------------------------------------
 
+
 def fmt(v: float | None) -> str:
     if v is None:
         return "n/a"
@@ -194,8 +200,7 @@ def _cells(row) -> list[str]:
 
 def format_markdown(rows) -> str:
     head = ["input"] + [f"{title} {impl}" for _, title in COLUMNS for impl in IMPLS]
-    lines = ["| " + " | ".join(head) + " |",
-             "|" + "---|" + "---:|" * (len(head) - 1)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
     for row in rows:
         lines.append("| " + " | ".join([str(row["label"])] + _cells(row)) + " |")
     return "\n".join(lines)
@@ -207,20 +212,23 @@ def format_text(rows) -> str:
     widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
     out = []
     for line in [head] + body:
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(line, widths))))
+        out.append(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+        )
     out.insert(1, "-" * len(out[0]))
     return "\n".join(out)
 
 
 def notes() -> str:
-    return (f"float32; max |error| against float64 (cnorm.slow) on the same float32 inputs; "
-            f"BN2d input {BN_SHAPE}, LN input {LN_SHAPE}, eps={EPS:g}; BN2d eval uses the batch's "
-            f"own statistics as running stats; constant row: error of the constant channel/row "
-            f"alone (exact output 0); running_var: relative error after one step with "
-            f"momentum=1 (absolute error for a zero variance); n/a: not representable in float32 (variance > FLT_MAX)"
-            + ("" if torch is not None else "; torch not installed")
-            + (f"; torch {torch.__version__}" if torch is not None else ""))
+    return (
+        f"float32; max |error| against float64 (cnorm.slow) on the same float32 inputs; "
+        f"BN2d input {BN_SHAPE}, LN input {LN_SHAPE}, eps={EPS:g}; BN2d eval uses the batch's "
+        f"own statistics as running stats; constant row: error of the constant channel/row "
+        f"alone (exact output 0); running_var: relative error after one step with "
+        f"momentum=1 (absolute error for a zero variance); n/a: not representable in float32 (variance > FLT_MAX)"
+        + ("" if torch is not None else "; torch not installed")
+        + (f"; torch {torch.__version__}" if torch is not None else "")
+    )
 
 
 def main(argv=None) -> int:

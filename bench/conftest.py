@@ -24,12 +24,20 @@ from cnorm.benchmarks.timing import SameThreads
 
 def pytest_addoption(parser):
     group = parser.getgroup("cnorm-bench", "cnorm benchmark suite (bench/)")
-    group.addoption("--bench-dtype", action="store", default="float32",
-                    choices=("float32", "float64", "both"),
-                    help="dtype(s) of the benchmark inputs (default: float32)")
-    group.addoption("--bench-threads", action="store", type=int, default=None,
-                    help="thread count used by BOTH cnorm and torch during the suite "
-                         "(default: cnorm.get_num_threads())")
+    group.addoption(
+        "--bench-dtype",
+        action="store",
+        default="float32",
+        choices=("float32", "float64", "both"),
+        help="dtype(s) of the benchmark inputs (default: float32)",
+    )
+    group.addoption(
+        "--bench-threads",
+        action="store",
+        type=int,
+        default=None,
+        help="thread count used by BOTH cnorm and torch during the suite (default: cnorm.get_num_threads())",
+    )
 
 
 def pytest_configure(config):
@@ -50,9 +58,11 @@ def _give_back_conftest_name(config):
     this = sys.modules.get(__name__)
     if __name__ != "conftest" or this is None or sys.modules.get("conftest") is not this:
         return
-    others = [p for p in config.pluginmanager.get_plugins()
-              if isinstance(p, types.ModuleType) and p.__name__ == "conftest"
-              and p is not this]
+    others = [
+        p
+        for p in config.pluginmanager.get_plugins()
+        if isinstance(p, types.ModuleType) and p.__name__ == "conftest" and p is not this
+    ]
     if len(others) == 1:
         sys.modules["conftest"] = others[0]
 
@@ -80,16 +90,24 @@ def pytest_generate_tests(metafunc):
         name, rows = "dropin_params", T.iter_dropin_params(C.CASES, T.DROPIN_OPS, dtypes)
     else:
         return
-    metafunc.parametrize(name, [
-        pytest.param(row, marks=[pytest.mark.float64] if row[1] == "float64" else [],
-                     id=f"{row[0].name}-{row[2]}-{row[3]}-{row[1]}")
-        for row in rows])
+    metafunc.parametrize(
+        name,
+        [
+            pytest.param(
+                row,
+                marks=[pytest.mark.float64] if row[1] == "float64" else [],
+                id=f"{row[0].name}-{row[2]}-{row[3]}-{row[1]}",
+            )
+            for row in rows
+        ],
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _same_thread_count(request):
     """cnorm and torch use the same number of threads; both restored afterwards."""
     import cnorm
+
     try:
         import torch
     except ImportError:

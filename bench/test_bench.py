@@ -27,6 +27,11 @@ def test_bench(request, bench_params, _same_thread_count):
     bench = request.getfixturevalue("bench")
     bench.group = f"{case.name}-{op}-{dtype}"
     bench.extra_info.update(
-        impl=impl, shape=list(case.shape), dtype=dtype, op=op,
-        bytes=C.op_bytes(case, op, dtype), threads=_same_thread_count)
+        impl=impl,
+        shape=list(case.shape),
+        dtype=dtype,
+        op=op,
+        bytes=C.op_bytes(case, op, dtype),
+        threads=_same_thread_count,
+    )
     bench(fn)

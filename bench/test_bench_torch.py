@@ -30,12 +30,19 @@ def _run(request, fn, group, **info):
 def test_bench_dropin(request, dropin_params, _same_thread_count):
     case, dtype, op, impl = dropin_params
     fn = T.build_dropin(case, op, impl, dtype)
-    _run(request, fn, f"dropin-{case.name}-{op}-{dtype}", impl=impl, shape=list(case.shape),
-         dtype=dtype, op=op, threads=_same_thread_count)
+    _run(
+        request,
+        fn,
+        f"dropin-{case.name}-{op}-{dtype}",
+        impl=impl,
+        shape=list(case.shape),
+        dtype=dtype,
+        op=op,
+        threads=_same_thread_count,
+    )
 
 
 @pytest.mark.parametrize("impl", T.DROPIN_IMPLS)
 def test_bench_cnn_step(request, impl, _same_thread_count):
     fn = T.build_cnn_step(impl)
-    _run(request, fn, "dropin-cnn_step", impl=impl, batch=T.CNN_BATCH,
-         threads=_same_thread_count)
+    _run(request, fn, "dropin-cnn_step", impl=impl, batch=T.CNN_BATCH, threads=_same_thread_count)

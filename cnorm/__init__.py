@@ -15,12 +15,26 @@ API) -> ``cnorm._ops`` (kernel calls, running statistics) -> ``cnorm._validate``
 (Cython/OpenMP). ``cnorm.reference``: the float64 NumPy twin of ``cnorm.functional``;
 ``cnorm.benchmarks``: ``python -m cnorm bench``.
 """
+
 from . import functional
 from ._config import show_config
 from ._threads import MAX_THREADS, get_num_threads, openmp_enabled, set_num_threads
-from .modules import (AddLayerNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormReLU1d,
-                      BatchNormReLU2d, BatchNormReLU3d, GroupNorm, InstanceNorm1d,
-                      InstanceNorm2d, InstanceNorm3d, LayerNorm, Module, RMSNorm)
+from .modules import (
+    AddLayerNorm,
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    BatchNormReLU1d,
+    BatchNormReLU2d,
+    BatchNormReLU3d,
+    GroupNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    LayerNorm,
+    Module,
+    RMSNorm,
+)
 
 __version__ = "0.1.0"
 

@@ -1,13 +1,18 @@
 """``python -m cnorm <command> [options]``; ``python -m cnorm`` lists the commands."""
+
 import importlib
 import sys
 import textwrap
 
 # command -> (module with main(argv) -> exit status, one sentence for the listing)
 COMMANDS = {
-    "bench": ("cnorm.benchmarks.cli",
-              ("Time cnorm against torch.nn and a plain memory copy of the input, per case, "
-               "op and thread count (--dropin: the cnorm.torch layers under autograd).")),
+    "bench": (
+        "cnorm.benchmarks.cli",
+        (
+            "Time cnorm against torch.nn and a plain memory copy of the input, per case, "
+            "op and thread count (--dropin: the cnorm.torch layers under autograd)."
+        ),
+    ),
 }
 
 
@@ -15,8 +20,10 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: python -m cnorm <command> [options]", "", "commands:"]
     indent = " " * (width + 4)
-    lines += [textwrap.fill(text, 88, initial_indent=f"  {name:<{width}}  ",
-                            subsequent_indent=indent) for name, (_, text) in COMMANDS.items()]
+    lines += [
+        textwrap.fill(text, 88, initial_indent=f"  {name:<{width}}  ", subsequent_indent=indent)
+        for name, (_, text) in COMMANDS.items()
+    ]
     lines += ["", "python -m cnorm <command> --help describes a command's options."]
     return "\n".join(lines)
 
@@ -27,8 +34,7 @@ def main(argv=None) -> int:
         print(usage())
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
-        print(f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}\n\n{usage()}",
-              file=sys.stderr)
+        print(f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return module.main(argv[1:])

@@ -5,6 +5,7 @@ The build records its compiler, flags and OpenMP outcome in ``cnorm/_build_confi
 loaded (threadpoolctl when installed, else ``/proc/self/maps``), the SIMD loops picked,
 and the versions of what cnorm runs with.
 """
+
 import os
 import platform
 import re
@@ -20,8 +21,7 @@ except ImportError:  # built by something other than setup.py
 
 # OpenMP runtimes by file name: GNU (also auditwheel's renamed libgomp-<hash>), LLVM,
 # Intel, MSVC.
-_RUNTIME_FILE = re.compile(r"^(libgomp|libomp|libiomp5|vcomp\d*)[-.\w]*\.(so|dylib|dll)",
-                           re.IGNORECASE)
+_RUNTIME_FILE = re.compile(r"^(libgomp|libomp|libiomp5|vcomp\d*)[-.\w]*\.(so|dylib|dll)", re.IGNORECASE)
 
 
 def _loaded_openmp_runtimes():
@@ -31,8 +31,11 @@ def _loaded_openmp_runtimes():
     except ImportError:
         threadpoolctl = None
     if threadpoolctl is not None:
-        found = [(info.get("prefix", "?"), info.get("filepath", "?"), info.get("version"))
-                 for info in threadpoolctl.threadpool_info() if info.get("user_api") == "openmp"]
+        found = [
+            (info.get("prefix", "?"), info.get("filepath", "?"), info.get("version"))
+            for info in threadpoolctl.threadpool_info()
+            if info.get("user_api") == "openmp"
+        ]
         return "threadpoolctl", found
     try:
         with open("/proc/self/maps") as maps:
@@ -94,8 +97,7 @@ def _versions():
     versions = {
         "cnorm": getattr(sys.modules.get(__package__), "__version__", "unknown"),
         "numpy": numpy.__version__,
-        "python": f"{platform.python_version()} ({platform.python_implementation()}, "
-                  f"{sys.executable})",
+        "python": f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})",
     }
     for name in ("torch", "threadpoolctl"):  # only when imported: show_config loads nothing
         if name in sys.modules:
@@ -121,9 +123,14 @@ def config_dict():
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "loaded_runtimes_found_by": found_by,
             "loaded_runtimes": [
-                {"library": lib, "path": path, "version": version,
-                 "cnorm": bool(ours) and lib.startswith(ours)}
-                for lib, path, version in runtimes],
+                {
+                    "library": lib,
+                    "path": path,
+                    "version": version,
+                    "cnorm": bool(ours) and lib.startswith(ours),
+                }
+                for lib, path, version in runtimes
+            ],
         },
         "simd": {"available": available, "picked": picked},
     }
@@ -156,25 +163,36 @@ def show_config(mode="stdout"):
         lines.append(f"  {key}: {'no' if value in ('', False) else value}")
     lines += ["", "openmp:"]
     if omp["enabled"]:
-        lines.append(f"  enabled: yes, {omp['threads']} threads here "
-                     f"(OMP_NUM_THREADS={omp['OMP_NUM_THREADS']}; at most {omp['max_threads']})")
+        lines.append(
+            f"  enabled: yes, {omp['threads']} threads here "
+            f"(OMP_NUM_THREADS={omp['OMP_NUM_THREADS']}; at most {omp['max_threads']})"
+        )
         if omp["serial_after_fork"]:
             lines.append("  forked child: one thread until cnorm.set_num_threads is called here")
     else:
-        lines.append("  enabled: NO: serial kernels, one thread"
-                     + (f" ({build['openmp_note']})" if build.get("openmp_note") else ""))
+        lines.append(
+            "  enabled: NO: serial kernels, one thread"
+            + (f" ({build['openmp_note']})" if build.get("openmp_note") else "")
+        )
         lines += [f"    tried {t}" for t in build.get("openmp_tried", [])]
     lines.append(f"  cnorm's runtime: {omp['cnorm_runtime'] or 'none'}")
     lines.append(f"  runtimes loaded in this process (found by {omp['loaded_runtimes_found_by']}):")
-    for rt in omp["loaded_runtimes"] or [{"library": "none found", "path": "", "version": None,
-                                          "cnorm": False}]:
+    for rt in omp["loaded_runtimes"] or [
+        {"library": "none found", "path": "", "version": None, "cnorm": False}
+    ]:
         version = f" {rt['version']}" if rt["version"] else ""
         mark = "  <- cnorm" if rt["cnorm"] else ""
         lines.append(f"    {rt['library']}{version} {rt['path']}{mark}")
     if len(omp["loaded_runtimes"]) > 1:
-        lines.append("    (several runtimes: each has its own thread pool; "
-                     "threadpoolctl.threadpool_limits limits them all)")
-    lines += ["", "simd:", f"  available: {', '.join(config['simd']['available'])}",
-              f"  picked: {config['simd']['picked']}"]
+        lines.append(
+            "    (several runtimes: each has its own thread pool; "
+            "threadpoolctl.threadpool_limits limits them all)"
+        )
+    lines += [
+        "",
+        "simd:",
+        f"  available: {', '.join(config['simd']['available'])}",
+        f"  picked: {config['simd']['picked']}",
+    ]
     print("\n".join(lines))
     return None

@@ -6,6 +6,7 @@ match the dims passed along) and handles what the kernels do not: empty inputs, 
 checks torch makes only in training, the running-statistics update outside the
 batch-norm kernel, and the reshapes of the per-parameter gradients.
 """
+
 from __future__ import annotations
 
 from typing import Optional, SupportsFloat, Tuple
@@ -16,18 +17,35 @@ from ._kernels import batch_norm as bn_kernels
 from ._kernels import row_norm as row_kernels
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
 
-__all__ = ["get_num_threads", "openmp_enabled", "set_num_threads", "momentum_factor",
-           "update_running_stats", "batch_norm_train", "batch_norm_eval",
-           "batch_norm_backward", "batch_norm_stats", "batch_norm_elemt",
-           "batch_norm_backward_reduce", "batch_norm_backward_elemt", "layer_norm_forward",
-           "layer_norm_backward", "add_layer_norm_forward", "add_layer_norm_backward",
-           "rms_norm_forward", "rms_norm_backward", "group_norm_forward", "group_norm_backward",
-           "instance_norm_train"]
+__all__ = [
+    "get_num_threads",
+    "openmp_enabled",
+    "set_num_threads",
+    "momentum_factor",
+    "update_running_stats",
+    "batch_norm_train",
+    "batch_norm_eval",
+    "batch_norm_backward",
+    "batch_norm_stats",
+    "batch_norm_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "add_layer_norm_forward",
+    "add_layer_norm_backward",
+    "rms_norm_forward",
+    "rms_norm_backward",
+    "group_norm_forward",
+    "group_norm_backward",
+    "instance_norm_train",
+]
 
 Array = np.ndarray
 Stats3 = Tuple[Array, Array, Array]
 
 # ------------------------------------------------------------------- running statistics
+
 
 def momentum_factor(momentum: Optional[float], num_batches_tracked: Optional[SupportsFloat] = None) -> float:
     """torch's ``exponential_average_factor``: ``momentum``, or with ``momentum=None`` the
@@ -38,8 +56,9 @@ def momentum_factor(momentum: Optional[float], num_batches_tracked: Optional[Sup
     return 0.0 if num_batches_tracked is None else 1.0 / float(num_batches_tracked)
 
 
-def update_running_stats(running_mean: Array, running_var: Array, mean: Array,
-                         unbiased_var: Array, factor: float) -> None:
+def update_running_stats(
+    running_mean: Array, running_var: Array, mean: Array, unbiased_var: Array, factor: float
+) -> None:
     """``running = (1 - factor) * running + factor * batch`` in place, in float64 and
     rounded once to the buffers' dtype, as the batch-norm kernel does it in its fused
     training pass (which is why BatchNorm itself does not come here)."""
@@ -51,43 +70,73 @@ def update_running_stats(running_mean: Array, running_var: Array, mean: Array,
 
 # ----------------------------------------------------------------------------- batch norm
 
-def batch_norm_train(x: Array, n: int, c: int, s: int, weight: Optional[Array],
-                     bias: Optional[Array], running_mean: Optional[Array],
-                     running_var: Optional[Array], factor: float, eps: float,
-                     relu: bool = False) -> Stats3:
+
+def batch_norm_train(
+    x: Array,
+    n: int,
+    c: int,
+    s: int,
+    weight: Optional[Array],
+    bias: Optional[Array],
+    running_mean: Optional[Array],
+    running_var: Optional[Array],
+    factor: float,
+    eps: float,
+    relu: bool = False,
+) -> Stats3:
     """(y, mean, invstd) with the batch statistics; the running statistics (both or
     neither) updated in place by the kernel; relu: the fused ``max(0, batch_norm(x))``."""
     if not eps > 0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     m = n * s
     if m == 1:
-        raise ValueError("Expected more than 1 value per channel when training, "
-                         f"got input size {x.shape}")
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
     if m == 0 or c == 0:
         # torch: an empty batch leaves the running statistics alone
         return np.empty_like(x), np.zeros(c), np.zeros(c)
-    return bn_kernels.batch_norm_forward_train(x, n, c, s, weight, bias, running_mean, running_var,
-                                    float(factor), float(eps), relu)
+    return bn_kernels.batch_norm_forward_train(
+        x, n, c, s, weight, bias, running_mean, running_var, float(factor), float(eps), relu
+    )
 
 
-def batch_norm_eval(x: Array, n: int, c: int, s: int, weight: Optional[Array],
-                    bias: Optional[Array], running_mean: Array, running_var: Array,
-                    eps: float, relu: bool = False) -> Stats3:
+def batch_norm_eval(
+    x: Array,
+    n: int,
+    c: int,
+    s: int,
+    weight: Optional[Array],
+    bias: Optional[Array],
+    running_mean: Array,
+    running_var: Array,
+    eps: float,
+    relu: bool = False,
+) -> Stats3:
     """(y, mean, invstd) with the running statistics."""
-    return bn_kernels.batch_norm_forward_eval(x, n, c, s, weight, bias, running_mean, running_var,
-                                   float(eps), relu)
+    return bn_kernels.batch_norm_forward_eval(
+        x, n, c, s, weight, bias, running_mean, running_var, float(eps), relu
+    )
 
 
-def batch_norm_backward(dy: Array, x: Array, n: int, c: int, s: int, weight: Optional[Array],
-                        mean: Array, invstd: Array, training: bool,
-                        y: Optional[Array] = None) -> Stats3:
+def batch_norm_backward(
+    dy: Array,
+    x: Array,
+    n: int,
+    c: int,
+    s: int,
+    weight: Optional[Array],
+    mean: Array,
+    invstd: Array,
+    training: bool,
+    y: Optional[Array] = None,
+) -> Stats3:
     """(dx, dweight, dbias); y: the output of a fused BN + ReLU (the gradient passes where
     y > 0)."""
     if x.size == 0:
         zeros = np.zeros(c, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
-    dx, sum_dy, sum_dy_xhat = bn_kernels.batch_norm_backward(dy, x, n, c, s, mean, invstd, weight,
-                                                             bool(training), y)
+    dx, sum_dy, sum_dy_xhat = bn_kernels.batch_norm_backward(
+        dy, x, n, c, s, mean, invstd, weight, bool(training), y
+    )
     return dx, sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype)
 
 
@@ -100,44 +149,74 @@ def batch_norm_stats(x: Array, n: int, c: int, s: int) -> Tuple[int, Array, Arra
     return count, mean, var * count
 
 
-def batch_norm_elemt(x: Array, n: int, c: int, s: int, mean: Array, invstd: Array,
-                     weight: Optional[Array], bias: Optional[Array]) -> Array:
+def batch_norm_elemt(
+    x: Array,
+    n: int,
+    c: int,
+    s: int,
+    mean: Array,
+    invstd: Array,
+    weight: Optional[Array],
+    bias: Optional[Array],
+) -> Array:
     if x.size == 0:
         return np.empty_like(x)
     return bn_kernels.batch_norm_elemt(x, n, c, s, mean, invstd, weight, bias)
 
 
-def batch_norm_backward_reduce(dy: Array, x: Array, n: int, c: int, s: int, mean: Array,
-                               invstd: Array) -> Tuple[Array, Array]:
+def batch_norm_backward_reduce(
+    dy: Array, x: Array, n: int, c: int, s: int, mean: Array, invstd: Array
+) -> Tuple[Array, Array]:
     if x.size == 0:
         return np.zeros(c), np.zeros(c)
     return bn_kernels.batch_norm_backward_reduce(dy, x, n, c, s, mean, invstd)
 
 
-def batch_norm_backward_elemt(dy: Array, x: Array, n: int, c: int, s: int, mean: Array,
-                              invstd: Array, weight: Optional[Array], sum_dy: Array,
-                              sum_dy_xhat: Array, count: float) -> Array:
+def batch_norm_backward_elemt(
+    dy: Array,
+    x: Array,
+    n: int,
+    c: int,
+    s: int,
+    mean: Array,
+    invstd: Array,
+    weight: Optional[Array],
+    sum_dy: Array,
+    sum_dy_xhat: Array,
+    count: float,
+) -> Array:
     if x.size == 0:
         return np.empty_like(x)
     if not count > 0:
         raise ValueError(f"count must be positive, got {count}")
-    return bn_kernels.batch_norm_backward_elemt(dy, x, n, c, s, mean, invstd, weight, sum_dy,
-                                     sum_dy_xhat, float(count))
+    return bn_kernels.batch_norm_backward_elemt(
+        dy, x, n, c, s, mean, invstd, weight, sum_dy, sum_dy_xhat, float(count)
+    )
 
 
 # ------------------------------------------------------------------------------ row norms
 # an empty row has no statistics: NaN, as torch gives
 
-def layer_norm_forward(x: Array, m: int, d: int, weight: Optional[Array],
-                       bias: Optional[Array], eps: float) -> Stats3:
+
+def layer_norm_forward(
+    x: Array, m: int, d: int, weight: Optional[Array], bias: Optional[Array], eps: float
+) -> Stats3:
     """(y, mean (m,), rstd (m,)); weight and bias: any shape of d contiguous elements."""
     if m == 0 or d == 0:
         return np.empty_like(x), np.full(m, np.nan), np.full(m, np.nan)
     return row_kernels.layer_norm_forward(x, m, d, weight, bias, float(eps))
 
 
-def layer_norm_backward(dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: int,
-                        mean: Array, rstd: Array, weight: Optional[Array]) -> Stats3:
+def layer_norm_backward(
+    dy: Array,
+    x: Array,
+    shape: Tuple[int, ...],
+    m: int,
+    d: int,
+    mean: Array,
+    rstd: Array,
+    weight: Optional[Array],
+) -> Stats3:
     """(dx, dweight, dbias), the last two of ``shape``."""
     if m == 0 or d == 0:
         zeros = np.zeros(shape, dtype=x.dtype)
@@ -146,8 +225,9 @@ def layer_norm_backward(dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: 
     return dx, dw.reshape(shape), db.reshape(shape)
 
 
-def add_layer_norm_forward(x: Array, r: Array, m: int, d: int, weight: Optional[Array],
-                           bias: Optional[Array], eps: float) -> Tuple[Array, Array, Array, Array]:
+def add_layer_norm_forward(
+    x: Array, r: Array, m: int, d: int, weight: Optional[Array], bias: Optional[Array], eps: float
+) -> Tuple[Array, Array, Array, Array]:
     """(y, s = x + r, mean, rstd)."""
     if m == 0 or d == 0:
         nan = np.full(m, np.nan)
@@ -155,9 +235,17 @@ def add_layer_norm_forward(x: Array, r: Array, m: int, d: int, weight: Optional[
     return row_kernels.add_layer_norm_forward(x, r, m, d, weight, bias, float(eps))
 
 
-def add_layer_norm_backward(dy: Array, dsum: Optional[Array], s: Array, shape: Tuple[int, ...],
-                            m: int, d: int, mean: Array, rstd: Array,
-                            weight: Optional[Array]) -> Stats3:
+def add_layer_norm_backward(
+    dy: Array,
+    dsum: Optional[Array],
+    s: Array,
+    shape: Tuple[int, ...],
+    m: int,
+    d: int,
+    mean: Array,
+    rstd: Array,
+    weight: Optional[Array],
+) -> Stats3:
     """(ds, dweight, dbias): the layer-norm backward at s, plus dsum (None: 0)."""
     ds, dw, db = layer_norm_backward(dy, s, shape, m, d, mean, rstd, weight)
     if dsum is not None:
@@ -165,8 +253,9 @@ def add_layer_norm_backward(dy: Array, dsum: Optional[Array], s: Array, shape: T
     return ds, dw, db
 
 
-def rms_norm_forward(x: Array, m: int, d: int, weight: Optional[Array],
-                     eps: Optional[float]) -> Tuple[Array, Array]:
+def rms_norm_forward(
+    x: Array, m: int, d: int, weight: Optional[Array], eps: Optional[float]
+) -> Tuple[Array, Array]:
     """(y, rrms (m,)); eps=None: the machine epsilon of the input dtype (torch's default)."""
     if m == 0 or d == 0:
         return np.empty_like(x), np.full(m, np.nan)
@@ -174,8 +263,9 @@ def rms_norm_forward(x: Array, m: int, d: int, weight: Optional[Array],
     return row_kernels.rms_norm_forward(x, m, d, weight, eps)
 
 
-def rms_norm_backward(dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: int,
-                      rrms: Array, weight: Optional[Array]) -> Tuple[Array, Array]:
+def rms_norm_backward(
+    dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: int, rrms: Array, weight: Optional[Array]
+) -> Tuple[Array, Array]:
     """(dx, dweight of ``shape``)."""
     if m == 0 or d == 0:
         return np.empty_like(x), np.zeros(shape, dtype=x.dtype)
@@ -183,8 +273,9 @@ def rms_norm_backward(dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: in
     return dx, dw.reshape(shape)
 
 
-def group_norm_forward(x: Array, n: int, g: int, cg: int, s: int, weight: Optional[Array],
-                       bias: Optional[Array], eps: float) -> Tuple[Array, Array, Array, Array]:
+def group_norm_forward(
+    x: Array, n: int, g: int, cg: int, s: int, weight: Optional[Array], bias: Optional[Array], eps: float
+) -> Tuple[Array, Array, Array, Array]:
     """(y, mean, rstd, biased var), float64 statistics (n*g,)."""
     if x.size == 0:
         nan = np.full(n * g, np.nan)
@@ -192,8 +283,9 @@ def group_norm_forward(x: Array, n: int, g: int, cg: int, s: int, weight: Option
     return row_kernels.group_norm_forward(x, n, g, cg, s, weight, bias, float(eps))
 
 
-def group_norm_backward(dy: Array, x: Array, n: int, g: int, cg: int, s: int, mean: Array,
-                        rstd: Array, weight: Optional[Array]) -> Stats3:
+def group_norm_backward(
+    dy: Array, x: Array, n: int, g: int, cg: int, s: int, mean: Array, rstd: Array, weight: Optional[Array]
+) -> Stats3:
     """(dx, dweight (C,), dbias (C,))."""
     if x.size == 0:
         zeros = np.zeros(g * cg, dtype=x.dtype)
@@ -201,9 +293,18 @@ def group_norm_backward(dy: Array, x: Array, n: int, g: int, cg: int, s: int, me
     return row_kernels.group_norm_backward(dy, x, n, g, cg, s, mean, rstd, weight)
 
 
-def instance_norm_train(x: Array, n: int, c: int, s: int, weight: Optional[Array],
-                        bias: Optional[Array], running_mean: Optional[Array],
-                        running_var: Optional[Array], factor: float, eps: float) -> Stats3:
+def instance_norm_train(
+    x: Array,
+    n: int,
+    c: int,
+    s: int,
+    weight: Optional[Array],
+    bias: Optional[Array],
+    running_mean: Optional[Array],
+    running_var: Optional[Array],
+    factor: float,
+    eps: float,
+) -> Stats3:
     """(y, mean, rstd), float64 (n*c,), with the per-(n, c) statistics (a group norm with
     one group per channel). Given running statistics are updated as torch does: with the
     mean over n of the instance means / UNBIASED variances; N = 0 makes them NaN (a mean

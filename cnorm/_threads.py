@@ -13,6 +13,7 @@ cnorm on one thread, which never enters a parallel region (the kernels call thei
 directly when they have one thread), until it calls :func:`set_num_threads` itself. This
 is what torch's DataLoader does for its workers (``torch.set_num_threads(1)``).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -65,8 +66,10 @@ def set_num_threads(n: int) -> None:
     if n < 1:
         raise ValueError(f"the number of threads must be at least 1, got {n}")
     if n > MAX_THREADS:
-        raise ValueError(f"the number of threads must be at most cnorm.MAX_THREADS = "
-                         f"{MAX_THREADS} (4 per CPU, at least 256), got {n}")
+        raise ValueError(
+            f"the number of threads must be at most cnorm.MAX_THREADS = "
+            f"{MAX_THREADS} (4 per CPU, at least 256), got {n}"
+        )
     _kernel_threads.set_num_threads(n)
     _serial_after_fork = False
 

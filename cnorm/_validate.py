@@ -4,6 +4,7 @@ Each check returns what the kernels take (C-contiguous, aligned, native byte ord
 copies only when it must. The functional layer runs them on every argument; the modules
 run the input checks and trust their own state.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,11 +12,34 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["Array", "ShapeLike", "FLOAT32", "FLOAT64", "unsupported_dtype", "check_dtype",
-           "check_array", "check_grad", "check_same", "check_param", "batch_dims",
-           "check_normalized_shape", "layer_dims", "rms_dims", "check_num_groups", "group_dims",
-           "check_spatial", "torch_shape", "int64_count", "check_size", "check_real",
-           "check_bool", "check_flag", "check_eval_eps", "refuse_masked", "check_assigned"]
+__all__ = [
+    "Array",
+    "ShapeLike",
+    "FLOAT32",
+    "FLOAT64",
+    "unsupported_dtype",
+    "check_dtype",
+    "check_array",
+    "check_grad",
+    "check_same",
+    "check_param",
+    "batch_dims",
+    "check_normalized_shape",
+    "layer_dims",
+    "rms_dims",
+    "check_num_groups",
+    "group_dims",
+    "check_spatial",
+    "torch_shape",
+    "int64_count",
+    "check_size",
+    "check_real",
+    "check_bool",
+    "check_flag",
+    "check_eval_eps",
+    "refuse_masked",
+    "check_assigned",
+]
 
 Array = np.ndarray
 ShapeLike = Union[int, Sequence[int]]
@@ -33,10 +57,12 @@ def check_dtype(dtype) -> np.dtype:
     """A module's ``dtype=`` argument as a supported NumPy dtype; a torch dtype
     (``torch.float64``) is taken by name, without importing torch."""
     if type(dtype).__module__ == "torch":
-        name = str(dtype).rpartition(".")[2]                # "torch.float64" -> "float64"
+        name = str(dtype).rpartition(".")[2]  # "torch.float64" -> "float64"
         if name not in ("float32", "float64"):
-            raise TypeError(f"unsupported dtype {dtype}: cnorm works on float32 and float64 "
-                            "arrays (pass torch.float32, torch.float64, np.float32 or np.float64)")
+            raise TypeError(
+                f"unsupported dtype {dtype}: cnorm works on float32 and float64 "
+                "arrays (pass torch.float32, torch.float64, np.float32 or np.float64)"
+            )
         dtype = name
     dt = np.dtype(dtype)
     if dt not in _SUPPORTED:
@@ -44,7 +70,7 @@ def check_dtype(dtype) -> np.dtype:
     return dt
 
 
-_INT64_MIN, _INT64_MAX = -2 ** 63, 2 ** 63 - 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def int64_count(value) -> Optional[int]:
@@ -69,9 +95,11 @@ def int64_count(value) -> Optional[int]:
 # is any real number, a bool is a bool. Constructors check once; the functional layer
 # checks on every call, with an identity or exact-type test deciding the common case.
 
+
 def _is_int(value) -> bool:
-    return (type(value) is int or isinstance(value, (int, np.integer))) \
-        and not isinstance(value, (bool, np.bool_))
+    return (type(value) is int or isinstance(value, (int, np.integer))) and not isinstance(
+        value, (bool, np.bool_)
+    )
 
 
 def _is_real(value) -> bool:
@@ -99,8 +127,9 @@ def check_real(value, name: str, *, optional: bool = False):
     """``eps`` / ``momentum``: a real number (or None when ``optional``), returned as is."""
     if _is_real(value) or (optional and value is None):
         return value
-    raise TypeError(f"{name} must be a real number{' or None' if optional else ''}, "
-                    f"got {type(value).__name__} {value!r}")
+    raise TypeError(
+        f"{name} must be a real number{' or None' if optional else ''}, got {type(value).__name__} {value!r}"
+    )
 
 
 def check_bool(value, name: str):
@@ -128,8 +157,10 @@ def check_eval_eps(eps) -> None:
 
 
 def _masked(name: str) -> TypeError:
-    return TypeError(f"{name} is a numpy.ma masked array: cnorm would ignore its mask; pass "
-                     "np.ma.filled(a, value) or a.data explicitly")
+    return TypeError(
+        f"{name} is a numpy.ma masked array: cnorm would ignore its mask; pass "
+        "np.ma.filled(a, value) or a.data explicitly"
+    )
 
 
 def refuse_masked(a, name: str):
@@ -141,12 +172,14 @@ def refuse_masked(a, name: str):
 
 # ---------------------------------------------------------------------------------- arrays
 
+
 def check_array(x, name: str = "input") -> Array:
     """x as a C-contiguous float32/float64 ndarray (a copy only when x is not one)."""
-    if type(x) is not np.ndarray:                  # the common case: one identity test
+    if type(x) is not np.ndarray:  # the common case: one identity test
         if not isinstance(x, np.ndarray):
-            raise TypeError(f"expected a NumPy array{'' if name == 'input' else ' for ' + name}, "
-                            f"got {type(x).__name__}")
+            raise TypeError(
+                f"expected a NumPy array{'' if name == 'input' else ' for ' + name}, got {type(x).__name__}"
+            )
         refuse_masked(x, name)
     dtype = x.dtype
     # identity tests first: they decide the common case without dtype.__eq__
@@ -156,7 +189,7 @@ def check_array(x, name: str = "input") -> Array:
         raise unsupported_dtype(dtype)
     flags = x.flags
     if not (flags.c_contiguous and flags.aligned):
-        x = np.array(x, order="C", copy=True)   # ascontiguousarray keeps misalignment
+        x = np.array(x, order="C", copy=True)  # ascontiguousarray keeps misalignment
     return x
 
 
@@ -168,19 +201,19 @@ def check_assigned(value, name: str, shape: Tuple[int, ...], dtype: np.dtype) ->
     if value is None:
         return None
     if not isinstance(value, np.ndarray):
-        raise TypeError(f"cannot assign {type(value).__name__} as {name}: a NumPy array "
-                        "(or None) is expected")
+        raise TypeError(
+            f"cannot assign {type(value).__name__} as {name}: a NumPy array (or None) is expected"
+        )
     refuse_masked(value, name)
     if value.dtype != dtype:
-        raise TypeError(f"cannot assign an array of dtype {value.dtype} as {name}: the module "
-                        f"has dtype {dtype}")
+        raise TypeError(
+            f"cannot assign an array of dtype {value.dtype} as {name}: the module has dtype {dtype}"
+        )
     if value.shape != shape:
-        raise ValueError(f"cannot assign an array of shape {value.shape} as {name}: expected "
-                         f"shape {shape}")
+        raise ValueError(f"cannot assign an array of shape {value.shape} as {name}: expected shape {shape}")
     flags = value.flags
     if not (flags.c_contiguous and flags.aligned):
-        raise ValueError(f"cannot assign a non-contiguous array as {name}: pass "
-                         "np.ascontiguousarray(value)")
+        raise ValueError(f"cannot assign a non-contiguous array as {name}: pass np.ascontiguousarray(value)")
     return value
 
 
@@ -188,8 +221,7 @@ def check_grad(grad_output, x: Array) -> Array:
     """The gradient of an output shaped like the forward's input ``x``."""
     g = check_array(grad_output, "grad_output")
     if g.shape != x.shape:
-        raise ValueError(f"grad_output has shape {g.shape} but the input of forward() "
-                         f"had shape {x.shape}")
+        raise ValueError(f"grad_output has shape {g.shape} but the input of forward() had shape {x.shape}")
     if g.dtype != x.dtype:
         raise TypeError(f"grad_output dtype {g.dtype} does not match the input dtype {x.dtype}")
     return g
@@ -207,24 +239,35 @@ def check_same(a, x: Array, name: str, what: str) -> Array:
 
 # ------------------------------------------------------------------------------ parameters
 
-def _mismatch(wording: str, name: str, a: Array, shape: Tuple[int, ...],
-              input_shape: Tuple[int, ...]) -> str:
+
+def _mismatch(wording: str, name: str, a: Array, shape: Tuple[int, ...], input_shape: Tuple[int, ...]) -> str:
     """The shape-mismatch message of each family, as torch words it."""
-    if wording == "normalized_shape":       # layer norm / RMS norm weight and bias
-        return (f"Expected {name} to be of same shape as normalized_shape, but got {name} "
-                f"of shape {list(a.shape)} and normalized_shape = {list(shape)}")
-    if wording == "channels":               # group norm weight and bias
-        return (f"Expected {name} to be a vector of size equal to the number of channels "
-                f"in input, but got {name} of shape {torch_shape(a.shape)} and input of "
-                f"shape {torch_shape(input_shape)}")
-    if wording == "stats":                  # float64 statistics handed back to a backward
+    if wording == "normalized_shape":  # layer norm / RMS norm weight and bias
+        return (
+            f"Expected {name} to be of same shape as normalized_shape, but got {name} "
+            f"of shape {list(a.shape)} and normalized_shape = {list(shape)}"
+        )
+    if wording == "channels":  # group norm weight and bias
+        return (
+            f"Expected {name} to be a vector of size equal to the number of channels "
+            f"in input, but got {name} of shape {torch_shape(a.shape)} and input of "
+            f"shape {torch_shape(input_shape)}"
+        )
+    if wording == "stats":  # float64 statistics handed back to a backward
         return f"{name} must have shape {shape}, got {a.shape}"
     return f"{name} should contain {shape[0]} elements not {a.size} (shape {a.shape})"
 
 
-def check_param(a, name: str, shape: Tuple[int, ...], dtype: Optional[np.dtype],
-                wording: str = "elements", *, writable: bool = False,
-                input_shape: Tuple[int, ...] = ()) -> Optional[Array]:
+def check_param(
+    a,
+    name: str,
+    shape: Tuple[int, ...],
+    dtype: Optional[np.dtype],
+    wording: str = "elements",
+    *,
+    writable: bool = False,
+    input_shape: Tuple[int, ...] = (),
+) -> Optional[Array]:
     """A parameter, running buffer or statistic, as the kernels take it.
 
     ``dtype`` given (weight, bias, running statistics): None, or an ndarray of exactly
@@ -257,6 +300,7 @@ def check_param(a, name: str, shape: Tuple[int, ...], dtype: Optional[np.dtype],
 
 # ------------------------------------------------------------------------------------ dims
 
+
 def torch_shape(shape: Sequence[int]) -> str:
     """A shape as torch's C++ messages print it: ``[2, 4, 3]``."""
     return "[" + ", ".join(map(str, shape)) + "]"
@@ -278,18 +322,19 @@ def check_normalized_shape(shape: ShapeLike) -> Tuple[int, ...]:
     """A ``normalized_shape`` argument as a tuple of non-negative ints (not floats,
     strings, bytes or bools, which torch refuses too)."""
     if type(shape) is tuple and all(type(d) is int for d in shape):
-        dims = shape                                    # the common case, decided cheaply
+        dims = shape  # the common case, decided cheaply
     elif _is_int(shape):
         dims = (int(shape),)
     elif isinstance(shape, (str, bytes, bytearray)) or not _iterable(shape):
-        raise TypeError("normalized_shape must be an int or a sequence of ints, "
-                        f"got {type(shape).__name__}")
+        raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {type(shape).__name__}")
     else:
         items = tuple(shape)
         bad = [type(d).__name__ for d in items if not _is_int(d)]
         if bad:
-            raise TypeError("normalized_shape must be an int or a sequence of ints, "
-                            f"got a {type(shape).__name__} containing {bad[0]}")
+            raise TypeError(
+                "normalized_shape must be an int or a sequence of ints, "
+                f"got a {type(shape).__name__} containing {bad[0]}"
+            )
         dims = tuple(int(d) for d in items)
     if any(d < 0 for d in dims):
         raise ValueError(f"normalized_shape must not contain negative sizes, got {dims}")
@@ -299,10 +344,12 @@ def check_normalized_shape(shape: ShapeLike) -> Tuple[int, ...]:
 def layer_dims(x: Array, shape: Tuple[int, ...]) -> Tuple[int, int]:
     """(M rows, D values per row) of a layer-norm input (*, *normalized_shape)."""
     k = len(shape)
-    if k == 0 or x.ndim < k or x.shape[x.ndim - k:] != shape:
+    if k == 0 or x.ndim < k or x.shape[x.ndim - k :] != shape:
         ns = ", ".join(map(str, shape))
-        raise ValueError(f"Given normalized_shape=[{ns}], expected input with shape "
-                         f"[*, {ns}], but got input of size[{', '.join(map(str, x.shape))}]")
+        raise ValueError(
+            f"Given normalized_shape=[{ns}], expected input with shape "
+            f"[*, {ns}], but got input of size[{', '.join(map(str, x.shape))}]"
+        )
     d = math.prod(shape)
     return (x.size // d if d else math.prod(x.shape[: x.ndim - k])), d
 
@@ -311,22 +358,27 @@ def rms_dims(x: Array, shape: Tuple[int, ...]) -> Tuple[int, int]:
     """(M, D) of an RMS-norm input, with torch's RMSNorm messages."""
     k = len(shape)
     if k == 0:
-        raise ValueError("Expected normalized_shape to be at least 1-dimensional, i.e., "
-                         "containing at least one element, but got normalized_shape = []")
+        raise ValueError(
+            "Expected normalized_shape to be at least 1-dimensional, i.e., "
+            "containing at least one element, but got normalized_shape = []"
+        )
     if x.ndim < k:
         raise ValueError(f"Input tensor must have at least {k} dimensions, but got {x.ndim}")
-    if x.shape[x.ndim - k:] != shape:
+    if x.shape[x.ndim - k :] != shape:
         ns = ", ".join(map(str, shape))
-        raise ValueError(f"Given normalized_shape=[{ns}], expected input with shape [*{ns}], "
-                         f"but got input of size{torch_shape(x.shape)}")
+        raise ValueError(
+            f"Given normalized_shape=[{ns}], expected input with shape [*{ns}], "
+            f"but got input of size{torch_shape(x.shape)}"
+        )
     return math.prod(x.shape[: x.ndim - k]), math.prod(shape)
 
 
 def check_num_groups(groups) -> int:
     """A ``num_groups`` argument: a positive int (not a bool)."""
     if not _is_int(groups):
-        raise TypeError("group_norm(): argument 'num_groups' (position 2) must be int, "
-                        f"not {type(groups).__name__}")
+        raise TypeError(
+            f"group_norm(): argument 'num_groups' (position 2) must be int, not {type(groups).__name__}"
+        )
     if groups <= 0:
         raise ValueError(f"Expected num groups to be greater than 0, got {int(groups)}")
     return int(groups)
@@ -341,16 +393,16 @@ def group_dims(x: Array, groups) -> Tuple[int, int, int, int]:
     # torch's F.group_norm: _verify_batch_size([N * C // G, G, *spatial])
     if (n * c // g) * s == 1:
         size = [n * c // g, g] + list(x.shape[2:])
-        raise ValueError("Expected more than 1 value per channel when training, "
-                         f"got input size {size}")
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
     if c % g:
-        raise ValueError("Expected number of channels in input to be divisible by num_groups, "
-                         f"but got input of shape {torch_shape(x.shape)} and num_groups={g}")
+        raise ValueError(
+            "Expected number of channels in input to be divisible by num_groups, "
+            f"but got input of shape {torch_shape(x.shape)} and num_groups={g}"
+        )
     return n, g, c // g, s
 
 
 def check_spatial(shape: Sequence[int]) -> None:
     """torch's F.instance_norm check when the input's own statistics are used."""
     if math.prod(shape[2:]) == 1:
-        raise ValueError("Expected more than 1 spatial element when training, "
-                         f"got input size {tuple(shape)}")
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {tuple(shape)}")

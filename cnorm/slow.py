@@ -8,6 +8,7 @@ instead of updating them in place; backwards recompute the statistics from ``x``
 ``eps`` instead of taking them; ``batch_norm_stats`` returns ``(mean, biased_var)``;
 empty inputs give 0 statistics (group norm: ``rstd = 1/sqrt(eps)``) instead of NaN.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,7 +34,7 @@ __all__ = [
     "batch_norm_relu_backward",
 ]
 
-batch_norm_backward = R.batch_norm_backward     # the same signature
+batch_norm_backward = R.batch_norm_backward  # the same signature
 
 
 def batch_norm_stats(x):
@@ -42,8 +43,7 @@ def batch_norm_stats(x):
     return mean, (m2 / count if count else m2)
 
 
-def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
-                       relu=False):
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, relu=False):
     """``(y, new_running_mean, new_running_var)``: batch statistics when ``training`` or
     when no running statistics are given (updated only when training and given)."""
     new_rm, new_rv = f64(running_mean), f64(running_var)
@@ -53,10 +53,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     return y, new_rm, new_rv
 
 
-def batch_norm_relu_forward(x, weight, bias, running_mean, running_var, training, momentum,
-                            eps):
-    return batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum,
-                              eps, relu=True)
+def batch_norm_relu_forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    return batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, relu=True)
 
 
 def batch_norm_relu_backward(dy, x, weight, bias, mean, invstd, training, output=None):
@@ -96,18 +94,15 @@ def group_norm_backward(dy, x, num_groups, weight, eps):
     return R.group_norm_backward(dy, x, num_groups, mean, rstd, weight)
 
 
-def instance_norm_forward(x, running_mean, running_var, weight, bias, use_input_stats,
-                          momentum, eps):
+def instance_norm_forward(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps):
     """``(y, new_running_mean, new_running_var)`` (see
     :func:`cnorm.reference.native_instance_norm`)."""
     new_rm, new_rv = f64(running_mean), f64(running_var)
-    y = R.native_instance_norm(x, weight, bias, new_rm, new_rv, use_input_stats, momentum,
-                               eps)[0]
+    y = R.native_instance_norm(x, weight, bias, new_rm, new_rv, use_input_stats, momentum, eps)[0]
     return y, new_rm, new_rv
 
 
-def instance_norm_backward(dy, x, weight, eps, running_mean=None, running_var=None,
-                           use_input_stats=True):
+def instance_norm_backward(dy, x, weight, eps, running_mean=None, running_var=None, use_input_stats=True):
     if use_input_stats:
         return group_norm_backward(dy, x, np.shape(x)[1], weight, eps)
     invstd = 1.0 / np.sqrt(f64(running_var) + eps)

@@ -1,5 +1,6 @@
 """What the examples share: their command line, their output folder, and a clear word
 about a missing optional package before any work is done."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ _PACKAGES = {
 def _importable(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):      # a broken or blocked package counts as missing
+    except (ImportError, ValueError):  # a broken or blocked package counts as missing
         return False
 
 
@@ -34,16 +35,20 @@ def require(*modules: str) -> None:
     if extras:
         hints.insert(0, f'pip install -e ".[{",".join(extras)}]"  (from a cnorm checkout)')
     script = os.path.basename(sys.argv[0]) or "this example"
-    sys.exit(f"{script} needs {', '.join(missing)}, which is not installed. Install it with\n    "
-             + "\n or\n    ".join(hints))
+    sys.exit(
+        f"{script} needs {', '.join(missing)}, which is not installed. Install it with\n    "
+        + "\n or\n    ".join(hints)
+    )
 
 
-def parser(description: str, quick_help: str, seed: bool = True,
-           out_default: str | None = ".") -> argparse.ArgumentParser:
+def parser(
+    description: str, quick_help: str, seed: bool = True, out_default: str | None = "."
+) -> argparse.ArgumentParser:
     """The options every example takes: --out DIR, --quick (and --seed N)."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--out", default=out_default,
-                   help=f"output directory (default: {out_default or 'write nothing'})")
+    p.add_argument(
+        "--out", default=out_default, help=f"output directory (default: {out_default or 'write nothing'})"
+    )
     p.add_argument("--quick", action="store_true", help=quick_help)
     if seed:
         p.add_argument("--seed", type=int, default=0)

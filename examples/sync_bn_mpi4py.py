@@ -18,6 +18,7 @@ Run::
 ``Allreduce(sendbuf, recvbuf)`` (buffer-based, sum), so :class:`ThreadComm` below
 stands in for ``MPI.COMM_WORLD`` in tests.
 """
+
 from __future__ import annotations
 
 import threading
@@ -46,7 +47,7 @@ class SyncBatchNorm:
 
     def forward(self, x):
         # 1. local statistics, all-gathered, merged in rank order
-        local = F.batch_norm_stats(x)                       # (count, mean, m2)
+        local = F.batch_norm_stats(x)  # (count, mean, m2)
         counts, means, m2s = zip(*self.comm.allgather(local))
         count, mean, m2 = F.merge_stats(counts, means, m2s)
         if count < 2:
@@ -67,14 +68,13 @@ class SyncBatchNorm:
     def backward(self, dy):
         x, mean, invstd, count = self._saved
         sum_dy, sum_dy_xhat = F.batch_norm_backward_reduce(dy, x, mean, invstd)
-        self.weight_grad = sum_dy_xhat.astype(x.dtype)    # local shares
+        self.weight_grad = sum_dy_xhat.astype(x.dtype)  # local shares
         self.bias_grad = sum_dy.astype(x.dtype)
         local = np.concatenate([sum_dy, sum_dy_xhat])
         total = np.empty_like(local)
-        self.comm.Allreduce(local, total)                  # sum over the ranks
+        self.comm.Allreduce(local, total)  # sum over the ranks
         c = sum_dy.shape[0]
-        return F.batch_norm_backward_elemt(dy, x, mean, invstd, self.weight,
-                                           total[:c], total[c:], count)
+        return F.batch_norm_backward_elemt(dy, x, mean, invstd, self.weight, total[:c], total[c:], count)
 
 
 class ThreadComm:
@@ -106,7 +106,7 @@ class ThreadComm:
         sh.slots[self.rank] = obj
         sh.barrier.wait()
         out = list(sh.slots)
-        sh.barrier.wait()               # nobody overwrites a slot before all have read
+        sh.barrier.wait()  # nobody overwrites a slot before all have read
         return out
 
     def Allreduce(self, sendbuf, recvbuf):
@@ -158,7 +158,7 @@ def demo(comm, steps=3, shape=(24, 8, 6, 6), dtype=np.float64):
     ref = cnorm.BatchNorm2d(shape[1], dtype=dtype) if rank == 0 else None
     worst = 0.0
     for step in range(steps):
-        rng = np.random.default_rng(step)                  # the same batch on every rank
+        rng = np.random.default_rng(step)  # the same batch on every rank
         x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
         dy = rng.standard_normal(shape).astype(dtype)
         y = bn(x[sl])
@@ -172,21 +172,32 @@ def demo(comm, steps=3, shape=(24, 8, 6, 6), dtype=np.float64):
             ref.zero_grad()
             y_ref = ref(x)
             dx_ref = ref.backward(dy)
-            for a, b in ((y_all, y_ref), (dx_all, dx_ref), (dw, ref.weight_grad),
-                         (db, ref.bias_grad), (bn.running_mean, ref.running_mean),
-                         (bn.running_var, ref.running_var)):
+            for a, b in (
+                (y_all, y_ref),
+                (dx_all, dx_ref),
+                (dw, ref.weight_grad),
+                (db, ref.bias_grad),
+                (bn.running_mean, ref.running_mean),
+                (bn.running_var, ref.running_var),
+            ):
                 worst = max(worst, float(np.max(np.abs(a - b))))
     if rank == 0:
-        print(f"{size} ranks, shards {sizes}, {steps} steps: max |sync - single process| "
-              f"= {worst:.3g} (outputs, input and parameter gradients, running stats)")
+        print(
+            f"{size} ranks, shards {sizes}, {steps} steps: max |sync - single process| "
+            f"= {worst:.3g} (outputs, input and parameter gradients, running stats)"
+        )
     return worst
 
 
 def main(argv=None):
-    p = parser(__doc__.split("\n\n")[0], "(no effect: this demo is quick)", seed=False,
-               out_default=None)
-    p.add_argument("--simulate", type=int, default=0, metavar="N",
-                   help="run N ranks as threads of this process instead of MPI")
+    p = parser(__doc__.split("\n\n")[0], "(no effect: this demo is quick)", seed=False, out_default=None)
+    p.add_argument(
+        "--simulate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N ranks as threads of this process instead of MPI",
+    )
     p.add_argument("--steps", type=int, default=3)
     args = p.parse_args(argv)
     if args.simulate:
@@ -195,9 +206,10 @@ def main(argv=None):
     else:
         require("mpi4py")
         from mpi4py import MPI
+
         size, rank = MPI.COMM_WORLD.Get_size(), MPI.COMM_WORLD.Get_rank()
         worst = demo(MPI.COMM_WORLD, args.steps)
-    if rank == 0 and args.out:                 # a summary file, like the other examples' figures
+    if rank == 0 and args.out:  # a summary file, like the other examples' figures
         path = output_path(args.out, "sync_bn_mpi4py.txt")
         with open(path, "w") as fh:
             fh.write(f"ranks {size}\nsteps {args.steps}\nmax_abs_diff {worst:.6g}\n")

@@ -12,6 +12,7 @@ ones, ``bn.backward(dy)`` returns dx and accumulates ``weight_grad`` / ``bias_gr
 Run:  python examples/train_digits_numpy.py [--epochs 30] [--out DIR]
       (writes train_digits_numpy.png: loss and accuracy curves; needs scikit-learn)
 """
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,7 @@ import cnorm  # noqa: E402
 
 class Linear:
     def __init__(self, n_in, n_out, rng):
-        bound = np.sqrt(6.0 / n_in)                   # He-uniform, for ReLU nets
+        bound = np.sqrt(6.0 / n_in)  # He-uniform, for ReLU nets
         self.weight = rng.uniform(-bound, bound, (n_in, n_out)).astype(np.float32)
         self.bias = np.zeros(n_out, np.float32)
 
@@ -87,9 +88,7 @@ def softmax_cross_entropy(logits, labels):
 
 
 def make_model(rng):
-    return [Linear(64, 128, rng), BN(128), ReLU(),
-            Linear(128, 64, rng), BN(64), ReLU(),
-            Linear(64, 10, rng)]
+    return [Linear(64, 128, rng), BN(128), ReLU(), Linear(128, 64, rng), BN(64), ReLU(), Linear(64, 10, rng)]
 
 
 def forward(model, x):
@@ -106,6 +105,7 @@ def set_training(model, mode):
 
 def load_data(seed):
     from sklearn.datasets import load_digits
+
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype(np.float32)
     perm = np.random.default_rng(seed).permutation(len(X))
@@ -126,8 +126,8 @@ def train(epochs=30, batch=64, lr=0.05, momentum=0.9, seed=0, log=print):
         order = rng.permutation(len(Xtr))
         losses, correct = [], 0
         for i in range(0, len(order) - 1, batch):
-            idx = order[i:i + batch]
-            if len(idx) < 2:                             # BatchNorm needs 2 samples
+            idx = order[i : i + batch]
+            if len(idx) < 2:  # BatchNorm needs 2 samples
                 continue
             logits = forward(model, Xtr[idx])
             loss, grad = softmax_cross_entropy(logits, ytr[idx])
@@ -135,7 +135,7 @@ def train(epochs=30, batch=64, lr=0.05, momentum=0.9, seed=0, log=print):
             correct += int((logits.argmax(axis=1) == ytr[idx]).sum())
             for layer in reversed(model):
                 grad = layer.backward(grad)
-            for layer in model:                          # SGD with momentum
+            for layer in model:  # SGD with momentum
                 for owner, name in layer.params():
                     g = getattr(owner, name + "_grad")
                     v = velocity.setdefault((id(owner), name), np.zeros_like(g))
@@ -143,23 +143,26 @@ def train(epochs=30, batch=64, lr=0.05, momentum=0.9, seed=0, log=print):
                     v += g
                     getattr(owner, name)[...] -= lr * v
                 if isinstance(layer, BN):
-                    layer.bn.zero_grad()                 # cnorm accumulates, like torch
-        set_training(model, False)                       # running statistics
+                    layer.bn.zero_grad()  # cnorm accumulates, like torch
+        set_training(model, False)  # running statistics
         logits = forward(model, Xte)
         test_loss, _ = softmax_cross_entropy(logits, yte)
         hist["loss"].append(float(np.mean(losses)))
         hist["train_acc"].append(correct / len(Xtr))
         hist["test_loss"].append(test_loss)
         hist["test_acc"].append(float((logits.argmax(axis=1) == yte).mean()))
-        log(f"epoch {epoch + 1:3d}  loss {hist['loss'][-1]:.4f}  train acc "
+        log(
+            f"epoch {epoch + 1:3d}  loss {hist['loss'][-1]:.4f}  train acc "
             f"{hist['train_acc'][-1]:.3f}  test loss {test_loss:.4f}  test acc "
-            f"{hist['test_acc'][-1]:.3f}")
+            f"{hist['test_acc'][-1]:.3f}"
+        )
     hist["seconds"] = time.perf_counter() - t0
     return hist
 
 
 def plot(hist, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -180,8 +183,9 @@ def plot(hist, path):
     b.set_title(f"accuracy (final test: {hist['test_acc'][-1]:.3f})")
     b.legend()
     b.grid(alpha=0.3)
-    fig.suptitle("NumPy MLP with cnorm.BatchNorm1d on sklearn digits "
-                 f"({hist['seconds']:.1f} s for {len(ep)} epochs)")
+    fig.suptitle(
+        f"NumPy MLP with cnorm.BatchNorm1d on sklearn digits ({hist['seconds']:.1f} s for {len(ep)} epochs)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -12,7 +12,7 @@ from cnorm._kernels import batch_norm, row_norm
 KERNEL_MODULES = (batch_norm, row_norm)
 
 # A streaming threshold (bytes) that no array reaches: streaming off.
-NEVER = 2 ** 62
+NEVER = 2**62
 
 
 def set_simd(module, on):
@@ -48,13 +48,16 @@ def saved_stats(grad_fn):
 
 # --------------------------------------------------------------------------- benchmarks
 
+
 def bench_main(argv):
     """``python -m cnorm bench`` with the arguments ``argv``; returns the exit code."""
     from cnorm.benchmarks import runner
+
     return runner.main(argv)
 
 
 def torch_bench_cases():
     """The module of the torch benchmark cases (CASES_BY_NAME via ``.C``, DROPIN_IMPLS, build_dropin)."""
     from cnorm.benchmarks import torch_cases
+
     return torch_cases

@@ -53,6 +53,7 @@ def raises(exc, msg):
 
 # --------------------------------------------------------------------------- comparisons
 
+
 def assert_close(actual, expected, dtype, scale=1.0, err_msg=""):
     """``actual`` (of ``dtype``) matches the float64 ``expected`` to the dtype's tolerance.
 
@@ -71,10 +72,13 @@ def assert_close(actual, expected, dtype, scale=1.0, err_msg=""):
         idx = np.argwhere(bad)[:5]
         worst = np.nanmax(np.where(bad, np.abs(a - expected) / allowed, 0.0)) if a.size else 0.0
         detail = "; ".join(
-            f"at {tuple(int(j) for j in i)}: got {a[tuple(i)]!r}, expected {expected[tuple(i)]!r}" for i in idx)
+            f"at {tuple(int(j) for j in i)}: got {a[tuple(i)]!r}, expected {expected[tuple(i)]!r}"
+            for i in idx
+        )
         raise AssertionError(
             f"{err_msg}: {int(bad.sum())}/{a.size} elements differ (dtype {np.dtype(dtype).name}, "
-            f"tol {tol:g}, worst error/allowed {worst:.3g}); {detail}")
+            f"tol {tol:g}, worst error/allowed {worst:.3g}); {detail}"
+        )
 
 
 def assert_reduction_close(actual, expected, terms, axes, dtype, err_msg=""):
@@ -190,10 +194,26 @@ def ln_xhat(x, ns, mean, rstd):
 
 # --------------------------------------------------------------------------- module state
 
-_MODULE_ATTRS = ["weight", "bias", "weight_grad", "bias_grad", "running_mean", "running_var",
-                 "num_batches_tracked", "training", "eps", "momentum", "dtype", "affine",
-                 "track_running_stats", "num_features", "normalized_shape", "elementwise_affine",
-                 "num_groups", "num_channels"]
+_MODULE_ATTRS = [
+    "weight",
+    "bias",
+    "weight_grad",
+    "bias_grad",
+    "running_mean",
+    "running_var",
+    "num_batches_tracked",
+    "training",
+    "eps",
+    "momentum",
+    "dtype",
+    "affine",
+    "track_running_stats",
+    "num_features",
+    "normalized_shape",
+    "elementwise_affine",
+    "num_groups",
+    "num_channels",
+]
 
 
 def module_state(m):
@@ -222,7 +242,7 @@ def assert_same_module_state(a, b):
 
 # --------------------------------------------------------------------------- finite differences
 
-FD_EPS = 1e-3          # a larger eps keeps the finite differences well conditioned
+FD_EPS = 1e-3  # a larger eps keeps the finite differences well conditioned
 FD_H = 1e-6
 FD_RTOL, FD_ATOL = 1e-6, 1e-7
 
@@ -249,6 +269,7 @@ def check_grad(analytic, numeric, what):
 
 # --------------------------------------------------------------------------- threads
 
+
 @contextlib.contextmanager
 def threads(n):
     """cnorm.set_num_threads(n) inside the block; the previous count afterwards."""
@@ -272,6 +293,7 @@ def assert_threads_agree(one, two, dtype):
 
 
 # --------------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture
 def rng(request):

@@ -33,6 +33,7 @@ f64 = np.float64
 class Case(NamedTuple):
     """An input shape and the norm's structural argument: normalized_shape (row norms) or
     num_groups (GroupNorm); None for the channel norms."""
+
     shape: tuple
     arg: object = None
 
@@ -57,13 +58,26 @@ class Norm:
     """
 
     family = ""
-    param_names = ("weight", "bias")    # trainable parameters of the functional form
-    has_running = False                  # running statistics
-    modes = (True,)                      # training values that make a difference
-    torch_twin = ""                      # the torch.nn class it matches
+    param_names = ("weight", "bias")  # trainable parameters of the functional form
+    has_running = False  # running statistics
+    modes = (True,)  # training values that make a difference
+    torch_twin = ""  # the torch.nn class it matches
 
-    def __init__(self, name, shapes, fd, big, simd, small, empty, steps=None, configs=None,
-                 full_kw=None, torch_twin=None, ndims=None):
+    def __init__(
+        self,
+        name,
+        shapes,
+        fd,
+        big,
+        simd,
+        small,
+        empty,
+        steps=None,
+        configs=None,
+        full_kw=None,
+        torch_twin=None,
+        ndims=None,
+    ):
         self.name = name
         self.shapes, self.fd, self.big = _cases(shapes), _cases(fd), _cases(big)
         self.simd, self.empty = _cases(simd), _cases(empty)
@@ -133,21 +147,27 @@ class Norm:
 # or per (sample, group) (GroupNorm)
 # =======================================================================================
 
+
 class RunningStatsNorm(Norm):
     """A norm with running statistics: its functional forms take (x, weight, bias,
     running_mean, running_var, training, momentum, eps) and (dy, x, weight, mean, invstd,
     training)."""
+
     has_running = True
     modes = (True, False)
     native = native_backward = plain_fn = None
 
     def plain(self, x, case, p, training=True, eps=EPS, momentum=MOMENTUM):
-        return (self.plain_fn(x, p["running_mean"], p["running_var"], p["weight"], p["bias"], training,
-                              momentum, eps),)
+        return (
+            self.plain_fn(
+                x, p["running_mean"], p["running_var"], p["weight"], p["bias"], training, momentum, eps
+            ),
+        )
 
     def forward(self, x, case, p, training=True, eps=EPS, momentum=MOMENTUM):
-        y, mean, invstd = self.native(x, p["weight"], p["bias"], p["running_mean"], p["running_var"],
-                                      training, momentum, eps)
+        y, mean, invstd = self.native(
+            x, p["weight"], p["bias"], p["running_mean"], p["running_var"], training, momentum, eps
+        )
         return (y,), (mean, invstd)
 
     def backward(self, douts, x, case, p, saved, training=True):
@@ -163,8 +183,11 @@ class BatchNorm(RunningStatsNorm):
     ref_native = staticmethod(reference.batch_norm_forward)
 
     def ref_forward(self, x, case, p, training=True, eps=EPS, momentum=MOMENTUM):
-        return (self.ref_native(x, p["weight"], p["bias"], p["running_mean"], p["running_var"], training,
-                                momentum, eps)[0],)
+        return (
+            self.ref_native(
+                x, p["weight"], p["bias"], p["running_mean"], p["running_var"], training, momentum, eps
+            )[0],
+        )
 
     def ref_stats(self, x, p, training, eps):
         """(mean, invstd) that normalize x: the batch's or the running ones."""
@@ -191,7 +214,7 @@ class BatchNormReLU(BatchNorm):
 
     def forward(self, x, case, p, training=True, eps=EPS, momentum=MOMENTUM):
         outs, saved = super().forward(x, case, p, training, eps, momentum)
-        return outs, saved + outs                  # backward takes the output (its mask)
+        return outs, saved + outs  # backward takes the output (its mask)
 
     def stats_of(self, saved):
         return saved[:2]
@@ -202,26 +225,32 @@ class BatchNormReLU(BatchNorm):
         return {"input": dx, "weight": dw, "bias": db}
 
     def ref_backward(self, douts, x, case, p, training=True, eps=EPS):
-        mean, invstd = self.ref_stats(x, p, training, eps)    # the mask is recomputed
-        dx, dw, db = reference.batch_norm_relu_backward(douts[0], x, p["weight"], p["bias"], mean,
-                                                        invstd, training)
+        mean, invstd = self.ref_stats(x, p, training, eps)  # the mask is recomputed
+        dx, dw, db = reference.batch_norm_relu_backward(
+            douts[0], x, p["weight"], p["bias"], mean, invstd, training
+        )
         return {"input": dx, "weight": dw, "bias": db}
 
 
 class InstanceNorm(RunningStatsNorm):
     """training means use_input_stats (the running statistics are used otherwise)."""
+
     family = "instance"
     native = staticmethod(F.native_instance_norm)
     native_backward = staticmethod(F.instance_norm_backward)
     plain_fn = staticmethod(F.instance_norm)
 
     def ref_forward(self, x, case, p, training=True, eps=EPS, momentum=MOMENTUM):
-        return (reference.instance_norm_forward(x, p["running_mean"], p["running_var"], p["weight"],
-                                                p["bias"], training, momentum, eps)[0],)
+        return (
+            reference.instance_norm_forward(
+                x, p["running_mean"], p["running_var"], p["weight"], p["bias"], training, momentum, eps
+            )[0],
+        )
 
     def ref_backward(self, douts, x, case, p, training=True, eps=EPS):
-        dx, dw, db = reference.instance_norm_backward(douts[0], x, p["weight"], eps, p["running_mean"],
-                                                      p["running_var"], training)
+        dx, dw, db = reference.instance_norm_backward(
+            douts[0], x, p["weight"], eps, p["running_mean"], p["running_var"], training
+        )
         return {"input": dx, "weight": dw, "bias": db}
 
     def stats_shape(self, case, training):
@@ -232,6 +261,7 @@ class ArgNorm(Norm):
     """A norm whose functional forms take its structural argument after x: (x, arg, weight,
     bias, eps) -> (y, mean, rstd) and (dy, x, arg, mean, rstd, weight); the reference's
     (x, arg, weight, bias, eps) and (dy, x, arg, weight, eps)."""
+
     native = native_backward = plain_fn = ref_native = ref_native_backward = None
 
     def plain(self, x, case, p, training=True, eps=EPS, momentum=MOMENTUM):
@@ -273,6 +303,7 @@ class GroupNorm(ArgNorm):
 # row norms: statistics over the trailing normalized_shape
 # =======================================================================================
 
+
 class RowNorm(Norm):
     def make(self, case, dtype=np.float32, **kw):
         kw.setdefault("dtype", dtype)
@@ -299,6 +330,7 @@ class LayerNorm(ArgNorm, RowNorm):
 
 class RMSNorm(RowNorm):
     """eps=None in the functional form: the machine epsilon of the dtype."""
+
     family = "rms"
     param_names = ("weight",)
 
@@ -324,6 +356,7 @@ class RMSNorm(RowNorm):
 class AddLayerNorm(RowNorm):
     """y = layer_norm(x + residual), s = x + residual: two outputs, and the gradient of the
     input is the gradient of the residual."""
+
     family = "add_layer"
     torch_twin = "LayerNorm"
 
@@ -361,13 +394,15 @@ class AddLayerNorm(RowNorm):
         return {"input": dxr, "residual": dxr, "weight": dw, "bias": db}
 
     def ref_forward(self, x, case, p, training=True, eps=EPS, momentum=MOMENTUM):
-        return tuple(reference.add_layer_norm_forward(x, p["residual"], case.arg, p["weight"], p["bias"],
-                                                      eps)[:2])
+        return tuple(
+            reference.add_layer_norm_forward(x, p["residual"], case.arg, p["weight"], p["bias"], eps)[:2]
+        )
 
     def ref_backward(self, douts, x, case, p, training=True, eps=EPS):
         dsum = douts[1] if len(douts) > 1 else None
-        dxr, dw, db = reference.add_layer_norm_backward(douts[0], dsum, x + p["residual"], case.arg,
-                                                        p["weight"], eps)
+        dxr, dw, db = reference.add_layer_norm_backward(
+            douts[0], dsum, x + p["residual"], case.arg, p["weight"], eps
+        )
         return {"input": dxr, "residual": dxr, "weight": dw, "bias": db}
 
 
@@ -382,8 +417,12 @@ _BN_CONFIGS = {
     "untracked_f64": {"track_running_stats": False, "dtype": f64},
     "noaffine_untracked": {"affine": False, "track_running_stats": False},
 }
-_BNR_CONFIGS = {"default": {}, "cumulative": {"momentum": None}, "noaffine": {"affine": False},
-                "untracked": {"track_running_stats": False}}
+_BNR_CONFIGS = {
+    "default": {},
+    "cumulative": {"momentum": None},
+    "noaffine": {"affine": False},
+    "untracked": {"track_running_stats": False},
+}
 _IN_CONFIGS = {
     "default": {},
     "affine_track": {"affine": True, "track_running_stats": True},
@@ -393,92 +432,217 @@ _IN_CONFIGS = {
 _IN_FULL = {"affine": True, "track_running_stats": True}
 
 NORMS = [
-    BatchNorm("BatchNorm1d", ndims=(2, 3), configs=_BN_CONFIGS,
-              shapes=[(5, 3), (2, 1), (7, 3, 11), (1, 3, 7), (3, 4, 513)],
-              fd=[(6, 3), (4, 3, 5), (3, 1, 2)], big=[(256, 1024)],
-              simd=[(4, 3, 1001), (3, 2, 4099), (64, 1030), (33, 517), (40, 600)],
-              small=(6, 4, 3), steps=((128, 700), {}, np.float32),
-              empty=[(0, 3), (0, 3, 5), (0, 3, 4), (4, 3, 0), (2, 3, 0), (4, 0), (4, 0, 5), (5, 0),
-                     (3, 0, 4)]),
-    BatchNorm("BatchNorm2d", ndims=(4,), configs=_BN_CONFIGS,
-              shapes=[(7, 3, 5, 11), (1, 1, 1, 2), (2, 3, 1, 1), (3, 5, 2, 3)],
-              fd=[(2, 2, 3, 3)], big=[(16, 64, 33, 33), (4, 3, 160, 160)], simd=[(2, 5, 24, 24)],
-              small=(3, 4, 5, 5), steps=((16, 6, 30, 30), {"momentum": None}, np.float32),
-              empty=[(0, 3, 5, 6), (4, 3, 0, 6), (4, 3, 5, 0), (0, 2, 4, 4), (2, 2, 3, 0), (0, 3, 2, 2),
-                     (4, 0, 5, 6), (2, 0, 3, 3), (0, 0, 0, 0)]),
-    BatchNorm("BatchNorm3d", ndims=(5,), configs=_BN_CONFIGS,
-              shapes=[(2, 3, 1, 5, 7), (1, 1, 1, 1, 3), (3, 5, 2, 3, 4)],
-              fd=[(2, 2, 1, 2, 3)], big=[(2, 8, 16, 32, 32)], simd=[(2, 3, 4, 9, 31)],
-              small=(2, 4, 2, 3, 3), steps=((4, 4, 8, 24, 24), {}, np.float64),
-              empty=[(0, 3, 2, 5, 6), (4, 3, 0, 5, 6), (4, 3, 2, 0, 6), (4, 3, 2, 5, 0), (2, 3, 0, 2, 2),
-                     (2, 3, 2, 0, 1), (4, 0, 2, 5, 6), (2, 0, 1, 2, 2)]),
-    LayerNorm("LayerNorm",
-              configs={"default_eps": {"eps": 1e-3}, "noaffine": {"elementwise_affine": False},
-                       "nobias_f64": {"bias": False, "eps": 1e-4, "dtype": f64}},
-              shapes=[((4, 5), (5,)), ((6, 13), (13,)), ((17,), (17,)), ((2, 3, 4, 5), (4, 5)),
-                      ((3, 5, 1), (5, 1))],
-              fd=[((3, 5), (5,)), ((2, 3, 4), (3, 4)), ((4, 2), (2,)), ((7,), (7,)), ((2, 2, 3), (3,))],
-              big=[((512, 1024), (1024,)), ((64, 4096), (4096,)), ((8, 32, 64, 48), (64, 48))],
-              simd=[((33, 777), (777,)), ((8, 2048), (2048,)), ((5, 4, 129), (4, 129)),
-                    ((17, 513), (513,))],
-              small=((2, 3, 5), (3, 5)), steps=(((128, 12, 60), (12, 60)), {}, np.float32),
-              empty=[((0, 8), (8,)), ((2, 0, 6), (6,)), ((0, 3, 4), (3, 4)), ((0, 5), (5,)), ((3, 0), (0,)),
-                     ((2, 3, 0), (3, 0)), ((0,), (0,)), ((0, 0), (0, 0)), ((2, 0, 3), (0, 3))]),
-    GroupNorm("GroupNorm",
-              configs={"default": {}, "noaffine": {"affine": False},
-                       "nobias_eps": {"bias": False, "eps": 1e-3}},
-              shapes=[((2, 6, 5), 3), ((3, 8, 4, 4), 4), ((4, 6), 3), ((1, 2, 3, 5, 7), 1), ((5, 3, 2), 1)],
-              fd=[((2, 6, 3), 3), ((2, 4, 2, 2), 2), ((3, 4), 2), ((1, 2, 5), 1)],
-              big=[((16, 64, 33, 33), 8), ((2, 32, 64, 96), 8)],
-              simd=[((4, 8, 1001), 8), ((2, 6, 24, 24), 2), ((33, 4, 129), 4), ((3, 64, 7), 8)],
-              small=((4, 6, 5), 3), steps=(((16, 6, 30, 30), 3), {}, np.float32),
-              empty=[((0, 4, 3), 2), ((2, 4, 0), 2), ((2, 0, 3), 1), ((0, 4), 2), ((2, 4, 0, 5), 2)]),
-    InstanceNorm("InstanceNorm1d", ndims=(3,), configs=_IN_CONFIGS, full_kw=_IN_FULL,
-                 shapes=[(2, 3, 5), (2, 3, 1031), (1, 5, 2)], fd=[(2, 3, 4)], big=[],
-                 simd=[(4, 8, 1001), (33, 4, 129), (3, 64, 7)], small=(2, 3, 7),
-                 steps=((32, 16, 300), _IN_FULL, np.float32),
-                 empty=[(0, 3, 4), (2, 3, 0), (2, 0, 4), (0, 3, 0)]),
-    InstanceNorm("InstanceNorm2d", ndims=(4,), configs=_IN_CONFIGS, full_kw=_IN_FULL,
-                 shapes=[(3, 4, 6, 6), (6, 1, 7, 3)], fd=[(2, 2, 2, 3)], big=[(16, 64, 33, 33)],
-                 simd=[(2, 6, 24, 24)], small=(2, 3, 4, 5), steps=((8, 6, 30, 30), _IN_FULL, np.float32),
-                 empty=[(0, 3, 4, 4), (2, 3, 0, 2)]),
-    InstanceNorm("InstanceNorm3d", ndims=(5,), configs=_IN_CONFIGS, full_kw=_IN_FULL,
-                 shapes=[(2, 2, 3, 4, 5)], fd=[(1, 2, 2, 1, 3)], big=[],
-                 simd=[(2, 3, 4, 9, 31)], small=(2, 3, 2, 3, 4),
-                 steps=((2, 4, 8, 24, 24), _IN_FULL, np.float32), empty=[(2, 3, 0, 2, 2)]),
-    RMSNorm("RMSNorm",
-            configs={"default": {}, "eps_noaffine": {"eps": 1e-6, "elementwise_affine": False},
-                     "f64": {"dtype": f64}},
-            shapes=[((5, 11), (11,)), ((4, 513), (513,)), ((2, 3, 7), (3, 7)), ((7,), (7,))],
-            fd=[((4, 5), (5,)), ((2, 3, 4), (3, 4)), ((3, 1), (1,))],
-            big=[((16, 64, 33, 33), (33, 33)), ((2, 32, 64, 96), (64, 96))],
-            simd=[((4, 8, 1001), (1001,)), ((2, 6, 24, 24), (24, 24)), ((33, 4, 129), (129,)),
-                  ((3, 64, 7), (7,))],
-            small=((4, 3, 5), (5,)), steps=(((128, 12, 60), (12, 60)), {}, np.float32),
-            empty=[((0, 3), (3,)), ((2, 0), (0,)), ((0,), (0,)), ((2, 0, 3), (3,))]),
-    AddLayerNorm("AddLayerNorm",
-                 configs={"default": {}, "nobias": {"bias": False},
-                          "noaffine": {"elementwise_affine": False}},
-                 shapes=[((5, 11), (11,)), ((6, 3, 7), (3, 7)), ((4, 513), (513,))],
-                 fd=[((4, 5), (5,)), ((2, 3, 4), (3, 4))],
-                 big=[((16, 64, 33, 33), (33, 33)), ((2, 32, 64, 96), (64, 96))],
-                 simd=[((4, 8, 1001), (1001,)), ((2, 6, 24, 24), (24, 24)), ((33, 4, 129), (129,)),
-                       ((3, 64, 7), (7,))],
-                 small=((4, 3, 5), (5,)), steps=(((128, 12, 60), (12, 60)), {}, np.float32),
-                 empty=[((0, 3), (3,)), ((2, 0), (0,)), ((0,), (0,)), ((2, 0, 3), (3,))]),
-    BatchNormReLU("BatchNormReLU1d", ndims=(2, 3), configs=_BNR_CONFIGS, torch_twin="BatchNorm1d",
-                  shapes=[(6, 5), (4, 5, 7), (64, 3), (2, 4, 1031)], fd=[(6, 3), (3, 2, 4)],
-                  big=[(256, 1024)], simd=[(4, 8, 1001), (33, 4, 129), (3, 64, 7)], small=(6, 3),
-                  steps=((128, 700), {}, np.float32),
-                  empty=[(0, 3), (2, 3, 0), (2, 0, 4)]),
-    BatchNormReLU("BatchNormReLU2d", ndims=(4,), configs=_BNR_CONFIGS, torch_twin="BatchNorm2d",
-                  shapes=[(3, 5, 4, 6)], fd=[(2, 2, 2, 3)], big=[(16, 64, 33, 33), (2, 32, 64, 96)],
-                  simd=[(2, 6, 24, 24)], small=(4, 3, 2, 5), steps=((16, 6, 30, 30), {}, np.float32),
-                  empty=[(0, 3, 2, 2), (2, 3, 0, 2)]),
-    BatchNormReLU("BatchNormReLU3d", ndims=(5,), configs=_BNR_CONFIGS, torch_twin="BatchNorm3d",
-                  shapes=[(2, 3, 2, 3, 4)], fd=[(2, 2, 1, 2, 3)], big=[],
-                  simd=[(2, 3, 4, 9, 31)], small=(2, 3, 2, 2, 3), steps=((4, 4, 8, 24, 24), {}, np.float32),
-                  empty=[(2, 3, 0, 2, 2)]),
+    BatchNorm(
+        "BatchNorm1d",
+        ndims=(2, 3),
+        configs=_BN_CONFIGS,
+        shapes=[(5, 3), (2, 1), (7, 3, 11), (1, 3, 7), (3, 4, 513)],
+        fd=[(6, 3), (4, 3, 5), (3, 1, 2)],
+        big=[(256, 1024)],
+        simd=[(4, 3, 1001), (3, 2, 4099), (64, 1030), (33, 517), (40, 600)],
+        small=(6, 4, 3),
+        steps=((128, 700), {}, np.float32),
+        empty=[(0, 3), (0, 3, 5), (0, 3, 4), (4, 3, 0), (2, 3, 0), (4, 0), (4, 0, 5), (5, 0), (3, 0, 4)],
+    ),
+    BatchNorm(
+        "BatchNorm2d",
+        ndims=(4,),
+        configs=_BN_CONFIGS,
+        shapes=[(7, 3, 5, 11), (1, 1, 1, 2), (2, 3, 1, 1), (3, 5, 2, 3)],
+        fd=[(2, 2, 3, 3)],
+        big=[(16, 64, 33, 33), (4, 3, 160, 160)],
+        simd=[(2, 5, 24, 24)],
+        small=(3, 4, 5, 5),
+        steps=((16, 6, 30, 30), {"momentum": None}, np.float32),
+        empty=[
+            (0, 3, 5, 6),
+            (4, 3, 0, 6),
+            (4, 3, 5, 0),
+            (0, 2, 4, 4),
+            (2, 2, 3, 0),
+            (0, 3, 2, 2),
+            (4, 0, 5, 6),
+            (2, 0, 3, 3),
+            (0, 0, 0, 0),
+        ],
+    ),
+    BatchNorm(
+        "BatchNorm3d",
+        ndims=(5,),
+        configs=_BN_CONFIGS,
+        shapes=[(2, 3, 1, 5, 7), (1, 1, 1, 1, 3), (3, 5, 2, 3, 4)],
+        fd=[(2, 2, 1, 2, 3)],
+        big=[(2, 8, 16, 32, 32)],
+        simd=[(2, 3, 4, 9, 31)],
+        small=(2, 4, 2, 3, 3),
+        steps=((4, 4, 8, 24, 24), {}, np.float64),
+        empty=[
+            (0, 3, 2, 5, 6),
+            (4, 3, 0, 5, 6),
+            (4, 3, 2, 0, 6),
+            (4, 3, 2, 5, 0),
+            (2, 3, 0, 2, 2),
+            (2, 3, 2, 0, 1),
+            (4, 0, 2, 5, 6),
+            (2, 0, 1, 2, 2),
+        ],
+    ),
+    LayerNorm(
+        "LayerNorm",
+        configs={
+            "default_eps": {"eps": 1e-3},
+            "noaffine": {"elementwise_affine": False},
+            "nobias_f64": {"bias": False, "eps": 1e-4, "dtype": f64},
+        },
+        shapes=[
+            ((4, 5), (5,)),
+            ((6, 13), (13,)),
+            ((17,), (17,)),
+            ((2, 3, 4, 5), (4, 5)),
+            ((3, 5, 1), (5, 1)),
+        ],
+        fd=[((3, 5), (5,)), ((2, 3, 4), (3, 4)), ((4, 2), (2,)), ((7,), (7,)), ((2, 2, 3), (3,))],
+        big=[((512, 1024), (1024,)), ((64, 4096), (4096,)), ((8, 32, 64, 48), (64, 48))],
+        simd=[((33, 777), (777,)), ((8, 2048), (2048,)), ((5, 4, 129), (4, 129)), ((17, 513), (513,))],
+        small=((2, 3, 5), (3, 5)),
+        steps=(((128, 12, 60), (12, 60)), {}, np.float32),
+        empty=[
+            ((0, 8), (8,)),
+            ((2, 0, 6), (6,)),
+            ((0, 3, 4), (3, 4)),
+            ((0, 5), (5,)),
+            ((3, 0), (0,)),
+            ((2, 3, 0), (3, 0)),
+            ((0,), (0,)),
+            ((0, 0), (0, 0)),
+            ((2, 0, 3), (0, 3)),
+        ],
+    ),
+    GroupNorm(
+        "GroupNorm",
+        configs={"default": {}, "noaffine": {"affine": False}, "nobias_eps": {"bias": False, "eps": 1e-3}},
+        shapes=[((2, 6, 5), 3), ((3, 8, 4, 4), 4), ((4, 6), 3), ((1, 2, 3, 5, 7), 1), ((5, 3, 2), 1)],
+        fd=[((2, 6, 3), 3), ((2, 4, 2, 2), 2), ((3, 4), 2), ((1, 2, 5), 1)],
+        big=[((16, 64, 33, 33), 8), ((2, 32, 64, 96), 8)],
+        simd=[((4, 8, 1001), 8), ((2, 6, 24, 24), 2), ((33, 4, 129), 4), ((3, 64, 7), 8)],
+        small=((4, 6, 5), 3),
+        steps=(((16, 6, 30, 30), 3), {}, np.float32),
+        empty=[((0, 4, 3), 2), ((2, 4, 0), 2), ((2, 0, 3), 1), ((0, 4), 2), ((2, 4, 0, 5), 2)],
+    ),
+    InstanceNorm(
+        "InstanceNorm1d",
+        ndims=(3,),
+        configs=_IN_CONFIGS,
+        full_kw=_IN_FULL,
+        shapes=[(2, 3, 5), (2, 3, 1031), (1, 5, 2)],
+        fd=[(2, 3, 4)],
+        big=[],
+        simd=[(4, 8, 1001), (33, 4, 129), (3, 64, 7)],
+        small=(2, 3, 7),
+        steps=((32, 16, 300), _IN_FULL, np.float32),
+        empty=[(0, 3, 4), (2, 3, 0), (2, 0, 4), (0, 3, 0)],
+    ),
+    InstanceNorm(
+        "InstanceNorm2d",
+        ndims=(4,),
+        configs=_IN_CONFIGS,
+        full_kw=_IN_FULL,
+        shapes=[(3, 4, 6, 6), (6, 1, 7, 3)],
+        fd=[(2, 2, 2, 3)],
+        big=[(16, 64, 33, 33)],
+        simd=[(2, 6, 24, 24)],
+        small=(2, 3, 4, 5),
+        steps=((8, 6, 30, 30), _IN_FULL, np.float32),
+        empty=[(0, 3, 4, 4), (2, 3, 0, 2)],
+    ),
+    InstanceNorm(
+        "InstanceNorm3d",
+        ndims=(5,),
+        configs=_IN_CONFIGS,
+        full_kw=_IN_FULL,
+        shapes=[(2, 2, 3, 4, 5)],
+        fd=[(1, 2, 2, 1, 3)],
+        big=[],
+        simd=[(2, 3, 4, 9, 31)],
+        small=(2, 3, 2, 3, 4),
+        steps=((2, 4, 8, 24, 24), _IN_FULL, np.float32),
+        empty=[(2, 3, 0, 2, 2)],
+    ),
+    RMSNorm(
+        "RMSNorm",
+        configs={
+            "default": {},
+            "eps_noaffine": {"eps": 1e-6, "elementwise_affine": False},
+            "f64": {"dtype": f64},
+        },
+        shapes=[((5, 11), (11,)), ((4, 513), (513,)), ((2, 3, 7), (3, 7)), ((7,), (7,))],
+        fd=[((4, 5), (5,)), ((2, 3, 4), (3, 4)), ((3, 1), (1,))],
+        big=[((16, 64, 33, 33), (33, 33)), ((2, 32, 64, 96), (64, 96))],
+        simd=[
+            ((4, 8, 1001), (1001,)),
+            ((2, 6, 24, 24), (24, 24)),
+            ((33, 4, 129), (129,)),
+            ((3, 64, 7), (7,)),
+        ],
+        small=((4, 3, 5), (5,)),
+        steps=(((128, 12, 60), (12, 60)), {}, np.float32),
+        empty=[((0, 3), (3,)), ((2, 0), (0,)), ((0,), (0,)), ((2, 0, 3), (3,))],
+    ),
+    AddLayerNorm(
+        "AddLayerNorm",
+        configs={"default": {}, "nobias": {"bias": False}, "noaffine": {"elementwise_affine": False}},
+        shapes=[((5, 11), (11,)), ((6, 3, 7), (3, 7)), ((4, 513), (513,))],
+        fd=[((4, 5), (5,)), ((2, 3, 4), (3, 4))],
+        big=[((16, 64, 33, 33), (33, 33)), ((2, 32, 64, 96), (64, 96))],
+        simd=[
+            ((4, 8, 1001), (1001,)),
+            ((2, 6, 24, 24), (24, 24)),
+            ((33, 4, 129), (129,)),
+            ((3, 64, 7), (7,)),
+        ],
+        small=((4, 3, 5), (5,)),
+        steps=(((128, 12, 60), (12, 60)), {}, np.float32),
+        empty=[((0, 3), (3,)), ((2, 0), (0,)), ((0,), (0,)), ((2, 0, 3), (3,))],
+    ),
+    BatchNormReLU(
+        "BatchNormReLU1d",
+        ndims=(2, 3),
+        configs=_BNR_CONFIGS,
+        torch_twin="BatchNorm1d",
+        shapes=[(6, 5), (4, 5, 7), (64, 3), (2, 4, 1031)],
+        fd=[(6, 3), (3, 2, 4)],
+        big=[(256, 1024)],
+        simd=[(4, 8, 1001), (33, 4, 129), (3, 64, 7)],
+        small=(6, 3),
+        steps=((128, 700), {}, np.float32),
+        empty=[(0, 3), (2, 3, 0), (2, 0, 4)],
+    ),
+    BatchNormReLU(
+        "BatchNormReLU2d",
+        ndims=(4,),
+        configs=_BNR_CONFIGS,
+        torch_twin="BatchNorm2d",
+        shapes=[(3, 5, 4, 6)],
+        fd=[(2, 2, 2, 3)],
+        big=[(16, 64, 33, 33), (2, 32, 64, 96)],
+        simd=[(2, 6, 24, 24)],
+        small=(4, 3, 2, 5),
+        steps=((16, 6, 30, 30), {}, np.float32),
+        empty=[(0, 3, 2, 2), (2, 3, 0, 2)],
+    ),
+    BatchNormReLU(
+        "BatchNormReLU3d",
+        ndims=(5,),
+        configs=_BNR_CONFIGS,
+        torch_twin="BatchNorm3d",
+        shapes=[(2, 3, 2, 3, 4)],
+        fd=[(2, 2, 1, 2, 3)],
+        big=[],
+        simd=[(2, 3, 4, 9, 31)],
+        small=(2, 3, 2, 2, 3),
+        steps=((4, 4, 8, 24, 24), {}, np.float32),
+        empty=[(2, 3, 0, 2, 2)],
+    ),
 ]
 BY_NAME = {n.name: n for n in NORMS}
 
@@ -498,8 +662,11 @@ def norm_cases(attr, modes=False, dtypes=None, norms=NORMS):
             for dtype in dtypes or [None]:
                 for training in norm.modes if modes else [None]:
                     values = [norm, case] + ([dtype] if dtypes else []) + ([training] if modes else [])
-                    ids = [norm.name, case.id] + ([np.dtype(dtype).name] if dtypes else []) + \
-                        ([mode_id(norm, training)] if modes else [])
+                    ids = (
+                        [norm.name, case.id]
+                        + ([np.dtype(dtype).name] if dtypes else [])
+                        + ([mode_id(norm, training)] if modes else [])
+                    )
                     out.append(pytest.param(*values, id="-".join(ids)))
     return out
 
@@ -515,16 +682,41 @@ def norm_configs(norms=NORMS):
 
 BN_SHAPES = [
     # (N, C)
-    (2, 1), (5, 3), (1, 4), (64, 7), (256, 1024),
+    (2, 1),
+    (5, 3),
+    (1, 4),
+    (64, 7),
+    (256, 1024),
     # (N, C, L)
-    (4, 3, 1), (1, 3, 7), (7, 3, 11), (2, 1, 100), (3, 4, 1000), (16, 64, 33),
-    (0, 3, 5), (2, 5, 0), (4, 0, 5),
+    (4, 3, 1),
+    (1, 3, 7),
+    (7, 3, 11),
+    (2, 1, 100),
+    (3, 4, 1000),
+    (16, 64, 33),
+    (0, 3, 5),
+    (2, 5, 0),
+    (4, 0, 5),
     # (N, C, H, W)
-    (7, 3, 5, 11), (1, 1, 1, 2), (2, 3, 1, 1), (1, 2, 1, 1), (4, 4, 32, 32), (2, 16, 8, 8),
-    (8, 3, 64, 64), (0, 3, 4, 4), (2, 3, 0, 4), (3, 0, 2, 2),
+    (7, 3, 5, 11),
+    (1, 1, 1, 2),
+    (2, 3, 1, 1),
+    (1, 2, 1, 1),
+    (4, 4, 32, 32),
+    (2, 16, 8, 8),
+    (8, 3, 64, 64),
+    (0, 3, 4, 4),
+    (2, 3, 0, 4),
+    (3, 0, 2, 2),
     # (N, C, D, H, W)
-    (2, 3, 1, 5, 7), (1, 2, 3, 3, 3), (3, 5, 2, 3, 4), (2, 4, 8, 16, 16), (1, 1, 1, 1, 3),
-    (0, 2, 3, 3, 3), (2, 3, 2, 0, 2), (2, 0, 2, 2, 2),
+    (2, 3, 1, 5, 7),
+    (1, 2, 3, 3, 3),
+    (3, 5, 2, 3, 4),
+    (2, 4, 8, 16, 16),
+    (1, 1, 1, 1, 3),
+    (0, 2, 3, 3, 3),
+    (2, 3, 2, 0, 2),
+    (2, 0, 2, 2, 2),
 ]
 
 
@@ -545,10 +737,10 @@ def bn_params(training_values=(True, False)):
 
 LN_CASES = [
     ((4, 5), (5,)),
-    ((3, 1), (1,)),          # D = 1
-    ((6, 13), (13,)),        # prime D
-    ((1, 17), (17,)),        # M = 1
-    ((17,), (17,)),          # no leading dims
+    ((3, 1), (1,)),  # D = 1
+    ((6, 13), (13,)),  # prime D
+    ((1, 17), (17,)),  # M = 1
+    ((17,), (17,)),  # no leading dims
     ((2, 3, 4, 5), (4, 5)),  # 2-dim normalized_shape
     ((2, 3, 7), (3, 7)),
     ((3, 5, 1), (5, 1)),
@@ -556,7 +748,7 @@ LN_CASES = [
     ((64, 1024), (1024,)),
     ((512, 96), (96,)),
     ((4, 33, 257), (257,)),
-    ((0, 8), (8,)),          # empty
+    ((0, 8), (8,)),  # empty
     ((2, 0, 6), (6,)),
     ((0, 3, 4), (3, 4)),
 ]

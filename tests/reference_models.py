@@ -7,6 +7,7 @@ from norms import EPS, reference
 
 # ----------------------------------------------------------------- float64 results of float32 inputs
 
+
 def ref_batch_stats(x):
     """float64 (mean, biased var) per channel of the float32 input."""
     return reference.batch_norm_stats(x.astype(np.float64))
@@ -35,11 +36,21 @@ def bn_grad_ref(dy, x, w, eps=1e-5, training=True, rm=None, rv=None):
 
 # ----------------------------------------------------------------- the modules' state machines
 
+
 class RefBatchNorm:
     """Pure-NumPy model of a torch BatchNorm module's state machine."""
 
-    def __init__(self, C, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 bias=True, weight=None, bias_value=None):
+    def __init__(
+        self,
+        C,
+        eps=1e-5,
+        momentum=0.1,
+        affine=True,
+        track_running_stats=True,
+        bias=True,
+        weight=None,
+        bias_value=None,
+    ):
         self.eps, self.momentum = eps, momentum
         self.training = True
         self.weight = (np.ones(C) if weight is None else np.array(weight, np.float64)) if affine else None
@@ -61,8 +72,9 @@ class RefBatchNorm:
         use_batch = self.training or self.running_mean is None
         rm = self.running_mean if (not self.training or self.track) else None
         rv = self.running_var if (not self.training or self.track) else None
-        y, nrm, nrv = reference.batch_norm_forward(x, self.weight, self.bias, rm, rv, use_batch, factor,
-                                                   self.eps)
+        y, nrm, nrv = reference.batch_norm_forward(
+            x, self.weight, self.bias, rm, rv, use_batch, factor, self.eps
+        )
         if use_batch:
             mean, var = reference.batch_norm_stats(x)
         else:
@@ -98,8 +110,9 @@ class RefInstanceNorm:
         mom = 0.0 if self.momentum is None else self.momentum
         rm = self.running_mean if self.track else None
         rv = self.running_var if self.track else None
-        y, nrm, nrv = reference.instance_norm_forward(x, rm, rv, self.weight, self.bias, use_input,
-                                                      mom, self.eps)
+        y, nrm, nrv = reference.instance_norm_forward(
+            x, rm, rv, self.weight, self.bias, use_input, mom, self.eps
+        )
         if use_input and self.track:
             self.running_mean, self.running_var = nrm, nrv
         self._saved = (x, use_input)
@@ -107,5 +120,6 @@ class RefInstanceNorm:
 
     def backward(self, dy):
         x, use_input = self._saved
-        return reference.instance_norm_backward(dy, x, self.weight, self.eps, self.running_mean,
-                                                self.running_var, use_input)
+        return reference.instance_norm_backward(
+            dy, x, self.weight, self.eps, self.running_mean, self.running_var, use_input
+        )

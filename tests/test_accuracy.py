@@ -25,9 +25,9 @@ from reference_models import bn_eval_ref, bn_grad_ref, bn_train_ref, ln_ref, ref
 import cnorm
 import cnorm.functional as F
 
-FWD_TOL = 2e-6          # max |error| of O(1) float32 outputs
-GRAD_RTOL = 1e-5        # gradients, relative
-RUNNING_RTOL = 1e-6     # running statistics, relative
+FWD_TOL = 2e-6  # max |error| of O(1) float32 outputs
+GRAD_RTOL = 1e-5  # gradients, relative
+RUNNING_RTOL = 1e-6  # running statistics, relative
 EPS = 1e-5
 
 OFFSETS = [0.0, 1e3, 1e4, 1e5, 1e6]
@@ -70,6 +70,7 @@ def xhat_ln(x, ns, eps=EPS):
 # ---------------------------------------------------------------------------------------
 # offsets: forward
 # ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
 @pytest.mark.parametrize("offset", OFFSETS + [-1e5], ids=lambda o: f"off{o:g}")
@@ -180,11 +181,14 @@ def test_batch_norm_large_offset_is_stable(num_threads, rng, shape, dtype, loc, 
     y_ref, _, _ = reference.batch_norm_forward(x, None, None, None, None, True, 0.1, EPS)
     _mean, var = reference.batch_norm_stats(x)
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=atol)
-    np.testing.assert_allclose(save_invstd, 1 / np.sqrt(var + EPS), rtol=1e-4 if dtype == np.float32 else 1e-9)
+    np.testing.assert_allclose(
+        save_invstd, 1 / np.sqrt(var + EPS), rtol=1e-4 if dtype == np.float32 else 1e-9
+    )
 
 
-@pytest.mark.parametrize("dtype,loc,atol", [(np.float32, 1e3, 1e-3), (np.float64, 1e6, 1e-7)],
-                         ids=["float32", "float64"])
+@pytest.mark.parametrize(
+    "dtype,loc,atol", [(np.float32, 1e3, 1e-3), (np.float64, 1e6, 1e-7)], ids=["float32", "float64"]
+)
 def test_layer_norm_large_offset_is_stable(num_threads, rng, dtype, loc, atol):
     x = (loc + rng.normal(0.0, 1.0, (64, 300))).astype(dtype)
     y, _, rstd = F.native_layer_norm(x, (300,), None, None, EPS)
@@ -193,8 +197,9 @@ def test_layer_norm_large_offset_is_stable(num_threads, rng, dtype, loc, atol):
     np.testing.assert_allclose(rstd, rstd_ref, rtol=1e-4 if dtype == np.float32 else 1e-9)
 
 
-@pytest.mark.parametrize("case", [((4, 64, 16, 16), 32), ((2, 6, 1031), 3), ((8, 12), 4)],
-                         ids=lambda c: f"{c[0]}-G{c[1]}")
+@pytest.mark.parametrize(
+    "case", [((4, 64, 16, 16), 32), ((2, 6, 1031), 3), ((8, 12), 4)], ids=lambda c: f"{c[0]}-G{c[1]}"
+)
 @pytest.mark.parametrize("offset", OFFSETS + [-1e5], ids=lambda o: f"off{o:g}")
 def test_group_norm_float32_offsets(rng, num_threads, offset, case):
     shape, G = case
@@ -221,8 +226,7 @@ def test_instance_norm_float32_offsets(rng, num_threads, offset, shape):
     rm = np.zeros(C, np.float32)
     rv = np.ones(C, np.float32)
     y, mean, invstd = F.native_instance_norm(x, None, None, rm, rv, True, 0.1, EPS)
-    ry, rrm, rrv = reference.instance_norm_forward(x, np.zeros(C), np.ones(C), None, None, True,
-                                              0.1, EPS)
+    ry, rrm, rrv = reference.instance_norm_forward(x, np.zeros(C), np.ones(C), None, None, True, 0.1, EPS)
     err = max_err(y, ry)
     assert err <= FWD_TOL, f"IN forward at offset {offset:g}: max error {err:.3g}"
     np.testing.assert_allclose(rm, rrm, rtol=1e-6, atol=1e-6)
@@ -232,8 +236,9 @@ def test_instance_norm_float32_offsets(rng, num_threads, offset, shape):
     assert rel_err(dx, reference.instance_norm_backward(dy, x, None, EPS)[0]) <= GRAD_RTOL
 
 
-@pytest.mark.parametrize("case", [((64, 1024), (1024,)), ((30, 37), (37,)), ((4, 8, 50), (8, 50))],
-                         ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.mark.parametrize(
+    "case", [((64, 1024), (1024,)), ((30, 37), (37,)), ((4, 8, 50), (8, 50))], ids=lambda c: f"{c[0]}-{c[1]}"
+)
 @pytest.mark.parametrize("offset", OFFSETS + [-1e5], ids=lambda o: f"off{o:g}")
 def test_rms_norm_float32_offsets(rng, num_threads, offset, case):
     shape, ns = case
@@ -249,8 +254,9 @@ def test_rms_norm_float32_offsets(rng, num_threads, offset, case):
     assert rel_err(dx, rdx) <= GRAD_RTOL and rel_err(dw, rdw) <= GRAD_RTOL * 10
 
 
-@pytest.mark.parametrize("case", [((64, 1024), (1024,)), ((30, 37), (37,)), ((4, 8, 50), (8, 50))],
-                         ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.mark.parametrize(
+    "case", [((64, 1024), (1024,)), ((30, 37), (37,)), ((4, 8, 50), (8, 50))], ids=lambda c: f"{c[0]}-{c[1]}"
+)
 @pytest.mark.parametrize("offset", OFFSETS + [-1e5], ids=lambda o: f"off{o:g}")
 def test_add_layer_norm_float32_offsets(rng, num_threads, offset, case):
     """The reference normalizes the float32 sum (what the fused op defines as s)."""
@@ -280,8 +286,7 @@ def test_batch_norm_relu_float32_offsets(rng, num_threads, offset, shape, traini
     # eval: running statistics equal to the batch's own, so that x-hat is O(1)
     mean64, var64 = reference.batch_norm_stats(x)
     rm, rv = mean64.astype(np.float32), var64.astype(np.float32)
-    y, _mean, _invstd = F.native_batch_norm_relu(x, None, None, rm.copy(), rv.copy(), training,
-                                               0.1, EPS)
+    y, _mean, _invstd = F.native_batch_norm_relu(x, None, None, rm.copy(), rv.copy(), training, 0.1, EPS)
     ref = reference.batch_norm_relu_forward(x, None, None, rm, rv, training, 0.1, EPS)[0]
     err = max_err(y, ref)
     assert err <= FWD_TOL, f"BN+ReLU forward at offset {offset:g}: max error {err:.3g}"
@@ -290,6 +295,7 @@ def test_batch_norm_relu_float32_offsets(rng, num_threads, offset, shape, traini
 # ---------------------------------------------------------------------------------------
 # offsets: gradients
 # ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
@@ -313,10 +319,20 @@ def test_bn_gradients_offsets(rng, num_threads, offset, shape, training):
     if training:
         terms = xhat_bn(x)
     else:
-        terms = ((x.astype(np.float64) - channel(m.running_mean, x.ndim))
-                 / channel(np.sqrt(m.running_var.astype(np.float64) + EPS), x.ndim))
-    assert_grads(dx, m.weight_grad, m.bias_grad, ref, dy, x, bn_axes(x.ndim), terms,
-                 f"BN {'train' if training else 'eval'} offset {offset:g}")
+        terms = (x.astype(np.float64) - channel(m.running_mean, x.ndim)) / channel(
+            np.sqrt(m.running_var.astype(np.float64) + EPS), x.ndim
+        )
+    assert_grads(
+        dx,
+        m.weight_grad,
+        m.bias_grad,
+        ref,
+        dy,
+        x,
+        bn_axes(x.ndim),
+        terms,
+        f"BN {'train' if training else 'eval'} offset {offset:g}",
+    )
 
 
 @pytest.mark.parametrize("case", LN_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
@@ -332,16 +348,27 @@ def test_ln_gradients_offsets(rng, num_threads, offset, case):
     dx = m.backward(dy)
     ref = reference.layer_norm_backward(dy, x.astype(np.float64), ns, m.weight, EPS)
     lead = tuple(range(x.ndim - len(ns)))
-    assert_grads(dx, m.weight_grad, m.bias_grad, ref, dy, x, lead, xhat_ln(x, ns),
-                 f"LN offset {offset:g}")
+    assert_grads(dx, m.weight_grad, m.bias_grad, ref, dy, x, lead, xhat_ln(x, ns), f"LN offset {offset:g}")
 
 
 # ---------------------------------------------------------------------------------------
 # constant channels / rows / groups: exactly 0 before beta
 # ---------------------------------------------------------------------------------------
 
-CONSTANTS = [0.0, 1e4, -1e4, 0.1, 1 / 3, 12345.678, -7.3e-3, 1e6 + 0.5, 1e25, 1e30, -3e-30,
-             1e-40]   # the last one is subnormal in float32
+CONSTANTS = [
+    0.0,
+    1e4,
+    -1e4,
+    0.1,
+    1 / 3,
+    12345.678,
+    -7.3e-3,
+    1e6 + 0.5,
+    1e25,
+    1e30,
+    -3e-30,
+    1e-40,
+]  # the last one is subnormal in float32
 
 
 CONST_SHAPES = [(7, 3, 5, 11), (33, 5), (3, 4, 513), (2, 3, 1000), (2, 3, 40000), (4096, 3)]
@@ -378,13 +405,14 @@ def _check_bn_constant_channel(rng, const, shape):
     y = F.batch_norm(x, rm, rv, w, None, training=False)
     assert np.all(y[:, 1] == 0)
     # the other channels are unaffected
-    assert max_err(np.delete(y, 1, axis=1),
-                   np.delete(bn_eval_ref(x, w, None, rm, rv), 1, axis=1)) <= 1e-3
+    assert max_err(np.delete(y, 1, axis=1), np.delete(bn_eval_ref(x, w, None, rm, rv), 1, axis=1)) <= 1e-3
 
 
-@pytest.mark.parametrize("case", [((5, 11), (11,)), ((4, 513), (513,)), ((3, 5000), (5000,)),
-                                  ((6, 3, 7), (3, 7)), ((2, 70000), (70000,))],
-                         ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.mark.parametrize(
+    "case",
+    [((5, 11), (11,)), ((4, 513), (513,)), ((3, 5000), (5000,)), ((6, 3, 7), (3, 7)), ((2, 70000), (70000,))],
+    ids=lambda c: f"{c[0]}-{c[1]}",
+)
 def test_ln_constant_row_is_exactly_zero(rng, num_threads, case):
     shape, ns = case
     for const in CONSTANTS:
@@ -415,23 +443,27 @@ def test_constant_channel_gradient_is_finite_and_exact(rng):
 GN_CONST = [0.0, 1.0, -3.5, 1e6, 123456.789, 1e-30, 3e30]
 
 
-@pytest.mark.parametrize("case", [((3, 8, 5, 5), 4), ((2, 6, 1031), 3), ((4, 32, 3, 3), 32),
-                                  ((2, 4, 70000), 2)],
-                         ids=lambda c: f"{c[0]}-G{c[1]}")
+@pytest.mark.parametrize(
+    "case",
+    [((3, 8, 5, 5), 4), ((2, 6, 1031), 3), ((4, 32, 3, 3), 32), ((2, 4, 70000), 2)],
+    ids=lambda c: f"{c[0]}-G{c[1]}",
+)
 def test_group_norm_constant_group_is_exactly_zero(rng, num_threads, case):
     shape, G = case
     C = shape[1]
     cg = C // G
     for const in GN_CONST:
         x = rng.standard_normal(shape).astype(np.float32)
-        x[1, cg:2 * cg] = np.float32(const)              # group 1 of sample 1
+        x[1, cg : 2 * cg] = np.float32(const)  # group 1 of sample 1
         w = rng.uniform(0.5, 2.0, C).astype(np.float32)
         b = rng.uniform(-1, 1, C).astype(np.float32)
         y = F.group_norm(x, G, w, None)
-        assert np.all(y[1, cg:2 * cg] == 0), f"constant {const:g}: max |y| {np.abs(y[1, cg:2*cg]).max()}"
+        assert np.all(y[1, cg : 2 * cg] == 0), (
+            f"constant {const:g}: max |y| {np.abs(y[1, cg : 2 * cg]).max()}"
+        )
         assert np.all(np.isfinite(y))
         y = F.group_norm(x, G, w, b)
-        assert np.all(y[1, cg:2 * cg] == channel(b, len(shape))[0, cg:2 * cg])
+        assert np.all(y[1, cg : 2 * cg] == channel(b, len(shape))[0, cg : 2 * cg])
         # the gradient of a constant group is finite (dx = rstd * (g - mean(g)))
         _, mean, rstd = F.native_group_norm(x, G, w, b, EPS)
         dy = rng.standard_normal(shape).astype(np.float32)
@@ -454,14 +486,15 @@ def test_instance_norm_constant_instance_is_exactly_zero(rng, num_threads, shape
         assert np.all(y[1, 2] == b[2])
 
 
-@pytest.mark.parametrize("case", [((5, 11), (11,)), ((4, 1031), (1031,)), ((6, 3, 7), (3, 7))],
-                         ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.mark.parametrize(
+    "case", [((5, 11), (11,)), ((4, 1031), (1031,)), ((6, 3, 7), (3, 7))], ids=lambda c: f"{c[0]}-{c[1]}"
+)
 def test_add_layer_norm_constant_row_is_exactly_zero(rng, num_threads, case):
     shape, ns = case
     for const in [0.0, 1.0, 1e6, -2.5]:
         x = rng.standard_normal(shape).astype(np.float32)
         r = rng.standard_normal(shape).astype(np.float32)
-        x[1] = np.float32(const) / 2                       # halves: the sum is exact
+        x[1] = np.float32(const) / 2  # halves: the sum is exact
         r[1] = np.float32(const) / 2
         b = rng.uniform(-1, 1, ns).astype(np.float32)
         y, s = F.add_layer_norm(x, r, ns, None, None)
@@ -477,5 +510,7 @@ def test_rms_norm_zero_row_is_exactly_zero_and_constant_row_is_sign(rng, num_thr
     y = F.rms_norm(x, (1031,))
     assert np.all(y[1] == 0)
     np.testing.assert_allclose(y[2], -1.0, rtol=1e-6)
-    dx, _dw = F.rms_norm_backward(np.ones_like(x), x, (1031,), F.native_rms_norm(x, (1031,), None, None)[1], None)
+    dx, _dw = F.rms_norm_backward(
+        np.ones_like(x), x, (1031,), F.native_rms_norm(x, (1031,), None, None)[1], None
+    )
     assert np.all(np.isfinite(dx))

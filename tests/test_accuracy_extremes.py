@@ -16,9 +16,9 @@ from reference_models import bn_eval_ref, bn_grad_ref, bn_train_ref, ln_ref, ref
 import cnorm
 import cnorm.functional as F
 
-FWD_TOL = 2e-6          # max |error| of O(1) float32 outputs
-GRAD_RTOL = 1e-5        # gradients, relative
-RUNNING_RTOL = 1e-6     # running statistics, relative
+FWD_TOL = 2e-6  # max |error| of O(1) float32 outputs
+GRAD_RTOL = 1e-5  # gradients, relative
+RUNNING_RTOL = 1e-6  # running statistics, relative
 EPS = 1e-5
 
 
@@ -29,8 +29,11 @@ EPS = 1e-5
 SCALES = [1e-30, 1e-20, 1e-10, 1e-3, 1.0, 1e3, 1e10, 1e19, 1e20, 1e25, 1e30]
 
 
-OFFSET_SCALES = [(0.0, s) for s in SCALES] + [(1e3 * s, s) for s in SCALES] + [
-    (1e30, 1e25), (-1e30, 1e27), (1e25, 1e22), (-1e20, 1e17), (1e6, 0.1), (3e38 / 2, 1e32)]
+OFFSET_SCALES = (
+    [(0.0, s) for s in SCALES]
+    + [(1e3 * s, s) for s in SCALES]
+    + [(1e30, 1e25), (-1e30, 1e27), (1e25, 1e22), (-1e20, 1e17), (1e6, 0.1), (3e38 / 2, 1e32)]
+)
 
 
 SCALE_SHAPES = [(8, 4, 9, 31), (300, 6), (4, 3, 600)]
@@ -62,12 +65,12 @@ def _check_bn_train_magnitude(rng, off_scale, shape):
     # the running mean is representable and correct (the running variance overflows
     # float32 storage beyond |x| ~ 1.8e19, as it does in torch)
     mean, _ = ref_batch_stats(x)
-    np.testing.assert_allclose(m.running_mean, 0.1 * mean, rtol=RUNNING_RTOL,
-                               atol=1e-6 * 0.1 * scale)
+    np.testing.assert_allclose(m.running_mean, 0.1 * mean, rtol=RUNNING_RTOL, atol=1e-6 * 0.1 * scale)
 
 
-@pytest.mark.parametrize("off_scale", [p for p in OFFSET_SCALES if p[1] <= 1e19 and abs(p[0]) < 1e20],
-                         ids=_os_id)
+@pytest.mark.parametrize(
+    "off_scale", [p for p in OFFSET_SCALES if p[1] <= 1e19 and abs(p[0]) < 1e20], ids=_os_id
+)
 def test_bn_eval_forward_any_magnitude(rng, off_scale):
     """Eval, running stats = the batch's statistics (as long as var fits in float32)."""
     offset, scale = off_scale
@@ -113,11 +116,9 @@ def test_huge_values_mixed_with_ordinary_channels(rng, value):
 # output: this is where float32 squares must neither overflow nor underflow.
 
 
-@pytest.mark.parametrize("scale", [
-    1e-30,
-    1e-25,
-    1e-20,
-    1e-15, 1e-10, 1e-3, 1.0, 1e10, 1e19, 1e25, 1e30], ids=lambda s: f"s{s:g}")
+@pytest.mark.parametrize(
+    "scale", [1e-30, 1e-25, 1e-20, 1e-15, 1e-10, 1e-3, 1.0, 1e10, 1e19, 1e25, 1e30], ids=lambda s: f"s{s:g}"
+)
 def test_forward_and_gradients_with_eps_scaled_to_data(scale):
     rng = np.random.default_rng(int(abs(np.log10(scale))) + 11)
     eps = 1e-5 * scale * scale
@@ -134,15 +135,21 @@ def test_forward_and_gradients_with_eps_scaled_to_data(scale):
         yl, ml, rl = F.native_layer_norm(xl, ns, None, None, eps)
         errors[f"ln{xl.shape}"] = max_err(yl, ln_ref(xl, ns, None, None, eps))
         dxl = F.layer_norm_backward(dyl, xl, ns, ml, rl, None)[0]
-        errors[f"ln{xl.shape} dx (rel.)"] = rel_err(dxl, reference.layer_norm_backward(
-            dyl, xl.astype(np.float64), ns, None, eps)[0]) * FWD_TOL / GRAD_RTOL
+        errors[f"ln{xl.shape} dx (rel.)"] = (
+            rel_err(dxl, reference.layer_norm_backward(dyl, xl.astype(np.float64), ns, None, eps)[0])
+            * FWD_TOL
+            / GRAD_RTOL
+        )
     bad = {k: v for k, v in errors.items() if not v <= FWD_TOL}
-    assert not bad, (f"errors above the limits (outputs {FWD_TOL}; gradients {GRAD_RTOL} relative, "
-                     f"shown scaled to {FWD_TOL}): {bad}")
+    assert not bad, (
+        f"errors above the limits (outputs {FWD_TOL}; gradients {GRAD_RTOL} relative, "
+        f"shown scaled to {FWD_TOL}): {bad}"
+    )
 
 
-@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e-10, 1.0, 1e10, 1e15, 1e20, 1e25, 1e30],
-                         ids=lambda s: f"s{s:g}")
+@pytest.mark.parametrize(
+    "scale", [1e-30, 1e-20, 1e-10, 1.0, 1e10, 1e15, 1e20, 1e25, 1e30], ids=lambda s: f"s{s:g}"
+)
 def test_gradients_any_magnitude(scale):
     """Gradients of x = s * N(0, 1) (default eps): no coefficient of the backward may
     underflow or overflow float32 (invstd**2 or rstd**3 ~ 1e-90 at s = 1e30)."""
@@ -158,8 +165,9 @@ def test_gradients_any_magnitude(scale):
         ns = xl.shape[1:]
         _yl, ml, rl = F.native_layer_norm(xl, ns, None, None, EPS)
         dxl = F.layer_norm_backward(dyl, xl, ns, ml, rl, None)[0]
-        errors[f"ln{xl.shape}"] = rel_err(dxl, reference.layer_norm_backward(
-            dyl, xl.astype(np.float64), ns, None, EPS)[0])
+        errors[f"ln{xl.shape}"] = rel_err(
+            dxl, reference.layer_norm_backward(dyl, xl.astype(np.float64), ns, None, EPS)[0]
+        )
     bad = {k: v for k, v in errors.items() if not v <= GRAD_RTOL}
     assert not bad, f"relative gradient errors above {GRAD_RTOL}: {bad}"
 
@@ -167,8 +175,11 @@ def test_gradients_any_magnitude(scale):
 OTHER_SCALES = [1e-30, 1e-10, 1.0, 1e10, 1e19, 1e20, 1e25, 1e30]
 
 
-OTHER_OFFSET_SCALES = [(0.0, s) for s in OTHER_SCALES] + [(1e3 * s, s) for s in OTHER_SCALES] + [
-    (1e30, 1e25), (-1e20, 1e17), (1e6, 0.1), (3e38 / 2, 1e32)]
+OTHER_OFFSET_SCALES = (
+    [(0.0, s) for s in OTHER_SCALES]
+    + [(1e3 * s, s) for s in OTHER_SCALES]
+    + [(1e30, 1e25), (-1e20, 1e17), (1e6, 0.1), (3e38 / 2, 1e32)]
+)
 
 
 @pytest.mark.parametrize("off_scale", OTHER_OFFSET_SCALES, ids=_os_id)
@@ -184,16 +195,22 @@ def test_forward_any_magnitude_other_norms(rng, off_scale):
         ns = shape[1:]
         wn = rng.uniform(0.5, 1.5, ns).astype(np.float32)
         bn = rng.uniform(-1, 1, ns).astype(np.float32)
-        r = (offset_data(rng, shape, 0.0, scale) if abs(offset) < 1e38 else np.zeros_like(x))
+        r = offset_data(rng, shape, 0.0, scale) if abs(offset) < 1e38 else np.zeros_like(x)
         outs = {
             "group_norm": (F.group_norm(x, G, w, b), reference.group_norm_forward(x, G, w, b, EPS)[0]),
-            "instance_norm": (F.instance_norm(x, weight=w, bias=b),
-                              reference.instance_norm_forward(x, None, None, w, b, True, 0.1, EPS)[0]),
+            "instance_norm": (
+                F.instance_norm(x, weight=w, bias=b),
+                reference.instance_norm_forward(x, None, None, w, b, True, 0.1, EPS)[0],
+            ),
             "rms_norm": (F.rms_norm(x, ns, wn), reference.rms_norm_forward(x, ns, wn, None)[0]),
-            "add_layer_norm": (F.add_layer_norm(x, r, ns, wn, bn)[0],
-                               reference.add_layer_norm_forward(x, r, ns, wn, bn, EPS)[0]),
-            "batch_norm_relu": (F.batch_norm_relu(x, None, None, w, b, training=True),
-                                reference.batch_norm_relu_forward(x, w, b, None, None, True, 0.1, EPS)[0]),
+            "add_layer_norm": (
+                F.add_layer_norm(x, r, ns, wn, bn)[0],
+                reference.add_layer_norm_forward(x, r, ns, wn, bn, EPS)[0],
+            ),
+            "batch_norm_relu": (
+                F.batch_norm_relu(x, None, None, w, b, training=True),
+                reference.batch_norm_relu_forward(x, w, b, None, None, True, 0.1, EPS)[0],
+            ),
         }
         for name, (y, ref) in outs.items():
             assert np.isfinite(y).all(), f"{name} {shape}: non-finite output"
@@ -201,12 +218,7 @@ def test_forward_any_magnitude_other_norms(rng, off_scale):
             assert err <= FWD_TOL, f"{name} {shape}: max error {err:.3g}"
 
 
-@pytest.mark.parametrize("scale", [
-    1e-20,
-    1e-10, 1e-3, 1e10, 1e15, 1e19,
-    1e25,
-    1e30],
-    ids=lambda s: f"s{s:g}")
+@pytest.mark.parametrize("scale", [1e-20, 1e-10, 1e-3, 1e10, 1e15, 1e19, 1e25, 1e30], ids=lambda s: f"s{s:g}")
 def test_gradients_any_magnitude_other_norms(rng, scale):
     """Gradients are invariant to the scale of x (up to 1/scale): relative error <= 1e-5."""
     for shape, G in [((6, 8, 9, 31), 4), ((4, 3, 600), 3)]:
@@ -215,7 +227,7 @@ def test_gradients_any_magnitude_other_norms(rng, scale):
         C = shape[1]
         w = rng.uniform(0.5, 1.5, C).astype(np.float32)
         ns = shape[1:]
-        eps = EPS * scale * scale           # the same problem at every scale
+        eps = EPS * scale * scale  # the same problem at every scale
         _, mean, rstd = F.native_group_norm(x, G, w, None, eps)
         dx, dw, _db = F.group_norm_backward(dy, x, G, mean, rstd, w)
         rdx, rdw, _rdb = reference.group_norm_backward(dy, x, G, w, eps)
@@ -232,6 +244,7 @@ def test_gradients_any_magnitude_other_norms(rng, scale):
 # NaN / Inf propagation (like torch)
 # ---------------------------------------------------------------------------------------
 
+
 def _masks(a):
     a = np.asarray(a)
     return np.isnan(a), np.isposinf(a), np.isneginf(a)
@@ -242,13 +255,15 @@ def _assert_same_nonfinite(actual, expected, what):
     where an infinite dy meets terms of both signs)."""
     m_a, m_e = ~np.isfinite(actual), ~np.isfinite(expected)
     assert np.array_equal(m_a, m_e), (
-        f"{what}: non-finite mask differs ({int(m_a.sum())} vs {int(m_e.sum())} elements)")
+        f"{what}: non-finite mask differs ({int(m_a.sum())} vs {int(m_e.sum())} elements)"
+    )
 
 
 def _assert_same_masks(actual, expected, what):
     for name, m_a, m_e in zip(("nan", "+inf", "-inf"), _masks(actual), _masks(expected)):
         assert np.array_equal(m_a, m_e), (
-            f"{what}: {name} mask differs ({int(m_a.sum())} vs {int(m_e.sum())} elements)")
+            f"{what}: {name} mask differs ({int(m_a.sum())} vs {int(m_e.sum())} elements)"
+        )
 
 
 NAN_SHAPES = [(8, 4, 9, 31), (300, 6), (4, 3, 600), (64, 1030), (2, 5, 70000)]
@@ -295,9 +310,15 @@ def _check_bn_nan_channel(rng, shape, kind):
     assert np.array_equal(np.isnan(y), expected_nan)
     assert np.isfinite(y[:, ~bad_channel]).all()
     clean = np.delete(x, np.flatnonzero(bad_channel), axis=1)
-    assert max_err(np.delete(y, np.flatnonzero(bad_channel), axis=1),
-                   bn_train_ref(clean, np.delete(w, np.flatnonzero(bad_channel)),
-                                np.delete(b, np.flatnonzero(bad_channel)))) <= FWD_TOL
+    assert (
+        max_err(
+            np.delete(y, np.flatnonzero(bad_channel), axis=1),
+            bn_train_ref(
+                clean, np.delete(w, np.flatnonzero(bad_channel)), np.delete(b, np.flatnonzero(bad_channel))
+            ),
+        )
+        <= FWD_TOL
+    )
 
 
 @pytest.mark.parametrize("shape", [(300, 6), (12, 3000), (6, 4, 9, 31), (2, 70000)], ids=str)
@@ -344,9 +365,14 @@ def _check_masks_vs_torch_forward(rng, shape, kind, training):
     rm = rng.standard_normal(C).astype(np.float32)
     rv = rng.uniform(0.5, 2, C).astype(np.float32)
     y = F.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training)
-    yt = T.nn.functional.batch_norm(T.from_numpy(x), T.from_numpy(rm.copy()),
-                                    T.from_numpy(rv.copy()), T.from_numpy(w), T.from_numpy(b),
-                                    training=training).numpy()
+    yt = T.nn.functional.batch_norm(
+        T.from_numpy(x),
+        T.from_numpy(rm.copy()),
+        T.from_numpy(rv.copy()),
+        T.from_numpy(w),
+        T.from_numpy(b),
+        training=training,
+    ).numpy()
     _assert_same_masks(y, yt, "BN forward")
     xl = x.reshape(shape[0], -1)
     yl = F.layer_norm(xl, xl.shape[1:])
@@ -358,8 +384,9 @@ def _torch_bn_grads(T, x, dy, w, b, rm, rv, training):
     xt = T.from_numpy(x).requires_grad_()
     wt = T.from_numpy(w).requires_grad_()
     bt = T.from_numpy(b).requires_grad_()
-    yt = T.nn.functional.batch_norm(xt, T.from_numpy(rm.copy()), T.from_numpy(rv.copy()), wt, bt,
-                                    training=training)
+    yt = T.nn.functional.batch_norm(
+        xt, T.from_numpy(rm.copy()), T.from_numpy(rv.copy()), wt, bt, training=training
+    )
     yt.backward(T.from_numpy(dy))
     return xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()
 
@@ -414,8 +441,9 @@ def _poison_one(rng, x, kind):
 
 
 @pytest.mark.parametrize("kind", ["nan", "inf", "-inf"])
-@pytest.mark.parametrize("case", [((4, 8, 9, 31), 4), ((3, 6, 1031), 3), ((2, 4, 70000), 2)],
-                         ids=lambda c: f"{c[0]}-G{c[1]}")
+@pytest.mark.parametrize(
+    "case", [((4, 8, 9, 31), 4), ((3, 6, 1031), 3), ((2, 4, 70000), 2)], ids=lambda c: f"{c[0]}-G{c[1]}"
+)
 def test_nan_inf_only_the_group_row_or_instance(rng, num_threads, case, kind):
     shape, G = case
     _N, C = shape[:2]
@@ -426,9 +454,12 @@ def test_nan_inf_only_the_group_row_or_instance(rng, num_threads, case, kind):
     # group norm: only group g of sample n
     y = F.group_norm(x, G)
     bad = np.zeros(shape, bool)
-    bad[n, g * cg:(g + 1) * cg] = True
+    bad[n, g * cg : (g + 1) * cg] = True
     assert np.array_equal(np.isnan(y), bad)
-    assert max_err(y[~bad], reference.group_norm_forward(np.where(bad, 0, x), G, None, None, EPS)[0][~bad]) <= FWD_TOL
+    assert (
+        max_err(y[~bad], reference.group_norm_forward(np.where(bad, 0, x), G, None, None, EPS)[0][~bad])
+        <= FWD_TOL
+    )
     # instance norm: only (n, c)
     y = F.instance_norm(x)
     bad = np.zeros(shape, bool)
@@ -452,10 +483,14 @@ def test_nan_inf_masks_match_torch_other_norms(rng):
         x = rng.standard_normal((3, 6, 40)).astype(np.float32)
         _poison_one(rng, x, kind)
         t = torch.from_numpy(x)
-        pairs = [(F.group_norm(x, 3), TF.group_norm(t, 3)),
-                 (F.instance_norm(x), TF.instance_norm(t)),
-                 (F.rms_norm(x, (6, 40)), TF.rms_norm(t, (6, 40))),
-                 (F.batch_norm_relu(x, None, None, training=True),
-                  TF.relu(TF.batch_norm(t, None, None, training=True)))]
+        pairs = [
+            (F.group_norm(x, 3), TF.group_norm(t, 3)),
+            (F.instance_norm(x), TF.instance_norm(t)),
+            (F.rms_norm(x, (6, 40)), TF.rms_norm(t, (6, 40))),
+            (
+                F.batch_norm_relu(x, None, None, training=True),
+                TF.relu(TF.batch_norm(t, None, None, training=True)),
+            ),
+        ]
         for i, (a, b) in enumerate(pairs):
             assert np.array_equal(np.isnan(a), torch.isnan(b).numpy()), (kind, i)

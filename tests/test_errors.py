@@ -46,8 +46,12 @@ def test_exact_spec_messages_ndim():
 
 @pytest.mark.parametrize(
     "cls,shape",
-    [("BatchNorm1d", (1, 3)), ("BatchNorm1d", (1, 3, 1)), ("BatchNorm2d", (1, 3, 1, 1)),
-     ("BatchNorm3d", (1, 3, 1, 1, 1))],
+    [
+        ("BatchNorm1d", (1, 3)),
+        ("BatchNorm1d", (1, 3, 1)),
+        ("BatchNorm2d", (1, 3, 1, 1)),
+        ("BatchNorm3d", (1, 3, 1, 1, 1)),
+    ],
 )
 def test_one_value_per_channel_in_training(cls, shape):
     m = getattr(cnorm, cls)(3)
@@ -72,8 +76,14 @@ def test_one_value_per_channel_eval_without_running_stats():
 
 @pytest.mark.parametrize(
     "cls,C,shape",
-    [("BatchNorm2d", 4, (2, 3, 5, 5)), ("BatchNorm1d", 4, (2, 3)), ("BatchNorm1d", 2, (2, 3, 7)),
-     ("BatchNorm3d", 1, (2, 3, 1, 1, 1)), ("BatchNorm2d", 0, (2, 3, 5, 5)), ("BatchNorm2d", 3, (2, 0, 5, 5))],
+    [
+        ("BatchNorm2d", 4, (2, 3, 5, 5)),
+        ("BatchNorm1d", 4, (2, 3)),
+        ("BatchNorm1d", 2, (2, 3, 7)),
+        ("BatchNorm3d", 1, (2, 3, 1, 1, 1)),
+        ("BatchNorm2d", 0, (2, 3, 5, 5)),
+        ("BatchNorm2d", 3, (2, 0, 5, 5)),
+    ],
 )
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_wrong_channel_count(cls, C, shape, training):
@@ -90,14 +100,31 @@ def test_wrong_channel_count_exact_spec_message():
 @pytest.mark.parametrize(
     "ns,shape,msg",
     [
-        (768, (2, 3, 5),
-         "Given normalized_shape=[768], expected input with shape [*, 768], but got input of size[2, 3, 5]"),
-        ((3, 4), (2, 3, 5),
-         "Given normalized_shape=[3, 4], expected input with shape [*, 3, 4], but got input of size[2, 3, 5]"),
-        ([3, 4], (4,),
-         "Given normalized_shape=[3, 4], expected input with shape [*, 3, 4], but got input of size[4]"),
-        (4, (2, 0), "Given normalized_shape=[4], expected input with shape [*, 4], but got input of size[2, 0]"),
-        (5, (5, 4), "Given normalized_shape=[5], expected input with shape [*, 5], but got input of size[5, 4]"),
+        (
+            768,
+            (2, 3, 5),
+            "Given normalized_shape=[768], expected input with shape [*, 768], but got input of size[2, 3, 5]",
+        ),
+        (
+            (3, 4),
+            (2, 3, 5),
+            "Given normalized_shape=[3, 4], expected input with shape [*, 3, 4], but got input of size[2, 3, 5]",
+        ),
+        (
+            [3, 4],
+            (4,),
+            "Given normalized_shape=[3, 4], expected input with shape [*, 3, 4], but got input of size[4]",
+        ),
+        (
+            4,
+            (2, 0),
+            "Given normalized_shape=[4], expected input with shape [*, 4], but got input of size[2, 0]",
+        ),
+        (
+            5,
+            (5, 4),
+            "Given normalized_shape=[5], expected input with shape [*, 5], but got input of size[5, 4]",
+        ),
     ],
 )
 def test_layer_norm_wrong_shape(ns, shape, msg):
@@ -143,6 +170,7 @@ def test_torch_tensor_is_rejected(mod):
 
 def test_ndarray_subclass_is_accepted():
     """np.ndarray subclasses are NumPy arrays."""
+
     class Sub(np.ndarray):
         pass
 
@@ -151,8 +179,20 @@ def test_ndarray_subclass_is_accepted():
     np.testing.assert_allclose(y, cnorm.BatchNorm1d(3)(x), rtol=0, atol=0)
 
 
-UNSUPPORTED = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint32, np.uint64, np.bool_,
-               np.complex64, np.complex128, np.float16, object]
+UNSUPPORTED = [
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint8,
+    np.uint32,
+    np.uint64,
+    np.bool_,
+    np.complex64,
+    np.complex128,
+    np.float16,
+    object,
+]
 
 
 @pytest.mark.parametrize("dtype", UNSUPPORTED, ids=dtype_id)
@@ -201,9 +241,11 @@ def test_non_native_byte_order_float_is_not_a_crash():
 
 # --------------------------------------------------------------------------- eps / num_features
 
+
 @pytest.mark.parametrize("eps,shown", [(0.0, "0.0"), (-1.0, "-1.0"), (-1e-05, "-1e-05")])
-@pytest.mark.parametrize("cls,shape", [("BatchNorm1d", (4, 3)), ("BatchNorm2d", (2, 3, 2, 2)),
-                                       ("BatchNorm3d", (2, 3, 1, 2, 2))])
+@pytest.mark.parametrize(
+    "cls,shape", [("BatchNorm1d", (4, 3)), ("BatchNorm2d", (2, 3, 2, 2)), ("BatchNorm3d", (2, 3, 1, 2, 2))]
+)
 def test_batch_norm_eps_must_be_positive_in_training(cls, shape, eps, shown):
     msg = f"batch_norm eps must be positive during training, but got {shown}"
     m = getattr(cnorm, cls)(3, eps=eps)
@@ -249,6 +291,7 @@ def test_layer_norm_eps_not_checked():
 
 # --------------------------------------------------------------------------- backward protocol
 
+
 @pytest.mark.parametrize("mod", list(MODULES))
 def test_backward_before_forward(mod):
     make, shape = MODULES[mod]
@@ -263,8 +306,10 @@ def test_backward_twice(mod):
     x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
     m(x)
     m.backward(np.ones(shape, np.float32))
-    with raises(RuntimeError,
-                "Trying to backward through the graph a second time: call forward() again before backward()"):
+    with raises(
+        RuntimeError,
+        "Trying to backward through the graph a second time: call forward() again before backward()",
+    ):
         m.backward(np.ones(shape, np.float32))
     m(x)
     m.backward(np.ones(shape, np.float32))  # a new forward allows a new backward
@@ -329,17 +374,23 @@ def test_failed_forward_changes_no_state():
     x = rng.standard_normal((4, 3, 5, 5)).astype(f32)
     m(x)
     state = {k: np.array(v, copy=True) for k, v in m.state_dict().items()}
-    for bad in (np.ones((4, 4, 5, 5), f32), np.ones((1, 3, 1, 1), f32), np.ones((4, 3, 5, 5), np.int32),
-                np.ones((4, 3, 5), f32), [1.0]):
+    for bad in (
+        np.ones((4, 4, 5, 5), f32),
+        np.ones((1, 3, 1, 1), f32),
+        np.ones((4, 3, 5, 5), np.int32),
+        np.ones((4, 3, 5), f32),
+        [1.0],
+    ):
         with pytest.raises((TypeError, ValueError)):
             m(bad)
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(v, state[k], err_msg=k)
-    dx = m.backward(np.ones_like(x))           # still the gradient of the good forward
+    dx = m.backward(np.ones_like(x))  # still the gradient of the good forward
     assert dx.shape == x.shape
 
 
 # --------------------------------------------------------------------------- functional argument checks
+
 
 def test_functional_batch_norm_eval_needs_running_stats():
     x = np.ones((4, 3), np.float32)
@@ -350,8 +401,12 @@ def test_functional_batch_norm_eval_needs_running_stats():
 @pytest.mark.parametrize("which", ["weight", "bias", "running_mean", "running_var"])
 def test_functional_batch_norm_param_checks(which):
     x = np.ones((4, 3, 2), np.float32)
-    good = {"running_mean": np.zeros(3, np.float32), "running_var": np.ones(3, np.float32),
-                "weight": np.ones(3, np.float32), "bias": np.zeros(3, np.float32)}
+    good = {
+        "running_mean": np.zeros(3, np.float32),
+        "running_var": np.ones(3, np.float32),
+        "weight": np.ones(3, np.float32),
+        "bias": np.zeros(3, np.float32),
+    }
     with pytest.raises(ValueError):
         F.batch_norm(x, **dict(good, **{which: np.ones(4, np.float32)}), training=True)
     with pytest.raises(ValueError):
@@ -384,6 +439,7 @@ def test_functional_type_checks():
 
 # --------------------------------------------------------------------------- GroupNorm, InstanceNorm, RMSNorm, fused
 
+
 def test_group_norm_errors():
     x = np.zeros((2, 4, 3), np.float32)
     with raises(ValueError, "num_channels (4) must be divisible by num_groups (3)"):
@@ -396,8 +452,11 @@ def test_group_norm_errors():
         F.group_norm(x, 2.0)
     with raises(ValueError, "num_channels must be a non-negative integer, got -1"):
         cnorm.GroupNorm(1, -1)
-    with raises(ValueError, "Expected number of channels in input to be divisible by num_groups, "
-                            "but got input of shape [2, 4, 3] and num_groups=3"):
+    with raises(
+        ValueError,
+        "Expected number of channels in input to be divisible by num_groups, "
+        "but got input of shape [2, 4, 3] and num_groups=3",
+    ):
         F.group_norm(x, 3)
     with raises(ValueError, "Expected at least 2 dimensions for input tensor but received 1"):
         F.group_norm(np.zeros(4, np.float32), 2)
@@ -405,12 +464,18 @@ def test_group_norm_errors():
         F.group_norm(np.zeros((1, 2), np.float32), 2)
     with raises(ValueError, "Expected more than 1 value per channel when training, got input size [1, 2, 1]"):
         cnorm.GroupNorm(2, 2)(np.zeros((1, 2, 1), np.float32))
-    F.group_norm(np.zeros((1, 4, 1), np.float32), 2)     # (N*C/G)*S = 2: fine, as in torch
-    with raises(ValueError, "Expected weight to be a vector of size equal to the number of channels "
-                            "in input, but got weight of shape [3] and input of shape [2, 4, 3]"):
+    F.group_norm(np.zeros((1, 4, 1), np.float32), 2)  # (N*C/G)*S = 2: fine, as in torch
+    with raises(
+        ValueError,
+        "Expected weight to be a vector of size equal to the number of channels "
+        "in input, but got weight of shape [3] and input of shape [2, 4, 3]",
+    ):
         F.group_norm(x, 2, np.ones(3, np.float32))
-    with raises(ValueError, "Expected bias to be a vector of size equal to the number of channels "
-                            "in input, but got bias of shape [5] and input of shape [2, 4, 3]"):
+    with raises(
+        ValueError,
+        "Expected bias to be a vector of size equal to the number of channels "
+        "in input, but got bias of shape [5] and input of shape [2, 4, 3]",
+    ):
         F.group_norm(x, 2, None, np.ones(5, np.float32))
     with raises(TypeError, "weight has dtype float64 but the input has dtype float32"):
         F.group_norm(x, 2, np.ones(4))
@@ -433,12 +498,14 @@ def test_instance_norm_errors(name, nb):
     shape = (2, 3) + (1,) * (nb - 1)
     with raises(ValueError, f"Expected more than 1 spatial element when training, got input size {shape}"):
         m(np.zeros(shape, np.float32))
-    with raises(ValueError, f"Expected more than 1 spatial element when training, got input size {(1,) + shape[1:]}"):
-        m(np.zeros(shape[1:], np.float32))                 # unbatched: a batch of one
+    with raises(
+        ValueError, f"Expected more than 1 spatial element when training, got input size {(1,) + shape[1:]}"
+    ):
+        m(np.zeros(shape[1:], np.float32))  # unbatched: a batch of one
     with raises(ValueError, "Expected more than 1 spatial element when training"):
-        m.eval()(np.zeros(shape, np.float32))              # not tracking: input stats in eval too
+        m.eval()(np.zeros(shape, np.float32))  # not tracking: input stats in eval too
     t = getattr(cnorm, name)(3, track_running_stats=True).eval()
-    assert t(np.zeros(shape, np.float32)).shape == shape   # running stats: fine
+    assert t(np.zeros(shape, np.float32)).shape == shape  # running stats: fine
     with raises(ValueError, "num_features must be a non-negative integer, got -1"):
         getattr(cnorm, name)(-1)
 
@@ -451,7 +518,9 @@ def test_instance_norm_functional_errors():
     with raises(ValueError, "Expected more than 1 spatial element when training, got input size (2, 3)"):
         F.instance_norm(np.zeros((2, 3), np.float32))
     assert F.instance_norm(np.zeros((2, 3), np.float32), z, o, use_input_stats=False).shape == (2, 3)
-    with raises(ValueError, "Expected running_mean and running_var to be defined when use_input_stats is false"):
+    with raises(
+        ValueError, "Expected running_mean and running_var to be defined when use_input_stats is false"
+    ):
         F.instance_norm(x, use_input_stats=False)
     with raises(ValueError, "running_mean and running_var must either both be None or neither be None"):
         F.instance_norm(x, z, None)
@@ -463,7 +532,7 @@ def test_instance_norm_functional_errors():
         ro = z.copy()
         ro.flags.writeable = False
         F.instance_norm(x, ro, o.copy())
-    F.instance_norm(x, ro, o, use_input_stats=False)     # read-only is fine when not updated
+    F.instance_norm(x, ro, o, use_input_stats=False)  # read-only is fine when not updated
     # eps is not checked (torch does not)
     assert np.all(np.isnan(F.instance_norm(np.ones((2, 3, 4), np.float32), eps=0.0)))
     with raises(ValueError, "save_mean must have shape (6,), got (3,)"):
@@ -472,19 +541,32 @@ def test_instance_norm_functional_errors():
 
 def test_rms_norm_errors():
     x = np.zeros((2, 3), np.float32)
-    with raises(ValueError, "Given normalized_shape=[4], expected input with shape [*4], but got input of size[2, 3]"):
+    with raises(
+        ValueError, "Given normalized_shape=[4], expected input with shape [*4], but got input of size[2, 3]"
+    ):
         F.rms_norm(x, (4,))
-    with raises(ValueError, "Given normalized_shape=[2, 4], expected input with shape [*2, 4], but got input of size[2, 3, 4]"):
+    with raises(
+        ValueError,
+        "Given normalized_shape=[2, 4], expected input with shape [*2, 4], but got input of size[2, 3, 4]",
+    ):
         F.rms_norm(np.zeros((2, 3, 4), np.float32), (2, 4))
     with raises(ValueError, "Input tensor must have at least 3 dimensions, but got 2"):
         F.rms_norm(x, (1, 2, 3))
-    with raises(ValueError, "Expected normalized_shape to be at least 1-dimensional, i.e., containing "
-                            "at least one element, but got normalized_shape = []"):
+    with raises(
+        ValueError,
+        "Expected normalized_shape to be at least 1-dimensional, i.e., containing "
+        "at least one element, but got normalized_shape = []",
+    ):
         F.rms_norm(x, ())
-    with raises(ValueError, "Expected weight to be of same shape as normalized_shape, but got weight "
-                            "of shape [4] and normalized_shape = [3]"):
+    with raises(
+        ValueError,
+        "Expected weight to be of same shape as normalized_shape, but got weight "
+        "of shape [4] and normalized_shape = [3]",
+    ):
         F.rms_norm(x, (3,), np.ones(4, np.float32))
-    with raises(ValueError, "Given normalized_shape=[3], expected input with shape [*3], but got input of size[2, 4]"):
+    with raises(
+        ValueError, "Given normalized_shape=[3], expected input with shape [*3], but got input of size[2, 4]"
+    ):
         cnorm.RMSNorm(3)(np.zeros((2, 4), np.float32))
     with pytest.raises(ValueError):
         cnorm.RMSNorm(-3)

@@ -1,4 +1,5 @@
 """The examples in examples/ run (quick settings) and write their figures."""
+
 import importlib
 import os
 import pathlib
@@ -20,10 +21,23 @@ def _need(*modules):
 def _run(script, *args, timeout=120):
     # one thread: the examples are small, and CI machines are small and shared (an
     # OpenMP team of one thread per core stalls whenever another process holds a core)
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1",
-               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    env = dict(
+        os.environ,
+        MPLBACKEND="Agg",
+        PYTHONDONTWRITEBYTECODE="1",
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -43,11 +57,15 @@ def _check_png(path):
     assert path.stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("script,png,needs", [
-    ("seed_demo.py", "seed_demo.png", ("matplotlib",)),
-    ("train_digits_numpy.py", "train_digits_numpy.png", ("matplotlib", "sklearn")),
-    ("train_digits_torch.py", "train_digits_torch.png", ("matplotlib", "sklearn", "torch")),
-], ids=["seed_demo", "train_digits_numpy", "train_digits_torch"])
+@pytest.mark.parametrize(
+    "script,png,needs",
+    [
+        ("seed_demo.py", "seed_demo.png", ("matplotlib",)),
+        ("train_digits_numpy.py", "train_digits_numpy.png", ("matplotlib", "sklearn")),
+        ("train_digits_torch.py", "train_digits_torch.png", ("matplotlib", "sklearn", "torch")),
+    ],
+    ids=["seed_demo", "train_digits_numpy", "train_digits_torch"],
+)
 def test_example_writes_png(script, png, needs, tmp_path):
     _need(*needs)
     out = _run(script, "--quick", "--out", str(tmp_path / "out"))
@@ -62,19 +80,20 @@ def test_seed_demo_normalizes():
     assert h.shape == y.shape == (100, 50)
     assert abs(y.mean(axis=0)).max() < 1e-5
     assert abs(y.var(axis=0) - 1).max() < 1e-3
-    assert h.var(axis=0).max() < 0.6        # the Linear output is far from unit variance
+    assert h.var(axis=0).max() < 0.6  # the Linear output is far from unit variance
 
 
 def test_digits_numpy_learns():
     _need("sklearn")
     train_digits_numpy = _import_example("train_digits_numpy")
-    try:    # NumPy is loaded already here: the example's OPENBLAS_NUM_THREADS=1 is too late
+    try:  # NumPy is loaded already here: the example's OPENBLAS_NUM_THREADS=1 is too late
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover
         import contextlib
 
         def threadpool_limits(*args, **kwargs):
             return contextlib.nullcontext()
+
     with threadpool_limits(1, user_api="blas"):
         hist = train_digits_numpy.train(epochs=3, log=lambda *a: None)
     assert hist["loss"][-1] < hist["loss"][0]
@@ -84,6 +103,7 @@ def test_digits_numpy_learns():
 @pytest.fixture
 def one_thread():
     import cnorm
+
     torch = pytest.importorskip("torch")
     old = torch.get_num_threads(), cnorm.get_num_threads()
     torch.set_num_threads(1)

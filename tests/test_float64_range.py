@@ -18,6 +18,7 @@ tiny ones (BatchNorm in training needs eps > 0: the smallest subnormal, 5e-324),
 cases where eps matters: 2**500 with eps = 2**999 and 2**-500 with eps = 2**-1001
 (``eps_u`` = 0.5).
 """
+
 import math
 
 import numpy as np
@@ -26,14 +27,14 @@ import pytest
 import cnorm
 import cnorm.functional as F
 
-TINY = 5e-324                       # the smallest positive float64
+TINY = 5e-324  # the smallest positive float64
 
 
 class Scale:
     def __init__(self, name, k, eps_x=None, forward_only=False):
         self.name, self.k, self.forward_only = name, k, forward_only
-        self.eps_x = eps_x          # None: 1e-5 for k > 0, 0 (BN training: TINY) for k < 0
-        self.j = -16 if k < -1000 else 0      # dy = dy_u * 2**j keeps dx finite
+        self.eps_x = eps_x  # None: 1e-5 for k > 0, 0 (BN training: TINY) for k < 0
+        self.j = -16 if k < -1000 else 0  # dy = dy_u * 2**j keeps dx finite
 
     def eps(self, needs_positive=False):
         if self.eps_x is not None:
@@ -47,13 +48,17 @@ class Scale:
 
 
 SCALES = [
-    Scale("2^996", 996), Scale("2^664", 664), Scale("2^512", 512),
+    Scale("2^996", 996),
+    Scale("2^664", 664),
+    Scale("2^512", 512),
     Scale("2^500_eps2^999", 500, eps_x=math.ldexp(0.5, 1000)),
     Scale("2^-500_eps2^-1001", -500, eps_x=math.ldexp(0.5, -1000)),
-    Scale("2^-512", -512), Scale("2^-996", -996), Scale("2^-1022_half_subnormal", -1022),
+    Scale("2^-512", -512),
+    Scale("2^-996", -996),
+    Scale("2^-1022_half_subnormal", -1022),
     Scale("2^-1040_subnormal", -1040, forward_only=True),
 ]
-EVAL_SCALES = [s for s in SCALES if abs(s.k) <= 500]      # running_var * 4**k representable
+EVAL_SCALES = [s for s in SCALES if abs(s.k) <= 500]  # running_var * 4**k representable
 
 
 def scaled(u, k):
@@ -72,6 +77,7 @@ def eps_unit(eps_x, k):
 # ---------------------------------------------------------------------------------------
 # float64 reference on unit-scale data: rows of values normalized together
 # ---------------------------------------------------------------------------------------
+
 
 def _rows_fwd(rows, eps, rms=False):
     mean = np.zeros(rows.shape[0]) if rms else rows.mean(axis=1)
@@ -103,8 +109,15 @@ def ref_group_norm(x, dy, eps, w, b, groups):
     dx = _rows_bwd(dy.reshape(rows.shape) * wf, xhat, rstd).reshape(x.shape)
     xhat = xhat.reshape(x.shape)
     y = xhat * w[None, :, None] + b[None, :, None]
-    return {"y": y, "mean": mean, "rstd": rstd, "var": var, "dx": dx,
-                "dw": (dy * xhat).sum((0, 2)), "db": dy.sum((0, 2))}
+    return {
+        "y": y,
+        "mean": mean,
+        "rstd": rstd,
+        "var": var,
+        "dx": dx,
+        "dw": (dy * xhat).sum((0, 2)),
+        "db": dy.sum((0, 2)),
+    }
 
 
 def ref_batch_norm(x, dy, eps, w, b, relu=False):
@@ -120,8 +133,16 @@ def ref_batch_norm(x, dy, eps, w, b, relu=False):
     g = (dy * w[None, :, None]).transpose(1, 0, 2).reshape(c, -1)
     dx = _rows_bwd(g, xhat.transpose(1, 0, 2).reshape(c, -1), rstd)
     dx = dx.reshape(c, n, s).transpose(1, 0, 2)
-    return {"y": y, "mean": mean, "rstd": rstd, "var": var, "dx": dx, "dw": (dy * xhat).sum((0, 2)),
-                "db": dy.sum((0, 2)), "count": n * s}
+    return {
+        "y": y,
+        "mean": mean,
+        "rstd": rstd,
+        "var": var,
+        "dx": dx,
+        "dw": (dy * xhat).sum((0, 2)),
+        "db": dy.sum((0, 2)),
+        "count": n * s,
+    }
 
 
 def ref_batch_norm_eval(x, dy, eps, w, b, rm, rv, relu=False):
@@ -131,13 +152,18 @@ def ref_batch_norm_eval(x, dy, eps, w, b, rm, rv, relu=False):
     if relu:
         dy = dy * (y > 0)
         y = np.maximum(y, 0.0)
-    return {"y": y, "dx": dy * (w * invstd)[None, :, None], "dw": (dy * xhat).sum((0, 2)),
-                "db": dy.sum((0, 2))}
+    return {
+        "y": y,
+        "dx": dy * (w * invstd)[None, :, None],
+        "dw": (dy * xhat).sum((0, 2)),
+        "db": dy.sum((0, 2)),
+    }
 
 
 # ---------------------------------------------------------------------------------------
 # the cases: cnorm call on x, reference on u, the power of 2**k of every output
 # ---------------------------------------------------------------------------------------
+
 
 def _params(c, seed):
     rng = np.random.default_rng(seed)
@@ -150,8 +176,21 @@ def _data(shape, seed):
 
 
 # output name -> exponent of 2**k (dx, dw, db additionally get 2**j)
-EXP = {"y": 0, "mean": 1, "rstd": -1, "dx": -1, "dw": 0, "db": 0, "s": 1, "running_mean": 1, "running_var": 2,
-           "m2": 2, "sum_dy": 0, "sum_dy_xhat": 0, "count": None}
+EXP = {
+    "y": 0,
+    "mean": 1,
+    "rstd": -1,
+    "dx": -1,
+    "dw": 0,
+    "db": 0,
+    "s": 1,
+    "running_mean": 1,
+    "running_var": 2,
+    "m2": 2,
+    "sum_dy": 0,
+    "sum_dy_xhat": 0,
+    "count": None,
+}
 GRAD = {"dx", "dw", "db", "sum_dy", "sum_dy_xhat"}
 
 
@@ -190,7 +229,7 @@ def case_add_layer_norm(sc):
     w, b = _params(48, 3)
     x, _ = scaled(xu, sc.k)
     r, _ = scaled(ru, sc.k)
-    s_exact = x + r                        # what the fused sum must be, bit for bit
+    s_exact = x + r  # what the fused sum must be, bit for bit
     su = np.ldexp(s_exact, -sc.k)
     eps = sc.eps()
     y, s, mean, rstd = F.native_add_layer_norm(x, r, (48,), w, b, eps)
@@ -199,16 +238,15 @@ def case_add_layer_norm(sc):
     ref = ref_layer_norm(su, dyu, eps_unit(eps, sc.k), w, b)
     if not sc.forward_only:
         dy = np.ldexp(dyu, sc.j)
-        dsum = np.ldexp(dsu, sc.j - sc.k)       # the gradient reaching s scales as dx
-        got.update(zip(("dx", "dw", "db"),
-                       F.add_layer_norm_backward(dy, dsum, s, (48,), mean, rstd, w)))
+        dsum = np.ldexp(dsu, sc.j - sc.k)  # the gradient reaching s scales as dx
+        got.update(zip(("dx", "dw", "db"), F.add_layer_norm_backward(dy, dsum, s, (48,), mean, rstd, w)))
         ref["dx"] = ref["dx"] + dsu
     return got, ref
 
 
 def case_group_norm(sc):
     u, dyu = _data((4, 6, 40), 4)
-    u += np.arange(6)[None, :, None]           # different group means
+    u += np.arange(6)[None, :, None]  # different group means
     w, b = _params(6, 4)
     x, u = scaled(u, sc.k)
     dy = np.ldexp(dyu, sc.j)
@@ -299,7 +337,7 @@ def case_sync_blocks(sc):
     dy = np.ldexp(dyu, sc.j)
     eps = sc.eps(needs_positive=True)
     ref = ref_batch_norm(u, dyu, eps_unit(eps, sc.k), w, b)
-    with np.errstate(over="ignore", invalid="ignore"):   # m2 ~ 4**k: not representable for k > 500
+    with np.errstate(over="ignore", invalid="ignore"):  # m2 ~ 4**k: not representable for k > 500
         count, mean, m2 = F.merge_stats(*zip(F.batch_norm_stats(x[:2]), F.batch_norm_stats(x[2:])))
     assert count == ref["count"]
     got = {"mean": mean}
@@ -313,17 +351,21 @@ def case_sync_blocks(sc):
     if not sc.forward_only:
         sum_dy, sum_dy_xhat = F.batch_norm_backward_reduce(dy, x, mean_x, invstd_x)
         got.update(sum_dy=sum_dy, sum_dy_xhat=sum_dy_xhat)
-        got["dx"] = F.batch_norm_backward_elemt(dy, x, mean_x, invstd_x, w, sum_dy, sum_dy_xhat,
-                                                count)
+        got["dx"] = F.batch_norm_backward_elemt(dy, x, mean_x, invstd_x, w, sum_dy, sum_dy_xhat, count)
     ref.update(sum_dy=ref["db"], sum_dy_xhat=ref["dw"])
     return got, ref
 
 
 CASES = {
-    "layer_norm": case_layer_norm, "rms_norm": case_rms_norm, "add_layer_norm": case_add_layer_norm,
-    "group_norm": case_group_norm, "instance_norm": case_instance_norm,
-    "batch_norm_NC": case_batch_norm_nc, "batch_norm_NCHW": case_batch_norm_ncs,
-    "batch_norm_relu": case_batch_norm_relu, "sync_blocks": case_sync_blocks,
+    "layer_norm": case_layer_norm,
+    "rms_norm": case_rms_norm,
+    "add_layer_norm": case_add_layer_norm,
+    "group_norm": case_group_norm,
+    "instance_norm": case_instance_norm,
+    "batch_norm_NC": case_batch_norm_nc,
+    "batch_norm_NCHW": case_batch_norm_ncs,
+    "batch_norm_relu": case_batch_norm_relu,
+    "sync_blocks": case_sync_blocks,
 }
 
 RTOL = 1e-9
@@ -338,14 +380,17 @@ def compare(got, ref, sc, what=""):
         expected = np.asarray(ref[key], dtype=np.float64).reshape(value.shape)
         top = np.abs(expected).max(initial=0.0)
         if top > 0 and math.log2(top) + power >= 1024:
-            continue        # not representable in float64 (e.g. rstd of subnormal data, eps=0)
-        assert np.isfinite(value).all(), f"{what} {key}: {np.count_nonzero(~np.isfinite(value))} " \
-                                         f"non-finite values (2**{power} scale)"
-        back = np.ldexp(value, -power)               # to unit scale (exact for normals)
+            continue  # not representable in float64 (e.g. rstd of subnormal data, eps=0)
+        assert np.isfinite(value).all(), (
+            f"{what} {key}: {np.count_nonzero(~np.isfinite(value))} non-finite values (2**{power} scale)"
+        )
+        back = np.ldexp(value, -power)  # to unit scale (exact for normals)
         tol = RTOL * max(1.0, np.abs(expected).max(initial=0.0))
         err = np.abs(back - expected).max(initial=0.0)
-        assert err <= tol, f"{what} {key}: max error {err:.3g} > {tol:.3g} at unit scale " \
-                           f"(got e.g. {back.flat[:3]}, expected {expected.flat[:3]})"
+        assert err <= tol, (
+            f"{what} {key}: max error {err:.3g} > {tol:.3g} at unit scale "
+            f"(got e.g. {back.flat[:3]}, expected {expected.flat[:3]})"
+        )
 
 
 @pytest.mark.parametrize("scale", SCALES, ids=repr)
@@ -366,6 +411,7 @@ def test_unit_scale_sanity():
 # ---------------------------------------------------------------------------------------
 # eval with running statistics (representable only for |k| <= 500)
 # ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("scale", EVAL_SCALES, ids=repr)
 @pytest.mark.parametrize("kind", ["batch_norm", "batch_norm_relu", "instance_norm"])
@@ -398,6 +444,7 @@ def test_eval_float64_range(kind, scale):
 # the modules (what most users call): forward and backward at the extreme magnitudes
 # ---------------------------------------------------------------------------------------
 
+
 def _module(name, eps):
     f64 = np.float64
     return {
@@ -412,9 +459,16 @@ def _module(name, eps):
     }[name]()
 
 
-MODULE_SHAPES = {"LayerNorm": (16, 48), "RMSNorm": (16, 48), "AddLayerNorm": (16, 48),
-                 "GroupNorm": (4, 6, 30), "InstanceNorm1d": (4, 6, 30), "BatchNorm1d": (4, 6, 30),
-                 "BatchNorm2d": (4, 6, 5, 6), "BatchNormReLU2d": (4, 6, 5, 6)}
+MODULE_SHAPES = {
+    "LayerNorm": (16, 48),
+    "RMSNorm": (16, 48),
+    "AddLayerNorm": (16, 48),
+    "GroupNorm": (4, 6, 30),
+    "InstanceNorm1d": (4, 6, 30),
+    "BatchNorm1d": (4, 6, 30),
+    "BatchNorm2d": (4, 6, 5, 6),
+    "BatchNormReLU2d": (4, 6, 5, 6),
+}
 MODULE_SCALES = [s for s in SCALES if s.name in ("2^996", "2^664", "2^512", "2^-996", "2^-512")]
 
 
@@ -426,8 +480,9 @@ def _module_reference(name, u, dyu, eps_u, m):
         ref = ref_group_norm(u, dyu, eps_u, m.weight, m.bias, 3 if name == "GroupNorm" else 6)
     else:
         n3 = (shape[0], shape[1], -1)
-        ref = ref_batch_norm(u.reshape(n3), dyu.reshape(n3), eps_u, m.weight, m.bias,
-                             relu=name == "BatchNormReLU2d")
+        ref = ref_batch_norm(
+            u.reshape(n3), dyu.reshape(n3), eps_u, m.weight, m.bias, relu=name == "BatchNormReLU2d"
+        )
     return {"y": ref["y"].reshape(shape), "dx": ref["dx"].reshape(shape)}
 
 
@@ -458,6 +513,7 @@ def test_module_float64_range(name, scale):
 # near the top of the range: even the plain sum of the row overflows
 # ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["layer_norm", "batch_norm", "rms_norm", "group_norm"])
 def test_statistics_near_float64_max(kind):
     """|x| ~ 2**1018 (~3e306) in rows of 256: sum(x) ~ 2**1026 and sum(x**2) overflow; the
@@ -480,7 +536,7 @@ def test_statistics_near_float64_max(kind):
         y, mean, rstd = y.reshape(4, 256), mean.reshape(-1), rstd.reshape(-1)
         ref["y"] = ref["y"].reshape(4, 256)
     else:
-        xt = np.ascontiguousarray(x.T)                  # (256, 4): 256 values per channel
+        xt = np.ascontiguousarray(x.T)  # (256, 4): 256 values per channel
         y, mean, rstd = F.native_batch_norm(xt, None, None, None, None, True, 0.1, 1e-5)
         ref = ref_batch_norm(u.T[:, :, None], np.zeros((256, 4, 1)), 0.0, np.ones(4), np.zeros(4))
         y, ref["y"] = y.T, ref["y"][:, :, 0].T

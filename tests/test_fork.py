@@ -7,6 +7,7 @@ Every scenario runs in a fresh interpreter (subprocess with a timeout), whose pa
 waits for its children with a deadline and kills them, so a hang is a failure, never a
 stuck test session.
 """
+
 import os
 import pathlib
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 import cnorm
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CHILD_TIMEOUT = 15          # seconds a forked child may take (it needs well under 1 s)
+CHILD_TIMEOUT = 15  # seconds a forked child may take (it needs well under 1 s)
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform"),
@@ -101,13 +102,13 @@ save("parent", parent)
 '''
 
 SCENARIOS = {
-    "os.fork": r'''
+    "os.fork": r"""
 status = fork_and_work("child")
 assert cnorm.get_num_threads() == 4, cnorm.get_num_threads()   # the parent keeps its threads
 save("parent_after", work())                  # and still runs (multi-threaded)
 print("STATUS", status)
-''',
-    "fork Pool": r'''
+""",
+    "fork Pool": r"""
 import multiprocessing as mp
 ctx = mp.get_context("fork")
 pool = ctx.Pool(2)
@@ -121,8 +122,8 @@ except mp.TimeoutError:
 finally:
     pool.terminate()
     pool.join()
-''',
-    "fork while another thread runs kernels": r'''
+""",
+    "fork while another thread runs kernels": r"""
 stop = threading.Event()
 def loop():
     while not stop.is_set():
@@ -134,8 +135,8 @@ status = fork_and_work("child")
 stop.set()
 th.join()
 print("STATUS", status)
-''',
-    "fork from a forked child": r'''
+""",
+    "fork from a forked child": r"""
 pid = os.fork()
 if pid == 0:
     code = 0
@@ -148,7 +149,7 @@ if pid == 0:
         code = 3
     os._exit(code if isinstance(code, int) else 5)
 print("STATUS", wait_child(pid, 2 * {timeout}))
-''',
+""",
 }
 
 
@@ -158,20 +159,28 @@ def _run(scenario, torch_imported, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("OMP_NUM_THREADS", None)
     try:
-        proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], cwd=str(ROOT),
-                              env=env, capture_output=True, text=True, check=False,
-                              timeout=3 * CHILD_TIMEOUT + 60)
+        proc = subprocess.run(
+            [sys.executable, "-X", "faulthandler", "-c", code],
+            cwd=str(ROOT),
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=3 * CHILD_TIMEOUT + 60,
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{scenario}: the whole scenario hung ({exc.timeout} s)")
     status = [ln.split(None, 1)[1] for ln in proc.stdout.splitlines() if ln.startswith("STATUS ")]
-    assert proc.returncode == 0 and status, \
+    assert proc.returncode == 0 and status, (
         f"{scenario}: exit {proc.returncode}\nstdout:{proc.stdout[-2000:]}\nstderr:{proc.stderr[-3000:]}"
+    )
     assert status[0] != "hang", f"{scenario}: the forked child hung (killed after {CHILD_TIMEOUT} s)"
     assert status[0] == "0", f"{scenario}: the child exited with {status[0]}\n{proc.stderr[-3000:]}"
 
 
 def _load(tmp_path, tag):
     import pickle
+
     with open(tmp_path / (tag + ".pkl"), "rb") as f:
         return pickle.load(f)
 
@@ -185,8 +194,9 @@ def _assert_same(a, b, what):
 CASES = [(s, False) for s in SCENARIOS] + [("os.fork", True), ("fork Pool", True)]
 
 
-@pytest.mark.parametrize("scenario, torch_imported", CASES,
-                         ids=[s + (" with torch" if t else "") for s, t in CASES])
+@pytest.mark.parametrize(
+    "scenario, torch_imported", CASES, ids=[s + (" with torch" if t else "") for s, t in CASES]
+)
 def test_forked_child_completes(tmp_path, scenario, torch_imported):
     if torch_imported:
         pytest.importorskip("torch")

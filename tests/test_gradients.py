@@ -2,7 +2,6 @@
 functional backward, the float64 reference and the modules -- and the BatchNorm /
 LayerNorm backward against the reference on many shapes, with their conventions."""
 
-
 import numpy as np
 import pytest
 from conftest import (
@@ -41,6 +40,7 @@ def _assert_no_kink(y):
 
 # --------------------------------------------------------------------------- finite differences
 
+
 @pytest.mark.parametrize("impl", ["cnorm", "slow"])
 @pytest.mark.parametrize("norm, case, training", norm_cases("fd", modes=True))
 def test_finite_differences(rng, norm, case, training, impl):
@@ -54,12 +54,14 @@ def test_finite_differences(rng, norm, case, training, impl):
         return {k: v.copy() if k.startswith("running") and v is not None else v for k, v in p.items()}
 
     if impl == "cnorm":
+
         def forward():
             return norm.forward(x, case, fresh(), training, eps=FD_EPS)[0]
 
         _, saved = norm.forward(x, case, fresh(), training, eps=FD_EPS)
         grads = norm.backward(douts, x, case, p, saved, training)
     else:
+
         def forward():
             return norm.ref_forward(x, case, p, training, eps=FD_EPS)
 
@@ -71,11 +73,19 @@ def test_finite_differences(rng, norm, case, training, impl):
         check_grad(g, numeric_grad(lambda: _loss(forward(), douts), wrt[name]), WHAT[name])
 
 
-_BN_MODES = [("train", {}, True), ("eval", {}, False),
-             ("eval_notrack", {"track_running_stats": False}, False)]
-MODULE_MODES = {"batch": _BN_MODES, "batch_relu": _BN_MODES,
-                "instance": [("train", {"affine": True}, True),
-                             ("eval", {"affine": True, "track_running_stats": True}, False)]}
+_BN_MODES = [
+    ("train", {}, True),
+    ("eval", {}, False),
+    ("eval_notrack", {"track_running_stats": False}, False),
+]
+MODULE_MODES = {
+    "batch": _BN_MODES,
+    "batch_relu": _BN_MODES,
+    "instance": [
+        ("train", {"affine": True}, True),
+        ("eval", {"affine": True, "track_running_stats": True}, False),
+    ],
+}
 
 
 def _module_fd_params():
@@ -126,6 +136,7 @@ def test_module_finite_differences(rng, norm, case, mode):
 
 
 # --------------------------------------------------------------------------- against the reference
+
 
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "noaffine"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -178,6 +189,7 @@ def test_layer_norm_backward(num_threads, rng, case, dtype, affine):
 
 
 # --------------------------------------------------------------------------- conventions
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])

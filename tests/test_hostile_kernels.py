@@ -14,9 +14,12 @@ from _internals import KERNEL_IMPORT
 # private kernels: run in child processes (a crash must be a failure, not the end)
 # =======================================================================================
 
-_KERNEL_PRELUDE = """
+_KERNEL_PRELUDE = (
+    """
 import numpy as np
-""" + KERNEL_IMPORT + """
+"""
+    + KERNEL_IMPORT
+    + """
 f32 = np.float32
 x = np.ones((2, 3, 4), f32)           # (N, C, S) = (2, 3, 4)
 x64 = x.astype(np.float64)
@@ -33,111 +36,430 @@ ro = np.ones(3, f32); ro.setflags(write=False)
 e = np.empty(0, f32)
 e4 = np.ones(4); w4 = np.ones(4, f32)
 """
+)
 
-_OVERFLOW = ("private kernels check x.size == N*C*S (M*D) with a Py_ssize_t product that "
-             "wraps around: N=2**62, C=4, S=1 gives 0, an empty array passes the check, and "
-             "the kernel then reads 2**62 rows (segfault) or returns garbage; the product "
-             "must be checked for overflow (or each dimension against x.size)")
+_OVERFLOW = (
+    "private kernels check x.size == N*C*S (M*D) with a Py_ssize_t product that "
+    "wraps around: N=2**62, C=4, S=1 gives 0, an empty array passes the check, and "
+    "the kernel then reads 2**62 rows (segfault) or returns garbage; the product "
+    "must be checked for overflow (or each dimension against x.size)"
+)
 
 _TYPE_OR_VALUE = ("TypeError", "ValueError")
 _VALUE_OR_OVERFLOW = ("ValueError", "OverflowError")
 
 KERNEL_CASES = [
     # (id, code, exception name(s), message regex, xfail reason or None)
-    ("B.batch_norm_stats wrong size", "B.batch_norm_stats(x, 2, 3, 5)", "ValueError",
-     r"input must be a C-contiguous float32 array of 30 elements", None),
-    ("B.batch_norm_stats int32", "B.batch_norm_stats(x.astype(np.int32), 2, 3, 4)", "TypeError", r"unsupported dtype int32", None),
-    ("B.batch_norm_stats float16", "B.batch_norm_stats(x.astype(np.float16), 2, 3, 4)", "TypeError", r"unsupported dtype float16", None),
-    ("B.batch_norm_stats complex", "B.batch_norm_stats(x.astype(np.complex64), 2, 3, 4)", "TypeError", r"unsupported dtype", None),
-    ("B.batch_norm_stats None", "B.batch_norm_stats(None, 2, 3, 4)", "TypeError", r"must be a NumPy array|incorrect type", None),
+    (
+        "B.batch_norm_stats wrong size",
+        "B.batch_norm_stats(x, 2, 3, 5)",
+        "ValueError",
+        r"input must be a C-contiguous float32 array of 30 elements",
+        None,
+    ),
+    (
+        "B.batch_norm_stats int32",
+        "B.batch_norm_stats(x.astype(np.int32), 2, 3, 4)",
+        "TypeError",
+        r"unsupported dtype int32",
+        None,
+    ),
+    (
+        "B.batch_norm_stats float16",
+        "B.batch_norm_stats(x.astype(np.float16), 2, 3, 4)",
+        "TypeError",
+        r"unsupported dtype float16",
+        None,
+    ),
+    (
+        "B.batch_norm_stats complex",
+        "B.batch_norm_stats(x.astype(np.complex64), 2, 3, 4)",
+        "TypeError",
+        r"unsupported dtype",
+        None,
+    ),
+    (
+        "B.batch_norm_stats None",
+        "B.batch_norm_stats(None, 2, 3, 4)",
+        "TypeError",
+        r"must be a NumPy array|incorrect type",
+        None,
+    ),
     ("B.batch_norm_stats list", "B.batch_norm_stats([1.0, 2.0], 1, 1, 2)", "TypeError", r"\S", None),
-    ("B.batch_norm_stats non-contiguous", "B.batch_norm_stats(nc, 2, 3, 4)", "ValueError", r"C-contiguous", None),
+    (
+        "B.batch_norm_stats non-contiguous",
+        "B.batch_norm_stats(nc, 2, 3, 4)",
+        "ValueError",
+        r"C-contiguous",
+        None,
+    ),
     ("B.batch_norm_stats Fortran", "B.batch_norm_stats(fo, 2, 3, 4)", "ValueError", r"C-contiguous", None),
-    ("B.batch_norm_stats misaligned", "B.batch_norm_stats(mis, 2, 3, 4)", "ValueError", r"C-contiguous", None),
-    ("B.batch_norm_stats byte-swapped", "B.batch_norm_stats(swapped, 2, 3, 4)", "ValueError", r"C-contiguous", None),
-    ("B.batch_norm_stats negative N", "B.batch_norm_stats(x, -2, -3, 4)", "ValueError", r"negative dimension", None),
-    ("B.batch_norm_stats negative S", "B.batch_norm_stats(x, 2, 3, -4)", "ValueError", r"negative dimension", None),
-    ("B.batch_norm_elemt mean float32", "B.batch_norm_elemt(x, 2, 3, 4, w3, c3, None, None)", "ValueError",
-     r"mean must be a C-contiguous float64 array of 3 elements", None),
-    ("B.batch_norm_elemt invstd (4,)", "B.batch_norm_elemt(x, 2, 3, 4, c3, e4, None, None)", "ValueError",
-     r"invstd must be a C-contiguous float64 array of 3 elements", None),
-    ("B.batch_norm_elemt weight float64", "B.batch_norm_elemt(x, 2, 3, 4, c3, c3, c3, None)", "ValueError",
-     r"weight must be a C-contiguous float32 array of 3 elements, got float64", None),
-    ("B.batch_norm_elemt bias (4,)", "B.batch_norm_elemt(x, 2, 3, 4, c3, c3, None, w4)", "ValueError", r"bias must be", None),
+    (
+        "B.batch_norm_stats misaligned",
+        "B.batch_norm_stats(mis, 2, 3, 4)",
+        "ValueError",
+        r"C-contiguous",
+        None,
+    ),
+    (
+        "B.batch_norm_stats byte-swapped",
+        "B.batch_norm_stats(swapped, 2, 3, 4)",
+        "ValueError",
+        r"C-contiguous",
+        None,
+    ),
+    (
+        "B.batch_norm_stats negative N",
+        "B.batch_norm_stats(x, -2, -3, 4)",
+        "ValueError",
+        r"negative dimension",
+        None,
+    ),
+    (
+        "B.batch_norm_stats negative S",
+        "B.batch_norm_stats(x, 2, 3, -4)",
+        "ValueError",
+        r"negative dimension",
+        None,
+    ),
+    (
+        "B.batch_norm_elemt mean float32",
+        "B.batch_norm_elemt(x, 2, 3, 4, w3, c3, None, None)",
+        "ValueError",
+        r"mean must be a C-contiguous float64 array of 3 elements",
+        None,
+    ),
+    (
+        "B.batch_norm_elemt invstd (4,)",
+        "B.batch_norm_elemt(x, 2, 3, 4, c3, e4, None, None)",
+        "ValueError",
+        r"invstd must be a C-contiguous float64 array of 3 elements",
+        None,
+    ),
+    (
+        "B.batch_norm_elemt weight float64",
+        "B.batch_norm_elemt(x, 2, 3, 4, c3, c3, c3, None)",
+        "ValueError",
+        r"weight must be a C-contiguous float32 array of 3 elements, got float64",
+        None,
+    ),
+    (
+        "B.batch_norm_elemt bias (4,)",
+        "B.batch_norm_elemt(x, 2, 3, 4, c3, c3, None, w4)",
+        "ValueError",
+        r"bias must be",
+        None,
+    ),
     # None for a required array (these segfaulted before the kernels declared them `not None`)
-    ("B.batch_norm_elemt mean None", "B.batch_norm_elemt(x, 2, 3, 4, None, c3, None, None)", _TYPE_OR_VALUE, r"\S", None),
-    ("B.batch_norm_elemt invstd None", "B.batch_norm_elemt(x, 2, 3, 4, c3, None, None, None)", _TYPE_OR_VALUE, r"\S", None),
-    ("B.batch_norm_forward_train read-only running_mean",
-     "B.batch_norm_forward_train(x, 2, 3, 4, None, None, ro, w3.copy(), 0.1, 1e-5)", "ValueError",
-     r"running_mean must be a writeable C-contiguous float32 array of 3 elements", None),
-    ("B.batch_norm_forward_train running_var only",
-     "B.batch_norm_forward_train(x, 2, 3, 4, None, None, None, w3.copy(), 0.1, 1e-5)", "ValueError",
-     r"both be given or both be None", None),
-    ("B.batch_norm_forward_train one value per channel",
-     "B.batch_norm_forward_train(np.ones((1, 3), f32), 1, 3, 1, None, None, w3.copy(), w3.copy(), 0.1, 1e-5)",
-     "ValueError", r"more than 1 value per channel", None),
-    ("B.batch_norm_forward_train running stats float64",
-     "B.batch_norm_forward_train(x, 2, 3, 4, None, None, c3.copy(), c3.copy(), 0.1, 1e-5)", "ValueError",
-     r"running_mean must be a writeable C-contiguous float32 array of 3 elements, got float64", None),
-    ("B.batch_norm_forward_train weight (4,)", "B.batch_norm_forward_train(x, 2, 3, 4, w4, None, None, None, 0.1, 1e-5)",
-     "ValueError", r"weight must be", None),
-    ("B.batch_norm_forward_train non-contiguous", "B.batch_norm_forward_train(nc, 2, 3, 4, None, None, None, None, 0.1, 1e-5)",
-     "ValueError", r"C-contiguous", None),
-    ("B.batch_norm_forward_train None", "B.batch_norm_forward_train(None, 2, 3, 4, None, None, None, None, 0.1, 1e-5)",
-     "TypeError", r"must be a NumPy array|incorrect type", None),
-    ("B.batch_norm_forward_eval no running stats", "B.batch_norm_forward_eval(x, 2, 3, 4, None, None, None, None, 1e-5)",
-     "ValueError", r"running_mean and running_var must be given", None),
-    ("B.batch_norm_forward_eval running_var float64", "B.batch_norm_forward_eval(x, 2, 3, 4, None, None, w3, c3, 1e-5)",
-     "ValueError", r"running_var must be", None),
-    ("B.batch_norm_forward_eval wrong size", "B.batch_norm_forward_eval(x, 2, 3, 3, None, None, w3, w3, 1e-5)",
-     "ValueError", r"input must be", None),
-    ("B.batch_norm_backward grad float64", "B.batch_norm_backward(x64, x, 2, 3, 4, c3, c3, None, True)", "ValueError",
-     r"grad_output must be a C-contiguous float32 array of 24 elements, got float64", None),
-    ("B.batch_norm_backward grad wrong size", "B.batch_norm_backward(np.ones(23, f32), x, 2, 3, 4, c3, c3, None, True)",
-     "ValueError", r"grad_output must be", None),
-    ("B.batch_norm_backward grad non-contiguous", "B.batch_norm_backward(nc, x, 2, 3, 4, c3, c3, None, True)", "ValueError",
-     r"grad_output must be", None),
-    ("B.batch_norm_backward mean (4,)", "B.batch_norm_backward(x, x, 2, 3, 4, e4, c3, None, True)", "ValueError", r"mean must be", None),
-    ("B.batch_norm_backward x None", "B.batch_norm_backward(x, None, 2, 3, 4, c3, c3, None, True)", "TypeError",
-     r"must be a NumPy array|incorrect type", None),
-    ("B.batch_norm_backward mean None", "B.batch_norm_backward(x, x, 2, 3, 4, None, c3, None, True)", _TYPE_OR_VALUE, r"\S", None),
-    ("B.batch_norm_backward invstd None", "B.batch_norm_backward(x, x, 2, 3, 4, c3, None, None, True)", _TYPE_OR_VALUE, r"\S", None),
-    ("B.batch_norm_backward grad None", "B.batch_norm_backward(None, x, 2, 3, 4, c3, c3, None, True)", _TYPE_OR_VALUE, r"\S", None),
-    ("B.batch_norm_backward_reduce mean None", "B.batch_norm_backward_reduce(x, x, 2, 3, 4, None, c3)", _TYPE_OR_VALUE, r"\S", None),
-    ("B.batch_norm_backward_elemt sum_dy None", "B.batch_norm_backward_elemt(x, x, 2, 3, 4, c3, c3, None, None, c3, 8.0)",
-     _TYPE_OR_VALUE, r"\S", None),
-    ("B.batch_norm_backward_elemt grad None", "B.batch_norm_backward_elemt(None, x, 2, 3, 4, c3, c3, None, c3, c3, 8.0)",
-     _TYPE_OR_VALUE, r"\S", None),
-    ("B.batch_norm_backward_elemt sum_dy float32", "B.batch_norm_backward_elemt(x, x, 2, 3, 4, c3, c3, None, w3, c3, 8.0)",
-     "ValueError", r"sum_dy must be", None),
-    ("R.layer_norm_forward wrong size", "R.layer_norm_forward(xl, 2, 4, None, None, 1e-5)", "ValueError",
-     r"input must be a C-contiguous float32 array of 8 elements", None),
-    ("R.layer_norm_forward weight (4,)", "R.layer_norm_forward(xl, 2, 5, w4, None, 1e-5)", "ValueError", r"weight must be", None),
-    ("R.layer_norm_forward bias float64", "R.layer_norm_forward(xl, 2, 5, None, np.ones(5), 1e-5)", "ValueError", r"bias must be", None),
-    ("R.layer_norm_forward int64", "R.layer_norm_forward(xl.astype(np.int64), 2, 5, None, None, 1e-5)", "TypeError",
-     r"unsupported dtype int64", None),
-    ("R.layer_norm_forward None", "R.layer_norm_forward(None, 2, 5, None, None, 1e-5)", "TypeError", r"must be a NumPy array|incorrect type", None),
-    ("R.layer_norm_forward transposed", "R.layer_norm_forward(np.ones((5, 2), f32).T, 2, 5, None, None, 1e-5)", "ValueError",
-     r"C-contiguous", None),
-    ("R.layer_norm_forward negative", "R.layer_norm_forward(xl, -2, -5, None, None, 1e-5)", "ValueError", r"negative dimension", None),
-    ("R.layer_norm_backward grad float64", "R.layer_norm_backward(xl.astype(np.float64), xl, 2, 5, m2, m2, None)", "ValueError",
-     r"grad_output must be", None),
-    ("R.layer_norm_backward mean float32", "R.layer_norm_backward(xl, xl, 2, 5, m2.astype(f32), m2, None)", "ValueError",
-     r"mean must be", None),
-    ("R.layer_norm_backward rstd (3,)", "R.layer_norm_backward(xl, xl, 2, 5, m2, np.ones(3), None)", "ValueError", r"rstd must be", None),
-    ("R.layer_norm_backward weight (4,)", "R.layer_norm_backward(xl, xl, 2, 5, m2, m2, w4)", "ValueError", r"weight must be", None),
-    ("R.layer_norm_backward mean None", "R.layer_norm_backward(xl, xl, 2, 5, None, m2, None)", _TYPE_OR_VALUE, r"\S", None),
-    ("R.layer_norm_backward grad None", "R.layer_norm_backward(None, xl, 2, 5, m2, m2, None)", _TYPE_OR_VALUE, r"\S", None),
+    (
+        "B.batch_norm_elemt mean None",
+        "B.batch_norm_elemt(x, 2, 3, 4, None, c3, None, None)",
+        _TYPE_OR_VALUE,
+        r"\S",
+        None,
+    ),
+    (
+        "B.batch_norm_elemt invstd None",
+        "B.batch_norm_elemt(x, 2, 3, 4, c3, None, None, None)",
+        _TYPE_OR_VALUE,
+        r"\S",
+        None,
+    ),
+    (
+        "B.batch_norm_forward_train read-only running_mean",
+        "B.batch_norm_forward_train(x, 2, 3, 4, None, None, ro, w3.copy(), 0.1, 1e-5)",
+        "ValueError",
+        r"running_mean must be a writeable C-contiguous float32 array of 3 elements",
+        None,
+    ),
+    (
+        "B.batch_norm_forward_train running_var only",
+        "B.batch_norm_forward_train(x, 2, 3, 4, None, None, None, w3.copy(), 0.1, 1e-5)",
+        "ValueError",
+        r"both be given or both be None",
+        None,
+    ),
+    (
+        "B.batch_norm_forward_train one value per channel",
+        "B.batch_norm_forward_train(np.ones((1, 3), f32), 1, 3, 1, None, None, w3.copy(), w3.copy(), 0.1, 1e-5)",
+        "ValueError",
+        r"more than 1 value per channel",
+        None,
+    ),
+    (
+        "B.batch_norm_forward_train running stats float64",
+        "B.batch_norm_forward_train(x, 2, 3, 4, None, None, c3.copy(), c3.copy(), 0.1, 1e-5)",
+        "ValueError",
+        r"running_mean must be a writeable C-contiguous float32 array of 3 elements, got float64",
+        None,
+    ),
+    (
+        "B.batch_norm_forward_train weight (4,)",
+        "B.batch_norm_forward_train(x, 2, 3, 4, w4, None, None, None, 0.1, 1e-5)",
+        "ValueError",
+        r"weight must be",
+        None,
+    ),
+    (
+        "B.batch_norm_forward_train non-contiguous",
+        "B.batch_norm_forward_train(nc, 2, 3, 4, None, None, None, None, 0.1, 1e-5)",
+        "ValueError",
+        r"C-contiguous",
+        None,
+    ),
+    (
+        "B.batch_norm_forward_train None",
+        "B.batch_norm_forward_train(None, 2, 3, 4, None, None, None, None, 0.1, 1e-5)",
+        "TypeError",
+        r"must be a NumPy array|incorrect type",
+        None,
+    ),
+    (
+        "B.batch_norm_forward_eval no running stats",
+        "B.batch_norm_forward_eval(x, 2, 3, 4, None, None, None, None, 1e-5)",
+        "ValueError",
+        r"running_mean and running_var must be given",
+        None,
+    ),
+    (
+        "B.batch_norm_forward_eval running_var float64",
+        "B.batch_norm_forward_eval(x, 2, 3, 4, None, None, w3, c3, 1e-5)",
+        "ValueError",
+        r"running_var must be",
+        None,
+    ),
+    (
+        "B.batch_norm_forward_eval wrong size",
+        "B.batch_norm_forward_eval(x, 2, 3, 3, None, None, w3, w3, 1e-5)",
+        "ValueError",
+        r"input must be",
+        None,
+    ),
+    (
+        "B.batch_norm_backward grad float64",
+        "B.batch_norm_backward(x64, x, 2, 3, 4, c3, c3, None, True)",
+        "ValueError",
+        r"grad_output must be a C-contiguous float32 array of 24 elements, got float64",
+        None,
+    ),
+    (
+        "B.batch_norm_backward grad wrong size",
+        "B.batch_norm_backward(np.ones(23, f32), x, 2, 3, 4, c3, c3, None, True)",
+        "ValueError",
+        r"grad_output must be",
+        None,
+    ),
+    (
+        "B.batch_norm_backward grad non-contiguous",
+        "B.batch_norm_backward(nc, x, 2, 3, 4, c3, c3, None, True)",
+        "ValueError",
+        r"grad_output must be",
+        None,
+    ),
+    (
+        "B.batch_norm_backward mean (4,)",
+        "B.batch_norm_backward(x, x, 2, 3, 4, e4, c3, None, True)",
+        "ValueError",
+        r"mean must be",
+        None,
+    ),
+    (
+        "B.batch_norm_backward x None",
+        "B.batch_norm_backward(x, None, 2, 3, 4, c3, c3, None, True)",
+        "TypeError",
+        r"must be a NumPy array|incorrect type",
+        None,
+    ),
+    (
+        "B.batch_norm_backward mean None",
+        "B.batch_norm_backward(x, x, 2, 3, 4, None, c3, None, True)",
+        _TYPE_OR_VALUE,
+        r"\S",
+        None,
+    ),
+    (
+        "B.batch_norm_backward invstd None",
+        "B.batch_norm_backward(x, x, 2, 3, 4, c3, None, None, True)",
+        _TYPE_OR_VALUE,
+        r"\S",
+        None,
+    ),
+    (
+        "B.batch_norm_backward grad None",
+        "B.batch_norm_backward(None, x, 2, 3, 4, c3, c3, None, True)",
+        _TYPE_OR_VALUE,
+        r"\S",
+        None,
+    ),
+    (
+        "B.batch_norm_backward_reduce mean None",
+        "B.batch_norm_backward_reduce(x, x, 2, 3, 4, None, c3)",
+        _TYPE_OR_VALUE,
+        r"\S",
+        None,
+    ),
+    (
+        "B.batch_norm_backward_elemt sum_dy None",
+        "B.batch_norm_backward_elemt(x, x, 2, 3, 4, c3, c3, None, None, c3, 8.0)",
+        _TYPE_OR_VALUE,
+        r"\S",
+        None,
+    ),
+    (
+        "B.batch_norm_backward_elemt grad None",
+        "B.batch_norm_backward_elemt(None, x, 2, 3, 4, c3, c3, None, c3, c3, 8.0)",
+        _TYPE_OR_VALUE,
+        r"\S",
+        None,
+    ),
+    (
+        "B.batch_norm_backward_elemt sum_dy float32",
+        "B.batch_norm_backward_elemt(x, x, 2, 3, 4, c3, c3, None, w3, c3, 8.0)",
+        "ValueError",
+        r"sum_dy must be",
+        None,
+    ),
+    (
+        "R.layer_norm_forward wrong size",
+        "R.layer_norm_forward(xl, 2, 4, None, None, 1e-5)",
+        "ValueError",
+        r"input must be a C-contiguous float32 array of 8 elements",
+        None,
+    ),
+    (
+        "R.layer_norm_forward weight (4,)",
+        "R.layer_norm_forward(xl, 2, 5, w4, None, 1e-5)",
+        "ValueError",
+        r"weight must be",
+        None,
+    ),
+    (
+        "R.layer_norm_forward bias float64",
+        "R.layer_norm_forward(xl, 2, 5, None, np.ones(5), 1e-5)",
+        "ValueError",
+        r"bias must be",
+        None,
+    ),
+    (
+        "R.layer_norm_forward int64",
+        "R.layer_norm_forward(xl.astype(np.int64), 2, 5, None, None, 1e-5)",
+        "TypeError",
+        r"unsupported dtype int64",
+        None,
+    ),
+    (
+        "R.layer_norm_forward None",
+        "R.layer_norm_forward(None, 2, 5, None, None, 1e-5)",
+        "TypeError",
+        r"must be a NumPy array|incorrect type",
+        None,
+    ),
+    (
+        "R.layer_norm_forward transposed",
+        "R.layer_norm_forward(np.ones((5, 2), f32).T, 2, 5, None, None, 1e-5)",
+        "ValueError",
+        r"C-contiguous",
+        None,
+    ),
+    (
+        "R.layer_norm_forward negative",
+        "R.layer_norm_forward(xl, -2, -5, None, None, 1e-5)",
+        "ValueError",
+        r"negative dimension",
+        None,
+    ),
+    (
+        "R.layer_norm_backward grad float64",
+        "R.layer_norm_backward(xl.astype(np.float64), xl, 2, 5, m2, m2, None)",
+        "ValueError",
+        r"grad_output must be",
+        None,
+    ),
+    (
+        "R.layer_norm_backward mean float32",
+        "R.layer_norm_backward(xl, xl, 2, 5, m2.astype(f32), m2, None)",
+        "ValueError",
+        r"mean must be",
+        None,
+    ),
+    (
+        "R.layer_norm_backward rstd (3,)",
+        "R.layer_norm_backward(xl, xl, 2, 5, m2, np.ones(3), None)",
+        "ValueError",
+        r"rstd must be",
+        None,
+    ),
+    (
+        "R.layer_norm_backward weight (4,)",
+        "R.layer_norm_backward(xl, xl, 2, 5, m2, m2, w4)",
+        "ValueError",
+        r"weight must be",
+        None,
+    ),
+    (
+        "R.layer_norm_backward mean None",
+        "R.layer_norm_backward(xl, xl, 2, 5, None, m2, None)",
+        _TYPE_OR_VALUE,
+        r"\S",
+        None,
+    ),
+    (
+        "R.layer_norm_backward grad None",
+        "R.layer_norm_backward(None, xl, 2, 5, m2, m2, None)",
+        _TYPE_OR_VALUE,
+        r"\S",
+        None,
+    ),
     # sizes whose product wraps around 2**64
-    ("B.batch_norm_stats N*C*S overflow (cols)", "B.batch_norm_stats(e, 2**62, 4, 1)", _VALUE_OR_OVERFLOW, r"\S", None),
-    ("B.batch_norm_stats N*C*S overflow (rows)", "B.batch_norm_stats(e, 1, 4, 2**62)", _VALUE_OR_OVERFLOW, r"\S", None),
-    ("B.batch_norm_forward_train N*C*S overflow", "B.batch_norm_forward_train(e, 2**62, 4, 1, None, None, None, None, 0.1, 1e-5)",
-     _VALUE_OR_OVERFLOW, r"\S", None),
-    ("B.batch_norm_forward_eval N*C*S overflow", "B.batch_norm_forward_eval(e, 2**62, 4, 1, None, None, w4, w4, 1e-5)",
-     _VALUE_OR_OVERFLOW, r"\S", None),
-    ("B.batch_norm_elemt N*C*S overflow", "B.batch_norm_elemt(e, 2**62, 4, 1, e4, e4, None, None)", _VALUE_OR_OVERFLOW, r"\S", None),
-    ("B.batch_norm_backward N*C*S overflow", "B.batch_norm_backward(e, e, 2**62, 4, 1, e4, e4, None, True)", _VALUE_OR_OVERFLOW, r"\S", None),
-    ("R.layer_norm_forward M*D overflow", "R.layer_norm_forward(e, 4, 2**62, None, None, 1e-5)", _VALUE_OR_OVERFLOW, r"\S", None),
+    (
+        "B.batch_norm_stats N*C*S overflow (cols)",
+        "B.batch_norm_stats(e, 2**62, 4, 1)",
+        _VALUE_OR_OVERFLOW,
+        r"\S",
+        None,
+    ),
+    (
+        "B.batch_norm_stats N*C*S overflow (rows)",
+        "B.batch_norm_stats(e, 1, 4, 2**62)",
+        _VALUE_OR_OVERFLOW,
+        r"\S",
+        None,
+    ),
+    (
+        "B.batch_norm_forward_train N*C*S overflow",
+        "B.batch_norm_forward_train(e, 2**62, 4, 1, None, None, None, None, 0.1, 1e-5)",
+        _VALUE_OR_OVERFLOW,
+        r"\S",
+        None,
+    ),
+    (
+        "B.batch_norm_forward_eval N*C*S overflow",
+        "B.batch_norm_forward_eval(e, 2**62, 4, 1, None, None, w4, w4, 1e-5)",
+        _VALUE_OR_OVERFLOW,
+        r"\S",
+        None,
+    ),
+    (
+        "B.batch_norm_elemt N*C*S overflow",
+        "B.batch_norm_elemt(e, 2**62, 4, 1, e4, e4, None, None)",
+        _VALUE_OR_OVERFLOW,
+        r"\S",
+        None,
+    ),
+    (
+        "B.batch_norm_backward N*C*S overflow",
+        "B.batch_norm_backward(e, e, 2**62, 4, 1, e4, e4, None, True)",
+        _VALUE_OR_OVERFLOW,
+        r"\S",
+        None,
+    ),
+    (
+        "R.layer_norm_forward M*D overflow",
+        "R.layer_norm_forward(e, 4, 2**62, None, None, 1e-5)",
+        _VALUE_OR_OVERFLOW,
+        r"\S",
+        None,
+    ),
 ]
 
 _KERNEL_RUNNER = r"""
@@ -168,12 +490,16 @@ def _run_kernel_cases():
     pending = [(c[0], c[1]) for c in KERNEL_CASES]
     script = _KERNEL_PRELUDE + _KERNEL_RUNNER
     while pending:
-        proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", script],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-X", "faulthandler", "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             stdout, stderr = proc.communicate(json.dumps(pending), timeout=120)
-        except subprocess.TimeoutExpired:   # a hang counts as a crash of the running case
+        except subprocess.TimeoutExpired:  # a hang counts as a crash of the running case
             proc.kill()
             stdout, stderr = proc.communicate()
             stderr = "(hung: killed after 120 s)\n" + stderr
@@ -185,7 +511,7 @@ def _run_kernel_cases():
                 cid, name, msg = json.loads(line[7:])
                 results[cid] = ("returned",) if name is None else ("raised", name, msg)
                 started = None
-        if started is not None:             # died inside this case
+        if started is not None:  # died inside this case
             results[started] = ("crashed", proc.returncode, stderr[-2000:])
         elif proc.returncode != 0 and len(results) < len(KERNEL_CASES):
             raise RuntimeError(f"kernel case runner failed: {stderr[-2000:]}")
@@ -196,7 +522,7 @@ def _run_kernel_cases():
 
 def _kernel_params():
     out = []
-    for cid, code, exc, match, xfail in KERNEL_CASES:
+    for cid, _code, exc, match, xfail in KERNEL_CASES:
         marks = [pytest.mark.xfail(strict=True, reason=xfail)] if xfail else []
         out.append(pytest.param(cid, exc, match, marks=marks, id=cid))
     return out

@@ -21,6 +21,7 @@ f32 = np.float32
 
 # --------------------------------------------------------------------------- empty inputs
 
+
 @pytest.mark.parametrize("norm, case, dtype, training", norm_cases("empty", modes=True, dtypes=DTYPES))
 def test_empty(rng, norm, case, dtype, training):
     """Zero-size in every dimension (C = 0 too): outputs and gradients of the input's shape
@@ -84,8 +85,16 @@ def test_empty(rng, norm, case, dtype, training):
 
 # --------------------------------------------------------------------------- edge cases that work
 
-@pytest.mark.parametrize("cls, shape", [("BatchNorm1d", (1, 3)), ("BatchNorm1d", (1, 3, 1)),
-                                         ("BatchNorm2d", (1, 3, 1, 1)), ("BatchNorm3d", (1, 3, 1, 1, 1))])
+
+@pytest.mark.parametrize(
+    "cls, shape",
+    [
+        ("BatchNorm1d", (1, 3)),
+        ("BatchNorm1d", (1, 3, 1)),
+        ("BatchNorm2d", (1, 3, 1, 1)),
+        ("BatchNorm3d", (1, 3, 1, 1, 1)),
+    ],
+)
 def test_bn_one_value_per_channel_in_eval_works(cls, shape):
     rng = np.random.default_rng(3)
     m = getattr(cnorm, cls)(3).eval()
@@ -93,12 +102,15 @@ def test_bn_one_value_per_channel_in_eval_works(cls, shape):
     m.running_var[...] = rng.uniform(0.5, 2, 3)
     x = rng.standard_normal(shape).astype(f32)
     y = m(x)
-    ref = reference.batch_norm_forward(x, m.weight, m.bias, m.running_mean, m.running_var, False, 0.1, 1e-5)[0]
+    ref = reference.batch_norm_forward(x, m.weight, m.bias, m.running_mean, m.running_var, False, 0.1, 1e-5)[
+        0
+    ]
     np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
     dy = rng.standard_normal(shape).astype(f32)
     dx = m.backward(dy)
-    np.testing.assert_allclose(dx, dy / np.sqrt(m.running_var.reshape((1, 3) + (1,) * (len(shape) - 2)) + 1e-5),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        dx, dy / np.sqrt(m.running_var.reshape((1, 3) + (1,) * (len(shape) - 2)) + 1e-5), rtol=1e-6
+    )
     assert m.num_batches_tracked == 0
 
 
@@ -109,6 +121,7 @@ def test_bn_eps_zero_in_eval_with_running_stats_works():
 
 
 # --------------------------------------------------------------------------- layouts: modules
+
 
 def c_copy(a):
     return np.ascontiguousarray(a).copy()
@@ -196,8 +209,9 @@ def test_broadcast_zero_stride_input(rng, dtype):
         for g, e in zip(got, expected):
             assert_close(g, e, dtype, scale=np.abs(e).max(initial=1.0))
     xl = np.broadcast_to(rng.normal(size=(7,)).astype(dtype), (3, 7))
-    np.testing.assert_allclose(cnorm.LayerNorm(7, dtype=dtype)(xl), cnorm.LayerNorm(7, dtype=dtype)(c_copy(xl)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        cnorm.LayerNorm(7, dtype=dtype)(xl), cnorm.LayerNorm(7, dtype=dtype)(c_copy(xl)), rtol=1e-5, atol=1e-5
+    )
 
 
 def _layouts(x, tmp_path):
@@ -317,8 +331,12 @@ def test_layouts_and_inputs_never_modified(rng, dtype):
         for a, c in zip((xl, rl, dyl), copies):
             assert np.array_equal(a, c), label
         # modules too
-        for m in (cnorm.GroupNorm(3, 6, dtype=dtype), cnorm.InstanceNorm2d(6, dtype=dtype),
-                  cnorm.RMSNorm(5, dtype=dtype), cnorm.BatchNormReLU2d(6, dtype=dtype)):
+        for m in (
+            cnorm.GroupNorm(3, 6, dtype=dtype),
+            cnorm.InstanceNorm2d(6, dtype=dtype),
+            cnorm.RMSNorm(5, dtype=dtype),
+            cnorm.BatchNormReLU2d(6, dtype=dtype),
+        ):
             m2 = copy.deepcopy(m)
             assert np.array_equal(m(xl), m2(x)), (label, m)
             assert np.array_equal(m.backward(dyl), m2.backward(dy)), (label, m)
@@ -327,6 +345,7 @@ def test_layouts_and_inputs_never_modified(rng, dtype):
 
 
 # --------------------------------------------------------------------------- layouts: functional
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("kind", LAYOUTS)

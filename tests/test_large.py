@@ -18,10 +18,10 @@ from norms import reference
 import cnorm
 import cnorm.functional as F
 
-NEED_BYTES = 20 * 10 ** 9
-BN_S = (1 << 30) + 7                  # BN input (1, 2, BN_S): 2**31 + 14 elements
-LN_D = (1 << 30) + 3                  # LN input (2, LN_D): 2**31 + 6 elements
-CHUNK = 1 << 24                       # elements per chunk of the float64 reference passes
+NEED_BYTES = 20 * 10**9
+BN_S = (1 << 30) + 7  # BN input (1, 2, BN_S): 2**31 + 14 elements
+LN_D = (1 << 30) + 3  # LN input (2, LN_D): 2**31 + 6 elements
+CHUNK = 1 << 24  # elements per chunk of the float64 reference passes
 EPS = 1e-5
 
 
@@ -38,9 +38,11 @@ def mem_available():
 
 
 pytestmark = pytest.mark.slow
-needs_memory = pytest.mark.skipif(mem_available() < NEED_BYTES,
-                                  reason=f"needs {NEED_BYTES / 1e9:.0f} GB of available memory "
-                                         f"(MemAvailable {mem_available() / 1e9:.1f} GB)")
+needs_memory = pytest.mark.skipif(
+    mem_available() < NEED_BYTES,
+    reason=f"needs {NEED_BYTES / 1e9:.0f} GB of available memory "
+    f"(MemAvailable {mem_available() / 1e9:.1f} GB)",
+)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -97,11 +99,11 @@ def stats64(row):
     n = row.shape[0]
     s = 0.0
     for i in range(0, n, CHUNK):
-        s += float(np.sum(row[i:i + CHUNK], dtype=np.float64))
+        s += float(np.sum(row[i : i + CHUNK], dtype=np.float64))
     mean = s / n
     m2 = 0.0
     for i in range(0, n, CHUNK):
-        d = row[i:i + CHUNK].astype(np.float64) - mean
+        d = row[i : i + CHUNK].astype(np.float64) - mean
         m2 += float(np.dot(d, d))
     return mean, m2 / n
 
@@ -109,8 +111,9 @@ def stats64(row):
 def sample_indices(n, rng):
     """Indices spread over the row, including both ends (for the second channel / row the
     last ones lie beyond 2**31 in the flat array) and around 2**30."""
-    idx = np.concatenate([np.arange(5), n - 1 - np.arange(5), rng.integers(0, n, 200),
-                          (1 << 30) - 3 + np.arange(6)])
+    idx = np.concatenate(
+        [np.arange(5), n - 1 - np.arange(5), rng.integers(0, n, 200), (1 << 30) - 3 + np.arange(6)]
+    )
     return np.unique(idx[(idx >= 0) & (idx < n)])
 
 
@@ -119,22 +122,27 @@ def check_normalized(y_row, x_row, mean, var, w, b, what):
     rng = np.random.default_rng(0)
     idx = sample_indices(n, rng)
     expected = (x_row[idx].astype(np.float64) - mean) / np.sqrt(var + EPS) * w + b
-    np.testing.assert_allclose(y_row[idx], expected, rtol=0, atol=2e-6 * max(1.0, abs(w)) + 1e-7,
-                               err_msg=f"{what}: selected elements")
+    np.testing.assert_allclose(
+        y_row[idx],
+        expected,
+        rtol=0,
+        atol=2e-6 * max(1.0, abs(w)) + 1e-7,
+        err_msg=f"{what}: selected elements",
+    )
     # mean ~ 0 and var ~ 1 (before the affine map) on a strided sample of the output
     step = max(1, n // 400_000) | 1
     s = (y_row[::step].astype(np.float64) - b) / w
     assert abs(s.mean()) < 0.01, f"{what}: sample mean {s.mean()}"
     assert abs(s.var() - 1) < 0.015, f"{what}: sample variance {s.var()}"
-    assert np.isfinite(y_row[-(1 << 20):]).all(), f"{what}: non-finite values at the end"
+    assert np.isfinite(y_row[-(1 << 20) :]).all(), f"{what}: non-finite values at the end"
 
 
 @needs_memory
 def test_batch_norm_beyond_2_31_elements():
     C, S = 2, BN_S
-    assert C * S > 2 ** 31 or BN_S < 2 ** 30  # (smaller only in a smoke run)
+    assert C * S > 2**31 or BN_S < 2**30  # (smaller only in a smoke run)
     x = np.empty((1, C, S), np.float32)
-    params = [(1000.0, 2.0, 0.5, -1.0), (-3.0, 0.25, 2.0, 0.5)]   # loc, scale, w, b per channel
+    params = [(1000.0, 2.0, 0.5, -1.0), (-3.0, 0.25, 2.0, 0.5)]  # loc, scale, w, b per channel
     for c, (loc, scale, _, _) in enumerate(params):
         fill(x[0, c], loc, scale, seed=c)
     ref = [stats64(x[0, c]) for c in range(C)]
@@ -144,7 +152,7 @@ def test_batch_norm_beyond_2_31_elements():
     y = m(x)
     assert y.shape == x.shape and y.dtype == np.float32
     M = S
-    for c, (loc, scale, w, b) in enumerate(params):
+    for c, (_loc, _scale, w, b) in enumerate(params):
         mean, var = ref[c]
         check_normalized(y[0, c], x[0, c], mean, var, w, b, f"BN channel {c}")
         np.testing.assert_allclose(m.running_mean[c], 0.1 * mean, rtol=1e-6)
@@ -157,16 +165,17 @@ def test_batch_norm_beyond_2_31_elements():
     m.running_mean[...] = [r[0] for r in ref]
     m.running_var[...] = [r[1] for r in ref]
     y = m(x)
-    for c, (loc, scale, w, b) in enumerate(params):
-        check_normalized(y[0, c], x[0, c], float(m.running_mean[c]), float(m.running_var[c]), w, b,
-                         f"BN eval channel {c}")
+    for c, (_loc, _scale, w, b) in enumerate(params):
+        check_normalized(
+            y[0, c], x[0, c], float(m.running_mean[c]), float(m.running_var[c]), w, b, f"BN eval channel {c}"
+        )
     del m, x, y
 
 
 @needs_memory
 def test_layer_norm_beyond_2_31_elements():
     M, D = 2, LN_D
-    assert M * D > 2 ** 31 or LN_D < 2 ** 30
+    assert M * D > 2**31 or LN_D < 2**30
     x = np.empty((M, D), np.float32)
     params = [(1e4, 1.0), (0.0, 3.0)]
     for r, (loc, scale) in enumerate(params):
@@ -174,7 +183,7 @@ def test_layer_norm_beyond_2_31_elements():
     ref = [stats64(x[r]) for r in range(M)]
     y, mean, rstd = F.native_layer_norm(x, (D,), None, None, EPS)
     assert y.shape == x.shape and mean.shape == (M,)
-    for r, (loc, scale) in enumerate(params):
+    for r, (_loc, scale) in enumerate(params):
         np.testing.assert_allclose(mean[r], ref[r][0], rtol=1e-9, atol=1e-7 * scale)
         np.testing.assert_allclose(rstd[r], 1 / np.sqrt(ref[r][1] + EPS), rtol=1e-6)
         check_normalized(y[r], x[r], ref[r][0], ref[r][1], 1.0, 0.0, f"LN row {r}")

@@ -20,8 +20,8 @@ import cnorm
 import cnorm.functional as F
 
 N_CALLS = 10_000
-RSS_LIMIT = 5 * 2 ** 20          # bytes
-SLACK = 64 * 1024                # O(C) / O(M) statistics and Python objects
+RSS_LIMIT = 5 * 2**20  # bytes
+SLACK = 64 * 1024  # O(C) / O(M) statistics and Python objects
 
 
 def rss_bytes():
@@ -40,7 +40,7 @@ def _loop(step, n):
 
 
 def _rss_growth(step):
-    _loop(step, 1000)                 # warm-up: caches, allocator pools, first-call work
+    _loop(step, 1000)  # warm-up: caches, allocator pools, first-call work
     gc.collect()
     before = rss_bytes()
     _loop(step, N_CALLS)
@@ -53,10 +53,16 @@ CASES = {
     "bn1d_train": ("BatchNorm1d", lambda: cnorm.BatchNorm1d(8), (16, 8)),
     "bn2d_train": ("BatchNorm2d", lambda: cnorm.BatchNorm2d(4), (4, 4, 5, 5)),
     "bn2d_eval": ("BatchNorm2d", lambda: cnorm.BatchNorm2d(4).eval(), (4, 4, 5, 5)),
-    "bn2d_cumulative_f64": ("BatchNorm2d", lambda: cnorm.BatchNorm2d(4, momentum=None, dtype=np.float64),
-                            (4, 4, 5, 5)),
-    "bn3d_untracked": ("BatchNorm3d", lambda: cnorm.BatchNorm3d(3, track_running_stats=False),
-                       (2, 3, 2, 3, 4)),
+    "bn2d_cumulative_f64": (
+        "BatchNorm2d",
+        lambda: cnorm.BatchNorm2d(4, momentum=None, dtype=np.float64),
+        (4, 4, 5, 5),
+    ),
+    "bn3d_untracked": (
+        "BatchNorm3d",
+        lambda: cnorm.BatchNorm3d(3, track_running_stats=False),
+        (2, 3, 2, 3, 4),
+    ),
     "ln": ("LayerNorm", lambda: cnorm.LayerNorm(32), (8, 32)),
     "ln_2d_no_affine": ("LayerNorm", lambda: cnorm.LayerNorm((4, 8), elementwise_affine=False), (3, 4, 8)),
 }
@@ -120,9 +126,9 @@ def test_kernels_with_two_threads_rss(restore_threads):
     100-400 KB per call) are freed. Few calls: a leak of them would show at once."""
     cnorm.set_num_threads(2)
     rng = np.random.default_rng(2)
-    bn = cnorm.BatchNorm1d(4096)                      # (N, C) path, C = 4096
+    bn = cnorm.BatchNorm1d(4096)  # (N, C) path, C = 4096
     x = rng.standard_normal((32, 4096)).astype(np.float32)
-    bn2 = cnorm.BatchNorm2d(2048)                     # rows path, C = 2048
+    bn2 = cnorm.BatchNorm2d(2048)  # rows path, C = 2048
     x2 = rng.standard_normal((8, 2048, 2, 4)).astype(np.float32)
     ln = cnorm.LayerNorm(8192)
     xl = rng.standard_normal((16, 8192)).astype(np.float32)
@@ -146,6 +152,7 @@ def test_kernels_with_two_threads_rss(restore_threads):
 # tracemalloc: peaks
 # ---------------------------------------------------------------------------------------
 
+
 def _traced_peak(fn):
     """(result, peak traced bytes above the level before the call)."""
     gc.collect()
@@ -168,9 +175,11 @@ def traced():
         tracemalloc.stop()
 
 
-BIG_BN = [("bn2d", lambda: cnorm.BatchNorm2d(8), (16, 8, 128, 128)),        # 8 MB
-          ("bn1d_NC", lambda: cnorm.BatchNorm1d(1024), (2048, 1024)),        # 8 MB, (N, C) path
-          ("bn3d", lambda: cnorm.BatchNorm3d(16), (4, 16, 8, 64, 32))]       # 8 MB
+BIG_BN = [
+    ("bn2d", lambda: cnorm.BatchNorm2d(8), (16, 8, 128, 128)),  # 8 MB
+    ("bn1d_NC", lambda: cnorm.BatchNorm1d(1024), (2048, 1024)),  # 8 MB, (N, C) path
+    ("bn3d", lambda: cnorm.BatchNorm3d(16), (4, 16, 8, 64, 32)),
+]  # 8 MB
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -181,22 +190,27 @@ def test_bn_peak_memory(traced, name, make, shape, training):
     x = rng.standard_normal(shape).astype(np.float32)
     dy = rng.standard_normal(shape).astype(np.float32)
     m(x)
-    m.backward(dy)                    # first calls out of the way
+    m.backward(dy)  # first calls out of the way
     C = shape[1]
-    slack = SLACK + 64 * C            # a few (C,) float64 arrays
+    slack = SLACK + 64 * C  # a few (C,) float64 arrays
     y, peak = _traced_peak(lambda: m(x))
     assert peak < y.nbytes + slack, (
-        f"forward peak {peak} B for an output of {y.nbytes} B (+{peak - y.nbytes} B)")
+        f"forward peak {peak} B for an output of {y.nbytes} B (+{peak - y.nbytes} B)"
+    )
     del y
     dx, peak = _traced_peak(lambda: m.backward(dy))
-    assert peak < dx.nbytes + slack, (
-        f"backward peak {peak} B for dx of {dx.nbytes} B (+{peak - dx.nbytes} B)")
+    assert peak < dx.nbytes + slack, f"backward peak {peak} B for dx of {dx.nbytes} B (+{peak - dx.nbytes} B)"
 
 
-@pytest.mark.parametrize("name, shape, ns", [("ln_1024", (2048, 1024), (1024,)),
-                                             ("ln_rows", (16384, 128), (128,)),
-                                             ("ln_2d", (64, 32, 1024), (32, 1024))],
-                         ids=["ln_1024", "ln_rows", "ln_2d"])
+@pytest.mark.parametrize(
+    "name, shape, ns",
+    [
+        ("ln_1024", (2048, 1024), (1024,)),
+        ("ln_rows", (16384, 128), (128,)),
+        ("ln_2d", (64, 32, 1024), (32, 1024)),
+    ],
+    ids=["ln_1024", "ln_rows", "ln_2d"],
+)
 def test_ln_peak_memory(traced, name, shape, ns):
     m = cnorm.LayerNorm(ns)
     rng = np.random.default_rng(4)
@@ -207,14 +221,16 @@ def test_ln_peak_memory(traced, name, shape, ns):
     M = x.size // int(np.prod(ns))
     D = int(np.prod(ns))
     y, peak = _traced_peak(lambda: m(x))
-    stats = 2 * 8 * M                 # mean and rstd, float64 (M,)
+    stats = 2 * 8 * M  # mean and rstd, float64 (M,)
     assert peak < y.nbytes + stats + SLACK, (
-        f"forward peak {peak} B for an output of {y.nbytes} B (+{peak - y.nbytes} B)")
+        f"forward peak {peak} B for an output of {y.nbytes} B (+{peak - y.nbytes} B)"
+    )
     del y
     dx, peak = _traced_peak(lambda: m.backward(dy))
-    grads = 4 * 4 * D                 # dweight, dbias and their accumulation (D,)
+    grads = 4 * 4 * D  # dweight, dbias and their accumulation (D,)
     assert peak < dx.nbytes + grads + SLACK, (
-        f"backward peak {peak} B for dx of {dx.nbytes} B (+{peak - dx.nbytes} B)")
+        f"backward peak {peak} B for dx of {dx.nbytes} B (+{peak - dx.nbytes} B)"
+    )
 
 
 def test_functional_peak_memory(traced):
@@ -224,7 +240,8 @@ def test_functional_peak_memory(traced):
     rm, rv = np.zeros(8, np.float32), np.ones(8, np.float32)
     F.native_batch_norm(x, None, None, rm, rv, True, 0.1, 1e-5)
     (y, mean, invstd), peak = _traced_peak(
-        lambda: F.native_batch_norm(x, None, None, rm, rv, True, 0.1, 1e-5))
+        lambda: F.native_batch_norm(x, None, None, rm, rv, True, 0.1, 1e-5)
+    )
     assert peak < y.nbytes + SLACK
     del y
     (dx, _dw, _db), peak = _traced_peak(lambda: F.batch_norm_backward(dy, x, None, mean, invstd, True))

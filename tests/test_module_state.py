@@ -32,6 +32,7 @@ def _trained(norm, config, rng, steps=2):
 
 # --------------------------------------------------------------------------- state_dict
 
+
 @pytest.mark.parametrize(
     "kw,keys",
     [
@@ -94,9 +95,15 @@ def test_load_state_dict_copies_and_round_trips(rng):
 
 def test_load_state_dict_converts_dtype_and_keeps_module_dtype(rng):
     m = cnorm.BatchNorm1d(3)  # float32
-    m.load_state_dict({"weight": np.full(3, 2.0), "bias": np.full(3, 1.0),
-                       "running_mean": np.zeros(3), "running_var": np.ones(3),
-                       "num_batches_tracked": np.array(5)})
+    m.load_state_dict(
+        {
+            "weight": np.full(3, 2.0),
+            "bias": np.full(3, 1.0),
+            "running_mean": np.zeros(3),
+            "running_var": np.ones(3),
+            "num_batches_tracked": np.array(5),
+        }
+    )
     assert m.weight.dtype == m.bias.dtype == m.running_mean.dtype == np.float32
     np.testing.assert_array_equal(m.weight, 2.0)
     assert m.num_batches_tracked == 5
@@ -106,8 +113,10 @@ def test_load_state_dict_missing_keys():
     m = cnorm.BatchNorm2d(3)
     sd = m.state_dict()
     del sd["bias"], sd["running_mean"]
-    msg = ('Error(s) in loading state_dict for BatchNorm2d:\n\t'
-           'Missing key(s) in state_dict: "bias", "running_mean".')
+    msg = (
+        "Error(s) in loading state_dict for BatchNorm2d:\n\t"
+        'Missing key(s) in state_dict: "bias", "running_mean".'
+    )
     with pytest.raises(RuntimeError, match=re.escape(msg)):
         m.load_state_dict(sd)
     res = m.load_state_dict(sd, strict=False)
@@ -135,20 +144,29 @@ def test_load_state_dict_error_names_class(name):
 def test_load_state_dict_size_mismatch(rng):
     m = cnorm.BatchNorm2d(3)
     sd = cnorm.BatchNorm2d(4).state_dict()
-    msg = ("Error(s) in loading state_dict for BatchNorm2d:\n\tsize mismatch for weight: copying a param with "
-           "shape (4,) from checkpoint, the shape in current model is (3,).")
+    msg = (
+        "Error(s) in loading state_dict for BatchNorm2d:\n\tsize mismatch for weight: copying a param with "
+        "shape (4,) from checkpoint, the shape in current model is (3,)."
+    )
     with pytest.raises(RuntimeError, match=re.escape(msg)):
         m.load_state_dict(sd)
-    with pytest.raises(RuntimeError, match=re.escape("size mismatch for running_var: copying a param with "
-                                                     "shape (4,) from checkpoint, the shape in current model is (3,).")):
+    with pytest.raises(
+        RuntimeError,
+        match=re.escape(
+            "size mismatch for running_var: copying a param with "
+            "shape (4,) from checkpoint, the shape in current model is (3,)."
+        ),
+    ):
         m.load_state_dict(sd, strict=False)
     np.testing.assert_array_equal(m.weight, 1)
 
 
 def test_load_state_dict_layer_norm_size_mismatch():
     m = cnorm.LayerNorm((2, 3))
-    msg = ("size mismatch for weight: copying a param with shape (6,) from checkpoint, "
-           "the shape in current model is (2, 3).")
+    msg = (
+        "size mismatch for weight: copying a param with shape (6,) from checkpoint, "
+        "the shape in current model is (2, 3)."
+    )
     with pytest.raises(RuntimeError, match=re.escape(msg)):
         m.load_state_dict({"weight": np.ones(6, np.float32), "bias": np.zeros((2, 3), np.float32)})
 
@@ -167,16 +185,23 @@ def test_load_state_dict_missing_num_batches_tracked_allowed(rng):
 def test_load_state_dict_keys_for_notrack():
     m = cnorm.BatchNorm1d(3, track_running_stats=False)
     sd = cnorm.BatchNorm1d(3).state_dict()
-    with pytest.raises(RuntimeError, match=re.escape(
-            'Unexpected key(s) in state_dict: "running_mean", "running_var", "num_batches_tracked".')):
+    with pytest.raises(
+        RuntimeError,
+        match=re.escape(
+            'Unexpected key(s) in state_dict: "running_mean", "running_var", "num_batches_tracked".'
+        ),
+    ):
         m.load_state_dict(sd)
 
 
 def test_instance_norm_load_state_dict_untracked_with_running_stats(rng):
     m = cnorm.InstanceNorm2d(3, affine=True)
     sd = cnorm.InstanceNorm2d(3, affine=True, track_running_stats=True).state_dict()
-    with raises(RuntimeError, 'Unexpected running stats buffer(s) "running_mean" and '
-                              '"running_var" for InstanceNorm2d with track_running_stats=False.'):
+    with raises(
+        RuntimeError,
+        'Unexpected running stats buffer(s) "running_mean" and '
+        '"running_var" for InstanceNorm2d with track_running_stats=False.',
+    ):
         m.load_state_dict(sd)
     with raises(RuntimeError, 'Unexpected running stats buffer(s) "running_mean" for InstanceNorm2d'):
         m.load_state_dict({"weight": sd["weight"], "bias": sd["bias"], "running_mean": sd["running_mean"]})
@@ -209,10 +234,10 @@ def test_state_dict_round_trip(rng, norm, config):
         assert np.array_equal(fresh.state_dict()[k], v), k
     sd = m.state_dict()
     if "weight" in sd:
-        sd["weight"][...] = 7                                  # copies
+        sd["weight"][...] = 7  # copies
         assert not np.any(m.weight == 7)
     if sd:
-        with raises(RuntimeError, f'Error(s) in loading state_dict for {type(m).__name__}:'):
+        with raises(RuntimeError, f"Error(s) in loading state_dict for {type(m).__name__}:"):
             fresh.load_state_dict({})
     x = rng.standard_normal(norm.small.shape).astype(m.dtype)
     assert_nested_equal(norm.call(fresh.eval(), x, r), norm.call(m.eval(), x, r), "forward")
@@ -220,25 +245,31 @@ def test_state_dict_round_trip(rng, norm, config):
 
 # --------------------------------------------------------------------------- repr
 
+
 def test_reprs():
     assert repr(cnorm.GroupNorm(32, 256)) == "GroupNorm(32, 256, eps=1e-05, affine=True, bias=True)"
-    assert repr(cnorm.GroupNorm(2, 4, affine=False)) == \
-        "GroupNorm(2, 4, eps=1e-05, affine=False, bias=False)"
-    assert repr(cnorm.InstanceNorm2d(64)) == ("InstanceNorm2d(64, eps=1e-05, momentum=0.1, "
-                                              "affine=False, bias=False, track_running_stats=False)")
-    assert repr(cnorm.InstanceNorm1d(3, momentum=None, affine=True, track_running_stats=True)) \
-        == ("InstanceNorm1d(3, eps=1e-05, momentum=None, affine=True, bias=True, "
-            "track_running_stats=True)")
+    assert repr(cnorm.GroupNorm(2, 4, affine=False)) == "GroupNorm(2, 4, eps=1e-05, affine=False, bias=False)"
+    assert repr(cnorm.InstanceNorm2d(64)) == (
+        "InstanceNorm2d(64, eps=1e-05, momentum=0.1, affine=False, bias=False, track_running_stats=False)"
+    )
+    assert repr(cnorm.InstanceNorm1d(3, momentum=None, affine=True, track_running_stats=True)) == (
+        "InstanceNorm1d(3, eps=1e-05, momentum=None, affine=True, bias=True, track_running_stats=True)"
+    )
     assert repr(cnorm.RMSNorm(1024)) == "RMSNorm((1024,), eps=None, elementwise_affine=True)"
-    assert repr(cnorm.RMSNorm([2, 3], eps=1e-6, elementwise_affine=False)) == \
-        "RMSNorm((2, 3), eps=1e-06, elementwise_affine=False)"
-    assert repr(cnorm.AddLayerNorm(768)) == \
-        "AddLayerNorm((768,), eps=1e-05, elementwise_affine=True, bias=True)"
-    assert repr(cnorm.BatchNormReLU2d(64)) == ("BatchNormReLU2d(64, eps=1e-05, momentum=0.1, "
-                                               "affine=True, bias=True, track_running_stats=True)")
+    assert (
+        repr(cnorm.RMSNorm([2, 3], eps=1e-6, elementwise_affine=False))
+        == "RMSNorm((2, 3), eps=1e-06, elementwise_affine=False)"
+    )
+    assert (
+        repr(cnorm.AddLayerNorm(768)) == "AddLayerNorm((768,), eps=1e-05, elementwise_affine=True, bias=True)"
+    )
+    assert repr(cnorm.BatchNormReLU2d(64)) == (
+        "BatchNormReLU2d(64, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"
+    )
 
 
 # --------------------------------------------------------------------------- pickle / deepcopy
+
 
 def _copy(m, how):
     if how == "pickle":
@@ -259,7 +290,7 @@ def test_pickle_and_deepcopy_round_trip(rng, norm, config, training, how):
     not pickled (backward needs a new forward, and says so), while .grad is kept."""
     shape = norm.small.shape
     m, r = _trained(norm, config, rng)
-    norm.call(m, rng.standard_normal(shape).astype(m.dtype), r)       # a saved forward
+    norm.call(m, rng.standard_normal(shape).astype(m.dtype), r)  # a saved forward
     m.train(training)
     c = _copy(m, how)
     assert_same_module_state(m, c)
@@ -287,7 +318,7 @@ def test_pickle_and_deepcopy_round_trip(rng, norm, config, training, how):
         if norm.family != "instance":
             assert c.num_batches_tracked == m.num_batches_tracked + 1
             assert not np.array_equal(c.running_mean, m.running_mean)
-        elif c.momentum is not None:     # torch never counts for instance norm: momentum=None freezes
+        elif c.momentum is not None:  # torch never counts for instance norm: momentum=None freezes
             assert not np.array_equal(c.running_mean, m.running_mean)
         c.running_mean += 1
         assert not np.array_equal(c.running_mean, m.running_mean)

@@ -34,8 +34,17 @@ EPS = 1e-5
 
 # --------------------------------------------------------------------------- BatchNorm
 
-MODULE_SHAPES = [(5, 3), (64, 7), (7, 3, 11), (3, 4, 1000), (7, 3, 5, 11), (2, 3, 1, 1),
-                 (4, 4, 32, 32), (3, 5, 2, 3, 4), (2, 3, 1, 5, 7)]
+MODULE_SHAPES = [
+    (5, 3),
+    (64, 7),
+    (7, 3, 11),
+    (3, 4, 1000),
+    (7, 3, 5, 11),
+    (2, 3, 1, 1),
+    (4, 4, 32, 32),
+    (3, 5, 2, 3, 4),
+    (2, 3, 1, 5, 7),
+]
 
 
 MODULE_CONFIGS = {
@@ -101,7 +110,9 @@ def test_bn_module_steps_vs_reference(num_threads, rng, shape, dtype, config):
             assert m.weight_grad is None
         else:
             assert m.weight_grad.dtype == dtype and m.weight_grad.shape == (C,)
-            assert_close(m.weight_grad, ref.weight_grad, dtype, scale=grad_scale_w, err_msg="weight_grad " + msg)
+            assert_close(
+                m.weight_grad, ref.weight_grad, dtype, scale=grad_scale_w, err_msg="weight_grad " + msg
+            )
         if ref.bias_grad is None:
             assert m.bias_grad is None
         else:
@@ -109,11 +120,15 @@ def test_bn_module_steps_vs_reference(num_threads, rng, shape, dtype, config):
             assert_close(m.bias_grad, ref.bias_grad, dtype, scale=grad_scale_b, err_msg="bias_grad " + msg)
 
 
-@pytest.mark.parametrize("name,ndim", [("BatchNormReLU1d", 2), ("BatchNormReLU1d", 3),
-                                       ("BatchNormReLU2d", 4), ("BatchNormReLU3d", 5)])
-@pytest.mark.parametrize("config", [{}, {"momentum": None}, {"affine": False},
-                                    {"track_running_stats": False}, {"bias": False}],
-                         ids=["default", "mom_none", "noaffine", "notrack", "nobias"])
+@pytest.mark.parametrize(
+    "name,ndim",
+    [("BatchNormReLU1d", 2), ("BatchNormReLU1d", 3), ("BatchNormReLU2d", 4), ("BatchNormReLU3d", 5)],
+)
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"momentum": None}, {"affine": False}, {"track_running_stats": False}, {"bias": False}],
+    ids=["default", "mom_none", "noaffine", "notrack", "nobias"],
+)
 def test_batch_norm_relu_module_is_relu_of_batch_norm(rng, name, ndim, config):
     shape = (4, 3, 5, 2, 3)[:ndim]
     m = getattr(cnorm, name)(3, **config)
@@ -134,8 +149,13 @@ def test_batch_norm_relu_module_is_relu_of_batch_norm(rng, name, ndim, config):
         for k, v in bn.state_dict().items():
             assert np.array_equal(m.state_dict()[k], v), (step, k)
         if m.weight is not None:
-            assert_close(m.weight_grad, bn.weight_grad, np.float32,
-                         scale=np.abs(dy).sum(axis=bn_axes(len(shape))), err_msg=step)
+            assert_close(
+                m.weight_grad,
+                bn.weight_grad,
+                np.float32,
+                scale=np.abs(dy).sum(axis=bn_axes(len(shape))),
+                err_msg=step,
+            )
     assert list(m.state_dict()) == list(bn.state_dict())
 
 
@@ -210,7 +230,7 @@ def test_add_layer_norm_module(rng):
     m(x, r)
     with raises(ValueError, "grad_sum has shape (5, 3) but the sum has shape (5, 3, 4)"):
         m.backward(dy, ds[..., 0])
-    m.backward(dy)                     # the failed call kept the saved state
+    m.backward(dy)  # the failed call kept the saved state
     with raises(ValueError, "residual has shape (5, 3) but the input has shape (5, 3, 4)"):
         m(x, r[..., 0])
     with raises(TypeError, "residual dtype float32 does not match the input dtype float64"):
@@ -237,14 +257,20 @@ IN_CONFIGS = {
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("config", list(IN_CONFIGS), ids=list(IN_CONFIGS))
-@pytest.mark.parametrize("name,shape", [("InstanceNorm1d", (4, 3, 7)), ("InstanceNorm2d", (2, 3, 4, 5)),
-                                        ("InstanceNorm3d", (2, 3, 2, 3, 4))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [("InstanceNorm1d", (4, 3, 7)), ("InstanceNorm2d", (2, 3, 4, 5)), ("InstanceNorm3d", (2, 3, 2, 3, 4))],
+)
 def test_instance_norm_module_sequence_matches_reference(rng, name, shape, config, dtype):
     kw = IN_CONFIGS[config]
     C = shape[1]
     m = getattr(cnorm, name)(C, dtype=dtype, **kw)
-    ref = RefInstanceNorm(C, momentum=kw.get("momentum", 0.1), affine=kw.get("affine", False),
-                          track=kw.get("track_running_stats", False))
+    ref = RefInstanceNorm(
+        C,
+        momentum=kw.get("momentum", 0.1),
+        affine=kw.get("affine", False),
+        track=kw.get("track_running_stats", False),
+    )
     if m.weight is not None:
         m.weight[...] = rng.normal(1, 0.5, C)
         m.bias[...] = rng.normal(0, 0.5, C)
@@ -261,14 +287,16 @@ def test_instance_norm_module_sequence_matches_reference(rng, name, shape, confi
         if m.running_mean is not None:
             assert_close(m.running_mean, ref.running_mean, dtype, err_msg=step)
             assert_close(m.running_var, ref.running_var, dtype, err_msg=step)
-            assert m.num_batches_tracked == 0          # torch never counts for instance norm
+            assert m.num_batches_tracked == 0  # torch never counts for instance norm
     if kw.get("momentum", 0.1) is None:
         assert np.all(m.running_mean == 0) and np.all(m.running_var == 1)
 
 
 @pytest.mark.parametrize("track", [False, True], ids=["notrack", "track"])
-@pytest.mark.parametrize("name,shape", [("InstanceNorm1d", (3, 7)), ("InstanceNorm2d", (3, 4, 5)),
-                                        ("InstanceNorm3d", (3, 2, 3, 4))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [("InstanceNorm1d", (3, 7)), ("InstanceNorm2d", (3, 4, 5)), ("InstanceNorm3d", (3, 2, 3, 4))],
+)
 def test_instance_norm_unbatched_input_is_a_batch_of_one(rng, name, shape, track):
     m = getattr(cnorm, name)(3, affine=True, track_running_stats=track)
     m.weight[...] = rng.normal(1, 0.5, 3)
@@ -294,13 +322,14 @@ def test_instance_norm_unbatched_input_is_a_batch_of_one(rng, name, shape, track
 def test_instance_norm_num_features_mismatch_warns_without_affine(rng):
     x, _ = data(rng, (2, 4, 5), np.float32)
     m = cnorm.InstanceNorm1d(3)
-    msg = ("input's size at dim=1 does not match num_features. You can silence this warning "
-           "by not passing in num_features, which is not used because affine=False")
+    msg = (
+        "input's size at dim=1 does not match num_features. You can silence this warning "
+        "by not passing in num_features, which is not used because affine=False"
+    )
     with pytest.warns(UserWarning, match=re.escape(msg)) as record:
         y = m(x)
-    assert record[0].filename == __file__                # stacklevel: the caller's line
-    assert_close(y, reference.instance_norm_forward(x, None, None, None, None, True, 0.1, EPS)[0],
-                 np.float32)
+    assert record[0].filename == __file__  # stacklevel: the caller's line
+    assert_close(y, reference.instance_norm_forward(x, None, None, None, None, True, 0.1, EPS)[0], np.float32)
     with pytest.warns(UserWarning, match=re.escape(msg.replace("dim=1", "dim=0"))):
         m(x[0])
     with raises(ValueError, "expected input's size at dim=1 to match num_features (3), but got: 4."):
@@ -312,7 +341,7 @@ def test_instance_norm_num_features_mismatch_warns_without_affine(rng):
         cnorm.InstanceNorm1d(3, track_running_stats=True)(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cnorm.InstanceNorm1d(4)(x)                        # no warning when it matches
+        cnorm.InstanceNorm1d(4)(x)  # no warning when it matches
 
 
 def test_instance_norm_eval_without_tracking_uses_input_stats(rng):
@@ -326,12 +355,16 @@ def test_instance_norm_eval_without_tracking_uses_input_stats(rng):
 
 # --------------------------------------------------------------------------- GroupNorm
 
+
 def test_group_norm_module_channel_count_checked_through_weight_only(rng):
     """torch: GroupNorm(2, 4, affine=False) runs on any C divisible by 2."""
     x, _ = data(rng, (2, 6, 3), np.float32)
     y = cnorm.GroupNorm(2, 4, affine=False)(x)
     assert_close(y, reference.group_norm_forward(x, 2, None, None, EPS)[0], np.float32)
-    with raises(ValueError, "Expected weight to be a vector of size equal to the number of "
-                            "channels in input, but got weight of shape [4] and input of shape "
-                            "[2, 6, 3]"):
+    with raises(
+        ValueError,
+        "Expected weight to be a vector of size equal to the number of "
+        "channels in input, but got weight of shape [4] and input of shape "
+        "[2, 6, 3]",
+    ):
         cnorm.GroupNorm(2, 4)(x)

@@ -11,6 +11,7 @@ import cnorm
 
 # --------------------------------------------------------------------------- every module
 
+
 def _randomized(norm, rng, dtype):
     m = norm.make(norm.small, dtype, **norm.full_kw)
     for _, p in m.named_parameters():
@@ -59,7 +60,7 @@ def test_module_grads_accumulate_zero_grad_and_backward_errors(rng, norm):
         m.backward(np.zeros((1, 2), np.float32))
     with raises(TypeError, "grad_output dtype float64 does not match the input dtype float32"):
         m.backward(dy.astype(np.float64))
-    m.backward(dy)                                       # a bad call frees nothing
+    m.backward(dy)  # a bad call frees nothing
     np.testing.assert_allclose(m.weight_grad, 2 * w1, rtol=1e-6, atol=1e-6)
     m.zero_grad()
     assert m.weight_grad is None
@@ -67,6 +68,7 @@ def test_module_grads_accumulate_zero_grad_and_backward_errors(rng, norm):
 
 
 # --------------------------------------------------------------------------- construction
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("name", BN)
@@ -132,20 +134,24 @@ def test_group_norm_module_state_and_defaults():
     m = cnorm.GroupNorm(4, 8, bias=False)
     assert m.bias is None and list(m.state_dict()) == ["weight"]
     with pytest.raises(TypeError):
-        cnorm.GroupNorm(4, 8, 1e-5, True, np.float32, True)     # bias is keyword-only
+        cnorm.GroupNorm(4, 8, 1e-5, True, np.float32, True)  # bias is keyword-only
 
 
 @pytest.mark.parametrize("name", ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"])
 def test_instance_norm_module_state_and_defaults(name):
     cls = getattr(cnorm, name)
     m = cls(5)
-    assert (m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats) == \
-        (5, 1e-5, 0.1, False, False)
+    assert (m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats) == (
+        5,
+        1e-5,
+        0.1,
+        False,
+        False,
+    )
     assert m.weight is None and m.bias is None and m.running_mean is None
     assert m.num_batches_tracked is None and m.state_dict() == {}
     m = cls(5, affine=True, track_running_stats=True, dtype=np.float64)
-    assert list(m.state_dict()) == ["weight", "bias", "running_mean", "running_var",
-                                    "num_batches_tracked"]
+    assert list(m.state_dict()) == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
     sd = m.state_dict()
     assert sd["num_batches_tracked"].dtype == np.int64 and sd["running_var"].dtype == np.float64
     assert list(cls(5, affine=True, bias=False).state_dict()) == ["weight"]
@@ -161,6 +167,7 @@ def test_rms_norm_module_state_and_defaults():
 
 
 # --------------------------------------------------------------------------- call / train / eval
+
 
 @pytest.mark.parametrize("name", BN + ["LayerNorm"])
 def test_call_equals_forward_and_train_eval_return_module(rng, name):
@@ -235,6 +242,7 @@ def test_group_norm_module_eval_is_training(rng):
 
 # --------------------------------------------------------------------------- grad accumulation
 
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("name", BN + ["LayerNorm"])
 def test_grads_accumulate_and_zero_grad(rng, name, dtype):
@@ -295,6 +303,7 @@ def test_grads_none_for_missing_parameters(rng, kw):
 
 # --------------------------------------------------------------------------- reset
 
+
 @pytest.mark.parametrize("name", BN)
 def test_reset_running_stats_and_parameters(rng, name):
     m = bn(name)
@@ -329,8 +338,9 @@ def test_reset_without_optional_parts():
 
 def test_layer_norm_reset_parameters(rng):
     m = cnorm.LayerNorm(4)
-    m.load_state_dict({"weight": rng.normal(size=4).astype(np.float32),
-                       "bias": rng.normal(size=4).astype(np.float32)})
+    m.load_state_dict(
+        {"weight": rng.normal(size=4).astype(np.float32), "bias": rng.normal(size=4).astype(np.float32)}
+    )
     assert not np.all(m.weight == 1)
     m.reset_parameters()
     np.testing.assert_array_equal(m.weight, 1)

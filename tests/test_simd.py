@@ -34,15 +34,16 @@ def test_simd_and_streaming_identical_bits(kernel_switches, num_threads, norm, c
     rng = np.random.default_rng(sum(shape) * 7 + len(shape))
     x = offset_data(rng, shape, 1e3, 2.0, dtype)
     douts = tuple(rng.standard_normal(shape).astype(dtype) for _ in range(norm.n_outputs()))
-    ref = _everything(norm, case, x, douts, training)    # default build, default streaming threshold
+    ref = _everything(norm, case, x, douts, training)  # default build, default streaming threshold
     for simd in kernel_switches:
-        for stream_min in (0, NEVER):                     # 0: every long-enough run streamed; never
+        for stream_min in (0, NEVER):  # 0: every long-enough run streamed; never
             _set_all(simd, stream_min)
             out = _everything(norm, case, x, douts, training)
             for i, (a, b) in enumerate(zip(ref, out)):
                 assert np.array_equal(a, b), (
                     f"{norm.name} {shape}: output {i} differs with simd={'avx2' if simd else 'base'}, "
-                    f"stream_min_bytes={stream_min}")
+                    f"stream_min_bytes={stream_min}"
+                )
 
 
 def test_simd_switches_restored(kernel_switches):

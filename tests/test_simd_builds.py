@@ -1,6 +1,7 @@
 """The SIMD builds of the kernels (scalar: portable C99 with the lanes as scalars; base:
 16-byte vectors; avx2: 32-byte vectors) give the same bits for every norm, forward and
 backward, with and without non-temporal stores: they keep the lanes in the same order."""
+
 import numpy as np
 import pytest
 
@@ -35,8 +36,11 @@ def _everything(x, dy, r):
         rm, rv = np.zeros(C, x.dtype), np.ones(C, x.dtype)
         y, mean, invstd = F.native_batch_norm(x, w, b, rm, rv, True, 0.1, 1e-5, relu=relu)
         out += [y, mean, invstd, rm, rv]
-        out += F.batch_norm_relu_backward(dy, x, w, mean, invstd, True, y) if relu else \
-            F.batch_norm_backward(dy, x, w, mean, invstd, True)
+        out += (
+            F.batch_norm_relu_backward(dy, x, w, mean, invstd, True, y)
+            if relu
+            else F.batch_norm_backward(dy, x, w, mean, invstd, True)
+        )
         out += F.native_batch_norm(x, w, b, rm, rv, False, 0.1, 1e-5, relu=relu)
         out += F.batch_norm_backward(dy, x, w, mean, invstd, False)
     ns = x.shape[-1:]
@@ -68,8 +72,9 @@ def test_builds_give_identical_bits(builds, shape, dtype):
                 ref = out
                 continue
             for i, (a, b) in enumerate(zip(ref, out)):
-                assert np.array_equal(a, b, equal_nan=True), \
+                assert np.array_equal(a, b, equal_nan=True), (
                     f"output {i} differs: build {build}, stream_min_bytes {stream_min}"
+                )
 
 
 def test_builds_listed_and_selectable(builds):

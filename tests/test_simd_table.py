@@ -9,6 +9,7 @@ everything that is written or generated from it:
 * the C compiles as portable C99 without the GNU extensions (-DCNORM_PORTABLE_C), and a
   harness generated from the table gives the same bits from every build and compiler.
 """
+
 import importlib.util
 import os
 import re
@@ -75,12 +76,12 @@ def test_loops_have_the_signatures_of_the_table():
 
 
 def test_dispatchers_and_declarations_match_the_loops():
-    dispatch = _c_functions(_read("dispatch.h"),
-                            r"static CN_INLINE (\w+) (cn_\w+)\(([^)]*)\)\s*\{")
+    dispatch = _c_functions(_read("dispatch.h"), r"static CN_INLINE (\w+) (cn_\w+)\(([^)]*)\)\s*\{")
     pxd = _read("loops.pxd").replace("Py_ssize_t", "ptrdiff_t")
     declared = _c_functions(pxd, r"\n    (\w+) (cn_\w+_[a-z])\(([^)]*)\)(?=\n)")
-    loops = _c_functions(_read("reduce.h") + _read("elementwise.h"),
-                         r"CN_LOOP\s+(\w+)\s+CN_FN\((\w+)\)\(([^)]*)\)")
+    loops = _c_functions(
+        _read("reduce.h") + _read("elementwise.h"), r"CN_LOOP\s+(\w+)\s+CN_FN\((\w+)\)\(([^)]*)\)"
+    )
     for name, (ret, params) in loops.items():
         for s, elem, _ in TABLE["DTYPES"]:
             want = (ret, [(re.sub(r"\bT\b", elem, t), n) for t, n in params])
@@ -107,6 +108,7 @@ def test_runtime_controls_are_those_of_simd_h():
 
 def test_every_module_has_the_portable_build():
     from cnorm._kernels import batch_norm, row_norm
+
     for mod in (batch_norm, row_norm):
         builds = mod._simd_builds()
         assert builds[0] == "scalar"
@@ -117,26 +119,38 @@ def test_every_module_has_the_portable_build():
 # portable C: compile without the GNU path, and compare bits across builds and compilers
 # ---------------------------------------------------------------------------------------
 
-_SIZES = {"n": 45, "ld": 53, "nrows": 6}     # n <= ld; buffers hold nrows * ld + 64
+_SIZES = {"n": 45, "ld": 53, "nrows": 6}  # n <= ld; buffers hold nrows * ld + 64
 _BUF = 6 * 53 + 64
 
 
 def _harness():
     """A C program that calls every loop of the table through its dispatcher on fixed
     data, in every build this compile has, and prints a hash of every buffer."""
-    lines = ['#include "simd/simd.h"', "#include <stdio.h>", "",
-             "static unsigned long long h;",
-             "static void mix(const void* p, size_t n)",
-             ("{ const unsigned char* c = p; size_t i; for (i = 0; i < n; i++)"
-              " h = (h ^ c[i]) * 1099511628211ULL; }"), ""]
+    lines = [
+        '#include "simd/simd.h"',
+        "#include <stdio.h>",
+        "",
+        "static unsigned long long h;",
+        "static void mix(const void* p, size_t n)",
+        (
+            "{ const unsigned char* c = p; size_t i; for (i = 0; i < n; i++)"
+            " h = (h ^ c[i]) * 1099511628211ULL; }"
+        ),
+        "",
+    ]
     for s, elem, _ in TABLE["DTYPES"]:
         lines += [f"static void run_{s}(int variant)", "{"]
-        lines += [f"    static {elem} in[8][{_BUF}], out[4][{_BUF}];",
-                  f"    static double dout[4][{_BUF}];", "    int i, k;",
-                  f"    for (k = 0; k < 8; k++) for (i = 0; i < {_BUF}; i++)",
-                  (f"        in[k][i] = ({elem})(((i * 7919 + k * 104729) % 2003) / 97.0"
-                   " - 9.0 + (k == 1 ? 1000.0 : 0.0));"),
-                  "    for (k = 0; k < 8; k++) for (i = 0; i < 64; i += 9) in[k][i] = -in[k][i];"]
+        lines += [
+            f"    static {elem} in[8][{_BUF}], out[4][{_BUF}];",
+            f"    static double dout[4][{_BUF}];",
+            "    int i, k;",
+            f"    for (k = 0; k < 8; k++) for (i = 0; i < {_BUF}; i++)",
+            (
+                f"        in[k][i] = ({elem})(((i * 7919 + k * 104729) % 2003) / 97.0"
+                " - 9.0 + (k == 1 ? 1000.0 : 0.0));"
+            ),
+            "    for (k = 0; k < 8; k++) for (i = 0; i < 64; i += 9) in[k][i] = -in[k][i];",
+        ]
         for name, ret, params in TABLE["LOOPS"]:
             args, n_in, n_out, n_dout = [], 0, 0, 0
             for t, n in codegen.parse_params(params):
@@ -170,11 +184,17 @@ def _harness():
             lines.append("    mix(out, sizeof out); mix(dout, sizeof dout);")
             lines.append(f'    printf("{name}_{s} %d %016llx\\n", variant, h);')
         lines += ["}", ""]
-    lines += ["int main(void)", "{", "    int b, v;", "    cn_simd_init();",
-              "    for (b = 0; b < CN_N_BUILDS; b++) {",
-              "        if (!cn_simd_available(b)) continue;", "        cn_simd_select(b);",
-              '        printf("build %s\\n", cn_build_names[b]);',
-              "        for (v = 0; v < 2; v++) {"]
+    lines += [
+        "int main(void)",
+        "{",
+        "    int b, v;",
+        "    cn_simd_init();",
+        "    for (b = 0; b < CN_N_BUILDS; b++) {",
+        "        if (!cn_simd_available(b)) continue;",
+        "        cn_simd_select(b);",
+        '        printf("build %s\\n", cn_build_names[b]);',
+        "        for (v = 0; v < 2; v++) {",
+    ]
     lines += [f"            h = 1469598103934665603ULL; run_{s}(v);" for s, _, _ in TABLE["DTYPES"]]
     lines += ["        }", "    }", "    return 0;", "}", ""]
     return "\n".join(lines)
@@ -221,8 +241,17 @@ def test_portable_c99_without_gnu_extensions(tmp_path):
     for cc in _compilers():
         src = tmp_path / "tu.c"
         src.write_text('#include "simd/simd.h"\nint main(void) { return cn_simd_init(); }\n')
-        cmd = [cc, "-std=c99", "-pedantic-errors", "-Wall", "-DCNORM_PORTABLE_C", "-fsyntax-only",
-               "-I", os.path.join(ROOT, "cnorm", "_kernels"), str(src)]
+        cmd = [
+            cc,
+            "-std=c99",
+            "-pedantic-errors",
+            "-Wall",
+            "-DCNORM_PORTABLE_C",
+            "-fsyntax-only",
+            "-I",
+            os.path.join(ROOT, "cnorm", "_kernels"),
+            str(src),
+        ]
         res = subprocess.run(cmd, check=False, capture_output=True, text=True)
         assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr}"
 

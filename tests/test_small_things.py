@@ -11,6 +11,7 @@
   raw ModuleNotFoundError, and examples/sync_bn_mpi4py.py takes ``--out`` like the others;
 * the README has a short "Guarantees" section (fork, float64 range, thread counts).
 """
+
 import os
 import pathlib
 import pydoc
@@ -79,7 +80,7 @@ def test_bad_parameter_assignment_is_refused(cls, param, bad):
     value, exc = _bad_values(p_shape)[bad]
     with pytest.raises(exc):
         setattr(m, param, value)
-    assert getattr(m, param) is old                       # nothing changed
+    assert getattr(m, param) is old  # nothing changed
     _forward(m, np.random.default_rng(0).standard_normal(in_shape).astype(f32))
 
 
@@ -99,7 +100,7 @@ def test_non_contiguous_assignment_is_refused_or_works(cls, param):
     """Contiguity: either refused on assignment or used correctly (never a late error)."""
     make, in_shape, p_shape = AFFINE[cls]
     x = np.random.default_rng(2).standard_normal(in_shape).astype(f32)
-    value = np.full(p_shape + (2,), 0.75, f32)[..., 0]       # every other float
+    value = np.full(p_shape + (2,), 0.75, f32)[..., 0]  # every other float
     assert value.shape == p_shape and not value.flags.c_contiguous
     m, ref = make(), make()
     try:
@@ -158,33 +159,75 @@ def test_unsupported_torch_dtype_says_what_to_pass(tdtype):
 # cnorm.torch.to_torch_state_dict: a torch-loadable form, and back
 # =======================================================================================
 
+
 def _torch_pairs():
     f = {f32: torch.float32, f64: torch.float64}
     return {
-        "BatchNorm1d": (lambda dt: cnorm.BatchNorm1d(3, dtype=dt), lambda dt: torch.nn.BatchNorm1d(3, dtype=f[dt]), (6, 3)),
-        "BatchNorm2d": (lambda dt: cnorm.BatchNorm2d(3, dtype=dt), lambda dt: torch.nn.BatchNorm2d(3, dtype=f[dt]),
-                        (4, 3, 2, 2)),
-        "BatchNorm3d": (lambda dt: cnorm.BatchNorm3d(3, momentum=None, dtype=dt),
-                        lambda dt: torch.nn.BatchNorm3d(3, momentum=None, dtype=f[dt]), (4, 3, 2, 2, 2)),
-        "BatchNormReLU2d": (lambda dt: cnorm.BatchNormReLU2d(3, dtype=dt),
-                            lambda dt: torch.nn.BatchNorm2d(3, dtype=f[dt]), (4, 3, 2, 2)),
-        "BatchNorm2d_no_bias": (lambda dt: cnorm.BatchNorm2d(3, bias=False, dtype=dt),
-                                lambda dt: torch.nn.BatchNorm2d(3, bias=False, dtype=f[dt]), (4, 3, 2, 2)),
-        "InstanceNorm2d": (lambda dt: cnorm.InstanceNorm2d(3, affine=True, track_running_stats=True, dtype=dt),
-                           lambda dt: torch.nn.InstanceNorm2d(3, affine=True, track_running_stats=True,
-                                                              dtype=f[dt]), (4, 3, 2, 2)),
-        "LayerNorm": (lambda dt: cnorm.LayerNorm((2, 3), dtype=dt),
-                      lambda dt: torch.nn.LayerNorm((2, 3), dtype=f[dt]), (4, 2, 3)),
-        "AddLayerNorm": (lambda dt: cnorm.AddLayerNorm(3, dtype=dt), lambda dt: torch.nn.LayerNorm(3, dtype=f[dt]),
-                         (4, 3)),
-        "GroupNorm": (lambda dt: cnorm.GroupNorm(1, 3, dtype=dt), lambda dt: torch.nn.GroupNorm(1, 3, dtype=f[dt]),
-                      (4, 3, 5)),
-        "RMSNorm": (lambda dt: cnorm.RMSNorm(3, dtype=dt), lambda dt: torch.nn.RMSNorm(3, dtype=f[dt]), (4, 3)),
+        "BatchNorm1d": (
+            lambda dt: cnorm.BatchNorm1d(3, dtype=dt),
+            lambda dt: torch.nn.BatchNorm1d(3, dtype=f[dt]),
+            (6, 3),
+        ),
+        "BatchNorm2d": (
+            lambda dt: cnorm.BatchNorm2d(3, dtype=dt),
+            lambda dt: torch.nn.BatchNorm2d(3, dtype=f[dt]),
+            (4, 3, 2, 2),
+        ),
+        "BatchNorm3d": (
+            lambda dt: cnorm.BatchNorm3d(3, momentum=None, dtype=dt),
+            lambda dt: torch.nn.BatchNorm3d(3, momentum=None, dtype=f[dt]),
+            (4, 3, 2, 2, 2),
+        ),
+        "BatchNormReLU2d": (
+            lambda dt: cnorm.BatchNormReLU2d(3, dtype=dt),
+            lambda dt: torch.nn.BatchNorm2d(3, dtype=f[dt]),
+            (4, 3, 2, 2),
+        ),
+        "BatchNorm2d_no_bias": (
+            lambda dt: cnorm.BatchNorm2d(3, bias=False, dtype=dt),
+            lambda dt: torch.nn.BatchNorm2d(3, bias=False, dtype=f[dt]),
+            (4, 3, 2, 2),
+        ),
+        "InstanceNorm2d": (
+            lambda dt: cnorm.InstanceNorm2d(3, affine=True, track_running_stats=True, dtype=dt),
+            lambda dt: torch.nn.InstanceNorm2d(3, affine=True, track_running_stats=True, dtype=f[dt]),
+            (4, 3, 2, 2),
+        ),
+        "LayerNorm": (
+            lambda dt: cnorm.LayerNorm((2, 3), dtype=dt),
+            lambda dt: torch.nn.LayerNorm((2, 3), dtype=f[dt]),
+            (4, 2, 3),
+        ),
+        "AddLayerNorm": (
+            lambda dt: cnorm.AddLayerNorm(3, dtype=dt),
+            lambda dt: torch.nn.LayerNorm(3, dtype=f[dt]),
+            (4, 3),
+        ),
+        "GroupNorm": (
+            lambda dt: cnorm.GroupNorm(1, 3, dtype=dt),
+            lambda dt: torch.nn.GroupNorm(1, 3, dtype=f[dt]),
+            (4, 3, 5),
+        ),
+        "RMSNorm": (
+            lambda dt: cnorm.RMSNorm(3, dtype=dt),
+            lambda dt: torch.nn.RMSNorm(3, dtype=f[dt]),
+            (4, 3),
+        ),
     }
 
 
-PAIR_NAMES = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormReLU2d", "BatchNorm2d_no_bias",
-              "InstanceNorm2d", "LayerNorm", "AddLayerNorm", "GroupNorm", "RMSNorm"]
+PAIR_NAMES = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "BatchNormReLU2d",
+    "BatchNorm2d_no_bias",
+    "InstanceNorm2d",
+    "LayerNorm",
+    "AddLayerNorm",
+    "GroupNorm",
+    "RMSNorm",
+]
 
 
 def _trained(make, shape, dtype):
@@ -204,13 +247,14 @@ def _trained(make, shape, dtype):
 @pytest.mark.parametrize("name", PAIR_NAMES)
 def test_to_torch_state_dict_round_trip(name, what, dtype):
     import cnorm.torch as ct
+
     make, make_torch, shape = _torch_pairs()[name]
     m = _trained(make, shape, dtype)
     sd = ct.to_torch_state_dict(m if what == "module" else m.state_dict())
     assert list(sd) == list(m.state_dict())
     assert all(isinstance(v, torch.Tensor) for v in sd.values())
     tm = make_torch(dtype)
-    result = tm.load_state_dict(sd)                     # strict
+    result = tm.load_state_dict(sd)  # strict
     assert not result.missing_keys and not result.unexpected_keys
     for k, v in m.state_dict().items():
         got = tm.state_dict()[k]
@@ -230,18 +274,23 @@ def test_to_torch_state_dict_round_trip(name, what, dtype):
     expected = tm(torch.from_numpy(x))
     if name == "BatchNormReLU2d":
         expected = torch.relu(expected)
-    np.testing.assert_allclose(_forward(m, x), expected.detach().numpy(),
-                               rtol=1e-5 if dtype is f32 else 1e-12, atol=1e-5 if dtype is f32 else 1e-12)
+    np.testing.assert_allclose(
+        _forward(m, x),
+        expected.detach().numpy(),
+        rtol=1e-5 if dtype is f32 else 1e-12,
+        atol=1e-5 if dtype is f32 else 1e-12,
+    )
 
 
 @pytest.mark.skipif(torch is None, reason="torch not installed")
 def test_to_torch_state_dict_is_documented_and_independent():
     import cnorm.torch as ct
+
     assert "load_state_dict" in (ct.to_torch_state_dict.__doc__ or "")
     m = _trained(lambda dt: cnorm.BatchNorm2d(3, dtype=dt), (4, 3, 2, 2), f32)
     sd = ct.to_torch_state_dict(m)
     before = sd["running_mean"].clone()
-    m(np.ones((4, 3, 2, 2), f32) * 7)               # the module moves on ...
+    m(np.ones((4, 3, 2, 2), f32) * 7)  # the module moves on ...
     assert torch.equal(sd["running_mean"], before)  # ... the exported state does not
 
 
@@ -249,9 +298,21 @@ def test_to_torch_state_dict_is_documented_and_independent():
 # help(): real docstrings, never a source comment
 # =======================================================================================
 
-CLASSES = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormReLU1d", "BatchNormReLU2d",
-           "BatchNormReLU3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm",
-           "AddLayerNorm", "GroupNorm", "RMSNorm"]
+CLASSES = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "BatchNormReLU1d",
+    "BatchNormReLU2d",
+    "BatchNormReLU3d",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LayerNorm",
+    "AddLayerNorm",
+    "GroupNorm",
+    "RMSNorm",
+]
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -269,10 +330,18 @@ def test_help_shows_docstrings_not_comments(cls):
 # python -m cnorm
 # =======================================================================================
 
+
 def _cli(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "cnorm", *args], cwd=str(ROOT), env=env,
-                          capture_output=True, text=True, check=False, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cnorm", *args],
+        cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
 
 
 def _subcommands(text):
@@ -302,7 +371,7 @@ def test_cli_lists_subcommands_with_a_sentence(args):
 # the examples: which extra to install, before doing the work; --out everywhere
 # =======================================================================================
 
-BLOCKING_RUNNER = r'''
+BLOCKING_RUNNER = r"""
 import importlib.abc, runpy, sys
 blocked = set(sys.argv[1].split(","))
 
@@ -334,25 +403,44 @@ script = sys.argv[2]
 sys.argv = [script] + sys.argv[3:]
 sys.path.insert(0, script.rsplit("/", 1)[0])      # as `python examples/x.py` does
 runpy.run_path(script, run_name="__main__")
-'''
+"""
 
 
 def _run_example_without(blocked, script, *args):
-    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-c", BLOCKING_RUNNER, ",".join(blocked),
-                           str(ROOT / "examples" / script), *args], cwd=str(ROOT), env=env,
-                          capture_output=True, text=True, check=False, timeout=300)
+    env = dict(
+        os.environ,
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKING_RUNNER, ",".join(blocked), str(ROOT / "examples" / script), *args],
+        cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("script, blocked, needs", [
-    ("seed_demo.py", ("matplotlib",), ()),
-    ("train_digits_numpy.py", ("matplotlib",), ()),
-    ("train_digits_numpy.py", ("sklearn",), ()),
-    ("train_digits_torch.py", ("sklearn",), ("torch",)),
-    ("train_digits_torch.py", ("matplotlib",), ("torch",)),
-], ids=["seed_demo-matplotlib", "digits_numpy-matplotlib", "digits_numpy-sklearn",
-        "digits_torch-sklearn", "digits_torch-matplotlib"])
+@pytest.mark.parametrize(
+    "script, blocked, needs",
+    [
+        ("seed_demo.py", ("matplotlib",), ()),
+        ("train_digits_numpy.py", ("matplotlib",), ()),
+        ("train_digits_numpy.py", ("sklearn",), ()),
+        ("train_digits_torch.py", ("sklearn",), ("torch",)),
+        ("train_digits_torch.py", ("matplotlib",), ("torch",)),
+    ],
+    ids=[
+        "seed_demo-matplotlib",
+        "digits_numpy-matplotlib",
+        "digits_numpy-sklearn",
+        "digits_torch-sklearn",
+        "digits_torch-matplotlib",
+    ],
+)
 def test_example_names_the_extra_before_working(tmp_path, script, blocked, needs):
     for name in needs:
         pytest.importorskip(name)
@@ -366,17 +454,34 @@ def test_example_names_the_extra_before_working(tmp_path, script, blocked, needs
 
 
 def test_sync_example_takes_out(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "sync_bn_mpi4py.py"), "--simulate", "2",
-                           "--steps", "1", "--out", str(tmp_path / "out")], cwd=str(ROOT), env=env,
-                          capture_output=True, text=True, check=False, timeout=120)
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "sync_bn_mpi4py.py"),
+            "--simulate",
+            "2",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 # =======================================================================================
 # README: the guarantees
 # =======================================================================================
+
 
 def test_readme_states_the_guarantees():
     text = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -9,6 +9,7 @@ expected torch.Tensor or Tensor-like object ..."; a tensor is copied into the in
 buffer (tensor(-1) and tensor(5.0) load; tensor(nan) loads as -2**63, which the issue
 forbids). cnorm takes NumPy values too (its own format), so only the bad VALUES are errors.
 """
+
 import numpy as np
 import pytest
 
@@ -72,11 +73,11 @@ BAD_NBT = {
     "None": None,
     "complex": 3 + 1j,
     "np.array(complex)": np.array(3 + 1j),
-    "2**70": 2 ** 70,
-    "np.array(2**70, object)": np.array(2 ** 70, dtype=object),
-    "2**63": 2 ** 63,
-    "-2**63-1": -2 ** 63 - 1,
-    "np.uint64(2**64-1)": np.uint64(2 ** 64 - 1),
+    "2**70": 2**70,
+    "np.array(2**70, object)": np.array(2**70, dtype=object),
+    "2**63": 2**63,
+    "-2**63-1": -(2**63) - 1,
+    "np.uint64(2**64-1)": np.uint64(2**64 - 1),
     "1.5": 1.5,
     "np.array(1.5)": np.array(1.5),
     "np.float32(2.5)": np.float32(2.5),
@@ -98,7 +99,7 @@ def _expect_atomic_failure(m, sd, *phrases, strict=True):
     after = _snapshot(m)
     for k in before:
         assert after[k] == before[k], f"{k} changed by a failed load_state_dict"
-    m.state_dict()                      # still exportable
+    m.state_dict()  # still exportable
     return msg
 
 
@@ -126,10 +127,10 @@ GOOD_NBT = {
     "np.array(5, int32)": (np.array(5, np.int32), 5),
     "np.array(5, uint8)": (np.array(5, np.uint8), 5),
     "0": (0, 0),
-    "-1": (-1, -1),              # torch loads tensor(-1)
-    "2**63-1": (2 ** 63 - 1, 2 ** 63 - 1),
-    "-2**63": (-2 ** 63, -2 ** 63),
-    "np.array(5.0)": (np.array(5.0), 5),   # an integer value (torch loads tensor(5.))
+    "-1": (-1, -1),  # torch loads tensor(-1)
+    "2**63-1": (2**63 - 1, 2**63 - 1),
+    "-2**63": (-(2**63), -(2**63)),
+    "np.array(5.0)": (np.array(5.0), 5),  # an integer value (torch loads tensor(5.))
 }
 if torch is not None:
     GOOD_NBT["torch.tensor(5)"] = (torch.tensor(5), 5)
@@ -154,13 +155,14 @@ def test_huge_num_batches_tracked_never_breaks_state_dict():
     """Issue: 2**70 loaded, and every later state_dict() raised OverflowError."""
     m = _trained("BatchNorm2d")
     sd = m.state_dict()
-    sd["num_batches_tracked"] = 2 ** 70
+    sd["num_batches_tracked"] = 2**70
     with pytest.raises(RuntimeError):
         m.load_state_dict(sd)
     assert int(m.state_dict()["num_batches_tracked"]) == 2
 
 
 # -- several problems at once: all of them in one message, nothing modified -----------------
+
 
 def test_two_problems_size_mismatch_and_bad_count():
     m = _trained("BatchNorm2d")
@@ -182,9 +184,8 @@ def test_two_problems_missing_key_and_huge_count():
     m = _trained("BatchNorm3d")
     sd = _new_values(m)
     del sd["running_var"]
-    sd["num_batches_tracked"] = 2 ** 70
-    msg = _expect_atomic_failure(m, sd, 'Missing key(s) in state_dict: "running_var"',
-                                 "num_batches_tracked")
+    sd["num_batches_tracked"] = 2**70
+    msg = _expect_atomic_failure(m, sd, 'Missing key(s) in state_dict: "running_var"', "num_batches_tracked")
     assert msg.count("\n\t") >= 2, msg
 
 
@@ -194,8 +195,7 @@ def test_three_problems_each_on_its_own_line():
     sd["running_mean"] = np.ones((3, 1), f32)
     sd["bias"] = np.array([object(), object(), object()])
     sd["num_batches_tracked"] = None
-    msg = _expect_atomic_failure(m, sd, "size mismatch for running_mean", "bias",
-                                 "num_batches_tracked")
+    msg = _expect_atomic_failure(m, sd, "size mismatch for running_mean", "bias", "num_batches_tracked")
     assert msg.count("\n\t") >= 3, msg
 
 

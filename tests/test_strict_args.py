@@ -11,6 +11,7 @@ deliberately stricter than torch say so in ``torch_exc`` and ``note``.
 Also here: ``set_num_threads`` (positive ints up to a documented maximum), ``merge_stats``
 (lengths, shapes, non-negative counts) and masked arrays (refused by every entry point).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,16 +30,16 @@ try:
 except ImportError:  # pragma: no cover
     torch = TF = None
 
-SAME = "same"     # torch_exc: torch raises the type cnorm must raise
+SAME = "same"  # torch_exc: torch raises the type cnorm must raise
 
 
 class Row(NamedTuple):
     id: str
     cnorm: Callable[[], object]
-    exc: type | None            # None: must be accepted
-    match: str | None           # regex the message must contain
+    exc: type | None  # None: must be accepted
+    match: str | None  # regex the message must contain
     torch: Callable[[], object] | None = None
-    torch_exc: object = SAME       # what torch does, when it differs from `exc`
+    torch_exc: object = SAME  # what torch does, when it differs from `exc`
     note: str = ""
 
 
@@ -56,9 +57,9 @@ def accepted(id, cnorm_fn, torch_fn=None):
 f32 = np.float32
 _rng = np.random.default_rng(14)
 X = {n: _rng.standard_normal((4, 3) + (2,) * (n - 2)).astype(f32) for n in (2, 3, 4, 5)}
-X3 = X[3]                                     # (4, 3, 2): BatchNorm1d / InstanceNorm1d
+X3 = X[3]  # (4, 3, 2): BatchNorm1d / InstanceNorm1d
 XL = _rng.standard_normal((3, 5)).astype(f32)  # rows of 5: LayerNorm / RMSNorm
-XG = _rng.standard_normal((2, 4, 3)).astype(f32)   # 4 channels: GroupNorm
+XG = _rng.standard_normal((2, 4, 3)).astype(f32)  # 4 channels: GroupNorm
 
 
 def _t(a):
@@ -73,9 +74,17 @@ def _tstats():
     return torch.zeros(3), torch.ones(3)
 
 
-BN_DIMS = {"BatchNorm1d": 3, "BatchNorm2d": 4, "BatchNorm3d": 5,
-           "BatchNormReLU1d": 3, "BatchNormReLU2d": 4, "BatchNormReLU3d": 5,
-           "InstanceNorm1d": 3, "InstanceNorm2d": 4, "InstanceNorm3d": 5}
+BN_DIMS = {
+    "BatchNorm1d": 3,
+    "BatchNorm2d": 4,
+    "BatchNorm3d": 5,
+    "BatchNormReLU1d": 3,
+    "BatchNormReLU2d": 4,
+    "BatchNormReLU3d": 5,
+    "InstanceNorm1d": 3,
+    "InstanceNorm2d": 4,
+    "InstanceNorm3d": 5,
+}
 
 
 def _torch_cls(name):
@@ -86,86 +95,196 @@ def _torch_cls(name):
 # integer arguments: num_features, normalized_shape, num_groups, num_channels
 # =======================================================================================
 
-BAD_INTS = [("3.0", 3.0), ("5.7", 5.7), ("'3'", "3"), ("True", True), ("False", False),
-            ("None", None), ("np.float64(3.0)", np.float64(3.0)), ("3+0j", 3 + 0j)]
+BAD_INTS = [
+    ("3.0", 3.0),
+    ("5.7", 5.7),
+    ("'3'", "3"),
+    ("True", True),
+    ("False", False),
+    ("None", None),
+    ("np.float64(3.0)", np.float64(3.0)),
+    ("3+0j", 3 + 0j),
+]
 
 for cls in BN_DIMS:
     # InstanceNorm's torch defaults (affine=False, track_running_stats=False) allocate
     # nothing, so torch never looks at num_features there: test with tensors allocated
     kw = {"affine": True} if cls.startswith("Instance") else {}
     for label, bad in BAD_INTS:
-        row(f"{cls}({label})",
+        row(
+            f"{cls}({label})",
             lambda cls=cls, bad=bad, kw=kw: getattr(cnorm, cls)(bad, **kw),
-            TypeError, "num_features",
-            lambda cls=cls, bad=bad, kw=kw: _torch_cls(cls)(bad, **kw))
+            TypeError,
+            "num_features",
+            lambda cls=cls, bad=bad, kw=kw: _torch_cls(cls)(bad, **kw),
+        )
     for label, good in [("np.int64(3)", np.int64(3)), ("np.int32(3)", np.int32(3)), ("0", 0)]:
-        accepted(f"{cls}({label})", lambda cls=cls, good=good, kw=kw: getattr(cnorm, cls)(good, **kw),
-                 lambda cls=cls, good=good, kw=kw: _torch_cls(cls)(good, **kw))
+        accepted(
+            f"{cls}({label})",
+            lambda cls=cls, good=good, kw=kw: getattr(cnorm, cls)(good, **kw),
+            lambda cls=cls, good=good, kw=kw: _torch_cls(cls)(good, **kw),
+        )
     if cls.startswith("Instance"):
-        row(f"{cls}(3.0, track_running_stats=True)",
-            lambda cls=cls: getattr(cnorm, cls)(3.0, track_running_stats=True), TypeError,
-            "num_features", lambda cls=cls: _torch_cls(cls)(3.0, track_running_stats=True))
+        row(
+            f"{cls}(3.0, track_running_stats=True)",
+            lambda cls=cls: getattr(cnorm, cls)(3.0, track_running_stats=True),
+            TypeError,
+            "num_features",
+            lambda cls=cls: _torch_cls(cls)(3.0, track_running_stats=True),
+        )
 
-BAD_SHAPES = [("5.7", 5.7), ("5.0", 5.0), ("'5'", "5"), ("True", True), ("False", False),
-              ("None", None), ("np.float64(5.0)", np.float64(5.0)), ("(5.0,)", (5.0,)),
-              ("(True,)", (True,)), ("('5',)", ("5",)), ("5+0j", 5 + 0j), ("(3, 5.0)", (3, 5.0))]
-GOOD_SHAPES = [("5", 5), ("np.int64(5)", np.int64(5)), ("[5]", [5]), ("(3, 5)", (3, 5)),
-               ("(np.int64(5),)", (np.int64(5),)), ("np.array([5])", np.array([5]))]
+BAD_SHAPES = [
+    ("5.7", 5.7),
+    ("5.0", 5.0),
+    ("'5'", "5"),
+    ("True", True),
+    ("False", False),
+    ("None", None),
+    ("np.float64(5.0)", np.float64(5.0)),
+    ("(5.0,)", (5.0,)),
+    ("(True,)", (True,)),
+    ("('5',)", ("5",)),
+    ("5+0j", 5 + 0j),
+    ("(3, 5.0)", (3, 5.0)),
+]
+GOOD_SHAPES = [
+    ("5", 5),
+    ("np.int64(5)", np.int64(5)),
+    ("[5]", [5]),
+    ("(3, 5)", (3, 5)),
+    ("(np.int64(5),)", (np.int64(5),)),
+    ("np.array([5])", np.array([5])),
+]
 
 for cls, tcls in [("LayerNorm", "LayerNorm"), ("RMSNorm", "RMSNorm"), ("AddLayerNorm", "LayerNorm")]:
     for label, bad in BAD_SHAPES:
-        row(f"{cls}({label})", lambda cls=cls, bad=bad: getattr(cnorm, cls)(bad), TypeError,
-            "normalized_shape", lambda tcls=tcls, bad=bad: getattr(torch.nn, tcls)(bad))
+        row(
+            f"{cls}({label})",
+            lambda cls=cls, bad=bad: getattr(cnorm, cls)(bad),
+            TypeError,
+            "normalized_shape",
+            lambda tcls=tcls, bad=bad: getattr(torch.nn, tcls)(bad),
+        )
     for label, good in GOOD_SHAPES:
-        accepted(f"{cls}({label})", lambda cls=cls, good=good: getattr(cnorm, cls)(good),
-                 lambda tcls=tcls, good=good: getattr(torch.nn, tcls)(good))
+        accepted(
+            f"{cls}({label})",
+            lambda cls=cls, good=good: getattr(cnorm, cls)(good),
+            lambda tcls=tcls, good=good: getattr(torch.nn, tcls)(good),
+        )
 
 # the functional normalized_shape (torch's argument parser: a tuple/list of ints)
-F_SHAPES = [("b'\\x05'", b"\x05"), ("5.0", 5.0), ("'5'", "5"), ("True", True), ("(5.0,)", (5.0,)),
-            ("(True,)", (True,)), ("None", None)]
+F_SHAPES = [
+    ("b'\\x05'", b"\x05"),
+    ("5.0", 5.0),
+    ("'5'", "5"),
+    ("True", True),
+    ("(5.0,)", (5.0,)),
+    ("(True,)", (True,)),
+    ("None", None),
+]
 for label, bad in F_SHAPES:
-    row(f"F.layer_norm(x, {label})", lambda bad=bad: F.layer_norm(XL, bad), TypeError,
-        "normalized_shape", lambda bad=bad: TF.layer_norm(_t(XL), bad))
-    row(f"F.native_layer_norm(x, {label})", lambda bad=bad: F.native_layer_norm(XL, bad, None, None, 1e-5),
-        TypeError, "normalized_shape",
-        lambda bad=bad: torch.native_layer_norm(_t(XL), bad, None, None, 1e-5))
-    row(f"F.rms_norm(x, {label})", lambda bad=bad: F.rms_norm(XL, bad), TypeError,
-        "normalized_shape", lambda bad=bad: TF.rms_norm(_t(XL), bad))
-    row(f"F.add_layer_norm(x, r, {label})", lambda bad=bad: F.add_layer_norm(XL, XL, bad), TypeError,
-        "normalized_shape", lambda bad=bad: TF.layer_norm(_t(XL) + _t(XL), bad))
-    row(f"F.layer_norm_backward(..., {label})",
-        lambda bad=bad: F.layer_norm_backward(XL, XL, bad, np.zeros(3), np.ones(3), None), TypeError,
-        "normalized_shape")
+    row(
+        f"F.layer_norm(x, {label})",
+        lambda bad=bad: F.layer_norm(XL, bad),
+        TypeError,
+        "normalized_shape",
+        lambda bad=bad: TF.layer_norm(_t(XL), bad),
+    )
+    row(
+        f"F.native_layer_norm(x, {label})",
+        lambda bad=bad: F.native_layer_norm(XL, bad, None, None, 1e-5),
+        TypeError,
+        "normalized_shape",
+        lambda bad=bad: torch.native_layer_norm(_t(XL), bad, None, None, 1e-5),
+    )
+    row(
+        f"F.rms_norm(x, {label})",
+        lambda bad=bad: F.rms_norm(XL, bad),
+        TypeError,
+        "normalized_shape",
+        lambda bad=bad: TF.rms_norm(_t(XL), bad),
+    )
+    row(
+        f"F.add_layer_norm(x, r, {label})",
+        lambda bad=bad: F.add_layer_norm(XL, XL, bad),
+        TypeError,
+        "normalized_shape",
+        lambda bad=bad: TF.layer_norm(_t(XL) + _t(XL), bad),
+    )
+    row(
+        f"F.layer_norm_backward(..., {label})",
+        lambda bad=bad: F.layer_norm_backward(XL, XL, bad, np.zeros(3), np.ones(3), None),
+        TypeError,
+        "normalized_shape",
+    )
 for label, good in [("[5]", [5]), ("(5,)", (5,)), ("(np.int64(5),)", (np.int64(5),))]:
-    accepted(f"F.layer_norm(x, {label})", lambda good=good: F.layer_norm(XL, good),
-             lambda good=good: TF.layer_norm(_t(XL), good))
-    accepted(f"F.rms_norm(x, {label})", lambda good=good: F.rms_norm(XL, good),
-             lambda good=good: TF.rms_norm(_t(XL), good))
+    accepted(
+        f"F.layer_norm(x, {label})",
+        lambda good=good: F.layer_norm(XL, good),
+        lambda good=good: TF.layer_norm(_t(XL), good),
+    )
+    accepted(
+        f"F.rms_norm(x, {label})",
+        lambda good=good: F.rms_norm(XL, good),
+        lambda good=good: TF.rms_norm(_t(XL), good),
+    )
 
 # GroupNorm: torch's constructor takes any num_groups (it is only used in `%`), its
 # forward (F.group_norm) then raises; cnorm may raise at either point: the row does both
 for label, bad in [("2.0", 2.0), ("True", True), ("'2'", "2"), ("None", None), ("2.5", 2.5)]:
-    row(f"GroupNorm({label}, 4) + forward", lambda bad=bad: cnorm.GroupNorm(bad, 4)(XG), TypeError,
+    row(
+        f"GroupNorm({label}, 4) + forward",
+        lambda bad=bad: cnorm.GroupNorm(bad, 4)(XG),
+        TypeError,
         "num_groups" if label != "2.5" else None,
         lambda bad=bad: torch.nn.GroupNorm(bad, 4)(_t(XG)),
         torch_exc=ValueError if label == "2.5" else SAME,
         note="torch 2.13: ValueError 'num_channels (4) must be divisible by num_groups (2.5)'"
-        if label == "2.5" else "")
-    row(f"F.group_norm(x, {label})", lambda bad=bad: F.group_norm(XG, bad), TypeError,
-        "num_groups" if label != "'2'" else None, lambda bad=bad: TF.group_norm(_t(XG), bad))
+        if label == "2.5"
+        else "",
+    )
+    row(
+        f"F.group_norm(x, {label})",
+        lambda bad=bad: F.group_norm(XG, bad),
+        TypeError,
+        "num_groups" if label != "'2'" else None,
+        lambda bad=bad: TF.group_norm(_t(XG), bad),
+    )
 for label, bad in [("4.0", 4.0), ("'4'", "4"), ("None", None), ("np.float64(4.0)", np.float64(4.0))]:
-    row(f"GroupNorm(1, {label})", lambda bad=bad: cnorm.GroupNorm(1, bad), TypeError,
-        "num_channels" if label != "None" else None, lambda bad=bad: torch.nn.GroupNorm(1, bad))
-row("GroupNorm(1, True)", lambda: cnorm.GroupNorm(1, True), TypeError, "num_channels",
-    lambda: torch.nn.GroupNorm(1, True))
-row("GroupNorm(2, True)", lambda: cnorm.GroupNorm(2, True), (TypeError, ValueError), "num_channels",
-    lambda: torch.nn.GroupNorm(2, True), torch_exc=ValueError,
-    note="torch 2.13: ValueError 'num_channels (True) must be divisible by num_groups (2)'")
+    row(
+        f"GroupNorm(1, {label})",
+        lambda bad=bad: cnorm.GroupNorm(1, bad),
+        TypeError,
+        "num_channels" if label != "None" else None,
+        lambda bad=bad: torch.nn.GroupNorm(1, bad),
+    )
+row(
+    "GroupNorm(1, True)",
+    lambda: cnorm.GroupNorm(1, True),
+    TypeError,
+    "num_channels",
+    lambda: torch.nn.GroupNorm(1, True),
+)
+row(
+    "GroupNorm(2, True)",
+    lambda: cnorm.GroupNorm(2, True),
+    (TypeError, ValueError),
+    "num_channels",
+    lambda: torch.nn.GroupNorm(2, True),
+    torch_exc=ValueError,
+    note="torch 2.13: ValueError 'num_channels (True) must be divisible by num_groups (2)'",
+)
 for label, a in [("np.int64(2), 4", (np.int64(2), 4)), ("2, np.int64(4)", (2, np.int64(4)))]:
-    accepted(f"GroupNorm({label}) + forward", lambda a=a: cnorm.GroupNorm(*a)(XG),
-             lambda a=a: torch.nn.GroupNorm(*a)(_t(XG)))
-accepted("F.group_norm(x, np.int64(2))", lambda: F.group_norm(XG, np.int64(2)),
-         lambda: TF.group_norm(_t(XG), np.int64(2)))
+    accepted(
+        f"GroupNorm({label}) + forward",
+        lambda a=a: cnorm.GroupNorm(*a)(XG),
+        lambda a=a: torch.nn.GroupNorm(*a)(_t(XG)),
+    )
+accepted(
+    "F.group_norm(x, np.int64(2))",
+    lambda: F.group_norm(XG, np.int64(2)),
+    lambda: TF.group_norm(_t(XG), np.int64(2)),
+)
 
 # =======================================================================================
 # eps: negative in eval is torch's ValueError; a non-number is a TypeError
@@ -175,74 +294,170 @@ EPS_MSG = "batch_norm eps must be non-negative"
 for cls in ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormReLU2d"]:
     nd = BN_DIMS[cls]
     for eps in (-1, -1e-5):
-        row(f"{cls}(eps={eps}) eval", lambda cls=cls, eps=eps, nd=nd: getattr(cnorm, cls)(3, eps=eps).eval()(X[nd]),
-            ValueError, EPS_MSG,
-            lambda cls=cls, eps=eps, nd=nd: _torch_cls(cls)(3, eps=eps).eval()(_t(X[nd])))
-    row(f"{cls}(eps=nan) eval", lambda cls=cls, nd=nd: getattr(cnorm, cls)(3, eps=float("nan")).eval()(X[nd]),
-        ValueError, EPS_MSG,
-        lambda cls=cls, nd=nd: _torch_cls(cls)(3, eps=float("nan")).eval()(_t(X[nd])), torch_exc=None,
-        note="stricter than torch (which returns NaN), as cnorm's training check already is")
-    accepted(f"{cls}(eps=0) eval", lambda cls=cls, nd=nd: getattr(cnorm, cls)(3, eps=0.0).eval()(X[nd]),
-             lambda cls=cls, nd=nd: _torch_cls(cls)(3, eps=0.0).eval()(_t(X[nd])))
+        row(
+            f"{cls}(eps={eps}) eval",
+            lambda cls=cls, eps=eps, nd=nd: getattr(cnorm, cls)(3, eps=eps).eval()(X[nd]),
+            ValueError,
+            EPS_MSG,
+            lambda cls=cls, eps=eps, nd=nd: _torch_cls(cls)(3, eps=eps).eval()(_t(X[nd])),
+        )
+    row(
+        f"{cls}(eps=nan) eval",
+        lambda cls=cls, nd=nd: getattr(cnorm, cls)(3, eps=float("nan")).eval()(X[nd]),
+        ValueError,
+        EPS_MSG,
+        lambda cls=cls, nd=nd: _torch_cls(cls)(3, eps=float("nan")).eval()(_t(X[nd])),
+        torch_exc=None,
+        note="stricter than torch (which returns NaN), as cnorm's training check already is",
+    )
+    accepted(
+        f"{cls}(eps=0) eval",
+        lambda cls=cls, nd=nd: getattr(cnorm, cls)(3, eps=0.0).eval()(X[nd]),
+        lambda cls=cls, nd=nd: _torch_cls(cls)(3, eps=0.0).eval()(_t(X[nd])),
+    )
 for eps in (-1.0, -1e-5, float("nan")):
     tex = None if math.isnan(eps) else SAME
     note = "stricter than torch (which returns NaN)" if math.isnan(eps) else ""
-    row(f"F.batch_norm(training=False, eps={eps})",
-        lambda eps=eps: F.batch_norm(X3, *_stats(), training=False, eps=eps), ValueError, EPS_MSG,
-        lambda eps=eps: TF.batch_norm(_t(X3), *_tstats(), training=False, eps=eps), tex, note)
-    row(f"F.batch_norm_relu(training=False, eps={eps})",
-        lambda eps=eps: F.batch_norm_relu(X3, *_stats(), training=False, eps=eps), ValueError, EPS_MSG,
-        lambda eps=eps: TF.relu(TF.batch_norm(_t(X3), *_tstats(), training=False, eps=eps)), tex, note)
-    row(f"F.native_batch_norm(training=False, eps={eps})",
-        lambda eps=eps: F.native_batch_norm(X3, None, None, *_stats(), False, 0.1, eps), ValueError,
-        EPS_MSG, lambda eps=eps: torch.native_batch_norm(_t(X3), None, None, *_tstats(), False, 0.1, eps),
-        torch_exc=None, note="torch.native_batch_norm checks no eps at all; cnorm's native_batch_norm "
-        "already refuses eps <= 0 in training")
-accepted("F.batch_norm(training=False, eps=0)", lambda: F.batch_norm(X3, *_stats(), training=False, eps=0.0),
-         lambda: TF.batch_norm(_t(X3), *_tstats(), training=False, eps=0.0))
+    row(
+        f"F.batch_norm(training=False, eps={eps})",
+        lambda eps=eps: F.batch_norm(X3, *_stats(), training=False, eps=eps),
+        ValueError,
+        EPS_MSG,
+        lambda eps=eps: TF.batch_norm(_t(X3), *_tstats(), training=False, eps=eps),
+        tex,
+        note,
+    )
+    row(
+        f"F.batch_norm_relu(training=False, eps={eps})",
+        lambda eps=eps: F.batch_norm_relu(X3, *_stats(), training=False, eps=eps),
+        ValueError,
+        EPS_MSG,
+        lambda eps=eps: TF.relu(TF.batch_norm(_t(X3), *_tstats(), training=False, eps=eps)),
+        tex,
+        note,
+    )
+    row(
+        f"F.native_batch_norm(training=False, eps={eps})",
+        lambda eps=eps: F.native_batch_norm(X3, None, None, *_stats(), False, 0.1, eps),
+        ValueError,
+        EPS_MSG,
+        lambda eps=eps: torch.native_batch_norm(_t(X3), None, None, *_tstats(), False, 0.1, eps),
+        torch_exc=None,
+        note="torch.native_batch_norm checks no eps at all; cnorm's native_batch_norm "
+        "already refuses eps <= 0 in training",
+    )
+accepted(
+    "F.batch_norm(training=False, eps=0)",
+    lambda: F.batch_norm(X3, *_stats(), training=False, eps=0.0),
+    lambda: TF.batch_norm(_t(X3), *_tstats(), training=False, eps=0.0),
+)
 # torch accepts a negative eps everywhere else (the result may be NaN): so must cnorm
-accepted("F.layer_norm(eps=-1)", lambda: F.layer_norm(XL, (5,), eps=-1.0),
-         lambda: TF.layer_norm(_t(XL), (5,), eps=-1.0))
-accepted("LayerNorm(5, eps=-1) forward", lambda: cnorm.LayerNorm(5, eps=-1.0)(XL),
-         lambda: torch.nn.LayerNorm(5, eps=-1.0)(_t(XL)))
-accepted("F.group_norm(eps=-1)", lambda: F.group_norm(XG, 2, eps=-1.0),
-         lambda: TF.group_norm(_t(XG), 2, eps=-1.0))
-accepted("F.rms_norm(eps=-1)", lambda: F.rms_norm(XL, (5,), eps=-1.0),
-         lambda: TF.rms_norm(_t(XL), (5,), eps=-1.0))
-accepted("F.instance_norm(eps=-1)", lambda: F.instance_norm(X3, eps=-1.0),
-         lambda: TF.instance_norm(_t(X3), eps=-1.0))
-accepted("F.instance_norm(use_input_stats=False, eps=-1)",
-         lambda: F.instance_norm(X3, *_stats(), use_input_stats=False, eps=-1.0),
-         lambda: TF.instance_norm(_t(X3), *_tstats(), use_input_stats=False, eps=-1.0))
-accepted("InstanceNorm1d(track_running_stats=True, eps=-1) eval",
-         lambda: cnorm.InstanceNorm1d(3, eps=-1.0, track_running_stats=True).eval()(X3),
-         lambda: torch.nn.InstanceNorm1d(3, eps=-1.0, track_running_stats=True).eval()(_t(X3)))
+accepted(
+    "F.layer_norm(eps=-1)",
+    lambda: F.layer_norm(XL, (5,), eps=-1.0),
+    lambda: TF.layer_norm(_t(XL), (5,), eps=-1.0),
+)
+accepted(
+    "LayerNorm(5, eps=-1) forward",
+    lambda: cnorm.LayerNorm(5, eps=-1.0)(XL),
+    lambda: torch.nn.LayerNorm(5, eps=-1.0)(_t(XL)),
+)
+accepted(
+    "F.group_norm(eps=-1)", lambda: F.group_norm(XG, 2, eps=-1.0), lambda: TF.group_norm(_t(XG), 2, eps=-1.0)
+)
+accepted(
+    "F.rms_norm(eps=-1)", lambda: F.rms_norm(XL, (5,), eps=-1.0), lambda: TF.rms_norm(_t(XL), (5,), eps=-1.0)
+)
+accepted(
+    "F.instance_norm(eps=-1)",
+    lambda: F.instance_norm(X3, eps=-1.0),
+    lambda: TF.instance_norm(_t(X3), eps=-1.0),
+)
+accepted(
+    "F.instance_norm(use_input_stats=False, eps=-1)",
+    lambda: F.instance_norm(X3, *_stats(), use_input_stats=False, eps=-1.0),
+    lambda: TF.instance_norm(_t(X3), *_tstats(), use_input_stats=False, eps=-1.0),
+)
+accepted(
+    "InstanceNorm1d(track_running_stats=True, eps=-1) eval",
+    lambda: cnorm.InstanceNorm1d(3, eps=-1.0, track_running_stats=True).eval()(X3),
+    lambda: torch.nn.InstanceNorm1d(3, eps=-1.0, track_running_stats=True).eval()(_t(X3)),
+)
 
 for label, bad in [("'1e-5'", "1e-5"), ("None", None)]:
-    row(f"F.batch_norm(training=False, eps={label})",
-        lambda bad=bad: F.batch_norm(X3, *_stats(), training=False, eps=bad), TypeError, "eps",
-        lambda bad=bad: TF.batch_norm(_t(X3), *_tstats(), training=False, eps=bad))
-    row(f"F.batch_norm(training=True, eps={label})",
-        lambda bad=bad: F.batch_norm(X3, *_stats(), training=True, eps=bad), TypeError, "eps",
-        lambda bad=bad: TF.batch_norm(_t(X3), *_tstats(), training=True, eps=bad))
-    row(f"BatchNorm1d(eps={label}) eval forward", lambda bad=bad: cnorm.BatchNorm1d(3, eps=bad).eval()(X3),
-        TypeError, "eps", lambda bad=bad: torch.nn.BatchNorm1d(3, eps=bad).eval()(_t(X3)))
-    row(f"F.layer_norm(eps={label})", lambda bad=bad: F.layer_norm(XL, (5,), eps=bad), TypeError,
-        "eps", lambda bad=bad: TF.layer_norm(_t(XL), (5,), eps=bad))
-    row(f"LayerNorm(eps={label}) forward", lambda bad=bad: cnorm.LayerNorm(5, eps=bad)(XL), TypeError,
-        "eps", lambda bad=bad: torch.nn.LayerNorm(5, eps=bad)(_t(XL)))
-    row(f"F.group_norm(eps={label})", lambda bad=bad: F.group_norm(XG, 2, eps=bad), TypeError, "eps",
-        lambda bad=bad: TF.group_norm(_t(XG), 2, eps=bad))
-    row(f"F.instance_norm(eps={label})", lambda bad=bad: F.instance_norm(X3, eps=bad), TypeError, "eps",
-        lambda bad=bad: TF.instance_norm(_t(X3), eps=bad))
-    row(f"F.add_layer_norm(eps={label})", lambda bad=bad: F.add_layer_norm(XL, XL, (5,), eps=bad),
-        TypeError, "eps", lambda bad=bad: TF.layer_norm(_t(XL), (5,), eps=bad))
-row("F.rms_norm(eps='1e-5')", lambda: F.rms_norm(XL, (5,), eps="1e-5"), TypeError, "eps",
-    lambda: TF.rms_norm(_t(XL), (5,), eps="1e-5"))
-accepted("F.rms_norm(eps=None)", lambda: F.rms_norm(XL, (5,), eps=None),
-         lambda: TF.rms_norm(_t(XL), (5,), eps=None))
-accepted("F.batch_norm(eps=1) (an int)", lambda: F.batch_norm(X3, *_stats(), training=True, eps=1),
-         lambda: TF.batch_norm(_t(X3), *_tstats(), training=True, eps=1))
+    row(
+        f"F.batch_norm(training=False, eps={label})",
+        lambda bad=bad: F.batch_norm(X3, *_stats(), training=False, eps=bad),
+        TypeError,
+        "eps",
+        lambda bad=bad: TF.batch_norm(_t(X3), *_tstats(), training=False, eps=bad),
+    )
+    row(
+        f"F.batch_norm(training=True, eps={label})",
+        lambda bad=bad: F.batch_norm(X3, *_stats(), training=True, eps=bad),
+        TypeError,
+        "eps",
+        lambda bad=bad: TF.batch_norm(_t(X3), *_tstats(), training=True, eps=bad),
+    )
+    row(
+        f"BatchNorm1d(eps={label}) eval forward",
+        lambda bad=bad: cnorm.BatchNorm1d(3, eps=bad).eval()(X3),
+        TypeError,
+        "eps",
+        lambda bad=bad: torch.nn.BatchNorm1d(3, eps=bad).eval()(_t(X3)),
+    )
+    row(
+        f"F.layer_norm(eps={label})",
+        lambda bad=bad: F.layer_norm(XL, (5,), eps=bad),
+        TypeError,
+        "eps",
+        lambda bad=bad: TF.layer_norm(_t(XL), (5,), eps=bad),
+    )
+    row(
+        f"LayerNorm(eps={label}) forward",
+        lambda bad=bad: cnorm.LayerNorm(5, eps=bad)(XL),
+        TypeError,
+        "eps",
+        lambda bad=bad: torch.nn.LayerNorm(5, eps=bad)(_t(XL)),
+    )
+    row(
+        f"F.group_norm(eps={label})",
+        lambda bad=bad: F.group_norm(XG, 2, eps=bad),
+        TypeError,
+        "eps",
+        lambda bad=bad: TF.group_norm(_t(XG), 2, eps=bad),
+    )
+    row(
+        f"F.instance_norm(eps={label})",
+        lambda bad=bad: F.instance_norm(X3, eps=bad),
+        TypeError,
+        "eps",
+        lambda bad=bad: TF.instance_norm(_t(X3), eps=bad),
+    )
+    row(
+        f"F.add_layer_norm(eps={label})",
+        lambda bad=bad: F.add_layer_norm(XL, XL, (5,), eps=bad),
+        TypeError,
+        "eps",
+        lambda bad=bad: TF.layer_norm(_t(XL), (5,), eps=bad),
+    )
+row(
+    "F.rms_norm(eps='1e-5')",
+    lambda: F.rms_norm(XL, (5,), eps="1e-5"),
+    TypeError,
+    "eps",
+    lambda: TF.rms_norm(_t(XL), (5,), eps="1e-5"),
+)
+accepted(
+    "F.rms_norm(eps=None)",
+    lambda: F.rms_norm(XL, (5,), eps=None),
+    lambda: TF.rms_norm(_t(XL), (5,), eps=None),
+)
+accepted(
+    "F.batch_norm(eps=1) (an int)",
+    lambda: F.batch_norm(X3, *_stats(), training=True, eps=1),
+    lambda: TF.batch_norm(_t(X3), *_tstats(), training=True, eps=1),
+)
 
 # =======================================================================================
 # momentum: a number (or None in the modules)
@@ -250,46 +465,97 @@ accepted("F.batch_norm(eps=1) (an int)", lambda: F.batch_norm(X3, *_stats(), tra
 
 for label, bad in [("'0.1'", "0.1"), ("3+0j", 3 + 0j), ("[0.1]", [0.1])]:
     for training in (True, False):
-        row(f"F.batch_norm(training={training}, momentum={label})",
+        row(
+            f"F.batch_norm(training={training}, momentum={label})",
             lambda bad=bad, tr=training: F.batch_norm(X3, *_stats(), training=tr, momentum=bad),
-            TypeError, "momentum",
-            lambda bad=bad, tr=training: TF.batch_norm(_t(X3), *_tstats(), training=tr, momentum=bad))
-    row(f"F.batch_norm_relu(momentum={label})",
-        lambda bad=bad: F.batch_norm_relu(X3, *_stats(), training=True, momentum=bad), TypeError, "momentum")
-    row(f"F.native_batch_norm(momentum={label})",
-        lambda bad=bad: F.native_batch_norm(X3, None, None, *_stats(), True, bad, 1e-5), TypeError,
-        "momentum", lambda bad=bad: torch.native_batch_norm(_t(X3), None, None, *_tstats(), True, bad, 1e-5))
-    row(f"F.instance_norm(momentum={label})",
-        lambda bad=bad: F.instance_norm(X3, *_stats(), momentum=bad), TypeError, "momentum",
-        lambda bad=bad: TF.instance_norm(_t(X3), *_tstats(), momentum=bad))
+            TypeError,
+            "momentum",
+            lambda bad=bad, tr=training: TF.batch_norm(_t(X3), *_tstats(), training=tr, momentum=bad),
+        )
+    row(
+        f"F.batch_norm_relu(momentum={label})",
+        lambda bad=bad: F.batch_norm_relu(X3, *_stats(), training=True, momentum=bad),
+        TypeError,
+        "momentum",
+    )
+    row(
+        f"F.native_batch_norm(momentum={label})",
+        lambda bad=bad: F.native_batch_norm(X3, None, None, *_stats(), True, bad, 1e-5),
+        TypeError,
+        "momentum",
+        lambda bad=bad: torch.native_batch_norm(_t(X3), None, None, *_tstats(), True, bad, 1e-5),
+    )
+    row(
+        f"F.instance_norm(momentum={label})",
+        lambda bad=bad: F.instance_norm(X3, *_stats(), momentum=bad),
+        TypeError,
+        "momentum",
+        lambda bad=bad: TF.instance_norm(_t(X3), *_tstats(), momentum=bad),
+    )
     # torch's constructors store anything; its forward (F.batch_norm) raises, in train and eval
     for cls in ("BatchNorm1d", "BatchNormReLU1d"):
-        row(f"{cls}(momentum={label}) + forward", lambda bad=bad, cls=cls: getattr(cnorm, cls)(3, momentum=bad)(X3),
-            TypeError, "momentum", lambda bad=bad, cls=cls: _torch_cls(cls)(3, momentum=bad)(_t(X3)))
-    row(f"BatchNorm2d(momentum={label}) + eval forward",
-        lambda bad=bad: cnorm.BatchNorm2d(3, momentum=bad).eval()(X[4]), TypeError, "momentum",
-        lambda bad=bad: torch.nn.BatchNorm2d(3, momentum=bad).eval()(_t(X[4])))
-    row(f"InstanceNorm1d(momentum={label}, track_running_stats=True) + forward",
-        lambda bad=bad: cnorm.InstanceNorm1d(3, momentum=bad, track_running_stats=True)(X3), TypeError,
+        row(
+            f"{cls}(momentum={label}) + forward",
+            lambda bad=bad, cls=cls: getattr(cnorm, cls)(3, momentum=bad)(X3),
+            TypeError,
+            "momentum",
+            lambda bad=bad, cls=cls: _torch_cls(cls)(3, momentum=bad)(_t(X3)),
+        )
+    row(
+        f"BatchNorm2d(momentum={label}) + eval forward",
+        lambda bad=bad: cnorm.BatchNorm2d(3, momentum=bad).eval()(X[4]),
+        TypeError,
         "momentum",
-        lambda bad=bad: torch.nn.InstanceNorm1d(3, momentum=bad, track_running_stats=True)(_t(X3)))
+        lambda bad=bad: torch.nn.BatchNorm2d(3, momentum=bad).eval()(_t(X[4])),
+    )
+    row(
+        f"InstanceNorm1d(momentum={label}, track_running_stats=True) + forward",
+        lambda bad=bad: cnorm.InstanceNorm1d(3, momentum=bad, track_running_stats=True)(X3),
+        TypeError,
+        "momentum",
+        lambda bad=bad: torch.nn.InstanceNorm1d(3, momentum=bad, track_running_stats=True)(_t(X3)),
+    )
 for training in (True, False):
-    row(f"F.batch_norm(training={training}, momentum=None)",
-        lambda tr=training: F.batch_norm(X3, *_stats(), training=tr, momentum=None), TypeError, "momentum",
-        lambda tr=training: TF.batch_norm(_t(X3), *_tstats(), training=tr, momentum=None))
-row("F.instance_norm(momentum=None)", lambda: F.instance_norm(X3, *_stats(), momentum=None), TypeError,
-    "momentum", lambda: TF.instance_norm(_t(X3), *_tstats(), momentum=None))
-for label, good in [("1", 1), ("0", 0), ("np.float64(0.1)", np.float64(0.1)), ("np.float32(0.1)", np.float32(0.1))]:
-    accepted(f"F.batch_norm(momentum={label})",
-             lambda good=good: F.batch_norm(X3, *_stats(), training=True, momentum=good),
-             lambda good=good: TF.batch_norm(_t(X3), *_tstats(), training=True, momentum=good))
-    accepted(f"BatchNorm1d(momentum={label}) forward", lambda good=good: cnorm.BatchNorm1d(3, momentum=good)(X3),
-             lambda good=good: torch.nn.BatchNorm1d(3, momentum=good)(_t(X3)))
-accepted("BatchNorm1d(momentum=None) forward", lambda: cnorm.BatchNorm1d(3, momentum=None)(X3),
-         lambda: torch.nn.BatchNorm1d(3, momentum=None)(_t(X3)))
-accepted("InstanceNorm1d(momentum=None, track_running_stats=True) forward",
-         lambda: cnorm.InstanceNorm1d(3, momentum=None, track_running_stats=True)(X3),
-         lambda: torch.nn.InstanceNorm1d(3, momentum=None, track_running_stats=True)(_t(X3)))
+    row(
+        f"F.batch_norm(training={training}, momentum=None)",
+        lambda tr=training: F.batch_norm(X3, *_stats(), training=tr, momentum=None),
+        TypeError,
+        "momentum",
+        lambda tr=training: TF.batch_norm(_t(X3), *_tstats(), training=tr, momentum=None),
+    )
+row(
+    "F.instance_norm(momentum=None)",
+    lambda: F.instance_norm(X3, *_stats(), momentum=None),
+    TypeError,
+    "momentum",
+    lambda: TF.instance_norm(_t(X3), *_tstats(), momentum=None),
+)
+for label, good in [
+    ("1", 1),
+    ("0", 0),
+    ("np.float64(0.1)", np.float64(0.1)),
+    ("np.float32(0.1)", np.float32(0.1)),
+]:
+    accepted(
+        f"F.batch_norm(momentum={label})",
+        lambda good=good: F.batch_norm(X3, *_stats(), training=True, momentum=good),
+        lambda good=good: TF.batch_norm(_t(X3), *_tstats(), training=True, momentum=good),
+    )
+    accepted(
+        f"BatchNorm1d(momentum={label}) forward",
+        lambda good=good: cnorm.BatchNorm1d(3, momentum=good)(X3),
+        lambda good=good: torch.nn.BatchNorm1d(3, momentum=good)(_t(X3)),
+    )
+accepted(
+    "BatchNorm1d(momentum=None) forward",
+    lambda: cnorm.BatchNorm1d(3, momentum=None)(X3),
+    lambda: torch.nn.BatchNorm1d(3, momentum=None)(_t(X3)),
+)
+accepted(
+    "InstanceNorm1d(momentum=None, track_running_stats=True) forward",
+    lambda: cnorm.InstanceNorm1d(3, momentum=None, track_running_stats=True)(X3),
+    lambda: torch.nn.InstanceNorm1d(3, momentum=None, track_running_stats=True)(_t(X3)),
+)
 
 # =======================================================================================
 # boolean flags
@@ -297,51 +563,97 @@ accepted("InstanceNorm1d(momentum=None, track_running_stats=True) forward",
 
 # functional flags: torch's argument parser wants a bool (not an int, not a string)
 for label, bad in [("'no'", "no"), ("1", 1), ("0", 0), ("None", None), ("1.0", 1.0)]:
-    row(f"F.batch_norm(training={label})", lambda bad=bad: F.batch_norm(X3, *_stats(), training=bad),
-        TypeError, "training", lambda bad=bad: TF.batch_norm(_t(X3), *_tstats(), training=bad))
-    row(f"F.native_batch_norm(training={label})",
-        lambda bad=bad: F.native_batch_norm(X3, None, None, *_stats(), bad, 0.1, 1e-5), TypeError,
-        "training", lambda bad=bad: torch.native_batch_norm(_t(X3), None, None, *_tstats(), bad, 0.1, 1e-5))
-    row(f"F.batch_norm_relu(training={label})",
-        lambda bad=bad: F.batch_norm_relu(X3, *_stats(), training=bad), TypeError, "training")
-    row(f"F.native_batch_norm_relu(training={label})",
-        lambda bad=bad: F.native_batch_norm_relu(X3, None, None, *_stats(), bad, 0.1, 1e-5), TypeError,
-        "training")
-    row(f"F.batch_norm_backward(training={label})",
-        lambda bad=bad: F.batch_norm_backward(X3, X3, None, np.zeros(3), np.ones(3), bad), TypeError,
-        "training")
-    row(f"F.instance_norm(use_input_stats={label})",
-        lambda bad=bad: F.instance_norm(X3, *_stats(), use_input_stats=bad), TypeError, "use_input_stats",
-        lambda bad=bad: TF.instance_norm(_t(X3), *_tstats(), use_input_stats=bad))
-    row(f"F.native_instance_norm(use_input_stats={label})",
-        lambda bad=bad: F.native_instance_norm(X3, None, None, *_stats(), bad, 0.1, 1e-5), TypeError,
-        "use_input_stats")
-    row(f"F.instance_norm_backward(use_input_stats={label})",
+    row(
+        f"F.batch_norm(training={label})",
+        lambda bad=bad: F.batch_norm(X3, *_stats(), training=bad),
+        TypeError,
+        "training",
+        lambda bad=bad: TF.batch_norm(_t(X3), *_tstats(), training=bad),
+    )
+    row(
+        f"F.native_batch_norm(training={label})",
+        lambda bad=bad: F.native_batch_norm(X3, None, None, *_stats(), bad, 0.1, 1e-5),
+        TypeError,
+        "training",
+        lambda bad=bad: torch.native_batch_norm(_t(X3), None, None, *_tstats(), bad, 0.1, 1e-5),
+    )
+    row(
+        f"F.batch_norm_relu(training={label})",
+        lambda bad=bad: F.batch_norm_relu(X3, *_stats(), training=bad),
+        TypeError,
+        "training",
+    )
+    row(
+        f"F.native_batch_norm_relu(training={label})",
+        lambda bad=bad: F.native_batch_norm_relu(X3, None, None, *_stats(), bad, 0.1, 1e-5),
+        TypeError,
+        "training",
+    )
+    row(
+        f"F.batch_norm_backward(training={label})",
+        lambda bad=bad: F.batch_norm_backward(X3, X3, None, np.zeros(3), np.ones(3), bad),
+        TypeError,
+        "training",
+    )
+    row(
+        f"F.instance_norm(use_input_stats={label})",
+        lambda bad=bad: F.instance_norm(X3, *_stats(), use_input_stats=bad),
+        TypeError,
+        "use_input_stats",
+        lambda bad=bad: TF.instance_norm(_t(X3), *_tstats(), use_input_stats=bad),
+    )
+    row(
+        f"F.native_instance_norm(use_input_stats={label})",
+        lambda bad=bad: F.native_instance_norm(X3, None, None, *_stats(), bad, 0.1, 1e-5),
+        TypeError,
+        "use_input_stats",
+    )
+    row(
+        f"F.instance_norm_backward(use_input_stats={label})",
         # N = 1: the (N, C) instance statistics and the (C,) running ones have one shape
-        lambda bad=bad: F.instance_norm_backward(X3[:1], X3[:1], None, np.zeros(3), np.ones(3), bad), TypeError,
-        "use_input_stats")
+        lambda bad=bad: F.instance_norm_backward(X3[:1], X3[:1], None, np.zeros(3), np.ones(3), bad),
+        TypeError,
+        "use_input_stats",
+    )
     # Module.train(mode): torch's ValueError (cnorm has it already)
-    row(f"BatchNorm1d.train({label})", lambda bad=bad: cnorm.BatchNorm1d(3).train(bad), ValueError,
-        "training mode is expected to be boolean", lambda bad=bad: torch.nn.BatchNorm1d(3).train(bad))
-    row(f"LayerNorm.train({label})", lambda bad=bad: cnorm.LayerNorm(5).train(bad), ValueError,
-        "training mode is expected to be boolean", lambda bad=bad: torch.nn.LayerNorm(5).train(bad))
+    row(
+        f"BatchNorm1d.train({label})",
+        lambda bad=bad: cnorm.BatchNorm1d(3).train(bad),
+        ValueError,
+        "training mode is expected to be boolean",
+        lambda bad=bad: torch.nn.BatchNorm1d(3).train(bad),
+    )
+    row(
+        f"LayerNorm.train({label})",
+        lambda bad=bad: cnorm.LayerNorm(5).train(bad),
+        ValueError,
+        "training mode is expected to be boolean",
+        lambda bad=bad: torch.nn.LayerNorm(5).train(bad),
+    )
 
 # constructor flags: torch stores any object and uses its truth value, so affine="no" means
 # affine ON; the issue asks for booleans: strings are refused (stricter than torch), while
 # what torch accepts meaningfully (bools, NumPy bools, 0/1) is accepted
-FLAGS = [("BatchNorm2d", lambda **kw: cnorm.BatchNorm2d(3, **kw), ("affine", "track_running_stats", "bias")),
-         ("BatchNormReLU1d", lambda **kw: cnorm.BatchNormReLU1d(3, **kw), ("affine", "track_running_stats")),
-         ("InstanceNorm2d", lambda **kw: cnorm.InstanceNorm2d(3, **kw), ("affine", "track_running_stats")),
-         ("LayerNorm", lambda **kw: cnorm.LayerNorm(5, **kw), ("elementwise_affine", "bias")),
-         ("AddLayerNorm", lambda **kw: cnorm.AddLayerNorm(5, **kw), ("elementwise_affine", "bias")),
-         ("GroupNorm", lambda **kw: cnorm.GroupNorm(1, 3, **kw), ("affine", "bias")),
-         ("RMSNorm", lambda **kw: cnorm.RMSNorm(5, **kw), ("elementwise_affine",))]
+FLAGS = [
+    ("BatchNorm2d", lambda **kw: cnorm.BatchNorm2d(3, **kw), ("affine", "track_running_stats", "bias")),
+    ("BatchNormReLU1d", lambda **kw: cnorm.BatchNormReLU1d(3, **kw), ("affine", "track_running_stats")),
+    ("InstanceNorm2d", lambda **kw: cnorm.InstanceNorm2d(3, **kw), ("affine", "track_running_stats")),
+    ("LayerNorm", lambda **kw: cnorm.LayerNorm(5, **kw), ("elementwise_affine", "bias")),
+    ("AddLayerNorm", lambda **kw: cnorm.AddLayerNorm(5, **kw), ("elementwise_affine", "bias")),
+    ("GroupNorm", lambda **kw: cnorm.GroupNorm(1, 3, **kw), ("affine", "bias")),
+    ("RMSNorm", lambda **kw: cnorm.RMSNorm(5, **kw), ("elementwise_affine",)),
+]
 for cls, make, flags in FLAGS:
     for flag in flags:
         for label, bad in [("'no'", "no"), ("'False'", "False")]:
-            row(f"{cls}({flag}={label})", lambda make=make, flag=flag, bad=bad: make(**{flag: bad}),
-                TypeError, flag, torch_exc=None,
-                note="stricter than torch, which takes the truth value ('no' is True)")
+            row(
+                f"{cls}({flag}={label})",
+                lambda make=make, flag=flag, bad=bad: make(**{flag: bad}),
+                TypeError,
+                flag,
+                torch_exc=None,
+                note="stricter than torch, which takes the truth value ('no' is True)",
+            )
         for label, good in [("True", True), ("False", False), ("np.False_", np.False_), ("0", 0), ("1", 1)]:
             accepted(f"{cls}({flag}={label})", lambda make=make, flag=flag, good=good: make(**{flag: good}))
 
@@ -360,6 +672,7 @@ def test_constructor_flags_keep_their_meaning():
 # the table
 # =======================================================================================
 
+
 def test_table_size():
     print(f"\n{len(ROWS)} rows, {sum(r.exc is None for r in ROWS)} accepted")
     assert len({r.id for r in ROWS}) == len(ROWS), "duplicate ids"
@@ -374,8 +687,9 @@ def test_cnorm(r):
     with pytest.raises(r.exc) as info:
         r.cnorm()
     if r.match:
-        assert re.search(r.match, str(info.value)), \
+        assert re.search(r.match, str(info.value)), (
             f"{type(info.value).__name__}: {info.value!s} (does not name {r.match!r})"
+        )
 
 
 TORCH_ROWS = [r for r in ROWS if r.torch is not None]
@@ -397,8 +711,8 @@ def test_torch_agrees(r):
 # set_num_threads: positive ints, up to a documented maximum
 # =======================================================================================
 
-@pytest.mark.parametrize("bad", [1.5, 2.0, np.float64(2.0), True, False, "2", None, [2]],
-                         ids=repr)
+
+@pytest.mark.parametrize("bad", [1.5, 2.0, np.float64(2.0), True, False, "2", None, [2]], ids=repr)
 def test_set_num_threads_rejects_non_ints(restore_threads, bad):
     before = cnorm.get_num_threads()
     with pytest.raises(TypeError):
@@ -406,7 +720,7 @@ def test_set_num_threads_rejects_non_ints(restore_threads, bad):
     assert cnorm.get_num_threads() == before
 
 
-@pytest.mark.parametrize("bad", [0, -1, -(2 ** 40)])
+@pytest.mark.parametrize("bad", [0, -1, -(2**40)])
 def test_set_num_threads_rejects_non_positive(restore_threads, bad):
     with pytest.raises(ValueError):
         cnorm.set_num_threads(bad)
@@ -421,13 +735,13 @@ def _maximum_from_message(value):
     return max(candidates)
 
 
-@pytest.mark.parametrize("huge", [10 ** 6, 2 ** 31, 2 ** 64])
+@pytest.mark.parametrize("huge", [10**6, 2**31, 2**64])
 def test_set_num_threads_caps_at_a_named_maximum(restore_threads, huge):
     before = cnorm.get_num_threads()
     maximum = _maximum_from_message(huge)
     assert cnorm.get_num_threads() == before
-    assert 64 <= maximum < 10 ** 6
-    cnorm.set_num_threads(maximum)               # the maximum itself is allowed
+    assert 64 <= maximum < 10**6
+    cnorm.set_num_threads(maximum)  # the maximum itself is allowed
     with pytest.raises(ValueError):
         cnorm.set_num_threads(maximum + 1)
 
@@ -442,6 +756,7 @@ def test_set_num_threads_accepts_positive_ints(restore_threads, good):
 # =======================================================================================
 # merge_stats: lengths, shapes, non-negative counts
 # =======================================================================================
+
 
 def _shards(sizes=(4, 0, 3), c=4):
     """Per-shard statistics; C = 4 so that 3 shards of means reshape silently into 2 rows."""
@@ -472,8 +787,11 @@ def test_merge_stats_rejects(case):
 
 def test_merge_stats_valid_inputs_still_merge():
     counts, means, m2s = _shards()
-    for args in [(counts, means, m2s), (tuple(counts), list(means), list(m2s)),
-                 (np.array(counts), means, m2s)]:
+    for args in [
+        (counts, means, m2s),
+        (tuple(counts), list(means), list(m2s)),
+        (np.array(counts), means, m2s),
+    ]:
         n, mean, m2 = F.merge_stats(*args)
         assert n == sum(counts) == 14 and mean.shape == (4,) and m2.shape == (4,)
 
@@ -481,6 +799,7 @@ def test_merge_stats_valid_inputs_still_merge():
 # =======================================================================================
 # masked arrays: refused (an ignored mask is a wrong answer)
 # =======================================================================================
+
 
 def _masked(x):
     mask = np.zeros(x.shape, bool)
@@ -504,37 +823,51 @@ MASKED_TARGETS = {
     "F.batch_norm_backward_reduce": lambda x, g: F.batch_norm_backward_reduce(x, X3, *_c3),
     "F.batch_norm_backward_elemt": lambda x, g: F.batch_norm_backward_elemt(x, X3, *_c3, None, *_c3, 8),
     "F.batch_norm_relu": lambda x, g: F.batch_norm_relu(x, None, None, training=True),
-    "F.native_batch_norm_relu": lambda x, g: F.native_batch_norm_relu(x, None, None, None, None, True, 0.1, 1e-5),
+    "F.native_batch_norm_relu": lambda x, g: F.native_batch_norm_relu(
+        x, None, None, None, None, True, 0.1, 1e-5
+    ),
     "F.batch_norm_relu_backward": lambda x, g: F.batch_norm_relu_backward(x, X3, None, *_c3, True, X3),
     "F.layer_norm": lambda x, g: F.layer_norm(x, (2,)),
     "F.native_layer_norm": lambda x, g: F.native_layer_norm(x, (2,), None, None, 1e-5),
-    "F.layer_norm_backward": lambda x, g: F.layer_norm_backward(x, X3, (2,), np.zeros((4, 3)), np.ones((4, 3)), None),
+    "F.layer_norm_backward": lambda x, g: F.layer_norm_backward(
+        x, X3, (2,), np.zeros((4, 3)), np.ones((4, 3)), None
+    ),
     "F.group_norm": lambda x, g: F.group_norm(x, 3),
     "F.native_group_norm": lambda x, g: F.native_group_norm(x, 3, None, None, 1e-5),
-    "F.group_norm_backward": lambda x, g: F.group_norm_backward(x, X3, 3, np.zeros((4, 3)), np.ones((4, 3)), None),
+    "F.group_norm_backward": lambda x, g: F.group_norm_backward(
+        x, X3, 3, np.zeros((4, 3)), np.ones((4, 3)), None
+    ),
     "F.instance_norm": lambda x, g: F.instance_norm(x),
     "F.native_instance_norm": lambda x, g: F.native_instance_norm(x, None, None, None, None, True, 0.1, 1e-5),
-    "F.instance_norm_backward": lambda x, g: F.instance_norm_backward(x, X3, None, np.zeros((4, 3)),
-                                                                      np.ones((4, 3)), True),
+    "F.instance_norm_backward": lambda x, g: F.instance_norm_backward(
+        x, X3, None, np.zeros((4, 3)), np.ones((4, 3)), True
+    ),
     "F.rms_norm": lambda x, g: F.rms_norm(x, (2,)),
     "F.native_rms_norm": lambda x, g: F.native_rms_norm(x, (2,), None, None),
     "F.rms_norm_backward": lambda x, g: F.rms_norm_backward(x, X3, (2,), np.ones((4, 3)), None),
     "F.add_layer_norm(input)": lambda x, g: F.add_layer_norm(x, X3, (2,)),
     "F.add_layer_norm(residual)": lambda x, g: F.add_layer_norm(X3, x, (2,)),
     "F.native_add_layer_norm": lambda x, g: F.native_add_layer_norm(x, X3, (2,), None, None, 1e-5),
-    "F.add_layer_norm_backward": lambda x, g: F.add_layer_norm_backward(x, None, X3, (2,), np.zeros((4, 3)),
-                                                                        np.ones((4, 3)), None),
+    "F.add_layer_norm_backward": lambda x, g: F.add_layer_norm_backward(
+        x, None, X3, (2,), np.zeros((4, 3)), np.ones((4, 3)), None
+    ),
 }
 MODULE_TARGETS = {
-    "BatchNorm1d": (lambda: cnorm.BatchNorm1d(3), 3), "BatchNorm2d": (lambda: cnorm.BatchNorm2d(3), 4),
-    "BatchNorm3d": (lambda: cnorm.BatchNorm3d(3), 5), "BatchNorm1d eval": (lambda: cnorm.BatchNorm1d(3).eval(), 2),
-    "BatchNormReLU1d": (lambda: cnorm.BatchNormReLU1d(3), 3), "BatchNormReLU2d": (lambda: cnorm.BatchNormReLU2d(3), 4),
+    "BatchNorm1d": (lambda: cnorm.BatchNorm1d(3), 3),
+    "BatchNorm2d": (lambda: cnorm.BatchNorm2d(3), 4),
+    "BatchNorm3d": (lambda: cnorm.BatchNorm3d(3), 5),
+    "BatchNorm1d eval": (lambda: cnorm.BatchNorm1d(3).eval(), 2),
+    "BatchNormReLU1d": (lambda: cnorm.BatchNormReLU1d(3), 3),
+    "BatchNormReLU2d": (lambda: cnorm.BatchNormReLU2d(3), 4),
     "BatchNormReLU3d": (lambda: cnorm.BatchNormReLU3d(3), 5),
-    "InstanceNorm1d": (lambda: cnorm.InstanceNorm1d(3), 3), "InstanceNorm2d": (lambda: cnorm.InstanceNorm2d(3), 4),
-    "InstanceNorm3d": (lambda: cnorm.InstanceNorm3d(3), 5), "LayerNorm": (lambda: cnorm.LayerNorm(2), 3),
-    "GroupNorm": (lambda: cnorm.GroupNorm(3, 3), 3), "RMSNorm": (lambda: cnorm.RMSNorm(2), 3),
+    "InstanceNorm1d": (lambda: cnorm.InstanceNorm1d(3), 3),
+    "InstanceNorm2d": (lambda: cnorm.InstanceNorm2d(3), 4),
+    "InstanceNorm3d": (lambda: cnorm.InstanceNorm3d(3), 5),
+    "LayerNorm": (lambda: cnorm.LayerNorm(2), 3),
+    "GroupNorm": (lambda: cnorm.GroupNorm(3, 3), 3),
+    "RMSNorm": (lambda: cnorm.RMSNorm(2), 3),
 }
-for name, (make, nd) in MODULE_TARGETS.items():
+for name, (make, _nd) in MODULE_TARGETS.items():
     MASKED_TARGETS[name] = lambda x, g, make=make: make()(x)
     MASKED_TARGETS[name + ".backward"] = lambda x, g, make=make: _fwd(make(), g).backward(x)
 MASKED_TARGETS["AddLayerNorm(input)"] = lambda x, g: cnorm.AddLayerNorm(2)(x, X3)
@@ -556,6 +889,6 @@ def _input_for(name):
 def test_masked_array_refused(name):
     fn = MASKED_TARGETS[name]
     x = _input_for(name)
-    fn(x, x)                                  # the plain array works
+    fn(x, x)  # the plain array works
     with pytest.raises(TypeError, match=r"(?i)mask"):
         fn(_masked(x), x)

@@ -7,6 +7,7 @@ ranks still agree: a correctly configured call on every rank works.
 Each rank is a separate interpreter (``python -c``) on 127.0.0.1, with a short gloo timeout;
 the test kills whatever is still running after its deadline, so nothing can hang the suite.
 """
+
 import json
 import os
 import pathlib
@@ -23,7 +24,7 @@ if not dist.is_available() or not dist.is_gloo_available():  # pragma: no cover
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEADLINE = 90          # seconds for all ranks together (a healthy run takes a few)
+DEADLINE = 90  # seconds for all ranks together (a healthy run takes a few)
 
 RANK = r"""
 import datetime, json, sys
@@ -79,13 +80,23 @@ def _run_world(world):
     if world in _results:
         return _results[world]
     port = _free_port()
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = [subprocess.Popen([sys.executable, "-c", RANK, str(r), str(world), str(port),
-                               json.dumps(SCENARIOS[world])],
-                              cwd=str(ROOT), env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for r in range(world)]
+    env = dict(
+        os.environ,
+        GLOO_SOCKET_IFNAME="lo",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK, str(r), str(world), str(port), json.dumps(SCENARIOS[world])],
+            cwd=str(ROOT),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(world)
+    ]
     results = []
     for p in procs:
         try:
@@ -110,8 +121,9 @@ def _check(world, index, exc_types, must_name):
         name, msg = res["error"]
         assert name in exc_types, f"rank {rank}: {name}: {msg}"
         for pattern in must_name:
-            assert re.search(pattern, msg, re.IGNORECASE), \
+            assert re.search(pattern, msg, re.IGNORECASE), (
                 f"rank {rank}: the message does not name {pattern!r}: {msg}"
+            )
         assert res["recovered"] is True, f"rank {rank}: the next, valid call failed: {res['recovered']}"
     for rank, (code, _res, stderr) in enumerate(_run_world(world)):
         assert code == 0, f"rank {rank} exited with {code}:\n{stderr}"

@@ -7,6 +7,7 @@ runs 8 threads even on a 2-core machine), in both directions: many short rows (w
 across rows, reductions over rows for dweight/dbias and for BatchNorm (N, C)) and a few
 long rows (work split inside a row or channel).
 """
+
 import functools
 
 import numpy as np
@@ -26,7 +27,7 @@ def _data(shape, dtype, seed, loc=0.5):
     """(x, dy), made once for every thread count of a test (cnorm never modifies inputs)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape, dtype=np.float32) * 2.0 + loc
-    if len(shape) > 2:             # different channel means
+    if len(shape) > 2:  # different channel means
         x += rng.normal(0, 3, (1, shape[1]) + (1,) * (len(shape) - 2)).astype(np.float32)
     dy = rng.standard_normal(shape, dtype=np.float32)
     x, dy = x.astype(dtype), dy.astype(dtype)
@@ -52,6 +53,7 @@ def bn(shape, relu=False, training=True):
         else:
             grads = F.batch_norm_backward(dy, x, w, mean, invstd, training)
         return [y, mean, invstd, rm, rv, *grads]
+
     return run
 
 
@@ -61,6 +63,7 @@ def ln(shape, d):
         w, b = _vec(d, dtype, 7), _vec(d, dtype, 8, 0.0)
         y, mean, rstd = F.native_layer_norm(x, (d,), w, b, 1e-5)
         return [y, mean, rstd, *F.layer_norm_backward(dy, x, (d,), mean, rstd, w)]
+
     return run
 
 
@@ -70,6 +73,7 @@ def rms(shape, d):
         w = _vec(d, dtype, 10)
         y, rrms = F.native_rms_norm(x, (d,), w, None)
         return [y, rrms, *F.rms_norm_backward(dy, x, (d,), rrms, w)]
+
     return run
 
 
@@ -80,6 +84,7 @@ def add_ln(shape, d):
         w, b = _vec(d, dtype, 13), _vec(d, dtype, 14, 0.0)
         y, s, mean, rstd = F.native_add_layer_norm(x, r, (d,), w, b, 1e-5)
         return [y, s, mean, rstd, *F.add_layer_norm_backward(dy, dsum, s, (d,), mean, rstd, w)]
+
     return run
 
 
@@ -90,6 +95,7 @@ def gn(shape, groups):
         w, b = _vec(c, dtype, 16), _vec(c, dtype, 17, 0.0)
         y, mean, rstd = F.native_group_norm(x, groups, w, b, 1e-5)
         return [y, mean, rstd, *F.group_norm_backward(dy, x, groups, mean, rstd, w)]
+
     return run
 
 
@@ -102,6 +108,7 @@ def inorm(shape, use_input_stats=True):
         y, mean, invstd = F.native_instance_norm(x, w, b, rm, rv, use_input_stats, 0.1, 1e-5)
         grads = F.instance_norm_backward(dy, x, w, mean, invstd, use_input_stats)
         return [y, mean, invstd, rm, rv, *grads]
+
     return run
 
 
@@ -114,12 +121,14 @@ def sync_blocks(shape):
         sum_dy, sum_dy_xhat = F.batch_norm_backward_reduce(dy, x, mean, invstd)
         dx = F.batch_norm_backward_elemt(dy, x, mean, invstd, None, sum_dy, sum_dy_xhat, count)
         return [mean, m2, y, sum_dy, sum_dy_xhat, dx]
+
     return run
 
 
 def module(make, shape, steps=2):
     """A module's forward/backward twice: outputs, gradients, accumulated weight/bias
     gradients and running statistics."""
+
     def run(dtype):
         m = make(dtype)
         out = []
@@ -131,6 +140,7 @@ def module(make, shape, steps=2):
             if getattr(m, name, None) is not None:
                 out.append(getattr(m, name))
         return out
+
     return run
 
 
@@ -158,17 +168,16 @@ CASES = {
     "instance_norm eval (8, 16, 50, 50)": inorm((8, 16, 50, 50), use_input_stats=False),
     "sync blocks (4096, 96)": sync_blocks((4096, 96)),
     "sync blocks (2, 3, 256, 256)": sync_blocks((2, 3, 256, 256)),
-    "BatchNorm1d module (4096, 96)": module(lambda dt: cnorm.BatchNorm1d(96, momentum=None, dtype=dt),
-                                            (4096, 96)),
+    "BatchNorm1d module (4096, 96)": module(
+        lambda dt: cnorm.BatchNorm1d(96, momentum=None, dtype=dt), (4096, 96)
+    ),
     "LayerNorm module (8000, 48)": module(lambda dt: cnorm.LayerNorm(48, dtype=dt), (8000, 48)),
-    "GroupNorm module (8, 32, 32, 40)": module(lambda dt: cnorm.GroupNorm(8, 32, dtype=dt),
-                                               (8, 32, 32, 40)),
+    "GroupNorm module (8, 32, 32, 40)": module(lambda dt: cnorm.GroupNorm(8, 32, dtype=dt), (8, 32, 32, 40)),
     "RMSNorm module (8000, 48)": module(lambda dt: cnorm.RMSNorm(48, dtype=dt), (8000, 48)),
     "InstanceNorm2d module (8, 16, 50, 50)": module(
-        lambda dt: cnorm.InstanceNorm2d(16, affine=True, track_running_stats=True, dtype=dt),
-        (8, 16, 50, 50)),
-    "BatchNormReLU1d module (4096, 96)": module(lambda dt: cnorm.BatchNormReLU1d(96, dtype=dt),
-                                                (4096, 96)),
+        lambda dt: cnorm.InstanceNorm2d(16, affine=True, track_running_stats=True, dtype=dt), (8, 16, 50, 50)
+    ),
+    "BatchNormReLU1d module (4096, 96)": module(lambda dt: cnorm.BatchNormReLU1d(96, dtype=dt), (4096, 96)),
 }
 
 

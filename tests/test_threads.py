@@ -17,6 +17,7 @@ f32 = np.float32
 
 # --------------------------------------------------------------------------- controls
 
+
 def test_openmp_enabled_is_bool():
     assert isinstance(cnorm.openmp_enabled(), bool)
 
@@ -63,13 +64,18 @@ def test_threadpoolctl_limits_apply(restore_threads):
 
 # --------------------------------------------------------------------------- 1 vs 2 threads
 
+
 def _all_outputs(norm, case, x, douts, training):
     """Every output of forward and backward, and the running statistics updated in place."""
     p = norm.params(np.random.default_rng(1), case, x.dtype)
     outs, saved = norm.forward(x, case, p, training)
     grads = norm.backward(douts, x, case, p, saved, training)
-    return (list(outs) + list(norm.stats_of(saved)) + [grads[k] for k in sorted(grads)]
-            + [p[k] for k in ("running_mean", "running_var") if p[k] is not None])
+    return (
+        list(outs)
+        + list(norm.stats_of(saved))
+        + [grads[k] for k in sorted(grads)]
+        + [p[k] for k in ("running_mean", "running_var") if p[k] is not None]
+    )
 
 
 @pytest.mark.parametrize("norm, case, dtype, training", norm_cases("big", modes=True, dtypes=DTYPES))
@@ -111,8 +117,9 @@ def _training_run(norm, seed):
 
 
 # every BatchNorm and one norm of each other family (the others share its kernels)
-STEP_NORMS = [n for i, n in enumerate(NORMS)
-              if n.family == "batch" or n.family not in {m.family for m in NORMS[:i]}]
+STEP_NORMS = [
+    n for i, n in enumerate(NORMS) if n.family == "batch" or n.family not in {m.family for m in NORMS[:i]}
+]
 
 
 @pytest.mark.parametrize("norm", STEP_NORMS, ids=str)
@@ -155,6 +162,7 @@ def test_module_results_bitwise_repeatable(restore_threads):
 
 
 # --------------------------------------------------------------------------- Python threads
+
 
 def _in_fresh_thread(fn, *args):
     """Run fn in a new Python thread (the same OpenMP defaults as the workers below)."""
@@ -207,8 +215,11 @@ def test_same_module_from_four_threads(restore_threads, cap):
     ln_inputs = [[rng.standard_normal((256, 300)).astype(f32) for _ in range(5)] for _ in range(4)]
 
     def work(i):
-        return ([bn(x) for x in inputs[i]] + [ln(x) for x in ln_inputs[i]]
-                + [F.layer_norm(x, (300,), ln.weight, ln.bias) for x in ln_inputs[i]])
+        return (
+            [bn(x) for x in inputs[i]]
+            + [ln(x) for x in ln_inputs[i]]
+            + [F.layer_norm(x, (300,), ln.weight, ln.bias) for x in ln_inputs[i]]
+        )
 
     serial = [_in_fresh_thread(work, i) for i in range(4)]
     for _ in range(3):
@@ -217,7 +228,7 @@ def test_same_module_from_four_threads(restore_threads, cap):
 
 
 # four different norms in four threads at once: every norm is in one group
-GROUPS = [NORMS[i:i + 4] for i in range(0, len(NORMS), 4)]
+GROUPS = [NORMS[i : i + 4] for i in range(0, len(NORMS), 4)]
 GROUPS[-1] = (GROUPS[-1] + NORMS)[:4]
 
 
@@ -227,8 +238,9 @@ def test_different_modules_from_four_threads(restore_threads, cap, group):
     cnorm.set_num_threads(cap)
     serial = [_in_fresh_thread(_training_run, n, 100 + i) for i, n in enumerate(group)]
     for _ in range(2):
-        concurrent = _run_concurrently([lambda i=i, n=n: _training_run(n, 100 + i)
-                                        for i, n in enumerate(group)])
+        concurrent = _run_concurrently(
+            [lambda i=i, n=n: _training_run(n, 100 + i) for i, n in enumerate(group)]
+        )
         assert_nested_equal(concurrent, serial, "concurrent vs serial")
     # the same kind of module in every thread, different data
     bn2d = BY_NAME["BatchNorm2d"]

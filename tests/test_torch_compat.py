@@ -27,6 +27,7 @@ f32 = np.float32
 
 # --------------------------------------------------------------------------- state_dict round trips
 
+
 @pytest.mark.parametrize("config", ["default", "momentum_none", "nobias", "noaffine", "notrack"])
 @pytest.mark.parametrize("inp", ["1d_NCL", "2d", "3d"])
 def test_state_dict_cnorm_to_torch(rng, inp, config):
@@ -138,12 +139,14 @@ def test_fused_modules_state_dicts_with_torch(rng):
     """AddLayerNorm <-> torch LayerNorm, BatchNormReLU2d <-> torch BatchNorm2d."""
     tln = torch.nn.LayerNorm(8)
     tbn = torch.nn.BatchNorm2d(3)
-    tbn(torch.randn(4, 3, 2, 2))                      # running stats and a count
+    tbn(torch.randn(4, 3, 2, 2))  # running stats and a count
     with torch.no_grad():
         for p in list(tln.parameters()) + list(tbn.parameters()):
             p.copy_(torch.from_numpy(rng.normal(size=tuple(p.shape))))
-    for ours, theirs, fresh in [(cnorm.AddLayerNorm(8), tln, torch.nn.LayerNorm(8)),
-                                (cnorm.BatchNormReLU2d(3), tbn, torch.nn.BatchNorm2d(3))]:
+    for ours, theirs, fresh in [
+        (cnorm.AddLayerNorm(8), tln, torch.nn.LayerNorm(8)),
+        (cnorm.BatchNormReLU2d(3), tbn, torch.nn.BatchNorm2d(3)),
+    ]:
         ours.load_state_dict(theirs.state_dict())
         sd = ours.state_dict()
         assert list(sd) == list(theirs.state_dict())
@@ -199,7 +202,7 @@ def test_repr_and_state_dict_round_trips_with_torch(rng, pair):
     assert repr(m) == repr(tm)
     # torch -> cnorm
     with torch.no_grad():
-        for k, v in tm.state_dict().items():
+        for _k, v in tm.state_dict().items():
             if v.dtype.is_floating_point:
                 v.copy_(torch.from_numpy(rng.normal(1, 0.5, tuple(v.shape))))
             else:
@@ -221,6 +224,7 @@ def test_repr_and_state_dict_round_trips_with_torch(rng, pair):
 
 # --------------------------------------------------------------------------- errors and warnings: the same message as torch
 
+
 def torch_message(fn):
     with pytest.raises(Exception) as info:
         fn()
@@ -235,70 +239,125 @@ def cnorm_message(fn):
 
 def torch_size_as_tuple(msg):
     """torch prints torch.Size([1, 3]) where cnorm (as its batch norms) prints (1, 3)."""
-    return re.sub(r"torch\.Size\(\[([^\]]*)\]\)",
-                  lambda mo: str(tuple(int(v) for v in mo.group(1).split(", ") if v)), msg)
+    return re.sub(
+        r"torch\.Size\(\[([^\]]*)\]\)",
+        lambda mo: str(tuple(int(v) for v in mo.group(1).split(", ") if v)),
+        msg,
+    )
 
 
 ERROR_CASES = {
     # name: (torch call, cnorm call)
     "gn_ctor_divisible": (lambda: torch.nn.GroupNorm(3, 4), lambda: cnorm.GroupNorm(3, 4)),
-    "gn_not_divisible": (lambda: TF.group_norm(torch.zeros(2, 4, 3), 3),
-                         lambda: F.group_norm(np.zeros((2, 4, 3), np.float32), 3)),
-    "gn_1d": (lambda: TF.group_norm(torch.zeros(4), 2),
-              lambda: F.group_norm(np.zeros(4, np.float32), 2)),
-    "gn_one_value": (lambda: TF.group_norm(torch.zeros(1, 2), 2),
-                     lambda: F.group_norm(np.zeros((1, 2), np.float32), 2)),
-    "gn_one_value_3d": (lambda: torch.nn.GroupNorm(2, 2)(torch.zeros(1, 2, 1)),
-                        lambda: cnorm.GroupNorm(2, 2)(np.zeros((1, 2, 1), np.float32))),
-    "gn_negative_groups": (lambda: TF.group_norm(torch.zeros(2, 4, 3), -2),
-                           lambda: F.group_norm(np.zeros((2, 4, 3), np.float32), -2)),
-    "gn_float_groups": (lambda: TF.group_norm(torch.zeros(2, 4, 3), 2.0),
-                        lambda: F.group_norm(np.zeros((2, 4, 3), np.float32), 2.0)),
-    "gn_weight": (lambda: TF.group_norm(torch.zeros(2, 4, 3), 2, torch.ones(3)),
-                  lambda: F.group_norm(np.zeros((2, 4, 3), np.float32), 2, np.ones(3, np.float32))),
-    "gn_module_channels": (lambda: torch.nn.GroupNorm(2, 4)(torch.zeros(2, 6, 3)),
-                           lambda: cnorm.GroupNorm(2, 4)(np.zeros((2, 6, 3), np.float32))),
-    "in_spatial": (lambda: torch.nn.InstanceNorm1d(3)(torch.zeros(2, 3, 1)),
-                   lambda: cnorm.InstanceNorm1d(3)(np.zeros((2, 3, 1), np.float32))),
-    "in_spatial_unbatched": (lambda: torch.nn.InstanceNorm2d(3)(torch.zeros(3, 1, 1)),
-                             lambda: cnorm.InstanceNorm2d(3)(np.zeros((3, 1, 1), np.float32))),
-    "in_spatial_eval_untracked": (lambda: torch.nn.InstanceNorm1d(3).eval()(torch.zeros(2, 3, 1)),
-                                  lambda: cnorm.InstanceNorm1d(3).eval()(np.zeros((2, 3, 1), np.float32))),
-    "in_f_spatial_2d": (lambda: TF.instance_norm(torch.zeros(2, 3)),
-                        lambda: F.instance_norm(np.zeros((2, 3), np.float32))),
-    "in1d_ndim": (lambda: torch.nn.InstanceNorm1d(3)(torch.zeros(2, 3, 4, 5)),
-                  lambda: cnorm.InstanceNorm1d(3)(np.zeros((2, 3, 4, 5), np.float32))),
-    "in2d_ndim": (lambda: torch.nn.InstanceNorm2d(3)(torch.zeros(2, 3)),
-                  lambda: cnorm.InstanceNorm2d(3)(np.zeros((2, 3), np.float32))),
-    "in3d_ndim": (lambda: torch.nn.InstanceNorm3d(3)(torch.zeros(2, 3, 4)),
-                  lambda: cnorm.InstanceNorm3d(3)(np.zeros((2, 3, 4), np.float32))),
-    "in_affine_mismatch": (lambda: torch.nn.InstanceNorm1d(3, affine=True)(torch.zeros(2, 4, 5)),
-                           lambda: cnorm.InstanceNorm1d(3, affine=True)(np.zeros((2, 4, 5), np.float32))),
+    "gn_not_divisible": (
+        lambda: TF.group_norm(torch.zeros(2, 4, 3), 3),
+        lambda: F.group_norm(np.zeros((2, 4, 3), np.float32), 3),
+    ),
+    "gn_1d": (lambda: TF.group_norm(torch.zeros(4), 2), lambda: F.group_norm(np.zeros(4, np.float32), 2)),
+    "gn_one_value": (
+        lambda: TF.group_norm(torch.zeros(1, 2), 2),
+        lambda: F.group_norm(np.zeros((1, 2), np.float32), 2),
+    ),
+    "gn_one_value_3d": (
+        lambda: torch.nn.GroupNorm(2, 2)(torch.zeros(1, 2, 1)),
+        lambda: cnorm.GroupNorm(2, 2)(np.zeros((1, 2, 1), np.float32)),
+    ),
+    "gn_negative_groups": (
+        lambda: TF.group_norm(torch.zeros(2, 4, 3), -2),
+        lambda: F.group_norm(np.zeros((2, 4, 3), np.float32), -2),
+    ),
+    "gn_float_groups": (
+        lambda: TF.group_norm(torch.zeros(2, 4, 3), 2.0),
+        lambda: F.group_norm(np.zeros((2, 4, 3), np.float32), 2.0),
+    ),
+    "gn_weight": (
+        lambda: TF.group_norm(torch.zeros(2, 4, 3), 2, torch.ones(3)),
+        lambda: F.group_norm(np.zeros((2, 4, 3), np.float32), 2, np.ones(3, np.float32)),
+    ),
+    "gn_module_channels": (
+        lambda: torch.nn.GroupNorm(2, 4)(torch.zeros(2, 6, 3)),
+        lambda: cnorm.GroupNorm(2, 4)(np.zeros((2, 6, 3), np.float32)),
+    ),
+    "in_spatial": (
+        lambda: torch.nn.InstanceNorm1d(3)(torch.zeros(2, 3, 1)),
+        lambda: cnorm.InstanceNorm1d(3)(np.zeros((2, 3, 1), np.float32)),
+    ),
+    "in_spatial_unbatched": (
+        lambda: torch.nn.InstanceNorm2d(3)(torch.zeros(3, 1, 1)),
+        lambda: cnorm.InstanceNorm2d(3)(np.zeros((3, 1, 1), np.float32)),
+    ),
+    "in_spatial_eval_untracked": (
+        lambda: torch.nn.InstanceNorm1d(3).eval()(torch.zeros(2, 3, 1)),
+        lambda: cnorm.InstanceNorm1d(3).eval()(np.zeros((2, 3, 1), np.float32)),
+    ),
+    "in_f_spatial_2d": (
+        lambda: TF.instance_norm(torch.zeros(2, 3)),
+        lambda: F.instance_norm(np.zeros((2, 3), np.float32)),
+    ),
+    "in1d_ndim": (
+        lambda: torch.nn.InstanceNorm1d(3)(torch.zeros(2, 3, 4, 5)),
+        lambda: cnorm.InstanceNorm1d(3)(np.zeros((2, 3, 4, 5), np.float32)),
+    ),
+    "in2d_ndim": (
+        lambda: torch.nn.InstanceNorm2d(3)(torch.zeros(2, 3)),
+        lambda: cnorm.InstanceNorm2d(3)(np.zeros((2, 3), np.float32)),
+    ),
+    "in3d_ndim": (
+        lambda: torch.nn.InstanceNorm3d(3)(torch.zeros(2, 3, 4)),
+        lambda: cnorm.InstanceNorm3d(3)(np.zeros((2, 3, 4), np.float32)),
+    ),
+    "in_affine_mismatch": (
+        lambda: torch.nn.InstanceNorm1d(3, affine=True)(torch.zeros(2, 4, 5)),
+        lambda: cnorm.InstanceNorm1d(3, affine=True)(np.zeros((2, 4, 5), np.float32)),
+    ),
     "in_affine_mismatch_unbatched": (
         lambda: torch.nn.InstanceNorm1d(3, affine=True)(torch.zeros(4, 5)),
-        lambda: cnorm.InstanceNorm1d(3, affine=True)(np.zeros((4, 5), np.float32))),
-    "in_f_no_running": (lambda: TF.instance_norm(torch.zeros(2, 3, 4), use_input_stats=False),
-                        lambda: F.instance_norm(np.zeros((2, 3, 4), np.float32), use_input_stats=False)),
-    "in_f_one_running": (lambda: TF.instance_norm(torch.zeros(2, 3, 4), torch.zeros(3), None),
-                         lambda: F.instance_norm(np.zeros((2, 3, 4), np.float32), np.zeros(3, np.float32), None)),
-    "rms_shape": (lambda: TF.rms_norm(torch.zeros(2, 3), (4,)),
-                  lambda: F.rms_norm(np.zeros((2, 3), np.float32), (4,))),
-    "rms_shape_2": (lambda: TF.rms_norm(torch.zeros(2, 3, 4), (2, 4)),
-                    lambda: F.rms_norm(np.zeros((2, 3, 4), np.float32), (2, 4))),
-    "rms_ndim": (lambda: TF.rms_norm(torch.zeros(2, 3), (1, 2, 3)),
-                 lambda: F.rms_norm(np.zeros((2, 3), np.float32), (1, 2, 3))),
-    "rms_empty_shape": (lambda: TF.rms_norm(torch.zeros(2, 3), ()),
-                        lambda: F.rms_norm(np.zeros((2, 3), np.float32), ())),
-    "rms_weight": (lambda: TF.rms_norm(torch.zeros(2, 3), (3,), torch.ones(4)),
-                   lambda: F.rms_norm(np.zeros((2, 3), np.float32), (3,), np.ones(4, np.float32))),
-    "rms_module": (lambda: torch.nn.RMSNorm(3)(torch.zeros(2, 4)),
-                   lambda: cnorm.RMSNorm(3)(np.zeros((2, 4), np.float32))),
-    "bnr_one_value": (lambda: torch.nn.BatchNorm1d(3)(torch.zeros(1, 3)),
-                      lambda: cnorm.BatchNormReLU1d(3)(np.zeros((1, 3), np.float32))),
-    "bnr_ndim": (lambda: torch.nn.BatchNorm2d(3)(torch.zeros(1, 3, 2)),
-                 lambda: cnorm.BatchNormReLU2d(3)(np.zeros((1, 3, 2), np.float32))),
-    "bnr_eps": (lambda: TF.batch_norm(torch.zeros(2, 3), None, None, training=True, eps=0.0),
-                lambda: F.batch_norm_relu(np.zeros((2, 3), np.float32), None, None, training=True, eps=0.0)),
+        lambda: cnorm.InstanceNorm1d(3, affine=True)(np.zeros((4, 5), np.float32)),
+    ),
+    "in_f_no_running": (
+        lambda: TF.instance_norm(torch.zeros(2, 3, 4), use_input_stats=False),
+        lambda: F.instance_norm(np.zeros((2, 3, 4), np.float32), use_input_stats=False),
+    ),
+    "in_f_one_running": (
+        lambda: TF.instance_norm(torch.zeros(2, 3, 4), torch.zeros(3), None),
+        lambda: F.instance_norm(np.zeros((2, 3, 4), np.float32), np.zeros(3, np.float32), None),
+    ),
+    "rms_shape": (
+        lambda: TF.rms_norm(torch.zeros(2, 3), (4,)),
+        lambda: F.rms_norm(np.zeros((2, 3), np.float32), (4,)),
+    ),
+    "rms_shape_2": (
+        lambda: TF.rms_norm(torch.zeros(2, 3, 4), (2, 4)),
+        lambda: F.rms_norm(np.zeros((2, 3, 4), np.float32), (2, 4)),
+    ),
+    "rms_ndim": (
+        lambda: TF.rms_norm(torch.zeros(2, 3), (1, 2, 3)),
+        lambda: F.rms_norm(np.zeros((2, 3), np.float32), (1, 2, 3)),
+    ),
+    "rms_empty_shape": (
+        lambda: TF.rms_norm(torch.zeros(2, 3), ()),
+        lambda: F.rms_norm(np.zeros((2, 3), np.float32), ()),
+    ),
+    "rms_weight": (
+        lambda: TF.rms_norm(torch.zeros(2, 3), (3,), torch.ones(4)),
+        lambda: F.rms_norm(np.zeros((2, 3), np.float32), (3,), np.ones(4, np.float32)),
+    ),
+    "rms_module": (
+        lambda: torch.nn.RMSNorm(3)(torch.zeros(2, 4)),
+        lambda: cnorm.RMSNorm(3)(np.zeros((2, 4), np.float32)),
+    ),
+    "bnr_one_value": (
+        lambda: torch.nn.BatchNorm1d(3)(torch.zeros(1, 3)),
+        lambda: cnorm.BatchNormReLU1d(3)(np.zeros((1, 3), np.float32)),
+    ),
+    "bnr_ndim": (
+        lambda: torch.nn.BatchNorm2d(3)(torch.zeros(1, 3, 2)),
+        lambda: cnorm.BatchNormReLU2d(3)(np.zeros((1, 3, 2), np.float32)),
+    ),
+    "bnr_eps": (
+        lambda: TF.batch_norm(torch.zeros(2, 3), None, None, training=True, eps=0.0),
+        lambda: F.batch_norm_relu(np.zeros((2, 3), np.float32), None, None, training=True, eps=0.0),
+    ),
 }
 
 
@@ -317,8 +376,11 @@ def test_group_norm_bias_message_names_the_bias_shape():
     the bias's own shape, otherwise the same words."""
     msg = torch_message(lambda: TF.group_norm(torch.zeros(2, 4, 3), 2, torch.ones(4), torch.ones(5)))
     assert msg.startswith("Expected bias to be a vector of size equal to the number of channels")
-    got = cnorm_message(lambda: F.group_norm(np.zeros((2, 4, 3), np.float32), 2,
-                                             np.ones(4, np.float32), np.ones(5, np.float32)))
+    got = cnorm_message(
+        lambda: F.group_norm(
+            np.zeros((2, 4, 3), np.float32), 2, np.ones(4, np.float32), np.ones(5, np.float32)
+        )
+    )
     assert got == msg.replace("bias of shape [4]", "bias of shape [5]")
 
 

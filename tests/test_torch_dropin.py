@@ -1,4 +1,5 @@
 """cnorm.torch: drop-in torch.nn BatchNorm/LayerNorm on the cnorm kernels, and convert()."""
+
 import copy
 import inspect
 import io
@@ -18,15 +19,18 @@ import cnorm.torch as ct
 F32, F64 = torch.float32, torch.float64
 TOL = {F32: {"rtol": 2e-5, "atol": 2e-5}, F64: {"rtol": 1e-12, "atol": 1e-12}}
 
-BN_SHAPES = [("BatchNorm1d", (6, 3)), ("BatchNorm1d", (4, 3, 7)),
-             ("BatchNorm2d", (3, 3, 4, 5)), ("BatchNorm3d", (2, 3, 2, 3, 4))]
+BN_SHAPES = [
+    ("BatchNorm1d", (6, 3)),
+    ("BatchNorm1d", (4, 3, 7)),
+    ("BatchNorm2d", (3, 3, 4, 5)),
+    ("BatchNorm3d", (2, 3, 2, 3, 4)),
+]
 
 
 def close(a, b, dtype, what=""):
     a = a.detach() if isinstance(a, torch.Tensor) else torch.as_tensor(a)
     b = b.detach() if isinstance(b, torch.Tensor) else torch.as_tensor(b)
-    torch.testing.assert_close(a.to(F64), b.to(F64), msg=lambda m: f"{what}: {m}",
-                               **TOL[dtype])
+    torch.testing.assert_close(a.to(F64), b.to(F64), msg=lambda m: f"{what}: {m}", **TOL[dtype])
 
 
 @pytest.fixture
@@ -41,6 +45,7 @@ def kernel_calls(monkeypatch):
             calls[key] += 1
             calls["inputs"].append(args[input_pos])
             return orig(*args, **kwargs)
+
         monkeypatch.setattr(owner, name, f)
 
     for key, (owner, name, input_pos) in DROPIN_ENTRY_POINTS.items():
@@ -96,6 +101,7 @@ def assert_same_state(ours, ref, dtype):
 
 # --------------------------------------------------------------------------- structure
 
+
 @pytest.mark.parametrize("name", ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm"])
 def test_subclass_and_signature(name):
     ours, theirs = getattr(ct, name), getattr(nn, name)
@@ -130,6 +136,7 @@ def test_constructor_arguments(name):
 
 # --------------------------------------------------------------------------- batch norm parity
 
+
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name,shape", BN_SHAPES, ids=[f"{n}-{len(s)}d" for n, s in BN_SHAPES])
 def test_batchnorm_matches_torch(name, shape, dtype, kernel_calls):
@@ -149,10 +156,18 @@ def test_batchnorm_matches_torch(name, shape, dtype, kernel_calls):
     assert all(isinstance(a, np.ndarray) for a in kernel_calls["inputs"])
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"momentum": None}, {"affine": False}, {"bias": False},
-    {"track_running_stats": False}, {"momentum": 0.3, "eps": 1e-3},
-    {"affine": False, "track_running_stats": False}], ids=repr)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"momentum": None},
+        {"affine": False},
+        {"bias": False},
+        {"track_running_stats": False},
+        {"momentum": 0.3, "eps": 1e-3},
+        {"affine": False, "track_running_stats": False},
+    ],
+    ids=repr,
+)
 def test_batchnorm_options_match_torch(kwargs, kernel_calls):
     dtype = F64
     ours, ref = make_pair("BatchNorm2d", 3, dtype=dtype, **kwargs)
@@ -225,7 +240,7 @@ def test_only_input_requires_grad():
     ref.requires_grad_(False)
     x = data((5, 3), F64)[0]
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ours(xa).sum().backward()      # grad_output: an expanded (stride-0) tensor
+    ours(xa).sum().backward()  # grad_output: an expanded (stride-0) tensor
     ref(xb).sum().backward()
     close(xa.grad, xb.grad, F64)
     assert ours.weight.grad is None
@@ -255,6 +270,7 @@ def test_empty_batch_matches_torch():
 
 # --------------------------------------------------------------------------- fallbacks
 
+
 def same_as_torch(ours, ref, x, dtype=F32):
     """Run both; equal results (and state), or the same exception type and message."""
     res = []
@@ -272,9 +288,9 @@ def same_as_torch(ours, ref, x, dtype=F32):
     assert_same_state(ours, ref, dtype)
 
 
-@pytest.mark.parametrize("case", [
-    "bfloat16", "float16", "non_contiguous", "channels_last", "weight_f64_input_f32",
-    "meta"])
+@pytest.mark.parametrize(
+    "case", ["bfloat16", "float16", "non_contiguous", "channels_last", "weight_f64_input_f32", "meta"]
+)
 def test_batchnorm_fallback_to_torch(case, kernel_calls):
     dtype = F64 if case == "weight_f64_input_f32" else F32
     ours, ref = make_pair("BatchNorm2d", 3, dtype=dtype)
@@ -304,8 +320,12 @@ def test_batchnorm_fallback_to_torch(case, kernel_calls):
 def test_batchnorm_errors_as_torch(case, kernel_calls):
     kwargs = {"eps": 0.0} if case == "eps0" else {}
     ours, ref = make_pair("BatchNorm2d", 3, **kwargs)
-    x = {"wrong_ndim": torch.randn(4, 3, 5), "wrong_channels": torch.randn(2, 4, 3, 3),
-         "one_value": torch.randn(1, 3, 1, 1), "eps0": torch.randn(2, 3, 2, 2)}[case]
+    x = {
+        "wrong_ndim": torch.randn(4, 3, 5),
+        "wrong_channels": torch.randn(2, 4, 3, 3),
+        "one_value": torch.randn(1, 3, 1, 1),
+        "eps0": torch.randn(2, 3, 2, 2),
+    }[case]
     same_as_torch(ours, ref, x)
     ours.eval()
     ref.eval()
@@ -333,15 +353,15 @@ def test_use_cnorm_flag_and_torch_fallback(kernel_calls):
 def test_double_backward_raises_then_works_with_fallback():
     ours, ref = make_pair("BatchNorm1d", 3, dtype=F64)
     x = data((5, 3), F64)[0].requires_grad_()
-    g, = torch.autograd.grad(ours(x).pow(3).sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(ours(x).pow(3).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         g.sum().backward()
     with ct.torch_fallback():
-        g, = torch.autograd.grad(ours(x).pow(3).sum(), x, create_graph=True)
-    gg, = torch.autograd.grad(g.sum(), x)
+        (g,) = torch.autograd.grad(ours(x).pow(3).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)
     x2 = x.detach().clone().requires_grad_()
-    ref(x2)       # keep the running statistics in step
-    g2, = torch.autograd.grad(ref(x2).pow(3).sum(), x2, create_graph=True)
+    ref(x2)  # keep the running statistics in step
+    (g2,) = torch.autograd.grad(ref(x2).pow(3).sum(), x2, create_graph=True)
     close(gg, torch.autograd.grad(g2.sum(), x2)[0], F64)
 
 
@@ -364,16 +384,24 @@ def test_functorch_and_jit_fall_back():
     ours, ref = make_pair("LayerNorm", 4, dtype=F64)
     x = data((3, 4), F64)[0]
     close(torch.func.vmap(ours)(x), torch.func.vmap(ref)(x), F64)
-    close(torch.func.grad(lambda t: ours(t).pow(3).sum())(x),
-          torch.func.grad(lambda t: ref(t).pow(3).sum())(x), F64)
+    close(
+        torch.func.grad(lambda t: ours(t).pow(3).sum())(x),
+        torch.func.grad(lambda t: ref(t).pow(3).sum())(x),
+        F64,
+    )
     traced = torch.jit.trace(ours, x)
     close(traced(x), ref(x), F64)
 
 
 # --------------------------------------------------------------------------- layer norm
 
-LN_CASES = [((4, 5, 8), 8, {}), ((3, 4, 5), (4, 5), {}), ((6, 8), 8, {"bias": False}),
-            ((2, 3, 8), [8], {"elementwise_affine": False}), ((7, 16), 16, {"eps": 1e-2})]
+LN_CASES = [
+    ((4, 5, 8), 8, {}),
+    ((3, 4, 5), (4, 5), {}),
+    ((6, 8), 8, {"bias": False}),
+    ((2, 3, 8), [8], {"elementwise_affine": False}),
+    ((7, 16), 16, {"eps": 1e-2}),
+]
 
 
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
@@ -412,10 +440,13 @@ def test_layernorm_fallback_to_torch(case, kernel_calls):
 
 # --------------------------------------------------------------------------- gradcheck
 
+
 @pytest.mark.parametrize("mode", ["train", "eval", "train_no_affine", "eval_no_stats"])
 def test_gradcheck_batchnorm(mode):
-    kwargs = {"train_no_affine": {"affine": False, "momentum": None},
-              "eval_no_stats": {"track_running_stats": False}}.get(mode, {})
+    kwargs = {
+        "train_no_affine": {"affine": False, "momentum": None},
+        "eval_no_stats": {"track_running_stats": False},
+    }.get(mode, {})
     m = ct.BatchNorm2d(3, dtype=F64, **kwargs)
     m.train(mode.startswith("train"))
     with torch.no_grad():
@@ -433,6 +464,7 @@ def test_gradcheck_batchnorm(mode):
         y = torch.func.functional_call(m, {"weight": w, "bias": b}, (x,))
         assert type(y.grad_fn).__name__ == "BatchNormFunctionBackward"
         return y
+
     assert torch.autograd.gradcheck(f, (x, w, b))
 
 
@@ -448,19 +480,21 @@ def test_gradcheck_layernorm(ns):
         y = torch.func.functional_call(m, {"weight": w, "bias": b}, (x,))
         assert type(y.grad_fn).__name__ == "LayerNormFunctionBackward"
         return y
+
     assert torch.autograd.gradcheck(f, (x, w, b))
 
 
 # --------------------------------------------------------------------------- convert
 
+
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4),
-                                      nn.ReLU(), nn.Sequential(nn.BatchNorm2d(4)))
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Sequential(nn.BatchNorm2d(4))
+        )
         self.flat = nn.Flatten()
-        self.head = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.LayerNorm(8),
-                                  nn.Linear(8, 3))
+        self.head = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.LayerNorm(8), nn.Linear(8, 3))
         self.extra = nn.ModuleList([nn.BatchNorm3d(2), MyBN(2), nn.SyncBatchNorm(2)])
 
     def forward(self, x):
@@ -591,9 +625,22 @@ def test_bench_dropin_runner(capsys, restore_threads):
     torch_cases = torch_bench_cases()
     old = torch.get_num_threads()
     try:
-        rc = bench_main(["--dropin", "--quick", "--cases", "bn2d_tiny,ln_token",
-                          "--ops", "fwd_bwd", "--threads", "1", "--reps", "2",
-                          "--min-rep-ms", "0"])
+        rc = bench_main(
+            [
+                "--dropin",
+                "--quick",
+                "--cases",
+                "bn2d_tiny,ln_token",
+                "--ops",
+                "fwd_bwd",
+                "--threads",
+                "1",
+                "--reps",
+                "2",
+                "--min-rep-ms",
+                "0",
+            ]
+        )
     finally:
         torch.set_num_threads(old)
     out = capsys.readouterr().out

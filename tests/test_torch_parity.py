@@ -37,6 +37,7 @@ STEPS = ["train", "train", "eval", "train", "eval", "train"]
 
 # --------------------------------------------------------------------------- BatchNorm, LayerNorm
 
+
 @pytest.mark.parametrize("config", list(BN_CONFIGS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("inp", list(BN_INPUTS))
@@ -54,7 +55,9 @@ def test_batch_norm_matches_torch(rng, inp, dtype, config):
         msg = f"step {step} ({mode})"
         assert m.train(mode == "train") is m
         tm.train(mode == "train")
-        x = (rng.normal(0.0, 2.0, shape) + rng.normal(0.5, 1.0, (1, C) + (1,) * (len(shape) - 2))).astype(dtype)
+        x = (rng.normal(0.0, 2.0, shape) + rng.normal(0.5, 1.0, (1, C) + (1,) * (len(shape) - 2))).astype(
+            dtype
+        )
         dy = rng.normal(size=shape).astype(dtype)
         tx = torch.from_numpy(x.copy()).requires_grad_(True)
         ty = tm(tx)
@@ -190,11 +193,11 @@ def test_instance_norm_module_parity(rng, num_threads, inp, config, dtype):
     tm = getattr(torch.nn, name)(C, dtype=TORCH_DTYPE[np.dtype(dtype)], **kw)
     assert repr(m) == repr(tm)
     sync_params(m, tm, rng)
-    no_batch_dim = BY_NAME[name].ndims[0] - 1          # an unbatched input: (C, *spatial)
+    no_batch_dim = BY_NAME[name].ndims[0] - 1  # an unbatched input: (C, *spatial)
     batched = len(shape) == no_batch_dim + 1
     red = ((0,) if batched else ()) + tuple(range(len(shape) - no_batch_dim + 1, len(shape)))
     run_parity_steps(rng, m, tm, STEPS, shape, dtype, red, 3, buffers=True)
-    assert m.num_batches_tracked in (None, 0)            # torch never counts for instance norm
+    assert m.num_batches_tracked in (None, 0)  # torch never counts for instance norm
 
 
 RMS_CONFIGS = [
@@ -220,12 +223,19 @@ def test_rms_norm_module_parity(rng, num_threads, cfg, dtype):
 
 # --------------------------------------------------------------------------- fused
 
+
 @pytest.mark.parametrize("with_dsum", [False, True], ids=["dsumNone", "dsum"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
-@pytest.mark.parametrize("cfg", [((16,), (4, 8, 16), {}), ((3, 7), (5, 3, 7), {"bias": False}),
-                                 ((1024,), (2, 4, 1024), {"eps": 1e-6}),
-                                 ((9,), (6, 9), {"elementwise_affine": False})],
-                         ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ((16,), (4, 8, 16), {}),
+        ((3, 7), (5, 3, 7), {"bias": False}),
+        ((1024,), (2, 4, 1024), {"eps": 1e-6}),
+        ((9,), (6, 9), {"elementwise_affine": False}),
+    ],
+    ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}",
+)
 def test_add_layer_norm_module_parity(rng, num_threads, cfg, dtype, with_dsum):
     """torch side: the unfused s = x + r; y = layer_norm(s); both gradients of x and r."""
     ns, shape, kw = cfg
@@ -260,8 +270,13 @@ BNR = {
 }
 
 
-BNR_CONFIGS = {"default": {}, "momentum_none": {"momentum": None}, "noaffine": {"affine": False},
-               "notrack": {"track_running_stats": False}, "nobias": {"bias": False}}
+BNR_CONFIGS = {
+    "default": {},
+    "momentum_none": {"momentum": None},
+    "noaffine": {"affine": False},
+    "notrack": {"track_running_stats": False},
+    "nobias": {"bias": False},
+}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
@@ -279,6 +294,7 @@ def test_batch_norm_relu_module_parity(rng, num_threads, inp, config, dtype):
 
 
 # --------------------------------------------------------------------------- functional
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 def test_functional_parity(rng, dtype):
@@ -320,10 +336,14 @@ def test_functional_parity(rng, dtype):
 
 # --------------------------------------------------------------------------- empty inputs, eps edge cases
 
-_EMPTY_CONFIGS = {"batch": {"m0.1": {}, "mNone": {"momentum": None}},
-                  "batch_relu": {"m0.1": {}, "mNone": {"momentum": None}},
-                  "instance": {"track": {"track_running_stats": True},
-                               "affine_track": {"affine": True, "track_running_stats": True}}}
+_EMPTY_CONFIGS = {
+    "batch": {"m0.1": {}, "mNone": {"momentum": None}},
+    "batch_relu": {"m0.1": {}, "mNone": {"momentum": None}},
+    "instance": {
+        "track": {"track_running_stats": True},
+        "affine_track": {"affine": True, "track_running_stats": True},
+    },
+}
 
 
 def _empty_params():
@@ -361,13 +381,12 @@ def test_empty_matches_torch(norm, case, dtype, training, kw):
     dx = norm.module_backward(m, tuple(np.zeros(shape, dtype) for _ in outs))
     assert dx.shape == tuple(xt.grad.shape)
     if norm.family == "group":
-        return     # torch: NaN, the mean of no values; cnorm: 0, the sum of none (test_inputs.py)
+        return  # torch: NaN, the mean of no values; cnorm: 0, the sum of none (test_inputs.py)
     for name, p in holder.named_parameters():
         np.testing.assert_array_equal(getattr(m, name + "_grad"), p.grad.numpy(), err_msg=name)
 
 
-@pytest.mark.parametrize("case", [((0, 4, 3), 2), ((2, 4, 0), 2), ((2, 0, 3), 2), ((2, 4), 4)],
-                         ids=str)
+@pytest.mark.parametrize("case", [((0, 4, 3), 2), ((2, 4, 0), 2), ((2, 0, 3), 2), ((2, 4), 4)], ids=str)
 def test_group_norm_edge_shapes_like_torch(rng, case):
     shape, G = case
     x = rng.normal(size=shape).astype(np.float32)
@@ -389,6 +408,7 @@ def test_eps_zero_constant_rows_nan_like_torch():
 
 # --------------------------------------------------------------------------- the float64 reference
 
+
 def test_slow_references_match_torch_float64(rng):
     x = rng.normal(0.5, 2, (3, 6, 4, 5))
     dy = rng.normal(size=x.shape)
@@ -403,8 +423,10 @@ def test_slow_references_match_torch_float64(rng):
         np.testing.assert_allclose(a, e, rtol=1e-11, atol=1e-11)
 
     close(reference.group_norm_forward(x, 3, w, b, 1e-5)[0], to_np(TF.group_norm(tt(x), 3, tt(w), tt(b))))
-    for a, e in zip(reference.group_norm_backward(dy, x, 3, w, 1e-5),
-                    grads(lambda x_, w_, b_: TF.group_norm(x_, 3, w_, b_), x, w, b)):
+    for a, e in zip(
+        reference.group_norm_backward(dy, x, 3, w, 1e-5),
+        grads(lambda x_, w_, b_: TF.group_norm(x_, 3, w_, b_), x, w, b),
+    ):
         close(a, e)
     rm, rv = rng.normal(size=6), rng.uniform(0.5, 2, 6)
     trm, trv = tt(rm), tt(rv)
@@ -412,22 +434,29 @@ def test_slow_references_match_torch_float64(rng):
     close(y, to_np(TF.instance_norm(tt(x), trm, trv, tt(w), tt(b), True, 0.3)))
     close(nrm, to_np(trm))
     close(nrv, to_np(trv))
-    for a, e in zip(reference.instance_norm_backward(dy, x, w, 1e-5),
-                    grads(lambda x_, w_, b_: TF.instance_norm(x_, None, None, w_, b_), x, w, b)):
+    for a, e in zip(
+        reference.instance_norm_backward(dy, x, w, 1e-5),
+        grads(lambda x_, w_, b_: TF.instance_norm(x_, None, None, w_, b_), x, w, b),
+    ):
         close(a, e)
-    for a, e in zip(reference.instance_norm_backward(dy, x, w, 1e-5, rm, rv, use_input_stats=False),
-                    grads(lambda x_, w_, b_: TF.instance_norm(x_, tt(rm), tt(rv), w_, b_, False),
-                          x, w, b)):
+    for a, e in zip(
+        reference.instance_norm_backward(dy, x, w, 1e-5, rm, rv, use_input_stats=False),
+        grads(lambda x_, w_, b_: TF.instance_norm(x_, tt(rm), tt(rv), w_, b_, False), x, w, b),
+    ):
         close(a, e)
     wn = rng.normal(1, 0.5, (4, 5))
     close(reference.rms_norm_forward(x, (4, 5), wn, None)[0], to_np(TF.rms_norm(tt(x), (4, 5), tt(wn))))
-    for a, e in zip(reference.rms_norm_backward(dy, x, (4, 5), wn, None),
-                    grads(lambda x_, w_: TF.rms_norm(x_, (4, 5), w_), x, wn)):
+    for a, e in zip(
+        reference.rms_norm_backward(dy, x, (4, 5), wn, None),
+        grads(lambda x_, w_: TF.rms_norm(x_, (4, 5), w_), x, wn),
+    ):
         close(a, e)
     r = rng.normal(size=x.shape)
     bn = rng.normal(size=(4, 5))
-    close(reference.add_layer_norm_forward(x, r, (4, 5), wn, bn, 1e-5)[0],
-          to_np(TF.layer_norm(tt(x) + tt(r), (4, 5), tt(wn), tt(bn))))
+    close(
+        reference.add_layer_norm_forward(x, r, (4, 5), wn, bn, 1e-5)[0],
+        to_np(TF.layer_norm(tt(x) + tt(r), (4, 5), tt(wn), tt(bn))),
+    )
     dx, dr, dw_, db_ = grads(lambda x_, r_, w_, b_: TF.layer_norm(x_ + r_, (4, 5), w_, b_), x, r, wn, bn)
     ds, dw, db = reference.add_layer_norm_backward(dy, None, x + r, (4, 5), wn, 1e-5)
     for a, e in zip((ds, ds, dw, db), (dx, dr, dw_, db_)):
@@ -435,7 +464,8 @@ def test_slow_references_match_torch_float64(rng):
     y = reference.batch_norm_relu_forward(x, w, b, None, None, True, 0.1, 1e-5)[0]
     close(y, to_np(TF.relu(TF.batch_norm(tt(x), None, None, tt(w), tt(b), True))))
     mean, var = reference.batch_norm_stats(x)
-    for a, e in zip(reference.batch_norm_relu_backward(dy, x, w, b, mean, 1 / np.sqrt(var + 1e-5), True),
-                    grads(lambda x_, w_, b_: TF.relu(TF.batch_norm(x_, None, None, w_, b_, True)),
-                          x, w, b)):
+    for a, e in zip(
+        reference.batch_norm_relu_backward(dy, x, w, b, mean, 1 / np.sqrt(var + 1e-5), True),
+        grads(lambda x_, w_, b_: TF.relu(TF.batch_norm(x_, None, None, w_, b_, True)), x, w, b),
+    ):
         close(a, e)

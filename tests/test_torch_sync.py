@@ -1,6 +1,7 @@
 """Synchronized batch norm: the engine-free flow with simulated ranks (NumPy, threads),
 and cnorm.torch.SyncBatchNorm on torch.distributed's gloo backend with 2 and 3
 processes on 127.0.0.1, against a single-process BatchNorm on the concatenated batch."""
+
 import datetime
 import importlib.util
 import os
@@ -18,8 +19,7 @@ TOL = 1e-10
 
 
 def _load_example():
-    spec = importlib.util.spec_from_file_location(
-        "sync_bn_mpi4py", ROOT / "examples" / "sync_bn_mpi4py.py")
+    spec = importlib.util.spec_from_file_location("sync_bn_mpi4py", ROOT / "examples" / "sync_bn_mpi4py.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -32,6 +32,7 @@ def assert_close(a, b, what=""):
 
 
 # --------------------------------------------------------------------------- NumPy blocks
+
 
 @pytest.mark.parametrize("sizes", [(3, 1, 0), (5, 5), (0, 4, 2, 1), (2,)], ids=str)
 def test_blocks_simulated_ranks_match_concatenated_batch(sizes):
@@ -50,8 +51,10 @@ def test_blocks_simulated_ranks_match_concatenated_batch(sizes):
     sums = [F.batch_norm_backward_reduce(dy, x, mean, invstd) for dy, x in zip(dys, shards)]
     sum_dy = np.sum([s[0] for s in sums], axis=0)
     sum_dy_xhat = np.sum([s[1] for s in sums], axis=0)
-    dxs = [F.batch_norm_backward_elemt(dy, x, mean, invstd, w, sum_dy, sum_dy_xhat, count)
-           for dy, x in zip(dys, shards)]
+    dxs = [
+        F.batch_norm_backward_elemt(dy, x, mean, invstd, w, sum_dy, sum_dy_xhat, count)
+        for dy, x in zip(dys, shards)
+    ]
 
     x_all, dy_all = np.concatenate(shards), np.concatenate(dys)
     rm, rv = np.zeros(c), np.ones(c)
@@ -80,13 +83,14 @@ def test_mpi4py_example_uneven_and_empty_shards():
     ex = _load_example()
     rng = np.random.default_rng(0)
     x, dy = rng.normal(1, 2, (4, 3, 5)), rng.normal(size=(4, 3, 5))
-    bounds = [0, 3, 4, 4]                    # shards of 3, 1 and 0 samples
+    bounds = [0, 3, 4, 4]  # shards of 3, 1 and 0 samples
 
     def rank_fn(comm):
         sl = slice(bounds[comm.rank], bounds[comm.rank + 1])
         bn = ex.SyncBatchNorm(comm, 3, momentum=None, dtype=np.float64)
         y = bn(x[sl])
         return y, bn.backward(dy[sl]), bn.weight_grad, bn.running_var
+
     res = ex.run_simulated(3, rank_fn)
     ref = cnorm.BatchNorm1d(3, momentum=None, dtype=np.float64)
     assert_close(np.concatenate([r[0] for r in res]), ref(x), "y")
@@ -164,8 +168,13 @@ def _worker(rank, world, port, outdir):
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
     cnorm.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         results = {}
         for name, w, sizes, tail, kwargs, group_ranks in SCENARIOS:
@@ -173,8 +182,10 @@ def _worker(rank, world, port, outdir):
                 continue
             group = None
             if group_ranks is not None:
-                groups = [dist.new_group(list(group_ranks)),
-                          dist.new_group([r for r in range(world) if r not in group_ranks])]
+                groups = [
+                    dist.new_group(list(group_ranks)),
+                    dist.new_group([r for r in range(world) if r not in group_ranks]),
+                ]
                 group = groups[0] if rank in group_ranks else groups[1]
             c = tail[0]
             m = ct.SyncBatchNorm(c, process_group=group, dtype=F64, **kwargs)
@@ -188,7 +199,7 @@ def _worker(rank, world, port, outdir):
                 results[f"{name}/{step}/rm"] = m.running_mean.numpy().copy()
                 results[f"{name}/{step}/rv"] = m.running_var.numpy().copy()
                 results[f"{name}/{step}/nbt"] = np.array(m.num_batches_tracked.item())
-            m.eval()                                   # eval: no communication
+            m.eval()  # eval: no communication
             x, dy = _batch(name, 99, sizes, tail)
             for k, v in _run_module(m, x[sl], dy[sl]).items():
                 results[f"{name}/eval/{k}"] = v
@@ -225,7 +236,7 @@ def _reference(name, sizes, tail, kwargs, ranks):
         res["rm"], res["rv"] = m.running_mean.numpy().copy(), m.running_var.numpy().copy()
         res["nbt"] = m.num_batches_tracked.item()
         offsets = np.cumsum([0] + [sizes[r] for r in ranks])
-        res["bounds"] = list(zip(offsets[:-1], offsets[1:]))   # of each rank in x[idx]
+        res["bounds"] = list(zip(offsets[:-1], offsets[1:]))  # of each rank in x[idx]
         out[step] = res
     return out
 
@@ -240,16 +251,20 @@ def test_sync_batchnorm_gloo(world, tmp_path):
     for name, w, sizes, tail, kwargs, group_ranks in SCENARIOS:
         if w != world:
             continue
-        groups = [list(range(world))] if group_ranks is None else [
-            list(group_ranks), [r for r in range(world) if r not in group_ranks]]
+        groups = (
+            [list(range(world))]
+            if group_ranks is None
+            else [list(group_ranks), [r for r in range(world) if r not in group_ranks]]
+        )
         for ranks in groups:
             ref = _reference(name, sizes, tail, kwargs, ranks)
             for step in list(range(STEPS)) + ["eval"]:
                 r = ref[step]
                 for i, rank in enumerate(ranks):
                     lo, hi = r["bounds"][i]
-                    mine = {k.split("/")[-1]: v for k, v in got[rank].items()
-                            if k.startswith(f"{name}/{step}/")}
+                    mine = {
+                        k.split("/")[-1]: v for k, v in got[rank].items() if k.startswith(f"{name}/{step}/")
+                    }
                     what = f"{name} step {step} rank {rank}"
                     assert_close(mine["y"], r["y"][lo:hi], what + " y")
                     assert_close(mine["dx"], r["dx"][lo:hi], what + " dx")
@@ -269,6 +284,7 @@ def test_sync_batchnorm_gloo(world, tmp_path):
 
 # --------------------------------------------------------------------------- no process group
 
+
 def test_sync_batchnorm_without_distributed_is_batchnorm():
     assert not dist.is_initialized()
     m = ct.SyncBatchNorm(3, momentum=None, dtype=F64)
@@ -281,8 +297,7 @@ def test_sync_batchnorm_without_distributed_is_batchnorm():
             ref.eval()
         x, dy = _batch("plain", step, (4,), (3, 2, 2))
         a, b = _run_module(m, x, dy), _run_module(ref, x, dy)
-        assert type(m(torch.from_numpy(x).requires_grad_()).grad_fn).__name__ == \
-            "BatchNormFunctionBackward"
+        assert type(m(torch.from_numpy(x).requires_grad_()).grad_fn).__name__ == "BatchNormFunctionBackward"
         ref(torch.from_numpy(x))
         for k in b:
             assert_close(a[k], b[k], k)
@@ -296,8 +311,10 @@ def test_sync_batchnorm_without_distributed_is_batchnorm():
 
 def test_convert_sync_batchnorm():
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3),
-        torch.nn.Sequential(ct.BatchNorm1d(4, bias=False), torch.nn.LayerNorm(4)))
+        torch.nn.Conv2d(1, 3, 3),
+        torch.nn.BatchNorm2d(3),
+        torch.nn.Sequential(ct.BatchNorm1d(4, bias=False), torch.nn.LayerNorm(4)),
+    )
     model[2].eval()
     params = {n: p for n, p in model.named_parameters()}
     buffers = {n: b for n, b in model.named_buffers()}

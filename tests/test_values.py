@@ -2,7 +2,6 @@
 return types and shapes; the channel norms (BatchNorm, BatchNormReLU, GroupNorm,
 InstanceNorm) in detail.  The row norms in detail: test_values_rows.py."""
 
-
 import numpy as np
 import pytest
 from conftest import (
@@ -25,6 +24,7 @@ EPS = 1e-5
 
 # --------------------------------------------------------------------------- every norm
 
+
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
 @pytest.mark.parametrize("norm, case, dtype, training", norm_cases("shapes", modes=True, dtypes=DTYPES))
 def test_functional_matches_reference(rng, norm, case, dtype, training, affine):
@@ -44,7 +44,7 @@ def test_functional_matches_reference(rng, norm, case, dtype, training, affine):
     for s in norm.stats_of(saved):
         assert s.dtype == np.float64 and s.shape == norm.stats_shape(case, training)
     mine = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in p.items()}
-    for y, py in zip(outs, norm.plain(x, case, mine, training)):     # the plain functional form
+    for y, py in zip(outs, norm.plain(x, case, mine, training)):  # the plain functional form
         assert np.array_equal(py, y)
 
     douts = (dy,) + tuple(rng.normal(size=case.shape).astype(dtype) for _ in outs[1:])
@@ -67,6 +67,7 @@ def test_functional_matches_reference(rng, norm, case, dtype, training, affine):
 
 
 # --------------------------------------------------------------------------- BatchNorm
+
 
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "noaffine"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -146,7 +147,9 @@ def test_native_batch_norm_returns(rng, shape, training, dtype):
     # the output is exactly what the returned statistics give (up to rounding)
     nd = len(shape)
     c = (1, -1) + (1,) * (nd - 2)
-    expect = (x.astype(np.float64) - save_mean.reshape(c)) * save_invstd.reshape(c) * w.reshape(c) + b.reshape(c)
+    expect = (x.astype(np.float64) - save_mean.reshape(c)) * save_invstd.reshape(c) * w.reshape(
+        c
+    ) + b.reshape(c)
     assert_close(y, expect, dtype)
 
 
@@ -229,7 +232,7 @@ def test_batch_norm_relu_matches_reference(rng, num_threads, shape, dtype, train
     dx, dw, db = F.batch_norm_relu_backward(dy, x, w, mean, invstd, training, y)
     rdx, rdw, rdb = reference.batch_norm_relu_backward(dy, x, w, b, mean, invstd, training, output=y)
     assert_close(dx, rdx, dtype, scale=np.abs(rdx).max())
-    mask = (y > 0)
+    mask = y > 0
     sdx, _sdw, _sdb = F.batch_norm_backward((dy * mask).astype(dtype), x, w, mean, invstd, training)
     assert_close(dx, sdx, dtype, scale=np.abs(sdx).max())
     assert_close(dw, rdw, dtype, scale=np.sum(np.abs(dy), axis=bn_axes(len(shape))) * 4)
@@ -238,9 +241,18 @@ def test_batch_norm_relu_matches_reference(rng, num_threads, shape, dtype, train
 
 # --------------------------------------------------------------------------- GroupNorm
 
-GN_CASES = [((2, 6, 5), 3), ((3, 8, 4, 4), 4), ((4, 6), 3), ((4, 6), 6), ((2, 32, 9, 9), 32),
-            ((2, 4, 1031), 2), ((1, 2, 3, 5, 7), 1), ((5, 3, 2), 1), ((2, 12, 40, 40), 3),
-            ((1, 64, 3), 64)]
+GN_CASES = [
+    ((2, 6, 5), 3),
+    ((3, 8, 4, 4), 4),
+    ((4, 6), 3),
+    ((4, 6), 6),
+    ((2, 32, 9, 9), 32),
+    ((2, 4, 1031), 2),
+    ((1, 2, 3, 5, 7), 1),
+    ((5, 3, 2), 1),
+    ((2, 12, 40, 40), 3),
+    ((1, 64, 3), 64),
+]
 
 
 GN_IDS = [f"{s}-G{g}" for s, g in GN_CASES]
@@ -269,12 +281,12 @@ def test_group_norm_matches_reference(rng, num_threads, case, dtype, affine):
     # dx is rstd * (a difference of O(|dy * w|) terms): with one value per group (var = 0,
     # rstd = 1/sqrt(eps)) it is exactly 0 in float64 and a rounding residue in float32
     terms = np.abs(dy.astype(np.float64) * (1 if w is None else channel(w, len(shape))))
-    scale = max(np.abs(rdx).max(), (terms.reshape(shape[0], G, -1)
-                                     * rrstd[:, :, None]).max(initial=0))
+    scale = max(np.abs(rdx).max(), (terms.reshape(shape[0], G, -1) * rrstd[:, :, None]).max(initial=0))
     assert_close(dx, rdx, dtype, scale=scale, err_msg="dx")
     xhat = ry if not affine else reference.group_norm_forward(x, G, None, None, EPS)[0]
-    assert_reduction_close(dw, rdw, dy.astype(np.float64) * xhat, bn_axes(len(shape)), dtype,
-                           err_msg="dweight")
+    assert_reduction_close(
+        dw, rdw, dy.astype(np.float64) * xhat, bn_axes(len(shape)), dtype, err_msg="dweight"
+    )
     assert_reduction_close(db, rdb, dy, bn_axes(len(shape)), dtype, err_msg="dbias")
 
 

@@ -1,7 +1,6 @@
 """Values of the row norms (LayerNorm, RMSNorm, AddLayerNorm) against the float64 reference
 (cnorm.slow): outputs, statistics, gradients, return types and defaults."""
 
-
 import numpy as np
 import pytest
 from conftest import DTYPES, assert_close, assert_reduction_close, data, dtype_id, make_ln_data, params
@@ -13,6 +12,7 @@ EPS = 1e-5
 
 
 # --------------------------------------------------------------------------- LayerNorm
+
 
 @pytest.mark.parametrize("affine", list(LN_AFFINE), ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -57,14 +57,22 @@ def test_native_layer_norm_returns(rng, dtype, ns):
 def test_layer_norm_defaults(rng):
     x = rng.normal(size=(3, 6))
     y = F.layer_norm(x, (6,))
-    np.testing.assert_allclose(y, (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5),
-                               rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(
+        y, (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5), rtol=1e-13, atol=1e-13
+    )
 
 
 # --------------------------------------------------------------------------- RMSNorm
 
-RMS_CASES = [((5, 11), (11,)), ((4, 513), (513,)), ((2, 3, 7), (3, 7)), ((3, 5000), (5000,)),
-             ((7,), (7,)), ((64, 1024), (1024,)), ((40, 1), (1,))]
+RMS_CASES = [
+    ((5, 11), (11,)),
+    ((4, 513), (513,)),
+    ((2, 3, 7), (3, 7)),
+    ((3, 5000), (5000,)),
+    ((7,), (7,)),
+    ((64, 1024), (1024,)),
+    ((40, 1), (1,)),
+]
 
 
 RMS_IDS = [f"{s}-{n}" for s, n in RMS_CASES]
@@ -91,24 +99,27 @@ def test_rms_norm_matches_reference(rng, num_threads, case, dtype, affine, eps):
     assert_close(dx, rdx, dtype, scale=np.abs(rdx).max(), err_msg="dx")
     xhat = reference.rms_norm_forward(x, ns, None, eps)[0]
     lead_axes = tuple(range(len(lead)))
-    assert_reduction_close(dw, rdw, dy.astype(np.float64) * xhat, lead_axes, dtype,
-                           err_msg="dweight")
+    assert_reduction_close(dw, rdw, dy.astype(np.float64) * xhat, lead_axes, dtype, err_msg="dweight")
 
 
 def test_rms_norm_default_eps_is_machine_epsilon_of_the_dtype(rng):
     for dtype in DTYPES:
-        x = np.full((2, 3), 1e-5, dtype)           # mean(x^2) = 1e-10 << eps(float32)
+        x = np.full((2, 3), 1e-5, dtype)  # mean(x^2) = 1e-10 << eps(float32)
         y = F.rms_norm(x, (3,))
-        ref = 1e-5 / np.sqrt(np.float64(np.asarray(x, np.float64)[0, 0]) ** 2
-                             + np.finfo(dtype).eps)
+        ref = 1e-5 / np.sqrt(np.float64(np.asarray(x, np.float64)[0, 0]) ** 2 + np.finfo(dtype).eps)
         assert_close(y, np.full((2, 3), ref), dtype)
         assert np.array_equal(y, F.rms_norm(x, (3,), eps=float(np.finfo(dtype).eps)))
 
 
 # --------------------------------------------------------------------------- AddLayerNorm
 
-ADD_LN_CASES = [((5, 11), (11,)), ((4, 513), (513,)), ((6, 3, 7), (3, 7)), ((3, 5000), (5000,)),
-                ((2, 8, 1024), (1024,))]
+ADD_LN_CASES = [
+    ((5, 11), (11,)),
+    ((4, 513), (513,)),
+    ((6, 3, 7), (3, 7)),
+    ((3, 5000), (5000,)),
+    ((2, 8, 1024), (1024,)),
+]
 ADD_LN_IDS = [f"{s}-{n}" for s, n in ADD_LN_CASES]
 
 
@@ -123,7 +134,7 @@ def test_add_layer_norm_matches_reference(rng, num_threads, case, dtype, affine,
     dsum = rng.normal(size=shape).astype(dtype) if with_dsum else None
     w, b = params(rng, ns, dtype) if affine else (None, None)
     y, s, mean, rstd = F.native_add_layer_norm(x, r, ns, w, b, EPS)
-    assert s.dtype == dtype and np.array_equal(s, x + r)     # the sum exactly as numpy's
+    assert s.dtype == dtype and np.array_equal(s, x + r)  # the sum exactly as numpy's
     ry, _rs, rmean, rrstd = reference.add_layer_norm_forward(x, r, ns, w, b, EPS)
     assert_close(y, ry, dtype)
     assert_close(mean, rmean, dtype, scale=np.abs(rmean))

@@ -130,8 +130,9 @@ def compare_grads(m, tm, dtype, scale, msg):
             assert getattr(m, name, None) is None and grad is None, (msg, name)
             continue
         assert grad.dtype == dtype and grad.shape == tuple(p.shape), (msg, name)
-        assert_close(getattr(m, name + "_grad"), to_np(p.grad), dtype, scale=scale,
-                     err_msg=f"{msg} {name}_grad")
+        assert_close(
+            getattr(m, name + "_grad"), to_np(p.grad), dtype, scale=scale, err_msg=f"{msg} {name}_grad"
+        )
 
 
 def torch_step(tm, x, dy):

@@ -14,6 +14,7 @@ Environment switches (read by :func:`detect_openmp`):
                           PYTHON_CROSSENV, or by _PYTHON_HOST_PLATFORM / ARCHFLAGS naming
                           another architecture than this machine's)
 """
+
 import contextlib
 import os
 import platform
@@ -76,8 +77,7 @@ def compiler_version(compiler):
         return "msvc"
     program = describe_compiler(compiler).split()
     try:
-        out = subprocess.run(program + ["--version"], capture_output=True, text=True,
-                             timeout=30, check=False)
+        out = subprocess.run(program + ["--version"], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     lines = (out.stdout or out.stderr).strip().splitlines()
@@ -113,8 +113,11 @@ def candidate_flags(compiler):
             if os.path.isdir(os.path.join(prefix, "include")):
                 lib = os.path.join(prefix, "lib")
                 candidates.append(
-                    (["-Xpreprocessor", "-fopenmp", "-I" + os.path.join(prefix, "include")],
-                     ["-L" + lib, "-lomp", "-Wl,-rpath," + lib]))
+                    (
+                        ["-Xpreprocessor", "-fopenmp", "-I" + os.path.join(prefix, "include")],
+                        ["-L" + lib, "-lomp", "-Wl,-rpath," + lib],
+                    )
+                )
     # the environment may already enable it (CPPFLAGS="-Xpreprocessor -fopenmp", LDFLAGS="-lomp")
     candidates.append(([], []))
     return candidates
@@ -166,11 +169,11 @@ def try_openmp_flags(compiler, compile_args, link_args, run):
                 f.write(PROBE_SOURCE)
             stage = "compile"
             with _captured_output(log):
-                objects = compiler.compile(["probe.c"], output_dir="objects",
-                                           extra_postargs=compile_args)
+                objects = compiler.compile(["probe.c"], output_dir="objects", extra_postargs=compile_args)
                 stage = "link"
-                compiler.link_executable(objects, "probe", output_dir=".",
-                                         extra_preargs=ldflags, extra_postargs=link_args)
+                compiler.link_executable(
+                    objects, "probe", output_dir=".", extra_preargs=ldflags, extra_postargs=link_args
+                )
             if not run:
                 return True, "compiled and linked (not run: cross build)"
             exe = os.path.abspath(compiler.executable_filename("probe"))
@@ -205,9 +208,15 @@ def detect_openmp(compiler=None):
     if compiler is None:
         compiler = new_build_compiler()
     info = {
-        "enabled": False, "compile_args": [], "link_args": [], "tried": [],
-        "compiler": describe_compiler(compiler), "compiler_type": compiler.compiler_type,
-        "compiler_version": compiler_version(compiler), "cross": cross_compiling(), "note": "",
+        "enabled": False,
+        "compile_args": [],
+        "link_args": [],
+        "tried": [],
+        "compiler": describe_compiler(compiler),
+        "compiler_type": compiler.compiler_type,
+        "compiler_version": compiler_version(compiler),
+        "cross": cross_compiling(),
+        "note": "",
     }
     if env_flag("CNORM_NO_OPENMP"):
         if env_flag("CNORM_REQUIRE_OPENMP"):
@@ -218,12 +227,18 @@ def detect_openmp(compiler=None):
         ok, outcome = try_openmp_flags(compiler, compile_args, link_args, run=not info["cross"])
         info["tried"].append(f"{_flags_text(compile_args, link_args)}: {outcome}")
         if ok:
-            info.update(enabled=True, compile_args=compile_args, link_args=link_args,
-                        note=f"OpenMP with {_flags_text(compile_args, link_args)} ({outcome})")
+            info.update(
+                enabled=True,
+                compile_args=compile_args,
+                link_args=link_args,
+                note=f"OpenMP with {_flags_text(compile_args, link_args)} ({outcome})",
+            )
             return info
     tried = "\n".join("    " + t for t in info["tried"])
-    info["note"] = (f"no OpenMP: the compiler {info['compiler']!r} could not build an "
-                    f"OpenMP program with any of the flags tried")
+    info["note"] = (
+        f"no OpenMP: the compiler {info['compiler']!r} could not build an "
+        f"OpenMP program with any of the flags tried"
+    )
     if env_flag("CNORM_REQUIRE_OPENMP"):
         raise CompileError(
             f"cnorm: CNORM_REQUIRE_OPENMP=1 but the C compiler {info['compiler']!r} "
@@ -231,13 +246,16 @@ def detect_openmp(compiler=None):
             f"{tried}\n"
             "Use an OpenMP-capable compiler (gcc; clang with libomp; on macOS `brew install "
             "libomp`), pass its flags in CFLAGS/CPPFLAGS/LDFLAGS, or unset "
-            "CNORM_REQUIRE_OPENMP to build serial kernels.")
+            "CNORM_REQUIRE_OPENMP to build serial kernels."
+        )
     return info
 
 
 def serial_warning(info):
     """The banner printed by the build (and, from the recorded config, at import)."""
-    return (f"cnorm: building SERIAL kernels (one thread): {info['note']}.\n"
-            + "".join(f"    tried {t}\n" for t in info["tried"])
-            + "  Install an OpenMP-capable compiler (gcc, or clang with libomp; on macOS "
-            "`brew install libomp`) and rebuild; CNORM_REQUIRE_OPENMP=1 makes this an error.")
+    return (
+        f"cnorm: building SERIAL kernels (one thread): {info['note']}.\n"
+        + "".join(f"    tried {t}\n" for t in info["tried"])
+        + "  Install an OpenMP-capable compiler (gcc, or clang with libomp; on macOS "
+        "`brew install libomp`) and rebuild; CNORM_REQUIRE_OPENMP=1 makes this an error."
+    )

@@ -10,6 +10,7 @@ setup.py runs ``generate()`` before cythonize; tests/test_simd_table.py compares
 generated text with the files on disk and the table with the prototypes in loops.h.
 Standard library only: runs before anything is built.
 """
+
 import os
 import re
 import runpy
@@ -17,8 +18,10 @@ import runpy
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIMD_DIR = os.path.join(os.path.dirname(HERE), "_kernels", "simd")
 MAX_LINE = 96
-NOTICE = ("GENERATED at build time by cnorm/_build_utils/simd_codegen.py",
-          "from cnorm/_kernels/simd/signatures.py: do not edit")
+NOTICE = (
+    "GENERATED at build time by cnorm/_build_utils/simd_codegen.py",
+    "from cnorm/_kernels/simd/signatures.py: do not edit",
+)
 
 
 def load_table(simd_dir=SIMD_DIR):
@@ -67,16 +70,24 @@ def _c_params(params, elem):
 # simd/dispatch.h
 # ---------------------------------------------------------------------------------------
 
+
 def dispatch_h(table):
     dtypes, builds, loops = table["DTYPES"], table["BUILDS"], table["LOOPS"]
     names = [b[0] for b in builds]
-    out = [f"/* {NOTICE[0]}", f"   {NOTICE[1]}.",
-           "   Included by simd.h: the loops of loops.h per (dtype, build), the table of",
-           "   loops of each dtype and build, and the dispatchers that call the build in use. */",
-           "#ifndef CNORM_SIMD_DISPATCH_H", "#define CNORM_SIMD_DISPATCH_H", "",
-           "enum { " + ", ".join(f"CN_BUILD_{n}" for n in names) + ", CN_N_BUILDS };",
-           "static const char* const cn_build_names[CN_N_BUILDS] = {"
-           + ", ".join(f'"{n}"' for n in names) + "};", ""]
+    out = [
+        f"/* {NOTICE[0]}",
+        f"   {NOTICE[1]}.",
+        "   Included by simd.h: the loops of loops.h per (dtype, build), the table of",
+        "   loops of each dtype and build, and the dispatchers that call the build in use. */",
+        "#ifndef CNORM_SIMD_DISPATCH_H",
+        "#define CNORM_SIMD_DISPATCH_H",
+        "",
+        "enum { " + ", ".join(f"CN_BUILD_{n}" for n in names) + ", CN_N_BUILDS };",
+        "static const char* const cn_build_names[CN_N_BUILDS] = {"
+        + ", ".join(f'"{n}"' for n in names)
+        + "};",
+        "",
+    ]
     for s, elem, _ in dtypes:
         out.append(f"typedef struct cn_loops_{s} {{")
         for name, ret, params in loops:
@@ -85,23 +96,37 @@ def dispatch_h(table):
     for bname, vb, cond, target in builds:
         for s, elem, itype in dtypes:
             attr = f'__attribute__((target("{target}")))' if target else ""
-            out += [f"#if {cond}", f"#define T {elem}", f"#define CN_IT {itype}",
-                    f"#define CN_S {s}", f"#define CN_BUILD {bname}", f"#define CN_VB {vb}",
-                    f"#define CN_TARGET {attr}".rstrip(), '#include "loops.h"',
-                    "#undef T", "#undef CN_IT", "#undef CN_S", "#undef CN_BUILD", "#undef CN_VB",
-                    "#undef CN_TARGET",
-                    f"static const cn_loops_{s} cn_loops_{s}_{bname} = {{"]
+            out += [
+                f"#if {cond}",
+                f"#define T {elem}",
+                f"#define CN_IT {itype}",
+                f"#define CN_S {s}",
+                f"#define CN_BUILD {bname}",
+                f"#define CN_VB {vb}",
+                f"#define CN_TARGET {attr}".rstrip(),
+                '#include "loops.h"',
+                "#undef T",
+                "#undef CN_IT",
+                "#undef CN_S",
+                "#undef CN_BUILD",
+                "#undef CN_VB",
+                "#undef CN_TARGET",
+                f"static const cn_loops_{s} cn_loops_{s}_{bname} = {{",
+            ]
             out += [f"    .{name} = cn_{name}_{s}_{bname}," for name, _, _ in loops]
             out += ["};", "#endif", ""]
     for s, _, _ in dtypes:
         out.append(f"static const cn_loops_{s}* const cn_loops_{s}_builds[CN_N_BUILDS] = {{")
         for bname, _, cond, _ in builds:
             out += [f"#if {cond}", f"    &cn_loops_{s}_{bname},", "#else", "    NULL,", "#endif"]
-        out += ["};", f"static const cn_loops_{s}* cn_loops_{s}_active = &cn_loops_{s}_{names[0]};",
-                ""]
-    out += [f"static int cn_build_in_use = CN_BUILD_{names[0]};", "",
-            "/* build: one that this module has (cn_loops_*_builds[build] != NULL) */",
-            "static void cn_use_build(int build)", "{"]
+        out += ["};", f"static const cn_loops_{s}* cn_loops_{s}_active = &cn_loops_{s}_{names[0]};", ""]
+    out += [
+        f"static int cn_build_in_use = CN_BUILD_{names[0]};",
+        "",
+        "/* build: one that this module has (cn_loops_*_builds[build] != NULL) */",
+        "static void cn_use_build(int build)",
+        "{",
+    ]
     out += [f"    cn_loops_{s}_active = cn_loops_{s}_builds[build];" for s, _, _ in dtypes]
     out += ["    cn_build_in_use = build;", "}", ""]
     for name, ret, params in loops:
@@ -120,6 +145,7 @@ def dispatch_h(table):
 # simd/loops.pxd
 # ---------------------------------------------------------------------------------------
 
+
 def _cy_type(ctype, elem):
     return _typed(ctype, elem).replace("ptrdiff_t", "Py_ssize_t")
 
@@ -130,14 +156,23 @@ def _cy_params(params, elem):
 
 def loops_pxd(table):
     dtypes, loops = table["DTYPES"], table["LOOPS"]
-    out = [f"# {NOTICE[0]}", f"# {NOTICE[1]}.",
-           "# The Cython view of the inner loops (simd/loops.h says what each computes): one fused",
-           "# wrapper per loop, named as the loop, that calls the dispatcher of its dtype,",
-           "# cn_<loop>_<dtype> (simd/dispatch.h), which calls the build in use.", "",
-           "ctypedef fused floating:"]
+    out = [
+        f"# {NOTICE[0]}",
+        f"# {NOTICE[1]}.",
+        "# The Cython view of the inner loops (simd/loops.h says what each computes): one fused",
+        "# wrapper per loop, named as the loop, that calls the dispatcher of its dtype,",
+        "# cn_<loop>_<dtype> (simd/dispatch.h), which calls the build in use.",
+        "",
+        "ctypedef fused floating:",
+    ]
     out += [f"    {elem}" for _, elem, _ in dtypes]
-    out += ["", 'cdef extern from "simd/simd.h" nogil:', "    enum: CN_N_BUILDS",
-            "    const char* cn_build_names[]", "    int cn_build_in_use"]
+    out += [
+        "",
+        'cdef extern from "simd/simd.h" nogil:',
+        "    enum: CN_N_BUILDS",
+        "    const char* cn_build_names[]",
+        "    int cn_build_in_use",
+    ]
     for name, ret, params, doc in table["RUNTIME"]:
         ret = _cy_type(ret, "")
         out.append(f"    # {doc}")
@@ -153,8 +188,9 @@ def loops_pxd(table):
         args = ", ".join(n for _, n in parse_params(params))
         ret_kw = "" if ret == "void" else "return "
         out += ["", ""]
-        out.append(_wrap(f"cdef inline {ret_cy} {name}(", _cy_params(params, "floating"),
-                         ") noexcept nogil:"))
+        out.append(
+            _wrap(f"cdef inline {ret_cy} {name}(", _cy_params(params, "floating"), ") noexcept nogil:")
+        )
         for i, (s, elem, _) in enumerate(dtypes):
             if i == len(dtypes) - 1:
                 out.append("    else:")
@@ -167,11 +203,14 @@ def loops_pxd(table):
 
 # ---------------------------------------------------------------------------------------
 
+
 def outputs(simd_dir=SIMD_DIR):
     """{path: text} of every generated file."""
     table = load_table(simd_dir)
-    return {os.path.join(simd_dir, "dispatch.h"): dispatch_h(table),
-            os.path.join(simd_dir, "loops.pxd"): loops_pxd(table)}
+    return {
+        os.path.join(simd_dir, "dispatch.h"): dispatch_h(table),
+        os.path.join(simd_dir, "loops.pxd"): loops_pxd(table),
+    }
 
 
 def generate(simd_dir=SIMD_DIR):

@@ -11,6 +11,7 @@ Importing this package checks that the extensions are built (an unbuilt source t
 gets an ImportError that says what to do, as NumPy's does) and, for a build without
 OpenMP, prints once to stderr that the kernels run on one thread.
 """
+
 import importlib
 import os
 import sys
@@ -40,6 +41,7 @@ def _warn_if_serial(openmp_module):
         return
     try:
         from .._build_config import BUILD
+
         note = BUILD.get("openmp_note", "")
     except ImportError:
         note = ""

@@ -43,11 +43,33 @@ from typing import Callable
 import numpy as np
 
 __all__ = [  # noqa: RUF022 - grouped: table, data, selection, builders
-    "Case", "CASES", "CASES_BY_NAME", "BN_OPS", "LN_OPS", "ALL_OPS", "IMPLS",
-    "DTYPES", "EPS", "MOMENTUM", "OP_DOC", "ImplUnavailable", "CaseData", "make_data",
-    "build", "select_cases", "select_ops", "select_dtypes", "op_bytes", "copy_bytes",
-    "numpy_ref_is_heavy", "iter_params", "torch_available", "slow_available",
-    "import_torch", "torch_module", "torch_fwd_bwd",
+    "Case",
+    "CASES",
+    "CASES_BY_NAME",
+    "BN_OPS",
+    "LN_OPS",
+    "ALL_OPS",
+    "IMPLS",
+    "DTYPES",
+    "EPS",
+    "MOMENTUM",
+    "OP_DOC",
+    "ImplUnavailable",
+    "CaseData",
+    "make_data",
+    "build",
+    "select_cases",
+    "select_ops",
+    "select_dtypes",
+    "op_bytes",
+    "copy_bytes",
+    "numpy_ref_is_heavy",
+    "iter_params",
+    "torch_available",
+    "slow_available",
+    "import_torch",
+    "torch_module",
+    "torch_fwd_bwd",
 ]
 
 BN_OPS: tuple[str, ...] = ("train_fwd", "eval_fwd", "fwd_bwd")
@@ -66,9 +88,16 @@ OP_DOC = {
     "fwd_bwd": "forward + backward (training mode for BatchNorm): dx, dweight, dbias",
 }
 
-_MODULE_NAME = {"bn1d": "BatchNorm1d", "bn2d": "BatchNorm2d", "bn3d": "BatchNorm3d",
-                "ln": "LayerNorm", "gn": "GroupNorm", "in2d": "InstanceNorm2d",
-                "rms": "RMSNorm", "add_ln": "AddLayerNorm"}
+_MODULE_NAME = {
+    "bn1d": "BatchNorm1d",
+    "bn2d": "BatchNorm2d",
+    "bn3d": "BatchNorm3d",
+    "ln": "LayerNorm",
+    "gn": "GroupNorm",
+    "in2d": "InstanceNorm2d",
+    "rms": "RMSNorm",
+    "add_ln": "AddLayerNorm",
+}
 
 # kind -> family (every bn* kind is "bn"). Families: "bn" (train_fwd, eval_fwd, fwd_bwd;
 # running statistics), "ln", "gn", "in", "rms", "add_ln" (fwd, fwd_bwd). "gn" and "in"
@@ -84,11 +113,11 @@ class ImplUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str                      # "bn1d", "bn2d", "bn3d", "ln", "gn", "in2d", "rms", "add_ln"
+    kind: str  # "bn1d", "bn2d", "bn3d", "ln", "gn", "in2d", "rms", "add_ln"
     shape: tuple[int, ...]
-    normalized_shape: tuple[int, ...] | None = None   # ln, rms, add_ln
+    normalized_shape: tuple[int, ...] | None = None  # ln, rms, add_ln
     note: str = ""
-    num_groups: int | None = None                     # gn only
+    num_groups: int | None = None  # gn only
 
     @property
     def family(self) -> str:
@@ -159,13 +188,18 @@ CASES: tuple[Case, ...] = (
     _gn("gn", 32, (32, 256, 28, 28), "GroupNorm(32, 256): detection / diffusion backbones"),
     Case("in2d", "in2d", (16, 64, 64, 64), None, "InstanceNorm2d(64): style transfer"),
     _ln("rms", (8, 512, 1024), "RMSNorm(1024): LLaMA-style transformer", kind="rms"),
-    _ln("add_ln", (8, 512, 1024), "residual add + LayerNorm(1024) fused (torch: x + r, "
-        "then layer_norm)", kind="add_ln"),
+    _ln(
+        "add_ln",
+        (8, 512, 1024),
+        "residual add + LayerNorm(1024) fused (torch: x + r, then layer_norm)",
+        kind="add_ln",
+    ),
 )
 CASES_BY_NAME: dict[str, Case] = {c.name: c for c in CASES}
 
 
 # --------------------------------------------------------------------------- selection
+
 
 def _split(spec) -> list[str]:
     if spec is None:
@@ -191,8 +225,7 @@ def select_cases(spec=None, cases: Sequence[Case] = CASES) -> list[Case]:
         exact = [c.name for c in cases if c.name == tok]
         hits = exact or [c.name for c in cases if tok.lower() in c.name.lower()]
         if not hits:
-            raise ValueError(f"no benchmark case matches {tok!r}; cases: "
-                             + ", ".join(c.name for c in cases))
+            raise ValueError(f"no benchmark case matches {tok!r}; cases: " + ", ".join(c.name for c in cases))
         chosen.update(hits)
     return [c for c in cases if c.name in chosen]
 
@@ -218,6 +251,7 @@ def select_dtypes(spec: str = "float32") -> list[str]:
 
 
 # --------------------------------------------------------------------------- bytes
+
 
 def op_bytes(case: Case, op: str, dtype) -> int:
     """Bytes an ideal implementation must move (parameters/statistics ignored).
@@ -252,8 +286,12 @@ def numpy_ref_is_heavy(case: Case, op: str) -> bool:
     return work > NUMPY_REF_MAX_WORK
 
 
-def iter_params(cases: Iterable[Case] = CASES, ops: Iterable[str] = ALL_OPS,
-                impls: Iterable[str] = IMPLS, dtypes: Iterable[str] = ("float32",)):
+def iter_params(
+    cases: Iterable[Case] = CASES,
+    ops: Iterable[str] = ALL_OPS,
+    impls: Iterable[str] = IMPLS,
+    dtypes: Iterable[str] = ("float32",),
+):
     """Yield ``(case, dtype, op, impl)`` in an order that keeps one case's data hot."""
     ops, impls, dtypes = list(ops), list(impls), list(dtypes)
     for case in cases:
@@ -266,16 +304,18 @@ def iter_params(cases: Iterable[Case] = CASES, ops: Iterable[str] = ALL_OPS,
 
 # --------------------------------------------------------------------------- data
 
+
 @dataclass
 class CaseData:
     """Deterministic arrays of one (case, dtype); shared by all impls, never written to."""
+
     x: np.ndarray
     dy: np.ndarray
     weight: np.ndarray
     bias: np.ndarray
     running_mean: np.ndarray | None
     running_var: np.ndarray | None
-    residual: np.ndarray | None = None       # add_ln only
+    residual: np.ndarray | None = None  # add_ln only
 
 
 def _make_data(case: Case, dtype: str) -> CaseData:
@@ -284,7 +324,7 @@ def _make_data(case: Case, dtype: str) -> CaseData:
     # standard_normal(dtype=...) only supports float32/float64, which is all we need
     x = rng.standard_normal(case.shape, dtype=dt)
     x *= 2.0
-    x += 0.5                                     # non-zero mean, non-unit variance
+    x += 0.5  # non-zero mean, non-unit variance
     dy = rng.standard_normal(case.shape, dtype=dt)
     weight = (1.0 + 0.1 * rng.standard_normal(case.param_shape)).astype(dt)
     bias = (0.1 * rng.standard_normal(case.param_shape)).astype(dt)
@@ -294,7 +334,7 @@ def _make_data(case: Case, dtype: str) -> CaseData:
         rm = (0.5 + 0.1 * rng.standard_normal(case.param_shape)).astype(dt)
         rv = (4.0 + 0.1 * rng.standard_normal(case.param_shape)).astype(dt)
     residual: np.ndarray | None = None
-    if case.family == "add_ln":                  # drawn last: the other arrays stay as they were
+    if case.family == "add_ln":  # drawn last: the other arrays stay as they were
         residual = rng.standard_normal(case.shape, dtype=dt)
     # left writable on purpose: a read-only input could push an implementation onto a
     # slower (copying) path that user code would not hit.  No builder writes to them.
@@ -308,6 +348,7 @@ def make_data(case: Case, dtype: str) -> CaseData:
 
 
 # --------------------------------------------------------------------------- availability
+
 
 def import_torch():
     """The torch module, or :class:`ImplUnavailable` when it is not installed."""
@@ -343,6 +384,7 @@ def slow_available() -> bool:
 
 # --------------------------------------------------------------------------- builders
 
+
 def _check(case: Case, op: str, impl: str, dtype: str):
     if op not in case.ops:
         raise ValueError(f"op {op!r} does not apply to case {case.name!r} (ops: {case.ops})")
@@ -352,8 +394,9 @@ def _check(case: Case, op: str, impl: str, dtype: str):
         raise ValueError(f"unsupported dtype {dtype!r}; dtypes: {DTYPES}")
 
 
-def build(case: Case, op: str, impl: str, dtype="float32",
-          data: CaseData | None = None) -> Callable[[], object]:
+def build(
+    case: Case, op: str, impl: str, dtype="float32", data: CaseData | None = None
+) -> Callable[[], object]:
     """Return a zero-argument callable running ``op`` of ``case`` with ``impl``.
 
     All allocation of inputs/modules happens here; the callable only runs the op
@@ -364,8 +407,7 @@ def build(case: Case, op: str, impl: str, dtype="float32",
     _check(case, op, impl, dtype)
     if data is None:
         data = make_data(case, dtype)
-    builder = {"cnorm": _build_cnorm, "torch": _build_torch,
-               "numpy": _build_numpy, "copy": _build_copy}[impl]
+    builder = {"cnorm": _build_cnorm, "torch": _build_torch, "numpy": _build_numpy, "copy": _build_copy}[impl]
     fn = builder(case, op, dtype, data)
     fn.__name__ = f"{case.name}_{op}_{impl}_{dtype}"
     fn.__qualname__ = fn.__name__
@@ -379,6 +421,7 @@ def _build_copy(case, op, dtype, data):
 
     def fn():
         copyto(out, x)
+
     return fn
 
 
@@ -400,6 +443,7 @@ def _module_args(case: Case):
 def _build_cnorm(case, op, dtype, data):
     try:
         import cnorm
+
         cls = getattr(cnorm, case.module_name)
     except (ImportError, AttributeError) as exc:
         raise ImplUnavailable(f"cnorm.{case.module_name} is not available: {exc}") from exc
@@ -418,25 +462,31 @@ def _build_cnorm(case, op, dtype, data):
     if case.family == "add_ln":
         r = data.residual
         if op == "fwd_bwd":
+
             def fn():
                 m.zero_grad()
                 m(x, r)
-                return m.backward(dy)      # the gradient of x (== that of r)
+                return m.backward(dy)  # the gradient of x (== that of r)
+
             return fn
 
         def fn():
             return m(x, r)
+
         return fn
 
     if op == "fwd_bwd":
+
         def fn():
             m.zero_grad()
             m(x)
             return m.backward(dy)
+
         return fn
 
     def fn():
         return m(x)
+
     return fn
 
 
@@ -461,8 +511,9 @@ def torch_module(case: Case, dtype: str, data: CaseData, nn=None):
     return m
 
 
-def torch_fwd_bwd(forward: Callable[[], object], inputs: Sequence, params: Sequence,
-                  dy) -> Callable[[], object]:
+def torch_fwd_bwd(
+    forward: Callable[[], object], inputs: Sequence, params: Sequence, dy
+) -> Callable[[], object]:
     """``forward().backward(dy)`` after resetting the ``.grad`` of ``inputs`` and ``params``
     to None, like a training step with ``zero_grad(set_to_none=True)`` (no accumulation
     pass); returns the gradient of ``inputs[0]``."""
@@ -475,6 +526,7 @@ def torch_fwd_bwd(forward: Callable[[], object], inputs: Sequence, params: Seque
             p.grad = None
         forward().backward(dy)
         return x.grad
+
     return fn
 
 
@@ -490,22 +542,24 @@ def _build_torch(case, op, dtype, data):
         def forward():
             return m(x + r)
     else:
+
         def forward():
             return m(x)
 
     if op == "fwd_bwd":
         for t in inputs:
             t.requires_grad_(True)
-        return torch_fwd_bwd(forward, inputs, list(m.parameters()),
-                             torch.from_numpy(data.dy.copy()))
+        return torch_fwd_bwd(forward, inputs, list(m.parameters()), torch.from_numpy(data.dy.copy()))
 
     # forward only: no autograd graph (same kernel as under torch.no_grad())
     m.requires_grad_(False)
     m.train(op != "eval_fwd")
     if case.family == "add_ln":
+
         def fn():
             s = x + r
             return m(s), s
+
         return fn
     return forward
 
@@ -530,6 +584,7 @@ def _build_numpy(case, op, dtype, data):
             mean, var = slow.batch_norm_stats(x)
             return slow.batch_norm_backward(dy, x, w, mean, 1.0 / np.sqrt(var + EPS), True)
     elif family == "ln":
+
         def fwd():
             return slow.layer_norm_forward(x, ns, w, b, EPS)
 
@@ -544,12 +599,14 @@ def _build_numpy(case, op, dtype, data):
         def bwd():
             return slow.group_norm_backward(dy, x, G, w, EPS)
     elif family == "in":
+
         def fwd():
             return slow.instance_norm_forward(x, None, None, None, None, True, MOMENTUM, EPS)
 
         def bwd():
             return slow.instance_norm_backward(dy, x, None, EPS)
     elif family == "rms":
+
         def fwd():
             return slow.rms_norm_forward(x, ns, w, None)
 
@@ -562,8 +619,9 @@ def _build_numpy(case, op, dtype, data):
             return slow.add_layer_norm_forward(x, r, ns, w, b, EPS)
 
         def bwd():
-            s = fwd()[1]            # the backward needs the sum: it runs the forward
+            s = fwd()[1]  # the backward needs the sum: it runs the forward
             return slow.add_layer_norm_backward(dy, None, s, ns, w, EPS)
+
     if op != "fwd_bwd":
         return fwd
     if family == "add_ln":
@@ -572,4 +630,5 @@ def _build_numpy(case, op, dtype, data):
     def fn():
         fwd()
         return bwd()
+
     return fn

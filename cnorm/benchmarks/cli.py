@@ -73,49 +73,89 @@ examples:
 
 # --------------------------------------------------------------------------- arguments
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Benchmark the cnorm normalization layers against torch.nn (CPU) "
-                    "and against a plain memory copy of the input.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help=f"fewer and shorter repetitions (reps={QUICK_SETTINGS.reps}, "
-                        f"min rep {QUICK_SETTINGS.min_rep_s * 1e3:g} ms, <= "
-                        f"{QUICK_SETTINGS.max_measure_s:g} s per measurement): the whole "
-                        "default run takes well under a minute")
-    p.add_argument("--threads", default=None, metavar="LIST",
-                   help="comma list of thread counts, 'N' = cnorm.get_num_threads() at "
-                        "start (default: 1,N)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "both"],
-                   help="input dtype (default: float32)")
-    p.add_argument("--cases", default=None, metavar="NAMES",
-                   help="comma list of case names or substrings of names, e.g. "
-                        "'bn2d,ln_bert' (default: all)")
-    p.add_argument("--ops", default=None, metavar="OPS",
-                   help=f"comma list among {','.join(C.ALL_OPS)} (default: all; BatchNorm "
-                        "cases have train_fwd, eval_fwd, fwd_bwd; LayerNorm fwd, fwd_bwd; "
-                        f"with --dropin: {','.join(T.DROPIN_OPS)})")
-    p.add_argument("--json", default=None, metavar="FILE",
-                   help="write every measurement (medians, minima, per-rep times, inner counts, "
-                        "bytes) and metadata (versions, cpu, threads, date) as JSON")
-    p.add_argument("--plot", default=None, metavar="FILE.png",
-                   help="save a bar chart of the speedup torch/cnorm per case and op "
-                        "(needs matplotlib)")
-    p.add_argument("--dropin", action="store_true",
-                   help="time the cnorm.torch drop-in modules against torch.nn under torch "
-                        "autograd, and a CNN training step (see cnorm/benchmarks/torch_cases.py)")
-    p.add_argument("--no-torch", action="store_true",
-                   help="do not time torch even if it is installed")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar on stderr (it is off anyway when stderr is not a tty)")
-    p.add_argument("--reps", type=int, default=None,
-                   help="interleaved repetitions per measurement (default: "
-                        f"{FULL_SETTINGS.reps}, --quick {QUICK_SETTINGS.reps})")
-    p.add_argument("--min-rep-ms", type=float, default=None,
-                   help="minimum duration of one repetition, in ms (default: "
-                        f"{FULL_SETTINGS.min_rep_s * 1e3:g}, --quick "
-                        f"{QUICK_SETTINGS.min_rep_s * 1e3:g})")
+        "and against a plain memory copy of the input.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"fewer and shorter repetitions (reps={QUICK_SETTINGS.reps}, "
+        f"min rep {QUICK_SETTINGS.min_rep_s * 1e3:g} ms, <= "
+        f"{QUICK_SETTINGS.max_measure_s:g} s per measurement): the whole "
+        "default run takes well under a minute",
+    )
+    p.add_argument(
+        "--threads",
+        default=None,
+        metavar="LIST",
+        help="comma list of thread counts, 'N' = cnorm.get_num_threads() at start (default: 1,N)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float64", "both"],
+        help="input dtype (default: float32)",
+    )
+    p.add_argument(
+        "--cases",
+        default=None,
+        metavar="NAMES",
+        help="comma list of case names or substrings of names, e.g. 'bn2d,ln_bert' (default: all)",
+    )
+    p.add_argument(
+        "--ops",
+        default=None,
+        metavar="OPS",
+        help=f"comma list among {','.join(C.ALL_OPS)} (default: all; BatchNorm "
+        "cases have train_fwd, eval_fwd, fwd_bwd; LayerNorm fwd, fwd_bwd; "
+        f"with --dropin: {','.join(T.DROPIN_OPS)})",
+    )
+    p.add_argument(
+        "--json",
+        default=None,
+        metavar="FILE",
+        help="write every measurement (medians, minima, per-rep times, inner counts, "
+        "bytes) and metadata (versions, cpu, threads, date) as JSON",
+    )
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE.png",
+        help="save a bar chart of the speedup torch/cnorm per case and op (needs matplotlib)",
+    )
+    p.add_argument(
+        "--dropin",
+        action="store_true",
+        help="time the cnorm.torch drop-in modules against torch.nn under torch "
+        "autograd, and a CNN training step (see cnorm/benchmarks/torch_cases.py)",
+    )
+    p.add_argument("--no-torch", action="store_true", help="do not time torch even if it is installed")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar on stderr (it is off anyway when stderr is not a tty)",
+    )
+    p.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help="interleaved repetitions per measurement (default: "
+        f"{FULL_SETTINGS.reps}, --quick {QUICK_SETTINGS.reps})",
+    )
+    p.add_argument(
+        "--min-rep-ms",
+        type=float,
+        default=None,
+        help="minimum duration of one repetition, in ms (default: "
+        f"{FULL_SETTINGS.min_rep_s * 1e3:g}, --quick "
+        f"{QUICK_SETTINGS.min_rep_s * 1e3:g})",
+    )
     return p
 
 
@@ -150,8 +190,9 @@ def settings_from_args(args) -> TimingSettings:
     if args.reps is not None:
         if args.reps < 1:
             raise ValueError("--reps must be >= 1")
-        settings = TimingSettings(**{**settings.__dict__, "reps": args.reps,
-                                     "min_reps": min(settings.min_reps, args.reps)})
+        settings = TimingSettings(
+            **{**settings.__dict__, "reps": args.reps, "min_reps": min(settings.min_reps, args.reps)}
+        )
     if args.min_rep_ms is not None:
         if args.min_rep_ms < 0:
             raise ValueError("--min-rep-ms must be >= 0")
@@ -167,8 +208,10 @@ def _dropin_ops(spec: str | None) -> list[str]:
 
 # --------------------------------------------------------------------------- running
 
-def run_benchmarks(cases, ops, dtypes, threads, settings, cnorm, torch, progress: R.Progress,
-                   out=None) -> list[dict]:
+
+def run_benchmarks(
+    cases, ops, dtypes, threads, settings, cnorm, torch, progress: R.Progress, out=None
+) -> list[dict]:
     """Measure everything; print one table per (case, dtype) as soon as it is done."""
     out = out if out is not None else sys.stdout
     records: list[dict] = []
@@ -180,8 +223,9 @@ def run_benchmarks(cases, ops, dtypes, threads, settings, cnorm, torch, progress
                     data = C.make_data(case, dtype)
                     for op in case.ops:
                         if op in ops:
-                            case_records += _measure_op(case, dtype, op, data, threads,
-                                                        settings, torch, thr, progress)
+                            case_records += _measure_op(
+                                case, dtype, op, data, threads, settings, torch, thr, progress
+                            )
                     progress.clear()
                     R.print_table(case, dtype, case_records, torch is not None, out)
                     progress.show()
@@ -223,11 +267,14 @@ def run_dropin(cases, ops, dtypes, threads, settings, cnorm, torch, out=None) ->
     with a drop-in and op, plus the CNN training step. Returns the exit status."""
     out = out if out is not None else sys.stdout
     ratios: dict[tuple, list[float]] = {}
-    out.write(f"drop-in: cnorm.torch vs torch.nn modules under torch autograd | torch "
-              f"{torch.__version__} | median of {settings.reps} interleaved reps\n")
+    out.write(
+        f"drop-in: cnorm.torch vs torch.nn modules under torch autograd | torch "
+        f"{torch.__version__} | median of {settings.reps} interleaved reps\n"
+    )
     out.write(R.DROPIN_TABLE.header() + "\n")
     rows: list[tuple[C.Case | None, str, str]] = [
-        (case, dtype, op) for case in T.dropin_cases(cases) for dtype in dtypes for op in ops]
+        (case, dtype, op) for case in T.dropin_cases(cases) for dtype in dtypes for op in ops
+    ]
     rows.append((None, "float32", "cnn_step"))
     with SameThreads(cnorm, torch) as thr:
         for n in threads:
@@ -238,8 +285,7 @@ def run_dropin(cases, ops, dtypes, threads, settings, cnorm, torch, out=None) ->
                     label = f"cnn b{T.CNN_BATCH}"
                 else:
                     data = C.make_data(case, dtype)
-                    fns = {impl: T.build_dropin(case, op, impl, dtype, data)
-                           for impl in T.DROPIN_IMPLS}
+                    fns = {impl: T.build_dropin(case, op, impl, dtype, data) for impl in T.DROPIN_IMPLS}
                     label = case.name
                 meas = measure_interleaved(fns, settings)
                 a, b = meas.median("cnorm.torch"), meas.median("torch.nn")
@@ -251,6 +297,7 @@ def run_dropin(cases, ops, dtypes, threads, settings, cnorm, torch, out=None) ->
 
 
 # --------------------------------------------------------------------------- main
+
 
 def _fail(msg: str) -> int:
     print(f"{PROG}: error: {msg}", file=sys.stderr)
@@ -292,10 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
         if args.dropin:
             if torch is None:
-                return _fail("--dropin times cnorm.torch against torch.nn: it needs torch "
-                             "(installed, and no --no-torch)")
-            return run_dropin(cases, _dropin_ops(args.ops), dtypes, threads, settings,
-                              cnorm, torch)
+                return _fail(
+                    "--dropin times cnorm.torch against torch.nn: it needs torch "
+                    "(installed, and no --no-torch)"
+                )
+            return run_dropin(cases, _dropin_ops(args.ops), dtypes, threads, settings, cnorm, torch)
         ops = C.select_ops(args.ops)
     except ValueError as exc:
         return _fail(str(exc))
@@ -304,13 +352,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"no selected case has any of the ops {', '.join(ops)}")
     if args.plot:
         if torch is None:
-            return _fail("--plot shows torch/cnorm speedups: it needs torch (installed, "
-                         "and no --no-torch)")
+            return _fail("--plot shows torch/cnorm speedups: it needs torch (installed, and no --no-torch)")
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            return _fail("--plot needs matplotlib, which is not installed "
-                         "(pip install matplotlib), or drop --plot")
+            return _fail(
+                "--plot needs matplotlib, which is not installed (pip install matplotlib), or drop --plot"
+            )
 
     meta = R.metadata(cnorm, torch, threads, settings, argv_list, dtypes)
     print(R.header_line(meta, threads, settings, args.quick))
@@ -340,8 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         R.write_plot(args.plot, records, threads)
         print(f"wrote {args.plot}")
-    print(R.summary_line(records, [op for op in C.ALL_OPS if op in ops], threads,
-                         torch is not None))
+    print(R.summary_line(records, [op for op in C.ALL_OPS if op in ops], threads, torch is not None))
     return 1 if any(r["error"] for r in records) else 0
 
 

@@ -23,12 +23,28 @@ import numpy as np
 from . import cases as C
 from .timing import METHOD_TEXT
 
-__all__ = ["DROPIN_TABLE", "TABLE", "Progress", "Table", "dropin_row", "dropin_summary",
-           "geomean", "header_line", "loadavg", "metadata", "print_table", "record",
-           "run_notes", "summary_line", "write_json", "write_plot"]
+__all__ = [
+    "DROPIN_TABLE",
+    "TABLE",
+    "Progress",
+    "Table",
+    "dropin_row",
+    "dropin_summary",
+    "geomean",
+    "header_line",
+    "loadavg",
+    "metadata",
+    "print_table",
+    "record",
+    "run_notes",
+    "summary_line",
+    "write_json",
+    "write_plot",
+]
 
 
 # --------------------------------------------------------------------------- numbers
+
 
 def geomean(values: Sequence[float]) -> float:
     vals = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
@@ -65,6 +81,7 @@ def _fmt_bytes(n: int) -> str:
 
 # --------------------------------------------------------------------------- records
 
+
 def record(case, dtype, op, n, meas, error=None) -> dict:
     """One JSON-ready row: the measurement of ``op`` of ``case`` at ``n`` threads and
     what follows from it (ratio, GB/s, copy%, noise%)."""
@@ -76,15 +93,21 @@ def record(case, dtype, op, n, meas, error=None) -> dict:
     gbps = nb / t_c / 1e9 if t_c else None
     copy_pct = (t_cp / t_c) * (nb / cb) * 100 if (t_c and t_cp) else None
     return {
-        "case": case.name, "module": case.module_name, "shape": list(case.shape),
+        "case": case.name,
+        "module": case.module_name,
+        "shape": list(case.shape),
         "normalized_shape": list(case.normalized_shape) if case.normalized_shape else None,
-        "dtype": dtype, "op": op, "threads": n,
-        "bytes": nb, "copy_bytes": cb,
+        "dtype": dtype,
+        "op": op,
+        "threads": n,
+        "bytes": nb,
+        "copy_bytes": cb,
         "median_s": med,
         "min_s": {k: min(v) for k, v in meas.times.items()} if meas is not None else {},
         "times_s": meas.times if meas is not None else {},
         "inner": meas.inner if meas is not None else {},
-        "ratio_cnorm_torch": ratio, "gbps": gbps,
+        "ratio_cnorm_torch": ratio,
+        "gbps": gbps,
         "copy_gbps": cb / t_cp / 1e9 if t_cp else None,
         "copy_pct": copy_pct,
         "noise_pct": _noise_pct(meas),
@@ -111,6 +134,7 @@ def _noise_pct(meas) -> float | None:
 
 # --------------------------------------------------------------------------- text
 
+
 class Table:
     """Fixed-width text rows; ``columns`` are ``(title, width, align)``, align ``"<"``
     (left) or ``">"`` (right). A row with fewer cells than columns is cut short."""
@@ -120,25 +144,47 @@ class Table:
 
     def row(self, cells) -> str:
         return self.indent + self.sep.join(
-            format(str(c), f"{align}{width}") for c, (_, width, align) in zip(cells, self.columns))
+            format(str(c), f"{align}{width}") for c, (_, width, align) in zip(cells, self.columns)
+        )
 
     def header(self) -> str:
         return self.row([title for title, _, _ in self.columns])
 
 
-TABLE = Table([("op", 9, "<"), ("thr", 3, ">"), ("cnorm ms", 9, ">"), ("torch ms", 9, ">"),
-               ("copy ms", 9, ">"), ("cnorm/torch", 11, ">"), ("GB/s", 7, ">"),
-               ("copy%", 6, ">"), ("noise%", 6, ">")])
+TABLE = Table(
+    [
+        ("op", 9, "<"),
+        ("thr", 3, ">"),
+        ("cnorm ms", 9, ">"),
+        ("torch ms", 9, ">"),
+        ("copy ms", 9, ">"),
+        ("cnorm/torch", 11, ">"),
+        ("GB/s", 7, ">"),
+        ("copy%", 6, ">"),
+        ("noise%", 6, ">"),
+    ]
+)
 
-DROPIN_TABLE = Table([("case", 14, "<"), ("op", 8, "<"), ("dtype", 8, "<"), ("thr", 3, ">"),
-                      ("cnorm.torch ms", 15, ">"), ("torch.nn ms", 12, ">"),
-                      ("ratio", 6, ">")], sep=" ")
+DROPIN_TABLE = Table(
+    [
+        ("case", 14, "<"),
+        ("op", 8, "<"),
+        ("dtype", 8, "<"),
+        ("thr", 3, ">"),
+        ("cnorm.torch ms", 15, ">"),
+        ("torch.nn ms", 12, ">"),
+        ("ratio", 6, ">"),
+    ],
+    sep=" ",
+)
 
 
 def print_table(case, dtype, recs, have_torch, out) -> None:
     """The table of one (case, dtype): one row per op and thread count."""
-    out.write(f"\n{case.name}: {case.describe()} {dtype}  "
-              f"[{case.numel:,} elements, {_fmt_bytes(case.nbytes(dtype))} per array]\n")
+    out.write(
+        f"\n{case.name}: {case.describe()} {dtype}  "
+        f"[{case.numel:,} elements, {_fmt_bytes(case.nbytes(dtype))} per array]\n"
+    )
     out.write(TABLE.header() + "\n")
     for r in recs:
         med = r["median_s"]
@@ -146,24 +192,33 @@ def print_table(case, dtype, recs, have_torch, out) -> None:
             out.write(TABLE.row([r["op"], r["threads"], "ERROR"]) + "\n")
             out.write(f"    {r['error']}\n")
             continue
-        out.write(TABLE.row([
-            r["op"], r["threads"], _fmt_ms(med.get("cnorm")),
-            _fmt_ms(med.get("torch")) if have_torch else "-",
-            _fmt_ms(med.get("copy")),
-            _fmt(r["ratio_cnorm_torch"], ".2f"),
-            _fmt(r["gbps"], ".1f"),
-            _fmt(r["copy_pct"], ".0f"),
-            _fmt(r["noise_pct"], ".0f"),
-        ]) + "\n")
+        out.write(
+            TABLE.row(
+                [
+                    r["op"],
+                    r["threads"],
+                    _fmt_ms(med.get("cnorm")),
+                    _fmt_ms(med.get("torch")) if have_torch else "-",
+                    _fmt_ms(med.get("copy")),
+                    _fmt(r["ratio_cnorm_torch"], ".2f"),
+                    _fmt(r["gbps"], ".1f"),
+                    _fmt(r["copy_pct"], ".0f"),
+                    _fmt(r["noise_pct"], ".0f"),
+                ]
+            )
+            + "\n"
+        )
     out.flush()
 
 
-def summary_line(records: list[dict], ops: Sequence[str], threads: Sequence[int],
-                 have_torch: bool) -> str:
+def summary_line(records: list[dict], ops: Sequence[str], threads: Sequence[int], have_torch: bool) -> str:
     """The geometric mean of cnorm/torch (copy% without torch) per op and thread count."""
     parts = []
-    key, what = (("ratio_cnorm_torch", "geomean cnorm/torch (<1: cnorm faster)")
-                 if have_torch else ("copy_pct", "geomean copy% (torch not timed)"))
+    key, what = (
+        ("ratio_cnorm_torch", "geomean cnorm/torch (<1: cnorm faster)")
+        if have_torch
+        else ("copy_pct", "geomean copy% (torch not timed)")
+    )
     ncases = len({r["case"] for r in records})
     for op in ops:
         vals = []
@@ -180,8 +235,9 @@ def summary_line(records: list[dict], ops: Sequence[str], threads: Sequence[int]
 
 
 def dropin_row(label, op, dtype, n, t_cnorm, t_torch) -> str:
-    return DROPIN_TABLE.row([label, op, dtype, n, f"{t_cnorm * 1e3:.3f}",
-                             f"{t_torch * 1e3:.3f}", f"{t_cnorm / t_torch:.2f}"])
+    return DROPIN_TABLE.row(
+        [label, op, dtype, n, f"{t_cnorm * 1e3:.3f}", f"{t_torch * 1e3:.3f}", f"{t_cnorm / t_torch:.2f}"]
+    )
 
 
 def dropin_summary(ratios: dict) -> str:
@@ -231,6 +287,7 @@ class Progress:
 
 # --------------------------------------------------------------------------- metadata
 
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -278,23 +335,29 @@ def metadata(cnorm, torch, threads, settings, argv, dtypes) -> dict:
         "torch": getattr(torch, "__version__", None) if torch is not None else None,
         "threads": list(threads),
         "dtypes": list(dtypes),
-        "settings": {"reps": settings.reps, "min_rep_s": settings.min_rep_s,
-                     "warmup_s": settings.warmup_s, "max_measure_s": settings.max_measure_s,
-                     "min_reps": settings.min_reps},
+        "settings": {
+            "reps": settings.reps,
+            "min_rep_s": settings.min_rep_s,
+            "warmup_s": settings.warmup_s,
+            "max_measure_s": settings.max_measure_s,
+            "min_reps": settings.min_reps,
+        },
         "method": METHOD_TEXT,
         "bytes": "forward ops: 2*x.nbytes (x read + y written); fwd_bwd: 4*x.nbytes "
-                 "(x, y, dy, dx); copy: 2*x.nbytes",
+        "(x, y, dy, dx); copy: 2*x.nbytes",
         "copy_pct": "(cnorm GB/s) / (copy GB/s) * 100",
         "torch_default_threads": torch.get_num_threads() if torch is not None else None,
     }
 
 
 def header_line(meta: dict, threads, settings, quick: bool) -> str:
-    return (f"cnorm {meta['cnorm']} (OpenMP: {meta['cnorm_openmp']}) | torch "
-            f"{meta['torch'] or 'not timed'} | numpy {meta['numpy']} | {meta['cpu']}, "
-            f"{meta['cpu_count']} cpus | threads {','.join(map(str, threads))} | "
-            f"{'quick' if quick else 'full'}: median of {settings.reps} interleaved reps "
-            f">= {settings.min_rep_s * 1e3:g} ms")
+    return (
+        f"cnorm {meta['cnorm']} (OpenMP: {meta['cnorm_openmp']}) | torch "
+        f"{meta['torch'] or 'not timed'} | numpy {meta['numpy']} | {meta['cpu']}, "
+        f"{meta['cpu_count']} cpus | threads {','.join(map(str, threads))} | "
+        f"{'quick' if quick else 'full'}: median of {settings.reps} interleaved reps "
+        f">= {settings.min_rep_s * 1e3:g} ms"
+    )
 
 
 def run_notes(meta: dict, threads) -> list[str]:
@@ -303,12 +366,13 @@ def run_notes(meta: dict, threads) -> list[str]:
     load = meta["loadavg_start"]
     ncpu = meta["cpu_affinity"] or meta["cpu_count"] or 1
     if load is not None and load >= max(1.0, 0.25 * ncpu):
-        notes.append(f"note: 1-min load average {load:.2f} on {ncpu} cpus: other work on the "
-                     "machine makes timings noisy (multi-thread rows above all); see the "
-                     "noise% column")
+        notes.append(
+            f"note: 1-min load average {load:.2f} on {ncpu} cpus: other work on the "
+            "machine makes timings noisy (multi-thread rows above all); see the "
+            "noise% column"
+        )
     if meta["cnorm_openmp"] is False and any(n > 1 for n in threads):
-        notes.append("note: cnorm was built without OpenMP: its multi-thread rows run on one "
-                     "thread")
+        notes.append("note: cnorm was built without OpenMP: its multi-thread rows run on one thread")
     return notes
 
 
@@ -320,14 +384,14 @@ def write_json(path: str, meta: dict, records: list[dict]) -> None:
 
 # --------------------------------------------------------------------------- plot
 
-_OP_COLORS = {"train_fwd": "tab:blue", "eval_fwd": "tab:green", "fwd": "tab:orange",
-              "fwd_bwd": "tab:red"}
+_OP_COLORS = {"train_fwd": "tab:blue", "eval_fwd": "tab:green", "fwd": "tab:orange", "fwd_bwd": "tab:red"}
 
 
 def write_plot(path: str, records: list[dict], threads: Sequence[int]) -> None:
     """A bar chart of torch time / cnorm time per (case, op, dtype), one panel per thread
     count, on a log axis centred on 1 (needs matplotlib)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -335,15 +399,22 @@ def write_plot(path: str, records: list[dict], threads: Sequence[int]) -> None:
 
     dtypes = sorted({r["dtype"] for r in records})
     labels = list(dict.fromkeys((r["case"], r["op"], r["dtype"]) for r in records))
-    fig, axes = plt.subplots(1, len(threads), squeeze=False, sharey=True, sharex=True,
-                             figsize=(5.5 * len(threads), 0.28 * len(labels) + 1.8))
+    fig, axes = plt.subplots(
+        1,
+        len(threads),
+        squeeze=False,
+        sharey=True,
+        sharex=True,
+        figsize=(5.5 * len(threads), 0.28 * len(labels) + 1.8),
+    )
     ypos = np.arange(len(labels))
     allvals = []
     for ax, n in zip(axes[0], threads):
         vals, cols = [], []
         for lab in labels:
-            rec = next((r for r in records if (r["case"], r["op"], r["dtype"]) == lab
-                        and r["threads"] == n), None)
+            rec = next(
+                (r for r in records if (r["case"], r["op"], r["dtype"]) == lab and r["threads"] == n), None
+            )
             ratio = rec["ratio_cnorm_torch"] if rec else None
             vals.append(1.0 / ratio if ratio else float("nan"))
             cols.append(_OP_COLORS.get(lab[1], "gray"))
@@ -356,24 +427,26 @@ def write_plot(path: str, records: list[dict], threads: Sequence[int]) -> None:
         ax.set_xlabel("speedup = torch time / cnorm time  (>1: cnorm faster)")
         for y, v in zip(ypos, vals):
             if math.isfinite(v):
-                ax.text(v, y, f" {v:.2f} ", va="center", fontsize=7,
-                        ha="left" if v >= 1 else "right")
+                ax.text(v, y, f" {v:.2f} ", va="center", fontsize=7, ha="left" if v >= 1 else "right")
         ax.grid(axis="x", which="both", alpha=0.3)
     lim = max([abs(math.log(v)) for v in allvals] + [math.log(1.25)]) * 1.3
     axes[0][0].set_xlim(math.exp(-lim), math.exp(lim))
-    ticks = [t for t in (0.1, 0.2, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 10)
-             if math.exp(-lim) <= t <= math.exp(lim)]
+    ticks = [
+        t for t in (0.1, 0.2, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 10) if math.exp(-lim) <= t <= math.exp(lim)
+    ]
     for ax in axes[0]:
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     axes[0][0].set_yticks(ypos)
-    axes[0][0].set_yticklabels([f"{c} {o}" + (f" {d}" if len(dtypes) > 1 else "")
-                                for c, o, d in labels], fontsize=8)
-    axes[0][0].invert_yaxis()       # shared y axis: invert once
+    axes[0][0].set_yticklabels(
+        [f"{c} {o}" + (f" {d}" if len(dtypes) > 1 else "") for c, o, d in labels], fontsize=8
+    )
+    axes[0][0].invert_yaxis()  # shared y axis: invert once
     used = [op for op in _OP_COLORS if any(lab[1] == op for lab in labels)]
-    axes[0][-1].legend(handles=[Patch(color=_OP_COLORS[op], label=op) for op in used],
-                       fontsize=8, loc="lower right")
+    axes[0][-1].legend(
+        handles=[Patch(color=_OP_COLORS[op], label=op) for op in used], fontsize=8, loc="lower right"
+    )
     fig.suptitle("cnorm vs torch.nn (CPU)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

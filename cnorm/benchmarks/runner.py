@@ -1,5 +1,6 @@
 """Old name of :mod:`cnorm.benchmarks.cli` (``runner.main(argv)`` still works); new code
 imports ``cli``. To be removed once nothing imports it."""
+
 from .cli import build_parser, main, parse_threads, run_benchmarks
 from .report import geomean
 

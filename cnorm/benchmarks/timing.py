@@ -30,8 +30,16 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Callable
 
-__all__ = ["METHOD_TEXT", "Measurement", "SameThreads", "TimingSettings", "calibrate",
-           "measure_interleaved", "time_loop", "warm_up"]
+__all__ = [
+    "METHOD_TEXT",
+    "Measurement",
+    "SameThreads",
+    "TimingSettings",
+    "calibrate",
+    "measure_interleaved",
+    "time_loop",
+    "warm_up",
+]
 
 METHOD_TEXT = (
     "timing method: all implementations run in the same process. Each callable is "
@@ -46,18 +54,18 @@ METHOD_TEXT = (
 
 @dataclass(frozen=True)
 class TimingSettings:
-    reps: int = 15                 # interleaved repetitions (median taken)
-    min_rep_s: float = 2e-3        # one rep (k inner calls) lasts at least this long
-    warmup_s: float = 0.02         # warm-up time per callable ...
-    min_warmup_calls: int = 2      # ... and at least this many calls
-    max_measure_s: float = 6.0     # cap on the timed part of one measurement: fewer reps
-    min_reps: int = 3              # ... but never fewer than this
+    reps: int = 15  # interleaved repetitions (median taken)
+    min_rep_s: float = 2e-3  # one rep (k inner calls) lasts at least this long
+    warmup_s: float = 0.02  # warm-up time per callable ...
+    min_warmup_calls: int = 2  # ... and at least this many calls
+    max_measure_s: float = 6.0  # cap on the timed part of one measurement: fewer reps
+    min_reps: int = 3  # ... but never fewer than this
 
 
 @dataclass
 class Measurement:
-    times: dict[str, list[float]] = field(default_factory=dict)   # seconds per call, per rep
-    inner: dict[str, int] = field(default_factory=dict)           # k per callable
+    times: dict[str, list[float]] = field(default_factory=dict)  # seconds per call, per rep
+    inner: dict[str, int] = field(default_factory=dict)  # k per callable
 
     def median(self, name: str) -> float:
         return statistics.median(self.times[name])
@@ -100,8 +108,9 @@ def calibrate(fn: Callable[[], object], min_rep_s: float, max_inner: int = 10_00
         k = min(k, max_inner)
 
 
-def measure_interleaved(fns: Mapping[str, Callable[[], object]],
-                        settings: TimingSettings = TimingSettings()) -> Measurement:
+def measure_interleaved(
+    fns: Mapping[str, Callable[[], object]], settings: TimingSettings = TimingSettings()
+) -> Measurement:
     """Time every callable of ``fns`` with interleaved repetitions (see module doc)."""
     names = list(fns)
     m = Measurement()

@@ -21,6 +21,7 @@ Ops:
 
 Impls: ``"cnorm.torch"`` and ``"torch.nn"``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,12 +32,21 @@ import numpy as np
 
 from . import cases as C
 
-__all__ = ["CNN_BATCH", "DROPIN_IMPLS", "DROPIN_KINDS", "DROPIN_OPS", "build_cnn_step",
-           "build_dropin", "dropin_cases", "iter_dropin_params", "make_cnn"]
+__all__ = [
+    "CNN_BATCH",
+    "DROPIN_IMPLS",
+    "DROPIN_KINDS",
+    "DROPIN_OPS",
+    "build_cnn_step",
+    "build_dropin",
+    "dropin_cases",
+    "iter_dropin_params",
+    "make_cnn",
+]
 
 DROPIN_IMPLS = ("cnorm.torch", "torch.nn")
 DROPIN_OPS = ("fwd_bwd", "infer")
-DROPIN_KINDS = ("bn1d", "bn2d", "bn3d", "ln")     # the layers cnorm.torch has drop-ins for
+DROPIN_KINDS = ("bn1d", "bn2d", "bn3d", "ln")  # the layers cnorm.torch has drop-ins for
 CNN_BATCH = 128
 
 
@@ -58,8 +68,9 @@ def _module_namespace(impl):
     raise ValueError(f"unknown drop-in impl {impl!r}; impls: {DROPIN_IMPLS}")
 
 
-def build_dropin(case: C.Case, op: str, impl: str, dtype="float32",
-                 data: C.CaseData | None = None) -> Callable[[], object]:
+def build_dropin(
+    case: C.Case, op: str, impl: str, dtype="float32", data: C.CaseData | None = None
+) -> Callable[[], object]:
     """A zero-argument callable running ``op`` of ``case`` with the ``impl`` module."""
     torch = C.import_torch()
     ns = _module_namespace(impl)
@@ -83,8 +94,8 @@ def build_dropin(case: C.Case, op: str, impl: str, dtype="float32",
 
         def forward():
             return m(x)
-        fn = C.torch_fwd_bwd(forward, [x], list(m.parameters()),
-                             torch.from_numpy(data.dy.copy()))
+
+        fn = C.torch_fwd_bwd(forward, [x], list(m.parameters()), torch.from_numpy(data.dy.copy()))
     fn.__name__ = f"{case.name}_{op}_{impl}_{dtype}"
     return fn
 
@@ -93,11 +104,20 @@ def make_cnn():
     """The CNN of examples/train_digits_torch.py (torch.nn layers)."""
     nn = C.import_torch().nn
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(1, 32, 3, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+        nn.Conv2d(64, 64, 3, padding=1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
 
 
 def build_cnn_step(impl: str, batch: int = CNN_BATCH, seed: int = 0) -> Callable[[], object]:
@@ -110,6 +130,7 @@ def build_cnn_step(impl: str, batch: int = CNN_BATCH, seed: int = 0) -> Callable
         model = make_cnn()
     if impl == "cnorm.torch":
         import cnorm.torch as ct
+
         model = ct.convert(copy.deepcopy(model))
     model.train()
     x = torch.randn((batch, 1, 8, 8), generator=gen)
@@ -123,12 +144,14 @@ def build_cnn_step(impl: str, batch: int = CNN_BATCH, seed: int = 0) -> Callable
         loss.backward()
         opt.step()
         return loss
+
     fn.__name__ = f"cnn_step_{impl}"
     return fn
 
 
-def iter_dropin_params(cases: Sequence[C.Case] = C.CASES, ops: Sequence[str] = ("fwd_bwd",),
-                       dtypes: Sequence[str] = ("float32",)):
+def iter_dropin_params(
+    cases: Sequence[C.Case] = C.CASES, ops: Sequence[str] = ("fwd_bwd",), dtypes: Sequence[str] = ("float32",)
+):
     """``(case, dtype, op, impl)`` for the drop-in suite (the cases with a drop-in), one
     case's data kept hot."""
     for case in dropin_cases(cases):

@@ -13,6 +13,7 @@ One file per family: :mod:`.batchnorm` (batch norm, fused batch norm + ReLU, the
 synchronized batch-norm building blocks), :mod:`.layernorm` (layer norm, RMS norm, fused
 add + layer norm), :mod:`.groupnorm` (group norm, instance norm).
 """
+
 from .._validate import Array, ShapeLike  # noqa: F401  (the type aliases of the signatures)
 from . import batchnorm, groupnorm, layernorm
 from .batchnorm import *  # noqa: F403

@@ -1,5 +1,6 @@
 """Batch norm (per channel, dim 1 of ``(N, C, *)``), fused batch norm + ReLU, and the
 building blocks of a synchronized (distributed) batch norm."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -7,13 +8,32 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .. import _ops
-from .._validate import (Array, batch_dims, check_array, check_bool, check_eval_eps, check_grad,
-                         check_param, check_real, check_same, refuse_masked)
+from .._validate import (
+    Array,
+    batch_dims,
+    check_array,
+    check_bool,
+    check_eval_eps,
+    check_grad,
+    check_param,
+    check_real,
+    check_same,
+    refuse_masked,
+)
 
-__all__ = ["batch_norm", "native_batch_norm", "batch_norm_backward", "batch_norm_stats",
-           "merge_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
-           "batch_norm_backward_elemt", "batch_norm_relu", "native_batch_norm_relu",
-           "batch_norm_relu_backward"]
+__all__ = [
+    "batch_norm",
+    "native_batch_norm",
+    "batch_norm_backward",
+    "batch_norm_stats",
+    "merge_stats",
+    "batch_norm_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
+    "batch_norm_relu",
+    "native_batch_norm_relu",
+    "batch_norm_relu_backward",
+]
 
 
 def native_batch_norm(
@@ -60,9 +80,9 @@ def native_batch_norm(
         check_eval_eps(eps)
         return _ops.batch_norm_eval(x, n, c, s, weight, bias, rm, rv, eps, relu)
     if rm is None or rv is None:
-        rm = rv = None      # torch updates the running statistics only when both are given
+        rm = rv = None  # torch updates the running statistics only when both are given
     out = _ops.batch_norm_train(x, n, c, s, weight, bias, rm, rv, momentum, eps, relu)
-    if rm is not running_mean and rm is not None:       # worked on contiguous copies
+    if rm is not running_mean and rm is not None:  # worked on contiguous copies
         np.copyto(running_mean, rm)
         np.copyto(running_var, rv)
     return out
@@ -87,12 +107,12 @@ def batch_norm(
         >>> rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
         >>> y = batch_norm(x, rm, rv, training=True)   # rm, rv updated in place
     """
-    return native_batch_norm(input, weight, bias, running_mean, running_var, training,
-                             momentum, eps)[0]
+    return native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)[0]
 
 
-def _backward(grad_output, input, weight, save_mean, save_invstd, training,
-              output=None) -> Tuple[Array, Array, Array]:
+def _backward(
+    grad_output, input, weight, save_mean, save_invstd, training, output=None
+) -> Tuple[Array, Array, Array]:
     """batch_norm_backward and batch_norm_relu_backward (with the forward's output)."""
     x = check_array(input)
     check_bool(training, "training")
@@ -130,6 +150,7 @@ def batch_norm_backward(
 # ------------------------------------------------------------ fused batch norm + ReLU
 # oneDNN's fuse_norm_relu: the batch-norm kernels with relu=True / y=
 
+
 def native_batch_norm_relu(
     input: Array,
     weight: Optional[Array],
@@ -148,8 +169,9 @@ def native_batch_norm_relu(
         ``(output, save_mean, save_invstd)``; keep ``output`` for the backward (its
         positive entries are where the ReLU passes the gradient).
     """
-    return native_batch_norm(input, weight, bias, running_mean, running_var, training,
-                             momentum, eps, relu=True)
+    return native_batch_norm(
+        input, weight, bias, running_mean, running_var, training, momentum, eps, relu=True
+    )
 
 
 def batch_norm_relu(
@@ -171,8 +193,9 @@ def batch_norm_relu(
         >>> bool(np.array_equal(y, np.maximum(batch_norm(x, None, None, training=True), 0)))
         True
     """
-    return native_batch_norm(input, weight, bias, running_mean, running_var, training,
-                             momentum, eps, relu=True)[0]
+    return native_batch_norm(
+        input, weight, bias, running_mean, running_var, training, momentum, eps, relu=True
+    )[0]
 
 
 def batch_norm_relu_backward(
@@ -196,6 +219,7 @@ def batch_norm_relu_backward(
 
 # --------------------------------------------------------- synchronized batch norm blocks
 # engine-free: the caller moves the statistics between processes (all-gather, all-reduce)
+
 
 def batch_norm_stats(input: Array) -> Tuple[int, Array, Array]:
     r"""Per-channel ``(count, mean, m2)`` of ``input`` ``(N, C, *)`` in one pass:
@@ -233,11 +257,12 @@ def merge_stats(counts, means, m2s) -> Tuple[int, Array, Array]:
     counts = np.asarray(counts, dtype=np.float64)
     means = np.asarray(means, dtype=np.float64)
     m2s = np.asarray(m2s, dtype=np.float64)
-    if counts.ndim != 1 or means.ndim != 2 or means.shape[0] != counts.shape[0] \
-            or m2s.shape != means.shape:
-        raise ValueError("merge_stats expects counts (R,) and means, m2s (R, C) for R shards, "
-                         f"got counts {counts.shape}, means {means.shape}, m2s {m2s.shape}")
-    if not (counts >= 0).all():     # NaN fails too
+    if counts.ndim != 1 or means.ndim != 2 or means.shape[0] != counts.shape[0] or m2s.shape != means.shape:
+        raise ValueError(
+            "merge_stats expects counts (R,) and means, m2s (R, C) for R shards, "
+            f"got counts {counts.shape}, means {means.shape}, m2s {m2s.shape}"
+        )
+    if not (counts >= 0).all():  # NaN fails too
         raise ValueError(f"merge_stats counts must be non-negative, got {counts.tolist()}")
     total = 0.0
     mean = np.zeros(means.shape[1])
@@ -307,5 +332,4 @@ def batch_norm_backward_elemt(
     invstd = check_param(invstd, "invstd", (c,), None)
     sum_dy = check_param(sum_dy, "sum_dy", (c,), None)
     sum_dy_xhat = check_param(sum_dy_xhat, "sum_dy_xhat", (c,), None)
-    return _ops.batch_norm_backward_elemt(dy, x, n, c, s, mean, invstd, weight, sum_dy,
-                                          sum_dy_xhat, count)
+    return _ops.batch_norm_backward_elemt(dy, x, n, c, s, mean, invstd, weight, sum_dy, sum_dy_xhat, count)

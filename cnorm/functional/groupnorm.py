@@ -5,6 +5,7 @@ normalizes each (n, group) row of Cg*S values; weight and bias are per channel. 
 norm is group norm with G = C, with optional running statistics (then an eval forward is
 a batch-norm eval).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -12,11 +13,26 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .. import _ops
-from .._validate import (Array, batch_dims, check_array, check_bool, check_grad, check_param,
-                         check_real, check_spatial, group_dims)
+from .._validate import (
+    Array,
+    batch_dims,
+    check_array,
+    check_bool,
+    check_grad,
+    check_param,
+    check_real,
+    check_spatial,
+    group_dims,
+)
 
-__all__ = ["group_norm", "native_group_norm", "group_norm_backward", "instance_norm",
-           "native_instance_norm", "instance_norm_backward"]
+__all__ = [
+    "group_norm",
+    "native_group_norm",
+    "group_norm_backward",
+    "instance_norm",
+    "native_instance_norm",
+    "instance_norm_backward",
+]
 
 
 def native_group_norm(
@@ -95,6 +111,7 @@ def group_norm_backward(
 
 # --------------------------------------------------------------------------- instance norm
 
+
 def native_instance_norm(
     input: Array,
     weight: Optional[Array],
@@ -128,11 +145,9 @@ def native_instance_norm(
     if use_input_stats:
         check_spatial(x.shape)
     if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must either both be None or neither "
-                         "be None")
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
     if not use_input_stats and running_mean is None:
-        raise ValueError("Expected running_mean and running_var to be defined when "
-                         "use_input_stats is false")
+        raise ValueError("Expected running_mean and running_var to be defined when use_input_stats is false")
     n, c, s = batch_dims(x)
     dtype = x.dtype
     weight = check_param(weight, "weight", (c,), dtype)
@@ -141,11 +156,12 @@ def native_instance_norm(
     rm = check_param(running_mean, "running_mean", (c,), dtype, writable=writable)
     rv = check_param(running_var, "running_var", (c,), dtype, writable=writable)
     if not use_input_stats:
-        assert rm is not None and rv is not None        # checked above
+        assert rm is not None and rv is not None  # checked above
         return _ops.batch_norm_eval(x, n, c, s, weight, bias, rm, rv, eps)
     # the originals, not contiguous copies: the update writes them with np.copyto
-    y, mean, rstd = _ops.instance_norm_train(x, n, c, s, weight, bias, running_mean,
-                                             running_var, momentum, eps)
+    y, mean, rstd = _ops.instance_norm_train(
+        x, n, c, s, weight, bias, running_mean, running_var, momentum, eps
+    )
     return y, mean.reshape(n, c), rstd.reshape(n, c)
 
 
@@ -170,8 +186,9 @@ def instance_norm(
         >>> bool(np.allclose(y.mean(axis=(2, 3)), 0, atol=1e-6))
         True
     """
-    return native_instance_norm(input, weight, bias, running_mean, running_var,
-                                use_input_stats, momentum, eps)[0]
+    return native_instance_norm(
+        input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps
+    )[0]
 
 
 def instance_norm_backward(

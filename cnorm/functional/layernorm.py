@@ -1,5 +1,6 @@
 """Row norms over the trailing ``normalized_shape`` dims: layer norm, RMS norm, and the
 fused residual add + layer norm (ONNX Runtime's SkipLayerNormalization)."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -7,12 +8,30 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .. import _ops
-from .._validate import (Array, ShapeLike, check_array, check_grad, check_param, check_real,
-                         check_same, check_normalized_shape, layer_dims, rms_dims)
+from .._validate import (
+    Array,
+    ShapeLike,
+    check_array,
+    check_grad,
+    check_normalized_shape,
+    check_param,
+    check_real,
+    check_same,
+    layer_dims,
+    rms_dims,
+)
 
-__all__ = ["layer_norm", "native_layer_norm", "layer_norm_backward", "rms_norm",
-           "native_rms_norm", "rms_norm_backward", "add_layer_norm", "native_add_layer_norm",
-           "add_layer_norm_backward"]
+__all__ = [
+    "layer_norm",
+    "native_layer_norm",
+    "layer_norm_backward",
+    "rms_norm",
+    "native_rms_norm",
+    "rms_norm_backward",
+    "add_layer_norm",
+    "native_add_layer_norm",
+    "add_layer_norm_backward",
+]
 
 
 def native_layer_norm(
@@ -87,6 +106,7 @@ def layer_norm_backward(
 
 # ---------------------------------------------------------------------------- RMS norm
 
+
 def native_rms_norm(
     input: Array,
     normalized_shape: ShapeLike,
@@ -155,6 +175,7 @@ def rms_norm_backward(
 
 
 # ------------------------------------------------------ fused residual add + layer norm
+
 
 def native_add_layer_norm(
     input: Array,

@@ -1,5 +1,6 @@
 """State handling shared by every cnorm module: parameters, buffers, gradients, train/eval,
 state_dict in torch's key order, and the forward -> backward hand-off."""
+
 from __future__ import annotations
 
 import warnings
@@ -10,7 +11,7 @@ import numpy as np
 
 from .._validate import check_array, check_assigned, check_dtype, check_grad, int64_count
 
-_ComplexWarning = getattr(np, "exceptions", np).ComplexWarning   # np.exceptions: NumPy >= 1.25
+_ComplexWarning = getattr(np, "exceptions", np).ComplexWarning  # np.exceptions: NumPy >= 1.25
 
 # the arrays a module hands to the kernels as they are: checked when assigned
 _CHECKED_ON_ASSIGNMENT = frozenset(("weight", "bias", "running_mean", "running_var"))
@@ -31,20 +32,26 @@ def _stage(key: str, current, value) -> Tuple[Any, str]:
     """(``value`` converted for ``key``, "") or (None, the problem in torch's wording)."""
     try:
         value = _to_numpy(value)
-    except Exception as exc:    # a ragged list, an object NumPy cannot take, ...
+    except Exception as exc:  # a ragged list, an object NumPy cannot take, ...
         return None, f"could not convert {key} to an array: {exc}"
     if key == "num_batches_tracked":
         if value.shape != ():
-            return None, (f"size mismatch for {key}: copying a param with shape {value.shape} "
-                          "from checkpoint, the shape in current model is ().")
+            return None, (
+                f"size mismatch for {key}: copying a param with shape {value.shape} "
+                "from checkpoint, the shape in current model is ()."
+            )
         count = int64_count(value.item())
         if count is None:
-            return None, (f'While copying the parameter named "{key}", expected a finite '
-                          f"integer representable in int64, got {value.item()!r}.")
+            return None, (
+                f'While copying the parameter named "{key}", expected a finite '
+                f"integer representable in int64, got {value.item()!r}."
+            )
         return count, ""
     if value.shape != current.shape:
-        return None, (f"size mismatch for {key}: copying a param with shape {value.shape} from "
-                      f"checkpoint, the shape in current model is {current.shape}.")
+        return None, (
+            f"size mismatch for {key}: copying a param with shape {value.shape} from "
+            f"checkpoint, the shape in current model is {current.shape}."
+        )
     if not current.flags.writeable:
         return None, f"{key} is read-only in the current model."
     try:
@@ -72,15 +79,14 @@ class Module:
     def __init__(self, dtype=np.float32) -> None:
         self.dtype = check_dtype(dtype)
         self.training = True
-        self._saved: Optional[tuple] = None   # what backward() needs from the last forward()
+        self._saved: Optional[tuple] = None  # what backward() needs from the last forward()
         self._forward_seen = False
         for name in self._param_names:
             setattr(self, name + "_grad", None)
 
     def __setattr__(self, name: str, value) -> None:
         # reads stay plain attribute reads; only these four names pay for a check
-        if name in _CHECKED_ON_ASSIGNMENT and (name in self._param_names
-                                               or name in self._buffer_names):
+        if name in _CHECKED_ON_ASSIGNMENT and (name in self._param_names or name in self._buffer_names):
             shape = self.__dict__.get("_param_shape")
             if shape is not None:
                 value = check_assigned(value, name, shape, self.dtype)
@@ -114,8 +120,9 @@ class Module:
     def _no_saved_state(self) -> NoReturn:
         if not self._forward_seen:
             raise RuntimeError("backward() called before forward()")
-        raise RuntimeError("Trying to backward through the graph a second time: "
-                           "call forward() again before backward()")
+        raise RuntimeError(
+            "Trying to backward through the graph a second time: call forward() again before backward()"
+        )
 
     def _accumulate(self, name: str, grad: np.ndarray) -> None:
         """``<name>_grad += grad`` (torch's .grad accumulation), only for present params."""
@@ -176,8 +183,7 @@ class Module:
         """Copies of the parameters and buffers, keyed and ordered as in torch."""
         out = {}
         for name, value in self._state_items():
-            out[name] = (np.array(value, dtype=np.int64) if name == "num_batches_tracked"
-                         else value.copy())
+            out[name] = np.array(value, dtype=np.int64) if name == "num_batches_tracked" else value.copy()
         return out
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
@@ -195,11 +201,11 @@ class Module:
         missing = [k for k in expected if k not in state_dict and k != "num_batches_tracked"]
         unexpected = [k for k in state_dict if k not in expected and k not in ignored]
         if strict and missing:
-            errors.append("Missing key(s) in state_dict: {}. ".format(
-                ", ".join(f'"{k}"' for k in missing)))
+            errors.append("Missing key(s) in state_dict: {}. ".format(", ".join(f'"{k}"' for k in missing)))
         if strict and unexpected:
-            errors.append("Unexpected key(s) in state_dict: {}. ".format(
-                ", ".join(f'"{k}"' for k in unexpected)))
+            errors.append(
+                "Unexpected key(s) in state_dict: {}. ".format(", ".join(f'"{k}"' for k in unexpected))
+            )
         staged = {}
         for key, current in expected.items():
             if key not in state_dict:
@@ -210,8 +216,11 @@ class Module:
             else:
                 staged[key] = value
         if errors:
-            raise RuntimeError("Error(s) in loading state_dict for {}:\n\t{}".format(
-                type(self).__name__, "\n\t".join(errors)))
+            raise RuntimeError(
+                "Error(s) in loading state_dict for {}:\n\t{}".format(
+                    type(self).__name__, "\n\t".join(errors)
+                )
+            )
         # nothing below can fail: same shapes, same dtypes, writable targets, an int count
         for key, value in staged.items():
             if key == "num_batches_tracked":

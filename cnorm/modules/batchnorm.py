@@ -3,6 +3,7 @@
 ``_BatchNorm`` owns the state; the subclasses only check the input's number of dims;
 the arithmetic is in the kernels beneath :mod:`cnorm._ops`.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -17,7 +18,7 @@ from ._base import Module
 class _BatchNorm(Module):
     _param_names = ("weight", "bias")
     _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
-    _relu = False   # True in the fused BatchNormReLU subclasses: y = max(0, batch_norm(x))
+    _relu = False  # True in the fused BatchNormReLU subclasses: y = max(0, batch_norm(x))
 
     def __init__(
         self,
@@ -35,8 +36,9 @@ class _BatchNorm(Module):
         self.eps = check_real(eps, "eps")
         self.momentum = check_real(momentum, "momentum", optional=True)
         self.affine = affine = check_flag(affine, "affine")
-        self.track_running_stats = track_running_stats = check_flag(track_running_stats,
-                                                                    "track_running_stats")
+        self.track_running_stats = track_running_stats = check_flag(
+            track_running_stats, "track_running_stats"
+        )
         bias = check_flag(bias, "bias")
         c, dt = self.num_features, self.dtype
         self._param_shape = (c,)
@@ -72,24 +74,37 @@ class _BatchNorm(Module):
             raise TypeError(f"input dtype {x.dtype} does not match the module dtype {self.dtype}")
         n, c, s = batch_dims(x)
         if c != self.num_features:
-            raise ValueError(f"expected input with {self.num_features} channels (num_features), "
-                             f"got input of shape {x.shape}")
+            raise ValueError(
+                f"expected input with {self.num_features} channels (num_features), "
+                f"got input of shape {x.shape}"
+            )
         batch_stats = self.training or self.running_mean is None
         if self.training and self.track_running_stats:
             nbt = self.num_batches_tracked + 1
             y, mean, invstd = ops.batch_norm_train(
-                x, n, c, s, self.weight, self.bias, self.running_mean, self.running_var,
-                ops.momentum_factor(self.momentum, nbt), self.eps, self._relu)
+                x,
+                n,
+                c,
+                s,
+                self.weight,
+                self.bias,
+                self.running_mean,
+                self.running_var,
+                ops.momentum_factor(self.momentum, nbt),
+                self.eps,
+                self._relu,
+            )
             self.num_batches_tracked = nbt
         elif batch_stats:
             # no running statistics to update (or, in eval, to use: the batch's own, as torch)
-            y, mean, invstd = ops.batch_norm_train(x, n, c, s, self.weight, self.bias, None, None,
-                                                   0.0, self.eps, self._relu)
+            y, mean, invstd = ops.batch_norm_train(
+                x, n, c, s, self.weight, self.bias, None, None, 0.0, self.eps, self._relu
+            )
         else:
             check_eval_eps(self.eps)
-            y, mean, invstd = ops.batch_norm_eval(x, n, c, s, self.weight, self.bias,
-                                                  self.running_mean, self.running_var, self.eps,
-                                                  self._relu)
+            y, mean, invstd = ops.batch_norm_eval(
+                x, n, c, s, self.weight, self.bias, self.running_mean, self.running_var, self.eps, self._relu
+            )
         # the fused ReLU's backward needs its output (a reference, no copy)
         self._saved = (x, y if self._relu else None, n, c, s, mean, invstd, batch_stats)
         self._forward_seen = True
@@ -99,16 +114,17 @@ class _BatchNorm(Module):
         """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
         ``bias_grad``. Uses the statistics that forward used (batch or running)."""
         (x, y, n, c, s, mean, invstd, batch_stats), dy = self._saved_and_grad(grad_output)
-        dx, dw, db = ops.batch_norm_backward(dy, x, n, c, s, self.weight, mean, invstd,
-                                             batch_stats, y)
+        dx, dw, db = ops.batch_norm_backward(dy, x, n, c, s, self.weight, mean, invstd, batch_stats, y)
         self._accumulate("weight", dw)
         self._accumulate("bias", db)
         return dx
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, bias={self.bias is not None}, "
-                f"track_running_stats={self.track_running_stats}")
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
 
 
 class BatchNorm1d(_BatchNorm):

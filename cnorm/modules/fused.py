@@ -5,6 +5,7 @@ Both keep a reference to an OUTPUT of their forward until ``backward()`` (the su
 for :class:`AddLayerNorm`, ``y`` for the BatchNormReLU modules), as the input is kept:
 modify that array in place in between and the gradient follows the change.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -59,10 +60,11 @@ class AddLayerNorm(LayerNorm):
         try:
             dsum = None if grad_sum is None else check_same(grad_sum, s, "grad_sum", "the sum")
         except Exception:
-            self._saved = saved     # a bad call frees nothing
+            self._saved = saved  # a bad call frees nothing
             raise
-        dx, dw, db = ops.add_layer_norm_backward(dy, dsum, s, self.normalized_shape, m, d,
-                                                 mean, rstd, self.weight)
+        dx, dw, db = ops.add_layer_norm_backward(
+            dy, dsum, s, self.normalized_shape, m, d, mean, rstd, self.weight
+        )
         self._accumulate("weight", dw)
         self._accumulate("bias", db)
         return dx

@@ -1,4 +1,5 @@
 """GroupNorm on NumPy arrays with torch.nn semantics."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,8 +47,7 @@ class GroupNorm(Module):
         num_channels = check_size(num_channels, "num_channels")
         groups = check_num_groups(num_groups)
         if num_channels % groups != 0:
-            raise ValueError(f"num_channels ({num_channels}) must be divisible by "
-                             f"num_groups ({num_groups})")
+            raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
         self.num_groups = groups
         self.num_channels = num_channels
         self.eps = check_real(eps, "eps")
@@ -64,8 +64,7 @@ class GroupNorm(Module):
         x = self._input(input)
         n, g, cg, s = group_dims(x, self.num_groups)
         # like torch, the channel count is only checked through weight / bias
-        weight = check_param(self.weight, "weight", (g * cg,), x.dtype, "channels",
-                             input_shape=x.shape)
+        weight = check_param(self.weight, "weight", (g * cg,), x.dtype, "channels", input_shape=x.shape)
         bias = check_param(self.bias, "bias", (g * cg,), x.dtype, "channels", input_shape=x.shape)
         y, mean, rstd, _ = ops.group_norm_forward(x, n, g, cg, s, weight, bias, self.eps)
         self._saved = (x, n, g, cg, s, mean, rstd)
@@ -82,5 +81,7 @@ class GroupNorm(Module):
         return dx
 
     def extra_repr(self) -> str:
-        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, "
-                f"affine={self.affine}, bias={self.bias is not None}")
+        return (
+            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, "
+            f"affine={self.affine}, bias={self.bias is not None}"
+        )

@@ -5,6 +5,7 @@ The state (weight, bias, running statistics) is that of the batch norms (torch's
 (:func:`cnorm.functional.instance_norm`), or a batch-norm eval when the running
 statistics are used.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -18,7 +19,7 @@ from .batchnorm import _BatchNorm
 
 
 class _InstanceNorm(_BatchNorm):
-    _no_batch_dim = 0      # input dims of an unbatched input: (C, *spatial)
+    _no_batch_dim = 0  # input dims of an unbatched input: (C, *spatial)
 
     def __init__(
         self,
@@ -31,8 +32,7 @@ class _InstanceNorm(_BatchNorm):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype,
-                         bias=bias)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias=bias)
 
     def _check_input_dim(self, ndim: int) -> None:
         nb = self._no_batch_dim
@@ -49,15 +49,19 @@ class _InstanceNorm(_BatchNorm):
         feature_dim = x.ndim - self._no_batch_dim
         if x.shape[feature_dim] != self.num_features:
             if self.affine:
-                raise ValueError(f"expected input's size at dim={feature_dim} to match "
-                                 f"num_features ({self.num_features}), but got: "
-                                 f"{x.shape[feature_dim]}.")
-            warnings.warn(f"input's size at dim={feature_dim} does not match num_features. "
-                          "You can silence this warning by not passing in num_features, "
-                          "which is not used because affine=False",
-                          stacklevel=3)   # the caller of m(x) (through Module.__call__)
+                raise ValueError(
+                    f"expected input's size at dim={feature_dim} to match "
+                    f"num_features ({self.num_features}), but got: "
+                    f"{x.shape[feature_dim]}."
+                )
+            warnings.warn(
+                f"input's size at dim={feature_dim} does not match num_features. "
+                "You can silence this warning by not passing in num_features, "
+                "which is not used because affine=False",
+                stacklevel=3,
+            )  # the caller of m(x) (through Module.__call__)
         x_in = x
-        if x.ndim == self._no_batch_dim:        # unbatched: a batch of one, like torch
+        if x.ndim == self._no_batch_dim:  # unbatched: a batch of one, like torch
             x = x[None]
         n, c, s = batch_dims(x)
         dt = self.dtype
@@ -69,13 +73,13 @@ class _InstanceNorm(_BatchNorm):
                 rm = check_param(self.running_mean, "running_mean", (c,), dt)
                 rv = check_param(self.running_var, "running_var", (c,), dt)
             # torch: momentum=None is passed on as 0.0 (the running statistics stay put)
-            y, mean, invstd = ops.instance_norm_train(x, n, c, s, self.weight, self.bias, rm, rv,
-                                                      ops.momentum_factor(self.momentum), self.eps)
+            y, mean, invstd = ops.instance_norm_train(
+                x, n, c, s, self.weight, self.bias, rm, rv, ops.momentum_factor(self.momentum), self.eps
+            )
         else:
             rm = check_param(self.running_mean, "running_mean", (c,), dt)
             rv = check_param(self.running_var, "running_var", (c,), dt)
-            y, mean, invstd = ops.batch_norm_eval(x, n, c, s, self.weight, self.bias, rm, rv,
-                                                  self.eps)
+            y, mean, invstd = ops.batch_norm_eval(x, n, c, s, self.weight, self.bias, rm, rv, self.eps)
         self._saved = (x_in, x, n, c, s, mean, invstd, use_input_stats)
         self._forward_seen = True
         return y.reshape(x_in.shape)
@@ -88,8 +92,7 @@ class _InstanceNorm(_BatchNorm):
         if use_input_stats:
             dx, dw, db = ops.group_norm_backward(dy, x, n, c, 1, s, mean, invstd, self.weight)
         else:
-            dx, dw, db = ops.batch_norm_backward(dy, x, n, c, s, self.weight, mean, invstd,
-                                                 False)
+            dx, dw, db = ops.batch_norm_backward(dy, x, n, c, s, self.weight, mean, invstd, False)
         self._accumulate("weight", dw)
         self._accumulate("bias", db)
         return dx.reshape(x_in.shape)
@@ -118,7 +121,9 @@ class _InstanceNorm(_BatchNorm):
             "the running stats are actually needed, instead set "
             "track_running_stats=True in {klass} to enable them. See "
             "the documentation of {klass} for details.".format(
-                names=" and ".join(f'"{k}"' for k in keys), klass=klass)], keys
+                names=" and ".join(f'"{k}"' for k in keys), klass=klass
+            )
+        ], keys
 
 
 class InstanceNorm1d(_InstanceNorm):

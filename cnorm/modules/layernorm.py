@@ -1,4 +1,5 @@
 """LayerNorm on NumPy arrays with torch.nn semantics."""
+
 from __future__ import annotations
 
 from typing import Sequence, Union
@@ -43,8 +44,7 @@ class LayerNorm(Module):
         super().__init__(dtype)
         self.normalized_shape = check_normalized_shape(normalized_shape)
         self.eps = check_real(eps, "eps")
-        self.elementwise_affine = elementwise_affine = check_flag(elementwise_affine,
-                                                                  "elementwise_affine")
+        self.elementwise_affine = elementwise_affine = check_flag(elementwise_affine, "elementwise_affine")
         bias = check_flag(bias, "bias")
         shape, dt = self.normalized_shape, self.dtype
         self._param_shape = shape
@@ -65,12 +65,13 @@ class LayerNorm(Module):
         """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
         ``bias_grad``."""
         (x, m, d, mean, rstd), dy = self._saved_and_grad(grad_output)
-        dx, dw, db = ops.layer_norm_backward(dy, x, self.normalized_shape, m, d, mean, rstd,
-                                             self.weight)
+        dx, dw, db = ops.layer_norm_backward(dy, x, self.normalized_shape, m, d, mean, rstd, self.weight)
         self._accumulate("weight", dw)
         self._accumulate("bias", db)
         return dx
 
     def extra_repr(self) -> str:
-        return (f"{self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, "
+            f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}"
+        )

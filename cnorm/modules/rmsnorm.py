@@ -1,4 +1,5 @@
 """RMSNorm on NumPy arrays with torch.nn semantics."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -42,8 +43,7 @@ class RMSNorm(Module):
         super().__init__(dtype)
         self.normalized_shape = check_normalized_shape(normalized_shape)
         self.eps = check_real(eps, "eps", optional=True)
-        self.elementwise_affine = elementwise_affine = check_flag(elementwise_affine,
-                                                                  "elementwise_affine")
+        self.elementwise_affine = elementwise_affine = check_flag(elementwise_affine, "elementwise_affine")
         self._param_shape = self.normalized_shape
         self.weight = np.ones(self.normalized_shape, self.dtype) if elementwise_affine else None
         self.zero_grad()
@@ -65,5 +65,4 @@ class RMSNorm(Module):
         return dx
 
     def extra_repr(self) -> str:
-        return (f"{self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}")
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

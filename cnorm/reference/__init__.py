@@ -7,6 +7,7 @@ column of the benchmarks. Clarity over speed; no argument checks beyond what the
 arithmetic needs. Every returned array is a new float64 array (``weight``/``bias`` None
 mean 1 / 0; their gradients are computed anyway).
 """
+
 from . import batchnorm, groupnorm, layernorm
 from .batchnorm import *  # noqa: F403
 from .groupnorm import *  # noqa: F403

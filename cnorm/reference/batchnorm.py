@@ -1,5 +1,6 @@
 """Reference batch norm, fused batch norm + ReLU and synchronized batch-norm blocks
 (the twins of :mod:`cnorm.functional.batch_norm`), in float64 NumPy."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, Tuple, overload
@@ -9,10 +10,19 @@ import numpy as np
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-__all__ = ["batch_norm", "native_batch_norm", "batch_norm_backward", "batch_norm_stats",
-           "merge_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
-           "batch_norm_backward_elemt", "batch_norm_relu", "native_batch_norm_relu",
-           "batch_norm_relu_backward"]
+__all__ = [
+    "batch_norm",
+    "native_batch_norm",
+    "batch_norm_backward",
+    "batch_norm_stats",
+    "merge_stats",
+    "batch_norm_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
+    "batch_norm_relu",
+    "native_batch_norm_relu",
+    "batch_norm_relu_backward",
+]
 
 Array = np.ndarray
 
@@ -46,13 +56,12 @@ def affine(xhat: Array, weight: Optional[Array], bias: Optional[Array], ndim: in
     return y
 
 
-def update_running(running_mean: Array, running_var: Array, mean: Array,
-                   unbiased_var: Array, momentum: float) -> None:
+def update_running(
+    running_mean: Array, running_var: Array, mean: Array, unbiased_var: Array, momentum: float
+) -> None:
     """``running = (1 - momentum) * running + momentum * batch``, in place."""
-    np.copyto(running_mean, (1.0 - momentum) * f64(running_mean) + momentum * mean,
-              casting="same_kind")
-    np.copyto(running_var, (1.0 - momentum) * f64(running_var) + momentum * unbiased_var,
-              casting="same_kind")
+    np.copyto(running_mean, (1.0 - momentum) * f64(running_mean) + momentum * mean, casting="same_kind")
+    np.copyto(running_var, (1.0 - momentum) * f64(running_var) + momentum * unbiased_var, casting="same_kind")
 
 
 def _mean_var(x: Array) -> Tuple[Array, Array]:
@@ -66,10 +75,18 @@ def _mean_var(x: Array) -> Tuple[Array, Array]:
     return mean, var
 
 
-def native_batch_norm(input: Array, weight: Optional[Array], bias: Optional[Array],
-                      running_mean: Optional[Array], running_var: Optional[Array],
-                      training: bool, momentum: float, eps: float, *,
-                      relu: bool = False) -> Tuple[Array, Array, Array]:
+def native_batch_norm(
+    input: Array,
+    weight: Optional[Array],
+    bias: Optional[Array],
+    running_mean: Optional[Array],
+    running_var: Optional[Array],
+    training: bool,
+    momentum: float,
+    eps: float,
+    *,
+    relu: bool = False,
+) -> Tuple[Array, Array, Array]:
     """``(y, save_mean, save_invstd)``; with ``training`` the batch statistics, and the
     running statistics (when both are given and the batch is not empty) updated in place
     with the UNBIASED batch variance; otherwise the running statistics."""
@@ -78,8 +95,9 @@ def native_batch_norm(input: Array, weight: Optional[Array], bias: Optional[Arra
     m = x.size // c if c else int(np.prod((x.shape[0],) + x.shape[2:]))
     if training:
         if m == 1:
-            raise ValueError("Expected more than 1 value per channel when training, "
-                             f"got input size {x.shape}")
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {x.shape}"
+            )
         mean, var = _mean_var(x)
         if running_mean is not None and running_var is not None and m > 0:
             update_running(running_mean, running_var, mean, var * m / (m - 1), momentum)
@@ -88,21 +106,31 @@ def native_batch_norm(input: Array, weight: Optional[Array], bias: Optional[Arra
             raise TypeError("running_mean and running_var must be given when training=False")
         mean, var = f64(running_mean), f64(running_var)
     invstd = 1.0 / np.sqrt(var + eps)
-    y = affine((x - channel_view(mean, x.ndim)) * channel_view(invstd, x.ndim), weight, bias,
-               x.ndim)
+    y = affine((x - channel_view(mean, x.ndim)) * channel_view(invstd, x.ndim), weight, bias, x.ndim)
     return (np.maximum(y, 0.0) if relu else y), mean, invstd
 
 
-def batch_norm(input: Array, running_mean: Optional[Array], running_var: Optional[Array],
-               weight: Optional[Array] = None, bias: Optional[Array] = None,
-               training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Array:
-    return native_batch_norm(input, weight, bias, running_mean, running_var, training,
-                             momentum, eps)[0]
+def batch_norm(
+    input: Array,
+    running_mean: Optional[Array],
+    running_var: Optional[Array],
+    weight: Optional[Array] = None,
+    bias: Optional[Array] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Array:
+    return native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)[0]
 
 
-def batch_norm_backward(grad_output: Array, input: Array, weight: Optional[Array],
-                        save_mean: Array, save_invstd: Array,
-                        training: bool) -> Tuple[Array, Array, Array]:
+def batch_norm_backward(
+    grad_output: Array,
+    input: Array,
+    weight: Optional[Array],
+    save_mean: Array,
+    save_invstd: Array,
+    training: bool,
+) -> Tuple[Array, Array, Array]:
     """``(dx, dweight, dbias)``: with ``training`` the statistics depended on ``x`` (the
     full formula), otherwise they were constants, ``dx = dy * weight * invstd``."""
     dy, x = f64(grad_output), f64(input)
@@ -125,31 +153,55 @@ def batch_norm_backward(grad_output: Array, input: Array, weight: Optional[Array
 
 # ------------------------------------------------------------ fused batch norm + ReLU
 
-def native_batch_norm_relu(input: Array, weight: Optional[Array], bias: Optional[Array],
-                           running_mean: Optional[Array], running_var: Optional[Array],
-                           training: bool, momentum: float,
-                           eps: float) -> Tuple[Array, Array, Array]:
-    return native_batch_norm(input, weight, bias, running_mean, running_var, training,
-                             momentum, eps, relu=True)
+
+def native_batch_norm_relu(
+    input: Array,
+    weight: Optional[Array],
+    bias: Optional[Array],
+    running_mean: Optional[Array],
+    running_var: Optional[Array],
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tuple[Array, Array, Array]:
+    return native_batch_norm(
+        input, weight, bias, running_mean, running_var, training, momentum, eps, relu=True
+    )
 
 
-def batch_norm_relu(input: Array, running_mean: Optional[Array], running_var: Optional[Array],
-                    weight: Optional[Array] = None, bias: Optional[Array] = None,
-                    training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Array:
-    return native_batch_norm(input, weight, bias, running_mean, running_var, training,
-                             momentum, eps, relu=True)[0]
+def batch_norm_relu(
+    input: Array,
+    running_mean: Optional[Array],
+    running_var: Optional[Array],
+    weight: Optional[Array] = None,
+    bias: Optional[Array] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Array:
+    return native_batch_norm(
+        input, weight, bias, running_mean, running_var, training, momentum, eps, relu=True
+    )[0]
 
 
-def batch_norm_relu_backward(grad_output: Array, input: Array, weight: Optional[Array],
-                             save_mean: Array, save_invstd: Array, training: bool,
-                             output: Array) -> Tuple[Array, Array, Array]:
+def batch_norm_relu_backward(
+    grad_output: Array,
+    input: Array,
+    weight: Optional[Array],
+    save_mean: Array,
+    save_invstd: Array,
+    training: bool,
+    output: Array,
+) -> Tuple[Array, Array, Array]:
     """The batch-norm backward of ``dy * (output > 0)``: the ReLU passes no gradient
     where its output is 0."""
-    return batch_norm_backward(f64(grad_output) * (f64(output) > 0), input, weight, save_mean,
-                               save_invstd, training)
+    return batch_norm_backward(
+        f64(grad_output) * (f64(output) > 0), input, weight, save_mean, save_invstd, training
+    )
 
 
 # --------------------------------------------------------- synchronized batch norm blocks
+
 
 def batch_norm_stats(input: Array) -> Tuple[int, Array, Array]:
     """``(count, mean, m2)`` per channel: m2 = sum of squared deviations."""
@@ -173,15 +225,18 @@ def merge_stats(counts, means, m2s) -> Tuple[int, Array, Array]:
     return int(total), mean, m2
 
 
-def batch_norm_elemt(input: Array, mean: Array, invstd: Array, weight: Optional[Array] = None,
-                     bias: Optional[Array] = None) -> Array:
+def batch_norm_elemt(
+    input: Array, mean: Array, invstd: Array, weight: Optional[Array] = None, bias: Optional[Array] = None
+) -> Array:
     x = f64(input)
-    return affine((x - channel_view(f64(mean), x.ndim)) * channel_view(f64(invstd), x.ndim),
-                  weight, bias, x.ndim)
+    return affine(
+        (x - channel_view(f64(mean), x.ndim)) * channel_view(f64(invstd), x.ndim), weight, bias, x.ndim
+    )
 
 
-def batch_norm_backward_reduce(grad_output: Array, input: Array, mean: Array,
-                               invstd: Array) -> Tuple[Array, Array]:
+def batch_norm_backward_reduce(
+    grad_output: Array, input: Array, mean: Array, invstd: Array
+) -> Tuple[Array, Array]:
     """``(sum dy, sum dy * xhat)`` per channel."""
     dy, x = f64(grad_output), f64(input)
     xhat = (x - channel_view(f64(mean), x.ndim)) * channel_view(f64(invstd), x.ndim)
@@ -189,9 +244,16 @@ def batch_norm_backward_reduce(grad_output: Array, input: Array, mean: Array,
     return np.sum(dy, axis=axes), np.sum(dy * xhat, axis=axes)
 
 
-def batch_norm_backward_elemt(grad_output: Array, input: Array, mean: Array, invstd: Array,
-                              weight: Optional[Array], sum_dy: Array, sum_dy_xhat: Array,
-                              count: int) -> Array:
+def batch_norm_backward_elemt(
+    grad_output: Array,
+    input: Array,
+    mean: Array,
+    invstd: Array,
+    weight: Optional[Array],
+    sum_dy: Array,
+    sum_dy_xhat: Array,
+    count: int,
+) -> Array:
     """``dx = weight * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / count)``."""
     dy, x = f64(grad_output), f64(input)
     nd, c = x.ndim, x.shape[1]
@@ -199,5 +261,5 @@ def batch_norm_backward_elemt(grad_output: Array, input: Array, mean: Array, inv
     gamma = np.ones(c) if weight is None else f64(weight)
     xhat = (x - channel_view(f64(mean), nd)) * channel_view(invstd, nd)
     return channel_view(gamma * invstd, nd) * (
-        dy - channel_view(f64(sum_dy) / count, nd)
-        - xhat * channel_view(f64(sum_dy_xhat) / count, nd))
+        dy - channel_view(f64(sum_dy) / count, nd) - xhat * channel_view(f64(sum_dy_xhat) / count, nd)
+    )

@@ -6,6 +6,7 @@ consecutive channels; statistics per (n, group) over (C/G) * prod(spatial) value
 weight / bias per channel. InstanceNorm is GroupNorm with G = C plus optional running
 statistics.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, Tuple
@@ -17,8 +18,14 @@ from .batchnorm import Array, batch_norm_backward, channel_axes, f64, native_bat
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-__all__ = ["group_norm", "native_group_norm", "group_norm_backward", "instance_norm",
-           "native_instance_norm", "instance_norm_backward"]
+__all__ = [
+    "group_norm",
+    "native_group_norm",
+    "group_norm_backward",
+    "instance_norm",
+    "native_instance_norm",
+    "instance_norm_backward",
+]
 
 
 def grouped(x: Array, num_groups: int) -> Array:
@@ -35,8 +42,9 @@ def channels_to_rows(v: ArrayLike, x_shape: Tuple[int, ...], num_groups: int) ->
     return np.repeat(f64(v).reshape(num_groups, c // num_groups), s, axis=1)[None]
 
 
-def native_group_norm(input: Array, num_groups: int, weight: Optional[Array],
-                      bias: Optional[Array], eps: float) -> Tuple[Array, Array, Array]:
+def native_group_norm(
+    input: Array, num_groups: int, weight: Optional[Array], bias: Optional[Array], eps: float
+) -> Tuple[Array, Array, Array]:
     """``(y, mean, rstd)``, statistics of shape (N, num_groups); NaN for a group with no
     value."""
     x = f64(input)
@@ -55,13 +63,19 @@ def native_group_norm(input: Array, num_groups: int, weight: Optional[Array],
     return y.reshape(x.shape), mean, rstd
 
 
-def group_norm(input: Array, num_groups: int, weight: Optional[Array] = None,
-               bias: Optional[Array] = None, eps: float = 1e-5) -> Array:
+def group_norm(
+    input: Array,
+    num_groups: int,
+    weight: Optional[Array] = None,
+    bias: Optional[Array] = None,
+    eps: float = 1e-5,
+) -> Array:
     return native_group_norm(input, num_groups, weight, bias, eps)[0]
 
 
-def group_norm_backward(grad_output: Array, input: Array, num_groups: int, mean: Array,
-                        rstd: Array, weight: Optional[Array]) -> Tuple[Array, Array, Array]:
+def group_norm_backward(
+    grad_output: Array, input: Array, num_groups: int, mean: Array, rstd: Array, weight: Optional[Array]
+) -> Tuple[Array, Array, Array]:
     """``(dx, dweight, dbias)``: per (n, group) row, with ``g = dy * weight``,
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``; ``dweight = sum dy * xhat`` and
     ``dbias = sum dy`` per channel (over N and the spatial dims)."""
@@ -77,17 +91,23 @@ def group_norm_backward(grad_output: Array, input: Array, num_groups: int, mean:
     dbias = np.sum(dy, axis=axes)
     gamma = np.ones(c) if weight is None else f64(weight)
     g = drows * channels_to_rows(gamma, x.shape, num_groups)
-    dx = rstd * (g - np.mean(g, axis=2, keepdims=True)
-                 - xhat * np.mean(g * xhat, axis=2, keepdims=True))
+    dx = rstd * (g - np.mean(g, axis=2, keepdims=True) - xhat * np.mean(g * xhat, axis=2, keepdims=True))
     return dx.reshape(x.shape), dweight, dbias
 
 
 # --------------------------------------------------------------------------- instance norm
 
-def native_instance_norm(input: Array, weight: Optional[Array], bias: Optional[Array],
-                         running_mean: Optional[Array], running_var: Optional[Array],
-                         use_input_stats: bool, momentum: float,
-                         eps: float) -> Tuple[Array, Array, Array]:
+
+def native_instance_norm(
+    input: Array,
+    weight: Optional[Array],
+    bias: Optional[Array],
+    running_mean: Optional[Array],
+    running_var: Optional[Array],
+    use_input_stats: bool,
+    momentum: float,
+    eps: float,
+) -> Tuple[Array, Array, Array]:
     """``(y, save_mean, save_invstd)``. ``use_input_stats``: each (n, c) normalized with
     its own mean and biased variance, statistics (N, C); given running statistics updated
     in place as torch does, ``(1 - momentum) * running + momentum * mean_n(stat)`` with the
@@ -110,20 +130,31 @@ def native_instance_norm(input: Array, weight: Optional[Array], bias: Optional[A
     return y, mean, rstd
 
 
-def instance_norm(input: Array, running_mean: Optional[Array] = None,
-                  running_var: Optional[Array] = None, weight: Optional[Array] = None,
-                  bias: Optional[Array] = None, use_input_stats: bool = True,
-                  momentum: float = 0.1, eps: float = 1e-5) -> Array:
-    return native_instance_norm(input, weight, bias, running_mean, running_var,
-                                use_input_stats, momentum, eps)[0]
+def instance_norm(
+    input: Array,
+    running_mean: Optional[Array] = None,
+    running_var: Optional[Array] = None,
+    weight: Optional[Array] = None,
+    bias: Optional[Array] = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Array:
+    return native_instance_norm(
+        input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps
+    )[0]
 
 
-def instance_norm_backward(grad_output: Array, input: Array, weight: Optional[Array],
-                           save_mean: Array, save_invstd: Array,
-                           use_input_stats: bool) -> Tuple[Array, Array, Array]:
+def instance_norm_backward(
+    grad_output: Array,
+    input: Array,
+    weight: Optional[Array],
+    save_mean: Array,
+    save_invstd: Array,
+    use_input_stats: bool,
+) -> Tuple[Array, Array, Array]:
     """``use_input_stats``: the group-norm backward with one group per channel; otherwise
     the running statistics were constants (the batch-norm eval backward)."""
     if use_input_stats:
-        return group_norm_backward(grad_output, input, np.shape(input)[1], save_mean,
-                                   save_invstd, weight)
+        return group_norm_backward(grad_output, input, np.shape(input)[1], save_mean, save_invstd, weight)
     return batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, False)

@@ -1,5 +1,6 @@
 """Reference row norms over the trailing ``normalized_shape`` dims (the twins of
 :mod:`cnorm.functional.layer_norm`), in float64 NumPy."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional, Tuple
@@ -13,9 +14,17 @@ if TYPE_CHECKING:
 
     from .._validate import ShapeLike
 
-__all__ = ["layer_norm", "native_layer_norm", "layer_norm_backward", "rms_norm",
-           "native_rms_norm", "rms_norm_backward", "add_layer_norm", "native_add_layer_norm",
-           "add_layer_norm_backward"]
+__all__ = [
+    "layer_norm",
+    "native_layer_norm",
+    "layer_norm_backward",
+    "rms_norm",
+    "native_rms_norm",
+    "rms_norm_backward",
+    "add_layer_norm",
+    "native_add_layer_norm",
+    "add_layer_norm_backward",
+]
 
 
 def shape_tuple(normalized_shape: ShapeLike) -> Tuple[int, ...]:
@@ -35,8 +44,9 @@ def _rows(stat: ArrayLike, x: Array, axes: Tuple[int, ...]) -> Array:
     return f64(stat).reshape(x.shape[: x.ndim - len(axes)] + (1,) * len(axes))
 
 
-def native_layer_norm(input: Array, normalized_shape: ShapeLike, weight: Optional[Array],
-                      bias: Optional[Array], eps: float) -> Tuple[Array, Array, Array]:
+def native_layer_norm(
+    input: Array, normalized_shape: ShapeLike, weight: Optional[Array], bias: Optional[Array], eps: float
+) -> Tuple[Array, Array, Array]:
     """``(y, mean, rstd)``; an empty row has NaN statistics."""
     x = f64(input)
     axes = row_axes(x, normalized_shape)
@@ -54,14 +64,24 @@ def native_layer_norm(input: Array, normalized_shape: ShapeLike, weight: Optiona
     return y, mean.reshape(lead), rstd.reshape(lead)
 
 
-def layer_norm(input: Array, normalized_shape: ShapeLike, weight: Optional[Array] = None,
-               bias: Optional[Array] = None, eps: float = 1e-5) -> Array:
+def layer_norm(
+    input: Array,
+    normalized_shape: ShapeLike,
+    weight: Optional[Array] = None,
+    bias: Optional[Array] = None,
+    eps: float = 1e-5,
+) -> Array:
     return native_layer_norm(input, normalized_shape, weight, bias, eps)[0]
 
 
-def layer_norm_backward(grad_output: Array, input: Array, normalized_shape: ShapeLike,
-                        mean: Array, rstd: Array,
-                        weight: Optional[Array]) -> Tuple[Array, Array, Array]:
+def layer_norm_backward(
+    grad_output: Array,
+    input: Array,
+    normalized_shape: ShapeLike,
+    mean: Array,
+    rstd: Array,
+    weight: Optional[Array],
+) -> Tuple[Array, Array, Array]:
     """``(dx, dweight, dbias)``: per row, with ``g = dy * weight``,
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``."""
     dy, x = f64(grad_output), f64(input)
@@ -75,20 +95,23 @@ def layer_norm_backward(grad_output: Array, input: Array, normalized_shape: Shap
     dweight = np.sum(dy * xhat, axis=lead_axes)
     dbias = np.sum(dy, axis=lead_axes)
     g = dy * (np.ones(shape) if weight is None else f64(weight))
-    dx = rstd * (g - np.mean(g, axis=axes, keepdims=True)
-                 - xhat * np.mean(g * xhat, axis=axes, keepdims=True))
+    dx = rstd * (
+        g - np.mean(g, axis=axes, keepdims=True) - xhat * np.mean(g * xhat, axis=axes, keepdims=True)
+    )
     return dx, dweight, dbias
 
 
 # ---------------------------------------------------------------------------- RMS norm
+
 
 def rms_eps(eps: Optional[float], dtype: DTypeLike) -> float:
     """eps=None: the machine epsilon of the INPUT dtype (torch's default)."""
     return float(np.finfo(dtype).eps) if eps is None else float(eps)
 
 
-def native_rms_norm(input: Array, normalized_shape: ShapeLike, weight: Optional[Array],
-                    eps: Optional[float]) -> Tuple[Array, Array]:
+def native_rms_norm(
+    input: Array, normalized_shape: ShapeLike, weight: Optional[Array], eps: Optional[float]
+) -> Tuple[Array, Array]:
     """``(y, rrms)``: ``y = x * rrms * weight``, ``rrms = 1/sqrt(mean(x**2) + eps)``."""
     eps = rms_eps(eps, np.asarray(input).dtype)
     x = f64(input)
@@ -103,13 +126,15 @@ def native_rms_norm(input: Array, normalized_shape: ShapeLike, weight: Optional[
     return y, rrms.reshape(lead)
 
 
-def rms_norm(input: Array, normalized_shape: ShapeLike, weight: Optional[Array] = None,
-             eps: Optional[float] = None) -> Array:
+def rms_norm(
+    input: Array, normalized_shape: ShapeLike, weight: Optional[Array] = None, eps: Optional[float] = None
+) -> Array:
     return native_rms_norm(input, normalized_shape, weight, eps)[0]
 
 
-def rms_norm_backward(grad_output: Array, input: Array, normalized_shape: ShapeLike,
-                      rrms: Array, weight: Optional[Array]) -> Tuple[Array, Array]:
+def rms_norm_backward(
+    grad_output: Array, input: Array, normalized_shape: ShapeLike, rrms: Array, weight: Optional[Array]
+) -> Tuple[Array, Array]:
     """``(dx, dweight)``: per row, with ``r = rrms``, ``xhat = x * r`` and
     ``g = dy * weight``: ``dx = r * (g - xhat * mean(g * xhat))``."""
     dy, x = f64(grad_output), f64(input)
@@ -128,9 +153,15 @@ def rms_norm_backward(grad_output: Array, input: Array, normalized_shape: ShapeL
 
 # ------------------------------------------------------ fused residual add + layer norm
 
-def native_add_layer_norm(input: Array, residual: Array, normalized_shape: ShapeLike,
-                          weight: Optional[Array], bias: Optional[Array],
-                          eps: float) -> Tuple[Array, Array, Array, Array]:
+
+def native_add_layer_norm(
+    input: Array,
+    residual: Array,
+    normalized_shape: ShapeLike,
+    weight: Optional[Array],
+    bias: Optional[Array],
+    eps: float,
+) -> Tuple[Array, Array, Array, Array]:
     """``(y, s, mean, rstd)``: ``s = input + residual`` is formed IN THE INPUT DTYPE (it
     is an output of the fused op, stored in that dtype, as ``x + r`` in torch), then
     ``y = layer_norm(s)`` in float64."""
@@ -139,20 +170,30 @@ def native_add_layer_norm(input: Array, residual: Array, normalized_shape: Shape
     return y, s, mean, rstd
 
 
-def add_layer_norm(input: Array, residual: Array, normalized_shape: ShapeLike,
-                   weight: Optional[Array] = None, bias: Optional[Array] = None,
-                   eps: float = 1e-5) -> Tuple[Array, Array]:
+def add_layer_norm(
+    input: Array,
+    residual: Array,
+    normalized_shape: ShapeLike,
+    weight: Optional[Array] = None,
+    bias: Optional[Array] = None,
+    eps: float = 1e-5,
+) -> Tuple[Array, Array]:
     y, s, _, _ = native_add_layer_norm(input, residual, normalized_shape, weight, bias, eps)
     return y, s
 
 
-def add_layer_norm_backward(grad_output: Array, grad_sum: Optional[Array], s: Array,
-                            normalized_shape: ShapeLike, mean: Array, rstd: Array,
-                            weight: Optional[Array]) -> Tuple[Array, Array, Array]:
+def add_layer_norm_backward(
+    grad_output: Array,
+    grad_sum: Optional[Array],
+    s: Array,
+    normalized_shape: ShapeLike,
+    mean: Array,
+    rstd: Array,
+    weight: Optional[Array],
+) -> Tuple[Array, Array, Array]:
     """``(ds, dweight, dbias)``: the layer-norm backward at ``s`` plus ``grad_sum``
     (None: 0); ``ds`` is the gradient of both the input and the residual."""
-    ds, dweight, dbias = layer_norm_backward(grad_output, s, normalized_shape, mean, rstd,
-                                             weight)
+    ds, dweight, dbias = layer_norm_backward(grad_output, s, normalized_shape, mean, rstd, weight)
     if grad_sum is not None:
         ds = ds + f64(grad_sum)
     return ds, dweight, dbias

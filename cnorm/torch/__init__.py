@@ -16,11 +16,23 @@ loads::
 The user guide (semantics, what goes to torch, SyncBatchNorm, threads and OpenMP next to
 torch) is ``docs/torch.md``.
 """
+
 from ._autograd import BatchNormFunction, LayerNormFunction
 from ._dropin import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm, convert, torch_fallback
 from ._state import to_torch_state_dict
 from ._sync import SyncBatchNorm, SyncBatchNormFunction, convert_sync_batchnorm
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "SyncBatchNorm",
-           "convert", "convert_sync_batchnorm", "torch_fallback", "BatchNormFunction",
-           "LayerNormFunction", "SyncBatchNormFunction", "to_torch_state_dict"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "LayerNorm",
+    "SyncBatchNorm",
+    "convert",
+    "convert_sync_batchnorm",
+    "torch_fallback",
+    "BatchNormFunction",
+    "LayerNormFunction",
+    "SyncBatchNormFunction",
+    "to_torch_state_dict",
+]

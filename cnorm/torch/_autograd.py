@@ -11,6 +11,7 @@ that runs the Function when a gradient is needed and the bare forward otherwise.
 functional names are looked up at call time (``CF.native_layer_norm``), so a patched
 :mod:`cnorm.functional` is what runs.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Optional, Tuple, Type, cast
@@ -21,13 +22,13 @@ from torch.autograd.function import once_differentiable
 
 from .. import functional as CF
 
-__all__ = ["as_numpy", "norm_function", "BatchNormFunction", "batch_norm",
-           "LayerNormFunction", "layer_norm"]
+__all__ = ["as_numpy", "norm_function", "BatchNormFunction", "batch_norm", "LayerNormFunction", "layer_norm"]
 
-Forward = Callable[[np.ndarray, Optional[np.ndarray], Optional[np.ndarray], Any],
-                   Tuple[np.ndarray, Any]]
-Backward = Callable[[np.ndarray, np.ndarray, Optional[np.ndarray], Any],
-                    Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]]
+Forward = Callable[[np.ndarray, Optional[np.ndarray], Optional[np.ndarray], Any], Tuple[np.ndarray, Any]]
+Backward = Callable[
+    [np.ndarray, np.ndarray, Optional[np.ndarray], Any],
+    Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]],
+]
 Call = Callable[[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Any], torch.Tensor]
 
 _from_numpy = torch.from_numpy
@@ -53,8 +54,9 @@ def _fast_apply(fn: type) -> Callable[..., Any]:
         return fn.apply  # type: ignore[attr-defined]
 
 
-def norm_function(name: str, forward: Forward, backward: Backward,
-                  doc: str) -> Tuple[Type[torch.autograd.Function], Call]:
+def norm_function(
+    name: str, forward: Forward, backward: Backward, doc: str
+) -> Tuple[Type[torch.autograd.Function], Call]:
     """(the autograd Function class ``name``, ``call(input, weight, bias, args)``)."""
 
     def function_forward(ctx, input, weight, bias, args):
@@ -66,24 +68,37 @@ def norm_function(name: str, forward: Forward, backward: Backward,
     @once_differentiable
     def function_backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
-        dx, dw, db = backward(as_numpy(grad_output), as_numpy(input), as_numpy(weight),
-                              ctx.stats)
+        dx, dw, db = backward(as_numpy(grad_output), as_numpy(input), as_numpy(weight), ctx.stats)
         need = ctx.needs_input_grad
-        return (_from_numpy(dx) if need[0] and dx is not None else None,
-                _from_numpy(dw) if need[1] and dw is not None else None,
-                _from_numpy(db) if need[2] and db is not None else None,
-                None)
+        return (
+            _from_numpy(dx) if need[0] and dx is not None else None,
+            _from_numpy(dw) if need[1] and dw is not None else None,
+            _from_numpy(db) if need[2] and db is not None else None,
+            None,
+        )
 
-    function = cast(Type[torch.autograd.Function], type(name, (torch.autograd.Function,), {
-        "__doc__": doc, "__module__": __name__,
-        "forward": staticmethod(function_forward), "backward": staticmethod(function_backward)}))
+    function = cast(
+        Type[torch.autograd.Function],
+        type(
+            name,
+            (torch.autograd.Function,),
+            {
+                "__doc__": doc,
+                "__module__": __name__,
+                "forward": staticmethod(function_forward),
+                "backward": staticmethod(function_backward),
+            },
+        ),
+    )
     apply = _fast_apply(function)
 
     def call(input, weight, bias, args):
         # needs a gradient: what torch.nn's norms decide with autograd, inlined (hot path)
-        if _grad_enabled() and (input.requires_grad
-                                or (weight is not None and weight.requires_grad)
-                                or (bias is not None and bias.requires_grad)):
+        if _grad_enabled() and (
+            input.requires_grad
+            or (weight is not None and weight.requires_grad)
+            or (bias is not None and bias.requires_grad)
+        ):
             return apply(input, weight, bias, args)
         return _from_numpy(forward(as_numpy(input), as_numpy(weight), as_numpy(bias), args)[0])
 
@@ -92,10 +107,12 @@ def norm_function(name: str, forward: Forward, backward: Backward,
 
 # ------------------------------------------------------------------------------- norms
 
+
 def _batch_norm_forward(x, weight, bias, args):
     running_mean, running_var, training, momentum, eps = args
-    y, mean, invstd = CF.native_batch_norm(x, weight, bias, running_mean, running_var,
-                                           training, momentum, eps)
+    y, mean, invstd = CF.native_batch_norm(
+        x, weight, bias, running_mean, running_var, training, momentum, eps
+    )
     return y, (mean, invstd, training)
 
 
@@ -105,13 +122,16 @@ def _batch_norm_backward(dy, x, weight, stats):
 
 
 BatchNormFunction, batch_norm = norm_function(
-    "BatchNormFunction", _batch_norm_forward, _batch_norm_backward,
+    "BatchNormFunction",
+    _batch_norm_forward,
+    _batch_norm_backward,
     """``y = batch_norm(x)`` on the cnorm kernels: ``apply(input, weight, bias, args)``
     with CPU tensors of one float dtype, contiguous (weight/bias may be None), and
     ``args = (running_mean, running_var, training, momentum, eps)`` where the running
     statistics are NumPy views of the buffers (updated in place when ``training``) or
     None. Saves the input, the weight and the float64 mean/invstd; the backward is
-    once-differentiable.""")
+    once-differentiable.""",
+)
 
 
 def _layer_norm_forward(x, weight, bias, args):
@@ -126,8 +146,11 @@ def _layer_norm_backward(dy, x, weight, stats):
 
 
 LayerNormFunction, layer_norm = norm_function(
-    "LayerNormFunction", _layer_norm_forward, _layer_norm_backward,
+    "LayerNormFunction",
+    _layer_norm_forward,
+    _layer_norm_backward,
     """``y = layer_norm(x, normalized_shape, weight, bias, eps)`` on the cnorm kernels:
     ``apply(input, weight, bias, (normalized_shape, eps))`` with CPU tensors of one float
     dtype, contiguous. Saves the input, the weight and the float64 per-row mean/rstd;
-    the backward is once-differentiable.""")
+    the backward is once-differentiable.""",
+)

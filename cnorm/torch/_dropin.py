@@ -1,5 +1,6 @@
 """Drop-in torch.nn norm layers whose CPU float32/float64 forward and backward run the
 cnorm kernels (see :mod:`cnorm.torch` for the user documentation)."""
+
 from __future__ import annotations
 
 import threading
@@ -12,15 +13,23 @@ from torch import nn
 from .._ops import momentum_factor
 from ._autograd import batch_norm, layer_norm
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "convert",
-           "torch_fallback", "cnorm_batch_norm", "FLOATS"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "LayerNorm",
+    "convert",
+    "torch_fallback",
+    "cnorm_batch_norm",
+    "FLOATS",
+]
 
 FLOATS = (torch.float32, torch.float64)
 # exact types whose .numpy() is a plain view of the data (subclasses with
 # __torch_function__ / __torch_dispatch__, e.g. FakeTensor or DTensor, go to torch)
 _PLAIN = (torch.Tensor, nn.Parameter)
 _STRIDED = torch.strided
-_MISSING = object()         # a parameter not in Module._parameters (e.g. parametrized)
+_MISSING = object()  # a parameter not in Module._parameters (e.g. parametrized)
 
 
 class _Switch(threading.local):
@@ -53,19 +62,35 @@ _functorch_active = torch._C._are_functorch_transforms_active
 def _input_ok(input) -> bool:
     """A plain, dense, C-contiguous CPU float32/float64 tensor, outside of autocast,
     torch.jit, torch.compile and torch.func transforms (all of which go to torch)."""
-    return (type(input) in _PLAIN and input.dtype in FLOATS and input.is_cpu
-            and input.layout == _STRIDED and input.is_contiguous()
-            and not input.is_neg() and not _is_autocast("cpu") and not _is_scripting()
-            and not _is_tracing() and not _is_compiling() and not _functorch_active())
+    return (
+        type(input) in _PLAIN
+        and input.dtype in FLOATS
+        and input.is_cpu
+        and input.layout == _STRIDED
+        and input.is_contiguous()
+        and not input.is_neg()
+        and not _is_autocast("cpu")
+        and not _is_scripting()
+        and not _is_tracing()
+        and not _is_compiling()
+        and not _functorch_active()
+    )
 
 
 def _ok(t, dtype, shape) -> bool:
     """None, or a plain contiguous CPU tensor of ``dtype`` and ``shape``."""
-    return t is None or (type(t) in _PLAIN and t.dtype == dtype and t.is_cpu
-                         and t.layout == _STRIDED and t.is_contiguous() and t.shape == shape)
+    return t is None or (
+        type(t) in _PLAIN
+        and t.dtype == dtype
+        and t.is_cpu
+        and t.layout == _STRIDED
+        and t.is_contiguous()
+        and t.shape == shape
+    )
 
 
 # ---------------------------------------------------------------------------- batch norm
+
 
 def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     """torch's ``_BatchNorm.forward`` on the cnorm kernels, or None (and no side effect)
@@ -97,14 +122,13 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     if len(shape) < 2 or (rm is None) != (rv is None):
         return None
     c = shape[1:2]
-    if not (_ok(weight, dtype, c) and _ok(bias, dtype, c) and _ok(rm, dtype, c)
-            and _ok(rv, dtype, c)):
+    if not (_ok(weight, dtype, c) and _ok(bias, dtype, c) and _ok(rm, dtype, c) and _ok(rv, dtype, c)):
         return None
     if bn_training:
         if not eps > 0:
-            return None                     # torch raises 'eps must be positive'
+            return None  # torch raises 'eps must be positive'
         if training and input.numel() == c[0]:
-            return None                     # 1 value per channel: torch raises
+            return None  # 1 value per channel: torch raises
     elif not eps >= 0:
         return None
     module._check_input_dim(input)
@@ -153,6 +177,7 @@ class BatchNorm3d(_CnormBatchNorm, nn.BatchNorm3d):
 
 # ---------------------------------------------------------------------------- layer norm
 
+
 class LayerNorm(nn.LayerNorm):
     r""":class:`torch.nn.LayerNorm` whose forward and backward on contiguous CPU
     float32/float64 tensors run the cnorm kernels (everything else: torch's).
@@ -169,8 +194,12 @@ class LayerNorm(nn.LayerNorm):
             dtype = input.dtype
             weight = params.get("weight", _MISSING)
             bias = params.get("bias", _MISSING)
-            if (input.dim() >= k and input.shape[input.dim() - k:] == ns
-                    and _ok(weight, dtype, ns) and _ok(bias, dtype, ns)):
+            if (
+                input.dim() >= k
+                and input.shape[input.dim() - k :] == ns
+                and _ok(weight, dtype, ns)
+                and _ok(bias, dtype, ns)
+            ):
                 return layer_norm(input, weight, bias, (ns, self.eps))
         return super().forward(input)
 

@@ -1,4 +1,5 @@
 """State dicts between the NumPy modules and torch.nn: ``to_torch_state_dict``."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -12,7 +13,9 @@ from ..modules import Module
 __all__ = ["to_torch_state_dict"]
 
 
-def to_torch_state_dict(module_or_state_dict: Union[Module, Mapping[str, Any]]) -> "OrderedDict[str, torch.Tensor]":
+def to_torch_state_dict(
+    module_or_state_dict: Union[Module, Mapping[str, Any]],
+) -> "OrderedDict[str, torch.Tensor]":
     """A cnorm module's state as a state dict of torch tensors, for ``torch.nn`` modules.
 
     ``module_or_state_dict`` is a NumPy module (``cnorm.BatchNorm2d``, ``cnorm.LayerNorm``,
@@ -30,8 +33,11 @@ def to_torch_state_dict(module_or_state_dict: Union[Module, Mapping[str, Any]]) 
     conversion: ``cnorm_module.load_state_dict(torch_module.state_dict())`` takes the
     tensors, bit for bit.
     """
-    state = (module_or_state_dict.state_dict() if isinstance(module_or_state_dict, Module)
-             else module_or_state_dict)
+    state = (
+        module_or_state_dict.state_dict()
+        if isinstance(module_or_state_dict, Module)
+        else module_or_state_dict
+    )
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     for key, value in state.items():
         if isinstance(value, torch.Tensor):

@@ -1,4 +1,5 @@
 """A CPU SyncBatchNorm (torch.distributed, e.g. the gloo backend) on the cnorm kernels."""
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -17,25 +18,37 @@ from ._dropin import FLOATS, cnorm_batch_norm
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "SyncBatchNormFunction"]
 
 # dtype <-> the code the ranks exchange (-1: another dtype, named by none of these)
-_DTYPE_CODES = (torch.float32, torch.float64, torch.float16, torch.bfloat16,
-                torch.complex64, torch.complex128, torch.int64, torch.int32)
+_DTYPE_CODES = (
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.complex64,
+    torch.complex128,
+    torch.int64,
+    torch.int32,
+)
 
 
 def _dtype_name(code: int) -> str:
-    return str(_DTYPE_CODES[code]).replace("torch.", "") if 0 <= code < len(_DTYPE_CODES) \
-        else "another dtype"
+    return str(_DTYPE_CODES[code]).replace("torch.", "") if 0 <= code < len(_DTYPE_CODES) else "another dtype"
 
 
 def _check_sync_arguments(dtype, c, weight, bias, rm, rv) -> Optional[Exception]:
     """The error the synchronized path has for these tensors, or None (returned, not
     raised: the other ranks must learn of it first)."""
     tensors = (("weight", weight), ("bias", bias), ("running_mean", rm), ("running_var", rv))
-    bad = [f"{n} {t.dtype} on {t.device}" for n, t in tensors
-           if t is not None and (t.dtype != dtype or not t.is_cpu)]
+    bad = [
+        f"{n} {t.dtype} on {t.device}"
+        for n, t in tensors
+        if t is not None and (t.dtype != dtype or not t.is_cpu)
+    ]
     if dtype not in FLOATS or bad:
-        return TypeError("cnorm.torch.SyncBatchNorm on CPU needs a float32 or float64 "
-                         "input and parameters/buffers of its dtype on the CPU; got input "
-                         f"{dtype}" + "".join(", " + b for b in bad))
+        return TypeError(
+            "cnorm.torch.SyncBatchNorm on CPU needs a float32 or float64 "
+            "input and parameters/buffers of its dtype on the CPU; got input "
+            f"{dtype}" + "".join(", " + b for b in bad)
+        )
     for n, t in tensors:
         if t is not None and t.numel() != c:
             return RuntimeError(f"{n} should contain {c} elements not {t.numel()}")
@@ -44,8 +57,9 @@ def _check_sync_arguments(dtype, c, weight, bias, rm, rv) -> Optional[Exception]
     return None
 
 
-def _agree_on_input(c: int, dtype: torch.dtype, local_error: Optional[Exception], group,
-                    world_size: int) -> None:
+def _agree_on_input(
+    c: int, dtype: torch.dtype, local_error: Optional[Exception], group, world_size: int
+) -> None:
     """Make every rank check, before the statistics all-gather, that all ranks have the
     same channel count and dtype and that none rejected its input; raise on every rank
     otherwise. A (C, dtype) mismatch would make the all-gather's tensors differ in size
@@ -57,23 +71,26 @@ def _agree_on_input(c: int, dtype: torch.dtype, local_error: Optional[Exception]
     local = torch.tensor([c, code, local_error is not None], dtype=torch.int64)
     gathered = [torch.empty_like(local) for _ in range(world_size)]
     dist.all_gather(gathered, local, group=group)
-    ranks = torch.stack(gathered).tolist()                 # [[C, dtype code, failed]] by rank
+    ranks = torch.stack(gathered).tolist()  # [[C, dtype code, failed]] by rank
     if len({(r[0], r[1]) for r in ranks}) > 1:
-        what = ", ".join(f"rank {i}: {r[0]} channels {_dtype_name(r[1])}"
-                         for i, r in enumerate(ranks))
+        what = ", ".join(f"rank {i}: {r[0]} channels {_dtype_name(r[1])}" for i, r in enumerate(ranks))
         channels_differ = len({r[0] for r in ranks}) > 1
         exc = ValueError if channels_differ else TypeError
-        raise exc("cnorm.torch.SyncBatchNorm: the ranks of the process group called it with "
-                  f"different {'channel counts' if channels_differ else 'dtypes'} ({what}); "
-                  "every rank needs inputs of the same number of channels (num_features) "
-                  "and dtype")
+        raise exc(
+            "cnorm.torch.SyncBatchNorm: the ranks of the process group called it with "
+            f"different {'channel counts' if channels_differ else 'dtypes'} ({what}); "
+            "every rank needs inputs of the same number of channels (num_features) "
+            "and dtype"
+        )
     if local_error is not None:
         raise local_error
     failed = [i for i, r in enumerate(ranks) if r[2]]
     if failed:
-        raise RuntimeError(f"cnorm.torch.SyncBatchNorm: rank(s) {failed} rejected their input "
-                           "(see the error there); this rank stops too instead of waiting "
-                           "in the statistics all-gather")
+        raise RuntimeError(
+            f"cnorm.torch.SyncBatchNorm: rank(s) {failed} rejected their input "
+            "(see the error there); this rank stops too instead of waiting "
+            "in the statistics all-gather"
+        )
 
 
 def _gather_stats(count: int, mean: np.ndarray, m2: np.ndarray, group, world_size: int):
@@ -81,13 +98,13 @@ def _gather_stats(count: int, mean: np.ndarray, m2: np.ndarray, group, world_siz
     c = mean.shape[0]
     packed = np.empty(2 * c + 1)
     packed[0] = count
-    packed[1:c + 1] = mean
-    packed[c + 1:] = m2
+    packed[1 : c + 1] = mean
+    packed[c + 1 :] = m2
     local = torch.from_numpy(packed)
     gathered = [torch.empty_like(local) for _ in range(world_size)]
     dist.all_gather(gathered, local, group=group)
     allstats = torch.stack(gathered).numpy()
-    return CF.merge_stats(allstats[:, 0], allstats[:, 1:c + 1], allstats[:, c + 1:])
+    return CF.merge_stats(allstats[:, 0], allstats[:, 1 : c + 1], allstats[:, c + 1 :])
 
 
 class SyncBatchNormFunction(torch.autograd.Function):
@@ -102,23 +119,25 @@ class SyncBatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, eps, momentum,
-                process_group, world_size):
+    def forward(
+        ctx, input, weight, bias, running_mean, running_var, eps, momentum, process_group, world_size
+    ):
         x = as_numpy(input)
         c = x.shape[1]
         count, mean, m2 = CF.batch_norm_stats(x)
         total, mean, m2 = _gather_stats(count, mean, m2, process_group, world_size)
         if total == 1:
-            raise ValueError("Expected more than 1 value per channel when training, got 1 "
-                             f"value per channel over {world_size} processes")
+            raise ValueError(
+                "Expected more than 1 value per channel when training, got 1 "
+                f"value per channel over {world_size} processes"
+            )
         if total > 0:
             var = m2 / total
             invstd = 1.0 / np.sqrt(var + eps)
             if running_mean is not None:
-                update_running_stats(running_mean, running_var, mean,
-                                     var * (total / (total - 1.0)), momentum)
+                update_running_stats(running_mean, running_var, mean, var * (total / (total - 1.0)), momentum)
         else:
-            invstd = np.zeros(c)            # empty everywhere: nothing to normalize
+            invstd = np.zeros(c)  # empty everywhere: nothing to normalize
         y = CF.batch_norm_elemt(x, mean, invstd, as_numpy(weight), as_numpy(bias))
         ctx.save_for_backward(input, weight)
         ctx.stats = (mean, invstd, total, process_group)
@@ -139,8 +158,9 @@ class SyncBatchNormFunction(torch.autograd.Function):
             both = torch.from_numpy(np.concatenate([sum_dy, sum_dy_xhat]))
             dist.all_reduce(both, op=dist.ReduceOp.SUM, group=group)
             g = both.numpy()
-            grad_input = torch.from_numpy(CF.batch_norm_backward_elemt(
-                dy, x, mean, invstd, as_numpy(weight), g[:c], g[c:], total))
+            grad_input = torch.from_numpy(
+                CF.batch_norm_backward_elemt(dy, x, mean, invstd, as_numpy(weight), g[:c], g[c:], total)
+            )
         dtype = x.dtype
         if weight is not None and need[1]:
             grad_weight = torch.from_numpy(sum_dy_xhat.astype(dtype))
@@ -197,12 +217,19 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         if nbt is not None:
             nbt.add_(1)
         factor = momentum_factor(self.momentum, nbt)
-        rm_np = None if rm is None else rm.detach().numpy()   # updated in place
+        rm_np = None if rm is None else rm.detach().numpy()  # updated in place
         rv_np = None if rv is None else rv.detach().numpy()
         return SyncBatchNormFunction.apply(
-            input, weight.contiguous() if weight is not None else None,
+            input,
+            weight.contiguous() if weight is not None else None,
             bias.contiguous() if bias is not None else None,
-            rm_np, rv_np, self.eps, factor, group, world_size)
+            rm_np,
+            rv_np,
+            self.eps,
+            factor,
+            group,
+            world_size,
+        )
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group: Optional[Any] = None) -> nn.Module:
@@ -213,10 +240,16 @@ def convert_sync_batchnorm(module: nn.Module, process_group: Optional[Any] = Non
     replacement when ``module`` itself is a BatchNorm."""
     module_output = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        module_output = SyncBatchNorm(module.num_features, module.eps, module.momentum,
-                                      module.affine, module.track_running_stats,
-                                      process_group, device="meta",
-                                      bias=module.bias is not None)
+        module_output = SyncBatchNorm(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            process_group,
+            device="meta",
+            bias=module.bias is not None,
+        )
         if module.affine:
             with torch.no_grad():
                 module_output.weight = module.weight

@@ -30,51 +30,110 @@ LOOPS = [
     # reductions over a contiguous block (<= BLOCK elements), summed over the lanes
     ("block_sum", "double", "const T* x, ptrdiff_t n"),
     ("block_dev", "void", "double* s1, double* s2, const T* x, ptrdiff_t n, T shift"),
-    ("bn_grad_sums", "void",
-     "double* s_dy, double* s_dyd, const T* dy, const T* x, ptrdiff_t n, T hi, T lo, const T* ym"),
-    ("ln_grad_sums", "void",
-     ("double* s_g, double* s_gd, T* tw, T* tb, const T* dy, const T* x, const T* w, ptrdiff_t n, "
-      "T hi, T lo, T rs")),
-    ("ln_grad_sums2", "void",
-     ("double* s_g, double* s_gd, T* tw, T* tb, const T* dy0, const T* dy1, const T* x0, "
-      "const T* x1, const T* w, ptrdiff_t n, T hi0, T lo0, T rs0, T hi1, T lo1, T rs1")),
+    (
+        "bn_grad_sums",
+        "void",
+        "double* s_dy, double* s_dyd, const T* dy, const T* x, ptrdiff_t n, T hi, T lo, const T* ym",
+    ),
+    (
+        "ln_grad_sums",
+        "void",
+        (
+            "double* s_g, double* s_gd, T* tw, T* tb, const T* dy, const T* x, const T* w, ptrdiff_t n, "
+            "T hi, T lo, T rs"
+        ),
+    ),
+    (
+        "ln_grad_sums2",
+        "void",
+        (
+            "double* s_g, double* s_gd, T* tw, T* tb, const T* dy0, const T* dy1, const T* x0, "
+            "const T* x1, const T* w, ptrdiff_t n, T hi0, T lo0, T rs0, T hi1, T lo1, T rs1"
+        ),
+    ),
     # (N, C) tiles: one lane per channel
     ("cols_sum", "void", "T* s, const T* x, ptrdiff_t ld, ptrdiff_t nrows, ptrdiff_t n"),
-    ("cols_dev", "void",
-     "T* s1, T* s2, const T* x, ptrdiff_t ld, ptrdiff_t nrows, const T* shift, ptrdiff_t n"),
-    ("bn_grad_sums_cols", "void",
-     ("T* s1, T* s2, const T* dy, const T* x, ptrdiff_t ld, ptrdiff_t nrows, const T* hi, "
-      "const T* lo, ptrdiff_t n, const T* ym")),
-    ("cols_merge", "void",
-     ("double* mean, double* m2, const T* shift, const T* s1, const T* s2, ptrdiff_t n, "
-      "double count_a, double nb")),
+    (
+        "cols_dev",
+        "void",
+        "T* s1, T* s2, const T* x, ptrdiff_t ld, ptrdiff_t nrows, const T* shift, ptrdiff_t n",
+    ),
+    (
+        "bn_grad_sums_cols",
+        "void",
+        (
+            "T* s1, T* s2, const T* dy, const T* x, ptrdiff_t ld, ptrdiff_t nrows, const T* hi, "
+            "const T* lo, ptrdiff_t n, const T* ym"
+        ),
+    ),
+    (
+        "cols_merge",
+        "void",
+        (
+            "double* mean, double* m2, const T* shift, const T* s1, const T* s2, ptrdiff_t n, "
+            "double count_a, double nb"
+        ),
+    ),
     ("cols_any_unsafe", "int", "const T* s1, const T* s2, const T* shift, ptrdiff_t n"),
     # elementwise
-    ("affine", "void",
-     "T* y, const T* x, ptrdiff_t n, T hi, T lo, T scale, T beta, int stream, int relu"),
-    ("affine_cols", "void",
-     ("T* y, const T* x, ptrdiff_t n, const T* hi, const T* lo, const T* scale, const T* beta, "
-      "int stream, int relu")),
-    ("affine_cols4", "void",
-     ("T* y, const T* x, ptrdiff_t ld, ptrdiff_t n, const T* hi, const T* lo, const T* scale, "
-      "const T* beta, int relu")),
-    ("ln_row", "void",
-     "T* y, const T* x, const T* w, const T* b, ptrdiff_t n, T hi, T lo, T rs, int stream"),
-    ("bn_grad", "void",
-     ("T* dx, const T* dy, const T* x, ptrdiff_t n, T hi, T lo, T invstd, T k1, T mean_dy, "
-      "T mean_dy_xhat, int stream, const T* ym")),
-    ("bn_grad_cols", "void",
-     ("T* dx, const T* dy, const T* x, ptrdiff_t n, const T* hi, const T* lo, const T* invstd, "
-      "const T* k1, const T* mean_dy, const T* mean_dy_xhat, int stream, const T* ym")),
-    ("bn_grad_cols4", "void",
-     ("T* dx, const T* dy, const T* x, ptrdiff_t ld, ptrdiff_t n, const T* hi, const T* lo, "
-      "const T* invstd, const T* k1, const T* mean_dy, const T* mean_dy_xhat, const T* ym")),
-    ("ln_grad_row", "void",
-     ("T* dx, const T* dy, const T* x, const T* w, ptrdiff_t n, T hi, T lo, T rstd, T mean_g, "
-      "T mean_gxhat, int stream")),
-    ("gn_grad_segment", "void",
-     ("T* dx, const T* dy, const T* x, ptrdiff_t n, T hi, T lo, T rstd, T w, T mean_g, "
-      "T mean_gxhat, int stream")),
+    ("affine", "void", "T* y, const T* x, ptrdiff_t n, T hi, T lo, T scale, T beta, int stream, int relu"),
+    (
+        "affine_cols",
+        "void",
+        (
+            "T* y, const T* x, ptrdiff_t n, const T* hi, const T* lo, const T* scale, const T* beta, "
+            "int stream, int relu"
+        ),
+    ),
+    (
+        "affine_cols4",
+        "void",
+        (
+            "T* y, const T* x, ptrdiff_t ld, ptrdiff_t n, const T* hi, const T* lo, const T* scale, "
+            "const T* beta, int relu"
+        ),
+    ),
+    ("ln_row", "void", "T* y, const T* x, const T* w, const T* b, ptrdiff_t n, T hi, T lo, T rs, int stream"),
+    (
+        "bn_grad",
+        "void",
+        (
+            "T* dx, const T* dy, const T* x, ptrdiff_t n, T hi, T lo, T invstd, T k1, T mean_dy, "
+            "T mean_dy_xhat, int stream, const T* ym"
+        ),
+    ),
+    (
+        "bn_grad_cols",
+        "void",
+        (
+            "T* dx, const T* dy, const T* x, ptrdiff_t n, const T* hi, const T* lo, const T* invstd, "
+            "const T* k1, const T* mean_dy, const T* mean_dy_xhat, int stream, const T* ym"
+        ),
+    ),
+    (
+        "bn_grad_cols4",
+        "void",
+        (
+            "T* dx, const T* dy, const T* x, ptrdiff_t ld, ptrdiff_t n, const T* hi, const T* lo, "
+            "const T* invstd, const T* k1, const T* mean_dy, const T* mean_dy_xhat, const T* ym"
+        ),
+    ),
+    (
+        "ln_grad_row",
+        "void",
+        (
+            "T* dx, const T* dy, const T* x, const T* w, ptrdiff_t n, T hi, T lo, T rstd, T mean_g, "
+            "T mean_gxhat, int stream"
+        ),
+    ),
+    (
+        "gn_grad_segment",
+        "void",
+        (
+            "T* dx, const T* dy, const T* x, ptrdiff_t n, T hi, T lo, T rstd, T w, T mean_g, "
+            "T mean_gxhat, int stream"
+        ),
+    ),
     ("residual_add", "void", "T* out, const T* a, const T* b, ptrdiff_t n, int stream"),
 ]
 
@@ -85,7 +144,11 @@ RUNTIME = [
     ("cn_simd_available", "int", "int build", "1 when the module has the build and the CPU runs it"),
     ("cn_simd_set", "int", "int use_avx2", "avx2 (1) or the base build (0); returns 1 when avx2 runs"),
     ("cn_stream_fence", "void", "void", "after a thread's streamed stores"),
-    ("cn_f32_sums_unsafe", "int", "double s1, double s2, double shift",
-     "float32 block sums that need a float64 redo"),
+    (
+        "cn_f32_sums_unsafe",
+        "int",
+        "double s1, double s2, double shift",
+        "float32 block sums that need a float64 redo",
+    ),
     ("cn_stream_min_bytes", "ptrdiff_t", None, "outputs this large use non-temporal stores"),
 ]
