@@ -8,7 +8,7 @@ run the input checks and trust their own state.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union, cast, overload
 
 import numpy as np
 
@@ -258,6 +258,28 @@ def _mismatch(wording: str, name: str, a: Array, shape: Tuple[int, ...], input_s
     return f"{name} should contain {shape[0]} elements not {a.size} (shape {a.shape})"
 
 
+@overload
+def check_param(
+    a: Any,
+    name: str,
+    shape: Tuple[int, ...],
+    dtype: None,
+    wording: str = ...,
+    *,
+    writable: bool = ...,
+    input_shape: Tuple[int, ...] = ...,
+) -> Array: ...
+@overload
+def check_param(
+    a: Any,
+    name: str,
+    shape: Tuple[int, ...],
+    dtype: np.dtype,
+    wording: str = ...,
+    *,
+    writable: bool = ...,
+    input_shape: Tuple[int, ...] = ...,
+) -> Optional[Array]: ...
 def check_param(
     a,
     name: str,
@@ -324,11 +346,11 @@ def check_normalized_shape(shape: ShapeLike) -> Tuple[int, ...]:
     if type(shape) is tuple and all(type(d) is int for d in shape):
         dims = shape  # the common case, decided cheaply
     elif _is_int(shape):
-        dims = (int(shape),)
+        dims = (int(cast(int, shape)),)  # an int or np.integer, by _is_int
     elif isinstance(shape, (str, bytes, bytearray)) or not _iterable(shape):
         raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {type(shape).__name__}")
     else:
-        items = tuple(shape)
+        items = tuple(cast(Sequence[int], shape))  # iterable, by _iterable
         bad = [type(d).__name__ for d in items if not _is_int(d)]
         if bad:
             raise TypeError(

@@ -83,6 +83,8 @@ def native_batch_norm(
         rm = rv = None  # torch updates the running statistics only when both are given
     out = _ops.batch_norm_train(x, n, c, s, weight, bias, rm, rv, momentum, eps, relu)
     if rm is not running_mean and rm is not None:  # worked on contiguous copies
+        # rm, rv are not None only when both buffers were given
+        assert running_mean is not None and running_var is not None and rv is not None
         np.copyto(running_mean, rm)
         np.copyto(running_var, rv)
     return out

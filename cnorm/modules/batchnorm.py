@@ -6,7 +6,7 @@ the arithmetic is in the kernels beneath :mod:`cnorm._ops`.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import numpy as np
 
@@ -45,8 +45,8 @@ class _BatchNorm(Module):
         self.weight = np.ones(c, dt) if affine else None
         self.bias = np.zeros(c, dt) if affine and bias else None
         if track_running_stats:
-            self.running_mean = np.zeros(c, dt)
-            self.running_var = np.ones(c, dt)
+            self.running_mean: Optional[np.ndarray] = np.zeros(c, dt)
+            self.running_var: Optional[np.ndarray] = np.ones(c, dt)
             self.num_batches_tracked: Optional[int] = 0
         else:
             self.running_mean = self.running_var = None
@@ -55,8 +55,8 @@ class _BatchNorm(Module):
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
-            self.running_mean.fill(0)
-            self.running_var.fill(1)
+            cast(np.ndarray, self.running_mean).fill(0)  # arrays with track_running_stats
+            cast(np.ndarray, self.running_var).fill(1)
             self.num_batches_tracked = 0
 
     def reset_parameters(self) -> None:
@@ -80,7 +80,7 @@ class _BatchNorm(Module):
             )
         batch_stats = self.training or self.running_mean is None
         if self.training and self.track_running_stats:
-            nbt = self.num_batches_tracked + 1
+            nbt = cast(int, self.num_batches_tracked) + 1  # an int with track_running_stats
             y, mean, invstd = ops.batch_norm_train(
                 x,
                 n,
@@ -102,8 +102,10 @@ class _BatchNorm(Module):
             )
         else:
             check_eval_eps(self.eps)
+            # running_mean is not None here; a None running_var gets the kernel's ValueError
+            rm, rv = cast(np.ndarray, self.running_mean), cast(np.ndarray, self.running_var)
             y, mean, invstd = ops.batch_norm_eval(
-                x, n, c, s, self.weight, self.bias, self.running_mean, self.running_var, self.eps, self._relu
+                x, n, c, s, self.weight, self.bias, rm, rv, self.eps, self._relu
             )
         # the fused ReLU's backward needs its output (a reference, no copy)
         self._saved = (x, y if self._relu else None, n, c, s, mean, invstd, batch_stats)

@@ -37,10 +37,11 @@ class AddLayerNorm(LayerNorm):
         >>> dx = m.backward(np.ones_like(y))    # == the gradient of r
     """
 
-    def __call__(self, input: np.ndarray, residual: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    # the override ignores: a fused layer takes the residual too and returns (y, s), by design
+    def __call__(self, input: np.ndarray, residual: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:  # type: ignore[override]
         return self.forward(input, residual)
 
-    def forward(self, input: np.ndarray, residual: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def forward(self, input: np.ndarray, residual: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:  # type: ignore[override]
         """``(layer_norm(input + residual), input + residual)``; see
         :func:`cnorm.functional.add_layer_norm`."""
         x = self._input(input)

@@ -9,7 +9,7 @@ statistics are used.
 from __future__ import annotations
 
 import warnings
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple, cast
 
 import numpy as np
 
@@ -79,6 +79,8 @@ class _InstanceNorm(_BatchNorm):
         else:
             rm = check_param(self.running_mean, "running_mean", (c,), dt)
             rv = check_param(self.running_var, "running_var", (c,), dt)
+            # not None with track_running_stats (else the kernel's ValueError says so)
+            rm, rv = cast(np.ndarray, rm), cast(np.ndarray, rv)
             y, mean, invstd = ops.batch_norm_eval(x, n, c, s, self.weight, self.bias, rm, rv, self.eps)
         self._saved = (x_in, x, n, c, s, mean, invstd, use_input_stats)
         self._forward_seen = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Type, cast
 
 import torch
 from torch import nn
@@ -144,7 +144,13 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     return batch_norm(input, weight, bias, (rm, rv, bn_training, factor, eps))
 
 
-class _CnormBatchNorm:
+if TYPE_CHECKING:  # the mixins sit before a torch module in the MRO: super().forward exists
+    _TorchModule = nn.Module
+else:
+    _TorchModule = object
+
+
+class _CnormBatchNorm(_TorchModule):
     """Mixin placed before the torch class: forward on cnorm, else torch's forward."""
 
     #: set to False on an instance to always use torch's implementation
@@ -200,13 +206,15 @@ class LayerNorm(nn.LayerNorm):
                 and _ok(weight, dtype, ns)
                 and _ok(bias, dtype, ns)
             ):
-                return layer_norm(input, weight, bias, (ns, self.eps))
+                # _ok passed: None or a plain tensor, never _MISSING
+                w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
+                return layer_norm(input, w, b, (ns, self.eps))
         return super().forward(input)
 
 
 # ---------------------------------------------------------------------------- convert
 
-_REPLACEMENTS: Dict[type, type] = {
+_REPLACEMENTS: Dict[type, Type[nn.Module]] = {
     nn.BatchNorm1d: BatchNorm1d,
     nn.BatchNorm2d: BatchNorm2d,
     nn.BatchNorm3d: BatchNorm3d,
