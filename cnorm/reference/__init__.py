@@ -8,9 +8,38 @@ arithmetic needs. Every returned array is a new float64 array (``weight``/``bias
 mean 1 / 0; their gradients are computed anyway).
 """
 
-from . import batchnorm, groupnorm, layernorm
-from .batchnorm import *  # noqa: F403
-from .groupnorm import *  # noqa: F403
-from .layernorm import *  # noqa: F403
+from .. import functional
+from .batchnorm import (  # noqa: F401  (re-exported: __all__ below)
+    batch_norm,
+    batch_norm_backward,
+    batch_norm_backward_elemt,
+    batch_norm_backward_reduce,
+    batch_norm_elemt,
+    batch_norm_relu,
+    batch_norm_relu_backward,
+    batch_norm_stats,
+    merge_stats,
+    native_batch_norm,
+    native_batch_norm_relu,
+)
+from .groupnorm import (  # noqa: F401  (re-exported: __all__ below)
+    group_norm,
+    group_norm_backward,
+    instance_norm,
+    instance_norm_backward,
+    native_group_norm,
+    native_instance_norm,
+)
+from .layernorm import (  # noqa: F401  (re-exported: __all__ below)
+    add_layer_norm,
+    add_layer_norm_backward,
+    layer_norm,
+    layer_norm_backward,
+    native_add_layer_norm,
+    native_layer_norm,
+    native_rms_norm,
+    rms_norm,
+    rms_norm_backward,
+)
 
-__all__ = batchnorm.__all__ + layernorm.__all__ + groupnorm.__all__
+__all__ = functional.__all__  # the same names (and signatures: cnorm._twins.same_signature)

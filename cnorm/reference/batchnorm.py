@@ -7,22 +7,13 @@ from typing import TYPE_CHECKING, Optional, Tuple, overload
 
 import numpy as np
 
+from .._twins import same_signature
+from ..functional import batchnorm as F
+
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-__all__ = [
-    "batch_norm",
-    "native_batch_norm",
-    "batch_norm_backward",
-    "batch_norm_stats",
-    "merge_stats",
-    "batch_norm_elemt",
-    "batch_norm_backward_reduce",
-    "batch_norm_backward_elemt",
-    "batch_norm_relu",
-    "native_batch_norm_relu",
-    "batch_norm_relu_backward",
-]
+__all__ = F.__all__  # the same names (and signatures: same_signature)
 
 Array = np.ndarray
 
@@ -75,18 +66,8 @@ def _mean_var(x: Array) -> Tuple[Array, Array]:
     return mean, var
 
 
-def native_batch_norm(
-    input: Array,
-    weight: Optional[Array],
-    bias: Optional[Array],
-    running_mean: Optional[Array],
-    running_var: Optional[Array],
-    training: bool,
-    momentum: float,
-    eps: float,
-    *,
-    relu: bool = False,
-) -> Tuple[Array, Array, Array]:
+@same_signature(F.native_batch_norm)
+def native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, *, relu=False):
     """``(y, save_mean, save_invstd)``; with ``training`` the batch statistics, and the
     running statistics (when both are given and the batch is not empty) updated in place
     with the UNBIASED batch variance; otherwise the running statistics."""
@@ -110,27 +91,15 @@ def native_batch_norm(
     return (np.maximum(y, 0.0) if relu else y), mean, invstd
 
 
+@same_signature(F.batch_norm)
 def batch_norm(
-    input: Array,
-    running_mean: Optional[Array],
-    running_var: Optional[Array],
-    weight: Optional[Array] = None,
-    bias: Optional[Array] = None,
-    training: bool = False,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-) -> Array:
+    input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5
+):
     return native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)[0]
 
 
-def batch_norm_backward(
-    grad_output: Array,
-    input: Array,
-    weight: Optional[Array],
-    save_mean: Array,
-    save_invstd: Array,
-    training: bool,
-) -> Tuple[Array, Array, Array]:
+@same_signature(F.batch_norm_backward)
+def batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, training):
     """``(dx, dweight, dbias)``: with ``training`` the statistics depended on ``x`` (the
     full formula), otherwise they were constants, ``dx = dy * weight * invstd``."""
     dy, x = f64(grad_output), f64(input)
@@ -154,45 +123,24 @@ def batch_norm_backward(
 # ------------------------------------------------------------ fused batch norm + ReLU
 
 
-def native_batch_norm_relu(
-    input: Array,
-    weight: Optional[Array],
-    bias: Optional[Array],
-    running_mean: Optional[Array],
-    running_var: Optional[Array],
-    training: bool,
-    momentum: float,
-    eps: float,
-) -> Tuple[Array, Array, Array]:
+@same_signature(F.native_batch_norm_relu)
+def native_batch_norm_relu(input, weight, bias, running_mean, running_var, training, momentum, eps):
     return native_batch_norm(
         input, weight, bias, running_mean, running_var, training, momentum, eps, relu=True
     )
 
 
+@same_signature(F.batch_norm_relu)
 def batch_norm_relu(
-    input: Array,
-    running_mean: Optional[Array],
-    running_var: Optional[Array],
-    weight: Optional[Array] = None,
-    bias: Optional[Array] = None,
-    training: bool = False,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-) -> Array:
+    input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5
+):
     return native_batch_norm(
         input, weight, bias, running_mean, running_var, training, momentum, eps, relu=True
     )[0]
 
 
-def batch_norm_relu_backward(
-    grad_output: Array,
-    input: Array,
-    weight: Optional[Array],
-    save_mean: Array,
-    save_invstd: Array,
-    training: bool,
-    output: Array,
-) -> Tuple[Array, Array, Array]:
+@same_signature(F.batch_norm_relu_backward)
+def batch_norm_relu_backward(grad_output, input, weight, save_mean, save_invstd, training, output):
     """The batch-norm backward of ``dy * (output > 0)``: the ReLU passes no gradient
     where its output is 0."""
     return batch_norm_backward(
@@ -203,7 +151,8 @@ def batch_norm_relu_backward(
 # --------------------------------------------------------- synchronized batch norm blocks
 
 
-def batch_norm_stats(input: Array) -> Tuple[int, Array, Array]:
+@same_signature(F.batch_norm_stats)
+def batch_norm_stats(input):
     """``(count, mean, m2)`` per channel: m2 = sum of squared deviations."""
     x = f64(input)
     count = int(np.prod((x.shape[0],) + x.shape[2:]))
@@ -211,7 +160,8 @@ def batch_norm_stats(input: Array) -> Tuple[int, Array, Array]:
     return count, mean, var * count
 
 
-def merge_stats(counts, means, m2s) -> Tuple[int, Array, Array]:
+@same_signature(F.merge_stats)
+def merge_stats(counts, means, m2s):
     """The statistics of the union of shards: the total count, the count-weighted mean,
     and m2 = sum of the shards' m2 plus their spread around that mean."""
     counts = np.asarray(counts, dtype=np.float64).reshape(-1)
@@ -225,18 +175,16 @@ def merge_stats(counts, means, m2s) -> Tuple[int, Array, Array]:
     return int(total), mean, m2
 
 
-def batch_norm_elemt(
-    input: Array, mean: Array, invstd: Array, weight: Optional[Array] = None, bias: Optional[Array] = None
-) -> Array:
+@same_signature(F.batch_norm_elemt)
+def batch_norm_elemt(input, mean, invstd, weight=None, bias=None):
     x = f64(input)
     return affine(
         (x - channel_view(f64(mean), x.ndim)) * channel_view(f64(invstd), x.ndim), weight, bias, x.ndim
     )
 
 
-def batch_norm_backward_reduce(
-    grad_output: Array, input: Array, mean: Array, invstd: Array
-) -> Tuple[Array, Array]:
+@same_signature(F.batch_norm_backward_reduce)
+def batch_norm_backward_reduce(grad_output, input, mean, invstd):
     """``(sum dy, sum dy * xhat)`` per channel."""
     dy, x = f64(grad_output), f64(input)
     xhat = (x - channel_view(f64(mean), x.ndim)) * channel_view(f64(invstd), x.ndim)
@@ -244,16 +192,8 @@ def batch_norm_backward_reduce(
     return np.sum(dy, axis=axes), np.sum(dy * xhat, axis=axes)
 
 
-def batch_norm_backward_elemt(
-    grad_output: Array,
-    input: Array,
-    mean: Array,
-    invstd: Array,
-    weight: Optional[Array],
-    sum_dy: Array,
-    sum_dy_xhat: Array,
-    count: int,
-) -> Array:
+@same_signature(F.batch_norm_backward_elemt)
+def batch_norm_backward_elemt(grad_output, input, mean, invstd, weight, sum_dy, sum_dy_xhat, count):
     """``dx = weight * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / count)``."""
     dy, x = f64(grad_output), f64(input)
     nd, c = x.ndim, x.shape[1]

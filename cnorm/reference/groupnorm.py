@@ -9,23 +9,18 @@ statistics.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, Tuple
 
 import numpy as np
 
+from .._twins import same_signature
+from ..functional import groupnorm as F
 from .batchnorm import Array, batch_norm_backward, channel_axes, f64, native_batch_norm, update_running
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-__all__ = [
-    "group_norm",
-    "native_group_norm",
-    "group_norm_backward",
-    "instance_norm",
-    "native_instance_norm",
-    "instance_norm_backward",
-]
+__all__ = F.__all__  # the same names (and signatures: same_signature)
 
 
 def grouped(x: Array, num_groups: int) -> Array:
@@ -42,9 +37,8 @@ def channels_to_rows(v: ArrayLike, x_shape: Tuple[int, ...], num_groups: int) ->
     return np.repeat(f64(v).reshape(num_groups, c // num_groups), s, axis=1)[None]
 
 
-def native_group_norm(
-    input: Array, num_groups: int, weight: Optional[Array], bias: Optional[Array], eps: float
-) -> Tuple[Array, Array, Array]:
+@same_signature(F.native_group_norm)
+def native_group_norm(input, num_groups, weight, bias, eps):
     """``(y, mean, rstd)``, statistics of shape (N, num_groups); NaN for a group with no
     value."""
     x = f64(input)
@@ -63,19 +57,13 @@ def native_group_norm(
     return y.reshape(x.shape), mean, rstd
 
 
-def group_norm(
-    input: Array,
-    num_groups: int,
-    weight: Optional[Array] = None,
-    bias: Optional[Array] = None,
-    eps: float = 1e-5,
-) -> Array:
+@same_signature(F.group_norm)
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     return native_group_norm(input, num_groups, weight, bias, eps)[0]
 
 
-def group_norm_backward(
-    grad_output: Array, input: Array, num_groups: int, mean: Array, rstd: Array, weight: Optional[Array]
-) -> Tuple[Array, Array, Array]:
+@same_signature(F.group_norm_backward)
+def group_norm_backward(grad_output, input, num_groups, mean, rstd, weight):
     """``(dx, dweight, dbias)``: per (n, group) row, with ``g = dy * weight``,
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``; ``dweight = sum dy * xhat`` and
     ``dbias = sum dy`` per channel (over N and the spatial dims)."""
@@ -98,16 +86,8 @@ def group_norm_backward(
 # --------------------------------------------------------------------------- instance norm
 
 
-def native_instance_norm(
-    input: Array,
-    weight: Optional[Array],
-    bias: Optional[Array],
-    running_mean: Optional[Array],
-    running_var: Optional[Array],
-    use_input_stats: bool,
-    momentum: float,
-    eps: float,
-) -> Tuple[Array, Array, Array]:
+@same_signature(F.native_instance_norm)
+def native_instance_norm(input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
     """``(y, save_mean, save_invstd)``. ``use_input_stats``: each (n, c) normalized with
     its own mean and biased variance, statistics (N, C); given running statistics updated
     in place as torch does, ``(1 - momentum) * running + momentum * mean_n(stat)`` with the
@@ -130,29 +110,24 @@ def native_instance_norm(
     return y, mean, rstd
 
 
+@same_signature(F.instance_norm)
 def instance_norm(
-    input: Array,
-    running_mean: Optional[Array] = None,
-    running_var: Optional[Array] = None,
-    weight: Optional[Array] = None,
-    bias: Optional[Array] = None,
-    use_input_stats: bool = True,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-) -> Array:
+    input,
+    running_mean=None,
+    running_var=None,
+    weight=None,
+    bias=None,
+    use_input_stats=True,
+    momentum=0.1,
+    eps=1e-5,
+):
     return native_instance_norm(
         input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps
     )[0]
 
 
-def instance_norm_backward(
-    grad_output: Array,
-    input: Array,
-    weight: Optional[Array],
-    save_mean: Array,
-    save_invstd: Array,
-    use_input_stats: bool,
-) -> Tuple[Array, Array, Array]:
+@same_signature(F.instance_norm_backward)
+def instance_norm_backward(grad_output, input, weight, save_mean, save_invstd, use_input_stats):
     """``use_input_stats``: the group-norm backward with one group per channel; otherwise
     the running statistics were constants (the batch-norm eval backward)."""
     if use_input_stats:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 
+from .._twins import same_signature
+from ..functional import layernorm as F
 from .batchnorm import Array, f64
 
 if TYPE_CHECKING:
@@ -14,17 +16,7 @@ if TYPE_CHECKING:
 
     from .._validate import ShapeLike
 
-__all__ = [
-    "layer_norm",
-    "native_layer_norm",
-    "layer_norm_backward",
-    "rms_norm",
-    "native_rms_norm",
-    "rms_norm_backward",
-    "add_layer_norm",
-    "native_add_layer_norm",
-    "add_layer_norm_backward",
-]
+__all__ = F.__all__  # the same names (and signatures: same_signature)
 
 
 def shape_tuple(normalized_shape: ShapeLike) -> Tuple[int, ...]:
@@ -44,9 +36,8 @@ def _rows(stat: ArrayLike, x: Array, axes: Tuple[int, ...]) -> Array:
     return f64(stat).reshape(x.shape[: x.ndim - len(axes)] + (1,) * len(axes))
 
 
-def native_layer_norm(
-    input: Array, normalized_shape: ShapeLike, weight: Optional[Array], bias: Optional[Array], eps: float
-) -> Tuple[Array, Array, Array]:
+@same_signature(F.native_layer_norm)
+def native_layer_norm(input, normalized_shape, weight, bias, eps):
     """``(y, mean, rstd)``; an empty row has NaN statistics."""
     x = f64(input)
     axes = row_axes(x, normalized_shape)
@@ -64,24 +55,13 @@ def native_layer_norm(
     return y, mean.reshape(lead), rstd.reshape(lead)
 
 
-def layer_norm(
-    input: Array,
-    normalized_shape: ShapeLike,
-    weight: Optional[Array] = None,
-    bias: Optional[Array] = None,
-    eps: float = 1e-5,
-) -> Array:
+@same_signature(F.layer_norm)
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     return native_layer_norm(input, normalized_shape, weight, bias, eps)[0]
 
 
-def layer_norm_backward(
-    grad_output: Array,
-    input: Array,
-    normalized_shape: ShapeLike,
-    mean: Array,
-    rstd: Array,
-    weight: Optional[Array],
-) -> Tuple[Array, Array, Array]:
+@same_signature(F.layer_norm_backward)
+def layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight):
     """``(dx, dweight, dbias)``: per row, with ``g = dy * weight``,
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``."""
     dy, x = f64(grad_output), f64(input)
@@ -109,9 +89,8 @@ def rms_eps(eps: Optional[float], dtype: DTypeLike) -> float:
     return float(np.finfo(dtype).eps) if eps is None else float(eps)
 
 
-def native_rms_norm(
-    input: Array, normalized_shape: ShapeLike, weight: Optional[Array], eps: Optional[float]
-) -> Tuple[Array, Array]:
+@same_signature(F.native_rms_norm)
+def native_rms_norm(input, normalized_shape, weight, eps):
     """``(y, rrms)``: ``y = x * rrms * weight``, ``rrms = 1/sqrt(mean(x**2) + eps)``."""
     eps = rms_eps(eps, np.asarray(input).dtype)
     x = f64(input)
@@ -126,15 +105,13 @@ def native_rms_norm(
     return y, rrms.reshape(lead)
 
 
-def rms_norm(
-    input: Array, normalized_shape: ShapeLike, weight: Optional[Array] = None, eps: Optional[float] = None
-) -> Array:
+@same_signature(F.rms_norm)
+def rms_norm(input, normalized_shape, weight=None, eps=None):
     return native_rms_norm(input, normalized_shape, weight, eps)[0]
 
 
-def rms_norm_backward(
-    grad_output: Array, input: Array, normalized_shape: ShapeLike, rrms: Array, weight: Optional[Array]
-) -> Tuple[Array, Array]:
+@same_signature(F.rms_norm_backward)
+def rms_norm_backward(grad_output, input, normalized_shape, rrms, weight):
     """``(dx, dweight)``: per row, with ``r = rrms``, ``xhat = x * r`` and
     ``g = dy * weight``: ``dx = r * (g - xhat * mean(g * xhat))``."""
     dy, x = f64(grad_output), f64(input)
@@ -154,14 +131,8 @@ def rms_norm_backward(
 # ------------------------------------------------------ fused residual add + layer norm
 
 
-def native_add_layer_norm(
-    input: Array,
-    residual: Array,
-    normalized_shape: ShapeLike,
-    weight: Optional[Array],
-    bias: Optional[Array],
-    eps: float,
-) -> Tuple[Array, Array, Array, Array]:
+@same_signature(F.native_add_layer_norm)
+def native_add_layer_norm(input, residual, normalized_shape, weight, bias, eps):
     """``(y, s, mean, rstd)``: ``s = input + residual`` is formed IN THE INPUT DTYPE (it
     is an output of the fused op, stored in that dtype, as ``x + r`` in torch), then
     ``y = layer_norm(s)`` in float64."""
@@ -170,27 +141,14 @@ def native_add_layer_norm(
     return y, s, mean, rstd
 
 
-def add_layer_norm(
-    input: Array,
-    residual: Array,
-    normalized_shape: ShapeLike,
-    weight: Optional[Array] = None,
-    bias: Optional[Array] = None,
-    eps: float = 1e-5,
-) -> Tuple[Array, Array]:
+@same_signature(F.add_layer_norm)
+def add_layer_norm(input, residual, normalized_shape, weight=None, bias=None, eps=1e-5):
     y, s, _, _ = native_add_layer_norm(input, residual, normalized_shape, weight, bias, eps)
     return y, s
 
 
-def add_layer_norm_backward(
-    grad_output: Array,
-    grad_sum: Optional[Array],
-    s: Array,
-    normalized_shape: ShapeLike,
-    mean: Array,
-    rstd: Array,
-    weight: Optional[Array],
-) -> Tuple[Array, Array, Array]:
+@same_signature(F.add_layer_norm_backward)
+def add_layer_norm_backward(grad_output, grad_sum, s, normalized_shape, mean, rstd, weight):
     """``(ds, dweight, dbias)``: the layer-norm backward at ``s`` plus ``grad_sum``
     (None: 0); ``ds`` is the gradient of both the input and the residual."""
     ds, dweight, dbias = layer_norm_backward(grad_output, s, normalized_shape, mean, rstd, weight)

@@ -1,0 +1,41 @@
+"""``same_signature``: one function takes exactly the arguments of another, typed once.
+
+The reference twins (:mod:`cnorm.reference`) take the arguments of the
+:mod:`cnorm.functional` functions of the same names, and a fused form can take those of
+its plain form; their annotated signatures are written once, where the public
+documentation is.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, Callable, List, Tuple, TypeVar
+
+if TYPE_CHECKING:
+    from typing_extensions import ParamSpec
+
+    P = ParamSpec("P")
+
+R = TypeVar("R")
+
+__all__ = ["same_signature"]
+
+
+def _arguments(f: Callable[..., Any]) -> List[Tuple[str, Any, Any]]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
+
+
+def same_signature(of: Callable[P, R]) -> Callable[[Callable[..., Any]], Callable[P, R]]:
+    """Decorator: the function takes the arguments of ``of``, with the same names, kinds and
+    defaults (checked here, once, at import) and gets its annotations (which ``help()``,
+    :func:`inspect.signature` and type checkers show). Returns the function itself: no
+    wrapper, no cost per call."""
+    expected = _arguments(of)
+
+    def decorate(f: Callable[..., Any]) -> Any:
+        if _arguments(f) != expected:
+            raise TypeError(f"{f.__module__}.{f.__qualname__} must take the arguments of {of.__qualname__}")
+        f.__annotations__ = dict(of.__annotations__)
+        return f
+
+    return decorate
