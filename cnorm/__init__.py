@@ -16,47 +16,18 @@ API) -> ``cnorm._ops`` (kernel calls, running statistics) -> ``cnorm._validate``
 ``cnorm.benchmarks``: ``python -m cnorm bench``.
 """
 
-from . import functional
+from . import functional, modules
 from ._config import show_config
 from ._threads import MAX_THREADS, get_num_threads, openmp_enabled, set_num_threads
-from .modules import (
-    AddLayerNorm,
-    BatchNorm1d,
-    BatchNorm2d,
-    BatchNorm3d,
-    BatchNormReLU1d,
-    BatchNormReLU2d,
-    BatchNormReLU3d,
-    GroupNorm,
-    InstanceNorm1d,
-    InstanceNorm2d,
-    InstanceNorm3d,
-    LayerNorm,
-    Module,
-    RMSNorm,
-)
+from .modules import *  # noqa: F403  (the layers, listed in modules.__all__)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "BatchNorm3d",
-    "LayerNorm",
     "MAX_THREADS",
-    "Module",
     "functional",
     "get_num_threads",
     "openmp_enabled",
     "set_num_threads",
     "show_config",
-    "GroupNorm",
-    "InstanceNorm1d",
-    "InstanceNorm2d",
-    "InstanceNorm3d",
-    "RMSNorm",
-    "AddLayerNorm",
-    "BatchNormReLU1d",
-    "BatchNormReLU2d",
-    "BatchNormReLU3d",
-]
+] + modules.__all__

@@ -2,60 +2,39 @@
 importing cnorm does not import torch; every module class has its entry in the registry
 of the norms under test (tests/norms.py)."""
 
+import inspect
 import subprocess
 import sys
 
+import pytest
 from norms import BY_NAME, reference
 
 import cnorm
 import cnorm.functional as F
+import cnorm.reference
+from cnorm._twins import same_signature
+
+# the norms added after the first three: their functional forms and reference names
+NEWER_NORMS = ["group_norm", "instance_norm", "rms_norm", "add_layer_norm", "batch_norm_relu"]
 
 
 def test_exports():
-    for name in [
-        "GroupNorm",
-        "InstanceNorm1d",
-        "InstanceNorm2d",
-        "InstanceNorm3d",
-        "RMSNorm",
-        "AddLayerNorm",
-        "BatchNormReLU1d",
-        "BatchNormReLU2d",
-        "BatchNormReLU3d",
-    ]:
+    for name in BY_NAME:  # every module class under test
         assert name in cnorm.__all__ and hasattr(cnorm, name)
         assert name in cnorm.modules.__all__
-    for name in [
-        "group_norm",
-        "native_group_norm",
-        "group_norm_backward",
-        "instance_norm",
-        "native_instance_norm",
-        "instance_norm_backward",
-        "rms_norm",
-        "native_rms_norm",
-        "rms_norm_backward",
-        "add_layer_norm",
-        "native_add_layer_norm",
-        "add_layer_norm_backward",
-        "batch_norm_relu",
-        "native_batch_norm_relu",
-        "batch_norm_relu_backward",
-    ]:
-        assert name in F.__all__ and callable(getattr(F, name))
-    for name in [
-        "group_norm_forward",
-        "group_norm_backward",
-        "instance_norm_forward",
-        "instance_norm_backward",
-        "rms_norm_forward",
-        "rms_norm_backward",
-        "add_layer_norm_forward",
-        "add_layer_norm_backward",
-        "batch_norm_relu_forward",
-        "batch_norm_relu_backward",
-    ]:
-        assert name in reference.__all__ and callable(getattr(reference, name))
+    for norm in NEWER_NORMS:
+        for name in (norm, f"native_{norm}", f"{norm}_backward"):
+            assert name in F.__all__ and callable(getattr(F, name))
+        for name in (f"{norm}_forward", f"{norm}_backward"):
+            assert name in reference.__all__ and callable(getattr(reference, name))
+
+
+def test_reference_twins_take_the_functional_signatures():
+    assert cnorm.reference.__all__ == F.__all__
+    for name in F.__all__:
+        assert inspect.signature(getattr(cnorm.reference, name)) == inspect.signature(getattr(F, name))
+    with pytest.raises(TypeError, match="must take the arguments of layer_norm"):
+        same_signature(F.layer_norm)(lambda input, normalized_shape: None)
 
 
 def test_import_cnorm_does_not_import_torch():
