@@ -99,6 +99,21 @@ class Module:
     def forward(self, input: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _save(self, *state) -> None:
+        """Keep what backward() needs from this forward()."""
+        self._saved = state
+        self._forward_seen = True
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """Gradient w.r.t. the input of the latest forward, with the statistics it used;
+        accumulates the gradients of the parameters present (``weight_grad``, ...)."""
+        saved, dy = self._saved_and_grad(grad_output)
+        return self._accumulate_grads(*self._backward(dy, *saved))
+
+    def _backward(self, dy: np.ndarray, *saved) -> Tuple[np.ndarray, ...]:  # pragma: no cover - abstract
+        """``(dx, the gradient of each of _param_names)`` from the state forward saved."""
+        raise NotImplementedError
+
     def _take_saved(self) -> tuple:
         """The state saved by the last forward(), released so backward runs once per forward."""
         saved = self._saved
@@ -131,6 +146,20 @@ class Module:
         attr = name + "_grad"
         current = getattr(self, attr)
         setattr(self, attr, grad if current is None else current + grad)
+
+    def _accumulate_grads(self, dx: np.ndarray, *param_grads: np.ndarray) -> np.ndarray:
+        """``_accumulate`` the gradients of ``_param_names`` (in that order); returns ``dx``."""
+        for name, grad in zip(self._param_names, param_grads):
+            self._accumulate(name, grad)
+        return dx
+
+    def _init_params(self, shape: Tuple[int, ...], affine: bool, bias: bool = True) -> None:
+        """``_param_shape``, then ``weight`` (ones) and, where the module has one, ``bias``
+        (zeros) of that shape; None where absent (no bias without ``affine``, as torch)."""
+        self._param_shape = shape
+        self.weight = np.ones(shape, self.dtype) if affine else None
+        if "bias" in self._param_names:
+            self.bias = np.zeros(shape, self.dtype) if affine and bias else None
 
     def _input(self, input) -> np.ndarray:
         """``input`` as a C-contiguous array of the module's dtype (TypeError otherwise)."""
@@ -241,9 +270,12 @@ class Module:
         state["_saved"] = None
         return state
 
+    # the arguments repr() shows: str.format'ed with the attributes (and has_bias), as torch
+    _repr_format = ""
+
     def extra_repr(self) -> str:
         """The arguments shown inside ``repr(module)``."""
-        return ""
+        return self._repr_format.format(**vars(self), has_bias=getattr(self, "bias", None) is not None)
 
     def __repr__(self) -> str:
         """``ClassName(extra_repr())``, as torch modules print."""

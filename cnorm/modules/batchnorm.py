@@ -19,6 +19,10 @@ class _BatchNorm(Module):
     _param_names = ("weight", "bias")
     _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
     _relu = False  # True in the fused BatchNormReLU subclasses: y = max(0, batch_norm(x))
+    _repr_format = (
+        "{num_features}, eps={eps}, momentum={momentum}, affine={affine}, bias={has_bias}, "
+        "track_running_stats={track_running_stats}"
+    )
 
     def __init__(
         self,
@@ -41,9 +45,7 @@ class _BatchNorm(Module):
         )
         bias = check_flag(bias, "bias")
         c, dt = self.num_features, self.dtype
-        self._param_shape = (c,)
-        self.weight = np.ones(c, dt) if affine else None
-        self.bias = np.zeros(c, dt) if affine and bias else None
+        self._init_params((c,), affine, bias)
         if track_running_stats:
             self.running_mean: Optional[np.ndarray] = np.zeros(c, dt)
             self.running_var: Optional[np.ndarray] = np.ones(c, dt)
@@ -51,7 +53,6 @@ class _BatchNorm(Module):
         else:
             self.running_mean = self.running_var = None
             self.num_batches_tracked = None
-        self.zero_grad()
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
@@ -108,25 +109,12 @@ class _BatchNorm(Module):
                 x, n, c, s, self.weight, self.bias, rm, rv, self.eps, self._relu
             )
         # the fused ReLU's backward needs its output (a reference, no copy)
-        self._saved = (x, y if self._relu else None, n, c, s, mean, invstd, batch_stats)
-        self._forward_seen = True
+        self._save(x, y if self._relu else None, n, c, s, mean, invstd, batch_stats)
         return y
 
-    def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
-        ``bias_grad``. Uses the statistics that forward used (batch or running)."""
-        (x, y, n, c, s, mean, invstd, batch_stats), dy = self._saved_and_grad(grad_output)
-        dx, dw, db = ops.batch_norm_backward(dy, x, n, c, s, self.weight, mean, invstd, batch_stats, y)
-        self._accumulate("weight", dw)
-        self._accumulate("bias", db)
-        return dx
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
+    def _backward(self, dy, x, y, n, c, s, mean, invstd, batch_stats):
+        # the batch statistics (their gradient terms) or the running ones (constants)
+        return ops.batch_norm_backward(dy, x, n, c, s, self.weight, mean, invstd, batch_stats, y)
 
 
 class BatchNorm1d(_BatchNorm):

@@ -48,8 +48,7 @@ class AddLayerNorm(LayerNorm):
         r = check_same(residual, x, "residual", "the input")
         m, d = layer_dims(x, self.normalized_shape)
         y, s, mean, rstd = ops.add_layer_norm_forward(x, r, m, d, self.weight, self.bias, self.eps)
-        self._saved = (s, m, d, mean, rstd)
-        self._forward_seen = True
+        self._save(s, m, d, mean, rstd)
         return y, s
 
     def backward(self, grad_output: np.ndarray, grad_sum: Optional[np.ndarray] = None) -> np.ndarray:
@@ -63,12 +62,9 @@ class AddLayerNorm(LayerNorm):
         except Exception:
             self._saved = saved  # a bad call frees nothing
             raise
-        dx, dw, db = ops.add_layer_norm_backward(
-            dy, dsum, s, self.normalized_shape, m, d, mean, rstd, self.weight
+        return self._accumulate_grads(
+            *ops.add_layer_norm_backward(dy, dsum, s, self.normalized_shape, m, d, mean, rstd, self.weight)
         )
-        self._accumulate("weight", dw)
-        self._accumulate("bias", db)
-        return dx
 
 
 class _BatchNormReLU:

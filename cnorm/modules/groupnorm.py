@@ -28,10 +28,12 @@ class GroupNorm(Module):
         >>> m = GroupNorm(32, 256)
         >>> x = np.random.default_rng(0).standard_normal((4, 256, 14, 14)).astype(np.float32)
         >>> y = m(x)
-        >>> dx = m.backward(np.ones_like(y))
+        >>> bool(np.allclose(y.reshape(4, 32, -1).mean(-1), 0, atol=1e-5))  # per (sample, group)
+        True
     """
 
     _param_names = ("weight", "bias")
+    _repr_format = "{num_groups}, {num_channels}, eps={eps}, affine={affine}, bias={has_bias}"
 
     def __init__(
         self,
@@ -53,11 +55,7 @@ class GroupNorm(Module):
         self.eps = check_real(eps, "eps")
         self.affine = affine = check_flag(affine, "affine")
         bias = check_flag(bias, "bias")
-        c, dt = self.num_channels, self.dtype
-        self._param_shape = (c,)
-        self.weight = np.ones(c, dt) if affine else None
-        self.bias = np.zeros(c, dt) if affine and bias else None
-        self.zero_grad()
+        self._init_params((num_channels,), affine, bias)
 
     def forward(self, input: np.ndarray) -> np.ndarray:
         """Normalize ``input`` ``(N, C, *)``; see :func:`cnorm.functional.group_norm`."""
@@ -67,21 +65,8 @@ class GroupNorm(Module):
         weight = check_param(self.weight, "weight", (g * cg,), x.dtype, "channels", input_shape=x.shape)
         bias = check_param(self.bias, "bias", (g * cg,), x.dtype, "channels", input_shape=x.shape)
         y, mean, rstd, _ = ops.group_norm_forward(x, n, g, cg, s, weight, bias, self.eps)
-        self._saved = (x, n, g, cg, s, mean, rstd)
-        self._forward_seen = True
+        self._save(x, n, g, cg, s, mean, rstd)
         return y
 
-    def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
-        ``bias_grad``."""
-        (x, n, g, cg, s, mean, rstd), dy = self._saved_and_grad(grad_output)
-        dx, dw, db = ops.group_norm_backward(dy, x, n, g, cg, s, mean, rstd, self.weight)
-        self._accumulate("weight", dw)
-        self._accumulate("bias", db)
-        return dx
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, "
-            f"affine={self.affine}, bias={self.bias is not None}"
-        )
+    def _backward(self, dy, x, n, g, cg, s, mean, rstd):
+        return ops.group_norm_backward(dy, x, n, g, cg, s, mean, rstd, self.weight)

@@ -82,22 +82,16 @@ class _InstanceNorm(_BatchNorm):
             # not None with track_running_stats (else the kernel's ValueError says so)
             rm, rv = cast(np.ndarray, rm), cast(np.ndarray, rv)
             y, mean, invstd = ops.batch_norm_eval(x, n, c, s, self.weight, self.bias, rm, rv, self.eps)
-        self._saved = (x_in, x, n, c, s, mean, invstd, use_input_stats)
-        self._forward_seen = True
+        self._save(x_in, x, n, c, s, mean, invstd, use_input_stats)
         return y.reshape(x_in.shape)
 
-    def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
-        ``bias_grad``. Uses the statistics that forward used (instance or running)."""
-        (x_in, x, n, c, s, mean, invstd, use_input_stats), dy = self._saved_and_grad(grad_output)
+    def _backward(self, dy, x_in, x, n, c, s, mean, invstd, use_input_stats):
         dy = dy.reshape(x.shape)
-        if use_input_stats:
+        if use_input_stats:  # the instance statistics: a group norm with one group per channel
             dx, dw, db = ops.group_norm_backward(dy, x, n, c, 1, s, mean, invstd, self.weight)
-        else:
+        else:  # the running statistics, constants
             dx, dw, db = ops.batch_norm_backward(dy, x, n, c, s, self.weight, mean, invstd, False)
-        self._accumulate("weight", dw)
-        self._accumulate("bias", db)
-        return dx.reshape(x_in.shape)
+        return dx.reshape(x_in.shape), dw, db
 
     def _checkpoint_errors(self, state_dict: Mapping[str, Any]) -> Tuple[List[str], Tuple[str, ...]]:
         """Like torch, a checkpoint without version metadata (a plain dict) holding running

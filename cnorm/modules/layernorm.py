@@ -32,6 +32,7 @@ class LayerNorm(Module):
     """
 
     _param_names = ("weight", "bias")
+    _repr_format = "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}, bias={has_bias}"
 
     def __init__(
         self,
@@ -46,32 +47,15 @@ class LayerNorm(Module):
         self.eps = check_real(eps, "eps")
         self.elementwise_affine = elementwise_affine = check_flag(elementwise_affine, "elementwise_affine")
         bias = check_flag(bias, "bias")
-        shape, dt = self.normalized_shape, self.dtype
-        self._param_shape = shape
-        self.weight = np.ones(shape, dt) if elementwise_affine else None
-        self.bias = np.zeros(shape, dt) if elementwise_affine and bias else None
-        self.zero_grad()
+        self._init_params(self.normalized_shape, elementwise_affine, bias)
 
     def forward(self, input: np.ndarray) -> np.ndarray:
         """Normalize ``input``; see :func:`cnorm.functional.layer_norm`."""
         x = self._input(input)
         m, d = layer_dims(x, self.normalized_shape)
         y, mean, rstd = ops.layer_norm_forward(x, m, d, self.weight, self.bias, self.eps)
-        self._saved = (x, m, d, mean, rstd)
-        self._forward_seen = True
+        self._save(x, m, d, mean, rstd)
         return y
 
-    def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad`` and
-        ``bias_grad``."""
-        (x, m, d, mean, rstd), dy = self._saved_and_grad(grad_output)
-        dx, dw, db = ops.layer_norm_backward(dy, x, self.normalized_shape, m, d, mean, rstd, self.weight)
-        self._accumulate("weight", dw)
-        self._accumulate("bias", db)
-        return dx
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, "
-            f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}"
-        )
+    def _backward(self, dy, x, m, d, mean, rstd):
+        return ops.layer_norm_backward(dy, x, self.normalized_shape, m, d, mean, rstd, self.weight)

@@ -28,10 +28,12 @@ class RMSNorm(Module):
         >>> m = RMSNorm(1024)
         >>> x = np.random.default_rng(0).standard_normal((2, 16, 1024)).astype(np.float32)
         >>> y = m(x)
-        >>> dx = m.backward(np.ones_like(y))
+        >>> bool(np.allclose((y * y).mean(-1), 1, atol=1e-4))  # unit mean square per row
+        True
     """
 
     _param_names = ("weight",)
+    _repr_format = "{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}"
 
     def __init__(
         self,
@@ -44,25 +46,15 @@ class RMSNorm(Module):
         self.normalized_shape = check_normalized_shape(normalized_shape)
         self.eps = check_real(eps, "eps", optional=True)
         self.elementwise_affine = elementwise_affine = check_flag(elementwise_affine, "elementwise_affine")
-        self._param_shape = self.normalized_shape
-        self.weight = np.ones(self.normalized_shape, self.dtype) if elementwise_affine else None
-        self.zero_grad()
+        self._init_params(self.normalized_shape, elementwise_affine)
 
     def forward(self, input: np.ndarray) -> np.ndarray:
         """Normalize ``input``; see :func:`cnorm.functional.rms_norm`."""
         x = self._input(input)
         m, d = rms_dims(x, self.normalized_shape)
         y, rrms = ops.rms_norm_forward(x, m, d, self.weight, self.eps)
-        self._saved = (x, m, d, rrms)
-        self._forward_seen = True
+        self._save(x, m, d, rrms)
         return y
 
-    def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        """Gradient w.r.t. the input of the latest forward; accumulates ``weight_grad``."""
-        (x, m, d, rrms), dy = self._saved_and_grad(grad_output)
-        dx, dw = ops.rms_norm_backward(dy, x, self.normalized_shape, m, d, rrms, self.weight)
-        self._accumulate("weight", dw)
-        return dx
-
-    def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+    def _backward(self, dy, x, m, d, rrms):
+        return ops.rms_norm_backward(dy, x, self.normalized_shape, m, d, rrms, self.weight)
