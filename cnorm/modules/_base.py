@@ -75,6 +75,11 @@ class Module:
 
     _param_names: Tuple[str, ...] = ()
     _buffer_names: Tuple[str, ...] = ()
+    # the parameters and gradients of the subclasses (bias and bias_grad: those that have one)
+    weight: Optional[np.ndarray]
+    weight_grad: Optional[np.ndarray]
+    bias: Optional[np.ndarray]
+    bias_grad: Optional[np.ndarray]
 
     def __init__(self, dtype=np.float32) -> None:
         self.dtype = check_dtype(dtype)
@@ -99,19 +104,16 @@ class Module:
     def forward(self, input: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _save(self, *state) -> None:
-        """Keep what backward() needs from this forward()."""
-        self._saved = state
-        self._forward_seen = True
-
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """Gradient w.r.t. the input of the latest forward, with the statistics it used;
         accumulates the gradients of the parameters present (``weight_grad``, ...)."""
         saved, dy = self._saved_and_grad(grad_output)
-        return self._accumulate_grads(*self._backward(dy, *saved))
+        dx, grad_weight, grad_bias = self._backward(dy, saved)
+        self._accumulate(grad_weight, grad_bias)
+        return dx
 
-    def _backward(self, dy: np.ndarray, *saved) -> Tuple[np.ndarray, ...]:  # pragma: no cover - abstract
-        """``(dx, the gradient of each of _param_names)`` from the state forward saved."""
+    def _backward(self, dy: np.ndarray, saved: tuple) -> tuple:  # pragma: no cover - abstract
+        """``(dx, grad_weight, grad_bias)`` (None without a bias) from the state forward saved."""
         raise NotImplementedError
 
     def _take_saved(self) -> tuple:
@@ -139,19 +141,13 @@ class Module:
             "Trying to backward through the graph a second time: call forward() again before backward()"
         )
 
-    def _accumulate(self, name: str, grad: np.ndarray) -> None:
-        """``<name>_grad += grad`` (torch's .grad accumulation), only for present params."""
-        if getattr(self, name) is None:
-            return
-        attr = name + "_grad"
-        current = getattr(self, attr)
-        setattr(self, attr, grad if current is None else current + grad)
-
-    def _accumulate_grads(self, dx: np.ndarray, *param_grads: np.ndarray) -> np.ndarray:
-        """``_accumulate`` the gradients of ``_param_names`` (in that order); returns ``dx``."""
-        for name, grad in zip(self._param_names, param_grads):
-            self._accumulate(name, grad)
-        return dx
+    def _accumulate(self, grad_weight: np.ndarray, grad_bias: Optional[np.ndarray] = None) -> None:
+        """``weight_grad += grad_weight`` and ``bias_grad += grad_bias`` (torch's .grad
+        accumulation), for the parameters present."""
+        if self.weight is not None:
+            self.weight_grad = grad_weight if self.weight_grad is None else self.weight_grad + grad_weight
+        if grad_bias is not None and self.bias is not None:
+            self.bias_grad = grad_bias if self.bias_grad is None else self.bias_grad + grad_bias
 
     def _init_params(self, shape: Tuple[int, ...], affine: bool, bias: bool = True) -> None:
         """``_param_shape``, then ``weight`` (ones) and, where the module has one, ``bias``

@@ -109,10 +109,12 @@ class _BatchNorm(Module):
                 x, n, c, s, self.weight, self.bias, rm, rv, self.eps, self._relu
             )
         # the fused ReLU's backward needs its output (a reference, no copy)
-        self._save(x, y if self._relu else None, n, c, s, mean, invstd, batch_stats)
+        self._saved = (x, y if self._relu else None, n, c, s, mean, invstd, batch_stats)
+        self._forward_seen = True
         return y
 
-    def _backward(self, dy, x, y, n, c, s, mean, invstd, batch_stats):
+    def _backward(self, dy, saved):
+        x, y, n, c, s, mean, invstd, batch_stats = saved
         # the batch statistics (their gradient terms) or the running ones (constants)
         return ops.batch_norm_backward(dy, x, n, c, s, self.weight, mean, invstd, batch_stats, y)
 

@@ -48,7 +48,8 @@ class AddLayerNorm(LayerNorm):
         r = check_same(residual, x, "residual", "the input")
         m, d = layer_dims(x, self.normalized_shape)
         y, s, mean, rstd = ops.add_layer_norm_forward(x, r, m, d, self.weight, self.bias, self.eps)
-        self._save(s, m, d, mean, rstd)
+        self._saved = (s, m, d, mean, rstd)
+        self._forward_seen = True
         return y, s
 
     def backward(self, grad_output: np.ndarray, grad_sum: Optional[np.ndarray] = None) -> np.ndarray:
@@ -62,9 +63,11 @@ class AddLayerNorm(LayerNorm):
         except Exception:
             self._saved = saved  # a bad call frees nothing
             raise
-        return self._accumulate_grads(
-            *ops.add_layer_norm_backward(dy, dsum, s, self.normalized_shape, m, d, mean, rstd, self.weight)
+        dx, dw, db = ops.add_layer_norm_backward(
+            dy, dsum, s, self.normalized_shape, m, d, mean, rstd, self.weight
         )
+        self._accumulate(dw, db)
+        return dx
 
 
 class _BatchNormReLU:

@@ -65,8 +65,10 @@ class GroupNorm(Module):
         weight = check_param(self.weight, "weight", (g * cg,), x.dtype, "channels", input_shape=x.shape)
         bias = check_param(self.bias, "bias", (g * cg,), x.dtype, "channels", input_shape=x.shape)
         y, mean, rstd, _ = ops.group_norm_forward(x, n, g, cg, s, weight, bias, self.eps)
-        self._save(x, n, g, cg, s, mean, rstd)
+        self._saved = (x, n, g, cg, s, mean, rstd)
+        self._forward_seen = True
         return y
 
-    def _backward(self, dy, x, n, g, cg, s, mean, rstd):
+    def _backward(self, dy, saved):
+        x, n, g, cg, s, mean, rstd = saved
         return ops.group_norm_backward(dy, x, n, g, cg, s, mean, rstd, self.weight)

@@ -82,10 +82,12 @@ class _InstanceNorm(_BatchNorm):
             # not None with track_running_stats (else the kernel's ValueError says so)
             rm, rv = cast(np.ndarray, rm), cast(np.ndarray, rv)
             y, mean, invstd = ops.batch_norm_eval(x, n, c, s, self.weight, self.bias, rm, rv, self.eps)
-        self._save(x_in, x, n, c, s, mean, invstd, use_input_stats)
+        self._saved = (x_in, x, n, c, s, mean, invstd, use_input_stats)
+        self._forward_seen = True
         return y.reshape(x_in.shape)
 
-    def _backward(self, dy, x_in, x, n, c, s, mean, invstd, use_input_stats):
+    def _backward(self, dy, saved):
+        x_in, x, n, c, s, mean, invstd, use_input_stats = saved
         dy = dy.reshape(x.shape)
         if use_input_stats:  # the instance statistics: a group norm with one group per channel
             dx, dw, db = ops.group_norm_backward(dy, x, n, c, 1, s, mean, invstd, self.weight)

@@ -54,8 +54,10 @@ class LayerNorm(Module):
         x = self._input(input)
         m, d = layer_dims(x, self.normalized_shape)
         y, mean, rstd = ops.layer_norm_forward(x, m, d, self.weight, self.bias, self.eps)
-        self._save(x, m, d, mean, rstd)
+        self._saved = (x, m, d, mean, rstd)
+        self._forward_seen = True
         return y
 
-    def _backward(self, dy, x, m, d, mean, rstd):
+    def _backward(self, dy, saved):
+        x, m, d, mean, rstd = saved
         return ops.layer_norm_backward(dy, x, self.normalized_shape, m, d, mean, rstd, self.weight)

@@ -53,8 +53,11 @@ class RMSNorm(Module):
         x = self._input(input)
         m, d = rms_dims(x, self.normalized_shape)
         y, rrms = ops.rms_norm_forward(x, m, d, self.weight, self.eps)
-        self._save(x, m, d, rrms)
+        self._saved = (x, m, d, rrms)
+        self._forward_seen = True
         return y
 
-    def _backward(self, dy, x, m, d, rrms):
-        return ops.rms_norm_backward(dy, x, self.normalized_shape, m, d, rrms, self.weight)
+    def _backward(self, dy, saved):
+        x, m, d, rrms = saved
+        dx, dw = ops.rms_norm_backward(dy, x, self.normalized_shape, m, d, rrms, self.weight)
+        return dx, dw, None  # no bias
