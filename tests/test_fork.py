@@ -16,6 +16,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from child_runs import CHILD_HELPERS
 
 import cnorm
 
@@ -56,18 +57,6 @@ def work():
     return [y, dx, ln, gn, yb, m.backward(DY), m.running_var]
 
 
-def wait_child(pid, timeout={timeout}):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return "hang"
-
-
 def fork_and_work(tag):
     """Fork; the child saves work() to OUT/tag.pkl. Returns the child's exit status."""
     path = os.path.join(OUT, tag + ".pkl")
@@ -82,7 +71,7 @@ def fork_and_work(tag):
             sys.stderr.write(f"child failed: {{exc!r}}\n")
             code = 3
         os._exit(code)
-    return wait_child(pid)
+    return wait_child(pid, {timeout})
 
 
 def pool_work(_):
@@ -124,16 +113,7 @@ finally:
     pool.join()
 """,
     "fork while another thread runs kernels": r"""
-stop = threading.Event()
-def loop():
-    while not stop.is_set():
-        work()
-th = threading.Thread(target=loop)
-th.start()
-time.sleep(0.05)
-status = fork_and_work("child")
-stop.set()
-th.join()
+status = while_kernels_run(work, lambda: fork_and_work("child"))
 print("STATUS", status)
 """,
     "fork from a forked child": r"""
@@ -155,6 +135,7 @@ print("STATUS", wait_child(pid, 2 * {timeout}))
 
 def _run(scenario, torch_imported, tmp_path):
     code = PRELUDE.format(torch=torch_imported, out=str(tmp_path), timeout=CHILD_TIMEOUT)
+    code += CHILD_HELPERS
     code += textwrap.dedent(SCENARIOS[scenario]).replace("{timeout}", str(CHILD_TIMEOUT))
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("OMP_NUM_THREADS", None)

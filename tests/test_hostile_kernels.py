@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from _internals import KERNEL_IMPORT
+from child_runs import read_case_results
 
 # =======================================================================================
 # private kernels: run in child processes (a crash must be a failure, not the end)
@@ -503,14 +504,8 @@ def _run_kernel_cases():
             proc.kill()
             stdout, stderr = proc.communicate()
             stderr = "(hung: killed after 120 s)\n" + stderr
-        started = None
-        for line in stdout.splitlines():
-            if line.startswith("START "):
-                started = json.loads(line[6:])
-            elif line.startswith("RESULT "):
-                cid, name, msg = json.loads(line[7:])
-                results[cid] = ("returned",) if name is None else ("raised", name, msg)
-                started = None
+        finished, started = read_case_results(stdout)
+        results.update(finished)
         if started is not None:  # died inside this case
             results[started] = ("crashed", proc.returncode, stderr[-2000:])
         elif proc.returncode != 0 and len(results) < len(KERNEL_CASES):

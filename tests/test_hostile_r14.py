@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+from child_runs import CHILD_HELPERS, read_case_results
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CASE_TIMEOUT = 60  # per child; the forking cases give their own children 15 s
@@ -30,18 +31,6 @@ rng = np.random.default_rng(0)
 BIG = rng.standard_normal((2048, 96))      # 196k values: several threads
 
 
-def wait_child(pid, timeout=15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"the forked child hung (killed after {timeout} s)")
-
-
 def in_child(fn):
     """Run fn() in a forked child; AssertionError if it fails, crashes or hangs."""
     pid = os.fork()
@@ -51,7 +40,8 @@ def in_child(fn):
             os._exit(0)
         except BaseException:
             os._exit(3)
-    code = wait_child(pid)
+    code = wait_child(pid, 15)
+    assert code != "hang", "the forked child hung (killed after 15 s)"
     assert code == 0, f"the forked child exited with {code}"
 
 
@@ -64,6 +54,8 @@ def vmsize():
         if line.startswith("VmSize:"):
             return int(line.split()[1]) * 1024
 '''
+
+PRELUDE += CHILD_HELPERS  # wait_child (for in_child), while_kernels_run
 
 RUNNER = r"""
 import json, sys
@@ -131,18 +123,7 @@ finally:
         r"""
 cnorm.set_num_threads(4)
 bn_big()                                       # this thread's OpenMP pool exists too
-stop = threading.Event()
-def loop():
-    while not stop.is_set():
-        bn_big()
-th = threading.Thread(target=loop)
-th.start()
-time.sleep(0.05)
-try:
-    in_child(bn_big)
-finally:
-    stop.set()
-    th.join()
+while_kernels_run(bn_big, lambda: in_child(bn_big))
 """,
         "ok",
     ),
@@ -371,14 +352,7 @@ def _spawn(cases, timeout):
         proc.kill()
         stdout, stderr = proc.communicate()
         hung = True
-    results, started = {}, None
-    for line in stdout.splitlines():
-        if line.startswith("START "):
-            started = json.loads(line[6:])
-        elif line.startswith("RESULT "):
-            cid, name, msg = json.loads(line[7:])
-            results[cid] = ("returned",) if name is None else ("raised", name, msg)
-            started = None
+    results, started = read_case_results(stdout)
     if started is not None:
         results[started] = (
             ("hung", timeout, stderr[-3000:]) if hung else ("crashed", proc.returncode, stderr[-3000:])
