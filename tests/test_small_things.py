@@ -160,74 +160,34 @@ def test_unsupported_torch_dtype_says_what_to_pass(tdtype):
 # =======================================================================================
 
 
+# name: (cnorm class, torch.nn class, constructor arguments, keyword arguments, input shape)
+_IN_FULL = {"affine": True, "track_running_stats": True}
+TORCH_PAIRS = {
+    "BatchNorm1d": ("BatchNorm1d", "BatchNorm1d", (3,), {}, (6, 3)),
+    "BatchNorm2d": ("BatchNorm2d", "BatchNorm2d", (3,), {}, (4, 3, 2, 2)),
+    "BatchNorm3d": ("BatchNorm3d", "BatchNorm3d", (3,), {"momentum": None}, (4, 3, 2, 2, 2)),
+    "BatchNormReLU2d": ("BatchNormReLU2d", "BatchNorm2d", (3,), {}, (4, 3, 2, 2)),
+    "BatchNorm2d_no_bias": ("BatchNorm2d", "BatchNorm2d", (3,), {"bias": False}, (4, 3, 2, 2)),
+    "InstanceNorm2d": ("InstanceNorm2d", "InstanceNorm2d", (3,), _IN_FULL, (4, 3, 2, 2)),
+    "LayerNorm": ("LayerNorm", "LayerNorm", ((2, 3),), {}, (4, 2, 3)),
+    "AddLayerNorm": ("AddLayerNorm", "LayerNorm", (3,), {}, (4, 3)),
+    "GroupNorm": ("GroupNorm", "GroupNorm", (1, 3), {}, (4, 3, 5)),
+    "RMSNorm": ("RMSNorm", "RMSNorm", (3,), {}, (4, 3)),
+}
+PAIR_NAMES = list(TORCH_PAIRS)
+
+
 def _torch_pairs():
+    """name: (make(dtype) -> the cnorm module, make(dtype) -> the torch one, input shape)."""
     f = {f32: torch.float32, f64: torch.float64}
-    return {
-        "BatchNorm1d": (
-            lambda dt: cnorm.BatchNorm1d(3, dtype=dt),
-            lambda dt: torch.nn.BatchNorm1d(3, dtype=f[dt]),
-            (6, 3),
-        ),
-        "BatchNorm2d": (
-            lambda dt: cnorm.BatchNorm2d(3, dtype=dt),
-            lambda dt: torch.nn.BatchNorm2d(3, dtype=f[dt]),
-            (4, 3, 2, 2),
-        ),
-        "BatchNorm3d": (
-            lambda dt: cnorm.BatchNorm3d(3, momentum=None, dtype=dt),
-            lambda dt: torch.nn.BatchNorm3d(3, momentum=None, dtype=f[dt]),
-            (4, 3, 2, 2, 2),
-        ),
-        "BatchNormReLU2d": (
-            lambda dt: cnorm.BatchNormReLU2d(3, dtype=dt),
-            lambda dt: torch.nn.BatchNorm2d(3, dtype=f[dt]),
-            (4, 3, 2, 2),
-        ),
-        "BatchNorm2d_no_bias": (
-            lambda dt: cnorm.BatchNorm2d(3, bias=False, dtype=dt),
-            lambda dt: torch.nn.BatchNorm2d(3, bias=False, dtype=f[dt]),
-            (4, 3, 2, 2),
-        ),
-        "InstanceNorm2d": (
-            lambda dt: cnorm.InstanceNorm2d(3, affine=True, track_running_stats=True, dtype=dt),
-            lambda dt: torch.nn.InstanceNorm2d(3, affine=True, track_running_stats=True, dtype=f[dt]),
-            (4, 3, 2, 2),
-        ),
-        "LayerNorm": (
-            lambda dt: cnorm.LayerNorm((2, 3), dtype=dt),
-            lambda dt: torch.nn.LayerNorm((2, 3), dtype=f[dt]),
-            (4, 2, 3),
-        ),
-        "AddLayerNorm": (
-            lambda dt: cnorm.AddLayerNorm(3, dtype=dt),
-            lambda dt: torch.nn.LayerNorm(3, dtype=f[dt]),
-            (4, 3),
-        ),
-        "GroupNorm": (
-            lambda dt: cnorm.GroupNorm(1, 3, dtype=dt),
-            lambda dt: torch.nn.GroupNorm(1, 3, dtype=f[dt]),
-            (4, 3, 5),
-        ),
-        "RMSNorm": (
-            lambda dt: cnorm.RMSNorm(3, dtype=dt),
-            lambda dt: torch.nn.RMSNorm(3, dtype=f[dt]),
-            (4, 3),
-        ),
-    }
-
-
-PAIR_NAMES = [
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "BatchNorm3d",
-    "BatchNormReLU2d",
-    "BatchNorm2d_no_bias",
-    "InstanceNorm2d",
-    "LayerNorm",
-    "AddLayerNorm",
-    "GroupNorm",
-    "RMSNorm",
-]
+    out = {}
+    for name, (cls, torch_cls, args, kw, shape) in TORCH_PAIRS.items():
+        out[name] = (
+            lambda dt, cls=cls, args=args, kw=kw: getattr(cnorm, cls)(*args, **kw, dtype=dt),
+            lambda dt, cls=torch_cls, args=args, kw=kw: getattr(torch.nn, cls)(*args, **kw, dtype=f[dt]),
+            shape,
+        )
+    return out
 
 
 def _trained(make, shape, dtype):
@@ -331,17 +291,23 @@ def test_help_shows_docstrings_not_comments(cls):
 # =======================================================================================
 
 
-def _cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _python(*args, timeout=120, **env):
+    """``python *args`` run from the repository root with cnorm importable (and ``env``
+    added to the environment); its output captured."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
     return subprocess.run(
-        [sys.executable, "-m", "cnorm", *args],
+        [sys.executable, *args],
         cwd=str(ROOT),
         env=env,
         capture_output=True,
         text=True,
         check=False,
-        timeout=120,
+        timeout=timeout,
     )
+
+
+def _cli(*args):
+    return _python("-m", "cnorm", *args)
 
 
 def _subcommands(text):
@@ -407,20 +373,16 @@ runpy.run_path(script, run_name="__main__")
 
 
 def _run_example_without(blocked, script, *args):
-    env = dict(
-        os.environ,
+    script = str(ROOT / "examples" / script)
+    return _python(
+        "-c",
+        BLOCKING_RUNNER,
+        ",".join(blocked),
+        script,
+        *args,
+        timeout=300,
         MPLBACKEND="Agg",
         OMP_NUM_THREADS="1",
-        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
-    return subprocess.run(
-        [sys.executable, "-c", BLOCKING_RUNNER, ",".join(blocked), str(ROOT / "examples" / script), *args],
-        cwd=str(ROOT),
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
     )
 
 
@@ -454,26 +416,9 @@ def test_example_names_the_extra_before_working(tmp_path, script, blocked, needs
 
 
 def test_sync_example_takes_out(tmp_path):
-    env = dict(
-        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "sync_bn_mpi4py.py"),
-            "--simulate",
-            "2",
-            "--steps",
-            "1",
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        cwd=str(ROOT),
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
+    script = str(ROOT / "examples" / "sync_bn_mpi4py.py")
+    proc = _python(
+        script, "--simulate", "2", "--steps", "1", "--out", str(tmp_path / "out"), OMP_NUM_THREADS="1"
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
