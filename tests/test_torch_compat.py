@@ -3,6 +3,7 @@ and the same error messages and warnings as torch."""
 
 import re
 import warnings
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pytest
@@ -28,12 +29,16 @@ f32 = np.float32
 # --------------------------------------------------------------------------- state_dict round trips
 
 
+def _bn_case(inp, config):
+    """(class name, input shape, constructor keywords, channels) of a batch-norm round trip."""
+    name, shape = BN_INPUTS[inp]
+    return name, shape, BN_CONFIGS[config], shape[1]
+
+
 @pytest.mark.parametrize("config", ["default", "momentum_none", "nobias", "noaffine", "notrack"])
 @pytest.mark.parametrize("inp", ["1d_NCL", "2d", "3d"])
 def test_state_dict_cnorm_to_torch(rng, inp, config):
-    name, shape = BN_INPUTS[inp]
-    kw = BN_CONFIGS[config]
-    C = shape[1]
+    name, shape, kw, C = _bn_case(inp, config)
     m = getattr(cnorm, name)(C, **kw)
     if m.weight is not None:
         sd = m.state_dict()
@@ -56,9 +61,7 @@ def test_state_dict_cnorm_to_torch(rng, inp, config):
 @pytest.mark.parametrize("config", ["default", "momentum_none", "nobias", "noaffine", "notrack"])
 @pytest.mark.parametrize("inp", ["1d_NC", "2d", "3d"])
 def test_state_dict_torch_to_cnorm(rng, inp, config):
-    name, shape = BN_INPUTS[inp]
-    kw = BN_CONFIGS[config]
-    C = shape[1]
+    name, shape, kw, C = _bn_case(inp, config)
     tm = getattr(torch.nn, name)(C, **kw)
     randomize_params(tm, rng)
     for _ in range(4):
@@ -246,106 +249,52 @@ def torch_size_as_tuple(msg):
     )
 
 
+class _Lib(NamedTuple):
+    """One side of an error case: module classes, functional API, array constructors."""
+
+    nn: Any
+    F: Any
+    zeros: Callable
+    ones: Callable
+
+
+TORCH_LIB = _Lib(torch.nn, TF, torch.zeros, torch.ones)
+CNORM_LIB = _Lib(cnorm, F, lambda shape: np.zeros(shape, f32), lambda shape: np.ones(shape, f32))
+
+
+def both(call):
+    """(torch call, cnorm call): ``call(lib)`` on torch's side and on cnorm's."""
+    return (lambda: call(TORCH_LIB), lambda: call(CNORM_LIB))
+
+
 ERROR_CASES = {
     # name: (torch call, cnorm call)
-    "gn_ctor_divisible": (lambda: torch.nn.GroupNorm(3, 4), lambda: cnorm.GroupNorm(3, 4)),
-    "gn_not_divisible": (
-        lambda: TF.group_norm(torch.zeros(2, 4, 3), 3),
-        lambda: F.group_norm(np.zeros((2, 4, 3), np.float32), 3),
-    ),
-    "gn_1d": (lambda: TF.group_norm(torch.zeros(4), 2), lambda: F.group_norm(np.zeros(4, np.float32), 2)),
-    "gn_one_value": (
-        lambda: TF.group_norm(torch.zeros(1, 2), 2),
-        lambda: F.group_norm(np.zeros((1, 2), np.float32), 2),
-    ),
-    "gn_one_value_3d": (
-        lambda: torch.nn.GroupNorm(2, 2)(torch.zeros(1, 2, 1)),
-        lambda: cnorm.GroupNorm(2, 2)(np.zeros((1, 2, 1), np.float32)),
-    ),
-    "gn_negative_groups": (
-        lambda: TF.group_norm(torch.zeros(2, 4, 3), -2),
-        lambda: F.group_norm(np.zeros((2, 4, 3), np.float32), -2),
-    ),
-    "gn_float_groups": (
-        lambda: TF.group_norm(torch.zeros(2, 4, 3), 2.0),
-        lambda: F.group_norm(np.zeros((2, 4, 3), np.float32), 2.0),
-    ),
-    "gn_weight": (
-        lambda: TF.group_norm(torch.zeros(2, 4, 3), 2, torch.ones(3)),
-        lambda: F.group_norm(np.zeros((2, 4, 3), np.float32), 2, np.ones(3, np.float32)),
-    ),
-    "gn_module_channels": (
-        lambda: torch.nn.GroupNorm(2, 4)(torch.zeros(2, 6, 3)),
-        lambda: cnorm.GroupNorm(2, 4)(np.zeros((2, 6, 3), np.float32)),
-    ),
-    "in_spatial": (
-        lambda: torch.nn.InstanceNorm1d(3)(torch.zeros(2, 3, 1)),
-        lambda: cnorm.InstanceNorm1d(3)(np.zeros((2, 3, 1), np.float32)),
-    ),
-    "in_spatial_unbatched": (
-        lambda: torch.nn.InstanceNorm2d(3)(torch.zeros(3, 1, 1)),
-        lambda: cnorm.InstanceNorm2d(3)(np.zeros((3, 1, 1), np.float32)),
-    ),
-    "in_spatial_eval_untracked": (
-        lambda: torch.nn.InstanceNorm1d(3).eval()(torch.zeros(2, 3, 1)),
-        lambda: cnorm.InstanceNorm1d(3).eval()(np.zeros((2, 3, 1), np.float32)),
-    ),
-    "in_f_spatial_2d": (
-        lambda: TF.instance_norm(torch.zeros(2, 3)),
-        lambda: F.instance_norm(np.zeros((2, 3), np.float32)),
-    ),
-    "in1d_ndim": (
-        lambda: torch.nn.InstanceNorm1d(3)(torch.zeros(2, 3, 4, 5)),
-        lambda: cnorm.InstanceNorm1d(3)(np.zeros((2, 3, 4, 5), np.float32)),
-    ),
-    "in2d_ndim": (
-        lambda: torch.nn.InstanceNorm2d(3)(torch.zeros(2, 3)),
-        lambda: cnorm.InstanceNorm2d(3)(np.zeros((2, 3), np.float32)),
-    ),
-    "in3d_ndim": (
-        lambda: torch.nn.InstanceNorm3d(3)(torch.zeros(2, 3, 4)),
-        lambda: cnorm.InstanceNorm3d(3)(np.zeros((2, 3, 4), np.float32)),
-    ),
-    "in_affine_mismatch": (
-        lambda: torch.nn.InstanceNorm1d(3, affine=True)(torch.zeros(2, 4, 5)),
-        lambda: cnorm.InstanceNorm1d(3, affine=True)(np.zeros((2, 4, 5), np.float32)),
-    ),
-    "in_affine_mismatch_unbatched": (
-        lambda: torch.nn.InstanceNorm1d(3, affine=True)(torch.zeros(4, 5)),
-        lambda: cnorm.InstanceNorm1d(3, affine=True)(np.zeros((4, 5), np.float32)),
-    ),
-    "in_f_no_running": (
-        lambda: TF.instance_norm(torch.zeros(2, 3, 4), use_input_stats=False),
-        lambda: F.instance_norm(np.zeros((2, 3, 4), np.float32), use_input_stats=False),
-    ),
-    "in_f_one_running": (
-        lambda: TF.instance_norm(torch.zeros(2, 3, 4), torch.zeros(3), None),
-        lambda: F.instance_norm(np.zeros((2, 3, 4), np.float32), np.zeros(3, np.float32), None),
-    ),
-    "rms_shape": (
-        lambda: TF.rms_norm(torch.zeros(2, 3), (4,)),
-        lambda: F.rms_norm(np.zeros((2, 3), np.float32), (4,)),
-    ),
-    "rms_shape_2": (
-        lambda: TF.rms_norm(torch.zeros(2, 3, 4), (2, 4)),
-        lambda: F.rms_norm(np.zeros((2, 3, 4), np.float32), (2, 4)),
-    ),
-    "rms_ndim": (
-        lambda: TF.rms_norm(torch.zeros(2, 3), (1, 2, 3)),
-        lambda: F.rms_norm(np.zeros((2, 3), np.float32), (1, 2, 3)),
-    ),
-    "rms_empty_shape": (
-        lambda: TF.rms_norm(torch.zeros(2, 3), ()),
-        lambda: F.rms_norm(np.zeros((2, 3), np.float32), ()),
-    ),
-    "rms_weight": (
-        lambda: TF.rms_norm(torch.zeros(2, 3), (3,), torch.ones(4)),
-        lambda: F.rms_norm(np.zeros((2, 3), np.float32), (3,), np.ones(4, np.float32)),
-    ),
-    "rms_module": (
-        lambda: torch.nn.RMSNorm(3)(torch.zeros(2, 4)),
-        lambda: cnorm.RMSNorm(3)(np.zeros((2, 4), np.float32)),
-    ),
+    "gn_ctor_divisible": both(lambda t: t.nn.GroupNorm(3, 4)),
+    "gn_not_divisible": both(lambda t: t.F.group_norm(t.zeros((2, 4, 3)), 3)),
+    "gn_1d": both(lambda t: t.F.group_norm(t.zeros(4), 2)),
+    "gn_one_value": both(lambda t: t.F.group_norm(t.zeros((1, 2)), 2)),
+    "gn_one_value_3d": both(lambda t: t.nn.GroupNorm(2, 2)(t.zeros((1, 2, 1)))),
+    "gn_negative_groups": both(lambda t: t.F.group_norm(t.zeros((2, 4, 3)), -2)),
+    "gn_float_groups": both(lambda t: t.F.group_norm(t.zeros((2, 4, 3)), 2.0)),
+    "gn_weight": both(lambda t: t.F.group_norm(t.zeros((2, 4, 3)), 2, t.ones(3))),
+    "gn_module_channels": both(lambda t: t.nn.GroupNorm(2, 4)(t.zeros((2, 6, 3)))),
+    "in_spatial": both(lambda t: t.nn.InstanceNorm1d(3)(t.zeros((2, 3, 1)))),
+    "in_spatial_unbatched": both(lambda t: t.nn.InstanceNorm2d(3)(t.zeros((3, 1, 1)))),
+    "in_spatial_eval_untracked": both(lambda t: t.nn.InstanceNorm1d(3).eval()(t.zeros((2, 3, 1)))),
+    "in_f_spatial_2d": both(lambda t: t.F.instance_norm(t.zeros((2, 3)))),
+    "in1d_ndim": both(lambda t: t.nn.InstanceNorm1d(3)(t.zeros((2, 3, 4, 5)))),
+    "in2d_ndim": both(lambda t: t.nn.InstanceNorm2d(3)(t.zeros((2, 3)))),
+    "in3d_ndim": both(lambda t: t.nn.InstanceNorm3d(3)(t.zeros((2, 3, 4)))),
+    "in_affine_mismatch": both(lambda t: t.nn.InstanceNorm1d(3, affine=True)(t.zeros((2, 4, 5)))),
+    "in_affine_mismatch_unbatched": both(lambda t: t.nn.InstanceNorm1d(3, affine=True)(t.zeros((4, 5)))),
+    "in_f_no_running": both(lambda t: t.F.instance_norm(t.zeros((2, 3, 4)), use_input_stats=False)),
+    "in_f_one_running": both(lambda t: t.F.instance_norm(t.zeros((2, 3, 4)), t.zeros(3), None)),
+    "rms_shape": both(lambda t: t.F.rms_norm(t.zeros((2, 3)), (4,))),
+    "rms_shape_2": both(lambda t: t.F.rms_norm(t.zeros((2, 3, 4)), (2, 4))),
+    "rms_ndim": both(lambda t: t.F.rms_norm(t.zeros((2, 3)), (1, 2, 3))),
+    "rms_empty_shape": both(lambda t: t.F.rms_norm(t.zeros((2, 3)), ())),
+    "rms_weight": both(lambda t: t.F.rms_norm(t.zeros((2, 3)), (3,), t.ones(4))),
+    "rms_module": both(lambda t: t.nn.RMSNorm(3)(t.zeros((2, 4)))),
     "bnr_one_value": (
         lambda: torch.nn.BatchNorm1d(3)(torch.zeros(1, 3)),
         lambda: cnorm.BatchNormReLU1d(3)(np.zeros((1, 3), np.float32)),
