@@ -236,10 +236,14 @@ def test_instance_norm_float32_offsets(rng, num_threads, offset, shape):
     assert rel_err(dx, reference.instance_norm_backward(dy, x, None, EPS)[0]) <= GRAD_RTOL
 
 
-@pytest.mark.parametrize(
-    "case", [((64, 1024), (1024,)), ((30, 37), (37,)), ((4, 8, 50), (8, 50))], ids=lambda c: f"{c[0]}-{c[1]}"
-)
-@pytest.mark.parametrize("offset", OFFSETS + [-1e5], ids=lambda o: f"off{o:g}")
+def row_offset_cases(test):
+    """Parametrize a row-norm test over (input shape, normalized_shape) cases and offsets."""
+    test = pytest.mark.parametrize("offset", OFFSETS + [-1e5], ids=lambda o: f"off{o:g}")(test)
+    cases = [((64, 1024), (1024,)), ((30, 37), (37,)), ((4, 8, 50), (8, 50))]
+    return pytest.mark.parametrize("case", cases, ids=lambda c: f"{c[0]}-{c[1]}")(test)
+
+
+@row_offset_cases
 def test_rms_norm_float32_offsets(rng, num_threads, offset, case):
     shape, ns = case
     x = offset_data(rng, shape, offset)
@@ -254,10 +258,7 @@ def test_rms_norm_float32_offsets(rng, num_threads, offset, case):
     assert rel_err(dx, rdx) <= GRAD_RTOL and rel_err(dw, rdw) <= GRAD_RTOL * 10
 
 
-@pytest.mark.parametrize(
-    "case", [((64, 1024), (1024,)), ((30, 37), (37,)), ((4, 8, 50), (8, 50))], ids=lambda c: f"{c[0]}-{c[1]}"
-)
-@pytest.mark.parametrize("offset", OFFSETS + [-1e5], ids=lambda o: f"off{o:g}")
+@row_offset_cases
 def test_add_layer_norm_float32_offsets(rng, num_threads, offset, case):
     """The reference normalizes the float32 sum (what the fused op defines as s)."""
     shape, ns = case
@@ -374,13 +375,9 @@ CONSTANTS = [
 CONST_SHAPES = [(7, 3, 5, 11), (33, 5), (3, 4, 513), (2, 3, 1000), (2, 3, 40000), (4096, 3)]
 
 
+@pytest.mark.parametrize("const", CONSTANTS, ids=lambda c: f"{c:g}")
 @pytest.mark.parametrize("shape", CONST_SHAPES, ids=str)
-def test_bn_constant_channel_is_exactly_zero(rng, num_threads, shape):
-    for const in CONSTANTS:
-        _check_bn_constant_channel(rng, const, shape)
-
-
-def _check_bn_constant_channel(rng, const, shape):
+def test_bn_constant_channel_is_exactly_zero(rng, num_threads, shape, const):
     x = rng.standard_normal(shape).astype(np.float32)
     x[:, 1] = np.float32(const)
     C = shape[1]

@@ -293,13 +293,9 @@ def _poison(rng, x, kind):
         x[(idx2[0], (idx[1] + 1) % shape[1]) + idx2[2:]] = np.inf
 
 
+@pytest.mark.parametrize("kind", NAN_KINDS)
 @pytest.mark.parametrize("shape", NAN_SHAPES, ids=str)
-def test_nan_inf_bn_train_only_the_channel(rng, num_threads, shape):
-    for kind in NAN_KINDS:
-        _check_bn_nan_channel(rng, shape, kind)
-
-
-def _check_bn_nan_channel(rng, shape, kind):
+def test_nan_inf_bn_train_only_the_channel(rng, num_threads, shape, kind):
     x = rng.standard_normal(shape).astype(np.float32)
     _poison(rng, x, kind)
     C = shape[1]
@@ -321,13 +317,9 @@ def _check_bn_nan_channel(rng, shape, kind):
     )
 
 
+@pytest.mark.parametrize("kind", NAN_KINDS)
 @pytest.mark.parametrize("shape", [(300, 6), (12, 3000), (6, 4, 9, 31), (2, 70000)], ids=str)
-def test_nan_inf_ln_only_the_row(rng, num_threads, shape):
-    for kind in NAN_KINDS:
-        _check_ln_nan_row(rng, shape, kind)
-
-
-def _check_ln_nan_row(rng, shape, kind):
+def test_nan_inf_ln_only_the_row(rng, num_threads, shape, kind):
     x = rng.standard_normal(shape).astype(np.float32)
     _poison(rng, x, kind)
     ns = shape[1:]
@@ -356,14 +348,21 @@ def test_nan_inf_masks_match_torch_forward(rng, shape, kind):
         _check_masks_vs_torch_forward(rng, shape, kind, training)
 
 
-def _check_masks_vs_torch_forward(rng, shape, kind, training):
-    T = _torch()
+def _poisoned_batch(rng, shape, kind):
+    """``(x, weight, bias, running_mean, running_var)``: float32 ``x`` of ``shape`` with the
+    non-finite values of ``kind`` (see _poison) and random per-channel parameters."""
     x = rng.standard_normal(shape).astype(np.float32)
     _poison(rng, x, kind)
     C = shape[1]
     w, b = affine_params(rng, C)
     rm = rng.standard_normal(C).astype(np.float32)
     rv = rng.uniform(0.5, 2, C).astype(np.float32)
+    return x, w, b, rm, rv
+
+
+def _check_masks_vs_torch_forward(rng, shape, kind, training):
+    T = _torch()
+    x, w, b, rm, rv = _poisoned_batch(rng, shape, kind)
     y = F.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training)
     yt = T.nn.functional.batch_norm(
         T.from_numpy(x),
@@ -420,13 +419,8 @@ def test_nan_inf_masks_match_torch_train_backward(rng, shape, kind, where):
 @pytest.mark.parametrize("kind", ["nan", "inf", "-inf"])
 @pytest.mark.parametrize("shape", NAN_SHAPES[:4], ids=str)
 def test_nan_inf_masks_match_torch_eval_backward(rng, shape, kind):
-    x = rng.standard_normal(shape).astype(np.float32)
+    x, w, b, rm, rv = _poisoned_batch(rng, shape, kind)
     dy = rng.standard_normal(shape).astype(np.float32)
-    _poison(rng, x, kind)
-    C = shape[1]
-    w, b = affine_params(rng, C)
-    rm = rng.standard_normal(C).astype(np.float32)
-    rv = rng.uniform(0.5, 2, C).astype(np.float32)
     _y, mean, invstd = F.native_batch_norm(x, w, b, rm, rv, False, 0.1, EPS)
     dx, _dw, _db = F.batch_norm_backward(dy, x, w, mean, invstd, False)
     # torch / the documented formula: dx = dy * gamma / sqrt(running_var + eps), finite
