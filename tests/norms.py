@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+from conftest import DTYPES, dtype_id
 
 import cnorm
 import cnorm.functional as F
@@ -735,6 +736,14 @@ def bn_params(training_values=(True, False)):
     return out
 
 
+def bn_cases(test):
+    """Parametrize a BatchNorm values / gradients test over bn_params() (shape, training),
+    the dtypes and affine or not."""
+    test = pytest.mark.parametrize("shape,training", bn_params())(test)
+    test = pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)(test)
+    return pytest.mark.parametrize("affine", [True, False], ids=["affine", "noaffine"])(test)
+
+
 LN_CASES = [
     ((4, 5), (5,)),
     ((3, 1), (1,)),  # D = 1
@@ -759,3 +768,10 @@ def ln_id(case):
 
 
 LN_AFFINE = {"affine": (True, True), "weight_only": (True, False), "none": (False, False)}
+
+
+def ln_cases(test):
+    """Parametrize a LayerNorm values / gradients test over LN_CASES, the dtypes and LN_AFFINE."""
+    test = pytest.mark.parametrize("case", LN_CASES, ids=ln_id)(test)
+    test = pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)(test)
+    return pytest.mark.parametrize("affine", list(LN_AFFINE), ids=str)(test)

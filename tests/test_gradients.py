@@ -19,7 +19,15 @@ from conftest import (
     make_ln_data,
     numeric_grad,
 )
-from norms import LN_AFFINE, LN_CASES, NORMS, bn_params, ln_id, norm_cases, reference, values_per_channel
+from norms import (
+    LN_AFFINE,
+    NORMS,
+    bn_cases,
+    ln_cases,
+    norm_cases,
+    reference,
+    values_per_channel,
+)
 
 import cnorm.functional as F
 
@@ -138,9 +146,7 @@ def test_module_finite_differences(rng, norm, case, mode):
 # --------------------------------------------------------------------------- against the reference
 
 
-@pytest.mark.parametrize("affine", [True, False], ids=["affine", "noaffine"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("shape,training", bn_params())
+@bn_cases
 def test_batch_norm_backward(num_threads, rng, shape, training, dtype, affine):
     x, dy, w, _, rm, rv = make_bn_data(rng, shape, dtype)
     if not affine:
@@ -165,9 +171,7 @@ def test_batch_norm_backward(num_threads, rng, shape, training, dtype, affine):
         np.testing.assert_array_equal(db, 0)
 
 
-@pytest.mark.parametrize("affine", list(LN_AFFINE), ids=str)
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("case", LN_CASES, ids=ln_id)
+@ln_cases
 def test_layer_norm_backward(num_threads, rng, case, dtype, affine):
     shape, ns = case
     x, dy, w, _ = make_ln_data(rng, shape, ns, dtype)

@@ -15,7 +15,7 @@ from conftest import (
     make_bn_data,
     params,
 )
-from norms import bn_params, norm_cases, reference, values_per_channel
+from norms import bn_cases, bn_params, norm_cases, reference, values_per_channel
 
 import cnorm.functional as F
 
@@ -69,9 +69,7 @@ def test_functional_matches_reference(rng, norm, case, dtype, training, affine):
 # --------------------------------------------------------------------------- BatchNorm
 
 
-@pytest.mark.parametrize("affine", [True, False], ids=["affine", "noaffine"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("shape,training", bn_params())
+@bn_cases
 def test_native_batch_norm_forward(num_threads, rng, shape, training, dtype, affine):
     x, _, w, b, rm, rv = make_bn_data(rng, shape, dtype)
     if not affine:

@@ -4,19 +4,29 @@
 import numpy as np
 import pytest
 from conftest import DTYPES, assert_close, assert_reduction_close, data, dtype_id, make_ln_data, params
-from norms import LN_AFFINE, LN_CASES, ln_id, reference
+from norms import LN_AFFINE, ln_cases, reference
 
 import cnorm.functional as F
 
 EPS = 1e-5
 
 
+def row_cases(cases):
+    """Parametrize a row-norm test over ``cases`` (input shape, normalized_shape), the dtypes
+    and affine or plain."""
+
+    def parametrize(test):
+        test = pytest.mark.parametrize("case", cases, ids=[f"{s}-{n}" for s, n in cases])(test)
+        test = pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])(test)
+        return pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])(test)
+
+    return parametrize
+
+
 # --------------------------------------------------------------------------- LayerNorm
 
 
-@pytest.mark.parametrize("affine", list(LN_AFFINE), ids=str)
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("case", LN_CASES, ids=ln_id)
+@ln_cases
 def test_native_layer_norm(num_threads, rng, case, dtype, affine):
     shape, ns = case
     x, _, w, b = make_ln_data(rng, shape, ns, dtype)
@@ -75,13 +85,8 @@ RMS_CASES = [
 ]
 
 
-RMS_IDS = [f"{s}-{n}" for s, n in RMS_CASES]
-
-
 @pytest.mark.parametrize("eps", [None, 1e-5, 0.1], ids=["epsNone", "eps1e-5", "eps0.1"])
-@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
-@pytest.mark.parametrize("case", RMS_CASES, ids=RMS_IDS)
+@row_cases(RMS_CASES)
 def test_rms_norm_matches_reference(rng, num_threads, case, dtype, affine, eps):
     shape, ns = case
     x, dy = data(rng, shape, dtype)
@@ -120,13 +125,10 @@ ADD_LN_CASES = [
     ((3, 5000), (5000,)),
     ((2, 8, 1024), (1024,)),
 ]
-ADD_LN_IDS = [f"{s}-{n}" for s, n in ADD_LN_CASES]
 
 
 @pytest.mark.parametrize("with_dsum", [False, True], ids=["dsumNone", "dsum"])
-@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
-@pytest.mark.parametrize("case", ADD_LN_CASES, ids=ADD_LN_IDS)
+@row_cases(ADD_LN_CASES)
 def test_add_layer_norm_matches_reference(rng, num_threads, case, dtype, affine, with_dsum):
     shape, ns = case
     x, dy = data(rng, shape, dtype)
