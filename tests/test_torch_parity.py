@@ -38,9 +38,19 @@ STEPS = ["train", "train", "eval", "train", "eval", "train"]
 # --------------------------------------------------------------------------- BatchNorm, LayerNorm
 
 
-@pytest.mark.parametrize("config", list(BN_CONFIGS))
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("inp", list(BN_INPUTS))
+def inputs_dtypes_configs(inputs, configs):
+    """Parametrize a module-vs-torch test over the names of ``inputs``, the dtypes and the
+    names of ``configs``."""
+
+    def parametrize(test):
+        test = pytest.mark.parametrize("inp", list(inputs))(test)
+        test = pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)(test)
+        return pytest.mark.parametrize("config", list(configs))(test)
+
+    return parametrize
+
+
+@inputs_dtypes_configs(BN_INPUTS, BN_CONFIGS)
 def test_batch_norm_matches_torch(rng, inp, dtype, config):
     name, shape = BN_INPUTS[inp]
     kw = BN_CONFIGS[config]
@@ -96,9 +106,7 @@ LN_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("config", list(LN_CONFIGS))
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("inp", list(LN_INPUTS))
+@inputs_dtypes_configs(LN_INPUTS, LN_CONFIGS)
 def test_layer_norm_matches_torch(rng, inp, dtype, config):
     shape, ns = LN_INPUTS[inp]
     kw = LN_CONFIGS[config]
