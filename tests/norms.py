@@ -721,6 +721,15 @@ BN_SHAPES = [
 ]
 
 
+# batch-norm inputs with one value per channel: a ValueError in training, fine in eval
+ONE_VALUE_PER_CHANNEL = [
+    ("BatchNorm1d", (1, 3)),
+    ("BatchNorm1d", (1, 3, 1)),
+    ("BatchNorm2d", (1, 3, 1, 1)),
+    ("BatchNorm3d", (1, 3, 1, 1, 1)),
+]
+
+
 def values_per_channel(shape):
     return shape[0] * math.prod(shape[2:])
 

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 from conftest import dtype_id, raises
-from norms import NORMS
+from norms import NORMS, ONE_VALUE_PER_CHANNEL
 
 import cnorm
 import cnorm.functional as F
@@ -44,15 +44,7 @@ def test_exact_spec_messages_ndim():
         cnorm.BatchNorm3d(3)(np.zeros((2, 3, 4, 5), np.float32))
 
 
-@pytest.mark.parametrize(
-    "cls,shape",
-    [
-        ("BatchNorm1d", (1, 3)),
-        ("BatchNorm1d", (1, 3, 1)),
-        ("BatchNorm2d", (1, 3, 1, 1)),
-        ("BatchNorm3d", (1, 3, 1, 1, 1)),
-    ],
-)
+@pytest.mark.parametrize("cls,shape", ONE_VALUE_PER_CHANNEL)
 def test_one_value_per_channel_in_training(cls, shape):
     m = getattr(cnorm, cls)(3)
     msg = f"Expected more than 1 value per channel when training, got input size {shape}"

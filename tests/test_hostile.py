@@ -9,6 +9,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import pytest
+from norms import ONE_VALUE_PER_CHANNEL
 
 import cnorm
 import cnorm.functional as F
@@ -64,6 +65,18 @@ def _call_module(make, x):
     return lambda: make()(x)
 
 
+def bn3_input_row(id, cls, shape, message, **kw):
+    """A row: ``cnorm.<cls>(3, **kw)`` (in eval mode with ``eval=True``) called on float32
+    ones of ``shape`` raises ValueError(message)."""
+    eval_mode = kw.pop("eval", False)
+
+    def make():
+        m = getattr(cnorm, cls)(3, **kw)
+        return m.eval() if eval_mode else m
+
+    hostile(id, _call_module(make, np.ones(shape, f32)), ValueError, re.escape(message))
+
+
 def _call_fn(fn, x):
     return lambda: fn(x)
 
@@ -116,12 +129,8 @@ for cls, shape in [
     ("BatchNorm2d", (2, 0, 5, 5)),
     ("BatchNorm3d", (2, 2, 2, 2, 2)),
 ]:
-    hostile(
-        f"{cls}(3) input {shape}",
-        _call_module(lambda cls=cls: getattr(cnorm, cls)(3), np.ones(shape, f32)),
-        ValueError,
-        re.escape(f"expected input with 3 channels (num_features), got input of shape {shape}"),
-    )
+    msg = f"expected input with 3 channels (num_features), got input of shape {shape}"
+    bn3_input_row(f"{cls}(3) input {shape}", cls, shape, msg)
 hostile(
     "BatchNorm2d(0) input with 3 channels",
     _call_module(lambda: cnorm.BatchNorm2d(0), np.ones((2, 3, 4, 4), f32)),
@@ -258,25 +267,17 @@ for tname, obj in NOT_ARRAYS:
         )
 
 # -- one value per channel in training -------------------------------------------------------
-for cls, shape in [
-    ("BatchNorm1d", (1, 3)),
-    ("BatchNorm1d", (1, 3, 1)),
-    ("BatchNorm2d", (1, 3, 1, 1)),
-    ("BatchNorm3d", (1, 3, 1, 1, 1)),
-]:
-    hostile(
-        f"{cls} training with input {shape}",
-        _call_module(lambda cls=cls: getattr(cnorm, cls)(3), np.ones(shape, f32)),
-        ValueError,
-        re.escape(f"Expected more than 1 value per channel when training, got input size {shape}"),
-    )
-    hostile(
+for cls, shape in ONE_VALUE_PER_CHANNEL:
+    msg = f"Expected more than 1 value per channel when training, got input size {shape}"
+    bn3_input_row(f"{cls} training with input {shape}", cls, shape, msg)
+    msg = "Expected more than 1 value per channel when training"
+    bn3_input_row(
         f"{cls} eval without running stats, input {shape}",
-        _call_module(
-            lambda cls=cls: getattr(cnorm, cls)(3, track_running_stats=False).eval(), np.ones(shape, f32)
-        ),
-        ValueError,
-        re.escape("Expected more than 1 value per channel when training"),
+        cls,
+        shape,
+        msg,
+        track_running_stats=False,
+        eval=True,
     )
 hostile(
     "F.batch_norm training with input (1, 3)",
@@ -465,12 +466,13 @@ def _load(make, mutate, strict=True):
 _BN = lambda: cnorm.BatchNorm2d(3)
 _LN = lambda: cnorm.LayerNorm((2, 3))
 _ERR = "Error(s) in loading state_dict for "
-hostile(
-    "BN load_state_dict missing bias",
-    lambda: _load(_BN, lambda d: d.pop("bias")),
-    RuntimeError,
-    re.escape(_ERR + 'BatchNorm2d:\n\tMissing key(s) in state_dict: "bias".'),
-)
+for short, make, key in [("BN", _BN, "bias"), ("LN", _LN, "weight")]:
+    hostile(
+        f"{short} load_state_dict missing {key}",
+        lambda make=make, key=key: _load(make, lambda d: d.pop(key)),
+        RuntimeError,
+        re.escape(_ERR + f'{type(make()).__name__}:\n\tMissing key(s) in state_dict: "{key}".'),
+    )
 hostile(
     "BN load_state_dict missing two",
     lambda: _load(_BN, lambda d: (d.pop("bias"), d.pop("running_mean"))),
@@ -539,12 +541,6 @@ hostile(
     ),
     RuntimeError,
     re.escape('Unexpected key(s) in state_dict: "running_mean".'),
-)
-hostile(
-    "LN load_state_dict missing weight",
-    lambda: _load(_LN, lambda d: d.pop("weight")),
-    RuntimeError,
-    re.escape(_ERR + 'LayerNorm:\n\tMissing key(s) in state_dict: "weight".'),
 )
 hostile(
     "LN load_state_dict running_mean",

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 from conftest import DTYPES, assert_close, data, dtype_id, params
-from norms import norm_cases, reference
+from norms import ONE_VALUE_PER_CHANNEL, norm_cases, reference
 
 import cnorm
 import cnorm.functional as F
@@ -86,15 +86,7 @@ def test_empty(rng, norm, case, dtype, training):
 # --------------------------------------------------------------------------- edge cases that work
 
 
-@pytest.mark.parametrize(
-    "cls, shape",
-    [
-        ("BatchNorm1d", (1, 3)),
-        ("BatchNorm1d", (1, 3, 1)),
-        ("BatchNorm2d", (1, 3, 1, 1)),
-        ("BatchNorm3d", (1, 3, 1, 1, 1)),
-    ],
-)
+@pytest.mark.parametrize("cls, shape", ONE_VALUE_PER_CHANNEL)
 def test_bn_one_value_per_channel_in_eval_works(cls, shape):
     rng = np.random.default_rng(3)
     m = getattr(cnorm, cls)(3).eval()
