@@ -3,6 +3,7 @@ enough to be split), bitwise repeatable results, and modules called from 4 Pytho
 threads at once giving the results of serial calls."""
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -178,26 +179,17 @@ def _in_fresh_thread(fn, *args):
 
 
 def _run_concurrently(fns, n_threads=4):
-    """Call fns[i]() in thread i, all released together by a Barrier; return the results."""
+    """Call fns[i]() in thread i, all released together by a Barrier; return the results
+    (the first exception, in the order of fns, is raised)."""
     barrier = threading.Barrier(n_threads)
-    results = [None] * n_threads
-    errors = []
 
-    def worker(i):
-        try:
-            barrier.wait()
-            results[i] = fns[i]()
-        except BaseException as exc:  # noqa: BLE001  # pragma: no cover - reported below
-            errors.append(exc)
+    def released(fn):
+        barrier.wait()
+        return fn()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
+    with ThreadPoolExecutor(n_threads) as pool:
+        futures = [pool.submit(released, fns[i]) for i in range(n_threads)]
+    return [f.result() for f in futures]
 
 
 @pytest.mark.parametrize("cap", [1, 2])
