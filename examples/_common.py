@@ -55,6 +55,24 @@ def parser(
     return p
 
 
+def training_parser(description: str, quick_help: str, epochs: int, batch: int) -> argparse.ArgumentParser:
+    """:func:`parser` plus the training options --epochs, --batch and --lr (SGD, 0.05)."""
+    p = parser(description, quick_help)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=0.05)
+    return p
+
+
+def save_figure(fig, path: str) -> None:
+    """Lay out a matplotlib figure, write it (100 dpi) and close it."""
+    import matplotlib.pyplot as plt  # the callers checked that matplotlib is installed
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def output_path(out_dir: str, filename: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     return os.path.join(out_dir, filename)

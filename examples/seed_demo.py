@@ -13,7 +13,7 @@ Run:  python examples/seed_demo.py [--out DIR] [--seed N]     (writes seed_demo.
 from __future__ import annotations
 
 import numpy as np
-from _common import output_path, parser, require
+from _common import output_path, parser, require, save_figure
 
 import cnorm
 
@@ -60,9 +60,7 @@ def plot(h, y, path):
     axes[1, 0].set_ylim(0, top)
     axes[1, 1].set_ylim(0, top)
     fig.suptitle("Linear(100, 50) then BatchNorm1d(50) on 100 random samples (seeded)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -24,7 +24,7 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-from _common import output_path, parser, require  # noqa: E402
+from _common import output_path, require, save_figure, training_parser  # noqa: E402
 
 import cnorm  # noqa: E402
 
@@ -186,16 +186,11 @@ def plot(hist, path):
     fig.suptitle(
         f"NumPy MLP with cnorm.BatchNorm1d on sklearn digits ({hist['seconds']:.1f} s for {len(ep)} epochs)"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):
-    p = parser("NumPy MLP + cnorm.BatchNorm1d on digits", "3 epochs")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
+    p = training_parser("NumPy MLP + cnorm.BatchNorm1d on digits", "3 epochs", epochs=30, batch=64)
     args = p.parse_args(argv)
     require("sklearn", "matplotlib")
     hist = train(3 if args.quick else args.epochs, args.batch, args.lr, seed=args.seed)

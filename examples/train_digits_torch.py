@@ -22,7 +22,7 @@ import statistics
 import time
 
 import numpy as np
-from _common import output_path, parser, require
+from _common import output_path, require, save_figure, training_parser
 
 require("torch")  # a clear hint instead of a bare ModuleNotFoundError
 import torch  # noqa: E402
@@ -141,16 +141,13 @@ def plot(hist, path, batch):
         f"CNN with 3 BatchNorm2d on sklearn digits, {torch.get_num_threads()} "
         f"thread(s); final test accuracy {a['test_acc'][-1]:.3f} / {b['test_acc'][-1]:.3f}"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):
-    p = parser("torch.nn vs cnorm.torch CNN on digits", "one epoch of at most 6 steps")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
+    p = training_parser(
+        "torch.nn vs cnorm.torch CNN on digits", "one epoch of at most 6 steps", epochs=8, batch=128
+    )
     p.add_argument(
         "--threads",
         type=int,
