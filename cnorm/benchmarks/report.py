@@ -136,11 +136,13 @@ def _noise_pct(meas) -> float | None:
 
 
 class Table:
-    """Fixed-width text rows; ``columns`` are ``(title, width, align)``, align ``"<"``
-    (left) or ``">"`` (right). A row with fewer cells than columns is cut short."""
+    """Fixed-width text rows. ``columns``: ``"title:<width | title:>width | ..."``, a format
+    spec per column (``<`` left-, ``>`` right-aligned). A row with fewer cells than
+    columns is cut short."""
 
-    def __init__(self, columns, sep: str = "  ", indent: str = "  "):
-        self.columns, self.sep, self.indent = tuple(columns), sep, indent
+    def __init__(self, columns: str, sep: str = "  ", indent: str = "  "):
+        self.columns = tuple(_column(spec) for spec in columns.split("|"))
+        self.sep, self.indent = sep, indent
 
     def row(self, cells) -> str:
         return self.indent + self.sep.join(
@@ -151,31 +153,17 @@ class Table:
         return self.row([title for title, _, _ in self.columns])
 
 
-TABLE = Table(
-    [
-        ("op", 9, "<"),
-        ("thr", 3, ">"),
-        ("cnorm ms", 9, ">"),
-        ("torch ms", 9, ">"),
-        ("copy ms", 9, ">"),
-        ("cnorm/torch", 11, ">"),
-        ("GB/s", 7, ">"),
-        ("copy%", 6, ">"),
-        ("noise%", 6, ">"),
-    ]
-)
+def _column(spec: str):
+    """``"cnorm ms:>9"`` -> ``("cnorm ms", 9, ">")``."""
+    title, fmt = spec.strip().rsplit(":", 1)
+    return title, int(fmt[1:]), fmt[0]
 
+
+TABLE = Table(
+    "op:<9 | thr:>3 | cnorm ms:>9 | torch ms:>9 | copy ms:>9 | cnorm/torch:>11 | GB/s:>7 | copy%:>6 | noise%:>6"
+)
 DROPIN_TABLE = Table(
-    [
-        ("case", 14, "<"),
-        ("op", 8, "<"),
-        ("dtype", 8, "<"),
-        ("thr", 3, ">"),
-        ("cnorm.torch ms", 15, ">"),
-        ("torch.nn ms", 12, ">"),
-        ("ratio", 6, ">"),
-    ],
-    sep=" ",
+    "case:<14 | op:<8 | dtype:<8 | thr:>3 | cnorm.torch ms:>15 | torch.nn ms:>12 | ratio:>6", sep=" "
 )
 
 
