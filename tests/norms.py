@@ -149,14 +149,24 @@ class Norm:
 # =======================================================================================
 
 
+def forms(name):
+    """The functional forms of the norm ``name`` (staticmethods), by the names every norm
+    has: ``(F.native_<name>, F.<name>_backward, F.<name>, reference.<name>_forward,
+    reference.<name>_backward)``."""
+    fns = [getattr(F, f"native_{name}"), getattr(F, f"{name}_backward"), getattr(F, name)]
+    fns += [getattr(reference, f"{name}_forward"), getattr(reference, f"{name}_backward")]
+    return tuple(staticmethod(f) for f in fns)
+
+
 class RunningStatsNorm(Norm):
     """A norm with running statistics: its functional forms take (x, weight, bias,
     running_mean, running_var, training, momentum, eps) and (dy, x, weight, mean, invstd,
-    training)."""
+    training); its reference forward the parameters and statistics in ``ref_order``."""
 
     has_running = True
     modes = (True, False)
-    native = native_backward = plain_fn = None
+    native = native_backward = plain_fn = ref_native = None
+    ref_order = ("weight", "bias", "running_mean", "running_var")
 
     def plain(self, x, case, p, training=True, eps=EPS, momentum=MOMENTUM):
         return (
@@ -175,20 +185,14 @@ class RunningStatsNorm(Norm):
         dx, dw, db = self.native_backward(douts[0], x, p["weight"], *saved, training)
         return {"input": dx, "weight": dw, "bias": db}
 
+    def ref_forward(self, x, case, p, training=True, eps=EPS, momentum=MOMENTUM):
+        state = [p[name] for name in self.ref_order]
+        return (self.ref_native(x, *state, training, momentum, eps)[0],)
+
 
 class BatchNorm(RunningStatsNorm):
     family = "batch"
-    native = staticmethod(F.native_batch_norm)
-    native_backward = staticmethod(F.batch_norm_backward)
-    plain_fn = staticmethod(F.batch_norm)
-    ref_native = staticmethod(reference.batch_norm_forward)
-
-    def ref_forward(self, x, case, p, training=True, eps=EPS, momentum=MOMENTUM):
-        return (
-            self.ref_native(
-                x, p["weight"], p["bias"], p["running_mean"], p["running_var"], training, momentum, eps
-            )[0],
-        )
+    native, native_backward, plain_fn, ref_native, _ = forms("batch_norm")
 
     def ref_stats(self, x, p, training, eps):
         """(mean, invstd) that normalize x: the batch's or the running ones."""
@@ -209,9 +213,7 @@ class BatchNorm(RunningStatsNorm):
 
 class BatchNormReLU(BatchNorm):
     family = "batch_relu"
-    native = staticmethod(F.native_batch_norm_relu)
-    plain_fn = staticmethod(F.batch_norm_relu)
-    ref_native = staticmethod(reference.batch_norm_relu_forward)
+    native, _, plain_fn, ref_native, _ = forms("batch_norm_relu")
 
     def forward(self, x, case, p, training=True, eps=EPS, momentum=MOMENTUM):
         outs, saved = super().forward(x, case, p, training, eps, momentum)
@@ -237,16 +239,8 @@ class InstanceNorm(RunningStatsNorm):
     """training means use_input_stats (the running statistics are used otherwise)."""
 
     family = "instance"
-    native = staticmethod(F.native_instance_norm)
-    native_backward = staticmethod(F.instance_norm_backward)
-    plain_fn = staticmethod(F.instance_norm)
-
-    def ref_forward(self, x, case, p, training=True, eps=EPS, momentum=MOMENTUM):
-        return (
-            reference.instance_norm_forward(
-                x, p["running_mean"], p["running_var"], p["weight"], p["bias"], training, momentum, eps
-            )[0],
-        )
+    native, native_backward, plain_fn, ref_native, _ = forms("instance_norm")
+    ref_order = ("running_mean", "running_var", "weight", "bias")
 
     def ref_backward(self, douts, x, case, p, training=True, eps=EPS):
         dx, dw, db = reference.instance_norm_backward(
@@ -286,11 +280,7 @@ class ArgNorm(Norm):
 
 class GroupNorm(ArgNorm):
     family = "group"
-    native = staticmethod(F.native_group_norm)
-    plain_fn = staticmethod(F.group_norm)
-    native_backward = staticmethod(F.group_norm_backward)
-    ref_native = staticmethod(reference.group_norm_forward)
-    ref_native_backward = staticmethod(reference.group_norm_backward)
+    native, native_backward, plain_fn, ref_native, ref_native_backward = forms("group_norm")
 
     def make(self, case, dtype=np.float32, **kw):
         kw.setdefault("dtype", dtype)
@@ -322,11 +312,7 @@ class RowNorm(Norm):
 
 class LayerNorm(ArgNorm, RowNorm):
     family = "layer"
-    native = staticmethod(F.native_layer_norm)
-    plain_fn = staticmethod(F.layer_norm)
-    native_backward = staticmethod(F.layer_norm_backward)
-    ref_native = staticmethod(reference.layer_norm_forward)
-    ref_native_backward = staticmethod(reference.layer_norm_backward)
+    native, native_backward, plain_fn, ref_native, ref_native_backward = forms("layer_norm")
 
 
 class RMSNorm(RowNorm):
@@ -418,12 +404,8 @@ _BN_CONFIGS = {
     "untracked_f64": {"track_running_stats": False, "dtype": f64},
     "noaffine_untracked": {"affine": False, "track_running_stats": False},
 }
-_BNR_CONFIGS = {
-    "default": {},
-    "cumulative": {"momentum": None},
-    "noaffine": {"affine": False},
-    "untracked": {"track_running_stats": False},
-}
+# BatchNormReLU: the BatchNorm configurations and two more in float32
+_BNR_CONFIGS = {**_BN_CONFIGS, "cumulative": {"momentum": None}, "untracked": {"track_running_stats": False}}
 _IN_CONFIGS = {
     "default": {},
     "affine_track": {"affine": True, "track_running_stats": True},
@@ -431,6 +413,14 @@ _IN_CONFIGS = {
     "affine_nobias": {"affine": True, "bias": False},
 }
 _IN_FULL = {"affine": True, "track_running_stats": True}
+# the cases RMSNorm and AddLayerNorm share
+_NEWER_ROW_CASES = dict(
+    big=[((16, 64, 33, 33), (33, 33)), ((2, 32, 64, 96), (64, 96))],
+    simd=[((4, 8, 1001), (1001,)), ((2, 6, 24, 24), (24, 24)), ((33, 4, 129), (129,)), ((3, 64, 7), (7,))],
+    small=((4, 3, 5), (5,)),
+    steps=(((128, 12, 60), (12, 60)), {}, np.float32),
+    empty=[((0, 3), (3,)), ((2, 0), (0,)), ((0,), (0,)), ((2, 0, 3), (3,))],
+)
 
 NORMS = [
     BatchNorm(
@@ -578,32 +568,14 @@ NORMS = [
         },
         shapes=[((5, 11), (11,)), ((4, 513), (513,)), ((2, 3, 7), (3, 7)), ((7,), (7,))],
         fd=[((4, 5), (5,)), ((2, 3, 4), (3, 4)), ((3, 1), (1,))],
-        big=[((16, 64, 33, 33), (33, 33)), ((2, 32, 64, 96), (64, 96))],
-        simd=[
-            ((4, 8, 1001), (1001,)),
-            ((2, 6, 24, 24), (24, 24)),
-            ((33, 4, 129), (129,)),
-            ((3, 64, 7), (7,)),
-        ],
-        small=((4, 3, 5), (5,)),
-        steps=(((128, 12, 60), (12, 60)), {}, np.float32),
-        empty=[((0, 3), (3,)), ((2, 0), (0,)), ((0,), (0,)), ((2, 0, 3), (3,))],
+        **_NEWER_ROW_CASES,
     ),
     AddLayerNorm(
         "AddLayerNorm",
         configs={"default": {}, "nobias": {"bias": False}, "noaffine": {"elementwise_affine": False}},
         shapes=[((5, 11), (11,)), ((6, 3, 7), (3, 7)), ((4, 513), (513,))],
         fd=[((4, 5), (5,)), ((2, 3, 4), (3, 4))],
-        big=[((16, 64, 33, 33), (33, 33)), ((2, 32, 64, 96), (64, 96))],
-        simd=[
-            ((4, 8, 1001), (1001,)),
-            ((2, 6, 24, 24), (24, 24)),
-            ((33, 4, 129), (129,)),
-            ((3, 64, 7), (7,)),
-        ],
-        small=((4, 3, 5), (5,)),
-        steps=(((128, 12, 60), (12, 60)), {}, np.float32),
-        empty=[((0, 3), (3,)), ((2, 0), (0,)), ((0,), (0,)), ((2, 0, 3), (3,))],
+        **_NEWER_ROW_CASES,
     ),
     BatchNormReLU(
         "BatchNormReLU1d",
@@ -681,43 +653,18 @@ def norm_configs(norms=NORMS):
 # the shape tables of the detailed BatchNorm / LayerNorm tests (values and gradients)
 # =======================================================================================
 
-BN_SHAPES = [
+BN_SHAPES = [  # per rank: ordinary shapes, then empty ones
     # (N, C)
-    (2, 1),
-    (5, 3),
-    (1, 4),
-    (64, 7),
-    (256, 1024),
+    *[(2, 1), (5, 3), (1, 4), (64, 7), (256, 1024)],
     # (N, C, L)
-    (4, 3, 1),
-    (1, 3, 7),
-    (7, 3, 11),
-    (2, 1, 100),
-    (3, 4, 1000),
-    (16, 64, 33),
-    (0, 3, 5),
-    (2, 5, 0),
-    (4, 0, 5),
+    *[(4, 3, 1), (1, 3, 7), (7, 3, 11), (2, 1, 100), (3, 4, 1000), (16, 64, 33)],
+    *[(0, 3, 5), (2, 5, 0), (4, 0, 5)],
     # (N, C, H, W)
-    (7, 3, 5, 11),
-    (1, 1, 1, 2),
-    (2, 3, 1, 1),
-    (1, 2, 1, 1),
-    (4, 4, 32, 32),
-    (2, 16, 8, 8),
-    (8, 3, 64, 64),
-    (0, 3, 4, 4),
-    (2, 3, 0, 4),
-    (3, 0, 2, 2),
+    *[(7, 3, 5, 11), (1, 1, 1, 2), (2, 3, 1, 1), (1, 2, 1, 1), (4, 4, 32, 32), (2, 16, 8, 8), (8, 3, 64, 64)],
+    *[(0, 3, 4, 4), (2, 3, 0, 4), (3, 0, 2, 2)],
     # (N, C, D, H, W)
-    (2, 3, 1, 5, 7),
-    (1, 2, 3, 3, 3),
-    (3, 5, 2, 3, 4),
-    (2, 4, 8, 16, 16),
-    (1, 1, 1, 1, 3),
-    (0, 2, 3, 3, 3),
-    (2, 3, 2, 0, 2),
-    (2, 0, 2, 2, 2),
+    *[(2, 3, 1, 5, 7), (1, 2, 3, 3, 3), (3, 5, 2, 3, 4), (2, 4, 8, 16, 16), (1, 1, 1, 1, 3)],
+    *[(0, 2, 3, 3, 3), (2, 3, 2, 0, 2), (2, 0, 2, 2, 2)],
 ]
 
 

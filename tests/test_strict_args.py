@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pytest
@@ -89,6 +89,34 @@ BN_DIMS = {
 
 def _torch_cls(name):
     return getattr(torch.nn, name.replace("ReLU", ""))
+
+
+class Side(NamedTuple):
+    """One side of a mirrored call: cnorm's or torch's."""
+
+    nn: Any  # the module classes: cnorm, torch.nn
+    F: Any  # cnorm.functional, torch.nn.functional
+    native: Any  # where native_batch_norm & co. are: cnorm.functional, torch
+    arr: Callable  # a NumPy input -> the side's array
+    stats: Callable  # () -> (running_mean, running_var)
+    cls: Callable  # a cnorm class name -> the side's class (BatchNormReLU: torch's BatchNorm)
+
+
+CNORM = Side(cnorm, F, F, lambda a: a, _stats, lambda name: getattr(cnorm, name))
+TORCH = None if torch is None else Side(torch.nn, TF, torch, _t, _tstats, _torch_cls)
+
+
+def bad_values(values, exc, match, calls, cnorm_only=()):
+    """A row per (value, call) of ``values`` ((label, value)): ``calls`` are (id with {} for
+    the label, call(side, value)), each made on cnorm's side and on torch's; ``cnorm_only``
+    (id, call(value)) are cnorm's alone (torch has no such function)."""
+    for label, bad in values:
+        for template, call in calls:
+            cnorm_fn = lambda call=call, bad=bad: call(CNORM, bad)  # noqa: E731
+            torch_fn = lambda call=call, bad=bad: call(TORCH, bad)  # noqa: E731
+            row(template.format(label), cnorm_fn, exc, match, torch_fn)
+        for template, call in cnorm_only:
+            row(template.format(label), lambda call=call, bad=bad: call(bad), exc, match)
 
 
 # =======================================================================================
@@ -182,40 +210,32 @@ F_SHAPES = [
     ("(True,)", (True,)),
     ("None", None),
 ]
+bad_values(
+    F_SHAPES,
+    TypeError,
+    "normalized_shape",
+    [
+        ("F.layer_norm(x, {})", lambda t, v: t.F.layer_norm(t.arr(XL), v)),
+        (
+            "F.native_layer_norm(x, {})",
+            lambda t, v: t.native.native_layer_norm(t.arr(XL), v, None, None, 1e-5),
+        ),
+        ("F.rms_norm(x, {})", lambda t, v: t.F.rms_norm(t.arr(XL), v)),
+    ],
+    cnorm_only=[
+        (
+            "F.layer_norm_backward(..., {})",
+            lambda v: F.layer_norm_backward(XL, XL, v, np.zeros(3), np.ones(3), None),
+        )
+    ],
+)
 for label, bad in F_SHAPES:
-    row(
-        f"F.layer_norm(x, {label})",
-        lambda bad=bad: F.layer_norm(XL, bad),
-        TypeError,
-        "normalized_shape",
-        lambda bad=bad: TF.layer_norm(_t(XL), bad),
-    )
-    row(
-        f"F.native_layer_norm(x, {label})",
-        lambda bad=bad: F.native_layer_norm(XL, bad, None, None, 1e-5),
-        TypeError,
-        "normalized_shape",
-        lambda bad=bad: torch.native_layer_norm(_t(XL), bad, None, None, 1e-5),
-    )
-    row(
-        f"F.rms_norm(x, {label})",
-        lambda bad=bad: F.rms_norm(XL, bad),
-        TypeError,
-        "normalized_shape",
-        lambda bad=bad: TF.rms_norm(_t(XL), bad),
-    )
     row(
         f"F.add_layer_norm(x, r, {label})",
         lambda bad=bad: F.add_layer_norm(XL, XL, bad),
         TypeError,
         "normalized_shape",
         lambda bad=bad: TF.layer_norm(_t(XL) + _t(XL), bad),
-    )
-    row(
-        f"F.layer_norm_backward(..., {label})",
-        lambda bad=bad: F.layer_norm_backward(XL, XL, bad, np.zeros(3), np.ones(3), None),
-        TypeError,
-        "normalized_shape",
     )
 for label, good in [("[5]", [5]), ("(5,)", (5,)), ("(np.int64(5),)", (np.int64(5),))]:
     accepted(
@@ -384,56 +404,28 @@ accepted(
     lambda: torch.nn.InstanceNorm1d(3, eps=-1.0, track_running_stats=True).eval()(_t(X3)),
 )
 
-for label, bad in [("'1e-5'", "1e-5"), ("None", None)]:
-    row(
-        f"F.batch_norm(training=False, eps={label})",
-        lambda bad=bad: F.batch_norm(X3, *_stats(), training=False, eps=bad),
-        TypeError,
-        "eps",
-        lambda bad=bad: TF.batch_norm(_t(X3), *_tstats(), training=False, eps=bad),
-    )
-    row(
-        f"F.batch_norm(training=True, eps={label})",
-        lambda bad=bad: F.batch_norm(X3, *_stats(), training=True, eps=bad),
-        TypeError,
-        "eps",
-        lambda bad=bad: TF.batch_norm(_t(X3), *_tstats(), training=True, eps=bad),
-    )
-    row(
-        f"BatchNorm1d(eps={label}) eval forward",
-        lambda bad=bad: cnorm.BatchNorm1d(3, eps=bad).eval()(X3),
-        TypeError,
-        "eps",
-        lambda bad=bad: torch.nn.BatchNorm1d(3, eps=bad).eval()(_t(X3)),
-    )
-    row(
-        f"F.layer_norm(eps={label})",
-        lambda bad=bad: F.layer_norm(XL, (5,), eps=bad),
-        TypeError,
-        "eps",
-        lambda bad=bad: TF.layer_norm(_t(XL), (5,), eps=bad),
-    )
-    row(
-        f"LayerNorm(eps={label}) forward",
-        lambda bad=bad: cnorm.LayerNorm(5, eps=bad)(XL),
-        TypeError,
-        "eps",
-        lambda bad=bad: torch.nn.LayerNorm(5, eps=bad)(_t(XL)),
-    )
-    row(
-        f"F.group_norm(eps={label})",
-        lambda bad=bad: F.group_norm(XG, 2, eps=bad),
-        TypeError,
-        "eps",
-        lambda bad=bad: TF.group_norm(_t(XG), 2, eps=bad),
-    )
-    row(
-        f"F.instance_norm(eps={label})",
-        lambda bad=bad: F.instance_norm(X3, eps=bad),
-        TypeError,
-        "eps",
-        lambda bad=bad: TF.instance_norm(_t(X3), eps=bad),
-    )
+EPS_BAD = [("'1e-5'", "1e-5"), ("None", None)]
+bad_values(
+    EPS_BAD,
+    TypeError,
+    "eps",
+    [
+        (
+            "F.batch_norm(training=False, eps={})",
+            lambda t, v: t.F.batch_norm(t.arr(X3), *t.stats(), training=False, eps=v),
+        ),
+        (
+            "F.batch_norm(training=True, eps={})",
+            lambda t, v: t.F.batch_norm(t.arr(X3), *t.stats(), training=True, eps=v),
+        ),
+        ("BatchNorm1d(eps={}) eval forward", lambda t, v: t.nn.BatchNorm1d(3, eps=v).eval()(t.arr(X3))),
+        ("F.layer_norm(eps={})", lambda t, v: t.F.layer_norm(t.arr(XL), (5,), eps=v)),
+        ("LayerNorm(eps={}) forward", lambda t, v: t.nn.LayerNorm(5, eps=v)(t.arr(XL))),
+        ("F.group_norm(eps={})", lambda t, v: t.F.group_norm(t.arr(XG), 2, eps=v)),
+        ("F.instance_norm(eps={})", lambda t, v: t.F.instance_norm(t.arr(X3), eps=v)),
+    ],
+)
+for label, bad in EPS_BAD:
     row(
         f"F.add_layer_norm(eps={label})",
         lambda bad=bad: F.add_layer_norm(XL, XL, (5,), eps=bad),
@@ -463,66 +455,56 @@ accepted(
 # momentum: a number (or None in the modules)
 # =======================================================================================
 
-for label, bad in [("'0.1'", "0.1"), ("3+0j", 3 + 0j), ("[0.1]", [0.1])]:
-    for training in (True, False):
-        row(
-            f"F.batch_norm(training={training}, momentum={label})",
-            lambda bad=bad, tr=training: F.batch_norm(X3, *_stats(), training=tr, momentum=bad),
-            TypeError,
-            "momentum",
-            lambda bad=bad, tr=training: TF.batch_norm(_t(X3), *_tstats(), training=tr, momentum=bad),
+bad_values(
+    [("'0.1'", "0.1"), ("3+0j", 3 + 0j), ("[0.1]", [0.1])],
+    TypeError,
+    "momentum",
+    [
+        *[
+            (
+                f"F.batch_norm(training={tr}, momentum={{}})",
+                lambda t, v, tr=tr: t.F.batch_norm(t.arr(X3), *t.stats(), training=tr, momentum=v),
+            )
+            for tr in (True, False)
+        ],
+        (
+            "F.native_batch_norm(momentum={})",
+            lambda t, v: t.native.native_batch_norm(t.arr(X3), None, None, *t.stats(), True, v, 1e-5),
+        ),
+        ("F.instance_norm(momentum={})", lambda t, v: t.F.instance_norm(t.arr(X3), *t.stats(), momentum=v)),
+        # torch's constructors store anything; its forward (F.batch_norm) raises, in train and eval
+        *[
+            (f"{cls}(momentum={{}}) + forward", lambda t, v, cls=cls: t.cls(cls)(3, momentum=v)(t.arr(X3)))
+            for cls in ("BatchNorm1d", "BatchNormReLU1d")
+        ],
+        (
+            "BatchNorm2d(momentum={}) + eval forward",
+            lambda t, v: t.nn.BatchNorm2d(3, momentum=v).eval()(t.arr(X[4])),
+        ),
+        (
+            "InstanceNorm1d(momentum={}, track_running_stats=True) + forward",
+            lambda t, v: t.nn.InstanceNorm1d(3, momentum=v, track_running_stats=True)(t.arr(X3)),
+        ),
+    ],
+    cnorm_only=[
+        (
+            "F.batch_norm_relu(momentum={})",
+            lambda v: F.batch_norm_relu(X3, *_stats(), training=True, momentum=v),
         )
-    row(
-        f"F.batch_norm_relu(momentum={label})",
-        lambda bad=bad: F.batch_norm_relu(X3, *_stats(), training=True, momentum=bad),
-        TypeError,
-        "momentum",
-    )
-    row(
-        f"F.native_batch_norm(momentum={label})",
-        lambda bad=bad: F.native_batch_norm(X3, None, None, *_stats(), True, bad, 1e-5),
-        TypeError,
-        "momentum",
-        lambda bad=bad: torch.native_batch_norm(_t(X3), None, None, *_tstats(), True, bad, 1e-5),
-    )
-    row(
-        f"F.instance_norm(momentum={label})",
-        lambda bad=bad: F.instance_norm(X3, *_stats(), momentum=bad),
-        TypeError,
-        "momentum",
-        lambda bad=bad: TF.instance_norm(_t(X3), *_tstats(), momentum=bad),
-    )
-    # torch's constructors store anything; its forward (F.batch_norm) raises, in train and eval
-    for cls in ("BatchNorm1d", "BatchNormReLU1d"):
-        row(
-            f"{cls}(momentum={label}) + forward",
-            lambda bad=bad, cls=cls: getattr(cnorm, cls)(3, momentum=bad)(X3),
-            TypeError,
-            "momentum",
-            lambda bad=bad, cls=cls: _torch_cls(cls)(3, momentum=bad)(_t(X3)),
+    ],
+)
+bad_values(
+    [("None", None)],
+    TypeError,
+    "momentum",
+    [
+        (
+            f"F.batch_norm(training={tr}, momentum={{}})",
+            lambda t, v, tr=tr: t.F.batch_norm(t.arr(X3), *t.stats(), training=tr, momentum=v),
         )
-    row(
-        f"BatchNorm2d(momentum={label}) + eval forward",
-        lambda bad=bad: cnorm.BatchNorm2d(3, momentum=bad).eval()(X[4]),
-        TypeError,
-        "momentum",
-        lambda bad=bad: torch.nn.BatchNorm2d(3, momentum=bad).eval()(_t(X[4])),
-    )
-    row(
-        f"InstanceNorm1d(momentum={label}, track_running_stats=True) + forward",
-        lambda bad=bad: cnorm.InstanceNorm1d(3, momentum=bad, track_running_stats=True)(X3),
-        TypeError,
-        "momentum",
-        lambda bad=bad: torch.nn.InstanceNorm1d(3, momentum=bad, track_running_stats=True)(_t(X3)),
-    )
-for training in (True, False):
-    row(
-        f"F.batch_norm(training={training}, momentum=None)",
-        lambda tr=training: F.batch_norm(X3, *_stats(), training=tr, momentum=None),
-        TypeError,
-        "momentum",
-        lambda tr=training: TF.batch_norm(_t(X3), *_tstats(), training=tr, momentum=None),
-    )
+        for tr in (True, False)
+    ],
+)
 row(
     "F.instance_norm(momentum=None)",
     lambda: F.instance_norm(X3, *_stats(), momentum=None),
@@ -562,74 +544,62 @@ accepted(
 # =======================================================================================
 
 # functional flags: torch's argument parser wants a bool (not an int, not a string)
-for label, bad in [("'no'", "no"), ("1", 1), ("0", 0), ("None", None), ("1.0", 1.0)]:
-    row(
-        f"F.batch_norm(training={label})",
-        lambda bad=bad: F.batch_norm(X3, *_stats(), training=bad),
-        TypeError,
-        "training",
-        lambda bad=bad: TF.batch_norm(_t(X3), *_tstats(), training=bad),
-    )
-    row(
-        f"F.native_batch_norm(training={label})",
-        lambda bad=bad: F.native_batch_norm(X3, None, None, *_stats(), bad, 0.1, 1e-5),
-        TypeError,
-        "training",
-        lambda bad=bad: torch.native_batch_norm(_t(X3), None, None, *_tstats(), bad, 0.1, 1e-5),
-    )
-    row(
-        f"F.batch_norm_relu(training={label})",
-        lambda bad=bad: F.batch_norm_relu(X3, *_stats(), training=bad),
-        TypeError,
-        "training",
-    )
-    row(
-        f"F.native_batch_norm_relu(training={label})",
-        lambda bad=bad: F.native_batch_norm_relu(X3, None, None, *_stats(), bad, 0.1, 1e-5),
-        TypeError,
-        "training",
-    )
-    row(
-        f"F.batch_norm_backward(training={label})",
-        lambda bad=bad: F.batch_norm_backward(X3, X3, None, np.zeros(3), np.ones(3), bad),
-        TypeError,
-        "training",
-    )
-    row(
-        f"F.instance_norm(use_input_stats={label})",
-        lambda bad=bad: F.instance_norm(X3, *_stats(), use_input_stats=bad),
-        TypeError,
-        "use_input_stats",
-        lambda bad=bad: TF.instance_norm(_t(X3), *_tstats(), use_input_stats=bad),
-    )
-    row(
-        f"F.native_instance_norm(use_input_stats={label})",
-        lambda bad=bad: F.native_instance_norm(X3, None, None, *_stats(), bad, 0.1, 1e-5),
-        TypeError,
-        "use_input_stats",
-    )
-    row(
-        f"F.instance_norm_backward(use_input_stats={label})",
+NOT_BOOLS = [("'no'", "no"), ("1", 1), ("0", 0), ("None", None), ("1.0", 1.0)]
+bad_values(
+    NOT_BOOLS,
+    TypeError,
+    "training",
+    [
+        ("F.batch_norm(training={})", lambda t, v: t.F.batch_norm(t.arr(X3), *t.stats(), training=v)),
+        (
+            "F.native_batch_norm(training={})",
+            lambda t, v: t.native.native_batch_norm(t.arr(X3), None, None, *t.stats(), v, 0.1, 1e-5),
+        ),
+    ],
+    cnorm_only=[
+        ("F.batch_norm_relu(training={})", lambda v: F.batch_norm_relu(X3, *_stats(), training=v)),
+        (
+            "F.native_batch_norm_relu(training={})",
+            lambda v: F.native_batch_norm_relu(X3, None, None, *_stats(), v, 0.1, 1e-5),
+        ),
+        (
+            "F.batch_norm_backward(training={})",
+            lambda v: F.batch_norm_backward(X3, X3, None, np.zeros(3), np.ones(3), v),
+        ),
+    ],
+)
+bad_values(
+    NOT_BOOLS,
+    TypeError,
+    "use_input_stats",
+    [
+        (
+            "F.instance_norm(use_input_stats={})",
+            lambda t, v: t.F.instance_norm(t.arr(X3), *t.stats(), use_input_stats=v),
+        )
+    ],
+    cnorm_only=[
+        (
+            "F.native_instance_norm(use_input_stats={})",
+            lambda v: F.native_instance_norm(X3, None, None, *_stats(), v, 0.1, 1e-5),
+        ),
         # N = 1: the (N, C) instance statistics and the (C,) running ones have one shape
-        lambda bad=bad: F.instance_norm_backward(X3[:1], X3[:1], None, np.zeros(3), np.ones(3), bad),
-        TypeError,
-        "use_input_stats",
-    )
-    # Module.train(mode): torch's ValueError (cnorm has it already)
-    row(
-        f"BatchNorm1d.train({label})",
-        lambda bad=bad: cnorm.BatchNorm1d(3).train(bad),
-        ValueError,
-        "training mode is expected to be boolean",
-        lambda bad=bad: torch.nn.BatchNorm1d(3).train(bad),
-    )
-    row(
-        f"LayerNorm.train({label})",
-        lambda bad=bad: cnorm.LayerNorm(5).train(bad),
-        ValueError,
-        "training mode is expected to be boolean",
-        lambda bad=bad: torch.nn.LayerNorm(5).train(bad),
-    )
+        (
+            "F.instance_norm_backward(use_input_stats={})",
+            lambda v: F.instance_norm_backward(X3[:1], X3[:1], None, np.zeros(3), np.ones(3), v),
+        ),
+    ],
+)
+# Module.train(mode): torch's ValueError (cnorm has it already)
+bad_values(
+    NOT_BOOLS,
+    ValueError,
+    "training mode is expected to be boolean",
+    [
+        ("BatchNorm1d.train({})", lambda t, v: t.nn.BatchNorm1d(3).train(v)),
+        ("LayerNorm.train({})", lambda t, v: t.nn.LayerNorm(5).train(v)),
+    ],
+)
 
 # constructor flags: torch stores any object and uses its truth value, so affine="no" means
 # affine ON; the issue asks for booleans: strings are refused (stricter than torch), while

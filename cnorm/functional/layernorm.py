@@ -34,6 +34,15 @@ __all__ = [
 ]
 
 
+def _rows(input: Array, normalized_shape: ShapeLike, dims, name: str = "input"):
+    """``(x, shape, M, D)``: the input checked, ``normalized_shape`` as a tuple, and the
+    number and length of the rows (``dims``: layer_dims or rms_dims, their messages)."""
+    x = check_array(input, name)
+    shape = check_normalized_shape(normalized_shape)
+    m, d = dims(x, shape)
+    return x, shape, m, d
+
+
 def native_layer_norm(
     input: Array,
     normalized_shape: ShapeLike,
@@ -49,9 +58,7 @@ def native_layer_norm(
         ``(output, mean, rstd)``; ``mean`` and ``rstd`` are float64 arrays of shape
         ``input.shape[:-len(normalized_shape)]``.
     """
-    x = check_array(input)
-    shape = check_normalized_shape(normalized_shape)
-    m, d = layer_dims(x, shape)
+    x, shape, m, d = _rows(input, normalized_shape, layer_dims)
     check_real(eps, "eps")
     weight = check_param(weight, "weight", shape, x.dtype, "normalized_shape")
     bias = check_param(bias, "bias", shape, x.dtype, "normalized_shape")
@@ -94,9 +101,7 @@ def layer_norm_backward(
     Returns:
         ``(grad_input, grad_weight, grad_bias)``, the last two of shape ``normalized_shape``.
     """
-    x = check_array(input)
-    shape = check_normalized_shape(normalized_shape)
-    m, d = layer_dims(x, shape)
+    x, shape, m, d = _rows(input, normalized_shape, layer_dims)
     dy = check_grad(grad_output, x)
     weight = check_param(weight, "weight", shape, x.dtype, "normalized_shape")
     mean = check_param(np.reshape(mean, -1), "mean", (m,), None)
@@ -123,9 +128,7 @@ def native_rms_norm(
         ``(output, rrms)``: ``rrms = 1/sqrt(mean(x**2) + eps)``, float64 of shape
         ``input.shape[:-len(normalized_shape)]``.
     """
-    x = check_array(input)
-    shape = check_normalized_shape(normalized_shape)
-    m, d = rms_dims(x, shape)
+    x, shape, m, d = _rows(input, normalized_shape, rms_dims)
     check_real(eps, "eps", optional=True)
     weight = check_param(weight, "weight", shape, x.dtype, "normalized_shape")
     y, rrms = _ops.rms_norm_forward(x, m, d, weight, eps)
@@ -165,9 +168,7 @@ def rms_norm_backward(
         ``(grad_input, grad_weight)``, the latter of shape ``normalized_shape`` and the
         input dtype (computed even when ``weight`` is None).
     """
-    x = check_array(input)
-    shape = check_normalized_shape(normalized_shape)
-    m, d = rms_dims(x, shape)
+    x, shape, m, d = _rows(input, normalized_shape, rms_dims)
     dy = check_grad(grad_output, x)
     weight = check_param(weight, "weight", shape, x.dtype, "normalized_shape")
     rrms = check_param(np.reshape(rrms, -1), "rrms", (m,), None)
@@ -252,9 +253,7 @@ def add_layer_norm_backward(
         ``residual`` (returned once; use it for both). ``grad_weight``/``grad_bias`` have
         shape ``normalized_shape``.
     """
-    s = check_array(s, "s")
-    shape = check_normalized_shape(normalized_shape)
-    m, d = layer_dims(s, shape)
+    s, shape, m, d = _rows(s, normalized_shape, layer_dims, "s")
     dy = check_same(grad_output, s, "grad_output", "the sum")
     dsum = None if grad_sum is None else check_same(grad_sum, s, "grad_sum", "the sum")
     weight = check_param(weight, "weight", shape, s.dtype, "normalized_shape")
