@@ -1,9 +1,9 @@
 """``same_signature``: one function takes exactly the arguments of another, typed once.
 
 The reference twins (:mod:`cnorm.reference`) take the arguments of the
-:mod:`cnorm.functional` functions of the same names, and a fused form can take those of
-its plain form; their annotated signatures are written once, where the public
-documentation is.
+:mod:`cnorm.functional` functions of the same names, a fused form those of its plain form,
+InstanceNorm's constructor those of BatchNorm's (with other defaults); their annotated
+signatures are written once, where the public documentation is.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ def _arguments(f: Callable[..., Any]) -> List[Tuple[str, Any, Any]]:
     return [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
 
 
-def same_signature(of: Callable[P, R]) -> Callable[[Callable[..., Any]], Callable[P, R]]:
+def same_signature(of: Callable[P, R], **defaults: Any) -> Callable[[Callable[..., Any]], Callable[P, R]]:
     """Decorator: the function takes the arguments of ``of``, with the same names, kinds and
-    defaults (checked here, once, at import) and gets its annotations (which ``help()``,
-    :func:`inspect.signature` and type checkers show). Returns the function itself: no
-    wrapper, no cost per call."""
-    expected = _arguments(of)
+    defaults, but for those given in ``defaults`` (checked here, once, at import), and gets
+    its annotations (which ``help()``, :func:`inspect.signature` and type checkers show).
+    Returns the function itself: no wrapper, no cost per call."""
+    expected = [(name, kind, defaults.pop(name, default)) for name, kind, default in _arguments(of)]
+    if defaults:
+        raise TypeError(f"{of.__qualname__} has no arguments {sorted(defaults)}")
 
     def decorate(f: Callable[..., Any]) -> Any:
         if _arguments(f) != expected:

@@ -35,6 +35,16 @@ def test_reference_twins_take_the_functional_signatures():
         assert inspect.signature(getattr(cnorm.reference, name)) == inspect.signature(getattr(F, name))
     with pytest.raises(TypeError, match="must take the arguments of layer_norm"):
         same_signature(F.layer_norm)(lambda input, normalized_shape: None)
+    with pytest.raises(TypeError, match="has no arguments"):
+        same_signature(F.layer_norm, affine=False)
+    # InstanceNorm's constructor: BatchNorm's arguments and annotations, torch's defaults
+    bn, inorm = inspect.signature(cnorm.BatchNorm2d), inspect.signature(cnorm.InstanceNorm2d)
+    assert inorm == bn.replace(
+        parameters=[
+            p.replace(default=False) if p.name in ("affine", "track_running_stats") else p
+            for p in bn.parameters.values()
+        ]
+    )
 
 
 def test_import_cnorm_does_not_import_torch():

@@ -9,11 +9,12 @@ statistics are used.
 from __future__ import annotations
 
 import warnings
-from typing import Any, List, Mapping, Optional, Tuple, cast
+from typing import Any, List, Mapping, Tuple, cast
 
 import numpy as np
 
 from .. import _ops as ops
+from .._twins import same_signature
 from .._validate import batch_dims, check_array, check_param, check_spatial
 from .batchnorm import _BatchNorm
 
@@ -21,17 +22,19 @@ from .batchnorm import _BatchNorm
 class _InstanceNorm(_BatchNorm):
     _no_batch_dim = 0  # input dims of an unbatched input: (C, *spatial)
 
+    # BatchNorm's arguments; torch's InstanceNorm defaults: no affine, no running statistics
+    @same_signature(_BatchNorm.__init__, affine=False, track_running_stats=False)
     def __init__(
         self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: Optional[float] = 0.1,
-        affine: bool = False,
-        track_running_stats: bool = False,
+        num_features,
+        eps=1e-5,
+        momentum=0.1,
+        affine=False,
+        track_running_stats=False,
         dtype=np.float32,
         *,
-        bias: bool = True,
-    ) -> None:
+        bias=True,
+    ):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias=bias)
 
     def _check_input_dim(self, ndim: int) -> None:
