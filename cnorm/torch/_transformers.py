@@ -4,7 +4,7 @@ transformers copies one norm implementation into many model files (``LlamaRMSNor
 ``MistralRMSNorm``, ``Qwen2RMSNorm``, ... are the same code). An entry here is the code of
 such an implementation (the methods below are copies of transformers 5.20's, Apache-2.0)
 and what it computes; a class matches when its methods have exactly that code (the same
-bytecode, names and constants: the source may differ only in annotations, comments and
+syntax tree: the source may differ only in annotations, comments, layout and
 docstrings), so every verbatim copy matches, including in remote-code models, and a class
 whose forward differs in anything does not. Nothing is imported from transformers.
 
@@ -16,7 +16,10 @@ side of the cast the weight multiplies).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Tuple
+import ast
+import inspect
+import textwrap
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -158,23 +161,30 @@ TEMPLATES: List[
 ]
 
 
-def _code_key(fn) -> Any:
-    """What a function computes: its bytecode, names and constants (not its name, file,
-    line numbers or docstring)."""
-    code = getattr(fn, "__code__", None)
-    if code is None:
+def _code_key(fn) -> Optional[str]:
+    """What a function computes: the syntax tree of its source without its name,
+    annotations and docstring (comments and layout are not in the tree). The tree, not
+    the bytecode: CPython compiles ``torch.rsqrt(...)`` differently when ``torch`` came
+    from an ``import`` than from an assignment. None without source."""
+    if not inspect.isfunction(fn):
         return None
-    doc = fn.__doc__
-    consts = tuple(c for c in code.co_consts if c is not None and not (doc is not None and c == doc))
-    return (
-        code.co_code,
-        consts,
-        code.co_names,
-        code.co_varnames,
-        code.co_freevars,
-        code.co_argcount,
-        code.co_kwonlyargcount,
-    )
+    try:
+        node = ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]
+    except (OSError, TypeError, SyntaxError, IndexError):
+        return None
+    if not isinstance(node, ast.FunctionDef):
+        return None
+    node.name = ""
+    node.returns = None
+    args = node.args
+    for arg in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg]:
+        if arg is not None:
+            arg.annotation = None
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+        if isinstance(body[0].value.value, str) and len(body) > 1:
+            node.body = body[1:]
+    return ast.dump(node)
 
 
 _TEMPLATE_KEYS = [
