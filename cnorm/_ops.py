@@ -39,6 +39,7 @@ __all__ = [
     "group_norm_forward",
     "group_norm_backward",
     "instance_norm_train",
+    "update_instance_running_stats",
 ]
 
 Array = np.ndarray
@@ -310,6 +311,22 @@ def instance_norm_train(
     mean over n of the instance means / UNBIASED variances; N = 0 makes them NaN (a mean
     over no instance) and S = 0 with N > 0 leaves them alone."""
     y, mean, rstd, var = group_norm_forward(x, n, c, 1, s, weight, bias, eps)
+    update_instance_running_stats(running_mean, running_var, mean, var, n, c, s, factor)
+    return y, mean, rstd
+
+
+def update_instance_running_stats(
+    running_mean: Optional[Array],
+    running_var: Optional[Array],
+    mean: Array,
+    var: Array,
+    n: int,
+    c: int,
+    s: int,
+    factor: float,
+) -> None:
+    """The instance-norm update of given running statistics from the (n*c,) instance
+    means and biased variances of s values each (see instance_norm_train)."""
     if running_mean is not None and running_var is not None and c > 0 and (s > 0 or n == 0):
         if n == 0:
             batch_mean = batch_var = np.full(c, np.nan)
@@ -317,4 +334,3 @@ def instance_norm_train(
             batch_mean = mean.reshape(n, c).mean(axis=0)
             batch_var = var.reshape(n, c).mean(axis=0) * (s / (s - 1.0))
         update_running_stats(running_mean, running_var, batch_mean, batch_var, float(factor))
-    return y, mean, rstd

@@ -16,41 +16,24 @@ import cnorm.torch as ct
 nn = torch.nn
 
 
+def decoder(family, **extra):
+    """A small decoder-only model of ``family`` ("Llama", "Qwen2", "Gemma") and its inputs."""
+    sizes = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+    heads = {"num_attention_heads": 4, "num_key_value_heads": 2}
+    cfg = getattr(transformers, family + "Config")(**sizes, **heads, **extra)
+    return getattr(transformers, family + "Model")(cfg), {"input_ids": torch.randint(0, 64, (2, 7))}
+
+
 def llama():
-    cfg = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return transformers.LlamaModel(cfg), {"input_ids": torch.randint(0, 64, (2, 7))}
+    return decoder("Llama")
 
 
 def qwen2():
-    cfg = transformers.Qwen2Config(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return transformers.Qwen2Model(cfg), {"input_ids": torch.randint(0, 64, (2, 7))}
+    return decoder("Qwen2")
 
 
 def gemma():
-    cfg = transformers.GemmaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-    )
-    return transformers.GemmaModel(cfg), {"input_ids": torch.randint(0, 64, (2, 7))}
+    return decoder("Gemma", head_dim=8)
 
 
 def t5():

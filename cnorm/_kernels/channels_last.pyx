@@ -66,11 +66,20 @@ cdef inline void _strides(Py_ssize_t* s, Py_ssize_t* c, bint last, Py_ssize_t S,
         c[0] = S
 
 
+cdef inline Py_ssize_t _item(const Job* j, Py_ssize_t item, Py_ssize_t* c0,
+                             Py_ssize_t* c1) noexcept nogil:
+    """The sample of a work item (returned) and its channels [c0, c1): whole groups."""
+    cdef int k = <int>j.blocks, b = <int>(item % j.blocks)
+    c0[0] = split_start(j.G, b, k) * j.Cg
+    c1[0] = split_start(j.G, b + 1, k) * j.Cg
+    return item // j.blocks
+
+
 cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept nogil:
     """Thread t's items: statistics of the item's groups, then y."""
     cdef const Job* j = <const Job*>job
     cdef Py_ssize_t N = j.N, G = j.G, Cg = j.Cg, S = j.S, C = j.C, K = j.blocks
-    cdef Py_ssize_t item, n, g, g0, g1, c0, c1, s, c
+    cdef Py_ssize_t item, n, g, c0, c1, s, c
     cdef Py_ssize_t os = j.out_s, oc = j.out_c
     cdef double* acc = j.scratch + 4 * C * t     # per-channel sums
     cdef double* acc2 = acc + C                   # per-channel squared deviations
@@ -82,11 +91,7 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
     cdef floating* y
     cdef double count = <double>(Cg * S), m, sd, ss, v, rs, d
     for item in range(split_start(N * K, t, n_threads), split_start(N * K, t + 1, n_threads)):
-        n = item // K
-        g0 = split_start(G, <int>(item % K), <int>K)
-        g1 = split_start(G, <int>(item % K) + 1, <int>K)
-        c0 = g0 * Cg
-        c1 = g1 * Cg
+        n = _item(j, item, &c0, &c1)
         y = <floating*>j.out + n * S * C
         for c in range(c0, c1):
             acc[c] = 0
@@ -96,7 +101,7 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
             xs = x + (n * S + s) * C
             for c in range(c0, c1):
                 acc[c] += xs[c]
-        for g in range(g0, g1):
+        for g in range(c0 // Cg, c1 // Cg):
             m = 0
             for c in range(g * Cg, (g + 1) * Cg):
                 m += acc[c]
@@ -111,7 +116,7 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
                 d = xs[c] - mu[c]
                 acc[c] += d
                 acc2[c] += d * d
-        for g in range(g0, g1):
+        for g in range(c0 // Cg, c1 // Cg):
             sd = 0
             ss = 0
             for c in range(g * Cg, (g + 1) * Cg):
@@ -138,24 +143,20 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
 cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept nogil:
     """Thread t's items: per-channel gradient sums, then dx (always channels-last)."""
     cdef const Job* j = <const Job*>job
+    cdef const floating* weight = <const floating*>j.weight
+    cdef Py_ssize_t ds = j.dy_s, dc = j.dy_c        # grad_output's strides
     cdef Py_ssize_t N = j.N, G = j.G, Cg = j.Cg, S = j.S, C = j.C, K = j.blocks
-    cdef Py_ssize_t item, n, g, g0, g1, c0, c1, s, c
-    cdef Py_ssize_t ds = j.dy_s, dc = j.dy_c
+    cdef Py_ssize_t item, n, g, c0, c1, s, c
     cdef double* sdy = j.scratch + 4 * C * t      # sum dy, then gamma_c
     cdef double* sdx = sdy + C                    # sum dy * (x - mean), then beta_c
     cdef double* mu = sdy + 2 * C
     cdef double* alpha = sdy + 3 * C
-    cdef const floating* weight = <const floating*>j.weight
     cdef const floating* xs
     cdef const floating* dy
     cdef floating* dx
     cdef double D = <double>(Cg * S), rs, w, sum_g, sum_gd, beta, gamma
     for item in range(split_start(N * K, t, n_threads), split_start(N * K, t + 1, n_threads)):
-        n = item // K
-        g0 = split_start(G, <int>(item % K), <int>K)
-        g1 = split_start(G, <int>(item % K) + 1, <int>K)
-        c0 = g0 * Cg
-        c1 = g1 * Cg
+        n = _item(j, item, &c0, &c1)
         dy = <const floating*>j.dy + n * S * C
         dx = <floating*>j.out + n * S * C
         for c in range(c0, c1):
@@ -168,7 +169,7 @@ cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept
             for c in range(c0, c1):
                 sdy[c] += dy[s * ds + c * dc]
                 sdx[c] += dy[s * ds + c * dc] * (xs[c] - mu[c])
-        for g in range(g0, g1):
+        for g in range(c0 // Cg, c1 // Cg):
             rs = j.rstd[n * G + g]
             sum_g = 0
             sum_gd = 0
@@ -198,10 +199,8 @@ cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept
 
 cdef int _job(Job* j, object x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
               Py_ssize_t S) except -1:
-    """Sizes, the thread count, the item split and the scratch of a call; the input's
-    type number."""
+    """Sizes, the thread count, the item split and the scratch of a call (x checked)."""
     cdef int typenum = input_typenum(x, "input")
-    check_dims(N, G, Cg, S)
     check_array(x, N * G * Cg * S, typenum, False, "input")
     j.N, j.G, j.Cg, j.S, j.C = N, G, Cg, S, G * Cg
     cdef int n_threads = n_threads_for(N * G * Cg * S)
@@ -215,17 +214,19 @@ cdef int _job(Job* j, object x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
     return n_threads
 
 
-def group_norm_forward(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
-                       Py_ssize_t S, weight, bias, double eps, bint out_last=True):
-    """GroupNorm of x, C-contiguous (N, S, C) with C = G * Cg, per-channel weight and bias.
-    Returns (y, mean, rstd, var): y (N*S*C,) laid out as (N, S, C) when out_last, else
-    (N, C, S); float64 statistics (N*G,) (var biased). InstanceNorm is G = C, Cg = 1."""
+def group_norm_forward(cnp.ndarray x not None, tuple dims, weight, bias, double eps,
+                       bint out_last=True):
+    """GroupNorm of x, C-contiguous (N, S, C) with dims = (N, G, Cg, S), C = G * Cg,
+    per-channel weight and bias. Returns (y, mean, rstd, var): y (N*S*C,) laid out as
+    (N, S, C) when out_last, else (N, C, S); float64 statistics (N*G,) (var biased).
+    InstanceNorm is G = C, Cg = 1."""
+    cdef Py_ssize_t N = dims[0], G = dims[1], Cg = dims[2], S = dims[3]
+    check_dims(N, G, Cg, S)
     cdef Job j
     cdef Py_ssize_t M = N * G
     cdef cnp.ndarray mean = empty_1d(M, cnp.NPY_DOUBLE), rstd = empty_1d(M, cnp.NPY_DOUBLE)
     cdef cnp.ndarray var = empty_1d(M, cnp.NPY_DOUBLE)
     if N * G * Cg * S == 0:     # an empty row has no statistics (torch gives nan)
-        check_dims(N, G, Cg, S)
         mean.fill(float("nan"))
         rstd.fill(float("nan"))
         var.fill(float("nan"))
@@ -252,16 +253,17 @@ def group_norm_forward(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t G, Py_ss
     return y, mean, rstd, var
 
 
-def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N,
-                        Py_ssize_t G, Py_ssize_t Cg, Py_ssize_t S, cnp.ndarray mean not None,
-                        cnp.ndarray rstd not None, weight, bint dy_last=True):
-    """GroupNorm backward of x (N, S, C); dy laid out as (N, S, C) when dy_last, else
-    (N, C, S). Returns (dx (N*S*C,) laid out as (N, S, C), dweight (C,), dbias (C,)), the
-    last two in float64, summed over the samples in order."""
+def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, tuple dims,
+                        cnp.ndarray mean not None, cnp.ndarray rstd not None, weight,
+                        bint dy_last=True):
+    """GroupNorm backward of x (N, S, C), dims = (N, G, Cg, S); dy laid out as (N, S, C)
+    when dy_last, else (N, C, S). Returns (dx (N*S*C,) laid out as (N, S, C), dweight
+    (C,), dbias (C,)), the last two in float64, summed over the samples in order."""
+    cdef Py_ssize_t N = dims[0], G = dims[1], Cg = dims[2], S = dims[3]
+    check_dims(N, G, Cg, S)
     cdef Job j
     cdef Py_ssize_t C = G * Cg
     if N * G * Cg * S == 0:     # empty rows: zero parameter gradients
-        check_dims(N, G, Cg, S)
         return empty_1d(0, input_typenum(x, "input")), np.zeros(C), np.zeros(C)
     cdef int n_threads = _job(&j, x, N, G, Cg, S)
     cdef int typenum = cnp.PyArray_TYPE(x)

@@ -30,7 +30,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
@@ -77,14 +77,6 @@ def _first(a: Array) -> Array:
     return np.moveaxis(a, 1, -1)
 
 
-def _dims(x: Array, last: bool) -> Tuple[int, int, int]:
-    """(N, C, S) of x in memory order (N, S, C) when last, (N, C, S) otherwise."""
-    shape = x.shape
-    c = shape[-1] if last else shape[1]
-    spatial = shape[1:-1] if last else shape[2:]
-    return shape[0], c, math.prod(spatial)
-
-
 def _grad(grad_output, shape: Tuple[int, ...], dtype) -> Tuple[Array, bool]:
     """grad_output in memory order (either layout), checked against the input."""
     dy, last = _layout(grad_output, "grad_output")
@@ -96,54 +88,42 @@ def _grad(grad_output, shape: Tuple[int, ...], dtype) -> Tuple[Array, bool]:
     return dy, last
 
 
+def _channels_first(fn, grad_output, x: Array, *args) -> Tuple[Array, Array, Array]:
+    """The channels-first backward ``fn`` of x (memory order (N, C, S)), dx back as the
+    channels-last view."""
+    dy, dy_last = _grad(grad_output, _first(x).shape, x.dtype)
+    dx, dw, db = fn(np.moveaxis(dy, -1, 1) if dy_last else dy, x, *args)
+    return _first(dx), dw, db
+
+
 # ------------------------------------------------------------------------------ batch norm
+# the arguments of cnorm.functional.native_batch_norm / batch_norm_backward after the
+# input: weight, bias, running_mean, running_var, training, momentum, eps / weight,
+# save_mean, save_invstd, training
 
 
-def native_batch_norm(
-    input: Array,
-    weight: Optional[Array],
-    bias: Optional[Array],
-    running_mean: Optional[Array],
-    running_var: Optional[Array],
-    training: bool,
-    momentum: float,
-    eps: float,
-) -> Tuple[Array, Array, Array]:
-    """:func:`cnorm.functional.native_batch_norm` of a channels-last ``(N, *S, C)``
-    input: ``(output, save_mean, save_invstd)``, the output in the input's layout."""
+def native_batch_norm(input: Array, *args) -> Tuple[Array, Array, Array]:
+    """:func:`cnorm.functional.native_batch_norm` (same arguments) of a channels-last
+    ``(N, *S, C)`` input: ``(output, save_mean, save_invstd)``, the output in the input's
+    layout."""
     x, last = _layout(input)
     if not last:
-        y, mean, invstd = _bn.native_batch_norm(
-            x, weight, bias, running_mean, running_var, training, momentum, eps
-        )
+        y, mean, invstd = _bn.native_batch_norm(x, *args)
         return _first(y), mean, invstd
-    rows = x.reshape(-1, x.shape[-1])
-    y, mean, invstd = _bn.native_batch_norm(
-        rows, weight, bias, running_mean, running_var, training, momentum, eps
-    )
+    y, mean, invstd = _bn.native_batch_norm(x.reshape(-1, x.shape[-1]), *args)
     return y.reshape(x.shape), mean, invstd
 
 
-def batch_norm_backward(
-    grad_output: Array,
-    input: Array,
-    weight: Optional[Array],
-    save_mean: Array,
-    save_invstd: Array,
-    training: bool,
-) -> Tuple[Array, Array, Array]:
-    """:func:`cnorm.functional.batch_norm_backward` of a channels-last input:
-    ``(grad_input, grad_weight, grad_bias)``, ``grad_input`` in the input's layout."""
+def batch_norm_backward(grad_output: Array, input: Array, *args) -> Tuple[Array, Array, Array]:
+    """:func:`cnorm.functional.batch_norm_backward` (same arguments) of a channels-last
+    input: ``(grad_input, grad_weight, grad_bias)``, ``grad_input`` in the input's layout."""
     x, last = _layout(input)
-    shape = x.shape if last else _first(x).shape
-    dy, dy_last = _grad(grad_output, shape, x.dtype)
     if not last:
-        dy = dy if not dy_last else np.moveaxis(dy, -1, 1)
-        dx, dw, db = _bn.batch_norm_backward(dy, x, weight, save_mean, save_invstd, training)
-        return _first(dx), dw, db
+        return _channels_first(_bn.batch_norm_backward, grad_output, x, *args)
+    dy, dy_last = _grad(grad_output, x.shape, x.dtype)
     c = x.shape[-1]
     dy = dy.reshape(-1, c) if dy_last else np.moveaxis(dy, 1, -1).reshape(-1, c)  # the latter copies
-    dx, dw, db = _bn.batch_norm_backward(dy, x.reshape(-1, c), weight, save_mean, save_invstd, training)
+    dx, dw, db = _bn.batch_norm_backward(dy, x.reshape(-1, c), *args)
     return dx.reshape(x.shape), dw, db
 
 
@@ -158,101 +138,68 @@ def _output(y: Array, shape: Tuple[int, ...], out_last: bool) -> Array:
     return _first(y.reshape((shape[0], shape[-1]) + shape[1:-1]))
 
 
-def native_group_norm(
-    input: Array,
-    num_groups: int,
-    weight: Optional[Array],
-    bias: Optional[Array],
-    eps: float,
-    *,
-    channels_first_output: bool = False,
-) -> Tuple[Array, Array, Array]:
+def native_group_norm(input, num_groups, weight, bias, eps, *, channels_first_output=False):
     """:func:`cnorm.functional.native_group_norm` of a channels-last ``(N, *S, C)``
-    input: ``(output, mean, rstd)`` with float64 ``(N, num_groups)`` statistics."""
+    input: ``(output, mean, rstd)`` with float64 ``(N, num_groups)`` statistics; the
+    output channels-first in memory with ``channels_first_output``."""
     x, last = _layout(input)
     if not last:
         y, mean, rstd = _gn.native_group_norm(x, num_groups, weight, bias, eps)
         return _first(y), mean, rstd
     first_shape = (x.shape[0], x.shape[-1]) + x.shape[1:-1]
-    n, g, cg, s = group_dims(_first_view(x), num_groups)
+    n, g, cg, s = group_dims(np.moveaxis(x, -1, 1), num_groups)
     check_real(eps, "eps")
     weight = check_param(weight, "weight", (g * cg,), x.dtype, "channels", input_shape=first_shape)
     bias = check_param(bias, "bias", (g * cg,), x.dtype, "channels", input_shape=first_shape)
     out_last = not channels_first_output
-    y, mean, rstd, _ = _kernels.group_norm_forward(x, n, g, cg, s, weight, bias, float(eps), out_last)
+    y, mean, rstd, _ = _kernels.group_norm_forward(x, (n, g, cg, s), weight, bias, float(eps), out_last)
     return _output(y, x.shape, out_last), mean.reshape(n, g), rstd.reshape(n, g)
 
 
-def _first_view(x: Array) -> Array:
-    """The channels-first (N, C, *S) view of a channels-last array (for the shape checks)."""
-    return np.moveaxis(x, -1, 1)
-
-
-def group_norm_backward(
-    grad_output: Array,
-    input: Array,
-    num_groups: int,
-    mean: Array,
-    rstd: Array,
-    weight: Optional[Array],
-) -> Tuple[Array, Array, Array]:
+def group_norm_backward(grad_output, input, num_groups, mean, rstd, weight):
     """:func:`cnorm.functional.group_norm_backward` of a channels-last input:
     ``(grad_input, grad_weight, grad_bias)``, ``grad_input`` in the input's layout."""
     x, last = _layout(input)
     if not last:
-        dy, dy_last = _grad(grad_output, _first(x).shape, x.dtype)
-        dy = dy if not dy_last else np.moveaxis(dy, -1, 1)
-        dx, dw, db = _gn.group_norm_backward(dy, x, num_groups, mean, rstd, weight)
-        return _first(dx), dw, db
-    n, g, cg, s = group_dims(_first_view(x), num_groups)
-    return _group_backward(grad_output, x, n, g, cg, s, mean, rstd, weight)
+        return _channels_first(_gn.group_norm_backward, grad_output, x, num_groups, mean, rstd, weight)
+    return _group_backward(grad_output, x, group_dims(np.moveaxis(x, -1, 1), num_groups), mean, rstd, weight)
 
 
-def _group_backward(grad_output, x: Array, n: int, g: int, cg: int, s: int, mean, rstd, weight):
-    """The channels-last kernel's backward of x (memory order (N, S, C))."""
+def _group_backward(grad_output, x: Array, dims, mean, rstd, weight) -> Tuple[Array, Array, Array]:
+    """The channels-last kernel's backward of x (memory order (N, S, C)), dims (N, G, Cg, S)."""
+    n, g, cg, _ = dims
     dy, dy_last = _grad(grad_output, x.shape, x.dtype)
     weight = check_param(weight, "weight", (g * cg,), x.dtype)
     mean = check_param(np.reshape(mean, -1), "mean", (n * g,), None)
     rstd = check_param(np.reshape(rstd, -1), "rstd", (n * g,), None)
-    dx, dw, db = _kernels.group_norm_backward(dy, x, n, g, cg, s, mean, rstd, weight, dy_last)
+    dx, dw, db = _kernels.group_norm_backward(dy, x, tuple(dims), mean, rstd, weight, dy_last)
     return dx.reshape(x.shape), dw.astype(x.dtype), db.astype(x.dtype)
 
 
 # --------------------------------------------------------------------------- instance norm
 
 
-def native_instance_norm(
-    input: Array,
-    weight: Optional[Array],
-    bias: Optional[Array],
-    running_mean: Optional[Array],
-    running_var: Optional[Array],
-    use_input_stats: bool,
-    momentum: float,
-    eps: float,
-    *,
-    channels_first_output: bool = False,
-) -> Tuple[Array, Array, Array]:
-    """:func:`cnorm.functional.native_instance_norm` of a channels-last ``(N, *S, C)``
-    input (running statistics updated in place as there): ``(output, save_mean,
-    save_invstd)``, statistics ``(N, C)`` with ``use_input_stats``, ``(C,)`` otherwise."""
+def native_instance_norm(input, *args, channels_first_output=False):
+    """:func:`cnorm.functional.native_instance_norm` (same arguments: weight, bias,
+    running_mean, running_var, use_input_stats, momentum, eps) of a channels-last
+    ``(N, *S, C)`` input, running statistics updated in place as there: ``(output,
+    save_mean, save_invstd)``, statistics ``(N, C)`` with ``use_input_stats``, ``(C,)``
+    otherwise; the output channels-first in memory with ``channels_first_output``."""
     x, last = _layout(input)
     if not last:
-        y, mean, invstd = _gn.native_instance_norm(
-            x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps
-        )
+        y, mean, invstd = _gn.native_instance_norm(x, *args)
         return _first(y), mean, invstd
+    weight, bias, running_mean, running_var, use_input_stats, momentum, eps = args
     check_bool(use_input_stats, "use_input_stats")
     check_real(momentum, "momentum")
     check_real(eps, "eps")
-    first_shape = (x.shape[0], x.shape[-1]) + x.shape[1:-1]
     if use_input_stats:
-        check_spatial(first_shape)
+        check_spatial((x.shape[0], x.shape[-1]) + x.shape[1:-1])
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
     if not use_input_stats and running_mean is None:
         raise ValueError("Expected running_mean and running_var to be defined when use_input_stats is false")
-    n, c, s = _dims(x, True)
+    n, c, s = x.shape[0], x.shape[-1], math.prod(x.shape[1:-1])
     dtype = x.dtype
     weight = check_param(weight, "weight", (c,), dtype)
     bias = check_param(bias, "bias", (c,), dtype)
@@ -266,36 +213,21 @@ def native_instance_norm(
             y = _first(np.ascontiguousarray(np.moveaxis(y, -1, 1)))
         return y, mean, invstd
     out_last = not channels_first_output
-    y, mean, rstd, var = _kernels.group_norm_forward(x, n, c, 1, s, weight, bias, float(eps), out_last)
-    if running_mean is not None and running_var is not None and c > 0 and (s > 0 or n == 0):
-        # as torch: the mean over the samples of the instance means / unbiased variances
-        if n == 0:
-            batch_mean = batch_var = np.full(c, np.nan)
-        else:
-            batch_mean = mean.reshape(n, c).mean(axis=0)
-            batch_var = var.reshape(n, c).mean(axis=0) * (s / (s - 1.0))
-        _ops.update_running_stats(running_mean, running_var, batch_mean, batch_var, float(momentum))
+    y, mean, rstd, var = _kernels.group_norm_forward(x, (n, c, 1, s), weight, bias, float(eps), out_last)
+    # the originals, not contiguous copies: the update writes them with np.copyto
+    _ops.update_instance_running_stats(running_mean, running_var, mean, var, n, c, s, momentum)
     return _output(y, x.shape, out_last), mean.reshape(n, c), rstd.reshape(n, c)
 
 
-def instance_norm_backward(
-    grad_output: Array,
-    input: Array,
-    weight: Optional[Array],
-    save_mean: Array,
-    save_invstd: Array,
-    use_input_stats: bool,
-) -> Tuple[Array, Array, Array]:
+def instance_norm_backward(grad_output, input, weight, save_mean, save_invstd, use_input_stats):
     """:func:`cnorm.functional.instance_norm_backward` of a channels-last input:
     ``(grad_input, grad_weight, grad_bias)``, ``grad_input`` in the input's layout."""
     x, last = _layout(input)
     check_bool(use_input_stats, "use_input_stats")
+    stats = (save_mean, save_invstd)
     if not last:
-        dy, dy_last = _grad(grad_output, _first(x).shape, x.dtype)
-        dy = dy if not dy_last else np.moveaxis(dy, -1, 1)
-        dx, dw, db = _gn.instance_norm_backward(dy, x, weight, save_mean, save_invstd, use_input_stats)
-        return _first(dx), dw, db
-    n, c, s = _dims(x, True)
+        return _channels_first(_gn.instance_norm_backward, grad_output, x, weight, *stats, use_input_stats)
     if use_input_stats:
-        return _group_backward(grad_output, x, n, c, 1, s, save_mean, save_invstd, weight)
-    return batch_norm_backward(grad_output, x, weight, save_mean, save_invstd, False)
+        n, c, s = x.shape[0], x.shape[-1], math.prod(x.shape[1:-1])
+        return _group_backward(grad_output, x, (n, c, 1, s), *stats, weight)
+    return batch_norm_backward(grad_output, x, weight, *stats, False)

@@ -197,21 +197,27 @@ RMSNormFunction, rms_norm = norm_function(
 )
 
 
+def _on(x, channels_last):
+    """(the functional module, the array it takes) for an input of either layout."""
+    return (CL, _last(x)) if channels_last else (CF, x)
+
+
+def _back(a, channels_last):
+    return _first(a) if channels_last else a
+
+
 def _group_norm_forward(x, weight, bias, args):
     num_groups, eps, channels_last = args
-    if channels_last:
-        y, mean, rstd = CL.native_group_norm(_last(x), num_groups, weight, bias, eps)
-        return _first(y), (num_groups, mean, rstd, True)
-    y, mean, rstd = CF.native_group_norm(x, num_groups, weight, bias, eps)
-    return y, (num_groups, mean, rstd, False)
+    api, xa = _on(x, channels_last)
+    y, mean, rstd = api.native_group_norm(xa, num_groups, weight, bias, eps)
+    return _back(y, channels_last), (num_groups, mean, rstd, channels_last)
 
 
 def _group_norm_backward(dy, x, weight, stats):
     num_groups, mean, rstd, channels_last = stats
-    if channels_last:
-        dx, dw, db = CL.group_norm_backward(_last(dy), _last(x), num_groups, mean, rstd, weight)
-        return _first(dx), dw, db
-    return CF.group_norm_backward(dy, x, num_groups, mean, rstd, weight)
+    api, xa = _on(x, channels_last)
+    dx, dw, db = api.group_norm_backward(_on(dy, channels_last)[1], xa, num_groups, mean, rstd, weight)
+    return _back(dx, channels_last), dw, db
 
 
 GroupNormFunction, group_norm = norm_function(
@@ -227,32 +233,21 @@ GroupNormFunction, group_norm = norm_function(
 
 
 def _instance_norm_forward(x, weight, bias, args):
-    running_mean, running_var, use_input_stats, momentum, eps, channels_last = args
-    if channels_last:  # the output is contiguous, as torch's (the input gradient is not)
-        y, mean, invstd = CL.native_instance_norm(
-            _last(x),
-            weight,
-            bias,
-            running_mean,
-            running_var,
-            use_input_stats,
-            momentum,
-            eps,
-            channels_first_output=True,
-        )
-        return _first(y), (mean, invstd, use_input_stats, True)
-    y, mean, invstd = CF.native_instance_norm(
-        x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps
-    )
-    return y, (mean, invstd, use_input_stats, False)
+    *inorm_args, channels_last = args  # running_mean, running_var, use_input_stats, momentum, eps
+    api, xa = _on(x, channels_last)
+    # channels_last: a contiguous output, as torch's (the input gradient is channels_last)
+    layout = {"channels_first_output": True} if channels_last else {}
+    y, mean, invstd = api.native_instance_norm(xa, weight, bias, *inorm_args, **layout)
+    return _back(y, channels_last), (mean, invstd, inorm_args[2], channels_last)
 
 
 def _instance_norm_backward(dy, x, weight, stats):
     mean, invstd, use_input_stats, channels_last = stats
-    if channels_last:
-        dx, dw, db = CL.instance_norm_backward(_last(dy), _last(x), weight, mean, invstd, use_input_stats)
-        return _first(dx), dw, db
-    return CF.instance_norm_backward(dy, x, weight, mean, invstd, use_input_stats)
+    api, xa = _on(x, channels_last)
+    dx, dw, db = api.instance_norm_backward(
+        _on(dy, channels_last)[1], xa, weight, mean, invstd, use_input_stats
+    )
+    return _back(dx, channels_last), dw, db
 
 
 InstanceNormFunction, instance_norm = norm_function(
@@ -268,11 +263,9 @@ InstanceNormFunction, instance_norm = norm_function(
 
 
 def _batch_norm_channels_last_forward(x, weight, bias, args):
-    running_mean, running_var, training, momentum, eps = args
-    y, mean, invstd = CL.native_batch_norm(
-        _last(x), weight, bias, running_mean, running_var, training, momentum, eps
-    )
-    return _first(y), (mean, invstd, training)
+    # args: running_mean, running_var, training, momentum, eps (as _batch_norm_forward's)
+    y, mean, invstd = CL.native_batch_norm(_last(x), weight, bias, *args)
+    return _first(y), (mean, invstd, args[2])
 
 
 def _batch_norm_channels_last_backward(dy, x, weight, stats):

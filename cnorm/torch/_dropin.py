@@ -318,16 +318,13 @@ def cnorm_instance_norm(module, input) -> Optional[torch.Tensor]:
 
 
 class _CnormInstanceNorm(_TorchModule):
-    """Mixin placed before the torch class: forward on cnorm, else torch's forward."""
+    """Mixin placed before torch's InstanceNorm classes (see _CnormBatchNorm)."""
 
-    #: set to False on an instance to always use torch's implementation
-    use_cnorm = True
+    use_cnorm = True  # False on an instance: always torch's implementation
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         out = cnorm_instance_norm(self, input)
-        if out is None:
-            return super().forward(input)
-        return out
+        return super().forward(input) if out is None else out
 
 
 class InstanceNorm1d(_CnormInstanceNorm, nn.InstanceNorm1d):

@@ -161,7 +161,7 @@ def _converted(base: type, spec: NormSpec) -> type:
 
 
 def _rebuild(base: type, spec: NormSpec) -> nn.Module:
-    cls = _converted(base, spec)
+    cls = cast(Type[nn.Module], _converted(base, spec))
     return cls.__new__(cls)
 
 

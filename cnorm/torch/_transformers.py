@@ -180,10 +180,10 @@ def _code_key(fn) -> Optional[str]:
     for arg in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg]:
         if arg is not None:
             arg.annotation = None
-    body = node.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
-        if isinstance(body[0].value.value, str) and len(body) > 1:
-            node.body = body[1:]
+    first = node.body[0]
+    doc = first.value if isinstance(first, ast.Expr) else None
+    if isinstance(doc, ast.Constant) and isinstance(doc.value, str) and len(node.body) > 1:
+        node.body = node.body[1:]
     return ast.dump(node)
 
 
