@@ -35,6 +35,7 @@ from typing import Tuple
 import numpy as np
 
 from .. import _ops
+from .. import functional as _F  # by the package's names at call time: a patched one runs
 from .._kernels import channels_last as _kernels
 from .._validate import (
     Array,
@@ -45,8 +46,6 @@ from .._validate import (
     check_spatial,
     group_dims,
 )
-from . import batchnorm as _bn
-from . import groupnorm as _gn
 
 __all__ = [
     "native_batch_norm",
@@ -108,9 +107,9 @@ def native_batch_norm(input: Array, *args) -> Tuple[Array, Array, Array]:
     layout."""
     x, last = _layout(input)
     if not last:
-        y, mean, invstd = _bn.native_batch_norm(x, *args)
+        y, mean, invstd = _F.native_batch_norm(x, *args)
         return _first(y), mean, invstd
-    y, mean, invstd = _bn.native_batch_norm(x.reshape(-1, x.shape[-1]), *args)
+    y, mean, invstd = _F.native_batch_norm(x.reshape(-1, x.shape[-1]), *args)
     return y.reshape(x.shape), mean, invstd
 
 
@@ -119,11 +118,11 @@ def batch_norm_backward(grad_output: Array, input: Array, *args) -> Tuple[Array,
     input: ``(grad_input, grad_weight, grad_bias)``, ``grad_input`` in the input's layout."""
     x, last = _layout(input)
     if not last:
-        return _channels_first(_bn.batch_norm_backward, grad_output, x, *args)
+        return _channels_first(_F.batch_norm_backward, grad_output, x, *args)
     dy, dy_last = _grad(grad_output, x.shape, x.dtype)
     c = x.shape[-1]
     dy = dy.reshape(-1, c) if dy_last else np.moveaxis(dy, 1, -1).reshape(-1, c)  # the latter copies
-    dx, dw, db = _bn.batch_norm_backward(dy, x.reshape(-1, c), *args)
+    dx, dw, db = _F.batch_norm_backward(dy, x.reshape(-1, c), *args)
     return dx.reshape(x.shape), dw, db
 
 
@@ -144,7 +143,7 @@ def native_group_norm(input, num_groups, weight, bias, eps, *, channels_first_ou
     output channels-first in memory with ``channels_first_output``."""
     x, last = _layout(input)
     if not last:
-        y, mean, rstd = _gn.native_group_norm(x, num_groups, weight, bias, eps)
+        y, mean, rstd = _F.native_group_norm(x, num_groups, weight, bias, eps)
         return _first(y), mean, rstd
     first_shape = (x.shape[0], x.shape[-1]) + x.shape[1:-1]
     n, g, cg, s = group_dims(np.moveaxis(x, -1, 1), num_groups)
@@ -161,7 +160,7 @@ def group_norm_backward(grad_output, input, num_groups, mean, rstd, weight):
     ``(grad_input, grad_weight, grad_bias)``, ``grad_input`` in the input's layout."""
     x, last = _layout(input)
     if not last:
-        return _channels_first(_gn.group_norm_backward, grad_output, x, num_groups, mean, rstd, weight)
+        return _channels_first(_F.group_norm_backward, grad_output, x, num_groups, mean, rstd, weight)
     return _group_backward(grad_output, x, group_dims(np.moveaxis(x, -1, 1), num_groups), mean, rstd, weight)
 
 
@@ -187,7 +186,7 @@ def native_instance_norm(input, *args, channels_first_output=False):
     otherwise; the output channels-first in memory with ``channels_first_output``."""
     x, last = _layout(input)
     if not last:
-        y, mean, invstd = _gn.native_instance_norm(x, *args)
+        y, mean, invstd = _F.native_instance_norm(x, *args)
         return _first(y), mean, invstd
     weight, bias, running_mean, running_var, use_input_stats, momentum, eps = args
     check_bool(use_input_stats, "use_input_stats")
@@ -226,7 +225,7 @@ def instance_norm_backward(grad_output, input, weight, save_mean, save_invstd, u
     check_bool(use_input_stats, "use_input_stats")
     stats = (save_mean, save_invstd)
     if not last:
-        return _channels_first(_gn.instance_norm_backward, grad_output, x, weight, *stats, use_input_stats)
+        return _channels_first(_F.instance_norm_backward, grad_output, x, weight, *stats, use_input_stats)
     if use_input_stats:
         n, c, s = x.shape[0], x.shape[-1], math.prod(x.shape[1:-1])
         return _group_backward(grad_output, x, (n, c, 1, s), *stats, weight)
