@@ -413,9 +413,13 @@ def _target(module: nn.Module) -> Optional[Type[nn.Module]]:
 
 
 def convert(module: nn.Module) -> nn.Module:
-    """Replace every :class:`torch.nn.BatchNorm1d`/``2d``/``3d`` and
-    :class:`torch.nn.LayerNorm` in ``module`` (exactly those classes; nested modules too)
-    by its :mod:`cnorm.torch` twin, in place, and return ``module``.
+    """Replace every :class:`torch.nn.BatchNorm1d`/``2d``/``3d``,
+    :class:`~torch.nn.LayerNorm`, :class:`~torch.nn.GroupNorm`,
+    :class:`~torch.nn.InstanceNorm1d`/``2d``/``3d`` and :class:`~torch.nn.RMSNorm` in
+    ``module`` (exactly those classes; nested modules too) by its :mod:`cnorm.torch` twin,
+    and every module of a registered third-party norm class (:func:`register_norm`: the
+    transformers norm classes are built in) by its cnorm-backed subclass, in place, and
+    return ``module``.
 
     The twins keep the same :class:`~torch.nn.Parameter` objects (an optimizer built
     before keeps working), buffers, training flag, attributes and hooks. A module that

@@ -190,6 +190,7 @@ def _code_key(fn) -> Optional[str]:
 _TEMPLATE_KEYS = [
     ({name: _code_key(fn) for name, fn in methods.items()}, ok, entries) for methods, ok, entries in TEMPLATES
 ]
+_METHODS = sorted({name for methods, _, _ in TEMPLATES for name in methods})
 _CACHE: Dict[type, List[Tuple[Dict[str, Any], NormSpec]]] = {}
 
 
@@ -198,8 +199,9 @@ def builtin_entries(cls: type) -> List[Tuple[Dict[str, Any], NormSpec]]:
     entries = _CACHE.get(cls)
     if entries is None:
         entries = []
+        code = {name: _code_key(getattr(cls, name, None)) for name in _METHODS}  # parsed once
         for keys, ok, family in _TEMPLATE_KEYS:
-            if all(_code_key(getattr(cls, name, None)) == key for name, key in keys.items()) and ok(cls):
+            if all(code[name] == key for name, key in keys.items()) and ok(cls):
                 entries = family
                 break
         _CACHE[cls] = entries
