@@ -14,6 +14,7 @@ from typing import Optional, SupportsFloat, Tuple
 import numpy as np
 
 from ._kernels import batch_norm as bn_kernels
+from ._kernels import channels_last as cl_kernels
 from ._kernels import row_norm as row_kernels
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
 
@@ -40,6 +41,8 @@ __all__ = [
     "group_norm_backward",
     "instance_norm_train",
     "update_instance_running_stats",
+    "group_norm_channels_last_forward",
+    "group_norm_channels_last_backward",
 ]
 
 Array = np.ndarray
@@ -334,3 +337,33 @@ def update_instance_running_stats(
             batch_mean = mean.reshape(n, c).mean(axis=0)
             batch_var = var.reshape(n, c).mean(axis=0) * (s / (s - 1.0))
         update_running_stats(running_mean, running_var, batch_mean, batch_var, float(factor))
+
+
+# ------------------------------------------------------------------- channels-last memory
+
+
+def group_norm_channels_last_forward(
+    x: Array,
+    dims: Tuple[int, int, int, int],
+    weight: Optional[Array],
+    bias: Optional[Array],
+    eps: float,
+    out_last: bool,
+) -> Tuple[Array, Array, Array, Array]:
+    """(y flat, mean, rstd, biased var) of x C-contiguous (N, S, C), dims (N, G, Cg, S); y laid
+    out (N, S, C) when out_last, else (N, C, S); empty inputs give NaN statistics."""
+    return cl_kernels.group_norm_forward(x, dims, weight, bias, float(eps), out_last)
+
+
+def group_norm_channels_last_backward(
+    dy: Array,
+    x: Array,
+    dims: Tuple[int, int, int, int],
+    mean: Array,
+    rstd: Array,
+    weight: Optional[Array],
+    dy_last: bool,
+) -> Stats3:
+    """(dx like x, dweight, dbias in x's dtype); dy laid out (N, S, C) when dy_last."""
+    dx, dw, db = cl_kernels.group_norm_backward(dy, x, dims, mean, rstd, weight, dy_last)
+    return dx.reshape(x.shape), dw.astype(x.dtype), db.astype(x.dtype)

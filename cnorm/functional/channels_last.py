@@ -36,7 +36,6 @@ import numpy as np
 
 from .. import _ops
 from .. import functional as _F  # by the package's names at call time: a patched one runs
-from .._kernels import channels_last as _kernels
 from .._validate import (
     Array,
     check_array,
@@ -151,7 +150,7 @@ def native_group_norm(input, num_groups, weight, bias, eps, *, channels_first_ou
     weight = check_param(weight, "weight", (g * cg,), x.dtype, "channels", input_shape=first_shape)
     bias = check_param(bias, "bias", (g * cg,), x.dtype, "channels", input_shape=first_shape)
     out_last = not channels_first_output
-    y, mean, rstd, _ = _kernels.group_norm_forward(x, (n, g, cg, s), weight, bias, float(eps), out_last)
+    y, mean, rstd, _ = _ops.group_norm_channels_last_forward(x, (n, g, cg, s), weight, bias, eps, out_last)
     return _output(y, x.shape, out_last), mean.reshape(n, g), rstd.reshape(n, g)
 
 
@@ -171,8 +170,7 @@ def _group_backward(grad_output, x: Array, dims, mean, rstd, weight) -> Tuple[Ar
     weight = check_param(weight, "weight", (g * cg,), x.dtype)
     mean = check_param(np.reshape(mean, -1), "mean", (n * g,), None)
     rstd = check_param(np.reshape(rstd, -1), "rstd", (n * g,), None)
-    dx, dw, db = _kernels.group_norm_backward(dy, x, tuple(dims), mean, rstd, weight, dy_last)
-    return dx.reshape(x.shape), dw.astype(x.dtype), db.astype(x.dtype)
+    return _ops.group_norm_channels_last_backward(dy, x, tuple(dims), mean, rstd, weight, dy_last)
 
 
 # --------------------------------------------------------------------------- instance norm
@@ -212,7 +210,7 @@ def native_instance_norm(input, *args, channels_first_output=False):
             y = _first(np.ascontiguousarray(np.moveaxis(y, -1, 1)))
         return y, mean, invstd
     out_last = not channels_first_output
-    y, mean, rstd, var = _kernels.group_norm_forward(x, (n, c, 1, s), weight, bias, float(eps), out_last)
+    y, mean, rstd, var = _ops.group_norm_channels_last_forward(x, (n, c, 1, s), weight, bias, eps, out_last)
     # the originals, not contiguous copies: the update writes them with np.copyto
     _ops.update_instance_running_stats(running_mean, running_var, mean, var, n, c, s, momentum)
     return _output(y, x.shape, out_last), mean.reshape(n, c), rstd.reshape(n, c)
