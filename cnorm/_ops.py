@@ -14,6 +14,7 @@ from typing import Optional, SupportsFloat, Tuple
 import numpy as np
 
 from ._kernels import batch_norm as bn_kernels
+from ._kernels import channels_last as cl_kernels
 from ._kernels import row_norm as row_kernels
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
 
@@ -39,6 +40,9 @@ __all__ = [
     "group_norm_forward",
     "group_norm_backward",
     "instance_norm_train",
+    "update_instance_running_stats",
+    "group_norm_channels_last_forward",
+    "group_norm_channels_last_backward",
 ]
 
 Array = np.ndarray
@@ -310,6 +314,22 @@ def instance_norm_train(
     mean over n of the instance means / UNBIASED variances; N = 0 makes them NaN (a mean
     over no instance) and S = 0 with N > 0 leaves them alone."""
     y, mean, rstd, var = group_norm_forward(x, n, c, 1, s, weight, bias, eps)
+    update_instance_running_stats(running_mean, running_var, mean, var, n, c, s, factor)
+    return y, mean, rstd
+
+
+def update_instance_running_stats(
+    running_mean: Optional[Array],
+    running_var: Optional[Array],
+    mean: Array,
+    var: Array,
+    n: int,
+    c: int,
+    s: int,
+    factor: float,
+) -> None:
+    """The instance-norm update of given running statistics from the (n*c,) instance
+    means and biased variances of s values each (see instance_norm_train)."""
     if running_mean is not None and running_var is not None and c > 0 and (s > 0 or n == 0):
         if n == 0:
             batch_mean = batch_var = np.full(c, np.nan)
@@ -317,4 +337,33 @@ def instance_norm_train(
             batch_mean = mean.reshape(n, c).mean(axis=0)
             batch_var = var.reshape(n, c).mean(axis=0) * (s / (s - 1.0))
         update_running_stats(running_mean, running_var, batch_mean, batch_var, float(factor))
-    return y, mean, rstd
+
+
+# ------------------------------------------------------------------- channels-last memory
+
+
+def group_norm_channels_last_forward(
+    x: Array,
+    dims: Tuple[int, int, int, int],
+    weight: Optional[Array],
+    bias: Optional[Array],
+    eps: float,
+    out_last: bool,
+) -> Tuple[Array, Array, Array, Array]:
+    """(y flat, mean, rstd, biased var) of x C-contiguous (N, S, C), dims (N, G, Cg, S); y laid
+    out (N, S, C) when out_last, else (N, C, S); empty inputs give NaN statistics."""
+    return cl_kernels.group_norm_forward(x, dims, weight, bias, float(eps), out_last)
+
+
+def group_norm_channels_last_backward(
+    dy: Array,
+    x: Array,
+    dims: Tuple[int, int, int, int],
+    mean: Array,
+    rstd: Array,
+    weight: Optional[Array],
+    dy_last: bool,
+) -> Stats3:
+    """(dx like x, dweight, dbias in x's dtype); dy laid out (N, S, C) when dy_last."""
+    dx, dw, db = cl_kernels.group_norm_backward(dy, x, dims, mean, rstd, weight, dy_last)
+    return dx.reshape(x.shape), dw.astype(x.dtype), db.astype(x.dtype)

@@ -11,11 +11,12 @@ functions need to reproduce every digit of ``x - mean`` in float32.
 
 One file per family: :mod:`.batchnorm` (batch norm, fused batch norm + ReLU, the
 synchronized batch-norm building blocks), :mod:`.layernorm` (layer norm, RMS norm, fused
-add + layer norm), :mod:`.groupnorm` (group norm, instance norm).
+add + layer norm), :mod:`.groupnorm` (group norm, instance norm); :mod:`.channels_last` has
+batch norm, group norm and instance norm of channels-last ``(N, *spatial, C)`` arrays.
 """
 
 from .._validate import Array, ShapeLike  # noqa: F401  (the type aliases of the signatures)
-from . import batchnorm, groupnorm, layernorm
+from . import batchnorm, channels_last, groupnorm, layernorm  # noqa: F401  (channels_last: by module)
 from .batchnorm import *  # noqa: F403
 from .groupnorm import *  # noqa: F403
 from .layernorm import *  # noqa: F403

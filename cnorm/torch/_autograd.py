@@ -154,3 +154,142 @@ LayerNormFunction, layer_norm = norm_function(
     dtype, contiguous. Saves the input, the weight and the float64 per-row mean/rstd;
     the backward is once-differentiable.""",
 )
+
+
+# ------------------------------------------- RMS, group and instance norm; channels-last
+# a channels-last tensor reaches NumPy as an (N, C, *S) view with NHWC strides: its
+# np.moveaxis(x, 1, -1) is the C-contiguous (N, *S, C) array cnorm.functional.channels_last
+# takes, and moving the result back gives torch the channels-last output it expects
+
+from ..functional import channels_last as CL  # noqa: E402
+
+
+def _last(a):
+    """(N, C, *S) -> the (N, *S, C) view."""
+    return np.moveaxis(a, 1, -1)
+
+
+def _first(a):
+    """(N, *S, C) -> the (N, C, *S) view."""
+    return np.moveaxis(a, -1, 1)
+
+
+def _rms_norm_forward(x, weight, bias, args):
+    normalized_shape, eps = args
+    y, rrms = CF.native_rms_norm(x, normalized_shape, weight, eps)
+    return y, (normalized_shape, rrms)
+
+
+def _rms_norm_backward(dy, x, weight, stats):
+    normalized_shape, rrms = stats
+    dx, dw = CF.rms_norm_backward(dy, x, normalized_shape, rrms, weight)
+    return dx, dw, None
+
+
+RMSNormFunction, rms_norm = norm_function(
+    "RMSNormFunction",
+    _rms_norm_forward,
+    _rms_norm_backward,
+    """``y = rms_norm(x, normalized_shape, weight, eps)`` on the cnorm kernels:
+    ``apply(input, weight, None, (normalized_shape, eps))`` with contiguous CPU tensors
+    of one float dtype (``eps`` a number: the caller resolves torch's None). Saves the
+    input, the weight and the float64 per-row 1/rms; once-differentiable.""",
+)
+
+
+def _on(x, channels_last):
+    """(the functional module, the array it takes) for an input of either layout."""
+    return (CL, _last(x)) if channels_last else (CF, x)
+
+
+def _back(a, channels_last):
+    return _first(a) if channels_last else a
+
+
+def _group_norm_forward(x, weight, bias, args):
+    num_groups, eps, channels_last = args
+    api, xa = _on(x, channels_last)
+    y, mean, rstd = api.native_group_norm(xa, num_groups, weight, bias, eps)
+    return _back(y, channels_last), (num_groups, mean, rstd, channels_last)
+
+
+def _group_norm_backward(dy, x, weight, stats):
+    num_groups, mean, rstd, channels_last = stats
+    api, xa = _on(x, channels_last)
+    dx, dw, db = api.group_norm_backward(_on(dy, channels_last)[1], xa, num_groups, mean, rstd, weight)
+    return _back(dx, channels_last), dw, db
+
+
+GroupNormFunction, group_norm = norm_function(
+    "GroupNormFunction",
+    _group_norm_forward,
+    _group_norm_backward,
+    """``y = group_norm(x, num_groups, weight, bias, eps)`` on the cnorm kernels:
+    ``apply(input, weight, bias, (num_groups, eps, channels_last))`` with CPU tensors of
+    one float dtype, the input contiguous or (``channels_last=True``) channels_last /
+    channels_last_3d; the output and the input gradient have the input's layout, as
+    torch's. Saves the input, the weight and the float64 (N, G) mean/rstd.""",
+)
+
+
+def _instance_norm_forward(x, weight, bias, args):
+    *inorm_args, channels_last = args  # running_mean, running_var, use_input_stats, momentum, eps
+    api, xa = _on(x, channels_last)
+    # channels_last: a contiguous output, as torch's (the input gradient is channels_last)
+    layout = {"channels_first_output": True} if channels_last else {}
+    y, mean, invstd = api.native_instance_norm(xa, weight, bias, *inorm_args, **layout)
+    return _back(y, channels_last), (mean, invstd, inorm_args[2], channels_last)
+
+
+def _instance_norm_backward(dy, x, weight, stats):
+    mean, invstd, use_input_stats, channels_last = stats
+    api, xa = _on(x, channels_last)
+    dx, dw, db = api.instance_norm_backward(
+        _on(dy, channels_last)[1], xa, weight, mean, invstd, use_input_stats
+    )
+    return _back(dx, channels_last), dw, db
+
+
+InstanceNormFunction, instance_norm = norm_function(
+    "InstanceNormFunction",
+    _instance_norm_forward,
+    _instance_norm_backward,
+    """``y = instance_norm(x, ...)`` on the cnorm kernels: ``apply(input, weight, bias,
+    (running_mean, running_var, use_input_stats, momentum, eps, channels_last))``, the
+    running statistics NumPy views of the buffers (updated in place) or None. A
+    channels_last input gives a contiguous output and a channels_last input gradient,
+    as torch's. Saves the input, the weight and the float64 statistics.""",
+)
+
+
+def _batch_norm_channels_last_forward(x, weight, bias, args):
+    # args: running_mean, running_var, training, momentum, eps (as _batch_norm_forward's)
+    y, mean, invstd = CL.native_batch_norm(_last(x), weight, bias, *args)
+    return _first(y), (mean, invstd, args[2])
+
+
+def _batch_norm_channels_last_backward(dy, x, weight, stats):
+    mean, invstd, training = stats
+    dx, dw, db = CL.batch_norm_backward(_last(dy), _last(x), weight, mean, invstd, training)
+    return _first(dx), dw, db
+
+
+BatchNormChannelsLastFunction, batch_norm_channels_last = norm_function(
+    "BatchNormChannelsLastFunction",
+    _batch_norm_channels_last_forward,
+    _batch_norm_channels_last_backward,
+    """:class:`BatchNormFunction` of a channels_last / channels_last_3d input: the
+    (N*H*W, C) per-channel problem of BatchNorm1d on the input's memory, no copy; the
+    output and the input gradient are channels_last, as torch's.""",
+)
+
+__all__ += [
+    "RMSNormFunction",
+    "rms_norm",
+    "GroupNormFunction",
+    "group_norm",
+    "InstanceNormFunction",
+    "instance_norm",
+    "BatchNormChannelsLastFunction",
+    "batch_norm_channels_last",
+]

@@ -3,6 +3,7 @@ cnorm kernels (see :mod:`cnorm.torch` for the user documentation)."""
 
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Dict, Iterator, Optional, Type, cast
@@ -11,19 +12,33 @@ import torch
 from torch import nn
 
 from .._ops import momentum_factor
-from ._autograd import batch_norm, layer_norm
+from ._autograd import (
+    batch_norm,
+    batch_norm_channels_last,
+    group_norm,
+    instance_norm,
+    layer_norm,
+    rms_norm,
+)
 
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
     "LayerNorm",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "RMSNorm",
     "convert",
     "torch_fallback",
     "cnorm_batch_norm",
     "FLOATS",
 ]
 
+# the input dtypes the drop-in layers run on cnorm (half precision: add torch.bfloat16 and
+# torch.float16 here once the kernels take them)
 FLOATS = (torch.float32, torch.float64)
 # exact types whose .numpy() is a plain view of the data (subclasses with
 # __torch_function__ / __torch_dispatch__, e.g. FakeTensor or DTensor, go to torch)
@@ -89,6 +104,19 @@ def _ok(t, dtype, shape) -> bool:
     )
 
 
+def _channels_last(input) -> bool:
+    """A channels_last (4-D) or channels_last_3d (5-D) tensor that is not C-contiguous,
+    whose (N, *S, C) view (``movedim(1, -1)``, contiguous) cnorm takes as it is."""
+    return input.dim() in (4, 5) and _input_ok(input.movedim(1, -1))
+
+
+def _layout(input) -> int:
+    """1: a contiguous input for cnorm, 2: a channels_last one, 0: one for torch."""
+    if _input_ok(input):
+        return 1
+    return 2 if _channels_last(input) else 0
+
+
 # ---------------------------------------------------------------------------- batch norm
 
 
@@ -96,8 +124,13 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     """torch's ``_BatchNorm.forward`` on the cnorm kernels, or None (and no side effect)
     when the call is not one cnorm handles: the caller then runs torch's forward, which
     also raises torch's own errors for bad inputs."""
-    if not (module.use_cnorm and _switch.enabled and _input_ok(input)):
+    if not (module.use_cnorm and _switch.enabled):
         return None
+    channels_last = False
+    if not _input_ok(input):
+        if not _channels_last(input):
+            return None
+        channels_last = True  # the (N*H*W, C) problem of BatchNorm1d, on the same memory
     # straight from the registries (Module.__getattr__ is slow); a parametrized or
     # hooked weight is not in there: torch's forward handles those
     params = module._parameters
@@ -141,7 +174,8 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     # NumPy views: cnorm updates the running buffers in place when training
     rm = None if rm is None else rm.numpy()
     rv = None if rv is None else rv.numpy()
-    return batch_norm(input, weight, bias, (rm, rv, bn_training, factor, eps))
+    run = batch_norm_channels_last if channels_last else batch_norm
+    return run(input, weight, bias, (rm, rv, bn_training, factor, eps))
 
 
 if TYPE_CHECKING:  # the mixins sit before a torch module in the MRO: super().forward exists
@@ -212,6 +246,130 @@ class LayerNorm(nn.LayerNorm):
         return super().forward(input)
 
 
+# ---------------------------------------------------------------------------- group norm
+
+
+class GroupNorm(nn.GroupNorm):
+    r""":class:`torch.nn.GroupNorm` whose forward and backward on contiguous or
+    channels_last CPU float32/float64 tensors run the cnorm kernels (everything else:
+    torch's). Same constructor, parameters and state_dict as torch's class."""
+
+    #: set to False on an instance to always use torch's implementation
+    use_cnorm = True
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        layout = _layout(input) if self.use_cnorm and _switch.enabled else 0
+        if layout and input.dim() >= 2:
+            params = self._parameters
+            weight = params.get("weight", _MISSING)
+            bias = params.get("bias", _MISSING)
+            g = self.num_groups
+            n, c = input.shape[0], input.shape[1]
+            channels = (c,)
+            # what torch raises for (F.group_norm's batch-size check, C % G): torch's forward
+            if (
+                c % g == 0
+                and (n * c // g) * math.prod(input.shape[2:]) != 1
+                and _ok(weight, input.dtype, channels)
+                and _ok(bias, input.dtype, channels)
+            ):
+                w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
+                return group_norm(input, w, b, (g, self.eps, layout == 2))
+        return super().forward(input)
+
+
+# ------------------------------------------------------------------------- instance norm
+
+
+def cnorm_instance_norm(module, input) -> Optional[torch.Tensor]:
+    """torch's ``_InstanceNorm.forward`` on the cnorm kernels, or None: the caller then runs
+    torch's forward (which also warns and raises as torch does)."""
+    if not (module.use_cnorm and _switch.enabled):
+        return None
+    no_batch = module._get_no_batch_dim()
+    dim = input.dim()
+    if dim not in (no_batch, no_batch + 1) or input.shape[dim - no_batch] != module.num_features:
+        return None  # torch raises, or warns about num_features (affine=False)
+    x = input.unsqueeze(0) if dim == no_batch else input
+    layout = _layout(x)
+    params = module._parameters
+    buffers = module._buffers
+    weight = params.get("weight", _MISSING)
+    bias = params.get("bias", _MISSING)
+    running_mean = buffers.get("running_mean", _MISSING)
+    running_var = buffers.get("running_var", _MISSING)
+    use_input_stats = module.training or not module.track_running_stats
+    c = (module.num_features,)
+    dtype = x.dtype
+    if not (
+        layout
+        and all(_ok(t, dtype, c) for t in (weight, bias, running_mean, running_var))
+        and (running_mean is None) == (running_var is None)
+        and (running_mean is not None or use_input_stats)
+        and (not use_input_stats or math.prod(x.shape[2:]) != 1)  # 1 spatial element: torch raises
+    ):
+        return None
+    rm = None if running_mean is None else cast(torch.Tensor, running_mean).numpy()
+    rv = None if running_var is None else cast(torch.Tensor, running_var).numpy()
+    momentum = module.momentum if module.momentum is not None else 0.0  # as torch's
+    w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
+    y = instance_norm(x, w, b, (rm, rv, use_input_stats, momentum, module.eps, layout == 2))
+    return y.squeeze(0) if dim == no_batch else y
+
+
+class _CnormInstanceNorm(_TorchModule):
+    """Mixin placed before torch's InstanceNorm classes (see _CnormBatchNorm)."""
+
+    use_cnorm = True  # False on an instance: always torch's implementation
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        out = cnorm_instance_norm(self, input)
+        return super().forward(input) if out is None else out
+
+
+class InstanceNorm1d(_CnormInstanceNorm, nn.InstanceNorm1d):
+    r""":class:`torch.nn.InstanceNorm1d` whose forward and backward on contiguous CPU
+    float32/float64 tensors run the cnorm kernels (everything else: torch's), running
+    statistics included. Same constructor, parameters, buffers and state_dict."""
+
+
+class InstanceNorm2d(_CnormInstanceNorm, nn.InstanceNorm2d):
+    r""":class:`torch.nn.InstanceNorm2d` whose forward and backward on contiguous or
+    channels_last CPU float32/float64 tensors run the cnorm kernels (everything else:
+    torch's), running statistics included. Same constructor, parameters, buffers and
+    state_dict."""
+
+
+class InstanceNorm3d(_CnormInstanceNorm, nn.InstanceNorm3d):
+    r""":class:`torch.nn.InstanceNorm3d` whose forward and backward on contiguous or
+    channels_last_3d CPU float32/float64 tensors run the cnorm kernels (everything else:
+    torch's), running statistics included. Same constructor, parameters, buffers and
+    state_dict."""
+
+
+# ------------------------------------------------------------------------------ RMS norm
+
+
+class RMSNorm(nn.RMSNorm):
+    r""":class:`torch.nn.RMSNorm` whose forward and backward on contiguous CPU
+    float32/float64 tensors run the cnorm kernels (everything else: torch's); ``eps=None``
+    is ``torch.finfo(input.dtype).eps``, as torch's. Same constructor, parameters and
+    state_dict as torch's class."""
+
+    #: set to False on an instance to always use torch's implementation
+    use_cnorm = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ns = self.normalized_shape
+        k = len(ns)
+        if self.use_cnorm and _switch.enabled and k and _input_ok(x):
+            weight = self._parameters.get("weight", _MISSING)
+            if x.dim() >= k and x.shape[x.dim() - k :] == ns and _ok(weight, x.dtype, ns):
+                eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+                return rms_norm(x, cast(Optional[torch.Tensor], weight), None, (ns, eps))
+        return super().forward(x)
+
+
 # ---------------------------------------------------------------------------- convert
 
 _REPLACEMENTS: Dict[type, Type[nn.Module]] = {
@@ -219,16 +377,22 @@ _REPLACEMENTS: Dict[type, Type[nn.Module]] = {
     nn.BatchNorm2d: BatchNorm2d,
     nn.BatchNorm3d: BatchNorm3d,
     nn.LayerNorm: LayerNorm,
+    nn.GroupNorm: GroupNorm,
+    nn.InstanceNorm1d: InstanceNorm1d,
+    nn.InstanceNorm2d: InstanceNorm2d,
+    nn.InstanceNorm3d: InstanceNorm3d,
+    nn.RMSNorm: RMSNorm,
 }
 
 # per-instance containers that must not be shared between the old and the new module
 _OWN_CONTAINERS = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
 
 
-def _replacement(module: nn.Module) -> nn.Module:
-    """A cnorm.torch twin of a torch norm layer: the same Parameter and buffer objects,
-    attributes (training, eps, momentum, ...) and hooks; nothing is allocated."""
-    new = _REPLACEMENTS[type(module)].__new__(_REPLACEMENTS[type(module)])
+def _replacement(module: nn.Module, cls: Type[nn.Module]) -> nn.Module:
+    """A cnorm.torch twin of a norm layer (an instance of ``cls``): the same Parameter and
+    buffer objects, attributes (training, eps, momentum, ...) and hooks; nothing is
+    allocated."""
+    new = cls.__new__(cls)
     state = dict(module.__dict__)
     for name in _OWN_CONTAINERS:
         if name in state:
@@ -237,10 +401,25 @@ def _replacement(module: nn.Module) -> nn.Module:
     return new
 
 
+def _target(module: nn.Module) -> Optional[Type[nn.Module]]:
+    """The class ``module`` converts to: its cnorm.torch twin, that of a registered
+    third-party norm class (:func:`register_norm`), or None."""
+    cls = _REPLACEMENTS.get(type(module))
+    if cls is None:
+        from ._registry import converted_class  # (imports this module)
+
+        cls = converted_class(module)
+    return cls
+
+
 def convert(module: nn.Module) -> nn.Module:
-    """Replace every :class:`torch.nn.BatchNorm1d`/``2d``/``3d`` and
-    :class:`torch.nn.LayerNorm` in ``module`` (exactly those classes; nested modules too)
-    by its :mod:`cnorm.torch` twin, in place, and return ``module``.
+    """Replace every :class:`torch.nn.BatchNorm1d`/``2d``/``3d``,
+    :class:`~torch.nn.LayerNorm`, :class:`~torch.nn.GroupNorm`,
+    :class:`~torch.nn.InstanceNorm1d`/``2d``/``3d`` and :class:`~torch.nn.RMSNorm` in
+    ``module`` (exactly those classes; nested modules too) by its :mod:`cnorm.torch` twin,
+    and every module of a registered third-party norm class (:func:`register_norm`: the
+    transformers norm classes are built in) by its cnorm-backed subclass, in place, and
+    return ``module``.
 
     The twins keep the same :class:`~torch.nn.Parameter` objects (an optimizer built
     before keeps working), buffers, training flag, attributes and hooks. A module that
@@ -256,12 +435,11 @@ def convert(module: nn.Module) -> nn.Module:
     memo: Dict[int, nn.Module] = {}
 
     def swap(m: nn.Module) -> nn.Module:
-        if type(m) in _REPLACEMENTS:
-            key = id(m)
-            if key not in memo:
-                memo[key] = _replacement(m)
-            return memo[key]
-        return m
+        key = id(m)
+        if key not in memo:
+            cls = _target(m)
+            memo[key] = m if cls is None else _replacement(m, cls)
+        return memo[key]
 
     def visit(m: nn.Module, seen: set) -> None:
         if id(m) in seen:

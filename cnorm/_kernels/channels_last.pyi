@@ -1,0 +1,23 @@
+# Type stub of the compiled channels_last.pyx: GroupNorm / InstanceNorm over x viewed as
+# C-contiguous (N, S, C), dims = (N, G, Cg, S); weight, bias: None or C contiguous
+# elements; statistics float64.
+
+from typing import Optional
+
+import numpy as np
+
+_Array = np.ndarray
+_Dims = tuple[int, int, int, int]
+
+def group_norm_forward(
+    x: _Array, dims: _Dims, weight: Optional[_Array], bias: Optional[_Array], eps: float, out_last: bool = ...
+) -> tuple[_Array, _Array, _Array, _Array]: ...
+def group_norm_backward(
+    dy: _Array,
+    x: _Array,
+    dims: _Dims,
+    mean: _Array,
+    rstd: _Array,
+    weight: Optional[_Array],
+    dy_last: bool = ...,
+) -> tuple[_Array, _Array, _Array]: ...

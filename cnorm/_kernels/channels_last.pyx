@@ -1,0 +1,305 @@
+"""Group-norm kernels over channels-last buffers: x as C-contiguous (N, S, C).
+
+GroupNorm / InstanceNorm of an NHWC (NDHWC) input: a (n, group) row is not contiguous
+there but S runs of Cg channels at a stride of C, so the row kernels of row_norm.pyx do
+not apply (BatchNorm does not need this file: channels-last is its (N*S, C) problem).
+
+A work item is one sample n and a block of its groups; the items are cut into one
+contiguous range per thread (several group blocks per sample when there are fewer
+samples than threads, e.g. inference on one image). Within an item every pass walks the
+sample s by s with the channels innermost, i.e. along memory. Statistics are the
+two-pass algorithm in float64 (the sum first, then the corrected sum of squared
+deviations); per-channel sums live in the thread's scratch of 4*C doubles. The weight and
+bias gradients are written per (n, c) and summed over n afterwards, in n order: no races,
+no atomics, the same bits for any thread count.
+
+The gradient (g = dy * w, xhat = (x - mean) * rstd, D = Cg * S values per row):
+    dx = rstd * ((g - mean(g)) - mean(g * xhat) * xhat)
+       = alpha_c * dy + beta_c * (x - mean) + gamma_c
+with alpha_c = rstd * w_c, beta_c = -rstd^3 * sum(g * (x - mean)) / D and
+gamma_c = -rstd * sum(g) / D per (n, c).
+
+grad_output and the output may also be channels-first, (N, C, S) (InstanceNorm returns a
+channels-first output for a channels-last input, as torch does).
+"""
+
+import numpy as np
+
+cimport numpy as cnp
+from libc.math cimport sqrt
+from libc.stdlib cimport calloc, free
+
+from .common cimport (check_array, check_dims, data_or_null, empty_1d, input_typenum,
+                      run_threads, split_start)
+from .openmp cimport n_threads_for
+
+cnp.import_array()
+
+# the fused type of the dtypes, as the other kernel modules use it
+from .simd.loops cimport floating
+
+
+cdef struct Job:            # one call; x: C-contiguous (N, S, C) of the input dtype
+    Py_ssize_t N, G, Cg, S, C
+    Py_ssize_t blocks       # group blocks per sample (items = N * blocks)
+    double eps
+    Py_ssize_t out_s, out_c     # element strides of y / dx: (C, 1) last, (1, S) first
+    Py_ssize_t dy_s, dy_c       # of grad_output
+    void* out               # OUT y (forward) or dx (backward)
+    const void* dy          # IN  grad_output
+    const void* weight      # IN  (C,) or NULL: ones
+    const void* bias        # IN  (C,) or NULL: zeros
+    double* mean            # OUT forward / IN backward (N*G,)
+    double* rstd            # OUT forward / IN backward (N*G,)
+    double* var             # OUT forward (N*G,), biased
+    double* scratch         # per thread 4*C doubles
+    double* part            # OUT backward (2, N, C): per-sample dweight, dbias
+
+
+cdef inline void _strides(Py_ssize_t* s, Py_ssize_t* c, bint last, Py_ssize_t S,
+                          Py_ssize_t C) noexcept:
+    if last:
+        s[0] = C
+        c[0] = 1
+    else:
+        s[0] = 1
+        c[0] = S
+
+
+cdef inline Py_ssize_t _item(const Job* j, Py_ssize_t item, Py_ssize_t* c0,
+                             Py_ssize_t* c1) noexcept nogil:
+    """The sample of a work item (returned) and its channels [c0, c1): whole groups."""
+    cdef int k = <int>j.blocks, b = <int>(item % j.blocks)
+    c0[0] = split_start(j.G, b, k) * j.Cg
+    c1[0] = split_start(j.G, b + 1, k) * j.Cg
+    return item // j.blocks
+
+
+cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept nogil:
+    """Thread t's items: statistics of the item's groups, then y."""
+    cdef const Job* j = <const Job*>job
+    cdef Py_ssize_t N = j.N, G = j.G, Cg = j.Cg, S = j.S, C = j.C, K = j.blocks
+    cdef Py_ssize_t item, n, g, c0, c1, s, c
+    cdef Py_ssize_t os = j.out_s, oc = j.out_c
+    cdef double* acc = j.scratch + 4 * C * t     # per-channel sums
+    cdef double* acc2 = acc + C                   # per-channel squared deviations
+    cdef double* mu = acc + 2 * C                 # per-channel mean of its group
+    cdef double* scale = acc + 3 * C              # per-channel rstd * weight
+    cdef const floating* weight = <const floating*>j.weight
+    cdef const floating* bias = <const floating*>j.bias
+    cdef const floating* xs
+    cdef floating* y
+    cdef double count = <double>(Cg * S), m, sd, ss, v, rs, d
+    for item in range(split_start(N * K, t, n_threads), split_start(N * K, t + 1, n_threads)):
+        n = _item(j, item, &c0, &c1)
+        y = <floating*>j.out + n * S * C
+        for c in range(c0, c1):
+            acc[c] = 0
+            acc2[c] = 0
+        # pass 1: sums, then the group means
+        for s in range(S):
+            xs = x + (n * S + s) * C
+            for c in range(c0, c1):
+                acc[c] += xs[c]
+        for g in range(c0 // Cg, c1 // Cg):
+            m = 0
+            for c in range(g * Cg, (g + 1) * Cg):
+                m += acc[c]
+            m /= count
+            for c in range(g * Cg, (g + 1) * Cg):
+                mu[c] = m
+                acc[c] = 0
+        # pass 2: deviations from the mean (their sum corrects the rounding of the mean)
+        for s in range(S):
+            xs = x + (n * S + s) * C
+            for c in range(c0, c1):
+                d = xs[c] - mu[c]
+                acc[c] += d
+                acc2[c] += d * d
+        for g in range(c0 // Cg, c1 // Cg):
+            sd = 0
+            ss = 0
+            for c in range(g * Cg, (g + 1) * Cg):
+                sd += acc[c]
+                ss += acc2[c]
+            v = (ss - sd * sd / count) / count
+            if not v > 0:
+                v = 0 if v == v else v      # NaN stays NaN
+            rs = 1.0 / sqrt(v + j.eps)
+            j.mean[n * G + g] = mu[g * Cg] + sd / count
+            j.var[n * G + g] = v
+            j.rstd[n * G + g] = rs
+            for c in range(g * Cg, (g + 1) * Cg):
+                mu[c] = j.mean[n * G + g]
+                scale[c] = rs * (weight[c] if weight != NULL else 1.0)
+                acc[c] = bias[c] if bias != NULL else 0.0
+        # pass 3: y = (x - mean) * rstd * w + b
+        for s in range(S):
+            xs = x + (n * S + s) * C
+            for c in range(c0, c1):
+                y[s * os + c * oc] = <floating>((xs[c] - mu[c]) * scale[c] + acc[c])
+
+
+cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept nogil:
+    """Thread t's items: per-channel gradient sums, then dx (always channels-last)."""
+    cdef const Job* j = <const Job*>job
+    cdef const floating* weight = <const floating*>j.weight
+    cdef Py_ssize_t ds = j.dy_s, dc = j.dy_c        # grad_output's strides
+    cdef Py_ssize_t N = j.N, G = j.G, Cg = j.Cg, S = j.S, C = j.C, K = j.blocks
+    cdef Py_ssize_t item, n, g, c0, c1, s, c
+    cdef double* sdy = j.scratch + 4 * C * t      # sum dy, then gamma_c
+    cdef double* sdx = sdy + C                    # sum dy * (x - mean), then beta_c
+    cdef double* mu = sdy + 2 * C
+    cdef double* alpha = sdy + 3 * C
+    cdef const floating* xs
+    cdef const floating* dy
+    cdef floating* dx
+    cdef double D = <double>(Cg * S), rs, w, sum_g, sum_gd, beta, gamma
+    for item in range(split_start(N * K, t, n_threads), split_start(N * K, t + 1, n_threads)):
+        n = _item(j, item, &c0, &c1)
+        dy = <const floating*>j.dy + n * S * C
+        dx = <floating*>j.out + n * S * C
+        for c in range(c0, c1):
+            mu[c] = j.mean[n * G + c // Cg]
+            sdy[c] = 0
+            sdx[c] = 0
+        # pass 1: per-channel sums of dy and dy * (x - mean)
+        for s in range(S):
+            xs = x + (n * S + s) * C
+            for c in range(c0, c1):
+                sdy[c] += dy[s * ds + c * dc]
+                sdx[c] += dy[s * ds + c * dc] * (xs[c] - mu[c])
+        for g in range(c0 // Cg, c1 // Cg):
+            rs = j.rstd[n * G + g]
+            sum_g = 0
+            sum_gd = 0
+            for c in range(g * Cg, (g + 1) * Cg):
+                w = weight[c] if weight != NULL else 1.0
+                j.part[n * C + c] = sdx[c] * rs            # dweight
+                j.part[(N + n) * C + c] = sdy[c]           # dbias
+                sum_g += w * sdy[c]
+                sum_gd += w * sdx[c]
+            beta = -rs * rs * rs * sum_gd / D
+            gamma = -rs * sum_g / D
+            for c in range(g * Cg, (g + 1) * Cg):
+                alpha[c] = rs * (weight[c] if weight != NULL else 1.0)
+                sdx[c] = beta
+                sdy[c] = gamma
+        # pass 2: dx = alpha * dy + beta * (x - mean) + gamma
+        for s in range(S):
+            xs = x + (n * S + s) * C
+            for c in range(c0, c1):
+                dx[s * C + c] = <floating>(alpha[c] * dy[s * ds + c * dc]
+                                           + sdx[c] * (xs[c] - mu[c]) + sdy[c])
+
+
+# ---------------------------------------------------------------------------------------
+# Python entry points: every buffer is checked (type, size, layout) before use
+# ---------------------------------------------------------------------------------------
+
+cdef int _job(Job* j, object x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
+              Py_ssize_t S) except -1:
+    """Sizes, the thread count, the item split and the scratch of a call (x checked)."""
+    cdef int typenum = input_typenum(x, "input")
+    check_array(x, N * G * Cg * S, typenum, False, "input")
+    j.N, j.G, j.Cg, j.S, j.C = N, G, Cg, S, G * Cg
+    cdef int n_threads = n_threads_for(N * G * Cg * S)
+    # fewer samples than threads: cut each sample's groups into blocks too
+    j.blocks = 1 if N >= n_threads else min(G, (n_threads + N - 1) // N)
+    if n_threads > N * j.blocks:
+        n_threads = <int>(N * j.blocks)
+    j.scratch = <double*>calloc(4 * j.C * n_threads + 1, sizeof(double))
+    if j.scratch == NULL:
+        raise MemoryError()
+    return n_threads
+
+
+def group_norm_forward(cnp.ndarray x not None, tuple dims, weight, bias, double eps,
+                       bint out_last=True):
+    """GroupNorm of x, C-contiguous (N, S, C) with dims = (N, G, Cg, S), C = G * Cg,
+    per-channel weight and bias. Returns (y, mean, rstd, var): y (N*S*C,) laid out as
+    (N, S, C) when out_last, else (N, C, S); float64 statistics (N*G,) (var biased).
+    InstanceNorm is G = C, Cg = 1."""
+    cdef Py_ssize_t N = dims[0], G = dims[1], Cg = dims[2], S = dims[3]
+    check_dims(N, G, Cg, S)
+    cdef Job j
+    cdef Py_ssize_t M = N * G
+    cdef cnp.ndarray mean = empty_1d(M, cnp.NPY_DOUBLE), rstd = empty_1d(M, cnp.NPY_DOUBLE)
+    cdef cnp.ndarray var = empty_1d(M, cnp.NPY_DOUBLE)
+    if N * G * Cg * S == 0:     # an empty row has no statistics (torch gives nan)
+        mean.fill(float("nan"))
+        rstd.fill(float("nan"))
+        var.fill(float("nan"))
+        return empty_1d(0, input_typenum(x, "input")), mean, rstd, var
+    cdef int n_threads = _job(&j, x, N, G, Cg, S)
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    try:
+        check_array(weight, j.C, typenum, False, "weight")
+        check_array(bias, j.C, typenum, False, "bias")
+        y = empty_1d(N * S * j.C, typenum)
+        j.eps = eps
+        _strides(&j.out_s, &j.out_c, out_last, S, j.C)
+        j.out = cnp.PyArray_DATA(<cnp.ndarray>y)
+        j.weight = data_or_null(weight)
+        j.bias = data_or_null(bias)
+        j.mean = <double*>cnp.PyArray_DATA(mean)
+        j.rstd = <double*>cnp.PyArray_DATA(rstd)
+        j.var = <double*>cnp.PyArray_DATA(var)
+        with nogil:
+            run_threads(typenum, cnp.PyArray_DATA(x), &j, n_threads,
+                        _forward[float], _forward[double])
+    finally:
+        free(j.scratch)
+    return y, mean, rstd, var
+
+
+def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, tuple dims,
+                        cnp.ndarray mean not None, cnp.ndarray rstd not None, weight,
+                        bint dy_last=True):
+    """GroupNorm backward of x (N, S, C), dims = (N, G, Cg, S); dy laid out as (N, S, C)
+    when dy_last, else (N, C, S). Returns (dx (N*S*C,) laid out as (N, S, C), dweight
+    (C,), dbias (C,)), the last two in float64, summed over the samples in order."""
+    cdef Py_ssize_t N = dims[0], G = dims[1], Cg = dims[2], S = dims[3]
+    check_dims(N, G, Cg, S)
+    cdef Job j
+    cdef Py_ssize_t C = G * Cg
+    if N * G * Cg * S == 0:     # empty rows: zero parameter gradients
+        return empty_1d(0, input_typenum(x, "input")), np.zeros(C), np.zeros(C)
+    cdef int n_threads = _job(&j, x, N, G, Cg, S)
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    try:
+        check_array(dy, N * C * S, typenum, False, "grad_output")
+        check_array(mean, N * G, cnp.NPY_DOUBLE, False, "mean")
+        check_array(rstd, N * G, cnp.NPY_DOUBLE, False, "rstd")
+        check_array(weight, C, typenum, False, "weight")
+        dx = empty_1d(N * S * C, typenum)
+        part = np.empty((2, N, C))
+        _strides(&j.dy_s, &j.dy_c, dy_last, S, C)
+        j.out = cnp.PyArray_DATA(<cnp.ndarray>dx)
+        j.dy = cnp.PyArray_DATA(dy)
+        j.weight = data_or_null(weight)
+        j.mean = <double*>cnp.PyArray_DATA(mean)
+        j.rstd = <double*>cnp.PyArray_DATA(rstd)
+        j.part = <double*>cnp.PyArray_DATA(<cnp.ndarray>part)
+        with nogil:
+            run_threads(typenum, cnp.PyArray_DATA(x), &j, n_threads,
+                        _backward[float], _backward[double])
+    finally:
+        free(j.scratch)
+    dw = empty_1d(C, cnp.NPY_DOUBLE)
+    db = empty_1d(C, cnp.NPY_DOUBLE)
+    with nogil:
+        _sum_samples(j.part, <double*>cnp.PyArray_DATA(<cnp.ndarray>dw), N, C)
+        _sum_samples(j.part + N * C, <double*>cnp.PyArray_DATA(<cnp.ndarray>db), N, C)
+    return dx, dw, db
+
+
+cdef void _sum_samples(const double* part, double* out, Py_ssize_t N,
+                       Py_ssize_t C) noexcept nogil:
+    """out[c] = sum over n of part[n * C + c], in n order (deterministic)."""
+    cdef Py_ssize_t n, c
+    for c in range(C):
+        out[c] = 0
+    for n in range(N):
+        for c in range(C):
+            out[c] += part[n * C + c]
