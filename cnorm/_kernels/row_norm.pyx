@@ -9,11 +9,13 @@ One walk serves four norms:
 * LayerNorm of x + residual: the sum is written once and normalized while in cache.
 
 Each thread owns a contiguous range of rows. A row's statistics are computed while the
-row is in cache (the exact block statistics of common.pxd), then the row is transformed;
-mean and rstd are kept (float64) for backward. The backward pass accumulates the weight
-and bias gradients per thread (in the input precision over ROWS_PER_FLUSH rows, then in
-float64) and reduces the thread buffers in thread order afterwards: no races, no atomics,
-and the same bits on every run for a given thread count. Entry points check every buffer
+row is in cache (the exact block statistics of common.pxd; a float64 row whose squares
+over- or underflowed is redone scaled by a power of two, common.exact_stats), then the
+row is transformed; mean and rstd are kept (float64) for backward. The backward pass
+accumulates the weight and bias gradients per chunk of rows (fixed by the sizes, not by
+the thread count: common.chunk_size; in the input precision over ROWS_PER_FLUSH rows,
+then in float64) and sums the chunk partials in chunk order: no races, no atomics, the
+same bits on every run and for every thread count. Entry points check every buffer
 (common.pxd) and run the row loop of their norm on every thread (common.run_threads).
 
 The input gradient of a row, with xhat = (x - mean) * rstd, y = xhat * w + b and g = dy * w:
@@ -28,9 +30,10 @@ from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
-from .common cimport (BLOCK, STREAM_MIN_RUN, check_array, check_dims, data_or_null, empty_1d,
-                      empty_like, floating, input_typenum, run_threads, segment_stats, split_mean,
-                      split_start, sum_partials, sum_squares)
+from .common cimport (BLOCK, STREAM_MIN_RUN, ExactStats, check_array, check_dims, chunk_size,
+                      data_or_null, empty_1d, empty_like, exact_stats, f64_stats_unsafe, floating,
+                      input_typenum, run_threads, segment_stats, split_mean, split_start,
+                      sum_partials, sum_squares)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, bn_grad_sums, cn_stream_fence, gn_grad_segment, ln_grad_row,
                           ln_grad_sums, ln_grad_sums2, ln_row, residual_add)
@@ -41,6 +44,7 @@ include "simd_control.pxi"
 
 cdef enum:
     ROWS_PER_FLUSH = 32     # rows summed in the input precision before a float64 flush
+    CHUNK_ELEMENTS = 8192   # a backward chunk's least elements (GroupNorm; LayerNorm: x32)
 
 
 # an absent weight reads ones and an absent bias zeros: BLOCK of each, never a row-sized
@@ -80,7 +84,9 @@ cdef struct RowJob:         # one call on x: C-contiguous (M, D) rows of the inp
     const void* bias        # IN  like weight; NULL: zeros
     const void* defaults    # IN  (2, BLOCK) ones, zeros of the input dtype
     Py_ssize_t G, Cg, S     # GroupNorm: row r = (n, g): Cg channels of S elements each
-    double* part            # scratch (n_threads, 2, D or C): dweight, dbias partials
+    Py_ssize_t chunk        # backward: rows per chunk (the last may be short)
+    Py_ssize_t n_chunks
+    double* part            # scratch (n_chunks, 2, D or C): dweight, dbias partials
     void* tmp               # scratch (n_threads, 2, D) of the input dtype (LayerNorm)
 
 
@@ -88,15 +94,36 @@ cdef inline bint _use_stream(Py_ssize_t n_elements, Py_ssize_t run, size_t items
     return n_elements * <Py_ssize_t>itemsize >= cn_stream_min_bytes and run >= STREAM_MIN_RUN
 
 
-cdef inline double _row_stats(const floating* xr, Py_ssize_t D, bint center,
-                              double* mean) noexcept nogil:
-    """Mean (0 when not centering) and biased variance (mean of squares) of one row."""
+cdef inline bint _row_stats(const floating* xr, Py_ssize_t D, bint center, double eps,
+                            double* mean, double* var, double* rstd,
+                            ExactStats* st) noexcept nogil:
+    """Mean (0 when not centering), biased variance (mean of squares) and
+    1 / sqrt(var + eps) of one row. True when the row is to be normalized as x * st.scale
+    with st.mean_s, st.rstd_s: a float64 row whose squares over- or underflowed is redone
+    exactly (common.exact_stats)."""
     cdef double count = 0, m2 = 0
     mean[0] = 0
     if center:
         segment_stats(xr, D, &count, mean, &m2)
-        return m2 / D
-    return sum_squares(xr, D) / D
+        var[0] = m2 / D
+    else:
+        var[0] = sum_squares(xr, D) / D
+    rstd[0] = 1.0 / sqrt(var[0] + eps)
+    if floating is double:
+        if f64_stats_unsafe(var[0]):
+            st[0] = exact_stats(xr, 1, D, D, center, eps, mean[0], var[0])
+            mean[0] = st.mean
+            var[0] = st.var
+            rstd[0] = st.rstd
+            return st.scale != 1
+    return False
+
+
+cdef inline void _scaled_copy(floating* tmp, const floating* x, Py_ssize_t n,
+                              double scale) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        tmp[i] = <floating>(x[i] * scale)
 
 
 # ---------------------------------------------------------------------------------------
@@ -117,37 +144,61 @@ cdef void _layer_norm_forward_rows(const floating* x, void* job, int t,
     cdef const floating* defaults = <const floating*>j.defaults
     cdef double* mean = j.mean
     cdef double* rstd = j.rstd
-    cdef double mu, rs, eps = j.eps
-    cdef bint center = j.center, stream = j.stream
+    cdef double mu, v, rs, eps = j.eps
+    cdef bint center = j.center, stream = j.stream, scaled
     cdef floating hi, lo
+    cdef floating tmp[BLOCK]
     cdef const floating* xr
+    cdef const floating* xb
+    cdef ExactStats st
     for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
         xr = x + r * D
         if res != NULL:     # the sum stays in cache for the statistics: no streaming here
             residual_add(s + r * D, xr, res + r * D, D, False)
             xr = s + r * D
-        rs = 1.0 / sqrt(_row_stats(xr, D, center, &mu) + eps)
+        scaled = _row_stats(xr, D, center, eps, &mu, &v, &rs, &st)
         mean[r] = mu
         rstd[r] = rs
+        if scaled:          # normalize x * st.scale: its statistics are representable
+            mu = st.mean_s
+            rs = st.rstd_s
         split_mean(mu, &hi, &lo)
         for k_b in range((D + BLOCK - 1) // BLOCK):     # absent params: BLOCK-sized defaults
             b = k_b * BLOCK
             len_b = D - b if D - b < BLOCK else BLOCK
-            ln_row(y + r * D + b, xr + b, weight + b if weight != NULL else defaults,
+            xb = xr + b
+            if scaled:
+                _scaled_copy(tmp, xb, len_b, st.scale)
+                xb = tmp
+            ln_row(y + r * D + b, xb, weight + b if weight != NULL else defaults,
                    bias + b if bias != NULL else defaults + BLOCK, len_b, hi, lo,
-                   <floating>rs, stream)
+                   <floating>rs, stream and not scaled)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
 
 
 cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
                                     int n_threads) noexcept nogil:
-    """Thread t's rows of the LayerNorm backward (RMSNorm: j.mean is NULL), g = dy * w:
+    """Thread t's chunks of rows of the LayerNorm backward (RMSNorm: j.mean is NULL),
+    g = dy * w:
         dx = rstd * ((g - mean(g)) - mean(g * xhat) * xhat)      (RMSNorm: no mean(g))
-    and its partials of dweight = sum over rows of dy * xhat, dbias = sum of dy."""
+    and each chunk's partials of dweight = sum over rows of dy * xhat, dbias = sum of dy."""
     cdef const RowJob* j = <const RowJob*>job
+    cdef Py_ssize_t k, i
+    cdef floating* tw = <floating*>j.tmp + 2 * j.D * t    # zero again after every flush
+    for i in range(2 * j.D):
+        tw[i] = 0
+    for k in range(split_start(j.n_chunks, t, n_threads), split_start(j.n_chunks, t + 1, n_threads)):
+        _layer_norm_backward_chunk(x, j, k, t)
+    if j.stream:     # once per thread, after all its streamed stores
+        cn_stream_fence()
+
+
+cdef void _layer_norm_backward_chunk(const floating* x, const RowJob* j, Py_ssize_t k,
+                                     int t) noexcept nogil:
+    """Chunk k of _layer_norm_backward_rows, on thread t (whose scratch it uses)."""
     cdef Py_ssize_t D = j.D, r, i, b, len_b, k_b, q, n_rows
-    cdef Py_ssize_t r0 = split_start(j.M, t, n_threads), r1 = split_start(j.M, t + 1, n_threads)
+    cdef Py_ssize_t r0 = k * j.chunk, r1 = min(r0 + j.chunk, j.M)
     cdef floating* dx = <floating*>j.out
     cdef const floating* dy = <const floating*>j.dy
     cdef const floating* weight = <const floating*>j.weight
@@ -155,8 +206,9 @@ cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
     cdef const double* mean = j.mean
     cdef const double* rstd_64 = j.rstd
     cdef bint stream = j.stream
-    cdef double* dweight = j.part + 2 * D * t       # float64 partials of this thread
+    cdef double* dweight = j.part + 2 * D * k       # float64 partials of this chunk
     cdef double* dbias = dweight + D
+    cdef bint first = True
     cdef floating* tw = <floating*>j.tmp + 2 * D * t    # input-precision partials
     cdef floating* tb = tw + D
     cdef floating hi[2]
@@ -168,11 +220,6 @@ cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
     cdef double s_gd[2]
     cdef floating mean_g, mean_gxhat
     cdef const floating* wb
-    for i in range(D):
-        dweight[i] = 0
-        dbias[i] = 0
-        tw[i] = 0
-        tb[i] = 0
     r = r0
     while r < r1:
         n_rows = 2 if r + 1 < r1 else 1          # two rows share the dweight/dbias updates
@@ -209,12 +256,11 @@ cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
         r += n_rows
         if (r - r0) % ROWS_PER_FLUSH == 0 or r == r1:
             for i in range(D):
-                dweight[i] += tw[i]
-                dbias[i] += tb[i]
+                dweight[i] = tw[i] if first else dweight[i] + tw[i]
+                dbias[i] = tb[i] if first else dbias[i] + tb[i]
                 tw[i] = 0
                 tb[i] = 0
-    if stream:       # once per thread, after all its streamed stores
-        cn_stream_fence()
+            first = False
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,44 +278,62 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
     cdef double* mean = j.mean
     cdef double* rstd = j.rstd
     cdef double* var = j.var
+    cdef Py_ssize_t o, b, len_b, k_b
     cdef double mu, v, rs, eps = j.eps
-    cdef bint stream = j.stream
-    cdef floating hi, lo
+    cdef bint stream = j.stream, scaled
+    cdef floating hi, lo, w, bi
+    cdef floating tmp[BLOCK]
+    cdef ExactStats st
     for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
-        v = _row_stats(x + r * D, D, True, &mu)
-        rs = 1.0 / sqrt(v + eps)
+        scaled = _row_stats(x + r * D, D, True, eps, &mu, &v, &rs, &st)
         mean[r] = mu
         rstd[r] = rs
         var[r] = v
+        if scaled:          # normalize x * st.scale: its statistics are representable
+            mu = st.mean_s
+            rs = st.rstd_s
         split_mean(mu, &hi, &lo)
         c = (r % G) * Cg
         for i in range(Cg):
-            affine(y + r * D + i * S, x + r * D + i * S, S, hi, lo,
-                   <floating>(rs * (weight[c + i] if weight != NULL else 1.0)),
-                   bias[c + i] if bias != NULL else 0, stream, False)
+            o = r * D + i * S
+            w = <floating>(rs * (weight[c + i] if weight != NULL else 1.0))
+            bi = bias[c + i] if bias != NULL else 0
+            if not scaled:
+                affine(y + o, x + o, S, hi, lo, w, bi, stream, False)
+                continue
+            for k_b in range((S + BLOCK - 1) // BLOCK):
+                b = k_b * BLOCK
+                len_b = S - b if S - b < BLOCK else BLOCK
+                _scaled_copy(tmp, x + o + b, len_b, st.scale)
+                affine(y + o + b, tmp, len_b, hi, lo, w, bi, False, False)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
 
 
 cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
                                     int n_threads) noexcept nogil:
-    """Thread t's rows (n, g) of the GroupNorm backward, g = dy * weight[c] per channel:
+    """Thread t's chunks of rows (n, g) of the GroupNorm backward, g = dy * weight[c] per
+    channel:
         dx = rstd * ((g - mean(g)) - mean(g * xhat) * xhat)   over the row's segments,
-    and its partials of dweight[c] = sum of dy * xhat, dbias[c] = sum of dy."""
+    and each chunk's partials of dweight[c] = sum of dy * xhat, dbias[c] = sum of dy."""
     cdef const RowJob* j = <const RowJob*>job
     cdef Py_ssize_t G = j.G, Cg = j.Cg, S = j.S, C = j.G * j.Cg, D = j.Cg * j.S
-    cdef Py_ssize_t r, i, c, b, len_b, k_b, o
+    cdef Py_ssize_t r, i, c, b, len_b, k_b, o, k
     cdef floating* dx = <floating*>j.out
     cdef const floating* dy = <const floating*>j.dy
     cdef const floating* weight = <const floating*>j.weight
-    cdef double* dweight = j.part + 2 * C * t
-    cdef double* dbias = dweight + C
+    cdef double* dweight
+    cdef double* dbias
     cdef const double* mean = j.mean
     cdef const double* rstd = j.rstd
     cdef bint stream = j.stream
     cdef double rs, w, sum_g, sum_gd, seg_g, seg_gd, s1, s2
     cdef floating hi, lo
-    for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
+    for r in range(split_start(j.n_chunks, t, n_threads) * j.chunk,
+                   min(split_start(j.n_chunks, t + 1, n_threads) * j.chunk, j.M)):
+        k = r // j.chunk
+        dweight = j.part + 2 * C * k        # the partials of this row's chunk
+        dbias = dweight + C
         split_mean(mean[r], &hi, &lo)
         rs = rstd[r]
         c = (r % G) * Cg
@@ -403,11 +467,15 @@ cdef tuple _backward_job(RowJob* j, cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M,
     cdef cnp.ndarray db = empty_1d(D, typenum) if with_bias else None
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(x)
     _start(j, x, typenum, M, D, 2 * M * D)
-    # per thread: the dweight, dbias partials (float64) then two input-precision rows
-    j.part = <double*>malloc(j.n_threads * D * 2 * (sizeof(double) + itemsize) + 1)
+    j.chunk = chunk_size(M, D, ROWS_PER_FLUSH * 1024, 2)     # rows in pairs,
+    if j.chunk > ROWS_PER_FLUSH:                                # or whole flush groups
+        j.chunk = chunk_size(M, D, ROWS_PER_FLUSH * 1024, ROWS_PER_FLUSH)
+    j.n_chunks = (M + j.chunk - 1) // j.chunk
+    # per chunk the dweight, dbias partials (float64), then per thread two input-precision rows
+    j.part = <double*>malloc(D * 2 * (j.n_chunks * sizeof(double) + j.n_threads * itemsize) + 1)
     if j.part == NULL:
         raise MemoryError()
-    j.tmp = <char*>j.part + j.n_threads * D * 2 * sizeof(double)
+    j.tmp = <char*>j.part + j.n_chunks * D * 2 * sizeof(double)
     j.stream = _use_stream(M * D, D, itemsize)
     j.out = cnp.PyArray_DATA(dx)
     j.dy = cnp.PyArray_DATA(dy)
@@ -418,8 +486,8 @@ cdef tuple _backward_job(RowJob* j, cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M,
 
 
 cdef void _finish_backward(RowJob* j, cnp.ndarray dw, db) noexcept:
-    """dweight (and dbias) <- the thread partials summed in thread order; frees them."""
-    sum_partials(j.typenum, cnp.PyArray_DATA(dw), data_or_null(db), j.part, j.D, j.n_threads,
+    """dweight (and dbias) <- the chunk partials summed in chunk order; frees them."""
+    sum_partials(j.typenum, cnp.PyArray_DATA(dw), data_or_null(db), j.part, j.D, j.n_chunks,
                  2 * j.D)
     free(j.part)
 
@@ -514,7 +582,9 @@ def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
         db.fill(0)
         return dx, dw, db
     _group_job(&j, x, typenum, N, G, Cg, S, 2)
-    j.part = <double*>calloc(j.n_threads * 2 * C + 1, sizeof(double))    # dweight, dbias
+    j.chunk = chunk_size(N * G, Cg * S, CHUNK_ELEMENTS, 1)
+    j.n_chunks = (N * G + j.chunk - 1) // j.chunk
+    j.part = <double*>calloc(j.n_chunks * 2 * C + 1, sizeof(double))    # dweight, dbias
     if j.part == NULL:
         raise MemoryError()
     j.out = cnp.PyArray_DATA(dx)
@@ -525,7 +595,7 @@ def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
     with nogil:
         run_threads(j.typenum, j.x, &j, j.n_threads,
                     _group_norm_backward_rows[float], _group_norm_backward_rows[double])
-    sum_partials(typenum, cnp.PyArray_DATA(dw), cnp.PyArray_DATA(db), j.part, C, j.n_threads,
+    sum_partials(typenum, cnp.PyArray_DATA(dw), cnp.PyArray_DATA(db), j.part, C, j.n_chunks,
                  2 * C)
     free(j.part)
     return dx, dw, db
