@@ -542,3 +542,47 @@ def test_statistics_near_float64_max(kind):
         y, ref["y"] = y.T, ref["y"][:, :, 0].T
     got = {"y": y, "rstd": rstd} if mean is None else {"y": y, "mean": mean, "rstd": rstd}
     compare(got, ref, sc, f"{kind} at 2^1018")
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "batch_norm_NC", "batch_norm_NCS", "group_norm"])
+def test_deviations_beyond_float64_max(kind):
+    """Values of both signs up to 1.9 * 2**1023: x - mean itself overflows float64 (the
+    normalized output is still O(1) and must be right)."""
+    rng = np.random.default_rng(13)
+    u = rng.uniform(-1.0, 1.0, (4, 300))
+    u[:, 0], u[:, 1] = 1.9, -1.9
+    x, u = scaled(u, 1023)
+    ref = ref_layer_norm(u, np.zeros_like(u), 0.0, np.ones(300), np.zeros(300))["y"]
+    eps = TINY
+    if kind == "layer_norm":
+        y = F.layer_norm(x, (300,), eps=eps)
+    elif kind == "group_norm":
+        y = F.group_norm(x.reshape(4, 2, 150), 1, eps=eps).reshape(4, 300)
+    elif kind == "batch_norm_NC":
+        y = F.batch_norm(np.ascontiguousarray(x.T), None, None, training=True, eps=eps).T
+    else:  # 40 channels: the by-channel split; each channel = one row of u
+        xs = np.ascontiguousarray(np.tile(x, (10, 1)).reshape(1, 40, 300))
+        y = F.batch_norm(xs, None, None, training=True, eps=eps).reshape(40, 300)[:4]
+    compare({"y": y}, {"y": ref}, Scale("2^1023", 1023), f"{kind} at 2^1023")
+
+
+@pytest.mark.parametrize("rows", ["zeros", "constant", "nan", "inf"])
+def test_plain_results_kept(rows):
+    """Rows that look out of range to the cheap check (zero variance, NaN, Inf) keep the
+    plain results: zeros and constants give y = bias, rstd = 1/sqrt(eps); a NaN or Inf
+    spoils its own row only."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((3, 700))
+    x[1] = {"zeros": 0.0, "constant": 3.0, "nan": 0.5, "inf": 0.5}[rows]
+    if rows in ("nan", "inf"):
+        x[1, 5] = np.nan if rows == "nan" else np.inf
+    b = np.linspace(-1, 1, 700)
+    y, mean, rstd = F.native_layer_norm(x, (700,), None, b, 1e-5)
+    fine = [0, 2]
+    ref = ref_layer_norm(x[fine], np.zeros((2, 700)), 1e-5, np.ones(700), b)
+    np.testing.assert_allclose(y[fine], ref["y"], rtol=1e-12, atol=1e-12)
+    if rows in ("zeros", "constant"):
+        np.testing.assert_array_equal(y[1], b)
+        assert mean[1] == x[1, 0] and rstd[1] == 1.0 / math.sqrt(1e-5)
+    else:
+        assert np.isnan(y[1]).all() and np.isnan(mean[1])

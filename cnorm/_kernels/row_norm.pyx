@@ -94,29 +94,34 @@ cdef inline bint _use_stream(Py_ssize_t n_elements, Py_ssize_t run, size_t items
     return n_elements * <Py_ssize_t>itemsize >= cn_stream_min_bytes and run >= STREAM_MIN_RUN
 
 
-cdef inline bint _row_stats(const floating* xr, Py_ssize_t D, bint center, double eps,
-                            double* mean, double* var, double* rstd,
-                            ExactStats* st) noexcept nogil:
-    """Mean (0 when not centering), biased variance (mean of squares) and
-    1 / sqrt(var + eps) of one row. True when the row is to be normalized as x * st.scale
-    with st.mean_s, st.rstd_s: a float64 row whose squares over- or underflowed is redone
-    exactly (common.exact_stats)."""
-    cdef double count = 0, m2 = 0
-    mean[0] = 0
+cdef inline double _row_stats(const floating* xr, Py_ssize_t D, bint center, double eps,
+                              double* mean, double* rstd, double* var, floating* hi,
+                              floating* lo, double* rs) noexcept nogil:
+    """Mean (0 when not centering), 1 / sqrt(var + eps) and (var not NULL) the biased
+    variance (mean of squares) of one row; and what to normalize it with: hi + lo = the
+    mean, and rs, of x times the power of two returned. That is 1 but for a float64 row
+    whose squares over- or underflowed, redone exactly (common.exact_stats)."""
+    cdef double count = 0, m2 = 0, mu = 0, v
+    cdef ExactStats st
     if center:
-        segment_stats(xr, D, &count, mean, &m2)
-        var[0] = m2 / D
+        segment_stats(xr, D, &count, &mu, &m2)
+        v = m2 / D
     else:
-        var[0] = sum_squares(xr, D) / D
-    rstd[0] = 1.0 / sqrt(var[0] + eps)
+        v = sum_squares(xr, D) / D
+    st.mean = mu
+    st.var = v
+    st.rstd = 1.0 / sqrt(v + eps)
+    st.scale = 1
     if floating is double:
-        if f64_stats_unsafe(var[0]):
-            st[0] = exact_stats(xr, 1, D, D, center, eps, mean[0], var[0])
-            mean[0] = st.mean
-            var[0] = st.var
-            rstd[0] = st.rstd
-            return st.scale != 1
-    return False
+        if f64_stats_unsafe(v):
+            st = exact_stats(xr, 1, D, D, center, eps, mu, v)
+    mean[0] = st.mean
+    rstd[0] = st.rstd
+    if var != NULL:
+        var[0] = st.var
+    split_mean(st.mean if st.scale == 1 else st.mean_s, hi, lo)
+    rs[0] = st.rstd if st.scale == 1 else st.rstd_s
+    return st.scale
 
 
 cdef inline void _scaled_copy(floating* tmp, const floating* x, Py_ssize_t n,
@@ -144,35 +149,28 @@ cdef void _layer_norm_forward_rows(const floating* x, void* job, int t,
     cdef const floating* defaults = <const floating*>j.defaults
     cdef double* mean = j.mean
     cdef double* rstd = j.rstd
-    cdef double mu, v, rs, eps = j.eps
-    cdef bint center = j.center, stream = j.stream, scaled
+    cdef double rs, scale, eps = j.eps
+    cdef bint center = j.center, stream = j.stream
     cdef floating hi, lo
     cdef floating tmp[BLOCK]
     cdef const floating* xr
     cdef const floating* xb
-    cdef ExactStats st
     for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
         xr = x + r * D
         if res != NULL:     # the sum stays in cache for the statistics: no streaming here
             residual_add(s + r * D, xr, res + r * D, D, False)
             xr = s + r * D
-        scaled = _row_stats(xr, D, center, eps, &mu, &v, &rs, &st)
-        mean[r] = mu
-        rstd[r] = rs
-        if scaled:          # normalize x * st.scale: its statistics are representable
-            mu = st.mean_s
-            rs = st.rstd_s
-        split_mean(mu, &hi, &lo)
+        scale = _row_stats(xr, D, center, eps, &mean[r], &rstd[r], NULL, &hi, &lo, &rs)
         for k_b in range((D + BLOCK - 1) // BLOCK):     # absent params: BLOCK-sized defaults
             b = k_b * BLOCK
             len_b = D - b if D - b < BLOCK else BLOCK
             xb = xr + b
-            if scaled:
-                _scaled_copy(tmp, xb, len_b, st.scale)
+            if scale != 1:  # normalize x * scale: its statistics are representable
+                _scaled_copy(tmp, xb, len_b, scale)
                 xb = tmp
             ln_row(y + r * D + b, xb, weight + b if weight != NULL else defaults,
                    bias + b if bias != NULL else defaults + BLOCK, len_b, hi, lo,
-                   <floating>rs, stream and not scaled)
+                   <floating>rs, stream and scale == 1)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
 
@@ -279,32 +277,24 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
     cdef double* rstd = j.rstd
     cdef double* var = j.var
     cdef Py_ssize_t o, b, len_b, k_b
-    cdef double mu, v, rs, eps = j.eps
-    cdef bint stream = j.stream, scaled
+    cdef double rs, scale, eps = j.eps
+    cdef bint stream = j.stream
     cdef floating hi, lo, w, bi
     cdef floating tmp[BLOCK]
-    cdef ExactStats st
     for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
-        scaled = _row_stats(x + r * D, D, True, eps, &mu, &v, &rs, &st)
-        mean[r] = mu
-        rstd[r] = rs
-        var[r] = v
-        if scaled:          # normalize x * st.scale: its statistics are representable
-            mu = st.mean_s
-            rs = st.rstd_s
-        split_mean(mu, &hi, &lo)
+        scale = _row_stats(x + r * D, D, True, eps, &mean[r], &rstd[r], &var[r], &hi, &lo, &rs)
         c = (r % G) * Cg
         for i in range(Cg):
             o = r * D + i * S
             w = <floating>(rs * (weight[c + i] if weight != NULL else 1.0))
             bi = bias[c + i] if bias != NULL else 0
-            if not scaled:
+            if scale == 1:
                 affine(y + o, x + o, S, hi, lo, w, bi, stream, False)
                 continue
             for k_b in range((S + BLOCK - 1) // BLOCK):
                 b = k_b * BLOCK
                 len_b = S - b if S - b < BLOCK else BLOCK
-                _scaled_copy(tmp, x + o + b, len_b, st.scale)
+                _scaled_copy(tmp, x + o + b, len_b, scale)  # x * scale, as above
                 affine(y + o + b, tmp, len_b, hi, lo, w, bi, False, False)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
@@ -485,8 +475,12 @@ cdef tuple _backward_job(RowJob* j, cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M,
     return dx, dw, db
 
 
-cdef void _finish_backward(RowJob* j, cnp.ndarray dw, db) noexcept:
-    """dweight (and dbias) <- the chunk partials summed in chunk order; frees them."""
+cdef void _run_backward(RowJob* j, cnp.ndarray dw, db) noexcept:
+    """The backward of j on its threads, then dweight (and dbias) <- the chunk partials
+    summed in chunk order; frees them."""
+    with nogil:
+        run_threads(j.typenum, j.x, j, j.n_threads,
+                    _layer_norm_backward_rows[float], _layer_norm_backward_rows[double])
     sum_partials(j.typenum, cnp.PyArray_DATA(dw), data_or_null(db), j.part, j.D, j.n_chunks,
                  2 * j.D)
     free(j.part)
@@ -498,10 +492,7 @@ def layer_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
     """LayerNorm backward. Returns (dx like x, dweight (D,), dbias (D,)) in the input dtype."""
     cdef RowJob j
     dx, dw, db = _backward_job(&j, dy, x, M, D, mean, rstd, weight, True)
-    with nogil:
-        run_threads(j.typenum, j.x, &j, j.n_threads,
-                    _layer_norm_backward_rows[float], _layer_norm_backward_rows[double])
-    _finish_backward(&j, dw, db)
+    _run_backward(&j, dw, db)
     return dx, dw, db
 
 
@@ -510,10 +501,7 @@ def rms_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_
     """RMSNorm backward. Returns (dx like x, dweight (D,)) in the input dtype."""
     cdef RowJob j
     dx, dw, _ = _backward_job(&j, dy, x, M, D, None, rrms, weight, False)
-    with nogil:
-        run_threads(j.typenum, j.x, &j, j.n_threads,
-                    _layer_norm_backward_rows[float], _layer_norm_backward_rows[double])
-    _finish_backward(&j, dw, None)
+    _run_backward(&j, dw, None)
     return dx, dw
 
 
