@@ -586,3 +586,51 @@ def test_plain_results_kept(rows):
         assert mean[1] == x[1, 0] and rstd[1] == 1.0 / math.sqrt(1e-5)
     else:
         assert np.isnan(y[1]).all() and np.isnan(mean[1])
+
+
+@pytest.mark.parametrize(
+    "kind", ["layer_norm", "rms_norm", "group_norm", "batch_norm_NC", "batch_norm_NCS", "batch_norm_relu"]
+)
+def test_backward_near_float64_max(kind):
+    """|x| ~ 2**1018 with dy ~ 100: sum(dy * (x - mean)) overflows float64, the gradients
+    (of order dy * rstd) do not."""
+    sc = Scale("2^1018", 1018)
+    rng = np.random.default_rng(15)
+    u = rng.uniform(0.5, 1.5, (4, 4096))
+    dy = rng.standard_normal(u.shape) * 100
+    x, u = scaled(u, sc.k)
+    got, ones, zeros = {}, np.ones(4096), np.zeros(4096)
+    if kind == "layer_norm":
+        _, mean, rstd = F.native_layer_norm(x, (4096,), None, None, 1e-5)
+        got["dx"], got["dw"], got["db"] = F.layer_norm_backward(dy, x, (4096,), mean, rstd, ones)
+        ref = ref_layer_norm(u, dy, 0.0, ones, zeros)
+    elif kind == "rms_norm":
+        _, rrms = F.native_rms_norm(x, (4096,), None, 1e-5)
+        got["dx"], got["dw"] = F.rms_norm_backward(dy, x, (4096,), rrms, ones)
+        ref = ref_layer_norm(u, dy, 0.0, ones, None, rms=True)
+    elif kind == "group_norm":
+        x3, d3 = x.reshape(4, 4, 1024), dy.reshape(4, 4, 1024)
+        _, mean, rstd = F.native_group_norm(x3, 2, None, None, 1e-5)
+        got["dx"], got["dw"], got["db"] = F.group_norm_backward(d3, x3, 2, mean, rstd, np.ones(4))
+        ref = ref_group_norm(u.reshape(4, 4, 1024), d3, 0.0, np.ones(4), np.zeros(4), 2)
+    else:  # channel c holds row c of u: (4096, 4, 1); (64, 40, 64) split by channel; (1, 4, 4096)
+
+        def to_nchw(a):
+            if kind == "batch_norm_NC":
+                return np.ascontiguousarray(a.T[:, :, None])
+            if kind == "batch_norm_NCS":
+                return np.ascontiguousarray(np.tile(a, (10, 1)).reshape(40, 64, 64).transpose(1, 0, 2))
+            return a.reshape(1, 4, 4096)
+
+        xb, ub, dyb = to_nchw(x), to_nchw(u), to_nchw(dy)
+        c, relu = xb.shape[1], kind == "batch_norm_relu"
+        fwd = F.native_batch_norm_relu if relu else F.native_batch_norm
+        y, mean, invstd = fwd(xb, None, None, None, None, True, 0.1, 1e-5)
+        w = np.ones(c)
+        if relu:
+            grads = F.batch_norm_relu_backward(dyb, xb, w, mean, invstd, True, y)
+        else:
+            grads = F.batch_norm_backward(dyb, xb, w, mean, invstd, True)
+        got = dict(zip(("dx", "dw", "db"), grads))
+        ref = ref_batch_norm(ub, dyb, 0.0, w, np.zeros(c), relu)
+    compare(got, ref, sc, f"{kind} backward at 2^1018")

@@ -37,8 +37,9 @@ from libc.string cimport memset
 
 from .common cimport (BLOCK, ExactStats, call_typed, chan_merge, check_array, check_dims,
                       chunk_size, data_or_null, empty_1d, empty_like, exact_stats,
-                      f64_stats_unsafe, floating, input_typenum, parallel, segment_stats,
-                      split_mean, split_start, sum_partials, two_pass_f64)
+                      f64_stats_unsafe, finite, floating, input_typenum, parallel, scaled_copy,
+                      segment_stats, split_mean, split_start, sum_g_xhat, sum_partials,
+                      two_pass_f64)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_cols,
                           bn_grad_cols4, bn_grad_sums, bn_grad_sums_cols, cn_f32_sums_unsafe,
@@ -124,8 +125,7 @@ cdef void _normalize_scaled(double* y, const double* x, const Job* j, Py_ssize_t
         for k_b in range((seg.stop - seg.start + BLOCK - 1) // BLOCK):
             b = seg.start + k_b * BLOCK
             len_b = min(seg.stop - b, BLOCK)
-            for i in range(len_b):
-                tmp[i] = x[b + i] * f
+            scaled_copy(tmp, x + b, len_b, f)
             affine(y + b, tmp, len_b, hi[c], lo[c], scale[c], beta[c], False, j.relu)
         next_segment(&seg, n1, C, S)
 
@@ -223,6 +223,8 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
         sum_partials(cnp.NPY_DOUBLE, j.sum_dy, sum_dy_xhat, j.part, C, j.n_parts, 2 * C)
         for c in range(C):
             sum_dy_xhat[c] *= istd[c]       # sum(dy * (x - mean)) * invstd
+            if not finite(sum_dy_xhat[c]):  # |x - mean| near DBL_MAX: from O(1) terms
+                sum_dy_xhat[c] = _channel_sum_g_xhat(x, j, c)
     if j.in_sum_dy == NULL:
         j.in_sum_dy = j.sum_dy
         j.in_sum_dy_xhat = j.sum_dy_xhat

@@ -181,6 +181,17 @@ cdef inline void _grad_sums_run(double* part, const floating* dy, const floating
         part[C + c] += sum_gd
 
 
+cdef double _channel_sum_g_xhat(const floating* x, const Job* j, Py_ssize_t c) noexcept nogil:
+    """sum(g * xhat) of channel c from O(1) terms (common.sum_g_xhat), row after row."""
+    cdef Py_ssize_t n, o
+    cdef double s = 0
+    for n in range(j.N):
+        o = (n * j.C + c) * j.S
+        s += sum_g_xhat(<const floating*>j.dy + o, x + o, NULL, offset(<const floating*>j.ym, o),
+                        j.S, (<const floating*>j.grad.hi)[c], (<const floating*>j.grad.lo)[c],
+                        j.invstd[c])
+    return s
+
 cdef void _chunks(Job* j) noexcept:
     """How the reductions of j cut the work (Job): from the sizes alone."""
     cdef Py_ssize_t N = j.N, C = j.C, S = j.S

@@ -349,6 +349,14 @@ cdef inline void scaled_stats(const double* x, Py_ssize_t nrows, Py_ssize_t row_
     var[0] = m2 / count if count > 0 else 0.0
 
 
+cdef inline void scaled_copy(floating* out, const floating* x, Py_ssize_t n,
+                             double scale) noexcept nogil:
+    """out[i] = x[i] * scale: a block of x to be normalized with ExactStats.scale."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        out[i] = <floating>(x[i] * scale)
+
+
 cdef inline ExactStats exact_stats(const double* x, Py_ssize_t nrows, Py_ssize_t row_len,
                                    Py_ssize_t row_stride, bint center, double eps,
                                    double mean, double var) noexcept nogil:
@@ -384,3 +392,25 @@ cdef inline ExactStats exact_stats(const double* x, Py_ssize_t nrows, Py_ssize_t
     if amax < ldexp(1.0, 1022) and st.rstd >= DBL_MIN and st.rstd <= DBL_MAX:
         st.scale = 1
     return st
+
+
+cdef inline double sum_g_xhat(const floating* dy, const floating* x, const floating* w,
+                              const floating* ym, Py_ssize_t n, floating hi, floating lo,
+                              double rs) noexcept nogil:
+    """sum(g * xhat) in float64, xhat = ((x - hi) - lo) * rs, g = dy (times w[i] when w;
+    0 where not ym > 0 when ym): the slow path for a backward sum of g * (x - mean) that
+    overflowed (|x - mean| near DBL_MAX), formed from O(1) terms instead."""
+    cdef Py_ssize_t i
+    cdef double s = 0, g
+    cdef floating d
+    for i in range(n):
+        g = dy[i] if ym == NULL or ym[i] > 0 else 0
+        if w != NULL:
+            g *= w[i]
+        d = (x[i] - hi) - lo
+        s += g * (d * rs)
+    return s
+
+
+cdef inline bint finite(double v) noexcept nogil:
+    return fabs(v) <= DBL_MAX

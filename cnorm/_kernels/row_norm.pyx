@@ -31,9 +31,9 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from .common cimport (BLOCK, STREAM_MIN_RUN, ExactStats, check_array, check_dims, chunk_size,
-                      data_or_null, empty_1d, empty_like, exact_stats, f64_stats_unsafe, floating,
-                      input_typenum, run_threads, segment_stats, split_mean, split_start,
-                      sum_partials, sum_squares)
+                      data_or_null, empty_1d, empty_like, exact_stats, f64_stats_unsafe, finite,
+                      floating, input_typenum, run_threads, scaled_copy, segment_stats, split_mean,
+                      split_start, sum_g_xhat, sum_partials, sum_squares)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, bn_grad_sums, cn_stream_fence, gn_grad_segment, ln_grad_row,
                           ln_grad_sums, ln_grad_sums2, ln_row, residual_add)
@@ -124,13 +124,6 @@ cdef inline double _row_stats(const floating* xr, Py_ssize_t D, bint center, dou
     return st.scale
 
 
-cdef inline void _scaled_copy(floating* tmp, const floating* x, Py_ssize_t n,
-                              double scale) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        tmp[i] = <floating>(x[i] * scale)
-
-
 # ---------------------------------------------------------------------------------------
 # LayerNorm / RMSNorm / add + LayerNorm
 # ---------------------------------------------------------------------------------------
@@ -166,7 +159,7 @@ cdef void _layer_norm_forward_rows(const floating* x, void* job, int t,
             len_b = D - b if D - b < BLOCK else BLOCK
             xb = xr + b
             if scale != 1:  # normalize x * scale: its statistics are representable
-                _scaled_copy(tmp, xb, len_b, scale)
+                scaled_copy(tmp, xb, len_b, scale)
                 xb = tmp
             ln_row(y + r * D + b, xb, weight + b if weight != NULL else defaults,
                    bias + b if bias != NULL else defaults + BLOCK, len_b, hi, lo,
@@ -177,8 +170,7 @@ cdef void _layer_norm_forward_rows(const floating* x, void* job, int t,
 
 cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
                                     int n_threads) noexcept nogil:
-    """Thread t's chunks of rows of the LayerNorm backward (RMSNorm: j.mean is NULL),
-    g = dy * w:
+    """Thread t's chunks of rows of the LayerNorm backward, g = dy * w (RMSNorm: no j.mean):
         dx = rstd * ((g - mean(g)) - mean(g * xhat) * xhat)      (RMSNorm: no mean(g))
     and each chunk's partials of dweight = sum over rows of dy * xhat, dbias = sum of dy."""
     cdef const RowJob* j = <const RowJob*>job
@@ -217,6 +209,7 @@ cdef void _layer_norm_backward_chunk(const floating* x, const RowJob* j, Py_ssiz
     cdef double s_g[2]
     cdef double s_gd[2]
     cdef floating mean_g, mean_gxhat
+    cdef double m_gxhat
     cdef const floating* wb
     r = r0
     while r < r1:
@@ -244,7 +237,11 @@ cdef void _layer_norm_backward_chunk(const floating* x, const RowJob* j, Py_ssiz
         # pass 2 (rows in cache): dx
         for q in range(n_rows):
             mean_g = <floating>(sum_g[q] / D) if mean != NULL else 0
-            mean_gxhat = <floating>(rstd_64[r + q] * sum_gd[q] / D)
+            m_gxhat = rstd_64[r + q] * sum_gd[q] / D
+            if not finite(m_gxhat):     # |x - mean| near DBL_MAX: from O(1) terms
+                m_gxhat = sum_g_xhat(dy + (r + q) * D, x + (r + q) * D, weight, NULL, D,
+                                     hi[q], lo[q], rstd_64[r + q]) / D
+            mean_gxhat = <floating>m_gxhat
             for k_b in range((D + BLOCK - 1) // BLOCK):
                 b = k_b * BLOCK
                 len_b = D - b if D - b < BLOCK else BLOCK
@@ -294,7 +291,7 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
             for k_b in range((S + BLOCK - 1) // BLOCK):
                 b = k_b * BLOCK
                 len_b = S - b if S - b < BLOCK else BLOCK
-                _scaled_copy(tmp, x + o + b, len_b, scale)  # x * scale, as above
+                scaled_copy(tmp, x + o + b, len_b, scale)  # x * scale, as above
                 affine(y + o + b, tmp, len_b, hi, lo, w, bi, False, False)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
@@ -302,8 +299,7 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
 
 cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
                                     int n_threads) noexcept nogil:
-    """Thread t's chunks of rows (n, g) of the GroupNorm backward, g = dy * weight[c] per
-    channel:
+    """Thread t's chunks of rows (n, g) of the GroupNorm backward, g = dy * w[c] per channel:
         dx = rstd * ((g - mean(g)) - mean(g * xhat) * xhat)   over the row's segments,
     and each chunk's partials of dweight[c] = sum of dy * xhat, dbias[c] = sum of dy."""
     cdef const RowJob* j = <const RowJob*>job
@@ -317,7 +313,8 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
     cdef const double* mean = j.mean
     cdef const double* rstd = j.rstd
     cdef bint stream = j.stream
-    cdef double rs, w, sum_g, sum_gd, seg_g, seg_gd, s1, s2
+    cdef double rs, w, sum_g, sum_gd, seg_g, seg_gd, s1, s2, m_gxhat
+    cdef bint slow
     cdef floating hi, lo
     for r in range(split_start(j.n_chunks, t, n_threads) * j.chunk,
                    min(split_start(j.n_chunks, t + 1, n_threads) * j.chunk, j.M)):
@@ -329,6 +326,7 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
         c = (r % G) * Cg
         sum_g = 0
         sum_gd = 0
+        slow = False
         # pass 1: per channel segment, sum(dy) and sum(dy * (x - mean)) (short sums, float64)
         for i in range(Cg):
             o = r * D + i * S
@@ -342,15 +340,27 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
                 seg_gd += s2
             w = weight[c + i] if weight != NULL else 1.0
             dbias[c + i] += seg_g
-            dweight[c + i] += seg_gd * rs
             sum_g += w * seg_g
             sum_gd += w * seg_gd
+            if finite(seg_gd * rs):
+                dweight[c + i] += seg_gd * rs
+            else:               # |x - mean| near DBL_MAX: from O(1) terms
+                dweight[c + i] += sum_g_xhat(dy + o, x + o, NULL, NULL, S, hi, lo, rs)
+                slow = True
+        m_gxhat = rs * sum_gd / D
+        if slow or not finite(m_gxhat):     # the same for the row's sum
+            m_gxhat = 0
+            for i in range(Cg):
+                m_gxhat += ((weight[c + i] if weight != NULL else 1.0)
+                            * sum_g_xhat(dy + r * D + i * S, x + r * D + i * S, NULL, NULL, S,
+                                         hi, lo, rs))
+            m_gxhat /= D
         # pass 2 (row in cache): dx, segment by segment
         for i in range(Cg):
             o = r * D + i * S
             gn_grad_segment(dx + o, dy + o, x + o, S, hi, lo, <floating>rs,
                             weight[c + i] if weight != NULL else 1, <floating>(sum_g / D),
-                            <floating>(rs * sum_gd / D), stream)
+                            <floating>m_gxhat, stream)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
 
