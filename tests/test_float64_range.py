@@ -17,6 +17,10 @@ eps: 1e-5 for the big magnitudes (``eps_u`` = 1e-5 * 4**-k, negligible or 0); 0 
 tiny ones (BatchNorm in training needs eps > 0: the smallest subnormal, 5e-324), and two
 cases where eps matters: 2**500 with eps = 2**999 and 2**-500 with eps = 2**-1001
 (``eps_u`` = 0.5).
+
+At the top of the range: statistics at 2**1018, x - mean beyond DBL_MAX (2**1023), the
+backward at 2**1018 (its sums of dy * (x - mean) overflow); and rows the cheap check
+flags that keep their plain results (zeros, constants, NaN, Inf).
 """
 
 import math
