@@ -35,11 +35,11 @@ from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
-from .common cimport (BLOCK, ExactStats, call_typed, chan_merge, check_array, check_dims,
-                      chunk_size, data_or_null, empty_1d, empty_like, exact_stats,
-                      f64_stats_unsafe, finite, floating, input_typenum, parallel, scaled_copy,
-                      segment_stats, split_mean, split_start, sum_g_xhat, sum_partials,
-                      two_pass_f64)
+from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, ExactStats, call_typed, chan_merge,
+                      check_array, check_dims, chunk_size, data_or_null, empty_1d, empty_like,
+                      exact_stats, f64_stats_unsafe, finite, floating, input_typenum, parallel,
+                      scaled_copy, segment_stats, split_mean, split_start, sum_g_xhat,
+                      sum_partials, two_pass_f64)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_cols,
                           bn_grad_cols4, bn_grad_sums, bn_grad_sums_cols, cn_f32_sums_unsafe,

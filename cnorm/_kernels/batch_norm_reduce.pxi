@@ -200,10 +200,12 @@ cdef void _chunks(Job* j) noexcept:
         j.n_parts = 1
         j.n_items = C
     elif S == 1:        # chunks of whole tiles of rows, each split in tiles of channels
-        j.chunk = chunk_size(N, min(C, COLS_PER_TILE), CHUNK_ELEMENTS, ROWS_PER_TILE)
+        j.chunk = chunk_size(N, min(C, COLS_PER_TILE), CHUNK_ELEMENTS, ROWS_PER_TILE,
+                             MAX_WIDE_CHUNKS)
         j.n_parts = (N + j.chunk - 1) // j.chunk
         j.n_items = j.n_parts * ((C + COLS_PER_TILE - 1) // COLS_PER_TILE)
     else:               # chunks of whole rows (or of blocks of a long row)
-        j.chunk = chunk_size(N * C * S, 1, CHUNK_ELEMENTS, S if S <= CHUNK_ELEMENTS else BLOCK)
+        j.chunk = chunk_size(N * C * S, 1, CHUNK_ELEMENTS, S if S <= CHUNK_ELEMENTS else BLOCK,
+                             MAX_CHUNKS)
         j.n_parts = (N * C * S + j.chunk - 1) // j.chunk
         j.n_items = j.n_parts

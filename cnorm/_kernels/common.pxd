@@ -16,6 +16,7 @@ cdef enum:
     BLOCK = 512             # elements per exactly-summed block (2 KiB of float32: stays in L1)
     STREAM_MIN_RUN = 512    # non-temporal stores only pay on long runs (each peels to alignment)
     MAX_CHUNKS = 64         # partials a reduction keeps at most: bounded scratch
+    MAX_WIDE_CHUNKS = 16    # the same for partials as wide as a row or all channels
 
 
 cdef extern from *:
@@ -119,14 +120,15 @@ cdef inline void parallel(void (*work)(const floating*, void*, int, int) noexcep
 
 
 cdef inline Py_ssize_t chunk_size(Py_ssize_t units, Py_ssize_t unit_elements,
-                                  Py_ssize_t min_elements, Py_ssize_t multiple) noexcept nogil:
+                                  Py_ssize_t min_elements, Py_ssize_t multiple,
+                                  Py_ssize_t max_chunks) noexcept nogil:
     """Units (rows of unit_elements elements) per chunk of a reduction over `units`: at
-    least min_elements elements, at most MAX_CHUNKS chunks, a multiple of `multiple`.
+    least min_elements elements, at most max_chunks chunks, a multiple of `multiple`.
     Threads take whole chunks (split_start over the chunk count) and the chunk partials
     merge in chunk order: as the chunks depend on the sizes only, never on the thread
     count, so do the results."""
     cdef Py_ssize_t size = min_elements // (unit_elements if unit_elements > 0 else 1)
-    cdef Py_ssize_t fewest = (units + MAX_CHUNKS - 1) // MAX_CHUNKS
+    cdef Py_ssize_t fewest = (units + max_chunks - 1) // max_chunks
     if size < fewest:
         size = fewest
     if size < 1:

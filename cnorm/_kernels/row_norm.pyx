@@ -9,14 +9,13 @@ One walk serves four norms:
 * LayerNorm of x + residual: the sum is written once and normalized while in cache.
 
 Each thread owns a contiguous range of rows. A row's statistics are computed while the
-row is in cache (the exact block statistics of common.pxd; a float64 row whose squares
-over- or underflowed is redone scaled by a power of two, common.exact_stats), then the
-row is transformed; mean and rstd are kept (float64) for backward. The backward pass
-accumulates the weight and bias gradients per chunk of rows (fixed by the sizes, not by
-the thread count: common.chunk_size; in the input precision over ROWS_PER_FLUSH rows,
-then in float64) and sums the chunk partials in chunk order: no races, no atomics, the
-same bits on every run and for every thread count. Entry points check every buffer
-(common.pxd) and run the row loop of their norm on every thread (common.run_threads).
+row is in cache (the block statistics of common.pxd; float64 rows that over- or underflow:
+common.exact_stats), then the row is transformed; mean and rstd are kept (float64) for
+backward. The backward accumulates the weight and bias gradients per chunk of rows (fixed
+by the sizes, never by the thread count: common.chunk_size; in the input precision over
+ROWS_PER_FLUSH rows, then in float64) and sums the chunk partials in chunk order: no
+races, no atomics, the same bits for every run and thread count. Entry points check every
+buffer (common.pxd) and run the row loop of their norm on every thread (run_threads).
 
 The input gradient of a row, with xhat = (x - mean) * rstd, y = xhat * w + b and g = dy * w:
 mean and rstd depend on every x of the row (d mean/dx = 1/D, d rstd/dx = -rstd^3 (x - mean)/D),
@@ -30,10 +29,11 @@ from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
-from .common cimport (BLOCK, STREAM_MIN_RUN, ExactStats, check_array, check_dims, chunk_size,
-                      data_or_null, empty_1d, empty_like, exact_stats, f64_stats_unsafe, finite,
-                      floating, input_typenum, run_threads, scaled_copy, segment_stats, split_mean,
-                      split_start, sum_g_xhat, sum_partials, sum_squares)
+from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, STREAM_MIN_RUN, ExactStats, check_array,
+                      check_dims, chunk_size, data_or_null, empty_1d, empty_like, exact_stats,
+                      f64_stats_unsafe, finite, floating, input_typenum, run_threads, scaled_copy,
+                      segment_stats, split_mean, split_start, sum_g_xhat, sum_partials,
+                      sum_squares)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, bn_grad_sums, cn_stream_fence, gn_grad_segment, ln_grad_row,
                           ln_grad_sums, ln_grad_sums2, ln_row, residual_add)
@@ -44,7 +44,7 @@ include "simd_control.pxi"
 
 cdef enum:
     ROWS_PER_FLUSH = 32     # rows summed in the input precision before a float64 flush
-    CHUNK_ELEMENTS = 8192   # a backward chunk's least elements (GroupNorm; LayerNorm: x32)
+    CHUNK_ELEMENTS = 8192   # a backward chunk's least elements (GroupNorm; LayerNorm: x4)
 
 
 # an absent weight reads ones and an absent bias zeros: BLOCK of each, never a row-sized
@@ -467,9 +467,9 @@ cdef tuple _backward_job(RowJob* j, cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M,
     cdef cnp.ndarray db = empty_1d(D, typenum) if with_bias else None
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(x)
     _start(j, x, typenum, M, D, 2 * M * D)
-    j.chunk = chunk_size(M, D, ROWS_PER_FLUSH * 1024, 2)     # rows in pairs,
-    if j.chunk > ROWS_PER_FLUSH:                                # or whole flush groups
-        j.chunk = chunk_size(M, D, ROWS_PER_FLUSH * 1024, ROWS_PER_FLUSH)
+    j.chunk = chunk_size(M, D, ROWS_PER_FLUSH * 1024, 2, MAX_WIDE_CHUNKS)   # rows in pairs,
+    if j.chunk > ROWS_PER_FLUSH:                                        # or flush groups
+        j.chunk = chunk_size(M, D, ROWS_PER_FLUSH * 1024, ROWS_PER_FLUSH, MAX_WIDE_CHUNKS)
     j.n_chunks = (M + j.chunk - 1) // j.chunk
     # per chunk the dweight, dbias partials (float64), then per thread two input-precision rows
     j.part = <double*>malloc(D * 2 * (j.n_chunks * sizeof(double) + j.n_threads * itemsize) + 1)
@@ -580,7 +580,7 @@ def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
         db.fill(0)
         return dx, dw, db
     _group_job(&j, x, typenum, N, G, Cg, S, 2)
-    j.chunk = chunk_size(N * G, Cg * S, CHUNK_ELEMENTS, 1)
+    j.chunk = chunk_size(N * G, Cg * S, CHUNK_ELEMENTS, 1, MAX_CHUNKS)
     j.n_chunks = (N * G + j.chunk - 1) // j.chunk
     j.part = <double*>calloc(j.n_chunks * 2 * C + 1, sizeof(double))    # dweight, dbias
     if j.part == NULL:
