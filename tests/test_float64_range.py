@@ -17,6 +17,10 @@ eps: 1e-5 for the big magnitudes (``eps_u`` = 1e-5 * 4**-k, negligible or 0); 0 
 tiny ones (BatchNorm in training needs eps > 0: the smallest subnormal, 5e-324), and two
 cases where eps matters: 2**500 with eps = 2**999 and 2**-500 with eps = 2**-1001
 (``eps_u`` = 0.5).
+
+At the top of the range: statistics at 2**1018, x - mean beyond DBL_MAX (2**1023), the
+backward at 2**1018 (its sums of dy * (x - mean) overflow); and rows the cheap check
+flags that keep their plain results (zeros, constants, NaN, Inf).
 """
 
 import math
@@ -542,3 +546,95 @@ def test_statistics_near_float64_max(kind):
         y, ref["y"] = y.T, ref["y"][:, :, 0].T
     got = {"y": y, "rstd": rstd} if mean is None else {"y": y, "mean": mean, "rstd": rstd}
     compare(got, ref, sc, f"{kind} at 2^1018")
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "batch_norm_NC", "batch_norm_NCS", "group_norm"])
+def test_deviations_beyond_float64_max(kind):
+    """Values of both signs up to 1.9 * 2**1023: x - mean itself overflows float64 (the
+    normalized output is still O(1) and must be right)."""
+    rng = np.random.default_rng(13)
+    u = rng.uniform(-1.0, 1.0, (4, 300))
+    u[:, 0], u[:, 1] = 1.9, -1.9
+    x, u = scaled(u, 1023)
+    ref = ref_layer_norm(u, np.zeros_like(u), 0.0, np.ones(300), np.zeros(300))["y"]
+    eps = TINY
+    if kind == "layer_norm":
+        y = F.layer_norm(x, (300,), eps=eps)
+    elif kind == "group_norm":
+        y = F.group_norm(x.reshape(4, 2, 150), 1, eps=eps).reshape(4, 300)
+    elif kind == "batch_norm_NC":
+        y = F.batch_norm(np.ascontiguousarray(x.T), None, None, training=True, eps=eps).T
+    else:  # 40 channels: the by-channel split; each channel = one row of u
+        xs = np.ascontiguousarray(np.tile(x, (10, 1)).reshape(1, 40, 300))
+        y = F.batch_norm(xs, None, None, training=True, eps=eps).reshape(40, 300)[:4]
+    compare({"y": y}, {"y": ref}, Scale("2^1023", 1023), f"{kind} at 2^1023")
+
+
+@pytest.mark.parametrize("rows", ["zeros", "constant", "nan", "inf"])
+def test_plain_results_kept(rows):
+    """Rows that look out of range to the cheap check (zero variance, NaN, Inf) keep the
+    plain results: zeros and constants give y = bias, rstd = 1/sqrt(eps); a NaN or Inf
+    spoils its own row only."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((3, 700))
+    x[1] = {"zeros": 0.0, "constant": 3.0, "nan": 0.5, "inf": 0.5}[rows]
+    if rows in ("nan", "inf"):
+        x[1, 5] = np.nan if rows == "nan" else np.inf
+    b = np.linspace(-1, 1, 700)
+    y, mean, rstd = F.native_layer_norm(x, (700,), None, b, 1e-5)
+    fine = [0, 2]
+    ref = ref_layer_norm(x[fine], np.zeros((2, 700)), 1e-5, np.ones(700), b)
+    np.testing.assert_allclose(y[fine], ref["y"], rtol=1e-12, atol=1e-12)
+    if rows in ("zeros", "constant"):
+        np.testing.assert_array_equal(y[1], b)
+        assert mean[1] == x[1, 0] and rstd[1] == 1.0 / math.sqrt(1e-5)
+    else:
+        assert np.isnan(y[1]).all() and np.isnan(mean[1])
+
+
+@pytest.mark.parametrize(
+    "kind", ["layer_norm", "rms_norm", "group_norm", "batch_norm_NC", "batch_norm_NCS", "batch_norm_relu"]
+)
+def test_backward_near_float64_max(kind):
+    """|x| ~ 2**1018 with dy ~ 100: sum(dy * (x - mean)) overflows float64, the gradients
+    (of order dy * rstd) do not."""
+    sc = Scale("2^1018", 1018)
+    rng = np.random.default_rng(15)
+    u = rng.uniform(0.5, 1.5, (4, 4096))
+    dy = rng.standard_normal(u.shape) * 100
+    x, u = scaled(u, sc.k)
+    got, ones, zeros = {}, np.ones(4096), np.zeros(4096)
+    if kind == "layer_norm":
+        _, mean, rstd = F.native_layer_norm(x, (4096,), None, None, 1e-5)
+        got["dx"], got["dw"], got["db"] = F.layer_norm_backward(dy, x, (4096,), mean, rstd, ones)
+        ref = ref_layer_norm(u, dy, 0.0, ones, zeros)
+    elif kind == "rms_norm":
+        _, rrms = F.native_rms_norm(x, (4096,), None, 1e-5)
+        got["dx"], got["dw"] = F.rms_norm_backward(dy, x, (4096,), rrms, ones)
+        ref = ref_layer_norm(u, dy, 0.0, ones, None, rms=True)
+    elif kind == "group_norm":
+        x3, d3 = x.reshape(4, 4, 1024), dy.reshape(4, 4, 1024)
+        _, mean, rstd = F.native_group_norm(x3, 2, None, None, 1e-5)
+        got["dx"], got["dw"], got["db"] = F.group_norm_backward(d3, x3, 2, mean, rstd, np.ones(4))
+        ref = ref_group_norm(u.reshape(4, 4, 1024), d3, 0.0, np.ones(4), np.zeros(4), 2)
+    else:  # channel c holds row c of u: (4096, 4, 1); (64, 40, 64) split by channel; (1, 4, 4096)
+
+        def to_nchw(a):
+            if kind == "batch_norm_NC":
+                return np.ascontiguousarray(a.T[:, :, None])
+            if kind == "batch_norm_NCS":
+                return np.ascontiguousarray(np.tile(a, (10, 1)).reshape(40, 64, 64).transpose(1, 0, 2))
+            return a.reshape(1, 4, 4096)
+
+        xb, ub, dyb = to_nchw(x), to_nchw(u), to_nchw(dy)
+        c, relu = xb.shape[1], kind == "batch_norm_relu"
+        fwd = F.native_batch_norm_relu if relu else F.native_batch_norm
+        y, mean, invstd = fwd(xb, None, None, None, None, True, 0.1, 1e-5)
+        w = np.ones(c)
+        if relu:
+            grads = F.batch_norm_relu_backward(dyb, xb, w, mean, invstd, True, y)
+        else:
+            grads = F.batch_norm_backward(dyb, xb, w, mean, invstd, True)
+        got = dict(zip(("dx", "dw", "db"), grads))
+        ref = ref_batch_norm(ub, dyb, 0.0, w, np.zeros(c), relu)
+    compare(got, ref, sc, f"{kind} backward at 2^1018")

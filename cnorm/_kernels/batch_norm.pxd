@@ -1,13 +1,14 @@
-from .common cimport STREAM_MIN_RUN, floating, split_start
+from .common cimport STREAM_MIN_RUN, ExactStats, floating, split_start
 from .simd.loops cimport cn_stream_min_bytes
 
 # The description of one batch-norm call (Job) with its per-channel coefficients, and
-# the walks over the row segments of an (N, C, S) batch and the tiles of an (N, C) one:
-# declarations of batch_norm.pyx.
+# the walks over the row segments of an (N, C, S) batch: declarations of batch_norm.pyx.
 
 cdef enum:
     ROWS_PER_TILE = 32      # (N, C) path: rows summed in the input precision per tile
     COLS_PER_TILE = 1024    # (N, C) path: channels per tile (32 x 1024 float32 = 128 KiB)
+    CHANNEL_SPLIT_MIN = 32  # (N, C, S) reductions split by channel from this many channels
+    CHUNK_ELEMENTS = 8192   # otherwise by chunks of at least this many elements
 
 
 cdef struct Normalize:      # per channel c: y = ((x - hi) - lo) * scale + beta
@@ -55,8 +56,19 @@ cdef struct Job:            # one call on x: C-contiguous (N, C, S) of the input
     void* out               # OUT (N, C, S) y, or dx (NULL: no input gradient)
     bint relu               # y = max(0, y): the fused BN + ReLU
     bint stream             # elementwise passes: non-temporal stores
-    double* part            # scratch (threads, 3 or 2, C): per-thread partials
+    # the reductions (statistics, gradient sums) cut the work by the sizes only, never
+    # by the thread count: work items, split over the threads, write partials that are
+    # merged in partial order. S > 1: by channel (items = channels, 1 partial) or by
+    # chunks of elements (items = partials); S = 1: rows chunk x COLS_PER_TILE channels
+    bint by_channel
+    Py_ssize_t chunk        # elements (S > 1) or rows (S = 1) per chunk
+    Py_ssize_t n_parts      # partials
+    Py_ssize_t n_items      # work items
+    double* part            # scratch (n_parts, 3 or 2, C): partials
     void* tile              # scratch (threads, 3 or 2, COLS_PER_TILE) of the input dtype
+    ExactStats* exact       # (C,) or NULL: float64 channels whose statistics were redone
+    #                       (scale 0: not redone; other than 0 and 1: normalize x * scale)
+    bint scaled             # some channel is normalized as x * exact[c].scale
     void* coef              # the storage of norm and grad
     Normalize norm
     InputGrad grad
@@ -87,27 +99,22 @@ cdef inline void next_segment(Segment* seg, Py_ssize_t e1, Py_ssize_t C,
     seg.stop = min((seg.row + 1) * S, e1)
 
 
-cdef struct Tile:           # rows [b0, b0 + nb) x channels [c0, c0 + nc) of an (N, C) batch
-    Py_ssize_t b0, nb, c0, nc
+cdef struct Item:           # one work item of a chunked reduction (see Job)
+    Py_ssize_t part         # its partial
+    Py_ssize_t e0, e1       # elements (S > 1) or rows (S = 1) [e0, e1)
+    Py_ssize_t c0, c1       # channels [c0, c1) (S = 1; else all)
 
 
-cdef inline Tile first_tile(Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t C) noexcept nogil:
-    """The first tile of the rows [n0, n1); the tiles go channels first, then rows."""
-    cdef Tile tl
-    tl.b0 = n0
-    tl.nb = min(n1 - n0, ROWS_PER_TILE)
-    tl.c0 = 0
-    tl.nc = min(C, COLS_PER_TILE)
-    return tl
-
-
-cdef inline void next_tile(Tile* tl, Py_ssize_t n1, Py_ssize_t C) noexcept nogil:
-    tl.c0 += COLS_PER_TILE
-    if tl.c0 >= C:
-        tl.c0 = 0
-        tl.b0 += ROWS_PER_TILE
-        tl.nb = min(n1 - tl.b0, ROWS_PER_TILE)
-    tl.nc = min(C - tl.c0, COLS_PER_TILE)
+cdef inline Item work_item(const Job* j, Py_ssize_t i) noexcept nogil:
+    """Item i of a reduction cut in chunks (not by_channel)."""
+    cdef Item it
+    cdef Py_ssize_t n_tiles = (j.C + COLS_PER_TILE - 1) // COLS_PER_TILE
+    it.part = i // n_tiles if j.S == 1 else i
+    it.e0 = it.part * j.chunk
+    it.e1 = min(it.e0 + j.chunk, j.N if j.S == 1 else j.N * j.C * j.S)
+    it.c0 = (i % n_tiles) * COLS_PER_TILE if j.S == 1 else 0
+    it.c1 = min(it.c0 + COLS_PER_TILE, j.C) if j.S == 1 else j.C
+    return it
 
 
 cdef inline const floating* offset(const floating* p, Py_ssize_t k) noexcept nogil:

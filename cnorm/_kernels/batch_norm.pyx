@@ -9,8 +9,13 @@ Two walks cover every shape with both cores busy:
 * S = 1 ("cols", (N, C) activations): the N rows are cut into n_threads ranges; a thread
   works on tiles of ROWS_PER_TILE x COLS_PER_TILE so every SIMD lane is a channel.
 
-Partials are merged per channel in thread order, so results never change from run to
-run for a given thread count.
+The reductions (statistics, gradient sums) are cut by the sizes alone, never by the
+thread count: by channel when there are many (each thread takes whole channels), else in
+fixed chunks whose partials are merged per channel in chunk order (common.chunk_size;
+the reduction passes are in batch_norm_reduce.pxi).
+So results never change from run to run, nor with the thread count. A float64 channel
+whose squares over- or underflowed is redone scaled by a power of two
+(common.exact_stats).
 
 An entry point (the def functions at the bottom) checks every buffer (common.pxd),
 allocates the outputs and scratch, describes the call in a Job and runs one typed
@@ -30,9 +35,11 @@ from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
-from .common cimport (BLOCK, call_typed, chan_merge, check_array, check_dims, data_or_null,
-                      empty_1d, empty_like, floating, input_typenum, parallel, segment_stats,
-                      split_mean, sum_partials, two_pass_f64)
+from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, ExactStats, call_typed, chan_merge,
+                      check_array, check_dims, chunk_size, data_or_null, empty_1d, empty_like,
+                      exact_stats, f64_stats_unsafe, finite, floating, input_typenum, parallel,
+                      scaled_copy, segment_stats, split_mean, split_start, sum_g_xhat,
+                      sum_partials, two_pass_f64)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_cols,
                           bn_grad_cols4, bn_grad_sums, bn_grad_sums_cols, cn_f32_sums_unsafe,
@@ -42,87 +49,7 @@ cnp.import_array()
 include "simd_control.pxi"
 
 
-# ---------------------------------------------------------------------------------------
-# statistics pass: per-thread (count, mean, m2) of every channel, merged in thread order
-# ---------------------------------------------------------------------------------------
-
-cdef void _stats_cols(const floating* x,       # IN  (N, C)
-                      Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1,
-                      double* part,            # OUT (3, C): count, mean, m2 (zeroed)
-                      floating* acc            # scratch (3, COLS_PER_TILE)
-                      ) noexcept nogil:
-    """Rows n0..n1 of an (N, C) batch, by tiles of ROWS_PER_TILE x COLS_PER_TILE: the
-    block statistics of common.pxd with one SIMD lane per channel."""
-    cdef Py_ssize_t nb, c0, nc, c
-    cdef floating* shift = acc
-    cdef floating* s1 = acc + COLS_PER_TILE
-    cdef floating* s2 = acc + 2 * COLS_PER_TILE
-    cdef const floating* tile
-    cdef double count, cnt, mean_b, m2_b, q
-    cdef Tile tl = first_tile(n0, n1, C)
-    while tl.b0 < n1 and tl.nc > 0:
-        nb = tl.nb
-        c0 = tl.c0
-        nc = tl.nc
-        count = <double>(tl.b0 - n0)            # rows merged before this tile's
-        tile = x + tl.b0 * C + c0
-        cols_sum(shift, tile, C, nb, nc)     # pass 1: rough per-channel means
-        for c in range(nc):
-            shift[c] = <floating>(<double>shift[c] / nb)
-        cols_dev(s1, s2, tile, C, nb, shift, nc)    # pass 2 (from cache): deviations
-        if floating is double or not cols_any_unsafe(s1, s2, shift, nc):
-            cols_merge(part + C + c0, part + 2 * C + c0, shift, s1, s2, nc, count, nb)
-        else:
-            for c in range(nc):                 # unsafe float32 sums: float64 redo
-                if not cn_f32_sums_unsafe(s1[c], s2[c], shift[c]):
-                    q = <double>s1[c]
-                    mean_b = shift[c] + q / nb
-                    m2_b = s2[c] - q * q / nb if s2[c] > q * q / nb else 0.0
-                else:
-                    two_pass_f64(tile + c, nb, C, &mean_b, &m2_b)
-                cnt = count
-                chan_merge(&cnt, &part[C + c0 + c], &part[2 * C + c0 + c], <double>nb,
-                           mean_b, m2_b)
-        next_tile(&tl, n1, C)
-    for c in range(C):
-        part[c] = <double>(n1 - n0)
-
-
-cdef void _stats_work(const floating* x, void* job, int t, int n_threads) noexcept nogil:
-    """Thread t's per-channel partials: part[t] (3, C) = count, mean, m2."""
-    cdef const Job* j = <const Job*>job
-    cdef Py_ssize_t C = j.C, S = j.S, e0, e1
-    cdef double* part = j.part + 3 * C * t
-    cdef Segment seg
-    thread_share(j, t, n_threads, &e0, &e1)
-    if S == 1:
-        _stats_cols(x, C, e0, e1, part, <floating*>j.tile + 3 * COLS_PER_TILE * t)
-        return
-    seg = first_segment(e0, e1, C, S)
-    while seg.start < e1:
-        segment_stats(x + seg.start, seg.stop - seg.start,
-                      &part[seg.c], &part[C + seg.c], &part[2 * C + seg.c])
-        next_segment(&seg, e1, C, S)
-
-
-cdef void _channel_stats(const floating* x, Job* j) noexcept nogil:
-    """j.mean, j.var <- per-channel mean and biased variance, in one pass over memory."""
-    cdef Py_ssize_t C = j.C, c
-    cdef int t
-    cdef double count, mu, m2
-    cdef const double* part
-    cdef double* mean = j.mean
-    cdef double* var = j.var
-    parallel(_stats_work[floating], x, j, j.threads_x)
-    for c in range(C):              # the thread partials, merged in thread order
-        count = 0
-        mu = 0
-        m2 = 0
-        for t in range(j.threads_x):
-            part = j.part + 3 * C * t
-            chan_merge(&count, &mu, &m2, part[c], part[C + c], part[2 * C + c])
-        mean[c] = mu
-        var[c] = m2 / count if count > 0 else 0.0
+include "batch_norm_reduce.pxi"
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,6 +68,10 @@ cdef void _normalize_work(const floating* x, void* job, int t, int n_threads) no
     cdef Py_ssize_t C = j.C, S = j.S, n, n1
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
+    if floating is double:
+        if j.scaled:
+            _normalize_scaled(y, x, j, n, n1)
+            return
     if S == 1:          # (N, C): per-element coefficients, four rows per coefficient load
         if not stream:
             while n + 4 <= n1:
@@ -159,6 +90,46 @@ cdef void _normalize_work(const floating* x, void* job, int t, int n_threads) no
         cn_stream_fence()
 
 
+cdef inline double _x_scale(const Job* j, Py_ssize_t c) noexcept nogil:
+    """What channel c's x is multiplied by before it is normalized (j.scaled)."""
+    cdef double s = j.exact[c].scale
+    return s if s != 0 else 1.0
+
+
+cdef void _normalize_scaled(double* y, const double* x, const Job* j, Py_ssize_t n,
+                            Py_ssize_t n1) noexcept nogil:
+    """_normalize_work's share [n, n1) when some channel is normalized as x * scale
+    (j.exact; rare): x scaled BLOCK values at a time, no streaming."""
+    cdef const double* hi = <const double*>j.norm.hi
+    cdef const double* lo = <const double*>j.norm.lo
+    cdef const double* scale = <const double*>j.norm.scale
+    cdef const double* beta = <const double*>j.norm.beta
+    cdef Py_ssize_t C = j.C, S = j.S, b, len_b, k_b, i, c, r
+    cdef double tmp[BLOCK]
+    cdef double f
+    cdef Segment seg
+    if S == 1:          # rows n..n1 of (N, C), BLOCK channels at a time
+        for r in range(n, n1):
+            for k_b in range((C + BLOCK - 1) // BLOCK):
+                b = k_b * BLOCK
+                len_b = min(C - b, BLOCK)
+                for i in range(len_b):
+                    tmp[i] = x[r * C + b + i] * _x_scale(j, b + i)
+                affine_cols(y + r * C + b, tmp, len_b, hi + b, lo + b, scale + b, beta + b,
+                            False, j.relu)
+        return
+    seg = first_segment(n, n1, C, S)
+    while seg.start < n1:
+        c = seg.c
+        f = _x_scale(j, c)
+        for k_b in range((seg.stop - seg.start + BLOCK - 1) // BLOCK):
+            b = seg.start + k_b * BLOCK
+            len_b = min(seg.stop - b, BLOCK)
+            scaled_copy(tmp, x + b, len_b, f)
+            affine(y + b, tmp, len_b, hi[c], lo[c], scale[c], beta[c], False, j.relu)
+        next_segment(&seg, n1, C, S)
+
+
 cdef void _normalize(const floating* x, Job* j) noexcept nogil:
     """j.out <- x normalized with j.mean, j.invstd and the affine parameters."""
     cdef floating* hi = <floating*>j.norm.hi
@@ -170,57 +141,23 @@ cdef void _normalize(const floating* x, Job* j) noexcept nogil:
     cdef const double* mean = j.mean
     cdef const double* invstd = j.invstd
     cdef Py_ssize_t c
+    cdef const ExactStats* st
     for c in range(j.C):
         split_mean(mean[c], &hi[c], &lo[c])
         scale[c] = <floating>(invstd[c] * (weight[c] if weight != NULL else 1.0))
         beta[c] = bias[c] if bias != NULL else 0
+        if j.scaled and j.exact[c].scale != 0 and j.exact[c].scale != 1:
+            st = &j.exact[c]            # the statistics of x * scale
+            split_mean(st.mean_s, &hi[c], &lo[c])
+            scale[c] = <floating>(st.rstd_s * (weight[c] if weight != NULL else 1.0))
     j.stream = use_stream(j, sizeof(floating))
     parallel(_normalize_work[floating], x, j, j.threads_x)
 
 
 # ---------------------------------------------------------------------------------------
-# backward: the sums sum(dy), sum(dy * xhat) per channel, then the input gradient
+# backward: the sums sum(dy), sum(dy * xhat) per channel (batch_norm_reduce.pxi), then
+# the input gradient
 # ---------------------------------------------------------------------------------------
-
-cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) noexcept nogil:
-    """Thread t's partials: part[t] (2, C) = sum(g), sum(g * (x - mean)), g = dy (masked
-    by ym > 0 after a fused BN + ReLU)."""
-    cdef const Job* j = <const Job*>job
-    cdef const floating* dy = <const floating*>j.dy
-    cdef const floating* ym = <const floating*>j.ym
-    cdef const floating* hi = <const floating*>j.grad.hi
-    cdef const floating* lo = <const floating*>j.grad.lo
-    cdef floating* s1
-    cdef floating* s2
-    cdef Py_ssize_t C = j.C, S = j.S, e0, e1, b, len_b, k_b, o, c
-    cdef double* part = j.part + 2 * C * t
-    cdef double sum_g, sum_gd
-    cdef Segment seg
-    cdef Tile tl
-    thread_share(j, t, n_threads, &e0, &e1)
-    if S == 1:          # (N, C): tiles of rows e0..e1, one lane per channel
-        s1 = <floating*>j.tile + 2 * COLS_PER_TILE * t
-        s2 = s1 + COLS_PER_TILE
-        tl = first_tile(e0, e1, C)
-        while tl.b0 < e1 and tl.nc > 0:
-            o = tl.b0 * C + tl.c0
-            bn_grad_sums_cols(s1, s2, dy + o, x + o, C, tl.nb, hi + tl.c0, lo + tl.c0, tl.nc,
-                              offset(ym, o))
-            for c in range(tl.nc):
-                part[tl.c0 + c] += s1[c]
-                part[C + tl.c0 + c] += s2[c]
-            next_tile(&tl, e1, C)
-        return
-    seg = first_segment(e0, e1, C, S)
-    while seg.start < e1:
-        for k_b in range((seg.stop - seg.start + BLOCK - 1) // BLOCK):    # short sums
-            b = seg.start + k_b * BLOCK
-            len_b = min(seg.stop - b, BLOCK)
-            bn_grad_sums(&sum_g, &sum_gd, dy + b, x + b, len_b, hi[seg.c], lo[seg.c], offset(ym, b))
-            part[seg.c] += sum_g
-            part[C + seg.c] += sum_gd
-        next_segment(&seg, e1, C, S)
-
 
 cdef void _input_grad_work(const floating* x, void* job, int t, int n_threads) noexcept nogil:
     """Thread t's share of dx = k1 * ((g - mean_dy) - mean_dy_xhat * xhat) (j.grad)."""
@@ -283,9 +220,11 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
         split_mean(mean[c], &hi[c], &lo[c])
     if j.sum_dy != NULL:
         parallel(_grad_sums_work[floating], x, j, j.threads_dy_x)
-        sum_partials(cnp.NPY_DOUBLE, j.sum_dy, sum_dy_xhat, j.part, C, j.threads_dy_x, 2 * C)
+        sum_partials(cnp.NPY_DOUBLE, j.sum_dy, sum_dy_xhat, j.part, C, j.n_parts, 2 * C)
         for c in range(C):
             sum_dy_xhat[c] *= istd[c]       # sum(dy * (x - mean)) * invstd
+            if not finite(sum_dy_xhat[c]):  # |x - mean| near DBL_MAX: from O(1) terms
+                sum_dy_xhat[c] = _channel_sum_g_xhat(x, j, c)
     if j.in_sum_dy == NULL:
         j.in_sum_dy = j.sum_dy
         j.in_sum_dy_xhat = j.sum_dy_xhat
@@ -339,6 +278,8 @@ cdef void _train_forward(const floating* x, void* job) noexcept nogil:
         if running_var != NULL:     # the unbiased variance, as torch
             running_var[c] = <floating>((1.0 - f) * running_var[c] + f * var * (M / (M - 1.0)))
         invstd[c] = 1.0 / sqrt(var + eps)
+        if j.exact != NULL and j.exact[c].scale != 0:
+            invstd[c] = j.exact[c].rstd         # redone: var may not be representable
     _normalize(x, j)
 
 
@@ -400,6 +341,7 @@ cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     j.threads_x = n_threads_for(E)
     j.threads_dy_x = n_threads_for(2 * E)
     n_threads = max(j.threads_x, j.threads_dy_x)
+    _chunks(j)
     j.coef = coef = <char*>malloc(8 * C * itemsize + 1)
     j.norm.hi = j.grad.hi = coef
     j.norm.lo = j.grad.lo = coef + C * itemsize
@@ -410,7 +352,7 @@ cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     j.grad.mean_dy = coef + 6 * C * itemsize
     j.grad.mean_dy_xhat = coef + 7 * C * itemsize
     if n_partials > 0:
-        j.part = <double*>calloc(n_partials * C * n_threads + 1, sizeof(double))
+        j.part = <double*>calloc(n_partials * C * j.n_parts + 1, sizeof(double))
         if S == 1:
             j.tile = malloc(n_partials * COLS_PER_TILE * n_threads * itemsize)
     if j.coef == NULL or (n_partials > 0 and (j.part == NULL or (S == 1 and j.tile == NULL))):
@@ -423,6 +365,7 @@ cdef void _finish(Job* j) noexcept:
     free(j.coef)
     free(j.part)
     free(j.tile)
+    free(j.exact)
 
 
 cdef inline cnp.ndarray _f64(Py_ssize_t n):

@@ -4,6 +4,8 @@
 
 cimport numpy as cnp
 from cython.parallel cimport prange
+from libc.float cimport DBL_MAX, DBL_MIN
+from libc.math cimport fabs, frexp, ldexp, sqrt
 
 from .simd.loops cimport block_dev, block_sum, cn_f32_sums_unsafe, floating
 
@@ -13,6 +15,16 @@ cdef extern from "Python.h":
 cdef enum:
     BLOCK = 512             # elements per exactly-summed block (2 KiB of float32: stays in L1)
     STREAM_MIN_RUN = 512    # non-temporal stores only pay on long runs (each peels to alignment)
+    MAX_CHUNKS = 64         # partials a reduction keeps at most: bounded scratch
+    MAX_WIDE_CHUNKS = 16    # the same for partials as wide as a row or all channels
+
+
+cdef extern from *:
+    """
+    #define CN_F64_VAR_MIN 9.332636185032189e-302  /* 2**-1000 */
+    """
+    # float64 variances below this may have lost digits to subnormal squares
+    const double CN_F64_VAR_MIN
 
 
 # =======================================================================================
@@ -105,6 +117,25 @@ cdef inline void parallel(void (*work)(const floating*, void*, int, int) noexcep
         return
     for t in prange(n_threads, schedule='static', num_threads=n_threads):
         work(x, job, t, n_threads)
+
+
+cdef inline Py_ssize_t chunk_size(Py_ssize_t units, Py_ssize_t unit_elements,
+                                  Py_ssize_t min_elements, Py_ssize_t multiple,
+                                  Py_ssize_t max_chunks) noexcept nogil:
+    """Units (rows of unit_elements elements) per chunk of a reduction over `units`: at
+    least min_elements elements, at most max_chunks chunks, a multiple of `multiple`.
+    Threads take whole chunks (split_start over the chunk count) and the chunk partials
+    merge in chunk order: as the chunks depend on the sizes only, never on the thread
+    count, so do the results."""
+    cdef Py_ssize_t size = min_elements // (unit_elements if unit_elements > 0 else 1)
+    cdef Py_ssize_t fewest = (units + max_chunks - 1) // max_chunks
+    if size < fewest:
+        size = fewest
+    if size < 1:
+        size = 1
+    if multiple < 1:
+        multiple = 1
+    return (size + multiple - 1) // multiple * multiple
 
 
 cdef inline void run_threads(int typenum, const void* x, void* job, int n_threads,
@@ -257,3 +288,131 @@ cdef inline double sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
                     s2 += d * d
         total += s2
     return total
+
+
+# ---------------------------------------------------------------------------------------
+# the whole float64 range. The block statistics above are exact unless squares over- or
+# underflow: |x - mean| beyond ~1e154 or below ~1e-154. That shows in the result (a
+# variance that is inf/NaN, or below CN_F64_VAR_MIN), so the fast path pays one compare
+# per row or channel; such a row or channel is redone on x * 2**e, e chosen from its
+# max |x| (exact: a power of two does not round), in the same blocks. Where the plain
+# result was exact the redo gives the same bits (rounding is scale-invariant).
+# ---------------------------------------------------------------------------------------
+
+cdef struct ExactStats:         # of one row or channel
+    double mean, var, rstd      # of x; var (and rstd) inf or 0 where not representable
+    double scale                # 1: normalize x with mean, rstd; else x * scale with
+    double mean_s, rstd_s       # these, the statistics of x * scale
+
+
+cdef inline bint f64_stats_unsafe(double var) noexcept nogil:
+    """Statistics of float64 data that may have over- or underflowed (NaN included)."""
+    return not (var >= CN_F64_VAR_MIN and var <= DBL_MAX)
+
+
+cdef inline double seq_abs_max(const double* x, Py_ssize_t nrows, Py_ssize_t row_len,
+                               Py_ssize_t row_stride) noexcept nogil:
+    """max |x| over rows x[r * row_stride + i] (i < row_len): inf or NaN when one is."""
+    cdef Py_ssize_t r, i
+    cdef double a, amax = 0
+    for r in range(nrows):
+        for i in range(row_len):
+            a = fabs(x[r * row_stride + i])
+            if not (a <= amax):         # a NaN sticks
+                amax = a
+                if not (a <= DBL_MAX):
+                    return a
+    return amax
+
+
+cdef inline void scaled_stats(const double* x, Py_ssize_t nrows, Py_ssize_t row_len,
+                              Py_ssize_t row_stride, double scale, bint center,
+                              double* mean, double* var) noexcept nogil:
+    """Mean and biased variance (center: else the mean of squares) of x * scale over the
+    rows of seq_abs_max, in blocks of BLOCK values of the sequence (a row's own blocks
+    when nrows is 1)."""
+    cdef double tmp[BLOCK]
+    cdef double count = 0, m = 0, m2 = 0, mean_b, m2_b, s1, s2
+    cdef Py_ssize_t r, i, n = 0
+    for r in range(nrows):
+        for i in range(row_len):
+            tmp[n] = x[r * row_stride + i] * scale
+            n += 1
+            if n == BLOCK or (r == nrows - 1 and i == row_len - 1):
+                if center:
+                    block_stats(tmp, n, &mean_b, &m2_b)
+                    chan_merge(&count, &m, &m2, <double>n, mean_b, m2_b)
+                else:
+                    block_dev(&s1, &s2, tmp, n, 0)
+                    m2 += s2
+                    count += n
+                n = 0
+    mean[0] = m
+    var[0] = m2 / count if count > 0 else 0.0
+
+
+cdef inline void scaled_copy(floating* out, const floating* x, Py_ssize_t n,
+                             double scale) noexcept nogil:
+    """out[i] = x[i] * scale: a block of x to be normalized with ExactStats.scale."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        out[i] = <floating>(x[i] * scale)
+
+
+cdef inline ExactStats exact_stats(const double* x, Py_ssize_t nrows, Py_ssize_t row_len,
+                                   Py_ssize_t row_stride, bint center, double eps,
+                                   double mean, double var) noexcept nogil:
+    """The statistics of a row or channel (rows as in seq_abs_max) whose plain mean, var
+    failed f64_stats_unsafe: redone on x * 2**e unless x holds inf/NaN or only zeros
+    (then the plain ones stand, as before)."""
+    cdef ExactStats st
+    cdef double amax = seq_abs_max(x, nrows, row_len, row_stride), eps_s, var_s
+    cdef int e
+    st.mean = mean
+    st.var = var
+    st.rstd = 1.0 / sqrt(var + eps)
+    st.scale = 1
+    st.mean_s = mean
+    st.rstd_s = st.rstd
+    if amax == 0 or not (amax <= DBL_MAX):
+        return st
+    frexp(amax, &e)                     # amax = f * 2**e, 0.5 <= f < 1
+    e = -e
+    e = 1000 if e > 1000 else (-1000 if e < -1000 else e)   # 2**e representable
+    st.scale = ldexp(1.0, e)
+    scaled_stats(x, nrows, row_len, row_stride, st.scale, center, &st.mean_s, &var_s)
+    st.mean = ldexp(st.mean_s, -e)
+    st.var = ldexp(var_s, -2 * e)
+    eps_s = ldexp(eps, 2 * e)           # inf: eps dwarfs the variance, the plain rstd is right
+    if not f64_stats_unsafe(st.var) or not (eps_s <= DBL_MAX) or var_s + eps_s == 0:
+        st.rstd = 1.0 / sqrt(st.var + eps)
+        st.scale = 1
+        return st
+    st.rstd_s = 1.0 / sqrt(var_s + eps_s)
+    st.rstd = ldexp(st.rstd_s, e)
+    # x - mean can overflow only for amax near DBL_MAX; rstd may not be representable
+    if amax < ldexp(1.0, 1022) and st.rstd >= DBL_MIN and st.rstd <= DBL_MAX:
+        st.scale = 1
+    return st
+
+
+cdef inline double sum_g_xhat(const floating* dy, const floating* x, const floating* w,
+                              const floating* ym, Py_ssize_t n, floating hi, floating lo,
+                              double rs) noexcept nogil:
+    """sum(g * xhat) in float64, xhat = ((x - hi) - lo) * rs, g = dy (times w[i] when w;
+    0 where not ym > 0 when ym): the slow path for a backward sum of g * (x - mean) that
+    overflowed (|x - mean| near DBL_MAX), formed from O(1) terms instead."""
+    cdef Py_ssize_t i
+    cdef double s = 0, g
+    cdef floating d
+    for i in range(n):
+        g = dy[i] if ym == NULL or ym[i] > 0 else 0
+        if w != NULL:
+            g *= w[i]
+        d = (x[i] - hi) - lo
+        s += g * (d * rs)
+    return s
+
+
+cdef inline bint finite(double v) noexcept nogil:
+    return fabs(v) <= DBL_MAX

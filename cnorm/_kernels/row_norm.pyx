@@ -9,12 +9,13 @@ One walk serves four norms:
 * LayerNorm of x + residual: the sum is written once and normalized while in cache.
 
 Each thread owns a contiguous range of rows. A row's statistics are computed while the
-row is in cache (the exact block statistics of common.pxd), then the row is transformed;
-mean and rstd are kept (float64) for backward. The backward pass accumulates the weight
-and bias gradients per thread (in the input precision over ROWS_PER_FLUSH rows, then in
-float64) and reduces the thread buffers in thread order afterwards: no races, no atomics,
-and the same bits on every run for a given thread count. Entry points check every buffer
-(common.pxd) and run the row loop of their norm on every thread (common.run_threads).
+row is in cache (the block statistics of common.pxd; float64 rows that over- or underflow:
+common.exact_stats), then the row is transformed; mean and rstd are kept (float64) for
+backward. The backward accumulates the weight and bias gradients per chunk of rows (fixed
+by the sizes, never by the thread count: common.chunk_size; in the input precision over
+ROWS_PER_FLUSH rows, then in float64) and sums the chunk partials in chunk order: no
+races, no atomics, the same bits for every run and thread count. Entry points check every
+buffer (common.pxd) and run the row loop of their norm on every thread (run_threads).
 
 The input gradient of a row, with xhat = (x - mean) * rstd, y = xhat * w + b and g = dy * w:
 mean and rstd depend on every x of the row (d mean/dx = 1/D, d rstd/dx = -rstd^3 (x - mean)/D),
@@ -28,9 +29,11 @@ from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
-from .common cimport (BLOCK, STREAM_MIN_RUN, check_array, check_dims, data_or_null, empty_1d,
-                      empty_like, floating, input_typenum, run_threads, segment_stats, split_mean,
-                      split_start, sum_partials, sum_squares)
+from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, STREAM_MIN_RUN, ExactStats, check_array,
+                      check_dims, chunk_size, data_or_null, empty_1d, empty_like, exact_stats,
+                      f64_stats_unsafe, finite, floating, input_typenum, run_threads, scaled_copy,
+                      segment_stats, split_mean, split_start, sum_g_xhat, sum_partials,
+                      sum_squares)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, bn_grad_sums, cn_stream_fence, gn_grad_segment, ln_grad_row,
                           ln_grad_sums, ln_grad_sums2, ln_row, residual_add)
@@ -41,6 +44,7 @@ include "simd_control.pxi"
 
 cdef enum:
     ROWS_PER_FLUSH = 32     # rows summed in the input precision before a float64 flush
+    CHUNK_ELEMENTS = 8192   # a backward chunk's least elements (GroupNorm; LayerNorm: x4)
 
 
 # an absent weight reads ones and an absent bias zeros: BLOCK of each, never a row-sized
@@ -80,7 +84,9 @@ cdef struct RowJob:         # one call on x: C-contiguous (M, D) rows of the inp
     const void* bias        # IN  like weight; NULL: zeros
     const void* defaults    # IN  (2, BLOCK) ones, zeros of the input dtype
     Py_ssize_t G, Cg, S     # GroupNorm: row r = (n, g): Cg channels of S elements each
-    double* part            # scratch (n_threads, 2, D or C): dweight, dbias partials
+    Py_ssize_t chunk        # backward: rows per chunk (the last may be short)
+    Py_ssize_t n_chunks
+    double* part            # scratch (n_chunks, 2, D or C): dweight, dbias partials
     void* tmp               # scratch (n_threads, 2, D) of the input dtype (LayerNorm)
 
 
@@ -88,15 +94,34 @@ cdef inline bint _use_stream(Py_ssize_t n_elements, Py_ssize_t run, size_t items
     return n_elements * <Py_ssize_t>itemsize >= cn_stream_min_bytes and run >= STREAM_MIN_RUN
 
 
-cdef inline double _row_stats(const floating* xr, Py_ssize_t D, bint center,
-                              double* mean) noexcept nogil:
-    """Mean (0 when not centering) and biased variance (mean of squares) of one row."""
-    cdef double count = 0, m2 = 0
-    mean[0] = 0
+cdef inline double _row_stats(const floating* xr, Py_ssize_t D, bint center, double eps,
+                              double* mean, double* rstd, double* var, floating* hi,
+                              floating* lo, double* rs) noexcept nogil:
+    """Mean (0 when not centering), 1 / sqrt(var + eps) and (var not NULL) the biased
+    variance (mean of squares) of one row; and what to normalize it with: hi + lo = the
+    mean, and rs, of x times the power of two returned. That is 1 but for a float64 row
+    whose squares over- or underflowed, redone exactly (common.exact_stats)."""
+    cdef double count = 0, m2 = 0, mu = 0, v
+    cdef ExactStats st
     if center:
-        segment_stats(xr, D, &count, mean, &m2)
-        return m2 / D
-    return sum_squares(xr, D) / D
+        segment_stats(xr, D, &count, &mu, &m2)
+        v = m2 / D
+    else:
+        v = sum_squares(xr, D) / D
+    st.mean = mu
+    st.var = v
+    st.rstd = 1.0 / sqrt(v + eps)
+    st.scale = 1
+    if floating is double:
+        if f64_stats_unsafe(v):
+            st = exact_stats(xr, 1, D, D, center, eps, mu, v)
+    mean[0] = st.mean
+    rstd[0] = st.rstd
+    if var != NULL:
+        var[0] = st.var
+    split_mean(st.mean if st.scale == 1 else st.mean_s, hi, lo)
+    rs[0] = st.rstd if st.scale == 1 else st.rstd_s
+    return st.scale
 
 
 # ---------------------------------------------------------------------------------------
@@ -117,37 +142,53 @@ cdef void _layer_norm_forward_rows(const floating* x, void* job, int t,
     cdef const floating* defaults = <const floating*>j.defaults
     cdef double* mean = j.mean
     cdef double* rstd = j.rstd
-    cdef double mu, rs, eps = j.eps
+    cdef double rs, scale, eps = j.eps
     cdef bint center = j.center, stream = j.stream
     cdef floating hi, lo
+    cdef floating tmp[BLOCK]
     cdef const floating* xr
+    cdef const floating* xb
     for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
         xr = x + r * D
         if res != NULL:     # the sum stays in cache for the statistics: no streaming here
             residual_add(s + r * D, xr, res + r * D, D, False)
             xr = s + r * D
-        rs = 1.0 / sqrt(_row_stats(xr, D, center, &mu) + eps)
-        mean[r] = mu
-        rstd[r] = rs
-        split_mean(mu, &hi, &lo)
+        scale = _row_stats(xr, D, center, eps, &mean[r], &rstd[r], NULL, &hi, &lo, &rs)
         for k_b in range((D + BLOCK - 1) // BLOCK):     # absent params: BLOCK-sized defaults
             b = k_b * BLOCK
             len_b = D - b if D - b < BLOCK else BLOCK
-            ln_row(y + r * D + b, xr + b, weight + b if weight != NULL else defaults,
+            xb = xr + b
+            if scale != 1:  # normalize x * scale: its statistics are representable
+                scaled_copy(tmp, xb, len_b, scale)
+                xb = tmp
+            ln_row(y + r * D + b, xb, weight + b if weight != NULL else defaults,
                    bias + b if bias != NULL else defaults + BLOCK, len_b, hi, lo,
-                   <floating>rs, stream)
+                   <floating>rs, stream and scale == 1)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
 
 
 cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
                                     int n_threads) noexcept nogil:
-    """Thread t's rows of the LayerNorm backward (RMSNorm: j.mean is NULL), g = dy * w:
+    """Thread t's chunks of rows of the LayerNorm backward, g = dy * w (RMSNorm: no j.mean):
         dx = rstd * ((g - mean(g)) - mean(g * xhat) * xhat)      (RMSNorm: no mean(g))
-    and its partials of dweight = sum over rows of dy * xhat, dbias = sum of dy."""
+    and each chunk's partials of dweight = sum over rows of dy * xhat, dbias = sum of dy."""
     cdef const RowJob* j = <const RowJob*>job
+    cdef Py_ssize_t k, i
+    cdef floating* tw = <floating*>j.tmp + 2 * j.D * t    # zero again after every flush
+    for i in range(2 * j.D):
+        tw[i] = 0
+    for k in range(split_start(j.n_chunks, t, n_threads), split_start(j.n_chunks, t + 1, n_threads)):
+        _layer_norm_backward_chunk(x, j, k, t)
+    if j.stream:     # once per thread, after all its streamed stores
+        cn_stream_fence()
+
+
+cdef void _layer_norm_backward_chunk(const floating* x, const RowJob* j, Py_ssize_t k,
+                                     int t) noexcept nogil:
+    """Chunk k of _layer_norm_backward_rows, on thread t (whose scratch it uses)."""
     cdef Py_ssize_t D = j.D, r, i, b, len_b, k_b, q, n_rows
-    cdef Py_ssize_t r0 = split_start(j.M, t, n_threads), r1 = split_start(j.M, t + 1, n_threads)
+    cdef Py_ssize_t r0 = k * j.chunk, r1 = min(r0 + j.chunk, j.M)
     cdef floating* dx = <floating*>j.out
     cdef const floating* dy = <const floating*>j.dy
     cdef const floating* weight = <const floating*>j.weight
@@ -155,8 +196,9 @@ cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
     cdef const double* mean = j.mean
     cdef const double* rstd_64 = j.rstd
     cdef bint stream = j.stream
-    cdef double* dweight = j.part + 2 * D * t       # float64 partials of this thread
+    cdef double* dweight = j.part + 2 * D * k       # float64 partials of this chunk
     cdef double* dbias = dweight + D
+    cdef bint first = True
     cdef floating* tw = <floating*>j.tmp + 2 * D * t    # input-precision partials
     cdef floating* tb = tw + D
     cdef floating hi[2]
@@ -167,12 +209,8 @@ cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
     cdef double s_g[2]
     cdef double s_gd[2]
     cdef floating mean_g, mean_gxhat
+    cdef double m_gxhat
     cdef const floating* wb
-    for i in range(D):
-        dweight[i] = 0
-        dbias[i] = 0
-        tw[i] = 0
-        tb[i] = 0
     r = r0
     while r < r1:
         n_rows = 2 if r + 1 < r1 else 1          # two rows share the dweight/dbias updates
@@ -199,7 +237,11 @@ cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
         # pass 2 (rows in cache): dx
         for q in range(n_rows):
             mean_g = <floating>(sum_g[q] / D) if mean != NULL else 0
-            mean_gxhat = <floating>(rstd_64[r + q] * sum_gd[q] / D)
+            m_gxhat = rstd_64[r + q] * sum_gd[q] / D
+            if not finite(m_gxhat):     # |x - mean| near DBL_MAX: from O(1) terms
+                m_gxhat = sum_g_xhat(dy + (r + q) * D, x + (r + q) * D, weight, NULL, D,
+                                     hi[q], lo[q], rstd_64[r + q]) / D
+            mean_gxhat = <floating>m_gxhat
             for k_b in range((D + BLOCK - 1) // BLOCK):
                 b = k_b * BLOCK
                 len_b = D - b if D - b < BLOCK else BLOCK
@@ -209,12 +251,11 @@ cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
         r += n_rows
         if (r - r0) % ROWS_PER_FLUSH == 0 or r == r1:
             for i in range(D):
-                dweight[i] += tw[i]
-                dbias[i] += tb[i]
+                dweight[i] = tw[i] if first else dweight[i] + tw[i]
+                dbias[i] = tb[i] if first else dbias[i] + tb[i]
                 tw[i] = 0
                 tb[i] = 0
-    if stream:       # once per thread, after all its streamed stores
-        cn_stream_fence()
+            first = False
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,49 +273,60 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
     cdef double* mean = j.mean
     cdef double* rstd = j.rstd
     cdef double* var = j.var
-    cdef double mu, v, rs, eps = j.eps
+    cdef Py_ssize_t o, b, len_b, k_b
+    cdef double rs, scale, eps = j.eps
     cdef bint stream = j.stream
-    cdef floating hi, lo
+    cdef floating hi, lo, w, bi
+    cdef floating tmp[BLOCK]
     for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
-        v = _row_stats(x + r * D, D, True, &mu)
-        rs = 1.0 / sqrt(v + eps)
-        mean[r] = mu
-        rstd[r] = rs
-        var[r] = v
-        split_mean(mu, &hi, &lo)
+        scale = _row_stats(x + r * D, D, True, eps, &mean[r], &rstd[r], &var[r], &hi, &lo, &rs)
         c = (r % G) * Cg
         for i in range(Cg):
-            affine(y + r * D + i * S, x + r * D + i * S, S, hi, lo,
-                   <floating>(rs * (weight[c + i] if weight != NULL else 1.0)),
-                   bias[c + i] if bias != NULL else 0, stream, False)
+            o = r * D + i * S
+            w = <floating>(rs * (weight[c + i] if weight != NULL else 1.0))
+            bi = bias[c + i] if bias != NULL else 0
+            if scale == 1:
+                affine(y + o, x + o, S, hi, lo, w, bi, stream, False)
+                continue
+            for k_b in range((S + BLOCK - 1) // BLOCK):
+                b = k_b * BLOCK
+                len_b = S - b if S - b < BLOCK else BLOCK
+                scaled_copy(tmp, x + o + b, len_b, scale)  # x * scale, as above
+                affine(y + o + b, tmp, len_b, hi, lo, w, bi, False, False)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
 
 
 cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
                                     int n_threads) noexcept nogil:
-    """Thread t's rows (n, g) of the GroupNorm backward, g = dy * weight[c] per channel:
+    """Thread t's chunks of rows (n, g) of the GroupNorm backward, g = dy * w[c] per channel:
         dx = rstd * ((g - mean(g)) - mean(g * xhat) * xhat)   over the row's segments,
-    and its partials of dweight[c] = sum of dy * xhat, dbias[c] = sum of dy."""
+    and each chunk's partials of dweight[c] = sum of dy * xhat, dbias[c] = sum of dy."""
     cdef const RowJob* j = <const RowJob*>job
     cdef Py_ssize_t G = j.G, Cg = j.Cg, S = j.S, C = j.G * j.Cg, D = j.Cg * j.S
-    cdef Py_ssize_t r, i, c, b, len_b, k_b, o
+    cdef Py_ssize_t r, i, c, b, len_b, k_b, o, k
     cdef floating* dx = <floating*>j.out
     cdef const floating* dy = <const floating*>j.dy
     cdef const floating* weight = <const floating*>j.weight
-    cdef double* dweight = j.part + 2 * C * t
-    cdef double* dbias = dweight + C
+    cdef double* dweight
+    cdef double* dbias
     cdef const double* mean = j.mean
     cdef const double* rstd = j.rstd
     cdef bint stream = j.stream
-    cdef double rs, w, sum_g, sum_gd, seg_g, seg_gd, s1, s2
+    cdef double rs, w, sum_g, sum_gd, seg_g, seg_gd, s1, s2, m_gxhat
+    cdef bint slow
     cdef floating hi, lo
-    for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
+    for r in range(split_start(j.n_chunks, t, n_threads) * j.chunk,
+                   min(split_start(j.n_chunks, t + 1, n_threads) * j.chunk, j.M)):
+        k = r // j.chunk
+        dweight = j.part + 2 * C * k        # the partials of this row's chunk
+        dbias = dweight + C
         split_mean(mean[r], &hi, &lo)
         rs = rstd[r]
         c = (r % G) * Cg
         sum_g = 0
         sum_gd = 0
+        slow = False
         # pass 1: per channel segment, sum(dy) and sum(dy * (x - mean)) (short sums, float64)
         for i in range(Cg):
             o = r * D + i * S
@@ -288,15 +340,27 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
                 seg_gd += s2
             w = weight[c + i] if weight != NULL else 1.0
             dbias[c + i] += seg_g
-            dweight[c + i] += seg_gd * rs
             sum_g += w * seg_g
             sum_gd += w * seg_gd
+            if finite(seg_gd * rs):
+                dweight[c + i] += seg_gd * rs
+            else:               # |x - mean| near DBL_MAX: from O(1) terms
+                dweight[c + i] += sum_g_xhat(dy + o, x + o, NULL, NULL, S, hi, lo, rs)
+                slow = True
+        m_gxhat = rs * sum_gd / D
+        if slow or not finite(m_gxhat):     # the same for the row's sum
+            m_gxhat = 0
+            for i in range(Cg):
+                m_gxhat += ((weight[c + i] if weight != NULL else 1.0)
+                            * sum_g_xhat(dy + r * D + i * S, x + r * D + i * S, NULL, NULL, S,
+                                         hi, lo, rs))
+            m_gxhat /= D
         # pass 2 (row in cache): dx, segment by segment
         for i in range(Cg):
             o = r * D + i * S
             gn_grad_segment(dx + o, dy + o, x + o, S, hi, lo, <floating>rs,
                             weight[c + i] if weight != NULL else 1, <floating>(sum_g / D),
-                            <floating>(rs * sum_gd / D), stream)
+                            <floating>m_gxhat, stream)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
 
@@ -403,11 +467,15 @@ cdef tuple _backward_job(RowJob* j, cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M,
     cdef cnp.ndarray db = empty_1d(D, typenum) if with_bias else None
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(x)
     _start(j, x, typenum, M, D, 2 * M * D)
-    # per thread: the dweight, dbias partials (float64) then two input-precision rows
-    j.part = <double*>malloc(j.n_threads * D * 2 * (sizeof(double) + itemsize) + 1)
+    j.chunk = chunk_size(M, D, ROWS_PER_FLUSH * 1024, 2, MAX_WIDE_CHUNKS)   # rows in pairs,
+    if j.chunk > ROWS_PER_FLUSH:                                        # or flush groups
+        j.chunk = chunk_size(M, D, ROWS_PER_FLUSH * 1024, ROWS_PER_FLUSH, MAX_WIDE_CHUNKS)
+    j.n_chunks = (M + j.chunk - 1) // j.chunk
+    # per chunk the dweight, dbias partials (float64), then per thread two input-precision rows
+    j.part = <double*>malloc(D * 2 * (j.n_chunks * sizeof(double) + j.n_threads * itemsize) + 1)
     if j.part == NULL:
         raise MemoryError()
-    j.tmp = <char*>j.part + j.n_threads * D * 2 * sizeof(double)
+    j.tmp = <char*>j.part + j.n_chunks * D * 2 * sizeof(double)
     j.stream = _use_stream(M * D, D, itemsize)
     j.out = cnp.PyArray_DATA(dx)
     j.dy = cnp.PyArray_DATA(dy)
@@ -417,9 +485,13 @@ cdef tuple _backward_job(RowJob* j, cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M,
     return dx, dw, db
 
 
-cdef void _finish_backward(RowJob* j, cnp.ndarray dw, db) noexcept:
-    """dweight (and dbias) <- the thread partials summed in thread order; frees them."""
-    sum_partials(j.typenum, cnp.PyArray_DATA(dw), data_or_null(db), j.part, j.D, j.n_threads,
+cdef void _run_backward(RowJob* j, cnp.ndarray dw, db) noexcept:
+    """The backward of j on its threads, then dweight (and dbias) <- the chunk partials
+    summed in chunk order; frees them."""
+    with nogil:
+        run_threads(j.typenum, j.x, j, j.n_threads,
+                    _layer_norm_backward_rows[float], _layer_norm_backward_rows[double])
+    sum_partials(j.typenum, cnp.PyArray_DATA(dw), data_or_null(db), j.part, j.D, j.n_chunks,
                  2 * j.D)
     free(j.part)
 
@@ -430,10 +502,7 @@ def layer_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
     """LayerNorm backward. Returns (dx like x, dweight (D,), dbias (D,)) in the input dtype."""
     cdef RowJob j
     dx, dw, db = _backward_job(&j, dy, x, M, D, mean, rstd, weight, True)
-    with nogil:
-        run_threads(j.typenum, j.x, &j, j.n_threads,
-                    _layer_norm_backward_rows[float], _layer_norm_backward_rows[double])
-    _finish_backward(&j, dw, db)
+    _run_backward(&j, dw, db)
     return dx, dw, db
 
 
@@ -442,10 +511,7 @@ def rms_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_
     """RMSNorm backward. Returns (dx like x, dweight (D,)) in the input dtype."""
     cdef RowJob j
     dx, dw, _ = _backward_job(&j, dy, x, M, D, None, rrms, weight, False)
-    with nogil:
-        run_threads(j.typenum, j.x, &j, j.n_threads,
-                    _layer_norm_backward_rows[float], _layer_norm_backward_rows[double])
-    _finish_backward(&j, dw, None)
+    _run_backward(&j, dw, None)
     return dx, dw
 
 
@@ -514,7 +580,9 @@ def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
         db.fill(0)
         return dx, dw, db
     _group_job(&j, x, typenum, N, G, Cg, S, 2)
-    j.part = <double*>calloc(j.n_threads * 2 * C + 1, sizeof(double))    # dweight, dbias
+    j.chunk = chunk_size(N * G, Cg * S, CHUNK_ELEMENTS, 1, MAX_CHUNKS)
+    j.n_chunks = (N * G + j.chunk - 1) // j.chunk
+    j.part = <double*>calloc(j.n_chunks * 2 * C + 1, sizeof(double))    # dweight, dbias
     if j.part == NULL:
         raise MemoryError()
     j.out = cnp.PyArray_DATA(dx)
@@ -525,7 +593,7 @@ def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
     with nogil:
         run_threads(j.typenum, j.x, &j, j.n_threads,
                     _group_norm_backward_rows[float], _group_norm_backward_rows[double])
-    sum_partials(typenum, cnp.PyArray_DATA(dw), cnp.PyArray_DATA(db), j.part, C, j.n_threads,
+    sum_partials(typenum, cnp.PyArray_DATA(dw), cnp.PyArray_DATA(db), j.part, C, j.n_chunks,
                  2 * C)
     free(j.part)
     return dx, dw, db
