@@ -104,6 +104,11 @@ def ref_layer_norm(x, dy, eps, w, b, rms=False):
     return {"y": y, "mean": mean, "rstd": rstd, "dx": dx, "dw": (dy * xhat).sum(0), "db": dy.sum(0)}
 
 
+def _per_channel(y, dx, dy, xhat, **stats):
+    """The outputs of a norm with per-channel weight over (N, C, S): y, dx, dw, db, stats."""
+    return {"y": y, "dx": dx, "dw": (dy * xhat).sum((0, 2)), "db": dy.sum((0, 2)), **stats}
+
+
 def ref_group_norm(x, dy, eps, w, b, groups):
     """x (N, C, S), w/b (C,): rows (N*G, C/G*S)."""
     n, _c, _s = x.shape
@@ -113,15 +118,7 @@ def ref_group_norm(x, dy, eps, w, b, groups):
     dx = _rows_bwd(dy.reshape(rows.shape) * wf, xhat, rstd).reshape(x.shape)
     xhat = xhat.reshape(x.shape)
     y = xhat * w[None, :, None] + b[None, :, None]
-    return {
-        "y": y,
-        "mean": mean,
-        "rstd": rstd,
-        "var": var,
-        "dx": dx,
-        "dw": (dy * xhat).sum((0, 2)),
-        "db": dy.sum((0, 2)),
-    }
+    return _per_channel(y, dx, dy, xhat, mean=mean, rstd=rstd, var=var)
 
 
 def ref_batch_norm(x, dy, eps, w, b, relu=False):
@@ -137,16 +134,7 @@ def ref_batch_norm(x, dy, eps, w, b, relu=False):
     g = (dy * w[None, :, None]).transpose(1, 0, 2).reshape(c, -1)
     dx = _rows_bwd(g, xhat.transpose(1, 0, 2).reshape(c, -1), rstd)
     dx = dx.reshape(c, n, s).transpose(1, 0, 2)
-    return {
-        "y": y,
-        "mean": mean,
-        "rstd": rstd,
-        "var": var,
-        "dx": dx,
-        "dw": (dy * xhat).sum((0, 2)),
-        "db": dy.sum((0, 2)),
-        "count": n * s,
-    }
+    return _per_channel(y, dx, dy, xhat, mean=mean, rstd=rstd, var=var, count=n * s)
 
 
 def ref_batch_norm_eval(x, dy, eps, w, b, rm, rv, relu=False):
@@ -156,12 +144,7 @@ def ref_batch_norm_eval(x, dy, eps, w, b, rm, rv, relu=False):
     if relu:
         dy = dy * (y > 0)
         y = np.maximum(y, 0.0)
-    return {
-        "y": y,
-        "dx": dy * (w * invstd)[None, :, None],
-        "dw": (dy * xhat).sum((0, 2)),
-        "db": dy.sum((0, 2)),
-    }
+    return _per_channel(y, dy * (w * invstd)[None, :, None], dy, xhat)
 
 
 # ---------------------------------------------------------------------------------------
