@@ -181,12 +181,16 @@ EXP = {
 GRAD = {"dx", "dw", "db", "sum_dy", "sum_dy_xhat"}
 
 
-def case_layer_norm(sc):
-    u, dyu = _data((64, 48), 1)
-    w, b = _params(48, 1)
+def _rows_case(sc, seed):
+    """(64, 48) rows at scale 2**k with gradients at 2**j: u, dyu (unit), x, dy, w, b, eps."""
+    u, dyu = _data((64, 48), seed)
+    w, b = _params(48, seed)
     x, u = scaled(u, sc.k)
-    dy = np.ldexp(dyu, sc.j)
-    eps = sc.eps()
+    return u, dyu, x, np.ldexp(dyu, sc.j), w, b, sc.eps()
+
+
+def case_layer_norm(sc):
+    u, dyu, x, dy, w, b, eps = _rows_case(sc, 1)
     y, mean, rstd = F.native_layer_norm(x, (48,), w, b, eps)
     got = {"y": y, "mean": mean, "rstd": rstd}
     if not sc.forward_only:
@@ -195,11 +199,7 @@ def case_layer_norm(sc):
 
 
 def case_rms_norm(sc):
-    u, dyu = _data((64, 48), 2)
-    w, _ = _params(48, 2)
-    x, u = scaled(u, sc.k)
-    dy = np.ldexp(dyu, sc.j)
-    eps = sc.eps()
+    u, dyu, x, dy, w, _, eps = _rows_case(sc, 2)
     y, rrms = F.native_rms_norm(x, (48,), w, eps)
     got = {"y": y, "rstd": rrms}
     if not sc.forward_only:
