@@ -18,7 +18,7 @@ torch) is ``docs/torch.md``.
 """
 
 from ._autograd import BatchNormFunction, LayerNormFunction
-from ._dropin import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm, convert, torch_fallback
+from ._dropin import TORCH_BELOW, BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm, convert, torch_fallback
 from ._state import to_torch_state_dict
 from ._sync import SyncBatchNorm, SyncBatchNormFunction, convert_sync_batchnorm
 
@@ -31,6 +31,7 @@ __all__ = [
     "convert",
     "convert_sync_batchnorm",
     "torch_fallback",
+    "TORCH_BELOW",
     "BatchNormFunction",
     "LayerNormFunction",
     "SyncBatchNormFunction",

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Dict, Iterator, Optional, Type, cast
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple, Type, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .._ops import momentum_factor
-from ._autograd import batch_norm, layer_norm
+from ._autograd import batch_norm, layer_norm, needs_grad
+from ._library import batch_norm_op, layer_norm_op
 
 __all__ = [
     "BatchNorm1d",
@@ -22,6 +24,7 @@ __all__ = [
     "torch_fallback",
     "cnorm_batch_norm",
     "FLOATS",
+    "TORCH_BELOW",
 ]
 
 FLOATS = (torch.float32, torch.float64)
@@ -52,28 +55,49 @@ def torch_fallback() -> Iterator[None]:
         _switch.enabled = previous
 
 
-_is_scripting = torch.jit.is_scripting
-_is_tracing = torch.jit.is_tracing
-_is_compiling = torch.compiler.is_compiling
+_is_compiling = torch.compiler.is_compiling  # torch.compile (dynamo) and torch.export
+_is_tracing = torch._C._is_tracing  # torch.jit.trace (scripting: see _script_forward)
 _is_autocast = torch.is_autocast_enabled
 _functorch_active = torch._C._are_functorch_transforms_active
+
+#: numel below which an input runs torch's kernels, per norm: (no gradient, gradient).
+#: There a Python call (and the autograd node of a Python Function) costs more than the
+#: cnorm kernel saves; ``python -m cnorm bench --calibrate`` measures the crossover.
+TORCH_BELOW: Dict[str, Tuple[int, int]] = {
+    "batch_norm": (4096, 16384),
+    "layer_norm": (4096, 8192),
+}
 
 
 def _input_ok(input) -> bool:
     """A plain, dense, C-contiguous CPU float32/float64 tensor, outside of autocast,
-    torch.jit, torch.compile and torch.func transforms (all of which go to torch)."""
+    torch.jit tracing, torch.compile and torch.func transforms (all of which go to torch;
+    torch.compile to :func:`_compile_ok` where a layer has a custom op)."""
     return (
         type(input) in _PLAIN
         and input.dtype in FLOATS
         and input.is_cpu
         and input.layout == _STRIDED
         and input.is_contiguous()
+        and not _is_compiling()  # before the checks dynamo does not trace
         and not input.is_neg()
         and not _is_autocast("cpu")
-        and not _is_scripting()
         and not _is_tracing()
-        and not _is_compiling()
         and not _functorch_active()
+    )
+
+
+def _compile_ok(input) -> bool:
+    """Under torch.compile / torch.export (dynamo traces this; the checks become guards):
+    a dense C-contiguous CPU float32/float64 tensor outside autocast, for the cnorm custom
+    ops (:mod:`cnorm.torch._library`). Fake and functional tensors pass."""
+    return (
+        _is_compiling()
+        and input.dtype in FLOATS
+        and input.is_cpu
+        and input.layout == _STRIDED
+        and input.is_contiguous()
+        and not _is_autocast("cpu")
     )
 
 
@@ -89,27 +113,38 @@ def _ok(t, dtype, shape) -> bool:
     )
 
 
+def _traced_ok(t, dtype, shape) -> bool:
+    """:func:`_ok` without the type check (compile and export trace fake tensors)."""
+    return t is None or (
+        t.dtype == dtype and t.is_cpu and t.layout == _STRIDED and t.is_contiguous() and t.shape == shape
+    )
+
+
 # ---------------------------------------------------------------------------- batch norm
 
 
 def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     """torch's ``_BatchNorm.forward`` on the cnorm kernels, or None (and no side effect)
     when the call is not one cnorm handles: the caller then runs torch's forward, which
-    also raises torch's own errors for bad inputs."""
-    if not (module.use_cnorm and _switch.enabled and _input_ok(input)):
+    also raises torch's own errors for bad inputs. Eager: the cnorm autograd Function;
+    under torch.compile / torch.export: the ``cnorm::batch_norm`` custom op."""
+    if not (module.use_cnorm and _switch.enabled):
+        return None
+    if _input_ok(input):
+        ok = _ok
+    elif _compile_ok(input):
+        ok = _traced_ok
+    else:
         return None
     # straight from the registries (Module.__getattr__ is slow); a parametrized or
     # hooked weight is not in there: torch's forward handles those
     params = module._parameters
     buffers = module._buffers
-    try:
-        weight = params["weight"]
-        bias = params["bias"]
-        running_mean = buffers["running_mean"]
-        running_var = buffers["running_var"]
-        num_batches_tracked = buffers["num_batches_tracked"]
-    except KeyError:
-        return None
+    weight = params.get("weight", _MISSING)
+    bias = params.get("bias", _MISSING)
+    running_mean = buffers.get("running_mean", _MISSING)
+    running_var = buffers.get("running_var", _MISSING)
+    num_batches_tracked = buffers.get("num_batches_tracked", _MISSING)
     training = module.training
     track = module.track_running_stats
     # as torch: the running buffers are passed only when they are updated or used
@@ -119,11 +154,11 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     eps = module.eps
     dtype = input.dtype
     shape = input.shape
-    if len(shape) < 2 or (rm is None) != (rv is None):
+    if len(shape) < 2 or (rm is None) != (rv is None) or num_batches_tracked is _MISSING:
         return None
     c = shape[1:2]
-    if not (_ok(weight, dtype, c) and _ok(bias, dtype, c) and _ok(rm, dtype, c) and _ok(rv, dtype, c)):
-        return None
+    if not (ok(weight, dtype, c) and ok(bias, dtype, c) and ok(rm, dtype, c) and ok(rv, dtype, c)):
+        return None  # _MISSING fails too
     if bn_training:
         if not eps > 0:
             return None  # torch raises 'eps must be positive'
@@ -131,21 +166,34 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
             return None  # 1 value per channel: torch raises
     elif not eps >= 0:
         return None
+    momentum = module.momentum
+    nbt = num_batches_tracked if training and track else None
+    if ok is _traced_ok:
+        if momentum is None and nbt is not None:
+            return None  # 1 / num_batches_tracked: a host sync, as in torch's forward
+        module._check_input_dim(input)
+        if nbt is not None:
+            nbt.add_(1)
+        return batch_norm_op.forward(
+            input, weight, bias, rm, rv, bn_training, 0.0 if momentum is None else momentum, eps
+        )[0]
+    grad = needs_grad(input, weight, bias)
+    if input.numel() < TORCH_BELOW["batch_norm"][grad]:
+        return None
     module._check_input_dim(input)
 
     # the rest of torch's _BatchNorm.forward
-    nbt = num_batches_tracked if training and track else None
     if nbt is not None:
         nbt.add_(1)
-    factor = momentum_factor(module.momentum, nbt)
+    factor = momentum if momentum is not None else momentum_factor(None, nbt)
     # NumPy views: cnorm updates the running buffers in place when training
     rm = None if rm is None else rm.numpy()
     rv = None if rv is None else rv.numpy()
-    return batch_norm(input, weight, bias, (rm, rv, bn_training, factor, eps))
+    return batch_norm(input, weight, bias, (rm, rv, bn_training, factor, eps), grad)
 
 
 if TYPE_CHECKING:  # the mixins sit before a torch module in the MRO: super().forward exists
-    _TorchModule = nn.Module
+    _TorchModule = nn.modules.batchnorm._BatchNorm
 else:
     _TorchModule = object
 
@@ -157,10 +205,38 @@ class _CnormBatchNorm(_TorchModule):
     use_cnorm = True
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # static in TorchScript: the rest is not compiled
+            return self._torch_forward(input)
         out = cnorm_batch_norm(self, input)
         if out is None:
             return super().forward(input)
         return out
+
+    def _torch_forward(self, input: torch.Tensor) -> torch.Tensor:
+        """torch's ``_BatchNorm.forward``, in a form TorchScript compiles (a scripted model
+        runs torch's kernels) and that SyncBatchNorm shares."""
+        self._check_input_dim(input)
+        factor = 0.0
+        if self.momentum is not None:
+            factor = self.momentum
+        if self.training and self.track_running_stats:
+            nbt = self.num_batches_tracked
+            if nbt is not None:
+                nbt.add_(1)
+                if self.momentum is None:
+                    factor = 1.0 / float(nbt)
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        track = not self.training or self.track_running_stats
+        return F.batch_norm(
+            input,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.weight,
+            self.bias,
+            bn_training,
+            factor,
+            self.eps,
+        )
 
 
 class BatchNorm1d(_CnormBatchNorm, nn.BatchNorm1d):
@@ -193,22 +269,29 @@ class LayerNorm(nn.LayerNorm):
     use_cnorm = True
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # static in TorchScript: the rest is not compiled
+            return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
         ns = self.normalized_shape
         k = len(ns)
-        if self.use_cnorm and _switch.enabled and k and _input_ok(input):
+        if self.use_cnorm and _switch.enabled and k:
+            if _input_ok(input):
+                ok = _ok
+            elif _compile_ok(input):
+                ok = _traced_ok
+            else:
+                return super().forward(input)
             params = self._parameters
             dtype = input.dtype
             weight = params.get("weight", _MISSING)
             bias = params.get("bias", _MISSING)
-            if (
-                input.dim() >= k
-                and input.shape[input.dim() - k :] == ns
-                and _ok(weight, dtype, ns)
-                and _ok(bias, dtype, ns)
-            ):
-                # _ok passed: None or a plain tensor, never _MISSING
+            if input.shape[-k:] == ns and ok(weight, dtype, ns) and ok(bias, dtype, ns):
+                # ok passed: None or a plain tensor, never _MISSING
                 w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
-                return layer_norm(input, w, b, (ns, self.eps))
+                if ok is _traced_ok:
+                    return layer_norm_op.forward(input, w, b, list(ns), self.eps)[0]
+                grad = needs_grad(input, w, b)
+                if input.numel() >= TORCH_BELOW["layer_norm"][grad]:
+                    return layer_norm(input, w, b, (ns, self.eps), grad)
         return super().forward(input)
 
 
