@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="time the cnorm.torch drop-in modules against torch.nn under torch "
         "autograd, and a CNN training step (see cnorm/benchmarks/torch_cases.py)",
     )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure the input sizes below which the cnorm.torch drop-ins should run "
+        "torch's kernels (cnorm.torch.TORCH_BELOW; see cnorm/benchmarks/calibrate.py)",
+    )
     p.add_argument("--no-torch", action="store_true", help="do not time torch even if it is installed")
     p.add_argument(
         "--no-progress",
@@ -206,6 +212,12 @@ def _dropin_ops(spec: str | None) -> list[str]:
     return [op for op in T.DROPIN_OPS if not spec or op in spec.split(",")] or ["fwd_bwd"]
 
 
+def _torch_below():
+    import cnorm.torch as ct
+
+    return dict(ct.TORCH_BELOW)
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -269,7 +281,8 @@ def run_dropin(cases, ops, dtypes, threads, settings, cnorm, torch, out=None) ->
     ratios: dict[tuple, list[float]] = {}
     out.write(
         f"drop-in: cnorm.torch vs torch.nn modules under torch autograd | torch "
-        f"{torch.__version__} | median of {settings.reps} interleaved reps\n"
+        f"{torch.__version__} | min of {settings.reps} interleaved reps | "
+        f"cnorm.torch.TORCH_BELOW = {_torch_below()}\n"
     )
     out.write(R.DROPIN_TABLE.header() + "\n")
     rows: list[tuple[C.Case | None, str, str]] = [
@@ -288,7 +301,8 @@ def run_dropin(cases, ops, dtypes, threads, settings, cnorm, torch, out=None) ->
                     fns = {impl: T.build_dropin(case, op, impl, dtype, data) for impl in T.DROPIN_IMPLS}
                     label = case.name
                 meas = measure_interleaved(fns, settings)
-                a, b = meas.median("cnorm.torch"), meas.median("torch.nn")
+                # the minimum: the call's own cost (per-call overheads are what it compares)
+                a, b = min(meas.times["cnorm.torch"]), min(meas.times["torch.nn"])
                 ratios.setdefault((op, n), []).append(a / b)
                 out.write(R.dropin_row(label, op, dtype, n, a, b) + "\n")
                 out.flush()
@@ -337,6 +351,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads = parse_threads(args.threads, cnorm.get_num_threads())
         dtypes = C.select_dtypes(args.dtype)
         settings = settings_from_args(args)
+        if args.calibrate:
+            if torch is None:
+                return _fail("--calibrate times cnorm.torch against torch.nn: it needs torch")
+            from .calibrate import calibrate
+
+            calibrate(threads, settings, cnorm, torch)
+            return 0
         if args.dropin:
             if torch is None:
                 return _fail(

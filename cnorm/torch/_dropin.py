@@ -59,10 +59,15 @@ _is_compiling = torch.compiler.is_compiling  # torch.compile (dynamo) and torch.
 _is_tracing = torch._C._is_tracing  # torch.jit.trace (scripting: see _script_forward)
 _is_autocast = torch.is_autocast_enabled
 _functorch_active = torch._C._are_functorch_transforms_active
+# the ATen calls of F.batch_norm / F.layer_norm (cudnn_enabled: no effect on the CPU)
+_aten_batch_norm = torch.batch_norm
+_aten_layer_norm = torch.layer_norm
 
 #: numel below which an input runs torch's kernels, per norm: (no gradient, gradient).
 #: There a Python call (and the autograd node of a Python Function) costs more than the
 #: cnorm kernel saves; ``python -m cnorm bench --calibrate`` measures the crossover.
+#: Those calls go straight to the ATen op that torch's forward ends in (same kernel,
+#: same autograd node, same results), skipping the Python layers of torch's forward.
 TORCH_BELOW: Dict[str, Tuple[int, int]] = {
     "batch_norm": (4096, 16384),
     "layer_norm": (4096, 8192),
@@ -177,15 +182,17 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
         return batch_norm_op.forward(
             input, weight, bias, rm, rv, bn_training, 0.0 if momentum is None else momentum, eps
         )[0]
-    grad = needs_grad(input, weight, bias)
-    if input.numel() < TORCH_BELOW["batch_norm"][grad]:
-        return None
     module._check_input_dim(input)
+    grad = needs_grad(input, weight, bias)
 
     # the rest of torch's _BatchNorm.forward
     if nbt is not None:
         nbt.add_(1)
     factor = momentum if momentum is not None else momentum_factor(None, nbt)
+    if input.numel() < TORCH_BELOW["batch_norm"][grad]:
+        # torch's kernel as F.batch_norm calls it (its checks passed above), without
+        # the Python layers of torch's forward: below torch.nn's own cost
+        return _aten_batch_norm(input, weight, bias, rm, rv, bn_training, factor, eps, True)
     # NumPy views: cnorm updates the running buffers in place when training
     rm = None if rm is None else rm.numpy()
     rv = None if rv is None else rv.numpy()
@@ -292,6 +299,8 @@ class LayerNorm(nn.LayerNorm):
                 grad = needs_grad(input, w, b)
                 if input.numel() >= TORCH_BELOW["layer_norm"][grad]:
                     return layer_norm(input, w, b, (ns, self.eps), grad)
+                # torch's kernel as F.layer_norm calls it (cheaper than torch's forward)
+                return _aten_layer_norm(input, ns, w, b, self.eps, True)
         return super().forward(input)
 
 
