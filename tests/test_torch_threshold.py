@@ -43,3 +43,25 @@ def test_threshold_from_ratios():
     assert threshold_from_ratios(sizes, [0.9, 1.2, 0.9, 0.8]) == 1000  # never slower above
     assert threshold_from_ratios(sizes, [0.9, 0.9, 0.9, 0.8]) == 10
     assert threshold_from_ratios(sizes, [0.9, 0.9, 0.9, 1.1]) == 10001
+
+
+def test_bench_model_selection():
+    from cnorm.benchmarks import cli
+
+    assert cli._models(None) == ["resnet18", "encoder", "convnext", "llama", "diffusion"]
+    assert cli._models("bn2d_tiny,ln_token") == []
+    assert cli._models("resnet18,ln_token") == ["resnet18"]
+    assert cli._case_spec("resnet18,ln_token") == "ln_token"
+    assert cli._case_spec("llama") == ""
+
+
+@pytest.mark.slow
+def test_bench_models_run_both_impls():
+    """Every end-to-end step runs, converted and plain (seconds per model)."""
+    from cnorm.benchmarks import models as M
+
+    for name, step in M.model_rows():
+        for impl in ("cnorm.torch", "torch.nn"):
+            M.build_model_step(name, step, impl)()
+    f = M.build_model_step("resnet18", "infer", "torch.nn")
+    assert 0 < M.norm_share(f, f.model, steps=1) < 100

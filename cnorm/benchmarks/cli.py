@@ -274,9 +274,10 @@ def _measure_op(case, dtype, op, data, threads, settings, torch, thr, progress) 
     return recs
 
 
-def run_dropin(cases, ops, dtypes, threads, settings, cnorm, torch, out=None) -> int:
+def run_dropin(cases, ops, dtypes, threads, settings, cnorm, torch, out=None, models=()) -> int:
     """``python -m cnorm bench --dropin``: cnorm.torch vs torch.nn in autograd, per case
-    with a drop-in and op, plus the CNN training step. Returns the exit status."""
+    with a drop-in and op, plus the CNN training step, then the end-to-end ``models``
+    (:mod:`cnorm.benchmarks.models`). Returns the exit status."""
     out = out if out is not None else sys.stdout
     ratios: dict[tuple, list[float]] = {}
     out.write(
@@ -306,8 +307,32 @@ def run_dropin(cases, ops, dtypes, threads, settings, cnorm, torch, out=None) ->
                 ratios.setdefault((op, n), []).append(a / b)
                 out.write(R.dropin_row(label, op, dtype, n, a, b) + "\n")
                 out.flush()
+    if models:
+        from .models import run_models
+
+        out.write("end-to-end: one step of each model, converted vs plain torch.nn\n")
+        ratios.update(run_models(models, threads, settings, cnorm, torch, out))
     out.write(R.dropin_summary(ratios) + "\n")
     return 0
+
+
+def _case_spec(spec: str | None) -> str | None:
+    """--cases without the tokens that name end-to-end models (None: every case)."""
+    if spec is None:
+        return None
+    from .models import MODELS
+
+    return ",".join(t for t in spec.split(",") if t.strip() and not any(t.strip() in m for m in MODELS))
+
+
+def _models(spec: str | None) -> list[str]:
+    """The end-to-end models named (or matched by a substring) in --cases; all without it."""
+    from .models import MODELS
+
+    if not spec:
+        return list(MODELS)
+    tokens = [t.strip() for t in spec.split(",") if t.strip()]
+    return [m for m in MODELS if any(t in m for t in tokens)]
 
 
 # --------------------------------------------------------------------------- main
@@ -347,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch = None if args.no_torch else _import_torch()
 
     try:
-        cases = C.select_cases(args.cases)
+        cases = C.select_cases(_case_spec(args.cases)) if args.cases is None or _case_spec(args.cases) else []
         threads = parse_threads(args.threads, cnorm.get_num_threads())
         dtypes = C.select_dtypes(args.dtype)
         settings = settings_from_args(args)
@@ -364,7 +389,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--dropin times cnorm.torch against torch.nn: it needs torch "
                     "(installed, and no --no-torch)"
                 )
-            return run_dropin(cases, _dropin_ops(args.ops), dtypes, threads, settings, cnorm, torch)
+            return run_dropin(
+                cases,
+                _dropin_ops(args.ops),
+                dtypes,
+                threads,
+                settings,
+                cnorm,
+                torch,
+                models=_models(args.cases),
+            )
         ops = C.select_ops(args.ops)
     except ValueError as exc:
         return _fail(str(exc))

@@ -69,7 +69,7 @@ _aten_layer_norm = torch.layer_norm
 #: Those calls go straight to the ATen op that torch's forward ends in (same kernel,
 #: same autograd node, same results), skipping the Python layers of torch's forward.
 TORCH_BELOW: Dict[str, Tuple[int, int]] = {
-    "batch_norm": (4096, 16384),
+    "batch_norm": (16384, 16384),
     "layer_norm": (4096, 8192),
 }
 
@@ -131,15 +131,10 @@ def _traced_ok(t, dtype, shape) -> bool:
 def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     """torch's ``_BatchNorm.forward`` on the cnorm kernels, or None (and no side effect)
     when the call is not one cnorm handles: the caller then runs torch's forward, which
-    also raises torch's own errors for bad inputs. Eager: the cnorm autograd Function;
-    under torch.compile / torch.export: the ``cnorm::batch_norm`` custom op."""
+    also raises torch's own errors for bad inputs. Eager: the cnorm autograd Function,
+    or below ``TORCH_BELOW`` torch's ATen op; under torch.compile / torch.export: the
+    ``cnorm::batch_norm`` custom op."""
     if not (module.use_cnorm and _switch.enabled):
-        return None
-    if _input_ok(input):
-        ok = _ok
-    elif _compile_ok(input):
-        ok = _traced_ok
-    else:
         return None
     # straight from the registries (Module.__getattr__ is slow); a parametrized or
     # hooked weight is not in there: torch's forward handles those
@@ -150,6 +145,27 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     running_mean = buffers.get("running_mean", _MISSING)
     running_var = buffers.get("running_var", _MISSING)
     num_batches_tracked = buffers.get("num_batches_tracked", _MISSING)
+    if (
+        weight is _MISSING
+        or bias is _MISSING
+        or running_mean is _MISSING
+        or running_var is _MISSING
+        or num_batches_tracked is _MISSING
+    ):
+        return None
+    # the size threshold first: the checks below cost more than a tiny call
+    small = False
+    if type(input) in _PLAIN:
+        grad = needs_grad(input, weight, bias)
+        small = input.numel() < TORCH_BELOW["batch_norm"][grad]
+    if small:
+        ok = None  # torch's kernel, which checks its arguments itself
+    elif _input_ok(input):
+        ok = _ok
+    elif _compile_ok(input):
+        ok = _traced_ok
+    else:
+        return None
     training = module.training
     track = module.track_running_stats
     # as torch: the running buffers are passed only when they are updated or used
@@ -159,11 +175,13 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     eps = module.eps
     dtype = input.dtype
     shape = input.shape
-    if len(shape) < 2 or (rm is None) != (rv is None) or num_batches_tracked is _MISSING:
+    if len(shape) < 2 or (rm is None) != (rv is None):
         return None
     c = shape[1:2]
-    if not (ok(weight, dtype, c) and ok(bias, dtype, c) and ok(rm, dtype, c) and ok(rv, dtype, c)):
-        return None  # _MISSING fails too
+    if ok is not None and not (
+        ok(weight, dtype, c) and ok(bias, dtype, c) and ok(rm, dtype, c) and ok(rv, dtype, c)
+    ):
+        return None
     if bn_training:
         if not eps > 0:
             return None  # torch raises 'eps must be positive'
@@ -183,13 +201,12 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
             input, weight, bias, rm, rv, bn_training, 0.0 if momentum is None else momentum, eps
         )[0]
     module._check_input_dim(input)
-    grad = needs_grad(input, weight, bias)
 
     # the rest of torch's _BatchNorm.forward
     if nbt is not None:
         nbt.add_(1)
     factor = momentum if momentum is not None else momentum_factor(None, nbt)
-    if input.numel() < TORCH_BELOW["batch_norm"][grad]:
+    if ok is None:
         # torch's kernel as F.batch_norm calls it (its checks passed above), without
         # the Python layers of torch's forward: below torch.nn's own cost
         return _aten_batch_norm(input, weight, bias, rm, rv, bn_training, factor, eps, True)
@@ -279,28 +296,31 @@ class LayerNorm(nn.LayerNorm):
         if torch.jit.is_scripting():  # static in TorchScript: the rest is not compiled
             return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
         ns = self.normalized_shape
-        k = len(ns)
-        if self.use_cnorm and _switch.enabled and k:
+        if self.use_cnorm and _switch.enabled and ns:
+            params = self._parameters
+            weight = params.get("weight", _MISSING)
+            bias = params.get("bias", _MISSING)
+            if weight is _MISSING or bias is _MISSING:
+                return super().forward(input)
+            # _MISSING ruled out: None or a parameter
+            w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
+            grad = False
+            if type(input) in _PLAIN:
+                grad = needs_grad(input, w, b)
+                if input.numel() < TORCH_BELOW["layer_norm"][grad]:
+                    # torch's kernel as F.layer_norm calls it (cheaper than torch's forward)
+                    return _aten_layer_norm(input, ns, w, b, self.eps, True)
             if _input_ok(input):
                 ok = _ok
             elif _compile_ok(input):
                 ok = _traced_ok
             else:
                 return super().forward(input)
-            params = self._parameters
             dtype = input.dtype
-            weight = params.get("weight", _MISSING)
-            bias = params.get("bias", _MISSING)
-            if input.shape[-k:] == ns and ok(weight, dtype, ns) and ok(bias, dtype, ns):
-                # ok passed: None or a plain tensor, never _MISSING
-                w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
+            if input.shape[-len(ns) :] == ns and ok(w, dtype, ns) and ok(b, dtype, ns):
                 if ok is _traced_ok:
                     return layer_norm_op.forward(input, w, b, list(ns), self.eps)[0]
-                grad = needs_grad(input, w, b)
-                if input.numel() >= TORCH_BELOW["layer_norm"][grad]:
-                    return layer_norm(input, w, b, (ns, self.eps), grad)
-                # torch's kernel as F.layer_norm calls it (cheaper than torch's forward)
-                return _aten_layer_norm(input, ns, w, b, self.eps, True)
+                return layer_norm(input, w, b, (ns, self.eps), grad)
         return super().forward(input)
 
 

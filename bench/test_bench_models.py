@@ -1,0 +1,22 @@
+"""End-to-end steps of real architectures, plain torch.nn vs after cnorm.torch.convert
+(pytest-benchmark; models and steps from :mod:`cnorm.benchmarks.models`, also in
+``python -m cnorm bench --dropin``). ``benchmark.group`` is ``"model-{model}-{step}"``.
+
+    pytest bench/test_bench_models.py
+    pytest bench/test_bench_models.py --benchmark-disable   # every step once
+"""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cnorm.benchmarks import models as M
+
+
+@pytest.mark.parametrize("impl", ["cnorm.torch", "torch.nn"])
+@pytest.mark.parametrize("model,step", M.model_rows(), ids=[f"{m}-{s}" for m, s in M.model_rows()])
+def test_bench_model(request, model, step, impl, _same_thread_count):
+    bench = request.getfixturevalue("bench")
+    bench.group = f"model-{model}-{step}"
+    bench.extra_info.update(impl=impl, threads=_same_thread_count)
+    bench(M.build_model_step(model, step, impl))
