@@ -85,22 +85,29 @@ def _attention(nn, F, d, heads):
     return Attention()
 
 
-def _encoder():
+def _pre_norm_block(norm, mlp, d):
+    """``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``: a pre-norm transformer block."""
     torch, nn, F = _nn()
-    d = 512
 
-    class Encoder(nn.Module):
+    class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.norm1, self.norm2 = norm(), norm()
             self.attn = _attention(nn, F, d, 8)
-            self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+            self.mlp = mlp
 
         def forward(self, x):
             x = x + self.attn(self.norm1(x))
             return x + self.mlp(self.norm2(x))
 
-    return Encoder(), (8, 128, d)
+    return Block()
+
+
+def _encoder():
+    torch, nn, F = _nn()
+    d = 512
+    mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+    return _pre_norm_block(lambda: nn.LayerNorm(d), mlp, d), (8, 128, d)
 
 
 def _convnext():
@@ -125,31 +132,26 @@ def _llama():
     torch, nn, F = _nn()
     d, hidden = 512, 1376
 
-    class Block(nn.Module):
+    class SwiGLU(nn.Module):  # gate and up projections fused in one matmul
         def __init__(self):
             super().__init__()
-            self.norm1, self.norm2 = nn.RMSNorm(d, eps=1e-6), nn.RMSNorm(d, eps=1e-6)
-            self.attn = _attention(nn, F, d, 8)
-            self.gate = nn.Linear(d, hidden, bias=False)
-            self.up = nn.Linear(d, hidden, bias=False)
-            self.down = nn.Linear(hidden, d, bias=False)
+            self.gate_up, self.down = nn.Linear(d, 2 * hidden, bias=False), nn.Linear(hidden, d, bias=False)
 
-        def forward(self, x):
-            x = x + self.attn(self.norm1(x))
-            h = self.norm2(x)
-            return x + self.down(F.silu(self.gate(h)) * self.up(h))
+        def forward(self, h):
+            gate, up = self.gate_up(h).chunk(2, dim=-1)
+            return self.down(F.silu(gate) * up)
 
-    return Block(), (8, 128, d)
+    return _pre_norm_block(lambda: nn.RMSNorm(d, eps=1e-6), SwiGLU(), d), (8, 128, d)
 
 
 def _diffusion():
     torch, nn, F = _nn()
-    c = 128
+    c, groups = 128, 32
 
     class ResBlock(nn.Module):
         def __init__(self):
             super().__init__()
-            self.norm1, self.norm2 = nn.GroupNorm(32, c), nn.GroupNorm(32, c)
+            self.norm1, self.norm2 = nn.GroupNorm(groups, c), nn.GroupNorm(groups, c)
             self.conv1 = nn.Conv2d(c, c, 3, padding=1)
             self.conv2 = nn.Conv2d(c, c, 3, padding=1)
 
