@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         "autograd, and a CNN training step (see cnorm/benchmarks/torch_cases.py)",
     )
     p.add_argument(
+        "--compiled",
+        action="store_true",
+        help="with --dropin: also every end-to-end model under torch.compile, converted "
+        "vs plain (Inductor's own norm kernels are the anchor; compiling takes minutes)",
+    )
+    p.add_argument(
         "--calibrate",
         action="store_true",
         help="measure the input sizes below which the cnorm.torch drop-ins should run "
@@ -274,7 +280,9 @@ def _measure_op(case, dtype, op, data, threads, settings, torch, thr, progress) 
     return recs
 
 
-def run_dropin(cases, ops, dtypes, threads, settings, cnorm, torch, out=None, models=()) -> int:
+def run_dropin(
+    cases, ops, dtypes, threads, settings, cnorm, torch, out=None, models=(), compiled=False
+) -> int:
     """``python -m cnorm bench --dropin``: cnorm.torch vs torch.nn in autograd, per case
     with a drop-in and op, plus the CNN training step, then the end-to-end ``models``
     (:mod:`cnorm.benchmarks.models`). Returns the exit status."""
@@ -311,7 +319,7 @@ def run_dropin(cases, ops, dtypes, threads, settings, cnorm, torch, out=None, mo
         from .models import run_models
 
         out.write("end-to-end: one step of each model, converted vs plain torch.nn\n")
-        ratios.update(run_models(models, threads, settings, cnorm, torch, out))
+        ratios.update(run_models(models, threads, settings, cnorm, torch, out, compiled))
     out.write(R.dropin_summary(ratios) + "\n")
     return 0
 
@@ -398,6 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cnorm,
                 torch,
                 models=_models(args.cases),
+                compiled=args.compiled,
             )
         ops = C.select_ops(args.ops)
     except ValueError as exc:

@@ -22,6 +22,7 @@ steps of the plain torch model, in % of the step's total.
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 from collections.abc import Sequence
 from typing import Callable
@@ -186,10 +187,14 @@ def _model_and_input(name: str, seed: int = 0):
     return model, x
 
 
-def build_model_step(name: str, step: str, impl: str, seed: int = 0) -> Callable[[], object]:
+def build_model_step(
+    name: str, step: str, impl: str, seed: int = 0, compiled: bool = False
+) -> Callable[[], object]:
     """A zero-argument callable running one ``step`` (train / infer) of model ``name``
     with ``impl`` ("torch.nn": as built; "cnorm.torch": after ``cnorm.torch.convert``);
-    same weights and data for both impls."""
+    same weights and data for both impls. ``compiled``: the model under
+    ``torch.compile`` (Inductor; the first call compiles), the cnorm norms as the
+    ``cnorm::`` custom ops in its graph."""
     torch = _nn()[0]
     model, x = _model_and_input(name, seed)
     if impl == "cnorm.torch":
@@ -198,6 +203,9 @@ def build_model_step(name: str, step: str, impl: str, seed: int = 0) -> Callable
         model = ct.convert(copy.deepcopy(model))
     elif impl != "torch.nn":
         raise ValueError(f"unknown impl {impl!r}")
+    module = model
+    if compiled:
+        model = torch.compile(model)
     if step == "infer":
         model.eval()
         no_grad = torch.no_grad
@@ -206,12 +214,12 @@ def build_model_step(name: str, step: str, impl: str, seed: int = 0) -> Callable
             with no_grad():
                 return model(x)
 
-        infer.model = model  # type: ignore[attr-defined]
+        infer.model = module  # type: ignore[attr-defined]
         return infer
     if step != "train":
         raise ValueError(f"unknown step {step!r}")
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    opt = torch.optim.SGD(module.parameters(), lr=1e-4)
 
     def train():
         opt.zero_grad(set_to_none=True)
@@ -220,7 +228,7 @@ def build_model_step(name: str, step: str, impl: str, seed: int = 0) -> Callable
         opt.step()
         return loss
 
-    train.model = model  # type: ignore[attr-defined]
+    train.model = module  # type: ignore[attr-defined]
     return train
 
 
@@ -269,27 +277,36 @@ def model_rows(names: Sequence[str] = MODELS):
 
 
 def run_models(
-    names: Sequence[str], threads: Sequence[int], settings: TimingSettings, cnorm, torch, out=None
+    names: Sequence[str],
+    threads: Sequence[int],
+    settings: TimingSettings,
+    cnorm,
+    torch,
+    out=None,
+    compiled: bool = False,
 ) -> dict:
     """Time every (model, step) at every thread count; print one row each (min of the
     interleaved reps, the ratio cnorm.torch / torch.nn, torch's norm share); return
-    ``{(op, threads): [ratios]}`` for the summary line."""
+    ``{(op, threads): [ratios]}`` for the summary line. ``compiled``: also each step
+    under torch.compile, converted vs plain (Inductor's own norm kernels: the anchor)."""
     out = out if out is not None else sys.stdout
     ratios: dict[tuple, list[float]] = {}
     out.write(
-        f"{'model':<10} {'step':<6} {'thr':>3} {'cnorm.torch ms':>15} {'torch.nn ms':>12} ratio  norm%\n"
+        f"{'model':<10} {'step':<13} {'thr':>3} {'cnorm.torch ms':>15} {'torch.nn ms':>12} ratio  norm%\n"
     )
     with SameThreads(cnorm, torch) as thr:
         for n in threads:
             thr.set(n)
-            for name, step in model_rows(names):
-                fns = {impl: build_model_step(name, step, impl) for impl in ("cnorm.torch", "torch.nn")}
+            for (name, step), comp in itertools.product(model_rows(names), (False, True)[: 1 + compiled]):
+                impls = ("cnorm.torch", "torch.nn")
+                fns = {impl: build_model_step(name, step, impl, compiled=comp) for impl in impls}
                 meas = measure_interleaved(fns, settings)
                 a, b = min(meas.times["cnorm.torch"]), min(meas.times["torch.nn"])
                 share = norm_share(fns["torch.nn"], fns["torch.nn"].model)
+                step = f"{step}+compile" if comp else step
                 ratios.setdefault((f"model_{step}", n), []).append(a / b)
                 out.write(
-                    f"{name:<10} {step:<6} {n:>3} {a * 1e3:>15.3f} {b * 1e3:>12.3f} {a / b:5.2f} {share:6.1f}\n"
+                    f"{name:<10} {step:<13} {n:>3} {a * 1e3:>15.3f} {b * 1e3:>12.3f} {a / b:5.2f} {share:6.1f}\n"
                 )
                 out.flush()
     return ratios
