@@ -20,24 +20,26 @@ from .timing import SameThreads, TimingSettings, measure_interleaved
 
 __all__ = ["SWEEPS", "build_sweep_op", "calibrate", "threshold_from_ratios"]
 
-# norm -> (module class name, constructor args, input shapes of the sweep, smallest first)
-SWEEPS: dict[str, tuple[str, tuple, tuple[tuple[int, ...], ...]]] = {
-    "batch_norm": (
-        "BatchNorm2d",
-        (64,),
-        ((1, 64, 2, 2), (1, 64, 4, 4), (1, 64, 8, 8), (4, 64, 8, 8), (4, 64, 16, 16), (16, 64, 16, 16)),
-    ),
-    "layer_norm": ("LayerNorm", (768,), ((1, 768), (4, 768), (16, 768), (64, 768), (256, 768))),
+_BN_SHAPES = ((1, 64, 2, 2), (1, 64, 4, 4), (1, 64, 8, 8), (4, 64, 8, 8), (4, 64, 16, 16), (16, 64, 16, 16))
+# norm -> (module class name, constructor args, input shapes of the sweep (smallest
+# first), training mode)
+SWEEPS: dict[str, tuple[str, tuple, tuple[tuple[int, ...], ...], bool]] = {
+    "batch_norm": ("BatchNorm2d", (64,), _BN_SHAPES, True),
+    "batch_norm_eval": ("BatchNorm2d", (64,), _BN_SHAPES, False),
+    "layer_norm": ("LayerNorm", (768,), ((1, 768), (4, 768), (16, 768), (64, 768), (256, 768)), True),
 }
 
 
-def build_sweep_op(ns, cls: str, args: tuple, shape: tuple, grad: bool) -> Callable[[], object]:
+def build_sweep_op(
+    ns, cls: str, args: tuple, shape: tuple, grad: bool, train: bool = True
+) -> Callable[[], object]:
     """``m(x)`` under no_grad (training mode: BatchNorm updates its statistics), or
-    ``m(x).backward(dy)`` with x and the parameters requiring grad (grads reset to None)."""
+    ``m(x).backward(dy)`` with x and the parameters requiring grad (grads reset to None);
+    ``train=False``: the module in eval mode."""
     import torch
 
     g = torch.Generator().manual_seed(0)
-    m = getattr(ns, cls)(*args)
+    m = getattr(ns, cls)(*args).train(train)
     x = torch.randn(shape, generator=g)
     if not grad:
         no_grad = torch.no_grad
@@ -87,7 +89,7 @@ def calibrate(threads: Sequence[int], settings: TimingSettings, cnorm, torch, ou
         for norm in ct.TORCH_BELOW:
             ct.TORCH_BELOW[norm] = (0, 0)
         with SameThreads(cnorm, torch) as thr:
-            for norm, (cls, args, shapes) in SWEEPS.items():
+            for norm, (cls, args, shapes, train) in SWEEPS.items():
                 result[norm] = [0, 0]
                 for grad in (False, True):
                     sizes = [_numel(s) for s in shapes]
@@ -96,7 +98,8 @@ def calibrate(threads: Sequence[int], settings: TimingSettings, cnorm, torch, ou
                         thr.set(n)
                         for i, shape in enumerate(shapes):
                             fns = {
-                                impl: build_sweep_op(ns, cls, args, shape, grad) for impl, ns in _impls(torch)
+                                impl: build_sweep_op(ns, cls, args, shape, grad, train)
+                                for impl, ns in _impls(torch)
                             }
                             meas = measure_interleaved(fns, settings)
                             a, b = min(meas.times["cnorm.torch"]), min(meas.times["torch.nn"])

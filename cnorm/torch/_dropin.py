@@ -69,7 +69,8 @@ _aten_layer_norm = torch.layer_norm
 #: Those calls go straight to the ATen op that torch's forward ends in (same kernel,
 #: same autograd node, same results), skipping the Python layers of torch's forward.
 TORCH_BELOW: Dict[str, Tuple[int, int]] = {
-    "batch_norm": (16384, 16384),
+    "batch_norm": (4096, 16384),  # batch statistics (training)
+    "batch_norm_eval": (16384, 16384),  # running statistics: torch's kernel is cheaper there
     "layer_norm": (4096, 8192),
 }
 
@@ -153,11 +154,17 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
         or num_batches_tracked is _MISSING
     ):
         return None
+    training = module.training
+    track = module.track_running_stats
+    # as torch: the running buffers are passed only when they are updated or used
+    rm = running_mean if not training or track else None
+    rv = running_var if not training or track else None
+    bn_training = training or (rm is None and rv is None)
     # the size threshold first: the checks below cost more than a tiny call
     small = False
     if type(input) in _PLAIN:
         grad = needs_grad(input, weight, bias)
-        small = input.numel() < TORCH_BELOW["batch_norm"][grad]
+        small = input.numel() < TORCH_BELOW["batch_norm" if bn_training else "batch_norm_eval"][grad]
     if small:
         ok = None  # torch's kernel, which checks its arguments itself
     elif _input_ok(input):
@@ -166,12 +173,6 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
         ok = _traced_ok
     else:
         return None
-    training = module.training
-    track = module.track_running_stats
-    # as torch: the running buffers are passed only when they are updated or used
-    rm = running_mean if not training or track else None
-    rv = running_var if not training or track else None
-    bn_training = training or (rm is None and rv is None)
     eps = module.eps
     dtype = input.dtype
     shape = input.shape
