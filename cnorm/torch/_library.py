@@ -83,9 +83,11 @@ def _param(p):
     return p
 
 
-def _grad(g, need: bool, like):
-    if not need:
-        return like.new_empty((0,))
+def _grad(g, need: bool, like, input):
+    """A gradient the op returns: empty when not asked for (or its tensor is None, as the
+    fake kernel has it), zeros when the spec has none."""
+    if not need or like is None:
+        return input.new_empty((0,))
     return torch.from_numpy(g) if g is not None else torch.zeros_like(like)
 
 
@@ -113,8 +115,8 @@ def register_norm_op(
     ``params``: the schema of the op's arguments after ``input, weight, bias``, e.g.
     ``"int[] normalized_shape, float eps"``; ``stats``: names of the float64 arrays in
     the spec's ``stats``, in order, and ``stats_shape(input, *params)`` their shape;
-    ``unpack(arrays, scalars)``: the
-    spec's ``stats`` from those arrays and the tuple of the non-Tensor params."""
+    ``unpack(arrays, scalars)``: the spec's ``stats`` from those arrays and the tuple
+    of the non-Tensor params."""
     tensor_params, scalar_schema = _param_names(params)
     sep = ", " if scalar_schema else ""
     outputs = ", ".join(f"Tensor {s}" for s in ("output", *stats))
@@ -146,9 +148,9 @@ def register_norm_op(
         spec_stats = unpack(arrays, tuple(map(_param, scalars)))
         dx, dw, db = backward(_array(grad_output), _array(input), _array(weight), spec_stats)
         return (
-            _grad(dx, mask[0], input),
-            _grad(dw, mask[1], weight if weight is not None else input),
-            _grad(db, mask[2], bias if bias is not None else input),
+            _grad(dx, mask[0], input, input),
+            _grad(dw, mask[1], weight, input),
+            _grad(db, mask[2], bias, input),
         )
 
     def backward_fake(grad_output, input, weight, bias, stat_tensors, *rest):
