@@ -13,6 +13,9 @@ transformers = pytest.importorskip("transformers")
 
 import cnorm.torch as ct
 
+# small inputs on cnorm (below TORCH_BELOW the class's own forward runs: test_torch_threshold)
+pytestmark = pytest.mark.usefixtures("no_size_threshold")
+
 nn = torch.nn
 
 
