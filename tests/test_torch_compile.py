@@ -71,35 +71,44 @@ def assert_close_all(a, b, dtype):
             torch.testing.assert_close(u, v, **tol)
 
 
+SMALL_OPS = ["cnorm.batch_norm.default", "cnorm.batch_norm.default", "cnorm.layer_norm.default"]
+
+
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_explain_no_graph_break_with_cnorm_ops(train):
-    model = ct.convert(small_model()).train(train)
+@pytest.mark.parametrize(
+    "make, ops", [(small_model, SMALL_OPS), (ReachModel, REACH_OPS)], ids=["bn_ln", "reach"]
+)
+def test_explain_no_graph_break_with_cnorm_ops(make, ops, train):
+    """BatchNorm/LayerNorm, and GroupNorm, InstanceNorm, RMSNorm, channels_last (ReachModel)."""
+    model = ct.convert(make()).train(train)
     explanation = torch._dynamo.explain(model)(data())
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert len(explanation.graphs) == 1
-    assert cnorm_ops(explanation.graphs[0]) == [
-        "cnorm.batch_norm.default",
-        "cnorm.batch_norm.default",
-        "cnorm.layer_norm.default",
-    ]
+    assert cnorm_ops(explanation.graphs[0]) == ops
 
 
-@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
-def test_compiled_training_matches_eager(dtype):
-    eager = ct.convert(small_model(dtype))
-    compiled_model = ct.convert(small_model(dtype))
+def check_compiled_training(make, dtype, steps, tracked):
+    """Outputs, input and parameter gradients of ``steps`` training steps, the state
+    (running statistics, num_batches_tracked: updated in the compiled graph too), then an
+    eval forward: compiled (aot_eager, fullgraph) as in eager."""
+    eager = ct.convert(make(dtype))
+    compiled_model = ct.convert(make(dtype))
     compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=True)
-    for seed in range(3):
+    for seed in range(steps):
         x = data(dtype, seed)
         assert_close_all(step(compiled, x), step(eager, x), dtype)
-    # running statistics and num_batches_tracked: updated in the compiled graph too
     for (k, a), (_, b) in zip(compiled_model.state_dict().items(), eager.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=k)
-    assert compiled_model[1].num_batches_tracked.item() == 3
+    assert tracked(compiled_model).num_batches_tracked.item() == steps
     compiled_model.eval()
     eager.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(data(dtype, 5)), eager(data(dtype, 5)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_compiled_training_matches_eager(dtype):
+    check_compiled_training(small_model, dtype, 3, lambda m: m[1])
 
 
 def test_compiled_falls_back_where_eager_does():
@@ -116,15 +125,14 @@ def test_compiled_falls_back_where_eager_does():
     assert explanation.graph_break_count == 0
 
 
-def test_export_keeps_the_cnorm_ops():
-    model = ct.convert(small_model()).eval()
+@pytest.mark.parametrize(
+    "make, ops", [(small_model, SMALL_OPS), (ReachModel, REACH_OPS)], ids=["bn_ln", "reach"]
+)
+def test_export_keeps_the_cnorm_ops(make, ops):
+    model = ct.convert(make()).eval()
     x = data()
     exported = torch.export.export(model, (x,))
-    assert cnorm_ops(exported.graph_module) == [
-        "cnorm.batch_norm.default",
-        "cnorm.batch_norm.default",
-        "cnorm.layer_norm.default",
-    ]
+    assert cnorm_ops(exported.graph_module) == ops
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), model(x))
 
@@ -177,41 +185,10 @@ def test_custom_ops_gradcheck_and_once_differentiable():
 # ------------------------------------------- GroupNorm, InstanceNorm, RMSNorm, channels_last
 
 
-@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_reach_model_explain_no_graph_break(train):
-    model = ct.convert(ReachModel()).train(train)
-    explanation = torch._dynamo.explain(model)(data())
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    assert len(explanation.graphs) == 1
-    assert cnorm_ops(explanation.graphs[0]) == REACH_OPS
-
-
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 def test_reach_model_compiled_training_matches_eager(dtype):
-    """Outputs, input and parameter gradients, running statistics (BatchNorm and
-    InstanceNorm), then an eval forward: compiled as in eager."""
-    eager = ct.convert(ReachModel(dtype))
-    compiled_model = ct.convert(ReachModel(dtype))
-    compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=True)
-    for seed in range(2):
-        x = data(dtype, seed)
-        assert_close_all(step(compiled, x), step(eager, x), dtype)
-    for (k, a), (_, b) in zip(compiled_model.state_dict().items(), eager.state_dict().items()):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=k)
-    assert compiled_model.bn.num_batches_tracked.item() == 2
-    compiled_model.eval()
-    eager.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(data(dtype, 5)), eager(data(dtype, 5)), rtol=1e-5, atol=1e-5)
-
-
-def test_reach_model_export_keeps_the_cnorm_ops():
-    model = ct.convert(ReachModel()).eval()
-    x = data()
-    exported = torch.export.export(model, (x,))
-    assert cnorm_ops(exported.graph_module) == REACH_OPS
-    with torch.no_grad():
-        torch.testing.assert_close(exported.module()(x), model(x))
+    """BatchNorm and InstanceNorm running statistics included."""
+    check_compiled_training(ReachModel, dtype, 2, lambda m: m.bn)
 
 
 def test_reach_ops_opcheck():

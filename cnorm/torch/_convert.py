@@ -7,30 +7,14 @@ from typing import Dict, Optional, Type
 
 from torch import nn
 
-from ._dropin import (
-    BatchNorm1d,
-    BatchNorm2d,
-    BatchNorm3d,
-    GroupNorm,
-    InstanceNorm1d,
-    InstanceNorm2d,
-    InstanceNorm3d,
-    LayerNorm,
-    RMSNorm,
-)
+from . import _dropin
 
 __all__ = ["convert"]
 
+# torch.nn class -> its cnorm.torch twin (of the same name)
+_TWINS = "BatchNorm1d BatchNorm2d BatchNorm3d LayerNorm GroupNorm InstanceNorm1d InstanceNorm2d InstanceNorm3d RMSNorm"
 _REPLACEMENTS: Dict[type, Type[nn.Module]] = {
-    nn.BatchNorm1d: BatchNorm1d,
-    nn.BatchNorm2d: BatchNorm2d,
-    nn.BatchNorm3d: BatchNorm3d,
-    nn.LayerNorm: LayerNorm,
-    nn.GroupNorm: GroupNorm,
-    nn.InstanceNorm1d: InstanceNorm1d,
-    nn.InstanceNorm2d: InstanceNorm2d,
-    nn.InstanceNorm3d: InstanceNorm3d,
-    nn.RMSNorm: RMSNorm,
+    getattr(nn, name): getattr(_dropin, name) for name in _TWINS.split()
 }
 
 # per-instance containers that must not be shared between the old and the new module

@@ -29,6 +29,7 @@ torch.export (see ``_dropin.py``) do.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, List, Sequence, Tuple
 
@@ -36,16 +37,17 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..functional import channels_last as CL
 from ._autograd import (
     Backward,
     Forward,
     _batch_norm_backward,
     _batch_norm_forward,
+    _first,
     _group_norm_backward,
     _group_norm_forward,
     _instance_norm_backward,
     _instance_norm_forward,
+    _last,
     _layer_norm_backward,
     _layer_norm_forward,
     _rms_norm_backward,
@@ -250,79 +252,77 @@ rms_norm_op = register_norm_op(
 )
 
 # ------------------------------------------- group and instance norm, both layouts
-# the channels_last ops take the C-contiguous (N, *S, C) view (input.movedim(1, -1)), so
-# every op sees contiguous tensors; the drop-in moves the result back
 
 
-def _instance_stats_shape(x, rm, rv, use_input_stats, *scalars, channel=1):
+def _with_layout(forward: Forward, backward: Backward, last: bool) -> Tuple[Forward, Backward]:
+    """The op's spec functions from the drop-in's, whose args end with ``channels_last``.
+    The channels_last op takes the C-contiguous (N, *S, C) view of the input
+    (``input.movedim(1, -1)``: every op sees contiguous tensors) and returns (N, *S, C)
+    arrays; the drop-in's spec takes their (N, C, *S) views."""
+    if not last:
+
+        def first_forward(x, weight, bias, args):
+            return forward(x, weight, bias, (*args, False))
+
+        return first_forward, backward
+
+    def last_forward(x, weight, bias, args):
+        y, stats = forward(_first(x), weight, bias, (*args, True))
+        # no copy but for instance norm, whose output is channels-first there (torch's)
+        return np.ascontiguousarray(_last(y)), stats
+
+    def last_backward(dy, x, weight, stats):
+        dx, dw, db = backward(_first(dy), _first(x), weight, stats)
+        return _last(dx), dw, db
+
+    return last_forward, last_backward
+
+
+def _unpack_layout(unpack: Unpack, last: bool, arrays, scalars):
+    return (*unpack(arrays, scalars), last)  # the spec's stats end with channels_last
+
+
+def _register_layouts(name: str, forward: Forward, backward: Backward, *, stats_shape, unpack, **op):
+    """``cnorm::<name>`` on (N, C, *S) inputs and ``cnorm::<name>_channels_last`` on the
+    (N, *S, C) views of channels_last ones, for a spec whose args and stats end with
+    ``channels_last``; ``stats_shape(input, *params, channel=)``."""
+    ops = []
+    for last in (False, True):
+        ops.append(
+            register_norm_op(
+                name + "_channels_last" * last,
+                *_with_layout(forward, backward, last),
+                stats_shape=functools.partial(stats_shape, channel=-1 if last else 1),
+                unpack=functools.partial(_unpack_layout, unpack, last),
+                **op,
+            )
+        )
+    return ops
+
+
+group_norm_op, group_norm_channels_last_op = _register_layouts(
+    "group_norm",
+    _group_norm_forward,
+    _group_norm_backward,
+    params="int num_groups, float eps",
+    stats=("mean", "rstd"),  # (N, G)
+    stats_shape=lambda x, g, eps, channel: (x.shape[0], g),
+    unpack=lambda arrays, scalars: (scalars[0], *arrays),  # (num_groups, mean, rstd)
+)
+
+
+def _instance_stats_shape(x, rm, rv, use_input_stats, *scalars, channel):
     """(N, C) with the input statistics, (C,) with the running ones."""
     c = x.shape[channel]
     return (x.shape[0], c) if use_input_stats else (c,)
 
 
-group_norm_op = register_norm_op(
-    "group_norm",
-    lambda x, w, b, args: _group_norm_forward(x, w, b, (*args, False)),
-    _group_norm_backward,
-    params="int num_groups, float eps",
-    stats=("mean", "rstd"),
-    stats_shape=lambda x, g, eps: (x.shape[0], g),
-    unpack=lambda arrays, scalars: (scalars[0], *arrays, False),  # (num_groups, mean, rstd, channels_last)
-)
-
-
-def _group_norm_nsc_forward(x, weight, bias, args):  # x: (N, *S, C)
-    num_groups, eps = args
-    y, mean, rstd = CL.native_group_norm(x, num_groups, weight, bias, eps)
-    return y, (num_groups, mean, rstd)
-
-
-def _group_norm_nsc_backward(dy, x, weight, stats):
-    num_groups, mean, rstd = stats
-    return CL.group_norm_backward(dy, x, num_groups, mean, rstd, weight)
-
-
-group_norm_channels_last_op = register_norm_op(
-    "group_norm_channels_last",
-    _group_norm_nsc_forward,
-    _group_norm_nsc_backward,
-    params="int num_groups, float eps",
-    stats=("mean", "rstd"),
-    stats_shape=lambda x, g, eps: (x.shape[0], g),
-    unpack=lambda arrays, scalars: (scalars[0], *arrays),
-)
-
-_INSTANCE_PARAMS = (
-    "Tensor(a!)? running_mean, Tensor(b!)? running_var, bool use_input_stats, float momentum, float eps"
-)
-
-instance_norm_op = register_norm_op(
+instance_norm_op, instance_norm_channels_last_op = _register_layouts(
     "instance_norm",
-    lambda x, w, b, args: _instance_norm_forward(x, w, b, (*args, False)),
+    _instance_norm_forward,
     _instance_norm_backward,
-    params=_INSTANCE_PARAMS,
-    stats=("mean", "invstd"),
+    params="Tensor(a!)? running_mean, Tensor(b!)? running_var, bool use_input_stats, float momentum, float eps",
+    stats=("mean", "invstd"),  # (N, C), or (C,) from the running statistics
     stats_shape=_instance_stats_shape,
-    unpack=lambda arrays, scalars: (*arrays, scalars[0], False),  # (mean, invstd, use_input_stats, cl)
-)
-
-
-def _instance_norm_nsc_forward(x, weight, bias, args):  # x: (N, *S, C); output (N, *S, C)
-    y, mean, invstd = CL.native_instance_norm(x, weight, bias, *args)
-    return y, (mean, invstd, args[2])
-
-
-def _instance_norm_nsc_backward(dy, x, weight, stats):
-    mean, invstd, use_input_stats = stats
-    return CL.instance_norm_backward(dy, x, weight, mean, invstd, use_input_stats)
-
-
-instance_norm_channels_last_op = register_norm_op(
-    "instance_norm_channels_last",
-    _instance_norm_nsc_forward,
-    _instance_norm_nsc_backward,
-    params=_INSTANCE_PARAMS,
-    stats=("mean", "invstd"),
-    stats_shape=lambda *a: _instance_stats_shape(*a, channel=-1),
     unpack=lambda arrays, scalars: (*arrays, scalars[0]),  # (mean, invstd, use_input_stats)
 )
