@@ -79,6 +79,15 @@ def test_new_norms_below_threshold_are_torch_bit_for_bit(
     assert_torch_bit_for_bit(ours, ref, data(shape, grad, memory_format), grad)
 
 
+def test_calibration_sweeps_every_threshold():
+    from cnorm.benchmarks.calibrate import SWEEPS, build_sweep_op
+
+    assert set(SWEEPS) == set(ct.TORCH_BELOW)
+    for cls, args, shapes, train in SWEEPS.values():  # each sweep op runs (smallest shape)
+        for grad in (False, True):
+            build_sweep_op(ct, cls, args, shapes[0], grad, train)()
+
+
 def test_threshold_from_ratios():
     sizes = [10, 100, 1000, 10000]
     assert threshold_from_ratios(sizes, [1.5, 1.2, 0.9, 0.8]) == 1000

@@ -20,13 +20,17 @@ from .timing import SameThreads, TimingSettings, measure_interleaved
 
 __all__ = ["SWEEPS", "build_sweep_op", "calibrate", "threshold_from_ratios"]
 
+_ROWS = ((1, 768), (4, 768), (16, 768), (64, 768), (256, 768))
 _BN_SHAPES = ((1, 64, 2, 2), (1, 64, 4, 4), (1, 64, 8, 8), (4, 64, 8, 8), (4, 64, 16, 16), (16, 64, 16, 16))
 # norm -> (module class name, constructor args, input shapes of the sweep (smallest
 # first), training mode)
 SWEEPS: dict[str, tuple[str, tuple, tuple[tuple[int, ...], ...], bool]] = {
     "batch_norm": ("BatchNorm2d", (64,), _BN_SHAPES, True),
     "batch_norm_eval": ("BatchNorm2d", (64,), _BN_SHAPES, False),
-    "layer_norm": ("LayerNorm", (768,), ((1, 768), (4, 768), (16, 768), (64, 768), (256, 768)), True),
+    "layer_norm": ("LayerNorm", (768,), _ROWS, True),
+    "group_norm": ("GroupNorm", (32, 64), _BN_SHAPES, True),
+    "instance_norm": ("InstanceNorm2d", (64,), _BN_SHAPES, True),
+    "rms_norm": ("RMSNorm", (768,), _ROWS, True),
 }
 
 
@@ -83,7 +87,7 @@ def calibrate(threads: Sequence[int], settings: TimingSettings, cnorm, torch, ou
     result: dict[str, list[int]] = {}
     out.write("calibration: cnorm.torch (no size threshold) vs torch.nn, min of interleaved reps\n")
     out.write(
-        f"{'norm':<11} {'grad':<5} {'shape':<18} {'numel':>8} {'thr':>3} {'cnorm us':>9} {'torch us':>9} ratio\n"
+        f"{'norm':<15} {'grad':<5} {'shape':<18} {'numel':>8} {'thr':>3} {'cnorm us':>9} {'torch us':>9} ratio\n"
     )
     try:
         for norm in ct.TORCH_BELOW:
@@ -105,7 +109,7 @@ def calibrate(threads: Sequence[int], settings: TimingSettings, cnorm, torch, ou
                             a, b = min(meas.times["cnorm.torch"]), min(meas.times["torch.nn"])
                             worst[i] = max(worst[i], a / b)
                             out.write(
-                                f"{norm:<11} {str(grad):<5} {str(shape):<18} {sizes[i]:>8} {n:>3} "
+                                f"{norm:<15} {str(grad):<5} {str(shape):<18} {sizes[i]:>8} {n:>3} "
                                 f"{a * 1e6:>9.1f} {b * 1e6:>9.1f} {a / b:5.2f}\n"
                             )
                             out.flush()
