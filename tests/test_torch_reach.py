@@ -73,21 +73,28 @@ def data(shape, dtype, layout, seed=0):
     return x, dy
 
 
-# (class, constructor args, input shape, layouts); kwargs (affine, ...) come separately
+# (class, constructor args, input shape, layouts); kwargs (affine, ...) come separately.
+# Every shape holds 18432 elements, above every default of cnorm.torch.TORCH_BELOW (below
+# it torch's kernel runs: test_torch_threshold), so the cnorm kernels are what is checked
 CASES = [
-    ("BatchNorm1d", (6,), (5, 6, 7), ["contiguous"]),
-    ("BatchNorm2d", (6,), (3, 6, 4, 5), ["contiguous", "channels_last"]),
-    ("BatchNorm3d", (6,), (2, 6, 3, 4, 2), ["contiguous", "channels_last"]),
-    ("GroupNorm", (3, 6), (3, 6, 4, 5), ["contiguous", "channels_last"]),
-    ("GroupNorm", (2, 6), (2, 6, 3, 2, 4), ["contiguous", "channels_last"]),
-    ("GroupNorm", (3, 6), (4, 6, 9), ["contiguous"]),
-    ("InstanceNorm1d", (6,), (3, 6, 7), ["contiguous"]),
-    ("InstanceNorm1d", (6,), (6, 7), ["contiguous"]),  # unbatched
-    ("InstanceNorm2d", (6,), (3, 6, 4, 5), ["contiguous", "channels_last"]),
-    ("InstanceNorm3d", (6,), (2, 6, 3, 4, 2), ["contiguous", "channels_last"]),
-    ("RMSNorm", ((4, 6),), (3, 4, 6), ["contiguous"]),
-    ("RMSNorm", (6,), (5, 6), ["contiguous"]),
+    ("BatchNorm1d", (6,), (64, 6, 48), ["contiguous"]),
+    ("BatchNorm2d", (6,), (12, 6, 16, 16), ["contiguous", "channels_last"]),
+    ("BatchNorm3d", (6,), (8, 6, 8, 8, 6), ["contiguous", "channels_last"]),
+    ("GroupNorm", (3, 6), (12, 6, 16, 16), ["contiguous", "channels_last"]),
+    ("GroupNorm", (2, 6), (8, 6, 8, 6, 8), ["contiguous", "channels_last"]),
+    ("GroupNorm", (3, 6), (16, 6, 192), ["contiguous"]),
+    ("InstanceNorm1d", (6,), (16, 6, 192), ["contiguous"]),
+    ("InstanceNorm1d", (6,), (6, 3072), ["contiguous"]),  # unbatched
+    ("InstanceNorm2d", (6,), (12, 6, 16, 16), ["contiguous", "channels_last"]),
+    ("InstanceNorm3d", (6,), (8, 6, 8, 6, 8), ["contiguous", "channels_last"]),
+    ("RMSNorm", ((4, 6),), (768, 4, 6), ["contiguous"]),
+    ("RMSNorm", (6,), (3072, 6), ["contiguous"]),
 ]
+
+
+def test_parity_shapes_are_above_the_size_threshold():
+    floor = max(max(pair) for pair in ct.TORCH_BELOW.values())
+    assert all(math.prod(shape) >= floor for _, _, shape, _ in CASES)
 
 
 def options(cls_name):
@@ -208,7 +215,7 @@ def test_errors_and_warnings_as_torch(name, args, kwargs, shape):
         assert a == b
 
 
-def test_rms_norm_eps_none_is_finfo_eps():
+def test_rms_norm_eps_none_is_finfo_eps(no_size_threshold):
     for dtype in (F32, F64):
         ours, ref = make_pair("RMSNorm", dtype, 8)
         assert ours.eps is None
@@ -216,7 +223,7 @@ def test_rms_norm_eps_none_is_finfo_eps():
         close(ours(x), ref(x), dtype)
 
 
-def test_other_inputs_go_to_torch():
+def test_other_inputs_go_to_torch(no_size_threshold):
     """Non-contiguous (neither layout), other dtypes, autocast, use_cnorm=False: torch's
     kernels, torch's results."""
     gn, ref = make_pair("GroupNorm", F32, 2, 4)
@@ -306,7 +313,7 @@ def test_new_classes_state_dict_repr_pickle():
         assert type(pickle.loads(pickle.dumps(ours))) is type(ours)
 
 
-def test_gradcheck_new_norms():
+def test_gradcheck_new_norms(no_size_threshold):
     cases = [
         (ct.GroupNorm(2, 4, dtype=F64), (3, 4, 2, 3), None),
         (ct.GroupNorm(2, 4, dtype=F64), (3, 4, 2, 3), torch.channels_last),

@@ -11,6 +11,9 @@ nn = torch.nn
 
 import cnorm.torch as ct
 
+# small inputs on cnorm (below TORCH_BELOW the class's own forward runs: test_torch_threshold)
+pytestmark = pytest.mark.usefixtures("no_size_threshold")
+
 F32, F64 = torch.float32, torch.float64
 
 
@@ -118,6 +121,22 @@ def test_builtin_entries_match_copies(cls):
     assert type(again) is type(ours)
     torch.testing.assert_close(again(x), ours(x))
     assert type(copy.deepcopy(ours)) is type(ours)
+
+
+def test_below_the_size_threshold_the_class_forward_runs(monkeypatch):
+    """Below cnorm.torch.TORCH_BELOW a registered class runs its own forward: the
+    unconverted model's results, bit for bit."""
+    monkeypatch.setitem(ct.TORCH_BELOW, "rms_norm", (10**9, 10**9))
+    ref = randomize(CopiedLlamaRMSNorm(16))
+    ours = ct.convert(copy.deepcopy(ref))
+    x = torch.randn(3, 5, 16)
+    assert "aten::rsqrt" in rms_ops(ours, x)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    assert torch.equal(ya, yb)
+    ya.sum().backward()
+    yb.sum().backward()
+    assert torch.equal(xa.grad, xb.grad) and torch.equal(ours.weight.grad, ref.weight.grad)
 
 
 def test_float64_and_other_inputs_run_the_original_forward():

@@ -111,6 +111,14 @@ import cnorm.torch as ct
 
 F64 = torch.float64
 
+
+@pytest.fixture(autouse=True)
+def no_size_threshold(monkeypatch):
+    """The tiny test inputs run on cnorm (no size threshold to torch's kernels)."""
+    for norm in ct.TORCH_BELOW:
+        monkeypatch.setitem(ct.TORCH_BELOW, norm, (0, 0))
+
+
 # (name, world size, per-rank batch sizes, input shape after N, kwargs, group ranks)
 SCENARIOS = [
     ("2d_4_2", 2, (4, 2), (3, 2, 2), {}, None),

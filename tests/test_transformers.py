@@ -13,6 +13,9 @@ transformers = pytest.importorskip("transformers")
 
 import cnorm.torch as ct
 
+# small inputs on cnorm (below TORCH_BELOW the class's own forward runs: test_torch_threshold)
+pytestmark = pytest.mark.usefixtures("no_size_threshold")
+
 nn = torch.nn
 
 
@@ -167,3 +170,35 @@ def test_kernel_mapping_shape(kernelize):
             assert issubclass(layer, nn.Module) and hash(repo) == hash(copy.copy(repo))
     with kernels.use_kernel_mapping(mapping, inherit_mapping=False):
         pass  # accepted (register_kernel_mapping takes the same)
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma", "convnext"])
+def test_converted_norms_compile_to_cnorm_ops(name):
+    """Each converted transformers norm, on the input it gets in the model, under
+    torch.compile: no graph break, a cnorm:: op in the graph, eager's output and gradients."""
+    ref, inputs = build(name)
+    ours = ct.convert(copy.deepcopy(ref))
+    seen = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args: seen.setdefault(m, args[0].detach().clone()))
+        for m in norm_modules(ours)
+    ]
+    with torch.no_grad():
+        ours(**inputs)
+    for h in hooks:
+        h.remove()
+    assert seen and len(seen) == len(norm_modules(ours))
+    for module, x in seen.items():
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(module)(x)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        ops = {str(n.target) for n in explanation.graphs[0].graph.nodes if str(n.target).startswith("cnorm.")}
+        assert ops & {"cnorm.rms_norm.default", "cnorm.layer_norm.default"}, (type(module), ops)
+        compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = compiled(xa), module(xb)
+        torch.testing.assert_close(ya, yb)
+        ya.square().sum().backward()
+        yb.square().sum().backward()
+        torch.testing.assert_close(xa.grad, xb.grad)
+    torch._dynamo.reset()

@@ -168,3 +168,38 @@ def run_parity_steps(rng, m, tm, steps, shape, dtype, red, factor, holder=None, 
             if m.num_batches_tracked is not None:
                 assert m.num_batches_tracked == int(holder.num_batches_tracked)
     assert list(m.state_dict()) == list(holder.state_dict())
+
+
+class ReachModel(nn.Module):
+    """Every norm spec the drop-in added beyond BatchNorm/LayerNorm, each layout once:
+    BatchNorm2d and GroupNorm on channels_last, InstanceNorm2d (running statistics) on
+    channels_last, GroupNorm and InstanceNorm1d contiguous, RMSNorm (torch.compile,
+    torch.export and TorchScript tests)."""
+
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, dtype=dtype)
+        self.bn = nn.BatchNorm2d(8, dtype=dtype)
+        self.gn_last = nn.GroupNorm(2, 8, dtype=dtype)
+        self.inorm_last = nn.InstanceNorm2d(8, affine=True, track_running_stats=True, dtype=dtype)
+        self.gn = nn.GroupNorm(4, 8, dtype=dtype)
+        self.inorm = nn.InstanceNorm1d(8, affine=True, dtype=dtype)
+        self.rms = nn.RMSNorm(64, dtype=dtype)
+
+    def forward(self, x):
+        x = self.conv(x).contiguous(memory_format=torch.channels_last)
+        x = self.gn_last(self.bn(x)).relu()  # channels_last in and out
+        x = self.gn(self.inorm_last(x))  # InstanceNorm's output is contiguous, as torch's
+        return self.rms(self.inorm(x.flatten(2)))  # (N, 8, 64)
+
+
+#: the cnorm:: ops a converted ReachModel's graph holds (sorted)
+REACH_OPS = [
+    "cnorm.batch_norm.default",
+    "cnorm.group_norm.default",
+    "cnorm.group_norm_channels_last.default",
+    "cnorm.instance_norm.default",
+    "cnorm.instance_norm_channels_last.default",
+    "cnorm.rms_norm.default",
+]

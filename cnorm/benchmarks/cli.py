@@ -135,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="time the cnorm.torch drop-in modules against torch.nn under torch "
         "autograd, and a CNN training step (see cnorm/benchmarks/torch_cases.py)",
     )
+    p.add_argument(
+        "--compiled",
+        action="store_true",
+        help="with --dropin: also every end-to-end model under torch.compile, converted "
+        "vs plain (Inductor's own norm kernels are the anchor; compiling takes minutes)",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure the input sizes below which the cnorm.torch drop-ins should run "
+        "torch's kernels (cnorm.torch.TORCH_BELOW; see cnorm/benchmarks/calibrate.py)",
+    )
     p.add_argument("--no-torch", action="store_true", help="do not time torch even if it is installed")
     p.add_argument(
         "--no-progress",
@@ -206,6 +218,12 @@ def _dropin_ops(spec: str | None) -> list[str]:
     return [op for op in T.DROPIN_OPS if not spec or op in spec.split(",")] or ["fwd_bwd"]
 
 
+def _torch_below():
+    import cnorm.torch as ct
+
+    return dict(ct.TORCH_BELOW)
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -262,14 +280,18 @@ def _measure_op(case, dtype, op, data, threads, settings, torch, thr, progress) 
     return recs
 
 
-def run_dropin(cases, ops, dtypes, threads, settings, cnorm, torch, out=None) -> int:
+def run_dropin(
+    cases, ops, dtypes, threads, settings, cnorm, torch, out=None, models=(), compiled=False
+) -> int:
     """``python -m cnorm bench --dropin``: cnorm.torch vs torch.nn in autograd, per case
-    with a drop-in and op, plus the CNN training step. Returns the exit status."""
+    with a drop-in and op, plus the CNN training step, then the end-to-end ``models``
+    (:mod:`cnorm.benchmarks.models`). Returns the exit status."""
     out = out if out is not None else sys.stdout
     ratios: dict[tuple, list[float]] = {}
     out.write(
         f"drop-in: cnorm.torch vs torch.nn modules under torch autograd | torch "
-        f"{torch.__version__} | median of {settings.reps} interleaved reps\n"
+        f"{torch.__version__} | min of {settings.reps} interleaved reps | "
+        f"cnorm.torch.TORCH_BELOW = {_torch_below()}\n"
     )
     out.write(R.DROPIN_TABLE.header() + "\n")
     rows: list[tuple[C.Case | None, str, str]] = [
@@ -288,12 +310,37 @@ def run_dropin(cases, ops, dtypes, threads, settings, cnorm, torch, out=None) ->
                     fns = {impl: T.build_dropin(case, op, impl, dtype, data) for impl in T.DROPIN_IMPLS}
                     label = case.name
                 meas = measure_interleaved(fns, settings)
-                a, b = meas.median("cnorm.torch"), meas.median("torch.nn")
+                # the minimum: the call's own cost (per-call overheads are what it compares)
+                a, b = min(meas.times["cnorm.torch"]), min(meas.times["torch.nn"])
                 ratios.setdefault((op, n), []).append(a / b)
                 out.write(R.dropin_row(label, op, dtype, n, a, b) + "\n")
                 out.flush()
+    if models:
+        from .models import run_models
+
+        out.write("end-to-end: one step of each model, converted vs plain torch.nn\n")
+        ratios.update(run_models(models, threads, settings, cnorm, torch, out, compiled))
     out.write(R.dropin_summary(ratios) + "\n")
     return 0
+
+
+def _case_spec(spec: str | None) -> str | None:
+    """--cases without the tokens that name end-to-end models (None: every case)."""
+    if spec is None:
+        return None
+    from .models import MODELS
+
+    return ",".join(t for t in spec.split(",") if t.strip() and not any(t.strip() in m for m in MODELS))
+
+
+def _models(spec: str | None) -> list[str]:
+    """The end-to-end models named (or matched by a substring) in --cases; all without it."""
+    from .models import MODELS
+
+    if not spec:
+        return list(MODELS)
+    tokens = [t.strip() for t in spec.split(",") if t.strip()]
+    return [m for m in MODELS if any(t in m for t in tokens)]
 
 
 # --------------------------------------------------------------------------- main
@@ -333,17 +380,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch = None if args.no_torch else _import_torch()
 
     try:
-        cases = C.select_cases(args.cases)
+        cases = C.select_cases(_case_spec(args.cases)) if args.cases is None or _case_spec(args.cases) else []
         threads = parse_threads(args.threads, cnorm.get_num_threads())
         dtypes = C.select_dtypes(args.dtype)
         settings = settings_from_args(args)
+        if args.calibrate:
+            if torch is None:
+                return _fail("--calibrate times cnorm.torch against torch.nn: it needs torch")
+            from .calibrate import calibrate
+
+            calibrate(threads, settings, cnorm, torch)
+            return 0
         if args.dropin:
             if torch is None:
                 return _fail(
                     "--dropin times cnorm.torch against torch.nn: it needs torch "
                     "(installed, and no --no-torch)"
                 )
-            return run_dropin(cases, _dropin_ops(args.ops), dtypes, threads, settings, cnorm, torch)
+            return run_dropin(
+                cases,
+                _dropin_ops(args.ops),
+                dtypes,
+                threads,
+                settings,
+                cnorm,
+                torch,
+                models=_models(args.cases),
+                compiled=args.compiled,
+            )
         ops = C.select_ops(args.ops)
     except ValueError as exc:
         return _fail(str(exc))

@@ -12,6 +12,9 @@ Ops:
     parameters requiring grad (their ``.grad`` and ``x.grad`` reset to None before each
     call, as ``zero_grad(set_to_none=True)``): training mode for BatchNorm. The
     normalization cases of :data:`cnorm.benchmarks.cases.CASES`, same data.
+``fwd``
+    ``m(x)`` under ``torch.no_grad()`` in training mode (BatchNorm: batch statistics,
+    running statistics updated).
 ``infer``
     ``m(x)`` in eval mode under ``torch.no_grad()``.
 ``cnn_step``
@@ -45,7 +48,7 @@ __all__ = [
 ]
 
 DROPIN_IMPLS = ("cnorm.torch", "torch.nn")
-DROPIN_OPS = ("fwd_bwd", "infer")
+DROPIN_OPS = ("fwd_bwd", "fwd", "infer")
 DROPIN_KINDS = ("bn1d", "bn2d", "bn3d", "ln")  # the layers cnorm.torch has drop-ins for
 CNN_BATCH = 128
 
@@ -82,8 +85,8 @@ def build_dropin(
     data = data if data is not None else C.make_data(case, dtype)
     m = C.torch_module(case, dtype, data, ns)
     x = torch.from_numpy(data.x.copy())
-    if op == "infer":
-        m.eval()
+    if op in ("fwd", "infer"):
+        m.train(op == "fwd")
         no_grad = torch.no_grad
 
         def fn():

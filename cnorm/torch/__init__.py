@@ -30,7 +30,9 @@ from ._autograd import (
     LayerNormFunction,
     RMSNormFunction,
 )
+from ._convert import convert
 from ._dropin import (
+    TORCH_BELOW,
     BatchNorm1d,
     BatchNorm2d,
     BatchNorm3d,
@@ -40,7 +42,6 @@ from ._dropin import (
     InstanceNorm3d,
     LayerNorm,
     RMSNorm,
-    convert,
     torch_fallback,
 )
 from ._hub import kernel_mapping
@@ -64,6 +65,7 @@ __all__ = [
     "kernel_mapping",
     "convert_sync_batchnorm",
     "torch_fallback",
+    "TORCH_BELOW",
     "BatchNormFunction",
     "LayerNormFunction",
     "GroupNormFunction",

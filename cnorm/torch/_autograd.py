@@ -9,7 +9,9 @@ and :func:`norm_function` makes its autograd Function (``apply(input, weight, bi
 args)``: saves the input, the weight and ``stats``; once-differentiable) and a ``call``
 that runs the Function when a gradient is needed and the bare forward otherwise. The
 functional names are looked up at call time (``CF.native_layer_norm``), so a patched
-:mod:`cnorm.functional` is what runs.
+:mod:`cnorm.functional` is what runs. The same two functions are the kernels of the
+``torch.ops.cnorm`` custom ops that torch.compile and torch.export see
+(:mod:`cnorm.torch._library`: one ``register_norm_op`` call per spec).
 """
 
 from __future__ import annotations
@@ -22,14 +24,22 @@ from torch.autograd.function import once_differentiable
 
 from .. import functional as CF
 
-__all__ = ["as_numpy", "norm_function", "BatchNormFunction", "batch_norm", "LayerNormFunction", "layer_norm"]
+__all__ = [
+    "as_numpy",
+    "needs_grad",
+    "norm_function",
+    "BatchNormFunction",
+    "batch_norm",
+    "LayerNormFunction",
+    "layer_norm",
+]
 
 Forward = Callable[[np.ndarray, Optional[np.ndarray], Optional[np.ndarray], Any], Tuple[np.ndarray, Any]]
 Backward = Callable[
     [np.ndarray, np.ndarray, Optional[np.ndarray], Any],
     Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]],
 ]
-Call = Callable[[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Any], torch.Tensor]
+Call = Callable[..., torch.Tensor]  # (input, weight, bias, args, grad=None) -> output
 
 _from_numpy = torch.from_numpy
 _grad_enabled = torch.is_grad_enabled
@@ -39,9 +49,18 @@ def as_numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     """A NumPy view of a CPU tensor (no copy), None for None."""
     if t is None:
         return None
-    if t.requires_grad:
-        t = t.detach()
-    return t.numpy()
+    # force: detach in C++ (one call instead of two); it would also copy a tensor of
+    # another device, with the conj/neg bit, which the callers have ruled out
+    return t.numpy(force=True)
+
+
+def needs_grad(input, weight, bias) -> bool:
+    """Whether the call records a gradient: what torch.nn's norms decide with autograd."""
+    return _grad_enabled() and (
+        input.requires_grad
+        or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad)
+    )
 
 
 def _fast_apply(fn: type) -> Callable[..., Any]:
@@ -92,13 +111,11 @@ def norm_function(
     )
     apply = _fast_apply(function)
 
-    def call(input, weight, bias, args):
-        # needs a gradient: what torch.nn's norms decide with autograd, inlined (hot path)
-        if _grad_enabled() and (
-            input.requires_grad
-            or (weight is not None and weight.requires_grad)
-            or (bias is not None and bias.requires_grad)
-        ):
+    def call(input, weight, bias, args, grad=None):
+        # grad: needs_grad(input, weight, bias) if the caller has it already
+        if grad is None:
+            grad = needs_grad(input, weight, bias)
+        if grad:
             return apply(input, weight, bias, args)
         return _from_numpy(forward(as_numpy(input), as_numpy(weight), as_numpy(bias), args)[0])
 

@@ -5,20 +5,33 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Dict, Iterator, Optional, Type, cast
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Tuple, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .._ops import momentum_factor
 from ._autograd import (
+    as_numpy,
     batch_norm,
     batch_norm_channels_last,
     group_norm,
     instance_norm,
     layer_norm,
+    needs_grad,
     rms_norm,
+)
+from ._library import (
+    batch_norm_op,
+    group_norm_channels_last_op,
+    group_norm_op,
+    instance_norm_channels_last_op,
+    instance_norm_op,
+    layer_norm_op,
+    rms_norm_op,
 )
 
 __all__ = [
@@ -31,10 +44,12 @@ __all__ = [
     "InstanceNorm2d",
     "InstanceNorm3d",
     "RMSNorm",
-    "convert",
     "torch_fallback",
     "cnorm_batch_norm",
+    "cnorm_group_norm",
+    "cnorm_instance_norm",
     "FLOATS",
+    "TORCH_BELOW",
 ]
 
 # the input dtypes the drop-in layers run on cnorm (half precision: add torch.bfloat16 and
@@ -67,28 +82,62 @@ def torch_fallback() -> Iterator[None]:
         _switch.enabled = previous
 
 
-_is_scripting = torch.jit.is_scripting
-_is_tracing = torch.jit.is_tracing
-_is_compiling = torch.compiler.is_compiling
+_is_compiling = torch.compiler.is_compiling  # torch.compile (dynamo) and torch.export
+_is_tracing = torch._C._is_tracing  # torch.jit.trace (scripting: see _script_forward)
 _is_autocast = torch.is_autocast_enabled
 _functorch_active = torch._C._are_functorch_transforms_active
+# the ATen calls of F.batch_norm / F.layer_norm (cudnn_enabled: no effect on the CPU)
+_aten_batch_norm = torch.batch_norm
+_aten_layer_norm = torch.layer_norm
+_aten_group_norm = torch.group_norm  # and F.group_norm, F.instance_norm, F.rms_norm's
+_aten_instance_norm = torch.instance_norm
+_aten_rms_norm = torch.rms_norm
+
+#: numel below which an input runs torch's kernels, per norm: (no gradient, gradient).
+#: There a Python call (and the autograd node of a Python Function) costs more than the
+#: cnorm kernel saves; ``python -m cnorm bench --calibrate`` measures the crossover.
+#: Those calls go straight to the ATen op that torch's forward ends in (same kernel,
+#: same autograd node, same results), skipping the Python layers of torch's forward.
+TORCH_BELOW: Dict[str, Tuple[int, int]] = {
+    "batch_norm": (4096, 16384),  # batch statistics (training)
+    "batch_norm_eval": (16384, 16384),  # running statistics: torch's kernel is cheaper there
+    "layer_norm": (4096, 8192),
+    # not calibrated yet: layer_norm's (per-row or per-(sample, group) statistics, as there)
+    "group_norm": (4096, 8192),
+    "instance_norm": (4096, 8192),
+    "rms_norm": (4096, 8192),
+}
 
 
 def _input_ok(input) -> bool:
     """A plain, dense, C-contiguous CPU float32/float64 tensor, outside of autocast,
-    torch.jit, torch.compile and torch.func transforms (all of which go to torch)."""
+    torch.jit tracing, torch.compile and torch.func transforms (all of which go to torch;
+    torch.compile to :func:`_compile_ok` where a layer has a custom op)."""
     return (
         type(input) in _PLAIN
         and input.dtype in FLOATS
         and input.is_cpu
         and input.layout == _STRIDED
         and input.is_contiguous()
+        and not _is_compiling()  # before the checks dynamo does not trace
         and not input.is_neg()
         and not _is_autocast("cpu")
-        and not _is_scripting()
         and not _is_tracing()
-        and not _is_compiling()
         and not _functorch_active()
+    )
+
+
+def _compile_ok(input) -> bool:
+    """Under torch.compile / torch.export (dynamo traces this; the checks become guards):
+    a dense C-contiguous CPU float32/float64 tensor outside autocast, for the cnorm custom
+    ops (:mod:`cnorm.torch._library`). Fake and functional tensors pass."""
+    return (
+        _is_compiling()
+        and input.dtype in FLOATS
+        and input.is_cpu
+        and input.layout == _STRIDED
+        and input.is_contiguous()
+        and not _is_autocast("cpu")
     )
 
 
@@ -104,17 +153,33 @@ def _ok(t, dtype, shape) -> bool:
     )
 
 
-def _channels_last(input) -> bool:
-    """A channels_last (4-D) or channels_last_3d (5-D) tensor that is not C-contiguous,
-    whose (N, *S, C) view (``movedim(1, -1)``, contiguous) cnorm takes as it is."""
-    return input.dim() in (4, 5) and _input_ok(input.movedim(1, -1))
+def _traced_ok(t, dtype, shape) -> bool:
+    """:func:`_ok` without the type check (compile and export trace fake tensors)."""
+    return t is None or (
+        t.dtype == dtype and t.is_cpu and t.layout == _STRIDED and t.is_contiguous() and t.shape == shape
+    )
 
 
-def _layout(input) -> int:
-    """1: a contiguous input for cnorm, 2: a channels_last one, 0: one for torch."""
+def _check(input) -> Optional[Callable[..., bool]]:
+    """The check of a C-contiguous input's parameters: :func:`_ok` in eager,
+    :func:`_traced_ok` under torch.compile / torch.export (the custom ops); None: torch's."""
     if _input_ok(input):
-        return 1
-    return 2 if _channels_last(input) else 0
+        return _ok
+    return _traced_ok if _compile_ok(input) else None
+
+
+def _route(input) -> Tuple[int, Optional[Callable[..., bool]]]:
+    """(layout, :func:`_check`) of a call cnorm takes: layout 1 for a C-contiguous input,
+    2 for a channels_last (4-D) / channels_last_3d (5-D) one, whose (N, *S, C) view
+    (``movedim(1, -1)``) is C-contiguous and runs without a copy. ``(0, None)``: torch's."""
+    ok = _check(input)
+    if ok is not None:
+        return 1, ok
+    if input.dim() in (4, 5):
+        ok = _check(input.movedim(1, -1))
+        if ok is not None:
+            return 2, ok
+    return 0, None
 
 
 # ---------------------------------------------------------------------------- batch norm
@@ -123,25 +188,27 @@ def _layout(input) -> int:
 def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     """torch's ``_BatchNorm.forward`` on the cnorm kernels, or None (and no side effect)
     when the call is not one cnorm handles: the caller then runs torch's forward, which
-    also raises torch's own errors for bad inputs."""
+    also raises torch's own errors for bad inputs. Eager: the cnorm autograd Function,
+    or below ``TORCH_BELOW`` torch's ATen op; under torch.compile / torch.export: the
+    ``cnorm::batch_norm`` custom op (a channels_last input: on its (N*H*W, C) view)."""
     if not (module.use_cnorm and _switch.enabled):
         return None
-    channels_last = False
-    if not _input_ok(input):
-        if not _channels_last(input):
-            return None
-        channels_last = True  # the (N*H*W, C) problem of BatchNorm1d, on the same memory
     # straight from the registries (Module.__getattr__ is slow); a parametrized or
     # hooked weight is not in there: torch's forward handles those
     params = module._parameters
     buffers = module._buffers
-    try:
-        weight = params["weight"]
-        bias = params["bias"]
-        running_mean = buffers["running_mean"]
-        running_var = buffers["running_var"]
-        num_batches_tracked = buffers["num_batches_tracked"]
-    except KeyError:
+    weight = params.get("weight", _MISSING)
+    bias = params.get("bias", _MISSING)
+    running_mean = buffers.get("running_mean", _MISSING)
+    running_var = buffers.get("running_var", _MISSING)
+    num_batches_tracked = buffers.get("num_batches_tracked", _MISSING)
+    if (
+        weight is _MISSING
+        or bias is _MISSING
+        or running_mean is _MISSING
+        or running_var is _MISSING
+        or num_batches_tracked is _MISSING
+    ):
         return None
     training = module.training
     track = module.track_running_stats
@@ -149,13 +216,25 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     rm = running_mean if not training or track else None
     rv = running_var if not training or track else None
     bn_training = training or (rm is None and rv is None)
+    # the size threshold first: the checks below cost more than a tiny call
+    small = False
+    if type(input) in _PLAIN:
+        grad = needs_grad(input, weight, bias)
+        small = input.numel() < TORCH_BELOW["batch_norm" if bn_training else "batch_norm_eval"][grad]
+    layout, ok = 1, None  # small: torch's kernel, which checks its arguments itself
+    if not small:
+        layout, ok = _route(input)  # channels_last: the (N*H*W, C) problem of BatchNorm1d
+        if not layout:
+            return None
     eps = module.eps
     dtype = input.dtype
     shape = input.shape
     if len(shape) < 2 or (rm is None) != (rv is None):
         return None
     c = shape[1:2]
-    if not (_ok(weight, dtype, c) and _ok(bias, dtype, c) and _ok(rm, dtype, c) and _ok(rv, dtype, c)):
+    if ok is not None and not (
+        ok(weight, dtype, c) and ok(bias, dtype, c) and ok(rm, dtype, c) and ok(rv, dtype, c)
+    ):
         return None
     if bn_training:
         if not eps > 0:
@@ -164,24 +243,48 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
             return None  # 1 value per channel: torch raises
     elif not eps >= 0:
         return None
+    momentum = module.momentum
+    nbt = num_batches_tracked if training and track else None
+    if ok is _traced_ok:
+        if momentum is None and nbt is not None:
+            return None  # 1 / num_batches_tracked: a host sync, as in torch's forward
+        module._check_input_dim(input)
+        if nbt is not None:
+            nbt.add_(1)
+        x = input if layout == 1 else input.movedim(1, -1)
+        y = batch_norm_op.forward(
+            x.reshape(-1, c[0]) if layout == 2 else x,
+            weight,
+            bias,
+            rm,
+            rv,
+            bn_training,
+            0.0 if momentum is None else momentum,
+            eps,
+        )[0]
+        return y if layout == 1 else y.reshape(x.shape).movedim(-1, 1)
     module._check_input_dim(input)
 
     # the rest of torch's _BatchNorm.forward
-    nbt = num_batches_tracked if training and track else None
     if nbt is not None:
         nbt.add_(1)
-    factor = momentum_factor(module.momentum, nbt)
+    factor = momentum if momentum is not None else momentum_factor(None, nbt)
+    if ok is None:
+        # torch's kernel as F.batch_norm calls it (its checks passed above), without
+        # the Python layers of torch's forward: below torch.nn's own cost
+        return _aten_batch_norm(input, weight, bias, rm, rv, bn_training, factor, eps, True)
     # NumPy views: cnorm updates the running buffers in place when training
     rm = None if rm is None else rm.numpy()
     rv = None if rv is None else rv.numpy()
-    run = batch_norm_channels_last if channels_last else batch_norm
-    return run(input, weight, bias, (rm, rv, bn_training, factor, eps))
+    run = batch_norm_channels_last if layout == 2 else batch_norm
+    return run(input, weight, bias, (rm, rv, bn_training, factor, eps), grad)
 
 
 if TYPE_CHECKING:  # the mixins sit before a torch module in the MRO: super().forward exists
-    _TorchModule = nn.Module
+    _TorchModule = nn.modules.batchnorm._BatchNorm
+    _TorchInstanceNorm = nn.modules.instancenorm._InstanceNorm
 else:
-    _TorchModule = object
+    _TorchModule = _TorchInstanceNorm = object
 
 
 class _CnormBatchNorm(_TorchModule):
@@ -191,10 +294,38 @@ class _CnormBatchNorm(_TorchModule):
     use_cnorm = True
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # static in TorchScript: the rest is not compiled
+            return self._torch_forward(input)
         out = cnorm_batch_norm(self, input)
         if out is None:
             return super().forward(input)
         return out
+
+    def _torch_forward(self, input: torch.Tensor) -> torch.Tensor:
+        """torch's ``_BatchNorm.forward``, in a form TorchScript compiles (a scripted model
+        runs torch's kernels) and that SyncBatchNorm shares."""
+        self._check_input_dim(input)
+        factor = 0.0
+        if self.momentum is not None:
+            factor = self.momentum
+        if self.training and self.track_running_stats:
+            nbt = self.num_batches_tracked
+            if nbt is not None:
+                nbt.add_(1)
+                if self.momentum is None:
+                    factor = 1.0 / float(nbt)
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        track = not self.training or self.track_running_stats
+        return F.batch_norm(
+            input,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.weight,
+            self.bias,
+            bn_training,
+            factor,
+            self.eps,
+        )
 
 
 class BatchNorm1d(_CnormBatchNorm, nn.BatchNorm1d):
@@ -227,26 +358,69 @@ class LayerNorm(nn.LayerNorm):
     use_cnorm = True
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # static in TorchScript: the rest is not compiled
+            return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
         ns = self.normalized_shape
-        k = len(ns)
-        if self.use_cnorm and _switch.enabled and k and _input_ok(input):
+        if self.use_cnorm and _switch.enabled and ns:
             params = self._parameters
-            dtype = input.dtype
             weight = params.get("weight", _MISSING)
             bias = params.get("bias", _MISSING)
-            if (
-                input.dim() >= k
-                and input.shape[input.dim() - k :] == ns
-                and _ok(weight, dtype, ns)
-                and _ok(bias, dtype, ns)
-            ):
-                # _ok passed: None or a plain tensor, never _MISSING
-                w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
-                return layer_norm(input, w, b, (ns, self.eps))
+            if weight is _MISSING or bias is _MISSING:
+                return super().forward(input)
+            # _MISSING ruled out: None or a parameter
+            w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
+            grad = False
+            if type(input) in _PLAIN:
+                grad = needs_grad(input, w, b)
+                if input.numel() < TORCH_BELOW["layer_norm"][grad]:
+                    # torch's kernel as F.layer_norm calls it (cheaper than torch's forward)
+                    return _aten_layer_norm(input, ns, w, b, self.eps, True)
+            if _input_ok(input):
+                ok = _ok
+            elif _compile_ok(input):
+                ok = _traced_ok
+            else:
+                return super().forward(input)
+            dtype = input.dtype
+            if input.shape[-len(ns) :] == ns and ok(w, dtype, ns) and ok(b, dtype, ns):
+                if ok is _traced_ok:
+                    return layer_norm_op.forward(input, w, b, list(ns), self.eps)[0]
+                return layer_norm(input, w, b, (ns, self.eps), grad)
         return super().forward(input)
 
 
 # ---------------------------------------------------------------------------- group norm
+
+
+def cnorm_group_norm(module, input) -> Optional[torch.Tensor]:
+    """torch's ``GroupNorm.forward`` on the cnorm kernels (below ``TORCH_BELOW``: torch's
+    ATen op; under torch.compile / torch.export: the ``cnorm::group_norm`` ops), or None:
+    the caller runs torch's forward."""
+    if not (module.use_cnorm and _switch.enabled and input.dim() >= 2):
+        return None
+    params = module._parameters
+    weight = params.get("weight", _MISSING)
+    bias = params.get("bias", _MISSING)
+    g = module.num_groups
+    n, c = input.shape[0], input.shape[1]
+    # what torch raises for (C % G, F.group_norm's batch-size check): torch's forward
+    if weight is _MISSING or bias is _MISSING or c % g or (n * c // g) * math.prod(input.shape[2:]) == 1:
+        return None
+    w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
+    eps = module.eps
+    grad = None
+    if type(input) in _PLAIN:
+        grad = needs_grad(input, w, b)
+        if input.numel() < TORCH_BELOW["group_norm"][grad]:
+            return _aten_group_norm(input, g, w, b, eps, True)  # as F.group_norm calls it
+    layout, ok = _route(input)
+    if not (ok and ok(w, input.dtype, (c,)) and ok(b, input.dtype, (c,))):
+        return None
+    if ok is _traced_ok:
+        if layout == 1:
+            return group_norm_op.forward(input, w, b, g, eps)[0]
+        return group_norm_channels_last_op.forward(input.movedim(1, -1), w, b, g, eps)[0].movedim(-1, 1)
+    return group_norm(input, w, b, (g, eps, layout == 2), grad)
 
 
 class GroupNorm(nn.GroupNorm):
@@ -258,32 +432,20 @@ class GroupNorm(nn.GroupNorm):
     use_cnorm = True
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        layout = _layout(input) if self.use_cnorm and _switch.enabled else 0
-        if layout and input.dim() >= 2:
-            params = self._parameters
-            weight = params.get("weight", _MISSING)
-            bias = params.get("bias", _MISSING)
-            g = self.num_groups
-            n, c = input.shape[0], input.shape[1]
-            channels = (c,)
-            # what torch raises for (F.group_norm's batch-size check, C % G): torch's forward
-            if (
-                c % g == 0
-                and (n * c // g) * math.prod(input.shape[2:]) != 1
-                and _ok(weight, input.dtype, channels)
-                and _ok(bias, input.dtype, channels)
-            ):
-                w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
-                return group_norm(input, w, b, (g, self.eps, layout == 2))
-        return super().forward(input)
+        if torch.jit.is_scripting():  # static in TorchScript: the rest is not compiled
+            return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        out = cnorm_group_norm(self, input)
+        return super().forward(input) if out is None else out
 
 
 # ------------------------------------------------------------------------- instance norm
 
 
 def cnorm_instance_norm(module, input) -> Optional[torch.Tensor]:
-    """torch's ``_InstanceNorm.forward`` on the cnorm kernels, or None: the caller then runs
-    torch's forward (which also warns and raises as torch does)."""
+    """torch's ``_InstanceNorm.forward`` on the cnorm kernels (below ``TORCH_BELOW``:
+    torch's ATen op; under torch.compile / torch.export: the ``cnorm::instance_norm``
+    ops), or None: the caller then runs torch's forward (which also warns and raises as
+    torch does)."""
     if not (module.use_cnorm and _switch.enabled):
         return None
     no_batch = module._get_no_batch_dim()
@@ -291,7 +453,6 @@ def cnorm_instance_norm(module, input) -> Optional[torch.Tensor]:
     if dim not in (no_batch, no_batch + 1) or input.shape[dim - no_batch] != module.num_features:
         return None  # torch raises, or warns about num_features (affine=False)
     x = input.unsqueeze(0) if dim == no_batch else input
-    layout = _layout(x)
     params = module._parameters
     buffers = module._buffers
     weight = params.get("weight", _MISSING)
@@ -299,32 +460,71 @@ def cnorm_instance_norm(module, input) -> Optional[torch.Tensor]:
     running_mean = buffers.get("running_mean", _MISSING)
     running_var = buffers.get("running_var", _MISSING)
     use_input_stats = module.training or not module.track_running_stats
-    c = (module.num_features,)
-    dtype = x.dtype
-    if not (
-        layout
-        and all(_ok(t, dtype, c) for t in (weight, bias, running_mean, running_var))
-        and (running_mean is None) == (running_var is None)
-        and (running_mean is not None or use_input_stats)
-        and (not use_input_stats or math.prod(x.shape[2:]) != 1)  # 1 spatial element: torch raises
+    if (
+        any(t is _MISSING for t in (weight, bias, running_mean, running_var))
+        or (running_mean is None) != (running_var is None)
+        or (running_mean is None and not use_input_stats)
+        or (use_input_stats and math.prod(x.shape[2:]) == 1)  # 1 spatial element: torch raises
     ):
         return None
-    rm = None if running_mean is None else cast(torch.Tensor, running_mean).numpy()
-    rv = None if running_var is None else cast(torch.Tensor, running_var).numpy()
-    momentum = module.momentum if module.momentum is not None else 0.0  # as torch's
     w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
-    y = instance_norm(x, w, b, (rm, rv, use_input_stats, momentum, module.eps, layout == 2))
+    rm, rv = cast(Optional[torch.Tensor], running_mean), cast(Optional[torch.Tensor], running_var)
+    momentum = module.momentum if module.momentum is not None else 0.0  # as torch's
+    eps = module.eps
+    grad = None
+    if type(x) in _PLAIN:
+        grad = needs_grad(x, w, b)
+        if x.numel() < TORCH_BELOW["instance_norm"][grad]:
+            y = _aten_instance_norm(x, w, b, rm, rv, use_input_stats, momentum, eps, True)
+            return y.squeeze(0) if dim == no_batch else y
+    layout, ok = _route(x)
+    c = (module.num_features,)
+    dtype = x.dtype
+    if not (ok and all(ok(t, dtype, c) for t in (w, b, rm, rv))):
+        return None
+    if ok is _traced_ok:
+        if layout == 1:
+            y = instance_norm_op.forward(x, w, b, rm, rv, use_input_stats, momentum, eps)[0]
+        else:  # a contiguous output, as torch's
+            op = instance_norm_channels_last_op.forward
+            y = op(x.movedim(1, -1), w, b, rm, rv, use_input_stats, momentum, eps)[0]
+            y = y.movedim(-1, 1).contiguous()
+    else:
+        args = (as_numpy(rm), as_numpy(rv), use_input_stats, momentum, eps, layout == 2)
+        y = instance_norm(x, w, b, args, grad)
     return y.squeeze(0) if dim == no_batch else y
 
 
-class _CnormInstanceNorm(_TorchModule):
+class _CnormInstanceNorm(_TorchInstanceNorm):
     """Mixin placed before torch's InstanceNorm classes (see _CnormBatchNorm)."""
 
     use_cnorm = True  # False on an instance: always torch's implementation
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # static in TorchScript: the rest is not compiled
+            return self._torch_forward(input)
         out = cnorm_instance_norm(self, input)
         return super().forward(input) if out is None else out
+
+    def _torch_forward(self, input: torch.Tensor) -> torch.Tensor:
+        """torch's ``_InstanceNorm.forward`` in a form TorchScript compiles (no super())."""
+        self._check_input_dim(input)
+        feature_dim = input.dim() - self._get_no_batch_dim()
+        if input.size(feature_dim) != self.num_features:
+            if self.affine:
+                raise ValueError(
+                    f"expected input's size at dim={feature_dim} to match num_features"
+                    f" ({self.num_features}), but got: {input.size(feature_dim)}."
+                )
+            warnings.warn(
+                f"input's size at dim={feature_dim} does not match num_features. "
+                "You can silence this warning by not passing in num_features, "
+                "which is not used because affine=False",
+                stacklevel=2,
+            )
+        if input.dim() == self._get_no_batch_dim():
+            return self._handle_no_batch_input(input)
+        return self._apply_instance_norm(input)
 
 
 class InstanceNorm1d(_CnormInstanceNorm, nn.InstanceNorm1d):
@@ -360,99 +560,22 @@ class RMSNorm(nn.RMSNorm):
     use_cnorm = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # static in TorchScript: the rest is not compiled
+            return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
         ns = self.normalized_shape
         k = len(ns)
-        if self.use_cnorm and _switch.enabled and k and _input_ok(x):
-            weight = self._parameters.get("weight", _MISSING)
-            if x.dim() >= k and x.shape[x.dim() - k :] == ns and _ok(weight, x.dtype, ns):
+        weight = self._parameters.get("weight", _MISSING)
+        if self.use_cnorm and _switch.enabled and k and weight is not _MISSING:
+            w = cast(Optional[torch.Tensor], weight)
+            grad = None
+            if type(x) in _PLAIN:
+                grad = needs_grad(x, w, None)
+                if x.numel() < TORCH_BELOW["rms_norm"][grad]:
+                    return _aten_rms_norm(x, ns, w, self.eps)  # as F.rms_norm calls it
+            layout, ok = _route(x)
+            if layout == 1 and ok and x.dim() >= k and x.shape[x.dim() - k :] == ns and ok(w, x.dtype, ns):
                 eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
-                return rms_norm(x, cast(Optional[torch.Tensor], weight), None, (ns, eps))
+                if ok is _traced_ok:
+                    return rms_norm_op.forward(x, w, None, list(ns), eps)[0]
+                return rms_norm(x, w, None, (ns, eps), grad)
         return super().forward(x)
-
-
-# ---------------------------------------------------------------------------- convert
-
-_REPLACEMENTS: Dict[type, Type[nn.Module]] = {
-    nn.BatchNorm1d: BatchNorm1d,
-    nn.BatchNorm2d: BatchNorm2d,
-    nn.BatchNorm3d: BatchNorm3d,
-    nn.LayerNorm: LayerNorm,
-    nn.GroupNorm: GroupNorm,
-    nn.InstanceNorm1d: InstanceNorm1d,
-    nn.InstanceNorm2d: InstanceNorm2d,
-    nn.InstanceNorm3d: InstanceNorm3d,
-    nn.RMSNorm: RMSNorm,
-}
-
-# per-instance containers that must not be shared between the old and the new module
-_OWN_CONTAINERS = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
-
-
-def _replacement(module: nn.Module, cls: Type[nn.Module]) -> nn.Module:
-    """A cnorm.torch twin of a norm layer (an instance of ``cls``): the same Parameter and
-    buffer objects, attributes (training, eps, momentum, ...) and hooks; nothing is
-    allocated."""
-    new = cls.__new__(cls)
-    state = dict(module.__dict__)
-    for name in _OWN_CONTAINERS:
-        if name in state:
-            state[name] = state[name].copy()
-    new.__dict__.update(state)
-    return new
-
-
-def _target(module: nn.Module) -> Optional[Type[nn.Module]]:
-    """The class ``module`` converts to: its cnorm.torch twin, that of a registered
-    third-party norm class (:func:`register_norm`), or None."""
-    cls = _REPLACEMENTS.get(type(module))
-    if cls is None:
-        from ._registry import converted_class  # (imports this module)
-
-        cls = converted_class(module)
-    return cls
-
-
-def convert(module: nn.Module) -> nn.Module:
-    """Replace every :class:`torch.nn.BatchNorm1d`/``2d``/``3d``,
-    :class:`~torch.nn.LayerNorm`, :class:`~torch.nn.GroupNorm`,
-    :class:`~torch.nn.InstanceNorm1d`/``2d``/``3d`` and :class:`~torch.nn.RMSNorm` in
-    ``module`` (exactly those classes; nested modules too) by its :mod:`cnorm.torch` twin,
-    and every module of a registered third-party norm class (:func:`register_norm`: the
-    transformers norm classes are built in) by its cnorm-backed subclass, in place, and
-    return ``module``.
-
-    The twins keep the same :class:`~torch.nn.Parameter` objects (an optimizer built
-    before keeps working), buffers, training flag, attributes and hooks. A module that
-    is itself one of those layers is not modified: its replacement is returned (as
-    :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm` does). A layer that appears
-    several times in the model gets a single replacement.
-
-    Example::
-
-        >>> model = torchvision.models.resnet18()           # doctest: +SKIP
-        >>> model = cnorm.torch.convert(model)               # doctest: +SKIP
-    """
-    memo: Dict[int, nn.Module] = {}
-
-    def swap(m: nn.Module) -> nn.Module:
-        key = id(m)
-        if key not in memo:
-            cls = _target(m)
-            memo[key] = m if cls is None else _replacement(m, cls)
-        return memo[key]
-
-    def visit(m: nn.Module, seen: set) -> None:
-        if id(m) in seen:
-            return
-        seen.add(id(m))
-        for name, child in list(m._modules.items()):
-            if child is None:
-                continue
-            new = swap(child)
-            if new is not child:
-                m._modules[name] = new
-            visit(new, seen)
-
-    top = swap(module)
-    visit(top, set())
-    return top

@@ -22,8 +22,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, cast
 import torch
 from torch import nn
 
-from ._autograd import layer_norm, rms_norm
-from ._dropin import _MISSING, FLOATS, _input_ok, _ok, _switch
+from ._autograd import layer_norm, needs_grad, rms_norm
+from ._dropin import _MISSING, _PLAIN, FLOATS, TORCH_BELOW, _check, _switch, _traced_ok
+from ._library import layer_norm_op, rms_norm_op
 
 __all__ = ["NormSpec", "register_norm", "registered_spec", "converted_class", "cnorm_forward"]
 
@@ -184,14 +185,17 @@ def cnorm_forward(module: nn.Module, spec: NormSpec, x) -> Optional[torch.Tensor
         if type(x) is not torch.Tensor or x.dim() != 4:
             return None
         xl = x.permute(0, 2, 3, 1)  # zero-copy when x is channels_last
-        if not _input_ok(xl):
-            if not _input_ok(x):
+        ok = _check(xl)
+        if ok is None:
+            ok = _check(x)
+            if ok is None:
                 return None
             xl = xl.contiguous()  # the copy torch's layer_norm makes too
-    elif _input_ok(x):
-        xl = x
     else:
-        return None
+        xl = x
+        ok = _check(x)
+        if ok is None:
+            return None
     dtype = xl.dtype
     if dtype not in spec.dtypes or not xl.dim():
         return None
@@ -201,20 +205,27 @@ def cnorm_forward(module: nn.Module, spec: NormSpec, x) -> Optional[torch.Tensor
     params = module._parameters
     weight = None if spec.weight is None else params.get(spec.weight, _MISSING)
     bias = None if spec.bias is None else params.get(spec.bias, _MISSING)
-    ns = (xl.shape[-1],) if spec.normalized_shape is None else tuple(getattr(module, spec.normalized_shape))
-    k = len(ns)
-    if not (
-        k
-        and xl.dim() >= k
-        and xl.shape[xl.dim() - k :] == ns
-        and _ok(weight, dtype, ns)
-        and _ok(bias, dtype, ns)
-    ):
+    if weight is _MISSING or bias is _MISSING:
         return None
     w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
+    grad = None
+    if type(x) in _PLAIN:  # below the size threshold: the class's own forward
+        grad = needs_grad(x, w, b)
+        if x.numel() < TORCH_BELOW["rms_norm" if kind == "rms_norm" else "layer_norm"][grad]:
+            return None
+    ns = (xl.shape[-1],) if spec.normalized_shape is None else tuple(getattr(module, spec.normalized_shape))
+    k = len(ns)
+    if not (k and xl.dim() >= k and xl.shape[xl.dim() - k :] == ns and ok(w, dtype, ns) and ok(b, dtype, ns)):
+        return None
+    traced = ok is _traced_ok  # under torch.compile / torch.export: the cnorm:: custom ops
     if kind == "rms_norm":
         if spec.weight_offset and w is not None:
             w = w + spec.weight_offset  # autograd carries the weight's gradient through
-        return rms_norm(xl, w, None, (ns, eps))
-    y = layer_norm(xl, w, b, (ns, eps))
+        if traced:
+            return rms_norm_op.forward(xl, w, None, list(ns), float(eps))[0]
+        return rms_norm(xl, w, None, (ns, eps), grad)
+    if traced:
+        y = layer_norm_op.forward(xl, w, b, list(ns), float(eps))[0]
+    else:
+        y = layer_norm(xl, w, b, (ns, eps), grad)
     return y.permute(0, 3, 1, 2) if kind == "layer_norm_channels_first" else y

@@ -13,7 +13,7 @@ from torch.autograd.function import once_differentiable
 from .. import functional as CF
 from .._ops import momentum_factor, update_running_stats
 from ._autograd import as_numpy
-from ._dropin import FLOATS, cnorm_batch_norm
+from ._dropin import FLOATS, _CnormBatchNorm, cnorm_batch_norm
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "SyncBatchNormFunction"]
 
@@ -185,8 +185,11 @@ class SyncBatchNorm(nn.SyncBatchNorm):
 
     #: set to False on an instance to use torch's kernels when no synchronization is needed
     use_cnorm = True
+    _torch_forward = _CnormBatchNorm._torch_forward
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript has no torch.distributed: local statistics
+            return self._torch_forward(input)  # type: ignore[misc]
         if not input.is_cpu:
             return super().forward(input)
         self._check_input_dim(input)
@@ -200,7 +203,8 @@ class SyncBatchNorm(nn.SyncBatchNorm):
             need_sync = world_size > 1
         if not need_sync:
             out = cnorm_batch_norm(self, input)
-            return super().forward(input) if out is None else out
+            # not torch's SyncBatchNorm.forward: it refuses CPU tensors in a process group
+            return self._torch_forward(input) if out is None else out  # type: ignore[misc]
 
         dtype = input.dtype
         weight, bias = self.weight, self.bias
