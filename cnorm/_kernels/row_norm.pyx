@@ -26,14 +26,18 @@ and for RMSNorm (xhat = x * rstd, no mean) the same without mean(g).
 cimport numpy as cnp
 from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
+from libc.stdint cimport uint16_t
 from libc.string cimport memset
 
 from .common cimport (BLOCK, STREAM_MIN_RUN, check_array, check_dims, data_or_null, empty_1d,
                       empty_like, floating, input_typenum, run_threads, segment_stats, split_mean,
                       split_start, sum_partials, sum_squares)
+from cython.parallel cimport prange
+
 from .openmp cimport n_threads_for
-from .simd.loops cimport (affine, bn_grad_sums, cn_stream_fence, gn_grad_segment, ln_grad_row,
-                          ln_grad_sums, ln_grad_sums2, ln_row, residual_add)
+from .simd.loops cimport (affine, bn_grad_sums, cn_stream_fence, from_bf16, from_f16,
+                          gn_grad_segment, ln_grad_row, ln_grad_sums, ln_grad_sums2, ln_row,
+                          residual_add, to_bf16, to_f16)
 
 cnp.import_array()
 include "simd_control.pxi"
@@ -529,3 +533,76 @@ def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
                  2 * C)
     free(j.part)
     return dx, dw, db
+
+
+# ---------------------------------------------------------------------------------------
+# half storage: float16 / bfloat16 bits (uint16 arrays) <-> float32 (or float64) arrays
+# ---------------------------------------------------------------------------------------
+
+cdef enum:
+    CONVERT_CHUNK = 16384   # elements per conversion call: threads take whole chunks
+
+
+cdef void _convert(void* dst, const void* src, Py_ssize_t n, int kind, int typenum,
+                   bint widen) noexcept nogil:
+    """dst <- src converted, n elements: half bits (kind 1 float16, 2 bfloat16) widened to
+    the compute type of typenum (float32/float64), or narrowed to them (once, to nearest even)."""
+    cdef Py_ssize_t k, i, m
+    cdef int n_threads = n_threads_for(n)
+    for k in prange((n + CONVERT_CHUNK - 1) // CONVERT_CHUNK, schedule='static',
+                    num_threads=n_threads):
+        i = k * CONVERT_CHUNK
+        m = min(n - i, <Py_ssize_t>CONVERT_CHUNK)
+        if typenum == cnp.NPY_FLOAT:
+            _convert_chunk(<float*>dst + i if widen else <float*>src + i,
+                           <uint16_t*>src + i if widen else <uint16_t*>dst + i, m, kind, widen)
+        else:
+            _convert_chunk(<double*>dst + i if widen else <double*>src + i,
+                           <uint16_t*>src + i if widen else <uint16_t*>dst + i, m, kind, widen)
+
+
+cdef inline void _convert_chunk(floating* wide, uint16_t* bits, Py_ssize_t n, int kind,
+                                bint widen) noexcept nogil:
+    if widen:
+        if kind == 1:
+            from_f16(wide, bits, n)
+        else:
+            from_bf16(wide, bits, n)
+    elif kind == 1:
+        to_f16(bits, wide, n)
+    else:
+        to_bf16(bits, wide, n)
+
+
+cdef int _check_kind(int kind) except -1:
+    if kind != 1 and kind != 2:
+        raise ValueError(f"kind must be 1 (float16) or 2 (bfloat16), got {kind}")
+    return 0
+
+
+def widen_half(cnp.ndarray bits not None, int kind, bint double=False):
+    """A new float32 (float64 with double) array of the shape of `bits`, the values of the
+    half-precision bits (uint16, C-contiguous; kind 1 float16, 2 bfloat16), exactly."""
+    _check_kind(kind)
+    check_array(bits, cnp.PyArray_SIZE(bits), cnp.NPY_UINT16, False, "bits")
+    cdef int typenum = cnp.NPY_DOUBLE if double else cnp.NPY_FLOAT
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(bits), cnp.PyArray_DIMS(bits),
+                                             typenum, 0)
+    with nogil:
+        _convert(cnp.PyArray_DATA(out), cnp.PyArray_DATA(bits), cnp.PyArray_SIZE(bits), kind,
+                 typenum, True)
+    return out
+
+
+def narrow_half(cnp.ndarray x not None, int kind):
+    """A new uint16 array of the shape of x (float32/float64, C-contiguous): the bits of x
+    rounded once to nearest even to float16 (kind 1) or bfloat16 (kind 2)."""
+    _check_kind(kind)
+    cdef int typenum = input_typenum(x, "x")
+    check_array(x, cnp.PyArray_SIZE(x), typenum, False, "x")
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x),
+                                             cnp.NPY_UINT16, 0)
+    with nogil:
+        _convert(cnp.PyArray_DATA(out), cnp.PyArray_DATA(x), cnp.PyArray_SIZE(x), kind, typenum,
+                 False)
+    return out
