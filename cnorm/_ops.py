@@ -9,6 +9,7 @@ batch-norm kernel, and the reshapes of the per-parameter gradients.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, SupportsFloat, Tuple
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from ._kernels import batch_norm as bn_kernels
 from ._kernels import row_norm as row_kernels
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
+from ._validate import BFLOAT16, FLOAT32, HALF_KINDS
 
 __all__ = [
     "get_num_threads",
@@ -44,6 +46,64 @@ __all__ = [
 Array = np.ndarray
 Stats3 = Tuple[Array, Array, Array]
 
+# ------------------------------------------------------------------ half storage
+# float16 / bfloat16 inputs: the data are stored in half precision, every sum and
+# coefficient is float32 or wider. A half array is widened to float32 (exactly), the float32
+# kernels run, and each output is rounded once to its dtype (to nearest even).
+
+
+def widen(a):
+    """A half array as a float32 copy (exact); anything else as it is."""
+    kind = HALF_KINDS.get(a.dtype) if isinstance(a, np.ndarray) else None
+    if kind is None:
+        return a
+    return row_kernels.widen_half(np.ascontiguousarray(a).view(np.uint16), kind)
+
+
+def narrow(a: Array, dtype: np.dtype) -> Array:
+    """``a`` (float32/float64) as ``dtype``, rounded once to nearest even."""
+    if a.dtype == dtype:
+        return a
+    kind = HALF_KINDS.get(dtype)
+    if kind is None:
+        return a.astype(dtype)
+    return row_kernels.narrow_half(np.ascontiguousarray(a), kind).view(dtype)
+
+
+def _half_storage(*outputs: Optional[str]):
+    """Run the decorated op of float32/float64 arrays on half inputs too: every half array
+    argument widened, then each output rounded once to the input dtype ("x"), to the
+    parameters' dtype ("p": float32 when a float32 parameter came with the half input,
+    torch's mixed precision, else the input's) or left as computed (None: statistics)."""
+
+    def decorate(op):
+        @functools.wraps(op)
+        def run(*args):
+            arrays = [a for a in args if isinstance(a, np.ndarray)]
+            half = next((a.dtype for a in arrays if a.dtype in HALF_KINDS), None)
+            if half is None:
+                return op(*args)
+            params = FLOAT32 if any(a.dtype == FLOAT32 for a in arrays) else half
+            out = op(*[widen(a) for a in args])
+            if not isinstance(out, tuple):
+                return narrow(out, half if outputs[0] == "x" else params)
+            return tuple(
+                o if how is None else narrow(o, half if how == "x" else params)
+                for o, how in zip(out, outputs)
+            )
+
+        return run
+
+    return decorate
+
+
+def default_eps(dtype: np.dtype) -> float:
+    """The machine epsilon of ``dtype`` (torch's RMSNorm default)."""
+    if BFLOAT16 is not None and dtype == BFLOAT16:
+        return 2.0**-7
+    return float(np.finfo(dtype).eps)
+
+
 # ------------------------------------------------------------------- running statistics
 
 
@@ -64,8 +124,8 @@ def update_running_stats(
     training pass (which is why BatchNorm itself does not come here)."""
     new_mean = (1.0 - factor) * running_mean.astype(np.float64) + factor * mean
     new_var = (1.0 - factor) * running_var.astype(np.float64) + factor * unbiased_var
-    np.copyto(running_mean, new_mean, casting="same_kind")
-    np.copyto(running_var, new_var, casting="same_kind")
+    np.copyto(running_mean, narrow(new_mean, running_mean.dtype), casting="same_kind")
+    np.copyto(running_var, narrow(new_var, running_var.dtype), casting="same_kind")
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -85,7 +145,32 @@ def batch_norm_train(
     relu: bool = False,
 ) -> Stats3:
     """(y, mean, invstd) with the batch statistics; the running statistics (both or
-    neither) updated in place by the kernel; relu: the fused ``max(0, batch_norm(x))``."""
+    neither) updated in place by the kernel; relu: the fused ``max(0, batch_norm(x))``.
+    Half running statistics are updated in float64 here and rounded once (float32 ones,
+    torch's mixed precision, by the kernel)."""
+    if running_mean is None or running_mean.dtype not in HALF_KINDS or not eps > 0 or n * s * c == 0:
+        return _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, factor, eps, relu)
+    assert running_var is not None
+    y, mean, invstd = _batch_norm_train(x, n, c, s, weight, bias, None, None, factor, eps, relu)
+    var = np.maximum(1.0 / (invstd * invstd) - eps, 0.0)
+    update_running_stats(running_mean, running_var, mean, var * (n * s / (n * s - 1.0)), factor)
+    return y, mean, invstd
+
+
+@_half_storage("x", None, None)
+def _batch_norm_train(
+    x: Array,
+    n: int,
+    c: int,
+    s: int,
+    weight: Optional[Array],
+    bias: Optional[Array],
+    running_mean: Optional[Array],
+    running_var: Optional[Array],
+    factor: float,
+    eps: float,
+    relu: bool = False,
+) -> Stats3:
     if not eps > 0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     m = n * s
@@ -99,6 +184,7 @@ def batch_norm_train(
     )
 
 
+@_half_storage("x", None, None)
 def batch_norm_eval(
     x: Array,
     n: int,
@@ -117,6 +203,7 @@ def batch_norm_eval(
     )
 
 
+@_half_storage("x", "p", "p")
 def batch_norm_backward(
     dy: Array,
     x: Array,
@@ -140,6 +227,7 @@ def batch_norm_backward(
     return dx, sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype)
 
 
+@_half_storage(None, None, None)
 def batch_norm_stats(x: Array, n: int, c: int, s: int) -> Tuple[int, Array, Array]:
     """(count, mean, m2) per channel, float64."""
     count = n * s
@@ -149,6 +237,7 @@ def batch_norm_stats(x: Array, n: int, c: int, s: int) -> Tuple[int, Array, Arra
     return count, mean, var * count
 
 
+@_half_storage("x")
 def batch_norm_elemt(
     x: Array,
     n: int,
@@ -164,6 +253,7 @@ def batch_norm_elemt(
     return bn_kernels.batch_norm_elemt(x, n, c, s, mean, invstd, weight, bias)
 
 
+@_half_storage(None, None)
 def batch_norm_backward_reduce(
     dy: Array, x: Array, n: int, c: int, s: int, mean: Array, invstd: Array
 ) -> Tuple[Array, Array]:
@@ -172,6 +262,7 @@ def batch_norm_backward_reduce(
     return bn_kernels.batch_norm_backward_reduce(dy, x, n, c, s, mean, invstd)
 
 
+@_half_storage("x")
 def batch_norm_backward_elemt(
     dy: Array,
     x: Array,
@@ -198,6 +289,7 @@ def batch_norm_backward_elemt(
 # an empty row has no statistics: NaN, as torch gives
 
 
+@_half_storage("x", None, None)
 def layer_norm_forward(
     x: Array, m: int, d: int, weight: Optional[Array], bias: Optional[Array], eps: float
 ) -> Stats3:
@@ -207,6 +299,7 @@ def layer_norm_forward(
     return row_kernels.layer_norm_forward(x, m, d, weight, bias, float(eps))
 
 
+@_half_storage("x", "p", "p")
 def layer_norm_backward(
     dy: Array,
     x: Array,
@@ -225,6 +318,7 @@ def layer_norm_backward(
     return dx, dw.reshape(shape), db.reshape(shape)
 
 
+@_half_storage("x", "x", None, None)
 def add_layer_norm_forward(
     x: Array, r: Array, m: int, d: int, weight: Optional[Array], bias: Optional[Array], eps: float
 ) -> Tuple[Array, Array, Array, Array]:
@@ -257,12 +351,17 @@ def rms_norm_forward(
     x: Array, m: int, d: int, weight: Optional[Array], eps: Optional[float]
 ) -> Tuple[Array, Array]:
     """(y, rrms (m,)); eps=None: the machine epsilon of the input dtype (torch's default)."""
+    return _rms_norm_forward(x, m, d, weight, default_eps(x.dtype) if eps is None else float(eps))
+
+
+@_half_storage("x", None)
+def _rms_norm_forward(x: Array, m: int, d: int, weight: Optional[Array], eps: float) -> Tuple[Array, Array]:
     if m == 0 or d == 0:
         return np.empty_like(x), np.full(m, np.nan)
-    eps = float(np.finfo(x.dtype).eps) if eps is None else float(eps)
     return row_kernels.rms_norm_forward(x, m, d, weight, eps)
 
 
+@_half_storage("x", "p")
 def rms_norm_backward(
     dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: int, rrms: Array, weight: Optional[Array]
 ) -> Tuple[Array, Array]:
@@ -273,6 +372,7 @@ def rms_norm_backward(
     return dx, dw.reshape(shape)
 
 
+@_half_storage("x", None, None, None)
 def group_norm_forward(
     x: Array, n: int, g: int, cg: int, s: int, weight: Optional[Array], bias: Optional[Array], eps: float
 ) -> Tuple[Array, Array, Array, Array]:
@@ -283,6 +383,7 @@ def group_norm_forward(
     return row_kernels.group_norm_forward(x, n, g, cg, s, weight, bias, float(eps))
 
 
+@_half_storage("x", "p", "p")
 def group_norm_backward(
     dy: Array, x: Array, n: int, g: int, cg: int, s: int, mean: Array, rstd: Array, weight: Optional[Array]
 ) -> Stats3:
