@@ -158,19 +158,7 @@ def batch_norm_train(
 
 
 @_half_storage("x", None, None)
-def _batch_norm_train(
-    x: Array,
-    n: int,
-    c: int,
-    s: int,
-    weight: Optional[Array],
-    bias: Optional[Array],
-    running_mean: Optional[Array],
-    running_var: Optional[Array],
-    factor: float,
-    eps: float,
-    relu: bool = False,
-) -> Stats3:
+def _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, factor, eps, relu) -> Stats3:
     if not eps > 0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     m = n * s
