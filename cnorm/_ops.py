@@ -70,11 +70,15 @@ def narrow(a: Array, dtype: np.dtype) -> Array:
     return row_kernels.narrow_half(np.ascontiguousarray(a), kind).view(dtype)
 
 
-def _half_storage(*outputs: Optional[str]):
+def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
     """Run the decorated op of float32/float64 arrays on half inputs too: every half array
     argument widened, then each output rounded once to the input dtype ("x"), to the
     parameters' dtype ("p": float32 when a float32 parameter came with the half input,
-    torch's mixed precision, else the input's) or left as computed (None: statistics)."""
+    torch's mixed precision, else the input's) or left as computed (None: statistics).
+
+    ``data``: the positions of the op's (M, D) arrays when its kernels take half storage
+    themselves (``kind=``, row_norm): those go as their uint16 bits (outputs "x" come back
+    as bits, "p" as float64), the other half arrays (parameters) widened."""
 
     def decorate(op):
         @functools.wraps(op)
@@ -84,6 +88,17 @@ def _half_storage(*outputs: Optional[str]):
             if half is None:
                 return op(*args)
             params = FLOAT32 if any(a.dtype == FLOAT32 for a in arrays) else half
+            if data and all(args[i].size for i in data):
+                out = op(
+                    *[a.view(np.uint16) if i in data else widen(a) for i, a in enumerate(args)],
+                    kind=HALF_KINDS[half],
+                )
+                single = not isinstance(out, tuple)
+                out = tuple(
+                    o.view(half) if how == "x" else o if how is None else narrow(o, params)
+                    for o, how in zip((out,) if single else out, outputs)
+                )
+                return out[0] if single else out
             out = op(*[widen(a) for a in args])
             if not isinstance(out, tuple):
                 return narrow(out, half if outputs[0] == "x" else params)
@@ -277,17 +292,17 @@ def batch_norm_backward_elemt(
 # an empty row has no statistics: NaN, as torch gives
 
 
-@_half_storage("x", None, None)
+@_half_storage("x", None, None, data=(0,))
 def layer_norm_forward(
-    x: Array, m: int, d: int, weight: Optional[Array], bias: Optional[Array], eps: float
+    x: Array, m: int, d: int, weight: Optional[Array], bias: Optional[Array], eps: float, kind: int = 0
 ) -> Stats3:
     """(y, mean (m,), rstd (m,)); weight and bias: any shape of d contiguous elements."""
     if m == 0 or d == 0:
         return np.empty_like(x), np.full(m, np.nan), np.full(m, np.nan)
-    return row_kernels.layer_norm_forward(x, m, d, weight, bias, float(eps))
+    return row_kernels.layer_norm_forward(x, m, d, weight, bias, float(eps), kind)
 
 
-@_half_storage("x", "p", "p")
+@_half_storage("x", "p", "p", data=(0, 1))
 def layer_norm_backward(
     dy: Array,
     x: Array,
@@ -297,24 +312,32 @@ def layer_norm_backward(
     mean: Array,
     rstd: Array,
     weight: Optional[Array],
+    kind: int = 0,
 ) -> Stats3:
     """(dx, dweight, dbias), the last two of ``shape``."""
     if m == 0 or d == 0:
         zeros = np.zeros(shape, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
-    dx, dw, db = row_kernels.layer_norm_backward(dy, x, m, d, mean, rstd, weight)
+    dx, dw, db = row_kernels.layer_norm_backward(dy, x, m, d, mean, rstd, weight, kind)
     return dx, dw.reshape(shape), db.reshape(shape)
 
 
-@_half_storage("x", "x", None, None)
+@_half_storage("x", "x", None, None, data=(0, 1))
 def add_layer_norm_forward(
-    x: Array, r: Array, m: int, d: int, weight: Optional[Array], bias: Optional[Array], eps: float
+    x: Array,
+    r: Array,
+    m: int,
+    d: int,
+    weight: Optional[Array],
+    bias: Optional[Array],
+    eps: float,
+    kind: int = 0,
 ) -> Tuple[Array, Array, Array, Array]:
     """(y, s = x + r, mean, rstd)."""
     if m == 0 or d == 0:
         nan = np.full(m, np.nan)
         return np.empty_like(x), x + r, nan, nan.copy()
-    return row_kernels.add_layer_norm_forward(x, r, m, d, weight, bias, float(eps))
+    return row_kernels.add_layer_norm_forward(x, r, m, d, weight, bias, float(eps), kind)
 
 
 def add_layer_norm_backward(
@@ -342,44 +365,68 @@ def rms_norm_forward(
     return _rms_norm_forward(x, m, d, weight, default_eps(x.dtype) if eps is None else float(eps))
 
 
-@_half_storage("x", None)
-def _rms_norm_forward(x: Array, m: int, d: int, weight: Optional[Array], eps: float) -> Tuple[Array, Array]:
+@_half_storage("x", None, data=(0,))
+def _rms_norm_forward(x: Array, m: int, d: int, weight: Optional[Array], eps: float, kind: int = 0):
     if m == 0 or d == 0:
         return np.empty_like(x), np.full(m, np.nan)
-    return row_kernels.rms_norm_forward(x, m, d, weight, eps)
+    return row_kernels.rms_norm_forward(x, m, d, weight, eps, kind)
 
 
-@_half_storage("x", "p")
+@_half_storage("x", "p", data=(0, 1))
 def rms_norm_backward(
-    dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: int, rrms: Array, weight: Optional[Array]
+    dy: Array,
+    x: Array,
+    shape: Tuple[int, ...],
+    m: int,
+    d: int,
+    rrms: Array,
+    weight: Optional[Array],
+    kind: int = 0,
 ) -> Tuple[Array, Array]:
     """(dx, dweight of ``shape``)."""
     if m == 0 or d == 0:
         return np.empty_like(x), np.zeros(shape, dtype=x.dtype)
-    dx, dw = row_kernels.rms_norm_backward(dy, x, m, d, rrms, weight)
+    dx, dw = row_kernels.rms_norm_backward(dy, x, m, d, rrms, weight, kind)
     return dx, dw.reshape(shape)
 
 
-@_half_storage("x", None, None, None)
+@_half_storage("x", None, None, None, data=(0,))
 def group_norm_forward(
-    x: Array, n: int, g: int, cg: int, s: int, weight: Optional[Array], bias: Optional[Array], eps: float
+    x: Array,
+    n: int,
+    g: int,
+    cg: int,
+    s: int,
+    weight: Optional[Array],
+    bias: Optional[Array],
+    eps: float,
+    kind: int = 0,
 ) -> Tuple[Array, Array, Array, Array]:
     """(y, mean, rstd, biased var), float64 statistics (n*g,)."""
     if x.size == 0:
         nan = np.full(n * g, np.nan)
         return np.empty_like(x), nan, nan.copy(), nan.copy()
-    return row_kernels.group_norm_forward(x, n, g, cg, s, weight, bias, float(eps))
+    return row_kernels.group_norm_forward(x, n, g, cg, s, weight, bias, float(eps), kind)
 
 
-@_half_storage("x", "p", "p")
+@_half_storage("x", "p", "p", data=(0, 1))
 def group_norm_backward(
-    dy: Array, x: Array, n: int, g: int, cg: int, s: int, mean: Array, rstd: Array, weight: Optional[Array]
+    dy: Array,
+    x: Array,
+    n: int,
+    g: int,
+    cg: int,
+    s: int,
+    mean: Array,
+    rstd: Array,
+    weight: Optional[Array],
+    kind: int = 0,
 ) -> Stats3:
     """(dx, dweight (C,), dbias (C,))."""
     if x.size == 0:
         zeros = np.zeros(g * cg, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
-    return row_kernels.group_norm_backward(dy, x, n, g, cg, s, mean, rstd, weight)
+    return row_kernels.group_norm_backward(dy, x, n, g, cg, s, mean, rstd, weight, kind)
 
 
 def instance_norm_train(

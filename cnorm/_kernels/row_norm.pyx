@@ -31,13 +31,12 @@ from libc.string cimport memset
 
 from .common cimport (BLOCK, STREAM_MIN_RUN, check_array, check_dims, data_or_null, empty_1d,
                       empty_like, floating, input_typenum, run_threads, segment_stats, split_mean,
-                      split_start, sum_partials, sum_squares)
+                      split_start, stage_in, stage_out, sum_partials, sum_squares)
 from cython.parallel cimport prange
 
 from .openmp cimport n_threads_for
-from .simd.loops cimport (affine, bn_grad_sums, cn_stream_fence, from_bf16, from_f16,
-                          gn_grad_segment, ln_grad_row, ln_grad_sums, ln_grad_sums2, ln_row,
-                          residual_add, to_bf16, to_f16)
+from .simd.loops cimport (affine, bn_grad_sums, cn_stream_fence, gn_grad_segment, ln_grad_row,
+                          ln_grad_sums, ln_grad_sums2, ln_row, residual_add)
 
 cnp.import_array()
 include "simd_control.pxi"
@@ -45,6 +44,7 @@ include "simd_control.pxi"
 
 cdef enum:
     ROWS_PER_FLUSH = 32     # rows summed in the input precision before a float64 flush
+    STAGE_ROWS = 6          # half storage: rows of float32 per thread (backward: x, dy, dx of two)
 
 
 # an absent weight reads ones and an absent bias zeros: BLOCK of each, never a row-sized
@@ -86,6 +86,9 @@ cdef struct RowJob:         # one call on x: C-contiguous (M, D) rows of the inp
     Py_ssize_t G, Cg, S     # GroupNorm: row r = (n, g): Cg channels of S elements each
     double* part            # scratch (n_threads, 2, D or C): dweight, dbias partials
     void* tmp               # scratch (n_threads, 2, D) of the input dtype (LayerNorm)
+    int kind                # half storage (common.pxd): 0 none; 1 float16, 2 bfloat16 bits in
+    #                       x, residual, dy, out, sum, computed as float32 (typenum NPY_FLOAT)
+    float* stage            # scratch (n_threads, STAGE_ROWS, D) float32 rows (kind != 0)
 
 
 cdef inline bint _use_stream(Py_ssize_t n_elements, Py_ssize_t run, size_t itemsize) noexcept nogil:
@@ -125,9 +128,18 @@ cdef void _layer_norm_forward_rows(const floating* x, void* job, int t,
     cdef bint center = j.center, stream = j.stream
     cdef floating hi, lo
     cdef const floating* xr
+    cdef floating* yr
+    cdef int kind = j.kind
+    cdef floating* stage = <floating*>j.stage + STAGE_ROWS * D * t     # half: x, sum, y rows
     for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
-        xr = x + r * D
-        if res != NULL:     # the sum stays in cache for the statistics: no streaming here
+        xr = stage_in(kind, stage, j.x, r * D, D) if kind else x + r * D
+        yr = stage + 2 * D if kind else y + r * D
+        if res != NULL and kind:    # the sum rounded to the half type is normalized, as torch
+            residual_add(stage + D, xr, stage_in(kind, stage + 2 * D, j.residual, r * D, D), D,
+                         False)
+            stage_out(kind, j.sum, r * D, stage + D, D)
+            xr = stage_in(kind, stage, j.sum, r * D, D)
+        elif res != NULL:   # the sum stays in cache for the statistics: no streaming here
             residual_add(s + r * D, xr, res + r * D, D, False)
             xr = s + r * D
         rs = 1.0 / sqrt(_row_stats(xr, D, center, &mu) + eps)
@@ -137,9 +149,11 @@ cdef void _layer_norm_forward_rows(const floating* x, void* job, int t,
         for k_b in range((D + BLOCK - 1) // BLOCK):     # absent params: BLOCK-sized defaults
             b = k_b * BLOCK
             len_b = D - b if D - b < BLOCK else BLOCK
-            ln_row(y + r * D + b, xr + b, weight + b if weight != NULL else defaults,
+            ln_row(yr + b, xr + b, weight + b if weight != NULL else defaults,
                    bias + b if bias != NULL else defaults + BLOCK, len_b, hi, lo,
                    <floating>rs, stream)
+        if kind:
+            stage_out(kind, j.out, r * D, yr, D)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
 
@@ -172,6 +186,11 @@ cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
     cdef double s_gd[2]
     cdef floating mean_g, mean_gxhat
     cdef const floating* wb
+    cdef const floating* xq[2]      # the rows r, r + 1 (half storage: widened into stage)
+    cdef const floating* dyq[2]
+    cdef floating* dxq[2]
+    cdef int kind = j.kind
+    cdef floating* stage = <floating*>j.stage + STAGE_ROWS * D * t
     for i in range(D):
         dweight[i] = 0
         dbias[i] = 0
@@ -185,18 +204,25 @@ cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
             rstd[q] = <floating>rstd_64[r + q]
             sum_g[q] = 0
             sum_gd[q] = 0
+            if kind:
+                xq[q] = stage_in(kind, stage + q * D, j.x, (r + q) * D, D)
+                dyq[q] = stage_in(kind, stage + (2 + q) * D, j.dy, (r + q) * D, D)
+                dxq[q] = stage + (4 + q) * D
+            else:
+                xq[q] = x + (r + q) * D
+                dyq[q] = dy + (r + q) * D
+                dxq[q] = dx + (r + q) * D
         # pass 1: sum(g), sum(g * (x - mean)) and the dweight/dbias partials
         for k_b in range((D + BLOCK - 1) // BLOCK):     # short sums, merged in float64
             b = k_b * BLOCK
             len_b = D - b if D - b < BLOCK else BLOCK
             wb = weight + b if weight != NULL else ones
             if n_rows == 2:
-                ln_grad_sums2(s_g, s_gd, tw + b, tb + b, dy + r * D + b, dy + (r + 1) * D + b,
-                              x + r * D + b, x + (r + 1) * D + b, wb, len_b,
-                              hi[0], lo[0], rstd[0], hi[1], lo[1], rstd[1])
+                ln_grad_sums2(s_g, s_gd, tw + b, tb + b, dyq[0] + b, dyq[1] + b, xq[0] + b,
+                              xq[1] + b, wb, len_b, hi[0], lo[0], rstd[0], hi[1], lo[1], rstd[1])
             else:
-                ln_grad_sums(s_g, s_gd, tw + b, tb + b, dy + r * D + b, x + r * D + b,
-                             wb, len_b, hi[0], lo[0], rstd[0])
+                ln_grad_sums(s_g, s_gd, tw + b, tb + b, dyq[0] + b, xq[0] + b, wb, len_b,
+                             hi[0], lo[0], rstd[0])
             for q in range(n_rows):
                 sum_g[q] += s_g[q]
                 sum_gd[q] += s_gd[q]
@@ -207,9 +233,11 @@ cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
             for k_b in range((D + BLOCK - 1) // BLOCK):
                 b = k_b * BLOCK
                 len_b = D - b if D - b < BLOCK else BLOCK
-                ln_grad_row(dx + (r + q) * D + b, dy + (r + q) * D + b, x + (r + q) * D + b,
+                ln_grad_row(dxq[q] + b, dyq[q] + b, xq[q] + b,
                             weight + b if weight != NULL else ones, len_b, hi[q], lo[q],
                             rstd[q], mean_g, mean_gxhat, stream)
+            if kind:
+                stage_out(kind, j.out, (r + q) * D, dxq[q], D)
         r += n_rows
         if (r - r0) % ROWS_PER_FLUSH == 0 or r == r1:
             for i in range(D):
@@ -239,8 +267,14 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
     cdef double mu, v, rs, eps = j.eps
     cdef bint stream = j.stream
     cdef floating hi, lo
+    cdef int kind = j.kind
+    cdef floating* stage = <floating*>j.stage + STAGE_ROWS * D * t     # half: x, y rows
+    cdef const floating* xr
+    cdef floating* yr
     for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
-        v = _row_stats(x + r * D, D, True, &mu)
+        xr = stage_in(kind, stage, j.x, r * D, D) if kind else x + r * D
+        yr = stage + D if kind else y + r * D
+        v = _row_stats(xr, D, True, &mu)
         rs = 1.0 / sqrt(v + eps)
         mean[r] = mu
         rstd[r] = rs
@@ -248,9 +282,11 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
         split_mean(mu, &hi, &lo)
         c = (r % G) * Cg
         for i in range(Cg):
-            affine(y + r * D + i * S, x + r * D + i * S, S, hi, lo,
+            affine(yr + i * S, xr + i * S, S, hi, lo,
                    <floating>(rs * (weight[c + i] if weight != NULL else 1.0)),
                    bias[c + i] if bias != NULL else 0, stream, False)
+        if kind:
+            stage_out(kind, j.out, r * D, yr, D)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
 
@@ -273,7 +309,15 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
     cdef bint stream = j.stream
     cdef double rs, w, sum_g, sum_gd, seg_g, seg_gd, s1, s2
     cdef floating hi, lo
+    cdef int kind = j.kind
+    cdef floating* stage = <floating*>j.stage + STAGE_ROWS * D * t     # half: x, dy, dx rows
+    cdef const floating* xr
+    cdef const floating* dyr
+    cdef floating* dxr
     for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
+        xr = stage_in(kind, stage, j.x, r * D, D) if kind else x + r * D
+        dyr = stage_in(kind, stage + D, j.dy, r * D, D) if kind else dy + r * D
+        dxr = stage + 2 * D if kind else dx + r * D
         split_mean(mean[r], &hi, &lo)
         rs = rstd[r]
         c = (r % G) * Cg
@@ -281,13 +325,13 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
         sum_gd = 0
         # pass 1: per channel segment, sum(dy) and sum(dy * (x - mean)) (short sums, float64)
         for i in range(Cg):
-            o = r * D + i * S
+            o = i * S
             seg_g = 0
             seg_gd = 0
             for k_b in range((S + BLOCK - 1) // BLOCK):
                 b = k_b * BLOCK
                 len_b = S - b if S - b < BLOCK else BLOCK
-                bn_grad_sums(&s1, &s2, dy + o + b, x + o + b, len_b, hi, lo, NULL)
+                bn_grad_sums(&s1, &s2, dyr + o + b, xr + o + b, len_b, hi, lo, NULL)
                 seg_g += s1
                 seg_gd += s2
             w = weight[c + i] if weight != NULL else 1.0
@@ -297,10 +341,12 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
             sum_gd += w * seg_gd
         # pass 2 (row in cache): dx, segment by segment
         for i in range(Cg):
-            o = r * D + i * S
-            gn_grad_segment(dx + o, dy + o, x + o, S, hi, lo, <floating>rs,
+            o = i * S
+            gn_grad_segment(dxr + o, dyr + o, xr + o, S, hi, lo, <floating>rs,
                             weight[c + i] if weight != NULL else 1, <floating>(sum_g / D),
                             <floating>(rs * sum_gd / D), stream)
+        if kind:
+            stage_out(kind, j.out, r * D, dxr, D)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
 
@@ -309,12 +355,26 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
 # Python entry points: every buffer is checked (type, size, layout) before use
 # ---------------------------------------------------------------------------------------
 
-cdef inline int _check_rows(object x, Py_ssize_t M, Py_ssize_t D) except -1:
-    """x: float32/float64, C-contiguous, M*D elements; returns its type number."""
-    cdef int typenum = input_typenum(x, "input")
+cdef inline int _check_rows(object x, Py_ssize_t M, Py_ssize_t D, int kind=0) except -1:
+    """x: float32/float64 (half storage, kind != 0: uint16 bits), C-contiguous, M*D
+    elements; returns the type number of the computation."""
+    cdef int typenum = cnp.NPY_FLOAT if kind else input_typenum(x, "input")
     check_dims(M, D, 1, 1)
-    check_array(x, M * D, typenum, False, "input")
+    if kind != 0 and kind != 1 and kind != 2:
+        raise ValueError(f"kind must be 0, 1 (float16) or 2 (bfloat16), got {kind}")
+    check_array(x, M * D, cnp.NPY_UINT16 if kind else typenum, False, "input")
     return typenum
+
+
+cdef int _start_stage(RowJob* j, int kind) except -1:
+    """Half storage: the job's kind and its per-thread float32 rows (free j.stage)."""
+    j.kind = kind
+    if kind:
+        j.stream = False            # the loops write the rows in cache
+        j.stage = <float*>malloc(j.n_threads * STAGE_ROWS * j.D * sizeof(float) + 1)
+        if j.stage == NULL:
+            raise MemoryError()
+    return 0
 
 
 cdef void _start(RowJob* j, cnp.ndarray x, int typenum, Py_ssize_t M, Py_ssize_t D,
@@ -331,10 +391,11 @@ cdef void _start(RowJob* j, cnp.ndarray x, int typenum, Py_ssize_t M, Py_ssize_t
 
 
 cdef tuple _forward_job(RowJob* j, cnp.ndarray x, res, Py_ssize_t M, Py_ssize_t D, weight,
-                        bias, double eps, bint center):
-    """The checks, outputs (y, sum or None, mean, rstd) and job of a LayerNorm-type forward."""
-    cdef int typenum = _check_rows(x, M, D)
-    check_array(res, M * D, typenum, False, "residual")
+                        bias, double eps, bint center, int kind):
+    """The checks, outputs (y, sum or None, mean, rstd) and job of a LayerNorm-type forward
+    (half storage: free j.stage)."""
+    cdef int typenum = _check_rows(x, M, D, kind)
+    check_array(res, M * D, cnp.NPY_UINT16 if kind else typenum, False, "residual")
     check_array(weight, D, typenum, False, "weight")
     check_array(bias, D, typenum, False, "bias")
     cdef cnp.ndarray y = empty_like(x)
@@ -351,61 +412,68 @@ cdef tuple _forward_job(RowJob* j, cnp.ndarray x, res, Py_ssize_t M, Py_ssize_t 
     j.residual = data_or_null(res)
     j.weight = data_or_null(weight)
     j.bias = data_or_null(bias)
+    _start_stage(j, kind)
     return y, s, mean, rstd
 
 
-def layer_norm_forward(cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D, weight, bias,
-                       double eps):
-    """LayerNorm of x viewed as (M, D). Returns (y like x, mean (M,), rstd (M,)) with
-    float64 statistics. weight and bias: None or D contiguous elements (any shape)."""
-    cdef RowJob j
-    y, _, mean, rstd = _forward_job(&j, x, None, M, D, weight, bias, eps, True)
+cdef void _run_forward(RowJob* j) noexcept:
     with nogil:
-        run_threads(j.typenum, j.x, &j, j.n_threads,
+        run_threads(j.typenum, j.x, j, j.n_threads,
                     _layer_norm_forward_rows[float], _layer_norm_forward_rows[double])
+    free(j.stage)
+
+
+def layer_norm_forward(cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D, weight, bias,
+                       double eps, int kind=0):
+    """LayerNorm of x viewed as (M, D). Returns (y like x, mean (M,), rstd (M,)) with
+    float64 statistics. weight and bias: None or D contiguous elements (any shape).
+    kind 1 (float16) / 2 (bfloat16): x and y are half bits (uint16), weight and bias float32."""
+    cdef RowJob j
+    y, _, mean, rstd = _forward_job(&j, x, None, M, D, weight, bias, eps, True, kind)
+    _run_forward(&j)
     return y, mean, rstd
 
 
 def add_layer_norm_forward(cnp.ndarray x not None, residual, Py_ssize_t M, Py_ssize_t D,
-                           weight, bias, double eps):
+                           weight, bias, double eps, int kind=0):
     """LayerNorm of s = x + residual (both (M, D)), in one pass over memory. Returns
-    (y, s, mean, rstd); the backward is layer_norm_backward applied to s."""
+    (y, s, mean, rstd); the backward is layer_norm_backward applied to s. kind: as
+    layer_norm_forward (s is rounded to the half type, then normalized)."""
     if residual is None:
         raise TypeError("residual must be a NumPy array")
     cdef RowJob j
-    out = _forward_job(&j, x, residual, M, D, weight, bias, eps, True)
-    with nogil:
-        run_threads(j.typenum, j.x, &j, j.n_threads,
-                    _layer_norm_forward_rows[float], _layer_norm_forward_rows[double])
+    out = _forward_job(&j, x, residual, M, D, weight, bias, eps, True, kind)
+    _run_forward(&j)
     return out
 
 
-def rms_norm_forward(cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D, weight, double eps):
+def rms_norm_forward(cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D, weight, double eps,
+                     int kind=0):
     """RMSNorm of x viewed as (M, D): y = x / sqrt(mean(x**2) + eps) * weight. Returns
-    (y, rrms (M,)) with rrms = 1/sqrt(mean(x**2) + eps) in float64."""
+    (y, rrms (M,)) with rrms = 1/sqrt(mean(x**2) + eps) in float64. kind: as
+    layer_norm_forward."""
     cdef RowJob j
-    y, _, _, rrms = _forward_job(&j, x, None, M, D, weight, None, eps, False)
-    with nogil:
-        run_threads(j.typenum, j.x, &j, j.n_threads,
-                    _layer_norm_forward_rows[float], _layer_norm_forward_rows[double])
+    y, _, _, rrms = _forward_job(&j, x, None, M, D, weight, None, eps, False, kind)
+    _run_forward(&j)
     return y, rrms
 
 
 cdef tuple _backward_job(RowJob* j, cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M,
-                         Py_ssize_t D, mean, cnp.ndarray rstd, weight, bint with_bias):
+                         Py_ssize_t D, mean, cnp.ndarray rstd, weight, bint with_bias, int kind):
     """The checks, outputs (dx, dweight, dbias or None) and job (with its scratch: free
-    j.part) of a LayerNorm / RMSNorm (mean None) backward."""
-    cdef int typenum = _check_rows(x, M, D)
+    j.part and j.stage) of a LayerNorm / RMSNorm (mean None) backward. Half storage:
+    dweight and dbias are float64 (rounded once by the caller)."""
+    cdef int typenum = _check_rows(x, M, D, kind)
     if dy is None or rstd is None:
         raise TypeError("grad_output and rstd must be NumPy arrays")
-    check_array(dy, M * D, typenum, False, "grad_output")
+    check_array(dy, M * D, cnp.NPY_UINT16 if kind else typenum, False, "grad_output")
     check_array(mean, M, cnp.NPY_DOUBLE, False, "mean")
     check_array(rstd, M, cnp.NPY_DOUBLE, False, "rstd")
     check_array(weight, D, typenum, False, "weight")
     cdef cnp.ndarray dx = empty_like(x)
-    cdef cnp.ndarray dw = empty_1d(D, typenum)
-    cdef cnp.ndarray db = empty_1d(D, typenum) if with_bias else None
-    cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(x)
+    cdef cnp.ndarray dw = empty_1d(D, cnp.NPY_DOUBLE if kind else typenum)
+    cdef cnp.ndarray db = empty_1d(D, cnp.NPY_DOUBLE if kind else typenum) if with_bias else None
+    cdef Py_ssize_t itemsize = sizeof(float) if kind else cnp.PyArray_ITEMSIZE(x)   # of tmp
     _start(j, x, typenum, M, D, 2 * M * D)
     # per thread: the dweight, dbias partials (float64) then two input-precision rows
     j.part = <double*>malloc(j.n_threads * D * 2 * (sizeof(double) + itemsize) + 1)
@@ -418,22 +486,29 @@ cdef tuple _backward_job(RowJob* j, cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M,
     j.mean = <double*>data_or_null(mean)
     j.rstd = <double*>cnp.PyArray_DATA(rstd)
     j.weight = data_or_null(weight)
+    try:
+        _start_stage(j, kind)
+    except MemoryError:
+        free(j.part)
+        raise
     return dx, dw, db
 
 
 cdef void _finish_backward(RowJob* j, cnp.ndarray dw, db) noexcept:
     """dweight (and dbias) <- the thread partials summed in thread order; frees them."""
-    sum_partials(j.typenum, cnp.PyArray_DATA(dw), data_or_null(db), j.part, j.D, j.n_threads,
-                 2 * j.D)
+    sum_partials(cnp.PyArray_TYPE(dw), cnp.PyArray_DATA(dw), data_or_null(db), j.part, j.D,
+                 j.n_threads, 2 * j.D)
     free(j.part)
+    free(j.stage)
 
 
 def layer_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t M,
                         Py_ssize_t D, cnp.ndarray mean not None, cnp.ndarray rstd not None,
-                        weight):
-    """LayerNorm backward. Returns (dx like x, dweight (D,), dbias (D,)) in the input dtype."""
+                        weight, int kind=0):
+    """LayerNorm backward. Returns (dx like x, dweight (D,), dbias (D,)) in the input dtype
+    (half storage, kind != 0: dx half bits, dweight and dbias float64)."""
     cdef RowJob j
-    dx, dw, db = _backward_job(&j, dy, x, M, D, mean, rstd, weight, True)
+    dx, dw, db = _backward_job(&j, dy, x, M, D, mean, rstd, weight, True, kind)
     with nogil:
         run_threads(j.typenum, j.x, &j, j.n_threads,
                     _layer_norm_backward_rows[float], _layer_norm_backward_rows[double])
@@ -442,10 +517,11 @@ def layer_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
 
 
 def rms_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t M,
-                      Py_ssize_t D, cnp.ndarray rrms not None, weight):
-    """RMSNorm backward. Returns (dx like x, dweight (D,)) in the input dtype."""
+                      Py_ssize_t D, cnp.ndarray rrms not None, weight, int kind=0):
+    """RMSNorm backward. Returns (dx like x, dweight (D,)) in the input dtype (kind: as
+    layer_norm_backward)."""
     cdef RowJob j
-    dx, dw, _ = _backward_job(&j, dy, x, M, D, None, rrms, weight, False)
+    dx, dw, _ = _backward_job(&j, dy, x, M, D, None, rrms, weight, False, kind)
     with nogil:
         run_threads(j.typenum, j.x, &j, j.n_threads,
                     _layer_norm_backward_rows[float], _layer_norm_backward_rows[double])
@@ -454,9 +530,9 @@ def rms_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_
 
 
 cdef inline int _check_groups(object x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
-                              Py_ssize_t S) except -1:
+                              Py_ssize_t S, int kind) except -1:
     check_dims(N, G, Cg, S)
-    return _check_rows(x, N * G, Cg * S)
+    return _check_rows(x, N * G, Cg * S, kind)
 
 
 cdef void _group_job(RowJob* j, cnp.ndarray x, int typenum, Py_ssize_t N, Py_ssize_t G,
@@ -469,11 +545,11 @@ cdef void _group_job(RowJob* j, cnp.ndarray x, int typenum, Py_ssize_t N, Py_ssi
 
 
 def group_norm_forward(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
-                       Py_ssize_t S, weight, bias, double eps):
+                       Py_ssize_t S, weight, bias, double eps, int kind=0):
     """GroupNorm of x viewed as (N, G, Cg, S) with per-channel (G*Cg) weight and bias.
     Returns (y, mean, rstd, var), float64 statistics of shape (N*G,) (var biased).
-    InstanceNorm is G = C, Cg = 1."""
-    cdef int typenum = _check_groups(x, N, G, Cg, S)
+    InstanceNorm is G = C, Cg = 1. kind: as layer_norm_forward."""
+    cdef int typenum = _check_groups(x, N, G, Cg, S, kind)
     check_array(weight, G * Cg, typenum, False, "weight")
     check_array(bias, G * Cg, typenum, False, "bias")
     cdef Py_ssize_t M = N * G
@@ -494,24 +570,28 @@ def group_norm_forward(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t G, Py_ss
     j.var = <double*>cnp.PyArray_DATA(var)
     j.weight = data_or_null(weight)
     j.bias = data_or_null(bias)
+    _start_stage(&j, kind)
     with nogil:
         run_threads(j.typenum, j.x, &j, j.n_threads,
                     _group_norm_forward_rows[float], _group_norm_forward_rows[double])
+    free(j.stage)
     return y, mean, rstd, var
 
 
 def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N,
                         Py_ssize_t G, Py_ssize_t Cg, Py_ssize_t S, cnp.ndarray mean not None,
-                        cnp.ndarray rstd not None, weight):
-    """GroupNorm backward. Returns (dx like x, dweight (C,), dbias (C,)) in the input dtype."""
-    cdef int typenum = _check_groups(x, N, G, Cg, S)
-    check_array(dy, N * G * Cg * S, typenum, False, "grad_output")
+                        cnp.ndarray rstd not None, weight, int kind=0):
+    """GroupNorm backward. Returns (dx like x, dweight (C,), dbias (C,)) in the input dtype
+    (kind: as layer_norm_backward)."""
+    cdef int typenum = _check_groups(x, N, G, Cg, S, kind)
+    check_array(dy, N * G * Cg * S, cnp.NPY_UINT16 if kind else typenum, False, "grad_output")
     check_array(mean, N * G, cnp.NPY_DOUBLE, False, "mean")
     check_array(rstd, N * G, cnp.NPY_DOUBLE, False, "rstd")
     check_array(weight, G * Cg, typenum, False, "weight")
     cdef Py_ssize_t C = G * Cg
     cdef cnp.ndarray dx = empty_like(x)
-    cdef cnp.ndarray dw = empty_1d(C, typenum), db = empty_1d(C, typenum)
+    cdef cnp.ndarray dw = empty_1d(C, cnp.NPY_DOUBLE if kind else typenum)
+    cdef cnp.ndarray db = empty_1d(C, cnp.NPY_DOUBLE if kind else typenum)
     cdef RowJob j
     if N * G * Cg * S == 0:     # empty rows have no statistics: zero parameter gradients
         dw.fill(0)
@@ -526,12 +606,18 @@ def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
     j.mean = <double*>cnp.PyArray_DATA(mean)
     j.rstd = <double*>cnp.PyArray_DATA(rstd)
     j.weight = data_or_null(weight)
+    try:
+        _start_stage(&j, kind)
+    except MemoryError:
+        free(j.part)
+        raise
     with nogil:
         run_threads(j.typenum, j.x, &j, j.n_threads,
                     _group_norm_backward_rows[float], _group_norm_backward_rows[double])
-    sum_partials(typenum, cnp.PyArray_DATA(dw), cnp.PyArray_DATA(db), j.part, C, j.n_threads,
-                 2 * C)
+    sum_partials(cnp.PyArray_TYPE(dw), cnp.PyArray_DATA(dw), cnp.PyArray_DATA(db), j.part, C,
+                 j.n_threads, 2 * C)
     free(j.part)
+    free(j.stage)
     return dx, dw, db
 
 
@@ -564,14 +650,9 @@ cdef void _convert(void* dst, const void* src, Py_ssize_t n, int kind, int typen
 cdef inline void _convert_chunk(floating* wide, uint16_t* bits, Py_ssize_t n, int kind,
                                 bint widen) noexcept nogil:
     if widen:
-        if kind == 1:
-            from_f16(wide, bits, n)
-        else:
-            from_bf16(wide, bits, n)
-    elif kind == 1:
-        to_f16(bits, wide, n)
+        stage_in(kind, wide, bits, 0, n)
     else:
-        to_bf16(bits, wide, n)
+        stage_out(kind, bits, 0, wide, n)
 
 
 cdef int _check_kind(int kind) except -1:
