@@ -70,15 +70,16 @@ def narrow(a: Array, dtype: np.dtype) -> Array:
     return row_kernels.narrow_half(np.ascontiguousarray(a), kind).view(dtype)
 
 
-def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
+def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = (), spatial: Optional[int] = None):
     """Run the decorated op of float32/float64 arrays on half inputs too: every half array
     argument widened, then each output rounded once to the input dtype ("x"), to the
     parameters' dtype ("p": float32 when a float32 parameter came with the half input,
     torch's mixed precision, else the input's) or left as computed (None: statistics).
 
     ``data``: the positions of the op's (M, D) arrays when its kernels take half storage
-    themselves (``kind=``, row_norm): those go as their uint16 bits (outputs "x" come back
-    as bits, "p" as float64), the other half arrays (parameters) widened."""
+    themselves (``kind=``): those go as their uint16 bits (outputs "x" come back as bits,
+    "p" as float64), the other half arrays (parameters) widened. ``spatial``: the position
+    of S, when the kernels take half storage only for S > 1 (batch norm)."""
 
     def decorate(op):
         @functools.wraps(op)
@@ -88,9 +89,13 @@ def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
             if half is None:
                 return op(*args)
             params = FLOAT32 if any(a.dtype == FLOAT32 for a in arrays) else half
-            if data and all(args[i].size for i in data):
+            given = [args[i] for i in data if i < len(args) and args[i] is not None]
+            if given and all(a.size for a in given) and (spatial is None or args[spatial] > 1):
                 out = op(
-                    *[a.view(np.uint16) if i in data else widen(a) for i, a in enumerate(args)],
+                    *[
+                        a.view(np.uint16) if i in data and a is not None else widen(a)
+                        for i, a in enumerate(args)
+                    ],
                     kind=HALF_KINDS[half],
                 )
                 single = not isinstance(out, tuple)
@@ -172,8 +177,10 @@ def batch_norm_train(
     return y, mean, invstd
 
 
-@_half_storage("x", None, None)
-def _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, factor, eps, relu) -> Stats3:
+@_half_storage("x", None, None, data=(0,), spatial=3)
+def _batch_norm_train(
+    x, n, c, s, weight, bias, running_mean, running_var, factor, eps, relu, kind=0
+) -> Stats3:
     if not eps > 0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     m = n * s
@@ -183,11 +190,11 @@ def _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, facto
         # torch: an empty batch leaves the running statistics alone
         return np.empty_like(x), np.zeros(c), np.zeros(c)
     return bn_kernels.batch_norm_forward_train(
-        x, n, c, s, weight, bias, running_mean, running_var, float(factor), float(eps), relu
+        x, n, c, s, weight, bias, running_mean, running_var, float(factor), float(eps), relu, kind
     )
 
 
-@_half_storage("x", None, None)
+@_half_storage("x", None, None, data=(0,), spatial=3)
 def batch_norm_eval(
     x: Array,
     n: int,
@@ -199,14 +206,15 @@ def batch_norm_eval(
     running_var: Array,
     eps: float,
     relu: bool = False,
+    kind: int = 0,
 ) -> Stats3:
     """(y, mean, invstd) with the running statistics."""
     return bn_kernels.batch_norm_forward_eval(
-        x, n, c, s, weight, bias, running_mean, running_var, float(eps), relu
+        x, n, c, s, weight, bias, running_mean, running_var, float(eps), relu, kind
     )
 
 
-@_half_storage("x", "p", "p")
+@_half_storage("x", "p", "p", data=(0, 1, 9), spatial=4)
 def batch_norm_backward(
     dy: Array,
     x: Array,
@@ -218,6 +226,7 @@ def batch_norm_backward(
     invstd: Array,
     training: bool,
     y: Optional[Array] = None,
+    kind: int = 0,
 ) -> Stats3:
     """(dx, dweight, dbias); y: the output of a fused BN + ReLU (the gradient passes where
     y > 0)."""
@@ -225,22 +234,24 @@ def batch_norm_backward(
         zeros = np.zeros(c, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
     dx, sum_dy, sum_dy_xhat = bn_kernels.batch_norm_backward(
-        dy, x, n, c, s, mean, invstd, weight, bool(training), y
+        dy, x, n, c, s, mean, invstd, weight, bool(training), y, kind
     )
+    if kind:  # float64, rounded once to the parameters' dtype by _half_storage
+        return dx, sum_dy_xhat, sum_dy
     return dx, sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype)
 
 
-@_half_storage(None, None, None)
-def batch_norm_stats(x: Array, n: int, c: int, s: int) -> Tuple[int, Array, Array]:
+@_half_storage(None, None, None, data=(0,), spatial=3)
+def batch_norm_stats(x: Array, n: int, c: int, s: int, kind: int = 0) -> Tuple[int, Array, Array]:
     """(count, mean, m2) per channel, float64."""
     count = n * s
     if count == 0 or c == 0:
         return count, np.zeros(c), np.zeros(c)
-    mean, var = bn_kernels.batch_norm_stats(x, n, c, s)
+    mean, var = bn_kernels.batch_norm_stats(x, n, c, s, kind)
     return count, mean, var * count
 
 
-@_half_storage("x")
+@_half_storage("x", data=(0,), spatial=3)
 def batch_norm_elemt(
     x: Array,
     n: int,
@@ -250,22 +261,23 @@ def batch_norm_elemt(
     invstd: Array,
     weight: Optional[Array],
     bias: Optional[Array],
+    kind: int = 0,
 ) -> Array:
     if x.size == 0:
         return np.empty_like(x)
-    return bn_kernels.batch_norm_elemt(x, n, c, s, mean, invstd, weight, bias)
+    return bn_kernels.batch_norm_elemt(x, n, c, s, mean, invstd, weight, bias, False, kind)
 
 
-@_half_storage(None, None)
+@_half_storage(None, None, data=(0, 1), spatial=4)
 def batch_norm_backward_reduce(
-    dy: Array, x: Array, n: int, c: int, s: int, mean: Array, invstd: Array
+    dy: Array, x: Array, n: int, c: int, s: int, mean: Array, invstd: Array, kind: int = 0
 ) -> Tuple[Array, Array]:
     if x.size == 0:
         return np.zeros(c), np.zeros(c)
-    return bn_kernels.batch_norm_backward_reduce(dy, x, n, c, s, mean, invstd)
+    return bn_kernels.batch_norm_backward_reduce(dy, x, n, c, s, mean, invstd, kind)
 
 
-@_half_storage("x")
+@_half_storage("x", data=(0, 1), spatial=4)
 def batch_norm_backward_elemt(
     dy: Array,
     x: Array,
@@ -278,13 +290,14 @@ def batch_norm_backward_elemt(
     sum_dy: Array,
     sum_dy_xhat: Array,
     count: float,
+    kind: int = 0,
 ) -> Array:
     if x.size == 0:
         return np.empty_like(x)
     if not count > 0:
         raise ValueError(f"count must be positive, got {count}")
     return bn_kernels.batch_norm_backward_elemt(
-        dy, x, n, c, s, mean, invstd, weight, sum_dy, sum_dy_xhat, float(count)
+        dy, x, n, c, s, mean, invstd, weight, sum_dy, sum_dy_xhat, float(count), kind
     )
 
 

@@ -8,6 +8,8 @@ from .simd.loops cimport cn_stream_min_bytes
 cdef enum:
     ROWS_PER_TILE = 32      # (N, C) path: rows summed in the input precision per tile
     COLS_PER_TILE = 1024    # (N, C) path: channels per tile (32 x 1024 float32 = 128 KiB)
+    STAGE_CHUNK = 1024      # half storage: elements per staged run (a multiple of BLOCK)
+    STAGE_BUFS = 4          # half storage: float32 runs per thread (dy, x, ym, out)
 
 
 cdef struct Normalize:      # per channel c: y = ((x - hi) - lo) * scale + beta
@@ -60,6 +62,9 @@ cdef struct Job:            # one call on x: C-contiguous (N, C, S) of the input
     void* coef              # the storage of norm and grad
     Normalize norm
     InputGrad grad
+    int kind                # half storage (common.pxd): 0 none; 1 float16, 2 bfloat16 bits
+    #                       in x, dy, ym, out, computed in float32 (typenum NPY_FLOAT); S > 1
+    float* stage            # scratch (threads, STAGE_BUFS, STAGE_CHUNK) float32 (kind != 0)
 
 
 cdef struct Segment:        # elements [start, stop) of one row of S elements: channel c

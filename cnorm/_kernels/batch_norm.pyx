@@ -32,7 +32,7 @@ from libc.string cimport memset
 
 from .common cimport (BLOCK, call_typed, chan_merge, check_array, check_dims, data_or_null,
                       empty_1d, empty_like, floating, input_typenum, parallel, segment_stats,
-                      split_mean, sum_partials, two_pass_f64)
+                      split_mean, stage_in, stage_out, sum_partials, two_pass_f64)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_cols,
                           bn_grad_cols4, bn_grad_sums, bn_grad_sums_cols, cn_f32_sums_unsafe,
@@ -94,14 +94,25 @@ cdef void _stats_work(const floating* x, void* job, int t, int n_threads) noexce
     cdef Py_ssize_t C = j.C, S = j.S, e0, e1
     cdef double* part = j.part + 3 * C * t
     cdef Segment seg
+    cdef int kind = j.kind
+    cdef floating* stage = <floating*>j.stage + STAGE_BUFS * STAGE_CHUNK * t
+    cdef Py_ssize_t o, n
     thread_share(j, t, n_threads, &e0, &e1)
     if S == 1:
         _stats_cols(x, C, e0, e1, part, <floating*>j.tile + 3 * COLS_PER_TILE * t)
         return
     seg = first_segment(e0, e1, C, S)
     while seg.start < e1:
-        segment_stats(x + seg.start, seg.stop - seg.start,
-                      &part[seg.c], &part[C + seg.c], &part[2 * C + seg.c])
+        if kind:        # staged runs of whole blocks: the same blocks as in one call
+            o = seg.start
+            while o < seg.stop:
+                n = min(seg.stop - o, <Py_ssize_t>STAGE_CHUNK)
+                segment_stats(stage_in(kind, stage, x, o, n), n,
+                              &part[seg.c], &part[C + seg.c], &part[2 * C + seg.c])
+                o += n
+        else:
+            segment_stats(x + seg.start, seg.stop - seg.start,
+                          &part[seg.c], &part[C + seg.c], &part[2 * C + seg.c])
         next_segment(&seg, e1, C, S)
 
 
@@ -138,8 +149,10 @@ cdef void _normalize_work(const floating* x, void* job, int t, int n_threads) no
     cdef const floating* scale = <const floating*>j.norm.scale
     cdef const floating* beta = <const floating*>j.norm.beta
     cdef bint stream = j.stream, relu = j.relu
-    cdef Py_ssize_t C = j.C, S = j.S, n, n1
+    cdef Py_ssize_t C = j.C, S = j.S, n, n1, o, m
     cdef Segment seg
+    cdef int kind = j.kind
+    cdef floating* stage = <floating*>j.stage + STAGE_BUFS * STAGE_CHUNK * t
     thread_share(j, t, n_threads, &n, &n1)
     if S == 1:          # (N, C): per-element coefficients, four rows per coefficient load
         if not stream:
@@ -152,8 +165,17 @@ cdef void _normalize_work(const floating* x, void* job, int t, int n_threads) no
     else:               # elements n..n1, one channel per row segment
         seg = first_segment(n, n1, C, S)
         while seg.start < n1:
-            affine(y + seg.start, x + seg.start, seg.stop - seg.start, hi[seg.c], lo[seg.c],
-                   scale[seg.c], beta[seg.c], stream, relu)
+            if kind:    # x may be dy (the eval backward): the pass's own input is staged
+                o = seg.start
+                while o < seg.stop:
+                    m = min(seg.stop - o, <Py_ssize_t>STAGE_CHUNK)
+                    affine(stage + STAGE_CHUNK, stage_in(kind, stage, x, o, m), m, hi[seg.c],
+                           lo[seg.c], scale[seg.c], beta[seg.c], False, relu)
+                    stage_out(kind, j.out, o, stage + STAGE_CHUNK, m)
+                    o += m
+            else:
+                affine(y + seg.start, x + seg.start, seg.stop - seg.start, hi[seg.c],
+                       lo[seg.c], scale[seg.c], beta[seg.c], stream, relu)
             next_segment(&seg, n1, C, S)
     if stream:          # once per thread, after all its streamed stores
         cn_stream_fence()
@@ -174,7 +196,7 @@ cdef void _normalize(const floating* x, Job* j) noexcept nogil:
         split_mean(mean[c], &hi[c], &lo[c])
         scale[c] = <floating>(invstd[c] * (weight[c] if weight != NULL else 1.0))
         beta[c] = bias[c] if bias != NULL else 0
-    j.stream = use_stream(j, sizeof(floating))
+    j.stream = use_stream(j, sizeof(floating)) and not j.kind
     parallel(_normalize_work[floating], x, j, j.threads_x)
 
 
@@ -197,6 +219,8 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
     cdef double sum_g, sum_gd
     cdef Segment seg
     cdef Tile tl
+    cdef int kind = j.kind
+    cdef floating* stage = <floating*>j.stage + STAGE_BUFS * STAGE_CHUNK * t
     thread_share(j, t, n_threads, &e0, &e1)
     if S == 1:          # (N, C): tiles of rows e0..e1, one lane per channel
         s1 = <floating*>j.tile + 2 * COLS_PER_TILE * t
@@ -216,7 +240,14 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
         for k_b in range((seg.stop - seg.start + BLOCK - 1) // BLOCK):    # short sums
             b = seg.start + k_b * BLOCK
             len_b = min(seg.stop - b, BLOCK)
-            bn_grad_sums(&sum_g, &sum_gd, dy + b, x + b, len_b, hi[seg.c], lo[seg.c], offset(ym, b))
+            if kind:    # the block's dy, x (and ym) staged
+                bn_grad_sums(&sum_g, &sum_gd, stage_in(kind, stage, dy, b, len_b),
+                             stage_in(kind, stage + STAGE_CHUNK, x, b, len_b), len_b, hi[seg.c],
+                             lo[seg.c], stage_in(kind, stage + 2 * STAGE_CHUNK, ym, b, len_b)
+                             if ym != NULL else NULL)
+            else:
+                bn_grad_sums(&sum_g, &sum_gd, dy + b, x + b, len_b, hi[seg.c], lo[seg.c],
+                             offset(ym, b))
             part[seg.c] += sum_g
             part[C + seg.c] += sum_gd
         next_segment(&seg, e1, C, S)
@@ -235,8 +266,10 @@ cdef void _input_grad_work(const floating* x, void* job, int t, int n_threads) n
     cdef const floating* mean_dy = <const floating*>j.grad.mean_dy
     cdef const floating* mean_dy_xhat = <const floating*>j.grad.mean_dy_xhat
     cdef bint stream = j.stream
-    cdef Py_ssize_t C = j.C, S = j.S, n, n1, o, c
+    cdef Py_ssize_t C = j.C, S = j.S, n, n1, o, c, m
     cdef Segment seg
+    cdef int kind = j.kind
+    cdef floating* stage = <floating*>j.stage + STAGE_BUFS * STAGE_CHUNK * t
     thread_share(j, t, n_threads, &n, &n1)
     if S == 1:          # (N, C): per-element coefficients, four rows per coefficient load
         if not stream:
@@ -251,10 +284,22 @@ cdef void _input_grad_work(const floating* x, void* job, int t, int n_threads) n
     else:               # elements n..n1, one channel per row segment
         seg = first_segment(n, n1, C, S)
         while seg.start < n1:
-            o = seg.start
             c = seg.c
-            bn_grad(dx + o, dy + o, x + o, seg.stop - o, hi[c], lo[c], invstd[c], k1[c],
-                    mean_dy[c], mean_dy_xhat[c], stream, offset(ym, o))
+            if kind:    # staged runs of dy, x (and ym); dx rounded on the way out
+                o = seg.start
+                while o < seg.stop:
+                    m = min(seg.stop - o, <Py_ssize_t>STAGE_CHUNK)
+                    bn_grad(stage + 3 * STAGE_CHUNK, stage_in(kind, stage, dy, o, m),
+                            stage_in(kind, stage + STAGE_CHUNK, x, o, m), m, hi[c], lo[c],
+                            invstd[c], k1[c], mean_dy[c], mean_dy_xhat[c], False,
+                            stage_in(kind, stage + 2 * STAGE_CHUNK, ym, o, m)
+                            if ym != NULL else NULL)
+                    stage_out(kind, j.out, o, stage + 3 * STAGE_CHUNK, m)
+                    o += m
+            else:
+                o = seg.start
+                bn_grad(dx + o, dy + o, x + o, seg.stop - o, hi[c], lo[c], invstd[c], k1[c],
+                        mean_dy[c], mean_dy_xhat[c], stream, offset(ym, o))
             next_segment(&seg, n1, C, S)
     if stream:          # once per thread, after all its streamed stores
         cn_stream_fence()
@@ -291,7 +336,7 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
         j.in_sum_dy_xhat = j.sum_dy_xhat
     if j.out == NULL:
         return
-    j.stream = use_stream(j, sizeof(floating))
+    j.stream = use_stream(j, sizeof(floating)) and not j.kind
     if not j.training and j.ym == NULL:
         # running statistics: dx = dy * w * invstd, a per-channel scaling of dy (x unread,
         # so that a NaN in x does not leak into dx): the normalize pass on dy
@@ -370,24 +415,31 @@ cdef void _stats(const floating* x, void* job) noexcept nogil:
 # Python entry points: every buffer is checked (type, size, layout) before use
 # ---------------------------------------------------------------------------------------
 
-cdef inline int _check_input(object x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) except -1:
-    """x: float32/float64, C-contiguous, N*C*S elements; returns its type number."""
-    cdef int typenum = input_typenum(x, "input")
+cdef inline int _check_input(object x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                             int kind=0) except -1:
+    """x: float32/float64 (half storage, kind != 0: uint16 bits, S > 1), C-contiguous,
+    N*C*S elements; returns the type number of the computation."""
+    cdef int typenum = cnp.NPY_FLOAT if kind else input_typenum(x, "input")
     check_dims(N, C, S, 1)
-    check_array(x, N * C * S, typenum, False, "input")
+    if kind and (kind > 2 or kind < 0 or S < 2):
+        raise ValueError(f"half storage (kind {kind}) needs kind 1 or 2 and S > 1, got S = {S}")
+    check_array(x, N * C * S, cnp.NPY_UINT16 if kind else typenum, False, "input")
     return typenum
 
 
 cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                 int n_partials, weight, bias, cnp.ndarray mean, cnp.ndarray invstd,
-                cnp.ndarray out) except -1:
+                cnp.ndarray out, int kind=0) except -1:
     """A job for x of these sizes (optional arrays None): its thread counts and scratch
-    (n_partials float64 per channel and thread; 0: none). _finish(j) frees the scratch."""
-    cdef Py_ssize_t E = N * C * S, itemsize = cnp.PyArray_ITEMSIZE(x)
+    (n_partials float64 per channel and thread; 0: none). _finish(j) frees the scratch.
+    kind != 0: x (and out) are half bits, computed in float32."""
+    cdef Py_ssize_t E = N * C * S
+    cdef Py_ssize_t itemsize = sizeof(float) if kind else cnp.PyArray_ITEMSIZE(x)
     cdef int n_threads
     cdef char* coef
     memset(j, 0, sizeof(Job))
-    j.typenum = cnp.PyArray_TYPE(x)
+    j.typenum = cnp.NPY_FLOAT if kind else cnp.PyArray_TYPE(x)
+    j.kind = kind
     j.x = cnp.PyArray_DATA(x)
     j.N = N
     j.C = C
@@ -413,7 +465,10 @@ cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
         j.part = <double*>calloc(n_partials * C * n_threads + 1, sizeof(double))
         if S == 1:
             j.tile = malloc(n_partials * COLS_PER_TILE * n_threads * itemsize)
-    if j.coef == NULL or (n_partials > 0 and (j.part == NULL or (S == 1 and j.tile == NULL))):
+    if kind:
+        j.stage = <float*>malloc(STAGE_BUFS * STAGE_CHUNK * n_threads * sizeof(float))
+    if (j.coef == NULL or (kind and j.stage == NULL)
+            or (n_partials > 0 and (j.part == NULL or (S == 1 and j.tile == NULL)))):
         _finish(j)
         raise MemoryError()
     return 0
@@ -423,6 +478,7 @@ cdef void _finish(Job* j) noexcept:
     free(j.coef)
     free(j.part)
     free(j.tile)
+    free(j.stage)
 
 
 cdef inline cnp.ndarray _f64(Py_ssize_t n):
@@ -442,8 +498,8 @@ cdef int _check_params(int typenum, Py_ssize_t C, weight, bias, running_mean, ru
 cdef int _start_forward(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                         int n_partials, weight, bias, running_mean, running_var, double eps,
                         bint relu, cnp.ndarray mean, cnp.ndarray invstd,
-                        cnp.ndarray y) except -1:
-    _start(j, x, N, C, S, n_partials, weight, bias, mean, invstd, y)
+                        cnp.ndarray y, int kind) except -1:
+    _start(j, x, N, C, S, n_partials, weight, bias, mean, invstd, y, kind)
     j.running_mean = data_or_null(running_mean)
     j.running_var = data_or_null(running_var)
     j.eps = eps
@@ -451,12 +507,15 @@ cdef int _start_forward(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ss
     return 0
 
 
-def batch_norm_stats(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S):
-    """Per-channel (mean, biased variance) of x viewed as (N, C, S), float64 arrays (C,)."""
-    _check_input(x, N, C, S)
+def batch_norm_stats(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                     int kind=0):
+    """Per-channel (mean, biased variance) of x viewed as (N, C, S), float64 arrays (C,).
+    kind 1 (float16) / 2 (bfloat16), S > 1: x (and the outputs like it) are half bits
+    (uint16), the parameters and running statistics float32 (every entry point)."""
+    _check_input(x, N, C, S, kind)
     cdef cnp.ndarray mean = _f64(C), var = _f64(C)
     cdef Job j
-    _start(&j, x, N, C, S, 3, None, None, mean, None, None)
+    _start(&j, x, N, C, S, 3, None, None, mean, None, None, kind)
     j.var = <double*>cnp.PyArray_DATA(var)
     with nogil:
         call_typed(j.typenum, j.x, &j, _stats[float], _stats[double])
@@ -466,16 +525,16 @@ def batch_norm_stats(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssiz
 
 def batch_norm_elemt(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                      cnp.ndarray mean not None, cnp.ndarray invstd not None, weight, bias,
-                     bint relu=False):
+                     bint relu=False, int kind=0):
     """y = (x - mean) * invstd * weight + bias per channel (then max(0, y) with relu);
     returns a new array like x."""
-    cdef int typenum = _check_input(x, N, C, S)
+    cdef int typenum = _check_input(x, N, C, S, kind)
     check_array(mean, C, cnp.NPY_DOUBLE, False, "mean")
     check_array(invstd, C, cnp.NPY_DOUBLE, False, "invstd")
     _check_params(typenum, C, weight, bias, None, None, False)
     cdef cnp.ndarray y = empty_like(x)
     cdef Job j
-    _start_forward(&j, x, N, C, S, 0, weight, bias, None, None, 0, relu, mean, invstd, y)
+    _start_forward(&j, x, N, C, S, 0, weight, bias, None, None, 0, relu, mean, invstd, y, kind)
     with nogil:
         call_typed(j.typenum, j.x, &j, _elemt[float], _elemt[double])
     _finish(&j)
@@ -484,11 +543,12 @@ def batch_norm_elemt(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssiz
 
 def batch_norm_forward_train(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                              weight, bias, running_mean, running_var, double factor,
-                             double eps, bint relu=False):
+                             double eps, bint relu=False, int kind=0):
     """Training forward in one call: batch statistics, running-statistics update in place
     (when given; needs N*S > 1), normalization (then max(0, y) with relu: a fused
     BN + ReLU). Returns (y, mean, invstd)."""
-    _check_params(_check_input(x, N, C, S), C, weight, bias, running_mean, running_var, True)
+    _check_params(_check_input(x, N, C, S, kind), C, weight, bias, running_mean, running_var,
+                  True)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must both be given or both be None")
     if N * S < 2 and running_var is not None:
@@ -496,7 +556,7 @@ def batch_norm_forward_train(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C,
     cdef cnp.ndarray y = empty_like(x), mean = _f64(C), invstd = _f64(C)
     cdef Job j
     _start_forward(&j, x, N, C, S, 3, weight, bias, running_mean, running_var, eps, relu,
-                   mean, invstd, y)
+                   mean, invstd, y, kind)
     j.factor = factor
     j.var = j.invstd            # the variance, then invstd
     with nogil:
@@ -507,16 +567,17 @@ def batch_norm_forward_train(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C,
 
 def batch_norm_forward_eval(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                             weight, bias, running_mean, running_var, double eps,
-                            bint relu=False):
+                            bint relu=False, int kind=0):
     """Eval forward with the running statistics (then max(0, y) with relu). Returns
     (y, mean, invstd), the float64 statistics used (invstd = 1/sqrt(running_var + eps))."""
-    _check_params(_check_input(x, N, C, S), C, weight, bias, running_mean, running_var, False)
+    _check_params(_check_input(x, N, C, S, kind), C, weight, bias, running_mean, running_var,
+                  False)
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var must be given")
     cdef cnp.ndarray y = empty_like(x), mean = _f64(C), invstd = _f64(C)
     cdef Job j
     _start_forward(&j, x, N, C, S, 0, weight, bias, running_mean, running_var, eps, relu,
-                   mean, invstd, y)
+                   mean, invstd, y, kind)
     with nogil:
         call_typed(j.typenum, j.x, &j, _eval_forward[float], _eval_forward[double])
     _finish(&j)
@@ -525,11 +586,11 @@ def batch_norm_forward_eval(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, 
 
 cdef int _check_backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C,
                          Py_ssize_t S, cnp.ndarray mean, cnp.ndarray invstd, weight,
-                         y) except -1:
-    """The buffers every backward reads; returns x's type number."""
-    cdef int typenum = _check_input(x, N, C, S)
-    check_array(dy, N * C * S, typenum, False, "grad_output")
-    check_array(y, N * C * S, typenum, False, "y")
+                         y, int kind) except -1:
+    """The buffers every backward reads; returns the type number of the computation."""
+    cdef int typenum = _check_input(x, N, C, S, kind)
+    check_array(dy, N * C * S, cnp.NPY_UINT16 if kind else typenum, False, "grad_output")
+    check_array(y, N * C * S, cnp.NPY_UINT16 if kind else typenum, False, "y")
     check_array(mean, C, cnp.NPY_DOUBLE, False, "mean")
     check_array(invstd, C, cnp.NPY_DOUBLE, False, "invstd")
     check_array(weight, C, typenum, False, "weight")
@@ -549,13 +610,14 @@ cdef void _run_backward(Job* j, cnp.ndarray dy, double count, sum_dy, sum_dy_xha
 
 def batch_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N,
                         Py_ssize_t C, Py_ssize_t S, cnp.ndarray mean not None,
-                        cnp.ndarray invstd not None, weight, bint training, y=None):
+                        cnp.ndarray invstd not None, weight, bint training, y=None,
+                        int kind=0):
     """Returns (dx, sum_dy, sum_dy_xhat): sum_dy is dbias, sum_dy_xhat dweight (float64).
     y: the output of a fused BN + ReLU forward, whose mask y > 0 applies to dy."""
-    _check_backward(dy, x, N, C, S, mean, invstd, weight, y)
+    _check_backward(dy, x, N, C, S, mean, invstd, weight, y, kind)
     cdef cnp.ndarray dx = empty_like(x), sum_dy = _f64(C), sum_dy_xhat = _f64(C)
     cdef Job j
-    _start(&j, x, N, C, S, 2, weight, None, mean, invstd, dx)
+    _start(&j, x, N, C, S, 2, weight, None, mean, invstd, dx, kind)
     j.ym = data_or_null(y)
     j.training = training
     _run_backward(&j, dy, <double>N * S, sum_dy, sum_dy_xhat)
@@ -564,12 +626,12 @@ def batch_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
 
 def batch_norm_backward_reduce(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N,
                                Py_ssize_t C, Py_ssize_t S, cnp.ndarray mean not None,
-                               cnp.ndarray invstd not None):
+                               cnp.ndarray invstd not None, int kind=0):
     """Per-channel (sum dy, sum dy*xhat) as float64 arrays (C,), no input gradient."""
-    _check_backward(dy, x, N, C, S, mean, invstd, None, None)
+    _check_backward(dy, x, N, C, S, mean, invstd, None, None, kind)
     cdef cnp.ndarray sum_dy = _f64(C), sum_dy_xhat = _f64(C)
     cdef Job j
-    _start(&j, x, N, C, S, 2, None, None, mean, invstd, None)
+    _start(&j, x, N, C, S, 2, None, None, mean, invstd, None, kind)
     j.training = True
     _run_backward(&j, dy, <double>N * S, sum_dy, sum_dy_xhat)
     return sum_dy, sum_dy_xhat
@@ -578,15 +640,15 @@ def batch_norm_backward_reduce(cnp.ndarray dy not None, cnp.ndarray x not None, 
 def batch_norm_backward_elemt(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N,
                               Py_ssize_t C, Py_ssize_t S, cnp.ndarray mean not None,
                               cnp.ndarray invstd not None, weight, cnp.ndarray sum_dy not None,
-                              cnp.ndarray sum_dy_xhat not None, double count):
+                              cnp.ndarray sum_dy_xhat not None, double count, int kind=0):
     """Input gradient of a training-mode batch norm from given per-channel sums over
     `count` elements per channel (e.g. all-reduced over the ranks of a distributed batch)."""
-    _check_backward(dy, x, N, C, S, mean, invstd, weight, None)
+    _check_backward(dy, x, N, C, S, mean, invstd, weight, None, kind)
     check_array(sum_dy, C, cnp.NPY_DOUBLE, False, "sum_dy")
     check_array(sum_dy_xhat, C, cnp.NPY_DOUBLE, False, "sum_dy_xhat")
     cdef cnp.ndarray dx = empty_like(x)
     cdef Job j
-    _start(&j, x, N, C, S, 0, weight, None, mean, invstd, dx)
+    _start(&j, x, N, C, S, 0, weight, None, mean, invstd, dx, kind)
     j.training = True
     j.in_sum_dy = <const double*>cnp.PyArray_DATA(sum_dy)
     j.in_sum_dy_xhat = <const double*>cnp.PyArray_DATA(sum_dy_xhat)
