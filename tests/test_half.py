@@ -498,3 +498,22 @@ print("ok")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_kernel_half_storage_arguments_are_checked():
+    x16 = np.zeros((4, 8), np.uint16)
+    w = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="uint16"):
+        row_kernels.layer_norm_forward(np.zeros((4, 8), np.float32), 4, 8, None, None, 1e-5, 1)
+    with pytest.raises(ValueError, match="kind"):
+        row_kernels.layer_norm_forward(x16, 4, 8, None, None, 1e-5, 3)
+    with pytest.raises(ValueError, match="float"):  # half storage: float32 parameters
+        row_kernels.layer_norm_forward(x16, 4, 8, w.astype(np.float16), None, 1e-5, 1)
+    with pytest.raises(ValueError, match="S > 1"):
+        bn_kernels.batch_norm_stats(x16, 4, 8, 1, 1)
+    with pytest.raises(ValueError, match="uint16"):
+        bn_kernels.batch_norm_backward(
+            np.zeros((4, 2, 4), np.float32), x16, 4, 2, 4, np.zeros(2), np.ones(2), None, True, None, 2
+        )
+    with pytest.raises(ValueError, match="kind"):
+        row_kernels.widen_half(x16, 0)
