@@ -70,7 +70,7 @@ def narrow(a: Array, dtype: np.dtype) -> Array:
     return row_kernels.narrow_half(np.ascontiguousarray(a), kind).view(dtype)
 
 
-def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = (), spatial: Optional[int] = None):
+def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
     """Run the decorated op of float32/float64 arrays on half inputs too: every half array
     argument widened, then each output rounded once to the input dtype ("x"), to the
     parameters' dtype ("p": float32 when a float32 parameter came with the half input,
@@ -78,8 +78,7 @@ def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = (), spatial: 
 
     ``data``: the positions of the op's (M, D) arrays when its kernels take half storage
     themselves (``kind=``): those go as their uint16 bits (outputs "x" come back as bits,
-    "p" as float64), the other half arrays (parameters) widened. ``spatial``: the position
-    of S, when the kernels take half storage only for S > 1 (batch norm)."""
+    "p" as float64), the other half arrays (parameters) widened."""
 
     def decorate(op):
         @functools.wraps(op)
@@ -90,7 +89,7 @@ def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = (), spatial: 
                 return op(*args)
             params = FLOAT32 if any(a.dtype == FLOAT32 for a in arrays) else half
             given = [args[i] for i in data if i < len(args) and args[i] is not None]
-            if given and all(a.size for a in given) and (spatial is None or args[spatial] > 1):
+            if given and all(a.size for a in given):
                 out = op(
                     *[
                         a.view(np.uint16) if i in data and a is not None else widen(a)
@@ -177,7 +176,7 @@ def batch_norm_train(
     return y, mean, invstd
 
 
-@_half_storage("x", None, None, data=(0,), spatial=3)
+@_half_storage("x", None, None, data=(0,))
 def _batch_norm_train(
     x, n, c, s, weight, bias, running_mean, running_var, factor, eps, relu, kind=0
 ) -> Stats3:
@@ -194,7 +193,7 @@ def _batch_norm_train(
     )
 
 
-@_half_storage("x", None, None, data=(0,), spatial=3)
+@_half_storage("x", None, None, data=(0,))
 def batch_norm_eval(
     x: Array,
     n: int,
@@ -214,7 +213,7 @@ def batch_norm_eval(
     )
 
 
-@_half_storage("x", "p", "p", data=(0, 1, 9), spatial=4)
+@_half_storage("x", "p", "p", data=(0, 1, 9))
 def batch_norm_backward(
     dy: Array,
     x: Array,
@@ -241,7 +240,7 @@ def batch_norm_backward(
     return dx, sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype)
 
 
-@_half_storage(None, None, None, data=(0,), spatial=3)
+@_half_storage(None, None, None, data=(0,))
 def batch_norm_stats(x: Array, n: int, c: int, s: int, kind: int = 0) -> Tuple[int, Array, Array]:
     """(count, mean, m2) per channel, float64."""
     count = n * s
@@ -251,7 +250,7 @@ def batch_norm_stats(x: Array, n: int, c: int, s: int, kind: int = 0) -> Tuple[i
     return count, mean, var * count
 
 
-@_half_storage("x", data=(0,), spatial=3)
+@_half_storage("x", data=(0,))
 def batch_norm_elemt(
     x: Array,
     n: int,
@@ -268,7 +267,7 @@ def batch_norm_elemt(
     return bn_kernels.batch_norm_elemt(x, n, c, s, mean, invstd, weight, bias, False, kind)
 
 
-@_half_storage(None, None, data=(0, 1), spatial=4)
+@_half_storage(None, None, data=(0, 1))
 def batch_norm_backward_reduce(
     dy: Array, x: Array, n: int, c: int, s: int, mean: Array, invstd: Array, kind: int = 0
 ) -> Tuple[Array, Array]:
@@ -277,7 +276,7 @@ def batch_norm_backward_reduce(
     return bn_kernels.batch_norm_backward_reduce(dy, x, n, c, s, mean, invstd, kind)
 
 
-@_half_storage("x", data=(0, 1), spatial=4)
+@_half_storage("x", data=(0, 1))
 def batch_norm_backward_elemt(
     dy: Array,
     x: Array,

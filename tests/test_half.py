@@ -421,6 +421,39 @@ def test_half_kernels_are_the_float32_kernels_on_the_widened_input(dtype, thread
         cnorm.set_num_threads(old)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", HALF, ids=half_id)
+def test_half_batch_norm_of_n_c_batches(dtype, threads):
+    """(N, C): tiles widened in cache; the statistics are merged per tile (Chan), the
+    elementwise passes are the float32 ones on the widened input."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(2, 3, (130, 1500)).astype(dtype)
+    dy = rng.normal(0, 1, x.shape).astype(dtype)
+    w, b = rng.normal(1, 0.3, 1500).astype(np.float32), rng.normal(0, 0.3, 1500).astype(np.float32)
+    bits, kind = x.view(np.uint16), KIND[dtype]
+    old = cnorm.get_num_threads()
+    cnorm.set_num_threads(threads)
+    try:
+        y, mean, invstd = bn_kernels.batch_norm_forward_train(
+            bits, 130, 1500, 1, w, b, None, None, 0.1, 1e-5, True, kind
+        )
+        mean2, var2 = bn_kernels.batch_norm_stats(_ops.widen(x), 130, 1500, 1)
+        np.testing.assert_allclose(mean, mean2, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(invstd, 1 / np.sqrt(var2 + 1e-5), rtol=1e-12)
+        y2 = bn_kernels.batch_norm_elemt(_ops.widen(x), 130, 1500, 1, mean, invstd, w, b, True)
+        assert np.array_equal(y.view(dtype), _ops.narrow(y2, dtype))
+        dx, sdy, sdyx = bn_kernels.batch_norm_backward(
+            dy.view(np.uint16), bits, 130, 1500, 1, mean, invstd, w, True, y, kind
+        )
+        dx2, sdy2, sdyx2 = bn_kernels.batch_norm_backward(
+            _ops.widen(dy), _ops.widen(x), 130, 1500, 1, mean, invstd, w, True, _ops.widen(y.view(dtype))
+        )
+        assert np.array_equal(dx.view(dtype), _ops.narrow(dx2, dtype))
+        assert np.array_equal(sdy, sdy2) and np.array_equal(sdyx, sdyx2)
+    finally:
+        cnorm.set_num_threads(old)
+
+
 @pytest.mark.parametrize("dtype", HALF, ids=half_id)
 def test_row_outputs_do_not_depend_on_the_thread_count(dtype):
     rng = np.random.default_rng(7)
@@ -509,8 +542,8 @@ def test_kernel_half_storage_arguments_are_checked():
         row_kernels.layer_norm_forward(x16, 4, 8, None, None, 1e-5, 3)
     with pytest.raises(ValueError, match="float"):  # half storage: float32 parameters
         row_kernels.layer_norm_forward(x16, 4, 8, w.astype(np.float16), None, 1e-5, 1)
-    with pytest.raises(ValueError, match="S > 1"):
-        bn_kernels.batch_norm_stats(x16, 4, 8, 1, 1)
+    with pytest.raises(ValueError, match="kind"):
+        bn_kernels.batch_norm_stats(x16, 4, 8, 1, 3)
     with pytest.raises(ValueError, match="uint16"):
         bn_kernels.batch_norm_backward(
             np.zeros((4, 2, 4), np.float32), x16, 4, 2, 4, np.zeros(2), np.ones(2), None, True, None, 2

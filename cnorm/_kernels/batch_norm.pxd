@@ -10,6 +10,7 @@ cdef enum:
     COLS_PER_TILE = 1024    # (N, C) path: channels per tile (32 x 1024 float32 = 128 KiB)
     STAGE_CHUNK = 1024      # half storage: elements per staged run (a multiple of BLOCK)
     STAGE_BUFS = 4          # half storage: float32 runs per thread (dy, x, ym, out)
+    STAGE_TILE = ROWS_PER_TILE * COLS_PER_TILE  # half storage, (N, C): a staged tile
 
 
 cdef struct Normalize:      # per channel c: y = ((x - hi) - lo) * scale + beta
@@ -63,8 +64,10 @@ cdef struct Job:            # one call on x: C-contiguous (N, C, S) of the input
     Normalize norm
     InputGrad grad
     int kind                # half storage (common.pxd): 0 none; 1 float16, 2 bfloat16 bits
-    #                       in x, dy, ym, out, computed in float32 (typenum NPY_FLOAT); S > 1
-    float* stage            # scratch (threads, STAGE_BUFS, STAGE_CHUNK) float32 (kind != 0)
+    #                       in x, dy, ym, out, computed in float32 (typenum NPY_FLOAT)
+    float* stage            # scratch (threads, stage_size) float32 (kind != 0)
+    Py_ssize_t stage_size   # S > 1: STAGE_BUFS runs of STAGE_CHUNK; S = 1: 3 tiles (x, dy,
+    #                       ym) and the (3, COLS_PER_TILE) float64 statistics of one
 
 
 cdef struct Segment:        # elements [start, stop) of one row of S elements: channel c

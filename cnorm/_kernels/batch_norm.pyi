@@ -1,6 +1,6 @@
 # Type stub of the compiled batch_norm.pyx: per-channel kernels over x viewed as (N, C, S).
 # weight, bias, running_mean, running_var: None or C contiguous elements; statistics float64.
-# kind 1 (float16) / 2 (bfloat16), S > 1: the (N, C, S) arrays are half bits (uint16), the
+# kind 1 (float16) / 2 (bfloat16): the (N, C, S) arrays are half bits (uint16), the
 # parameters and running statistics float32.
 
 from typing import Optional

@@ -88,6 +88,26 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
         part[c] = <double>(n1 - n0)
 
 
+cdef void _stats_cols_staged(const floating* x, Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1,
+                             double* part, floating* acc, floating* stage,
+                             int kind) noexcept nogil:
+    """_stats_cols of half storage: each tile widened into stage, its statistics (those of
+    an (nb, nc) batch) merged into part channel by channel (Chan)."""
+    cdef double* tile_part = <double*>(stage + 3 * STAGE_TILE)     # (3, nc)
+    cdef Py_ssize_t r, c, nc
+    cdef Tile tl = first_tile(n0, n1, C)
+    while tl.b0 < n1 and tl.nc > 0:
+        nc = tl.nc
+        for r in range(tl.nb):
+            stage_in(kind, stage + r * nc, x, (tl.b0 + r) * C + tl.c0, nc)
+        memset(tile_part, 0, 3 * nc * sizeof(double))
+        _stats_cols(stage, nc, 0, tl.nb, tile_part, acc)
+        for c in range(nc):
+            chan_merge(&part[tl.c0 + c], &part[C + tl.c0 + c], &part[2 * C + tl.c0 + c],
+                       tile_part[c], tile_part[nc + c], tile_part[2 * nc + c])
+        next_tile(&tl, n1, C)
+
+
 cdef void _stats_work(const floating* x, void* job, int t, int n_threads) noexcept nogil:
     """Thread t's per-channel partials: part[t] (3, C) = count, mean, m2."""
     cdef const Job* j = <const Job*>job
@@ -95,9 +115,13 @@ cdef void _stats_work(const floating* x, void* job, int t, int n_threads) noexce
     cdef double* part = j.part + 3 * C * t
     cdef Segment seg
     cdef int kind = j.kind
-    cdef floating* stage = <floating*>j.stage + STAGE_BUFS * STAGE_CHUNK * t
+    cdef floating* stage = <floating*>j.stage + j.stage_size * t
     cdef Py_ssize_t o, n
     thread_share(j, t, n_threads, &e0, &e1)
+    if S == 1 and kind:
+        _stats_cols_staged(x, C, e0, e1, part, <floating*>j.tile + 3 * COLS_PER_TILE * t, stage,
+                           kind)
+        return
     if S == 1:
         _stats_cols(x, C, e0, e1, part, <floating*>j.tile + 3 * COLS_PER_TILE * t)
         return
@@ -152,9 +176,18 @@ cdef void _normalize_work(const floating* x, void* job, int t, int n_threads) no
     cdef Py_ssize_t C = j.C, S = j.S, n, n1, o, m
     cdef Segment seg
     cdef int kind = j.kind
-    cdef floating* stage = <floating*>j.stage + STAGE_BUFS * STAGE_CHUNK * t
+    cdef floating* stage = <floating*>j.stage + j.stage_size * t
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1:          # (N, C): per-element coefficients, four rows per coefficient load
+    if S == 1 and kind:     # (N, C), half storage: each row in staged runs of channels
+        for n in range(n, n1):
+            o = 0
+            while o < C:
+                m = min(C - o, <Py_ssize_t>STAGE_CHUNK)
+                affine_cols(stage + STAGE_CHUNK, stage_in(kind, stage, x, n * C + o, m), m,
+                            hi + o, lo + o, scale + o, beta + o, False, relu)
+                stage_out(kind, j.out, n * C + o, stage + STAGE_CHUNK, m)
+                o += m
+    elif S == 1:        # (N, C): per-element coefficients, four rows per coefficient load
         if not stream:
             while n + 4 <= n1:
                 affine_cols4(y + n * C, x + n * C, C, C, hi, lo, scale, beta, relu)
@@ -220,7 +253,7 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
     cdef Segment seg
     cdef Tile tl
     cdef int kind = j.kind
-    cdef floating* stage = <floating*>j.stage + STAGE_BUFS * STAGE_CHUNK * t
+    cdef floating* stage = <floating*>j.stage + j.stage_size * t
     thread_share(j, t, n_threads, &e0, &e1)
     if S == 1:          # (N, C): tiles of rows e0..e1, one lane per channel
         s1 = <floating*>j.tile + 2 * COLS_PER_TILE * t
@@ -228,8 +261,17 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
         tl = first_tile(e0, e1, C)
         while tl.b0 < e1 and tl.nc > 0:
             o = tl.b0 * C + tl.c0
-            bn_grad_sums_cols(s1, s2, dy + o, x + o, C, tl.nb, hi + tl.c0, lo + tl.c0, tl.nc,
-                              offset(ym, o))
+            if kind:    # half storage: the tile's x, dy (and ym) widened, rows of tl.nc
+                for b in range(tl.nb):
+                    stage_in(kind, stage + b * tl.nc, x, o + b * C, tl.nc)
+                    stage_in(kind, stage + STAGE_TILE + b * tl.nc, dy, o + b * C, tl.nc)
+                    if ym != NULL:
+                        stage_in(kind, stage + 2 * STAGE_TILE + b * tl.nc, ym, o + b * C, tl.nc)
+                bn_grad_sums_cols(s1, s2, stage + STAGE_TILE, stage, tl.nc, tl.nb, hi + tl.c0,
+                                  lo + tl.c0, tl.nc, stage + 2 * STAGE_TILE if ym != NULL else NULL)
+            else:
+                bn_grad_sums_cols(s1, s2, dy + o, x + o, C, tl.nb, hi + tl.c0, lo + tl.c0, tl.nc,
+                                  offset(ym, o))
             for c in range(tl.nc):
                 part[tl.c0 + c] += s1[c]
                 part[C + tl.c0 + c] += s2[c]
@@ -269,9 +311,21 @@ cdef void _input_grad_work(const floating* x, void* job, int t, int n_threads) n
     cdef Py_ssize_t C = j.C, S = j.S, n, n1, o, c, m
     cdef Segment seg
     cdef int kind = j.kind
-    cdef floating* stage = <floating*>j.stage + STAGE_BUFS * STAGE_CHUNK * t
+    cdef floating* stage = <floating*>j.stage + j.stage_size * t
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1:          # (N, C): per-element coefficients, four rows per coefficient load
+    if S == 1 and kind:     # (N, C), half storage: each row in staged runs of channels
+        for n in range(n, n1):
+            o = 0
+            while o < C:
+                m = min(C - o, <Py_ssize_t>STAGE_CHUNK)
+                bn_grad_cols(stage + 3 * STAGE_CHUNK, stage_in(kind, stage, dy, n * C + o, m),
+                             stage_in(kind, stage + STAGE_CHUNK, x, n * C + o, m), m, hi + o,
+                             lo + o, invstd + o, k1 + o, mean_dy + o, mean_dy_xhat + o, False,
+                             stage_in(kind, stage + 2 * STAGE_CHUNK, ym, n * C + o, m)
+                             if ym != NULL else NULL)
+                stage_out(kind, j.out, n * C + o, stage + 3 * STAGE_CHUNK, m)
+                o += m
+    elif S == 1:        # (N, C): per-element coefficients, four rows per coefficient load
         if not stream:
             while n + 4 <= n1:
                 bn_grad_cols4(dx + n * C, dy + n * C, x + n * C, C, C, hi, lo, invstd, k1,
@@ -417,12 +471,12 @@ cdef void _stats(const floating* x, void* job) noexcept nogil:
 
 cdef inline int _check_input(object x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                              int kind=0) except -1:
-    """x: float32/float64 (half storage, kind != 0: uint16 bits, S > 1), C-contiguous,
+    """x: float32/float64 (half storage, kind != 0: uint16 bits), C-contiguous,
     N*C*S elements; returns the type number of the computation."""
     cdef int typenum = cnp.NPY_FLOAT if kind else input_typenum(x, "input")
     check_dims(N, C, S, 1)
-    if kind and (kind > 2 or kind < 0 or S < 2):
-        raise ValueError(f"half storage (kind {kind}) needs kind 1 or 2 and S > 1, got S = {S}")
+    if kind != 0 and kind != 1 and kind != 2:
+        raise ValueError(f"kind must be 0, 1 (float16) or 2 (bfloat16), got {kind}")
     check_array(x, N * C * S, cnp.NPY_UINT16 if kind else typenum, False, "input")
     return typenum
 
@@ -466,7 +520,8 @@ cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
         if S == 1:
             j.tile = malloc(n_partials * COLS_PER_TILE * n_threads * itemsize)
     if kind:
-        j.stage = <float*>malloc(STAGE_BUFS * STAGE_CHUNK * n_threads * sizeof(float))
+        j.stage_size = 3 * STAGE_TILE + 6 * COLS_PER_TILE if S == 1 else STAGE_BUFS * STAGE_CHUNK
+        j.stage = <float*>malloc(j.stage_size * n_threads * sizeof(float))
     if (j.coef == NULL or (kind and j.stage == NULL)
             or (n_partials > 0 and (j.part == NULL or (S == 1 and j.tile == NULL)))):
         _finish(j)
@@ -510,7 +565,7 @@ cdef int _start_forward(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ss
 def batch_norm_stats(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                      int kind=0):
     """Per-channel (mean, biased variance) of x viewed as (N, C, S), float64 arrays (C,).
-    kind 1 (float16) / 2 (bfloat16), S > 1: x (and the outputs like it) are half bits
+    kind 1 (float16) / 2 (bfloat16): x (and the outputs like it) are half bits
     (uint16), the parameters and running statistics float32 (every entry point)."""
     _check_input(x, N, C, S, kind)
     cdef cnp.ndarray mean = _f64(C), var = _f64(C)
