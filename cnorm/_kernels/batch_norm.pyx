@@ -30,8 +30,8 @@ from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
-from .common cimport (BLOCK, call_typed, chan_merge, check_array, check_dims, data_or_null,
-                      empty_1d, empty_like, floating, input_typenum, parallel, segment_stats,
+from .common cimport (BLOCK, call_typed, chan_merge, check_array, check_dims, compute_typenum,
+                      data_or_null, empty_1d, empty_like, floating, parallel, segment_stats,
                       split_mean, stage_in, stage_out, sum_partials, two_pass_f64)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_cols,
@@ -40,6 +40,7 @@ from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_co
 
 cnp.import_array()
 include "simd_control.pxi"
+include "batch_norm_half.pxi"
 
 
 # ---------------------------------------------------------------------------------------
@@ -88,55 +89,20 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
         part[c] = <double>(n1 - n0)
 
 
-cdef void _stats_cols_staged(const floating* x, Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1,
-                             double* part, floating* acc, floating* stage,
-                             int kind) noexcept nogil:
-    """_stats_cols of half storage: each tile widened into stage, its statistics (those of
-    an (nb, nc) batch) merged into part channel by channel (Chan)."""
-    cdef double* tile_part = <double*>(stage + 3 * STAGE_TILE)     # (3, nc)
-    cdef Py_ssize_t r, c, nc
-    cdef Tile tl = first_tile(n0, n1, C)
-    while tl.b0 < n1 and tl.nc > 0:
-        nc = tl.nc
-        for r in range(tl.nb):
-            stage_in(kind, stage + r * nc, x, (tl.b0 + r) * C + tl.c0, nc)
-        memset(tile_part, 0, 3 * nc * sizeof(double))
-        _stats_cols(stage, nc, 0, tl.nb, tile_part, acc)
-        for c in range(nc):
-            chan_merge(&part[tl.c0 + c], &part[C + tl.c0 + c], &part[2 * C + tl.c0 + c],
-                       tile_part[c], tile_part[nc + c], tile_part[2 * nc + c])
-        next_tile(&tl, n1, C)
-
-
 cdef void _stats_work(const floating* x, void* job, int t, int n_threads) noexcept nogil:
     """Thread t's per-channel partials: part[t] (3, C) = count, mean, m2."""
     cdef const Job* j = <const Job*>job
     cdef Py_ssize_t C = j.C, S = j.S, e0, e1
     cdef double* part = j.part + 3 * C * t
     cdef Segment seg
-    cdef int kind = j.kind
-    cdef floating* stage = <floating*>j.stage + j.stage_size * t
-    cdef Py_ssize_t o, n
     thread_share(j, t, n_threads, &e0, &e1)
-    if S == 1 and kind:
-        _stats_cols_staged(x, C, e0, e1, part, <floating*>j.tile + 3 * COLS_PER_TILE * t, stage,
-                           kind)
-        return
     if S == 1:
         _stats_cols(x, C, e0, e1, part, <floating*>j.tile + 3 * COLS_PER_TILE * t)
         return
     seg = first_segment(e0, e1, C, S)
     while seg.start < e1:
-        if kind:        # staged runs of whole blocks: the same blocks as in one call
-            o = seg.start
-            while o < seg.stop:
-                n = min(seg.stop - o, <Py_ssize_t>STAGE_CHUNK)
-                segment_stats(stage_in(kind, stage, x, o, n), n,
-                              &part[seg.c], &part[C + seg.c], &part[2 * C + seg.c])
-                o += n
-        else:
-            segment_stats(x + seg.start, seg.stop - seg.start,
-                          &part[seg.c], &part[C + seg.c], &part[2 * C + seg.c])
+        segment_stats(x + seg.start, seg.stop - seg.start,
+                      &part[seg.c], &part[C + seg.c], &part[2 * C + seg.c])
         next_segment(&seg, e1, C, S)
 
 
@@ -148,7 +114,7 @@ cdef void _channel_stats(const floating* x, Job* j) noexcept nogil:
     cdef const double* part
     cdef double* mean = j.mean
     cdef double* var = j.var
-    parallel(_stats_work[floating], x, j, j.threads_x)
+    parallel(_stats_half[floating] if j.kind else _stats_work[floating], x, j, j.threads_x)
     for c in range(C):              # the thread partials, merged in thread order
         count = 0
         mu = 0
@@ -173,21 +139,10 @@ cdef void _normalize_work(const floating* x, void* job, int t, int n_threads) no
     cdef const floating* scale = <const floating*>j.norm.scale
     cdef const floating* beta = <const floating*>j.norm.beta
     cdef bint stream = j.stream, relu = j.relu
-    cdef Py_ssize_t C = j.C, S = j.S, n, n1, o, m
+    cdef Py_ssize_t C = j.C, S = j.S, n, n1
     cdef Segment seg
-    cdef int kind = j.kind
-    cdef floating* stage = <floating*>j.stage + j.stage_size * t
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1 and kind:     # (N, C), half storage: each row in staged runs of channels
-        for n in range(n, n1):
-            o = 0
-            while o < C:
-                m = min(C - o, <Py_ssize_t>STAGE_CHUNK)
-                affine_cols(stage + STAGE_CHUNK, stage_in(kind, stage, x, n * C + o, m), m,
-                            hi + o, lo + o, scale + o, beta + o, False, relu)
-                stage_out(kind, j.out, n * C + o, stage + STAGE_CHUNK, m)
-                o += m
-    elif S == 1:        # (N, C): per-element coefficients, four rows per coefficient load
+    if S == 1:          # (N, C): per-element coefficients, four rows per coefficient load
         if not stream:
             while n + 4 <= n1:
                 affine_cols4(y + n * C, x + n * C, C, C, hi, lo, scale, beta, relu)
@@ -198,17 +153,8 @@ cdef void _normalize_work(const floating* x, void* job, int t, int n_threads) no
     else:               # elements n..n1, one channel per row segment
         seg = first_segment(n, n1, C, S)
         while seg.start < n1:
-            if kind:    # x may be dy (the eval backward): the pass's own input is staged
-                o = seg.start
-                while o < seg.stop:
-                    m = min(seg.stop - o, <Py_ssize_t>STAGE_CHUNK)
-                    affine(stage + STAGE_CHUNK, stage_in(kind, stage, x, o, m), m, hi[seg.c],
-                           lo[seg.c], scale[seg.c], beta[seg.c], False, relu)
-                    stage_out(kind, j.out, o, stage + STAGE_CHUNK, m)
-                    o += m
-            else:
-                affine(y + seg.start, x + seg.start, seg.stop - seg.start, hi[seg.c],
-                       lo[seg.c], scale[seg.c], beta[seg.c], stream, relu)
+            affine(y + seg.start, x + seg.start, seg.stop - seg.start, hi[seg.c], lo[seg.c],
+                   scale[seg.c], beta[seg.c], stream, relu)
             next_segment(&seg, n1, C, S)
     if stream:          # once per thread, after all its streamed stores
         cn_stream_fence()
@@ -230,7 +176,7 @@ cdef void _normalize(const floating* x, Job* j) noexcept nogil:
         scale[c] = <floating>(invstd[c] * (weight[c] if weight != NULL else 1.0))
         beta[c] = bias[c] if bias != NULL else 0
     j.stream = use_stream(j, sizeof(floating)) and not j.kind
-    parallel(_normalize_work[floating], x, j, j.threads_x)
+    parallel(_normalize_half[floating] if j.kind else _normalize_work[floating], x, j, j.threads_x)
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,8 +198,6 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
     cdef double sum_g, sum_gd
     cdef Segment seg
     cdef Tile tl
-    cdef int kind = j.kind
-    cdef floating* stage = <floating*>j.stage + j.stage_size * t
     thread_share(j, t, n_threads, &e0, &e1)
     if S == 1:          # (N, C): tiles of rows e0..e1, one lane per channel
         s1 = <floating*>j.tile + 2 * COLS_PER_TILE * t
@@ -261,17 +205,8 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
         tl = first_tile(e0, e1, C)
         while tl.b0 < e1 and tl.nc > 0:
             o = tl.b0 * C + tl.c0
-            if kind:    # half storage: the tile's x, dy (and ym) widened, rows of tl.nc
-                for b in range(tl.nb):
-                    stage_in(kind, stage + b * tl.nc, x, o + b * C, tl.nc)
-                    stage_in(kind, stage + STAGE_TILE + b * tl.nc, dy, o + b * C, tl.nc)
-                    if ym != NULL:
-                        stage_in(kind, stage + 2 * STAGE_TILE + b * tl.nc, ym, o + b * C, tl.nc)
-                bn_grad_sums_cols(s1, s2, stage + STAGE_TILE, stage, tl.nc, tl.nb, hi + tl.c0,
-                                  lo + tl.c0, tl.nc, stage + 2 * STAGE_TILE if ym != NULL else NULL)
-            else:
-                bn_grad_sums_cols(s1, s2, dy + o, x + o, C, tl.nb, hi + tl.c0, lo + tl.c0, tl.nc,
-                                  offset(ym, o))
+            bn_grad_sums_cols(s1, s2, dy + o, x + o, C, tl.nb, hi + tl.c0, lo + tl.c0, tl.nc,
+                              offset(ym, o))
             for c in range(tl.nc):
                 part[tl.c0 + c] += s1[c]
                 part[C + tl.c0 + c] += s2[c]
@@ -282,14 +217,7 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
         for k_b in range((seg.stop - seg.start + BLOCK - 1) // BLOCK):    # short sums
             b = seg.start + k_b * BLOCK
             len_b = min(seg.stop - b, BLOCK)
-            if kind:    # the block's dy, x (and ym) staged
-                bn_grad_sums(&sum_g, &sum_gd, stage_in(kind, stage, dy, b, len_b),
-                             stage_in(kind, stage + STAGE_CHUNK, x, b, len_b), len_b, hi[seg.c],
-                             lo[seg.c], stage_in(kind, stage + 2 * STAGE_CHUNK, ym, b, len_b)
-                             if ym != NULL else NULL)
-            else:
-                bn_grad_sums(&sum_g, &sum_gd, dy + b, x + b, len_b, hi[seg.c], lo[seg.c],
-                             offset(ym, b))
+            bn_grad_sums(&sum_g, &sum_gd, dy + b, x + b, len_b, hi[seg.c], lo[seg.c], offset(ym, b))
             part[seg.c] += sum_g
             part[C + seg.c] += sum_gd
         next_segment(&seg, e1, C, S)
@@ -308,24 +236,10 @@ cdef void _input_grad_work(const floating* x, void* job, int t, int n_threads) n
     cdef const floating* mean_dy = <const floating*>j.grad.mean_dy
     cdef const floating* mean_dy_xhat = <const floating*>j.grad.mean_dy_xhat
     cdef bint stream = j.stream
-    cdef Py_ssize_t C = j.C, S = j.S, n, n1, o, c, m
+    cdef Py_ssize_t C = j.C, S = j.S, n, n1, o, c
     cdef Segment seg
-    cdef int kind = j.kind
-    cdef floating* stage = <floating*>j.stage + j.stage_size * t
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1 and kind:     # (N, C), half storage: each row in staged runs of channels
-        for n in range(n, n1):
-            o = 0
-            while o < C:
-                m = min(C - o, <Py_ssize_t>STAGE_CHUNK)
-                bn_grad_cols(stage + 3 * STAGE_CHUNK, stage_in(kind, stage, dy, n * C + o, m),
-                             stage_in(kind, stage + STAGE_CHUNK, x, n * C + o, m), m, hi + o,
-                             lo + o, invstd + o, k1 + o, mean_dy + o, mean_dy_xhat + o, False,
-                             stage_in(kind, stage + 2 * STAGE_CHUNK, ym, n * C + o, m)
-                             if ym != NULL else NULL)
-                stage_out(kind, j.out, n * C + o, stage + 3 * STAGE_CHUNK, m)
-                o += m
-    elif S == 1:        # (N, C): per-element coefficients, four rows per coefficient load
+    if S == 1:          # (N, C): per-element coefficients, four rows per coefficient load
         if not stream:
             while n + 4 <= n1:
                 bn_grad_cols4(dx + n * C, dy + n * C, x + n * C, C, C, hi, lo, invstd, k1,
@@ -338,22 +252,10 @@ cdef void _input_grad_work(const floating* x, void* job, int t, int n_threads) n
     else:               # elements n..n1, one channel per row segment
         seg = first_segment(n, n1, C, S)
         while seg.start < n1:
+            o = seg.start
             c = seg.c
-            if kind:    # staged runs of dy, x (and ym); dx rounded on the way out
-                o = seg.start
-                while o < seg.stop:
-                    m = min(seg.stop - o, <Py_ssize_t>STAGE_CHUNK)
-                    bn_grad(stage + 3 * STAGE_CHUNK, stage_in(kind, stage, dy, o, m),
-                            stage_in(kind, stage + STAGE_CHUNK, x, o, m), m, hi[c], lo[c],
-                            invstd[c], k1[c], mean_dy[c], mean_dy_xhat[c], False,
-                            stage_in(kind, stage + 2 * STAGE_CHUNK, ym, o, m)
-                            if ym != NULL else NULL)
-                    stage_out(kind, j.out, o, stage + 3 * STAGE_CHUNK, m)
-                    o += m
-            else:
-                o = seg.start
-                bn_grad(dx + o, dy + o, x + o, seg.stop - o, hi[c], lo[c], invstd[c], k1[c],
-                        mean_dy[c], mean_dy_xhat[c], stream, offset(ym, o))
+            bn_grad(dx + o, dy + o, x + o, seg.stop - o, hi[c], lo[c], invstd[c], k1[c],
+                    mean_dy[c], mean_dy_xhat[c], stream, offset(ym, o))
             next_segment(&seg, n1, C, S)
     if stream:          # once per thread, after all its streamed stores
         cn_stream_fence()
@@ -381,7 +283,7 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
     for c in range(C):
         split_mean(mean[c], &hi[c], &lo[c])
     if j.sum_dy != NULL:
-        parallel(_grad_sums_work[floating], x, j, j.threads_dy_x)
+        parallel(_grad_sums_half[floating] if j.kind else _grad_sums_work[floating], x, j, j.threads_dy_x)
         sum_partials(cnp.NPY_DOUBLE, j.sum_dy, sum_dy_xhat, j.part, C, j.threads_dy_x, 2 * C)
         for c in range(C):
             sum_dy_xhat[c] *= istd[c]       # sum(dy * (x - mean)) * invstd
@@ -400,7 +302,8 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
             scale[c] = <floating>((weight[c] if weight != NULL else 1.0) * istd[c])
             beta[c] = 0
         j.relu = False
-        parallel(_normalize_work[floating], <const floating*>j.dy, j, j.threads_x)
+        parallel(_normalize_half[floating] if j.kind else _normalize_work[floating],
+                 <const floating*>j.dy, j, j.threads_x)
         return
     in_dy = j.in_sum_dy
     in_dy_xhat = j.in_sum_dy_xhat
@@ -414,7 +317,7 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
         else:
             mean_dy[c] = 0
             mean_dy_xhat[c] = 0
-    parallel(_input_grad_work[floating], x, j, j.threads_dy_x)
+    parallel(_input_grad_half[floating] if j.kind else _input_grad_work[floating], x, j, j.threads_dy_x)
 
 
 # ---------------------------------------------------------------------------------------
@@ -469,14 +372,10 @@ cdef void _stats(const floating* x, void* job) noexcept nogil:
 # Python entry points: every buffer is checked (type, size, layout) before use
 # ---------------------------------------------------------------------------------------
 
-cdef inline int _check_input(object x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                             int kind=0) except -1:
-    """x: float32/float64 (half storage, kind != 0: uint16 bits), C-contiguous,
-    N*C*S elements; returns the type number of the computation."""
-    cdef int typenum = cnp.NPY_FLOAT if kind else input_typenum(x, "input")
+cdef inline int _check_input(object x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int kind=0) except -1:
+    """x: float32/float64 (or half bits), C-contiguous, N*C*S elements; returns compute_typenum."""
+    cdef int typenum = compute_typenum(x, kind)
     check_dims(N, C, S, 1)
-    if kind != 0 and kind != 1 and kind != 2:
-        raise ValueError(f"kind must be 0, 1 (float16) or 2 (bfloat16), got {kind}")
     check_array(x, N * C * S, cnp.NPY_UINT16 if kind else typenum, False, "input")
     return typenum
 
@@ -485,10 +384,8 @@ cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                 int n_partials, weight, bias, cnp.ndarray mean, cnp.ndarray invstd,
                 cnp.ndarray out, int kind=0) except -1:
     """A job for x of these sizes (optional arrays None): its thread counts and scratch
-    (n_partials float64 per channel and thread; 0: none). _finish(j) frees the scratch.
-    kind != 0: x (and out) are half bits, computed in float32."""
-    cdef Py_ssize_t E = N * C * S
-    cdef Py_ssize_t itemsize = sizeof(float) if kind else cnp.PyArray_ITEMSIZE(x)
+    (n_partials float64 per channel and thread; 0: none). _finish(j) frees the scratch."""
+    cdef Py_ssize_t E = N * C * S, itemsize = sizeof(float) if kind else cnp.PyArray_ITEMSIZE(x)
     cdef int n_threads
     cdef char* coef
     memset(j, 0, sizeof(Job))
@@ -519,11 +416,8 @@ cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
         j.part = <double*>calloc(n_partials * C * n_threads + 1, sizeof(double))
         if S == 1:
             j.tile = malloc(n_partials * COLS_PER_TILE * n_threads * itemsize)
-    if kind:
-        j.stage_size = 3 * STAGE_TILE + 6 * COLS_PER_TILE if S == 1 else STAGE_BUFS * STAGE_CHUNK
-        j.stage = <float*>malloc(j.stage_size * n_threads * sizeof(float))
-    if (j.coef == NULL or (kind and j.stage == NULL)
-            or (n_partials > 0 and (j.part == NULL or (S == 1 and j.tile == NULL)))):
+    if j.coef == NULL or (n_partials > 0 and (j.part == NULL or (S == 1 and j.tile == NULL))
+                          or _start_stage(j, n_threads) != 0):
         _finish(j)
         raise MemoryError()
     return 0
@@ -562,11 +456,9 @@ cdef int _start_forward(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ss
     return 0
 
 
-def batch_norm_stats(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                     int kind=0):
+def batch_norm_stats(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int kind=0):
     """Per-channel (mean, biased variance) of x viewed as (N, C, S), float64 arrays (C,).
-    kind 1 (float16) / 2 (bfloat16): x (and the outputs like it) are half bits
-    (uint16), the parameters and running statistics float32 (every entry point)."""
+    Every entry point: kind, see batch_norm_half.pxi."""
     _check_input(x, N, C, S, kind)
     cdef cnp.ndarray mean = _f64(C), var = _f64(C)
     cdef Job j
@@ -602,8 +494,7 @@ def batch_norm_forward_train(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C,
     """Training forward in one call: batch statistics, running-statistics update in place
     (when given; needs N*S > 1), normalization (then max(0, y) with relu: a fused
     BN + ReLU). Returns (y, mean, invstd)."""
-    _check_params(_check_input(x, N, C, S, kind), C, weight, bias, running_mean, running_var,
-                  True)
+    _check_params(_check_input(x, N, C, S, kind), C, weight, bias, running_mean, running_var, True)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must both be given or both be None")
     if N * S < 2 and running_var is not None:
@@ -625,8 +516,7 @@ def batch_norm_forward_eval(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, 
                             bint relu=False, int kind=0):
     """Eval forward with the running statistics (then max(0, y) with relu). Returns
     (y, mean, invstd), the float64 statistics used (invstd = 1/sqrt(running_var + eps))."""
-    _check_params(_check_input(x, N, C, S, kind), C, weight, bias, running_mean, running_var,
-                  False)
+    _check_params(_check_input(x, N, C, S, kind), C, weight, bias, running_mean, running_var, False)
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var must be given")
     cdef cnp.ndarray y = empty_like(x), mean = _f64(C), invstd = _f64(C)
@@ -665,8 +555,7 @@ cdef void _run_backward(Job* j, cnp.ndarray dy, double count, sum_dy, sum_dy_xha
 
 def batch_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N,
                         Py_ssize_t C, Py_ssize_t S, cnp.ndarray mean not None,
-                        cnp.ndarray invstd not None, weight, bint training, y=None,
-                        int kind=0):
+                        cnp.ndarray invstd not None, weight, bint training, y=None, int kind=0):
     """Returns (dx, sum_dy, sum_dy_xhat): sum_dy is dbias, sum_dy_xhat dweight (float64).
     y: the output of a fused BN + ReLU forward, whose mask y > 0 applies to dy."""
     _check_backward(dy, x, N, C, S, mean, invstd, weight, y, kind)

@@ -270,6 +270,16 @@ cdef inline double sum_squares(const floating* x, Py_ssize_t n) noexcept nogil:
 # on the half values.
 # =======================================================================================
 
+cdef inline int compute_typenum(object x, int kind) except -1:
+    """The type number a kernel computes in: x's own (float32/float64) or, for half storage
+    (kind 1 float16, 2 bfloat16: x holds the uint16 bits), float32."""
+    if kind == 0:
+        return input_typenum(x, "input")
+    if kind != 1 and kind != 2:
+        raise ValueError(f"kind must be 0, 1 (float16) or 2 (bfloat16), got {kind}")
+    return cnp.NPY_FLOAT
+
+
 cdef inline const floating* stage_in(int kind, floating* stage, const void* bits,
                                      Py_ssize_t offset, Py_ssize_t n) noexcept nogil:
     """stage[0:n] <- the half values bits[offset:offset + n], widened; returns stage."""

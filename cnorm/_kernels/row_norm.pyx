@@ -29,11 +29,10 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.stdint cimport uint16_t
 from libc.string cimport memset
 
-from .common cimport (BLOCK, STREAM_MIN_RUN, check_array, check_dims, data_or_null, empty_1d,
-                      empty_like, floating, input_typenum, run_threads, segment_stats, split_mean,
-                      split_start, stage_in, stage_out, sum_partials, sum_squares)
-from cython.parallel cimport prange
-
+from .common cimport (BLOCK, STREAM_MIN_RUN, check_array, check_dims, compute_typenum,
+                      data_or_null, empty_1d, empty_like, floating, input_typenum, run_threads,
+                      segment_stats, split_mean, split_start, stage_in, stage_out, sum_partials,
+                      sum_squares)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, bn_grad_sums, cn_stream_fence, gn_grad_segment, ln_grad_row,
                           ln_grad_sums, ln_grad_sums2, ln_row, residual_add)
@@ -356,25 +355,11 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
 # ---------------------------------------------------------------------------------------
 
 cdef inline int _check_rows(object x, Py_ssize_t M, Py_ssize_t D, int kind=0) except -1:
-    """x: float32/float64 (half storage, kind != 0: uint16 bits), C-contiguous, M*D
-    elements; returns the type number of the computation."""
-    cdef int typenum = cnp.NPY_FLOAT if kind else input_typenum(x, "input")
+    """x: float32/float64 (or half bits), C-contiguous, M*D elements; returns compute_typenum."""
+    cdef int typenum = compute_typenum(x, kind)
     check_dims(M, D, 1, 1)
-    if kind != 0 and kind != 1 and kind != 2:
-        raise ValueError(f"kind must be 0, 1 (float16) or 2 (bfloat16), got {kind}")
     check_array(x, M * D, cnp.NPY_UINT16 if kind else typenum, False, "input")
     return typenum
-
-
-cdef int _start_stage(RowJob* j, int kind) except -1:
-    """Half storage: the job's kind and its per-thread float32 rows (free j.stage)."""
-    j.kind = kind
-    if kind:
-        j.stream = False            # the loops write the rows in cache
-        j.stage = <float*>malloc(j.n_threads * STAGE_ROWS * j.D * sizeof(float) + 1)
-        if j.stage == NULL:
-            raise MemoryError()
-    return 0
 
 
 cdef void _start(RowJob* j, cnp.ndarray x, int typenum, Py_ssize_t M, Py_ssize_t D,
@@ -416,13 +401,6 @@ cdef tuple _forward_job(RowJob* j, cnp.ndarray x, res, Py_ssize_t M, Py_ssize_t 
     return y, s, mean, rstd
 
 
-cdef void _run_forward(RowJob* j) noexcept:
-    with nogil:
-        run_threads(j.typenum, j.x, j, j.n_threads,
-                    _layer_norm_forward_rows[float], _layer_norm_forward_rows[double])
-    free(j.stage)
-
-
 def layer_norm_forward(cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D, weight, bias,
                        double eps, int kind=0):
     """LayerNorm of x viewed as (M, D). Returns (y like x, mean (M,), rstd (M,)) with
@@ -447,11 +425,9 @@ def add_layer_norm_forward(cnp.ndarray x not None, residual, Py_ssize_t M, Py_ss
     return out
 
 
-def rms_norm_forward(cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D, weight, double eps,
-                     int kind=0):
+def rms_norm_forward(cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D, weight, double eps, int kind=0):
     """RMSNorm of x viewed as (M, D): y = x / sqrt(mean(x**2) + eps) * weight. Returns
-    (y, rrms (M,)) with rrms = 1/sqrt(mean(x**2) + eps) in float64. kind: as
-    layer_norm_forward."""
+    (y, rrms (M,)) with rrms = 1/sqrt(mean(x**2) + eps) in float64. kind: layer_norm_forward's."""
     cdef RowJob j
     y, _, _, rrms = _forward_job(&j, x, None, M, D, weight, None, eps, False, kind)
     _run_forward(&j)
@@ -518,8 +494,7 @@ def layer_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
 
 def rms_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t M,
                       Py_ssize_t D, cnp.ndarray rrms not None, weight, int kind=0):
-    """RMSNorm backward. Returns (dx like x, dweight (D,)) in the input dtype (kind: as
-    layer_norm_backward)."""
+    """RMSNorm backward. Returns (dx like x, dweight (D,)) in the input dtype (kind: as LN's)."""
     cdef RowJob j
     dx, dw, _ = _backward_job(&j, dy, x, M, D, None, rrms, weight, False, kind)
     with nogil:
@@ -621,69 +596,4 @@ def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
     return dx, dw, db
 
 
-# ---------------------------------------------------------------------------------------
-# half storage: float16 / bfloat16 bits (uint16 arrays) <-> float32 (or float64) arrays
-# ---------------------------------------------------------------------------------------
-
-cdef enum:
-    CONVERT_CHUNK = 16384   # elements per conversion call: threads take whole chunks
-
-
-cdef void _convert(void* dst, const void* src, Py_ssize_t n, int kind, int typenum,
-                   bint widen) noexcept nogil:
-    """dst <- src converted, n elements: half bits (kind 1 float16, 2 bfloat16) widened to
-    the compute type of typenum (float32/float64), or narrowed to them (once, to nearest even)."""
-    cdef Py_ssize_t k, i, m
-    cdef int n_threads = n_threads_for(n)
-    for k in prange((n + CONVERT_CHUNK - 1) // CONVERT_CHUNK, schedule='static',
-                    num_threads=n_threads):
-        i = k * CONVERT_CHUNK
-        m = min(n - i, <Py_ssize_t>CONVERT_CHUNK)
-        if typenum == cnp.NPY_FLOAT:
-            _convert_chunk(<float*>dst + i if widen else <float*>src + i,
-                           <uint16_t*>src + i if widen else <uint16_t*>dst + i, m, kind, widen)
-        else:
-            _convert_chunk(<double*>dst + i if widen else <double*>src + i,
-                           <uint16_t*>src + i if widen else <uint16_t*>dst + i, m, kind, widen)
-
-
-cdef inline void _convert_chunk(floating* wide, uint16_t* bits, Py_ssize_t n, int kind,
-                                bint widen) noexcept nogil:
-    if widen:
-        stage_in(kind, wide, bits, 0, n)
-    else:
-        stage_out(kind, bits, 0, wide, n)
-
-
-cdef int _check_kind(int kind) except -1:
-    if kind != 1 and kind != 2:
-        raise ValueError(f"kind must be 1 (float16) or 2 (bfloat16), got {kind}")
-    return 0
-
-
-def widen_half(cnp.ndarray bits not None, int kind, bint double=False):
-    """A new float32 (float64 with double) array of the shape of `bits`, the values of the
-    half-precision bits (uint16, C-contiguous; kind 1 float16, 2 bfloat16), exactly."""
-    _check_kind(kind)
-    check_array(bits, cnp.PyArray_SIZE(bits), cnp.NPY_UINT16, False, "bits")
-    cdef int typenum = cnp.NPY_DOUBLE if double else cnp.NPY_FLOAT
-    cdef cnp.ndarray out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(bits), cnp.PyArray_DIMS(bits),
-                                             typenum, 0)
-    with nogil:
-        _convert(cnp.PyArray_DATA(out), cnp.PyArray_DATA(bits), cnp.PyArray_SIZE(bits), kind,
-                 typenum, True)
-    return out
-
-
-def narrow_half(cnp.ndarray x not None, int kind):
-    """A new uint16 array of the shape of x (float32/float64, C-contiguous): the bits of x
-    rounded once to nearest even to float16 (kind 1) or bfloat16 (kind 2)."""
-    _check_kind(kind)
-    cdef int typenum = input_typenum(x, "x")
-    check_array(x, cnp.PyArray_SIZE(x), typenum, False, "x")
-    cdef cnp.ndarray out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x),
-                                             cnp.NPY_UINT16, 0)
-    with nogil:
-        _convert(cnp.PyArray_DATA(out), cnp.PyArray_DATA(x), cnp.PyArray_SIZE(x), kind, typenum,
-                 False)
-    return out
+include "row_norm_half.pxi"
