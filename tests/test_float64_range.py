@@ -104,6 +104,11 @@ def ref_layer_norm(x, dy, eps, w, b, rms=False):
     return {"y": y, "mean": mean, "rstd": rstd, "dx": dx, "dw": (dy * xhat).sum(0), "db": dy.sum(0)}
 
 
+def _per_channel(y, dx, dy, xhat, **stats):
+    """The outputs of a norm with per-channel weight over (N, C, S): y, dx, dw, db, stats."""
+    return {"y": y, "dx": dx, "dw": (dy * xhat).sum((0, 2)), "db": dy.sum((0, 2)), **stats}
+
+
 def ref_group_norm(x, dy, eps, w, b, groups):
     """x (N, C, S), w/b (C,): rows (N*G, C/G*S)."""
     n, _c, _s = x.shape
@@ -113,15 +118,7 @@ def ref_group_norm(x, dy, eps, w, b, groups):
     dx = _rows_bwd(dy.reshape(rows.shape) * wf, xhat, rstd).reshape(x.shape)
     xhat = xhat.reshape(x.shape)
     y = xhat * w[None, :, None] + b[None, :, None]
-    return {
-        "y": y,
-        "mean": mean,
-        "rstd": rstd,
-        "var": var,
-        "dx": dx,
-        "dw": (dy * xhat).sum((0, 2)),
-        "db": dy.sum((0, 2)),
-    }
+    return _per_channel(y, dx, dy, xhat, mean=mean, rstd=rstd, var=var)
 
 
 def ref_batch_norm(x, dy, eps, w, b, relu=False):
@@ -137,16 +134,7 @@ def ref_batch_norm(x, dy, eps, w, b, relu=False):
     g = (dy * w[None, :, None]).transpose(1, 0, 2).reshape(c, -1)
     dx = _rows_bwd(g, xhat.transpose(1, 0, 2).reshape(c, -1), rstd)
     dx = dx.reshape(c, n, s).transpose(1, 0, 2)
-    return {
-        "y": y,
-        "mean": mean,
-        "rstd": rstd,
-        "var": var,
-        "dx": dx,
-        "dw": (dy * xhat).sum((0, 2)),
-        "db": dy.sum((0, 2)),
-        "count": n * s,
-    }
+    return _per_channel(y, dx, dy, xhat, mean=mean, rstd=rstd, var=var, count=n * s)
 
 
 def ref_batch_norm_eval(x, dy, eps, w, b, rm, rv, relu=False):
@@ -156,12 +144,7 @@ def ref_batch_norm_eval(x, dy, eps, w, b, rm, rv, relu=False):
     if relu:
         dy = dy * (y > 0)
         y = np.maximum(y, 0.0)
-    return {
-        "y": y,
-        "dx": dy * (w * invstd)[None, :, None],
-        "dw": (dy * xhat).sum((0, 2)),
-        "db": dy.sum((0, 2)),
-    }
+    return _per_channel(y, dy * (w * invstd)[None, :, None], dy, xhat)
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,12 +181,16 @@ EXP = {
 GRAD = {"dx", "dw", "db", "sum_dy", "sum_dy_xhat"}
 
 
-def case_layer_norm(sc):
-    u, dyu = _data((64, 48), 1)
-    w, b = _params(48, 1)
+def _rows_case(sc, seed):
+    """(64, 48) rows at scale 2**k with gradients at 2**j: u, dyu (unit), x, dy, w, b, eps."""
+    u, dyu = _data((64, 48), seed)
+    w, b = _params(48, seed)
     x, u = scaled(u, sc.k)
-    dy = np.ldexp(dyu, sc.j)
-    eps = sc.eps()
+    return u, dyu, x, np.ldexp(dyu, sc.j), w, b, sc.eps()
+
+
+def case_layer_norm(sc):
+    u, dyu, x, dy, w, b, eps = _rows_case(sc, 1)
     y, mean, rstd = F.native_layer_norm(x, (48,), w, b, eps)
     got = {"y": y, "mean": mean, "rstd": rstd}
     if not sc.forward_only:
@@ -212,11 +199,7 @@ def case_layer_norm(sc):
 
 
 def case_rms_norm(sc):
-    u, dyu = _data((64, 48), 2)
-    w, _ = _params(48, 2)
-    x, u = scaled(u, sc.k)
-    dy = np.ldexp(dyu, sc.j)
-    eps = sc.eps()
+    u, dyu, x, dy, w, _, eps = _rows_case(sc, 2)
     y, rrms = F.native_rms_norm(x, (48,), w, eps)
     got = {"y": y, "rstd": rrms}
     if not sc.forward_only:
