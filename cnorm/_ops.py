@@ -84,9 +84,14 @@ def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
     themselves (``kind=``): those go as their uint16 bits (outputs "x" come back as bits,
     "p" as float64), the other half arrays (parameters) widened."""
 
+    first = data[0] if data else 0  # the position of the input
+
     def decorate(op):
         @functools.wraps(op)
         def run(*args):
+            # a float32/float64 input (validated parameters have its dtype): as it is
+            if args[first].dtype.itemsize > 2:
+                return op(*args)
             arrays = [a for a in args if isinstance(a, np.ndarray)]
             half = next((a.dtype for a in arrays if a.dtype in HALF_KINDS), None)
             if half is None:
@@ -171,7 +176,13 @@ def batch_norm_train(
     neither) updated in place by the kernel; relu: the fused ``max(0, batch_norm(x))``.
     Half running statistics are updated in float64 here and rounded once (float32 ones,
     torch's mixed precision, by the kernel)."""
-    if running_mean is None or running_mean.dtype not in HALF_KINDS or not eps > 0 or n * s * c == 0:
+    if (
+        running_mean is None
+        or running_mean.dtype.itemsize != 2  # float32/float64: no dtype hash
+        or running_mean.dtype not in HALF_KINDS
+        or not eps > 0
+        or n * s * c == 0
+    ):
         return _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, factor, eps, relu)
     assert running_var is not None
     y, mean, invstd = _batch_norm_train(x, n, c, s, weight, bias, None, None, factor, eps, relu)

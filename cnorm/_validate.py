@@ -81,7 +81,7 @@ def param_dtype(dtype: np.dtype, params, *, wording: str = "mixed") -> np.dtype:
     (float16, bfloat16): its own, or float32 for all of them (torch's mixed precision on the
     CPU: they stay float32 and are updated in float32); another mix gets torch's error
     (``wording="strict"``: batch norm's, which names the first mismatch)."""
-    if dtype not in HALF_KINDS:
+    if dtype is FLOAT32 or dtype is FLOAT64 or dtype not in HALF_KINDS:  # identity first
         return dtype
     found = [a.dtype for a in params if isinstance(a, np.ndarray)]
     if all(d == dtype for d in found):

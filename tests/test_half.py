@@ -350,6 +350,27 @@ def test_constant_channels_are_exactly_zero_and_nan_stays_put(dtype):
     assert np.isfinite(y[~bad].astype(f64)).all()
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 600), (600, 3)], ids=["NCS", "NC"])
+def test_bfloat16_near_the_top_of_its_range(shape):
+    """bfloat16 has float32's range: |x| up to 3e38, where dy * (x - mean) overflows float32
+    and the sums of the backward are redone from O(1) terms (as for float32 data)."""
+    rng = np.random.default_rng(5)
+    u = rng.standard_normal(shape)
+    x = (u / np.abs(u).max() * 3e38).astype(BF16)
+    dy = rng.standard_normal(shape).astype(BF16)
+    w = np.ones(3, BF16)
+    y, mean, invstd = F.native_batch_norm(x, w, None, None, None, True, 0.1, 1e-5)
+    dx, dw, _ = F.batch_norm_backward(dy, x, w, mean, invstd, True)
+    axes = (0, 2) if len(shape) == 3 else (0,)
+    x64, dy64 = as64(x), as64(dy)
+    xhat = (x64 - x64.mean(axes, keepdims=True)) / x64.std(axes, keepdims=True)
+    dx64 = dy64 - dy64.mean(axes, keepdims=True) - xhat * (dy64 * xhat).mean(axes, keepdims=True)
+    dx64 /= x64.std(axes, keepdims=True)
+    assert np.abs(as64(y) - xhat).max() <= 2 * ulp(BF16, 4.0)
+    assert np.abs(as64(dx) - dx64).max() <= 4 * float(ulp(BF16, np.abs(dx64).max()))
+    np.testing.assert_allclose(as64(dw), (dy64 * xhat).sum(axes), rtol=1e-2, atol=0.2)
+
+
 # ------------------------------------------- in-kernel half paths, threads, SIMD builds
 
 
