@@ -9,6 +9,7 @@ batch-norm kernel, and the reshapes of the per-parameter gradients.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, SupportsFloat, Tuple
 
 import numpy as np
@@ -17,6 +18,7 @@ from ._kernels import batch_norm as bn_kernels
 from ._kernels import channels_last as cl_kernels
 from ._kernels import row_norm as row_kernels
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
+from ._validate import BFLOAT16, FLOAT32, HALF_KINDS
 
 __all__ = [
     "get_num_threads",
@@ -48,6 +50,88 @@ __all__ = [
 Array = np.ndarray
 Stats3 = Tuple[Array, Array, Array]
 
+# ------------------------------------------------------------------ half storage
+# float16 / bfloat16 inputs: the data are stored in half precision, every sum and
+# coefficient is float32 or wider. A half array is widened to float32 (exactly), the float32
+# kernels run, and each output is rounded once to its dtype (to nearest even).
+
+
+def widen(a):
+    """A half array as a float32 copy (exact); anything else as it is."""
+    kind = HALF_KINDS.get(a.dtype) if isinstance(a, np.ndarray) else None
+    if kind is None:
+        return a
+    return row_kernels.widen_half(np.ascontiguousarray(a).view(np.uint16), kind)
+
+
+def narrow(a: Array, dtype: np.dtype) -> Array:
+    """``a`` (float32/float64) as ``dtype``, rounded once to nearest even."""
+    if a.dtype == dtype:
+        return a
+    kind = HALF_KINDS.get(dtype)
+    if kind is None:
+        return a.astype(dtype)
+    return row_kernels.narrow_half(np.ascontiguousarray(a), kind).view(dtype)
+
+
+def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
+    """Run the decorated op of float32/float64 arrays on half inputs too: every half array
+    argument widened, then each output rounded once to the input dtype ("x"), to the
+    parameters' dtype ("p": float32 when a float32 parameter came with the half input,
+    torch's mixed precision, else the input's) or left as computed (None: statistics).
+
+    ``data``: the positions of the op's (M, D) arrays when its kernels take half storage
+    themselves (``kind=``): those go as their uint16 bits (outputs "x" come back as bits,
+    "p" as float64), the other half arrays (parameters) widened."""
+
+    first = data[0] if data else 0  # the position of the input
+
+    def decorate(op):
+        @functools.wraps(op)
+        def run(*args):
+            # a float32/float64 input (validated parameters have its dtype): as it is
+            if args[first].dtype.itemsize > 2:
+                return op(*args)
+            arrays = [a for a in args if isinstance(a, np.ndarray)]
+            half = next((a.dtype for a in arrays if a.dtype in HALF_KINDS), None)
+            if half is None:
+                return op(*args)
+            params = FLOAT32 if any(a.dtype == FLOAT32 for a in arrays) else half
+            given = [args[i] for i in data if i < len(args) and args[i] is not None]
+            if given and all(a.size for a in given):
+                out = op(
+                    *[
+                        a.view(np.uint16) if i in data and a is not None else widen(a)
+                        for i, a in enumerate(args)
+                    ],
+                    kind=HALF_KINDS[half],
+                )
+                single = not isinstance(out, tuple)
+                out = tuple(
+                    o.view(half) if how == "x" else o if how is None else narrow(o, params)
+                    for o, how in zip((out,) if single else out, outputs)
+                )
+                return out[0] if single else out
+            out = op(*[widen(a) for a in args])
+            if not isinstance(out, tuple):
+                return narrow(out, half if outputs[0] == "x" else params)
+            return tuple(
+                o if how is None else narrow(o, half if how == "x" else params)
+                for o, how in zip(out, outputs)
+            )
+
+        return run
+
+    return decorate
+
+
+def default_eps(dtype: np.dtype) -> float:
+    """The machine epsilon of ``dtype`` (torch's RMSNorm default)."""
+    if BFLOAT16 is not None and dtype == BFLOAT16:
+        return 2.0**-7
+    return float(np.finfo(dtype).eps)
+
+
 # ------------------------------------------------------------------- running statistics
 
 
@@ -68,8 +152,8 @@ def update_running_stats(
     training pass (which is why BatchNorm itself does not come here)."""
     new_mean = (1.0 - factor) * running_mean.astype(np.float64) + factor * mean
     new_var = (1.0 - factor) * running_var.astype(np.float64) + factor * unbiased_var
-    np.copyto(running_mean, new_mean, casting="same_kind")
-    np.copyto(running_var, new_var, casting="same_kind")
+    np.copyto(running_mean, narrow(new_mean, running_mean.dtype), casting="same_kind")
+    np.copyto(running_var, narrow(new_var, running_var.dtype), casting="same_kind")
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -89,7 +173,28 @@ def batch_norm_train(
     relu: bool = False,
 ) -> Stats3:
     """(y, mean, invstd) with the batch statistics; the running statistics (both or
-    neither) updated in place by the kernel; relu: the fused ``max(0, batch_norm(x))``."""
+    neither) updated in place by the kernel; relu: the fused ``max(0, batch_norm(x))``.
+    Half running statistics are updated in float64 here and rounded once (float32 ones,
+    torch's mixed precision, by the kernel)."""
+    if (
+        running_mean is None
+        or running_mean.dtype.itemsize != 2  # float32/float64: no dtype hash
+        or running_mean.dtype not in HALF_KINDS
+        or not eps > 0
+        or n * s * c == 0
+    ):
+        return _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, factor, eps, relu)
+    assert running_var is not None
+    y, mean, invstd = _batch_norm_train(x, n, c, s, weight, bias, None, None, factor, eps, relu)
+    var = np.maximum(1.0 / (invstd * invstd) - eps, 0.0)
+    update_running_stats(running_mean, running_var, mean, var * (n * s / (n * s - 1.0)), factor)
+    return y, mean, invstd
+
+
+@_half_storage("x", None, None, data=(0,))
+def _batch_norm_train(
+    x, n, c, s, weight, bias, running_mean, running_var, factor, eps, relu, kind=0
+) -> Stats3:
     if not eps > 0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     m = n * s
@@ -99,10 +204,11 @@ def batch_norm_train(
         # torch: an empty batch leaves the running statistics alone
         return np.empty_like(x), np.zeros(c), np.zeros(c)
     return bn_kernels.batch_norm_forward_train(
-        x, n, c, s, weight, bias, running_mean, running_var, float(factor), float(eps), relu
+        x, n, c, s, weight, bias, running_mean, running_var, float(factor), float(eps), relu, kind
     )
 
 
+@_half_storage("x", None, None, data=(0,))
 def batch_norm_eval(
     x: Array,
     n: int,
@@ -114,13 +220,15 @@ def batch_norm_eval(
     running_var: Array,
     eps: float,
     relu: bool = False,
+    kind: int = 0,
 ) -> Stats3:
     """(y, mean, invstd) with the running statistics."""
     return bn_kernels.batch_norm_forward_eval(
-        x, n, c, s, weight, bias, running_mean, running_var, float(eps), relu
+        x, n, c, s, weight, bias, running_mean, running_var, float(eps), relu, kind
     )
 
 
+@_half_storage("x", "p", "p", data=(0, 1, 9))
 def batch_norm_backward(
     dy: Array,
     x: Array,
@@ -132,6 +240,7 @@ def batch_norm_backward(
     invstd: Array,
     training: bool,
     y: Optional[Array] = None,
+    kind: int = 0,
 ) -> Stats3:
     """(dx, dweight, dbias); y: the output of a fused BN + ReLU (the gradient passes where
     y > 0)."""
@@ -139,20 +248,24 @@ def batch_norm_backward(
         zeros = np.zeros(c, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
     dx, sum_dy, sum_dy_xhat = bn_kernels.batch_norm_backward(
-        dy, x, n, c, s, mean, invstd, weight, bool(training), y
+        dy, x, n, c, s, mean, invstd, weight, bool(training), y, kind
     )
+    if kind:  # float64, rounded once to the parameters' dtype by _half_storage
+        return dx, sum_dy_xhat, sum_dy
     return dx, sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype)
 
 
-def batch_norm_stats(x: Array, n: int, c: int, s: int) -> Tuple[int, Array, Array]:
+@_half_storage(None, None, None, data=(0,))
+def batch_norm_stats(x: Array, n: int, c: int, s: int, kind: int = 0) -> Tuple[int, Array, Array]:
     """(count, mean, m2) per channel, float64."""
     count = n * s
     if count == 0 or c == 0:
         return count, np.zeros(c), np.zeros(c)
-    mean, var = bn_kernels.batch_norm_stats(x, n, c, s)
+    mean, var = bn_kernels.batch_norm_stats(x, n, c, s, kind)
     return count, mean, var * count
 
 
+@_half_storage("x", data=(0,))
 def batch_norm_elemt(
     x: Array,
     n: int,
@@ -162,20 +275,23 @@ def batch_norm_elemt(
     invstd: Array,
     weight: Optional[Array],
     bias: Optional[Array],
+    kind: int = 0,
 ) -> Array:
     if x.size == 0:
         return np.empty_like(x)
-    return bn_kernels.batch_norm_elemt(x, n, c, s, mean, invstd, weight, bias)
+    return bn_kernels.batch_norm_elemt(x, n, c, s, mean, invstd, weight, bias, False, kind)
 
 
+@_half_storage(None, None, data=(0, 1))
 def batch_norm_backward_reduce(
-    dy: Array, x: Array, n: int, c: int, s: int, mean: Array, invstd: Array
+    dy: Array, x: Array, n: int, c: int, s: int, mean: Array, invstd: Array, kind: int = 0
 ) -> Tuple[Array, Array]:
     if x.size == 0:
         return np.zeros(c), np.zeros(c)
-    return bn_kernels.batch_norm_backward_reduce(dy, x, n, c, s, mean, invstd)
+    return bn_kernels.batch_norm_backward_reduce(dy, x, n, c, s, mean, invstd, kind)
 
 
+@_half_storage("x", data=(0, 1))
 def batch_norm_backward_elemt(
     dy: Array,
     x: Array,
@@ -188,13 +304,14 @@ def batch_norm_backward_elemt(
     sum_dy: Array,
     sum_dy_xhat: Array,
     count: float,
+    kind: int = 0,
 ) -> Array:
     if x.size == 0:
         return np.empty_like(x)
     if not count > 0:
         raise ValueError(f"count must be positive, got {count}")
     return bn_kernels.batch_norm_backward_elemt(
-        dy, x, n, c, s, mean, invstd, weight, sum_dy, sum_dy_xhat, float(count)
+        dy, x, n, c, s, mean, invstd, weight, sum_dy, sum_dy_xhat, float(count), kind
     )
 
 
@@ -202,15 +319,17 @@ def batch_norm_backward_elemt(
 # an empty row has no statistics: NaN, as torch gives
 
 
+@_half_storage("x", None, None, data=(0,))
 def layer_norm_forward(
-    x: Array, m: int, d: int, weight: Optional[Array], bias: Optional[Array], eps: float
+    x: Array, m: int, d: int, weight: Optional[Array], bias: Optional[Array], eps: float, kind: int = 0
 ) -> Stats3:
     """(y, mean (m,), rstd (m,)); weight and bias: any shape of d contiguous elements."""
     if m == 0 or d == 0:
         return np.empty_like(x), np.full(m, np.nan), np.full(m, np.nan)
-    return row_kernels.layer_norm_forward(x, m, d, weight, bias, float(eps))
+    return row_kernels.layer_norm_forward(x, m, d, weight, bias, float(eps), kind)
 
 
+@_half_storage("x", "p", "p", data=(0, 1))
 def layer_norm_backward(
     dy: Array,
     x: Array,
@@ -220,23 +339,32 @@ def layer_norm_backward(
     mean: Array,
     rstd: Array,
     weight: Optional[Array],
+    kind: int = 0,
 ) -> Stats3:
     """(dx, dweight, dbias), the last two of ``shape``."""
     if m == 0 or d == 0:
         zeros = np.zeros(shape, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
-    dx, dw, db = row_kernels.layer_norm_backward(dy, x, m, d, mean, rstd, weight)
+    dx, dw, db = row_kernels.layer_norm_backward(dy, x, m, d, mean, rstd, weight, kind)
     return dx, dw.reshape(shape), db.reshape(shape)
 
 
+@_half_storage("x", "x", None, None, data=(0, 1))
 def add_layer_norm_forward(
-    x: Array, r: Array, m: int, d: int, weight: Optional[Array], bias: Optional[Array], eps: float
+    x: Array,
+    r: Array,
+    m: int,
+    d: int,
+    weight: Optional[Array],
+    bias: Optional[Array],
+    eps: float,
+    kind: int = 0,
 ) -> Tuple[Array, Array, Array, Array]:
     """(y, s = x + r, mean, rstd)."""
     if m == 0 or d == 0:
         nan = np.full(m, np.nan)
         return np.empty_like(x), x + r, nan, nan.copy()
-    return row_kernels.add_layer_norm_forward(x, r, m, d, weight, bias, float(eps))
+    return row_kernels.add_layer_norm_forward(x, r, m, d, weight, bias, float(eps), kind)
 
 
 def add_layer_norm_backward(
@@ -261,40 +389,71 @@ def rms_norm_forward(
     x: Array, m: int, d: int, weight: Optional[Array], eps: Optional[float]
 ) -> Tuple[Array, Array]:
     """(y, rrms (m,)); eps=None: the machine epsilon of the input dtype (torch's default)."""
+    return _rms_norm_forward(x, m, d, weight, default_eps(x.dtype) if eps is None else float(eps))
+
+
+@_half_storage("x", None, data=(0,))
+def _rms_norm_forward(x: Array, m: int, d: int, weight: Optional[Array], eps: float, kind: int = 0):
     if m == 0 or d == 0:
         return np.empty_like(x), np.full(m, np.nan)
-    eps = float(np.finfo(x.dtype).eps) if eps is None else float(eps)
-    return row_kernels.rms_norm_forward(x, m, d, weight, eps)
+    return row_kernels.rms_norm_forward(x, m, d, weight, eps, kind)
 
 
+@_half_storage("x", "p", data=(0, 1))
 def rms_norm_backward(
-    dy: Array, x: Array, shape: Tuple[int, ...], m: int, d: int, rrms: Array, weight: Optional[Array]
+    dy: Array,
+    x: Array,
+    shape: Tuple[int, ...],
+    m: int,
+    d: int,
+    rrms: Array,
+    weight: Optional[Array],
+    kind: int = 0,
 ) -> Tuple[Array, Array]:
     """(dx, dweight of ``shape``)."""
     if m == 0 or d == 0:
         return np.empty_like(x), np.zeros(shape, dtype=x.dtype)
-    dx, dw = row_kernels.rms_norm_backward(dy, x, m, d, rrms, weight)
+    dx, dw = row_kernels.rms_norm_backward(dy, x, m, d, rrms, weight, kind)
     return dx, dw.reshape(shape)
 
 
+@_half_storage("x", None, None, None, data=(0,))
 def group_norm_forward(
-    x: Array, n: int, g: int, cg: int, s: int, weight: Optional[Array], bias: Optional[Array], eps: float
+    x: Array,
+    n: int,
+    g: int,
+    cg: int,
+    s: int,
+    weight: Optional[Array],
+    bias: Optional[Array],
+    eps: float,
+    kind: int = 0,
 ) -> Tuple[Array, Array, Array, Array]:
     """(y, mean, rstd, biased var), float64 statistics (n*g,)."""
     if x.size == 0:
         nan = np.full(n * g, np.nan)
         return np.empty_like(x), nan, nan.copy(), nan.copy()
-    return row_kernels.group_norm_forward(x, n, g, cg, s, weight, bias, float(eps))
+    return row_kernels.group_norm_forward(x, n, g, cg, s, weight, bias, float(eps), kind)
 
 
+@_half_storage("x", "p", "p", data=(0, 1))
 def group_norm_backward(
-    dy: Array, x: Array, n: int, g: int, cg: int, s: int, mean: Array, rstd: Array, weight: Optional[Array]
+    dy: Array,
+    x: Array,
+    n: int,
+    g: int,
+    cg: int,
+    s: int,
+    mean: Array,
+    rstd: Array,
+    weight: Optional[Array],
+    kind: int = 0,
 ) -> Stats3:
     """(dx, dweight (C,), dbias (C,))."""
     if x.size == 0:
         zeros = np.zeros(g * cg, dtype=x.dtype)
         return np.empty_like(x), zeros, zeros.copy()
-    return row_kernels.group_norm_backward(dy, x, n, g, cg, s, mean, rstd, weight)
+    return row_kernels.group_norm_backward(dy, x, n, g, cg, s, mean, rstd, weight, kind)
 
 
 def instance_norm_train(

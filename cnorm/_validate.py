@@ -17,7 +17,11 @@ __all__ = [
     "ShapeLike",
     "FLOAT32",
     "FLOAT64",
+    "FLOAT16",
+    "BFLOAT16",
+    "HALF_KINDS",
     "unsupported_dtype",
+    "param_dtype",
     "check_dtype",
     "check_array",
     "check_grad",
@@ -46,11 +50,47 @@ ShapeLike = Union[int, Sequence[int]]
 
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)
-_SUPPORTED = (FLOAT32, FLOAT64)
+FLOAT16 = np.dtype(np.float16)
+try:  # bfloat16 is ml_dtypes' (the NumPy bfloat16 of JAX and ONNX): an optional dependency
+    import ml_dtypes
+
+    BFLOAT16: Optional[np.dtype] = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
+    BFLOAT16 = None
+# the half storage types and their kernel kind (the data are stored in half precision,
+# every sum and coefficient is float32 or wider)
+HALF_KINDS = {FLOAT16: 1, **({BFLOAT16: 2} if BFLOAT16 is not None else {})}
+_SUPPORTED = (FLOAT32, FLOAT64, *HALF_KINDS)
+_TORCH_NAMES = {"float16": "Half", "bfloat16": "BFloat16", "float32": "Float", "float64": "Double"}
 
 
 def unsupported_dtype(dtype: np.dtype) -> TypeError:
-    return TypeError(f"unsupported dtype {dtype}: cnorm works on float32 and float64 arrays")
+    if BFLOAT16 is None:
+        return TypeError(
+            f"unsupported dtype {dtype}: cnorm works on float32, float64 and float16 arrays "
+            "(bfloat16 needs the ml_dtypes package)"
+        )
+    return TypeError(
+        f"unsupported dtype {dtype}: cnorm works on float32, float64, float16 and bfloat16 arrays"
+    )
+
+
+def param_dtype(dtype: np.dtype, params, *, wording: str = "mixed") -> np.dtype:
+    """The dtype the parameters (weight, bias, running statistics: None or arrays) of an
+    input of ``dtype`` must all have. float32/float64 inputs: their own. A half input
+    (float16, bfloat16): its own, or float32 for all of them (torch's mixed precision on the
+    CPU: they stay float32 and are updated in float32); another mix gets torch's error
+    (``wording="strict"``: batch norm's, which names the first mismatch)."""
+    if dtype is FLOAT32 or dtype is FLOAT64 or dtype not in HALF_KINDS:  # identity first
+        return dtype
+    found = [a.dtype for a in params if isinstance(a, np.ndarray)]
+    if all(d == dtype for d in found):
+        return dtype
+    if all(d == FLOAT32 for d in found):
+        return FLOAT32
+    if wording == "strict" and all(d in (dtype, FLOAT32) for d in found):
+        raise TypeError(f"expected scalar type {_TORCH_NAMES[dtype.name]} but found Float")
+    raise TypeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
 
 
 def check_dtype(dtype) -> np.dtype:
@@ -58,12 +98,12 @@ def check_dtype(dtype) -> np.dtype:
     (``torch.float64``) is taken by name, without importing torch."""
     if type(dtype).__module__ == "torch":
         name = str(dtype).rpartition(".")[2]  # "torch.float64" -> "float64"
-        if name not in ("float32", "float64"):
+        if name not in ("float32", "float64", "float16") and not (name == "bfloat16" and BFLOAT16):
             raise TypeError(
-                f"unsupported dtype {dtype}: cnorm works on float32 and float64 "
-                "arrays (pass torch.float32, torch.float64, np.float32 or np.float64)"
+                f"unsupported dtype {dtype}: cnorm works on float32, float64, float16 and "
+                "bfloat16 arrays (pass torch.float32, np.float32, ...; bfloat16 needs ml_dtypes)"
             )
-        dtype = name
+        dtype = BFLOAT16 if name == "bfloat16" else name
     dt = np.dtype(dtype)
     if dt not in _SUPPORTED:
         raise unsupported_dtype(dt)
@@ -184,7 +224,7 @@ def check_array(x, name: str = "input") -> Array:
     dtype = x.dtype
     # identity tests first: they decide the common case without dtype.__eq__
     if dtype is not FLOAT32 and dtype is not FLOAT64 and dtype not in _SUPPORTED:
-        if dtype.kind == "f" and dtype.itemsize in (4, 8) and not dtype.isnative:
+        if dtype.kind == "f" and dtype.itemsize in (2, 4, 8) and not dtype.isnative:
             return np.ascontiguousarray(x, dtype=dtype.newbyteorder("="))
         raise unsupported_dtype(dtype)
     flags = x.flags

@@ -54,7 +54,18 @@ def _everything(x, dy, r):
     return out
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+try:
+    import ml_dtypes
+
+    HALF = [np.float16, ml_dtypes.bfloat16]
+except ImportError:  # pragma: no cover
+    HALF = [np.float16]
+
+
+# float16 / bfloat16: the half conversions of every build too (F16C in avx2, scalar C99)
+@pytest.mark.parametrize(
+    "dtype", [np.float32, np.float64, *HALF], ids=["f32", "f64", "f16", "bf16"][: 2 + len(HALF)]
+)
 @pytest.mark.parametrize("shape", [(4, 8, 1001), (2, 6, 24, 24), (40, 1030), (3, 5, 7)], ids=str)
 def test_builds_give_identical_bits(builds, shape, dtype):
     rng = np.random.default_rng(sum(shape))

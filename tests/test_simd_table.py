@@ -63,10 +63,10 @@ def test_generated_files_are_up_to_date():
 
 
 def test_loops_have_the_signatures_of_the_table():
-    heads = r"CN_LOOP\s+(\w+)\s+CN_FN\((\w+)\)\(([^)]*)\)"
+    heads = r"CN_(?:CVT_)?LOOP\s+(\w+)\s+CN_FN\((\w+)\)\(([^)]*)\)"
     order = []
     loops = {}
-    for name in ("reduce.h", "elementwise.h"):
+    for name in ("reduce.h", "elementwise.h", "convert.h"):
         text = _read(name)
         loops.update(_c_functions(text, heads))
         order += [m.group(2) for m in re.finditer(heads, text)]
@@ -80,7 +80,8 @@ def test_dispatchers_and_declarations_match_the_loops():
     pxd = _read("loops.pxd").replace("Py_ssize_t", "ptrdiff_t")
     declared = _c_functions(pxd, r"\n    (\w+) (cn_\w+_[a-z])\(([^)]*)\)(?=\n)")
     loops = _c_functions(
-        _read("reduce.h") + _read("elementwise.h"), r"CN_LOOP\s+(\w+)\s+CN_FN\((\w+)\)\(([^)]*)\)"
+        _read("reduce.h") + _read("elementwise.h") + _read("convert.h"),
+        r"CN_(?:CVT_)?LOOP\s+(\w+)\s+CN_FN\((\w+)\)\(([^)]*)\)",
     )
     for name, (ret, params) in loops.items():
         for s, elem, _ in TABLE["DTYPES"]:
@@ -143,6 +144,7 @@ def _harness():
         lines += [
             f"    static {elem} in[8][{_BUF}], out[4][{_BUF}];",
             f"    static double dout[4][{_BUF}];",
+            f"    static uint16_t hin[{_BUF}], hout[{_BUF}];",
             "    int i, k;",
             f"    for (k = 0; k < 8; k++) for (i = 0; i < {_BUF}; i++)",
             (
@@ -150,6 +152,8 @@ def _harness():
                 " - 9.0 + (k == 1 ? 1000.0 : 0.0));"
             ),
             "    for (k = 0; k < 8; k++) for (i = 0; i < 64; i += 9) in[k][i] = -in[k][i];",
+            # half bits of every kind: normal, subnormal, inf, NaN
+            f"    for (i = 0; i < {_BUF}; i++) hin[i] = (uint16_t)(i * 40503u + (i % 5) * 0x7c00u);",
         ]
         for name, ret, params in TABLE["LOOPS"]:
             args, n_in, n_out, n_dout = [], 0, 0, 0
@@ -162,6 +166,10 @@ def _harness():
                 elif t == "T*":
                     args.append(f"out[{n_out}]")
                     n_out += 1
+                elif t == "const uint16_t*":
+                    args.append("hin")
+                elif t == "uint16_t*":
+                    args.append("hout")
                 elif t == "double*":
                     args.append(f"dout[{n_dout}]")
                     n_dout += 1
@@ -176,12 +184,14 @@ def _harness():
                 else:
                     raise AssertionError(f"no harness value for {t} {n}")
             call = f"cn_{name}_{s}({', '.join(args)})"
-            lines.append("    memset(out, 0, sizeof out); memset(dout, 0, sizeof dout);")
+            lines.append(
+                "    memset(out, 0, sizeof out); memset(dout, 0, sizeof dout); memset(hout, 0, sizeof hout);"
+            )
             if ret == "void":
                 lines.append(f"    {call};")
             else:
                 lines.append(f"    {{ {ret} r = {call}; mix(&r, sizeof r); }}")
-            lines.append("    mix(out, sizeof out); mix(dout, sizeof dout);")
+            lines.append("    mix(out, sizeof out); mix(dout, sizeof dout); mix(hout, sizeof hout);")
             lines.append(f'    printf("{name}_{s} %d %016llx\\n", variant, h);')
         lines += ["}", ""]
     lines += [

@@ -146,7 +146,7 @@ def test_torch_dtype_accepted(cls, tdtype, ndtype):
 
 
 @pytest.mark.skipif(torch is None, reason="torch not installed")
-@pytest.mark.parametrize("tdtype", ["float16", "bfloat16", "int64", "complex64"])
+@pytest.mark.parametrize("tdtype", ["int64", "complex64"])
 def test_unsupported_torch_dtype_says_what_to_pass(tdtype):
     with pytest.raises(TypeError) as info:
         cnorm.BatchNorm2d(3, dtype=getattr(torch, tdtype))

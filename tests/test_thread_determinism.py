@@ -1,6 +1,8 @@
 """Issue 14, "the same bits whatever the thread count": every result (outputs, returned
 statistics, gradients, updated running statistics) with cnorm.set_num_threads(t) for
-t = 2, 3, 5, 8 is bitwise equal to t = 1, for every norm, float32 and float64.
+t = 2, 3, 5, 8 is bitwise equal to t = 1, for every norm, float32 and float64, and in
+half storage (float16, and bfloat16 where ml_dtypes is installed; half inputs with half
+parameters and running statistics).
 
 Inputs have >= ~300k elements, so that the kernels split them over all 8 threads (OpenMP
 runs 8 threads even on a 2-core machine), in both directions: many short rows (work split
@@ -17,7 +19,13 @@ import cnorm
 import cnorm.functional as F
 
 THREADS = [1, 2, 3, 5, 8]
-DTYPES = [np.float32, np.float64]
+try:
+    import ml_dtypes
+
+    _BF16 = [np.dtype(ml_dtypes.bfloat16)]
+except ImportError:  # bfloat16 is optional
+    _BF16 = []
+DTYPES = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16), *_BF16]
 
 pytestmark = pytest.mark.skipif(not cnorm.openmp_enabled(), reason="serial build")
 
@@ -189,7 +197,7 @@ def _bits(a):
     return a.dtype.str, a.shape, a.tobytes()
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=[d.name for d in DTYPES])
 @pytest.mark.parametrize("case", list(CASES))
 def test_same_bits_for_every_thread_count(restore_threads, case, dtype):
     run = CASES[case]

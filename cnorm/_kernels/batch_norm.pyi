@@ -1,5 +1,7 @@
 # Type stub of the compiled batch_norm.pyx: per-channel kernels over x viewed as (N, C, S).
 # weight, bias, running_mean, running_var: None or C contiguous elements; statistics float64.
+# kind 1 (float16) / 2 (bfloat16): the (N, C, S) arrays are half bits (uint16), the
+# parameters and running statistics float32.
 
 from typing import Optional
 
@@ -7,7 +9,7 @@ import numpy as np
 
 _Array = np.ndarray
 
-def batch_norm_stats(x: _Array, N: int, C: int, S: int) -> tuple[_Array, _Array]: ...
+def batch_norm_stats(x: _Array, N: int, C: int, S: int, kind: int = ...) -> tuple[_Array, _Array]: ...
 def batch_norm_elemt(
     x: _Array,
     N: int,
@@ -18,6 +20,7 @@ def batch_norm_elemt(
     weight: Optional[_Array],
     bias: Optional[_Array],
     relu: bool = ...,
+    kind: int = ...,
 ) -> _Array: ...
 def batch_norm_forward_train(
     x: _Array,
@@ -31,6 +34,7 @@ def batch_norm_forward_train(
     factor: float,
     eps: float,
     relu: bool = ...,
+    kind: int = ...,
 ) -> tuple[_Array, _Array, _Array]: ...
 def batch_norm_forward_eval(
     x: _Array,
@@ -43,6 +47,7 @@ def batch_norm_forward_eval(
     running_var: Optional[_Array],
     eps: float,
     relu: bool = ...,
+    kind: int = ...,
 ) -> tuple[_Array, _Array, _Array]: ...
 def batch_norm_backward(
     dy: _Array,
@@ -55,9 +60,10 @@ def batch_norm_backward(
     weight: Optional[_Array],
     training: bool,
     y: Optional[_Array] = ...,
+    kind: int = ...,
 ) -> tuple[_Array, _Array, _Array]: ...
 def batch_norm_backward_reduce(
-    dy: _Array, x: _Array, N: int, C: int, S: int, mean: _Array, invstd: _Array
+    dy: _Array, x: _Array, N: int, C: int, S: int, mean: _Array, invstd: _Array, kind: int = ...
 ) -> tuple[_Array, _Array]: ...
 def batch_norm_backward_elemt(
     dy: _Array,
@@ -71,6 +77,7 @@ def batch_norm_backward_elemt(
     sum_dy: _Array,
     sum_dy_xhat: _Array,
     count: float,
+    kind: int = ...,
 ) -> _Array: ...
 
 # simd_control.pxi, included by this module

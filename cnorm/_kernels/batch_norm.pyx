@@ -36,10 +36,10 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, ExactStats, call_typed, chan_merge,
-                      check_array, check_dims, chunk_size, data_or_null, empty_1d, empty_like,
-                      exact_stats, f64_stats_unsafe, finite, floating, input_typenum, parallel,
-                      scaled_copy, segment_stats, split_mean, split_start, sum_g_xhat,
-                      sum_partials, two_pass_f64)
+                      check_array, check_dims, chunk_size, compute_typenum, data_or_null,
+                      empty_1d, empty_like, exact_stats, f64_stats_unsafe, finite, floating,
+                      parallel, scaled_copy, segment_stats, split_mean, split_start, stage_in,
+                      stage_out, sum_g_xhat, sum_partials, two_pass_f64)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_cols,
                           bn_grad_cols4, bn_grad_sums, bn_grad_sums_cols, cn_f32_sums_unsafe,
@@ -47,6 +47,7 @@ from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_co
 
 cnp.import_array()
 include "simd_control.pxi"
+include "batch_norm_half.pxi"
 
 
 include "batch_norm_reduce.pxi"
@@ -150,8 +151,9 @@ cdef void _normalize(const floating* x, Job* j) noexcept nogil:
             st = &j.exact[c]            # the statistics of x * scale
             split_mean(st.mean_s, &hi[c], &lo[c])
             scale[c] = <floating>(st.rstd_s * (weight[c] if weight != NULL else 1.0))
-    j.stream = use_stream(j, sizeof(floating))
-    parallel(_normalize_work[floating], x, j, j.threads_x)
+    j.stream = use_stream(j, sizeof(floating)) and not j.kind
+    parallel(_normalize_half[floating] if j.kind else _normalize_work[floating], x, j,
+             j.threads_x)
 
 
 # ---------------------------------------------------------------------------------------
@@ -230,7 +232,7 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
         j.in_sum_dy_xhat = j.sum_dy_xhat
     if j.out == NULL:
         return
-    j.stream = use_stream(j, sizeof(floating))
+    j.stream = use_stream(j, sizeof(floating)) and not j.kind
     if not j.training and j.ym == NULL:
         # running statistics: dx = dy * w * invstd, a per-channel scaling of dy (x unread,
         # so that a NaN in x does not leak into dx): the normalize pass on dy
@@ -240,7 +242,8 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
             scale[c] = <floating>((weight[c] if weight != NULL else 1.0) * istd[c])
             beta[c] = 0
         j.relu = False
-        parallel(_normalize_work[floating], <const floating*>j.dy, j, j.threads_x)
+        parallel(_normalize_half[floating] if j.kind else _normalize_work[floating],
+                 <const floating*>j.dy, j, j.threads_x)
         return
     in_dy = j.in_sum_dy
     in_dy_xhat = j.in_sum_dy_xhat
@@ -254,7 +257,8 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
         else:
             mean_dy[c] = 0
             mean_dy_xhat[c] = 0
-    parallel(_input_grad_work[floating], x, j, j.threads_dy_x)
+    parallel(_input_grad_half[floating] if j.kind else _input_grad_work[floating], x, j,
+             j.threads_dy_x)
 
 
 # ---------------------------------------------------------------------------------------
@@ -311,24 +315,25 @@ cdef void _stats(const floating* x, void* job) noexcept nogil:
 # Python entry points: every buffer is checked (type, size, layout) before use
 # ---------------------------------------------------------------------------------------
 
-cdef inline int _check_input(object x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) except -1:
-    """x: float32/float64, C-contiguous, N*C*S elements; returns its type number."""
-    cdef int typenum = input_typenum(x, "input")
+cdef inline int _check_input(object x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int kind=0) except -1:
+    """x: float32/float64 (or half bits), C-contiguous, N*C*S elements; returns compute_typenum."""
+    cdef int typenum = compute_typenum(x, kind)
     check_dims(N, C, S, 1)
-    check_array(x, N * C * S, typenum, False, "input")
+    check_array(x, N * C * S, cnp.NPY_UINT16 if kind else typenum, False, "input")
     return typenum
 
 
 cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                 int n_partials, weight, bias, cnp.ndarray mean, cnp.ndarray invstd,
-                cnp.ndarray out) except -1:
+                cnp.ndarray out, int kind=0) except -1:
     """A job for x of these sizes (optional arrays None): its thread counts and scratch
     (n_partials float64 per channel and thread; 0: none). _finish(j) frees the scratch."""
-    cdef Py_ssize_t E = N * C * S, itemsize = cnp.PyArray_ITEMSIZE(x)
+    cdef Py_ssize_t E = N * C * S, itemsize = sizeof(float) if kind else cnp.PyArray_ITEMSIZE(x)
     cdef int n_threads
     cdef char* coef
     memset(j, 0, sizeof(Job))
-    j.typenum = cnp.PyArray_TYPE(x)
+    j.typenum = cnp.NPY_FLOAT if kind else cnp.PyArray_TYPE(x)
+    j.kind = kind
     j.x = cnp.PyArray_DATA(x)
     j.N = N
     j.C = C
@@ -355,7 +360,8 @@ cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
         j.part = <double*>calloc(n_partials * C * j.n_parts + 1, sizeof(double))
         if S == 1:
             j.tile = malloc(n_partials * COLS_PER_TILE * n_threads * itemsize)
-    if j.coef == NULL or (n_partials > 0 and (j.part == NULL or (S == 1 and j.tile == NULL))):
+    if j.coef == NULL or (n_partials > 0 and (j.part == NULL or (S == 1 and j.tile == NULL))
+                          or _start_stage(j, n_threads) != 0):
         _finish(j)
         raise MemoryError()
     return 0
@@ -366,6 +372,7 @@ cdef void _finish(Job* j) noexcept:
     free(j.part)
     free(j.tile)
     free(j.exact)
+    free(j.stage)
 
 
 cdef inline cnp.ndarray _f64(Py_ssize_t n):
@@ -385,8 +392,8 @@ cdef int _check_params(int typenum, Py_ssize_t C, weight, bias, running_mean, ru
 cdef int _start_forward(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                         int n_partials, weight, bias, running_mean, running_var, double eps,
                         bint relu, cnp.ndarray mean, cnp.ndarray invstd,
-                        cnp.ndarray y) except -1:
-    _start(j, x, N, C, S, n_partials, weight, bias, mean, invstd, y)
+                        cnp.ndarray y, int kind) except -1:
+    _start(j, x, N, C, S, n_partials, weight, bias, mean, invstd, y, kind)
     j.running_mean = data_or_null(running_mean)
     j.running_var = data_or_null(running_var)
     j.eps = eps
@@ -394,12 +401,13 @@ cdef int _start_forward(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ss
     return 0
 
 
-def batch_norm_stats(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S):
-    """Per-channel (mean, biased variance) of x viewed as (N, C, S), float64 arrays (C,)."""
-    _check_input(x, N, C, S)
+def batch_norm_stats(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, int kind=0):
+    """Per-channel (mean, biased variance) of x viewed as (N, C, S), float64 arrays (C,).
+    Every entry point: kind, see batch_norm_half.pxi."""
+    _check_input(x, N, C, S, kind)
     cdef cnp.ndarray mean = _f64(C), var = _f64(C)
     cdef Job j
-    _start(&j, x, N, C, S, 3, None, None, mean, None, None)
+    _start(&j, x, N, C, S, 3, None, None, mean, None, None, kind)
     j.var = <double*>cnp.PyArray_DATA(var)
     with nogil:
         call_typed(j.typenum, j.x, &j, _stats[float], _stats[double])
@@ -409,16 +417,16 @@ def batch_norm_stats(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssiz
 
 def batch_norm_elemt(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                      cnp.ndarray mean not None, cnp.ndarray invstd not None, weight, bias,
-                     bint relu=False):
+                     bint relu=False, int kind=0):
     """y = (x - mean) * invstd * weight + bias per channel (then max(0, y) with relu);
     returns a new array like x."""
-    cdef int typenum = _check_input(x, N, C, S)
+    cdef int typenum = _check_input(x, N, C, S, kind)
     check_array(mean, C, cnp.NPY_DOUBLE, False, "mean")
     check_array(invstd, C, cnp.NPY_DOUBLE, False, "invstd")
     _check_params(typenum, C, weight, bias, None, None, False)
     cdef cnp.ndarray y = empty_like(x)
     cdef Job j
-    _start_forward(&j, x, N, C, S, 0, weight, bias, None, None, 0, relu, mean, invstd, y)
+    _start_forward(&j, x, N, C, S, 0, weight, bias, None, None, 0, relu, mean, invstd, y, kind)
     with nogil:
         call_typed(j.typenum, j.x, &j, _elemt[float], _elemt[double])
     _finish(&j)
@@ -427,11 +435,11 @@ def batch_norm_elemt(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssiz
 
 def batch_norm_forward_train(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                              weight, bias, running_mean, running_var, double factor,
-                             double eps, bint relu=False):
+                             double eps, bint relu=False, int kind=0):
     """Training forward in one call: batch statistics, running-statistics update in place
     (when given; needs N*S > 1), normalization (then max(0, y) with relu: a fused
     BN + ReLU). Returns (y, mean, invstd)."""
-    _check_params(_check_input(x, N, C, S), C, weight, bias, running_mean, running_var, True)
+    _check_params(_check_input(x, N, C, S, kind), C, weight, bias, running_mean, running_var, True)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must both be given or both be None")
     if N * S < 2 and running_var is not None:
@@ -439,7 +447,7 @@ def batch_norm_forward_train(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C,
     cdef cnp.ndarray y = empty_like(x), mean = _f64(C), invstd = _f64(C)
     cdef Job j
     _start_forward(&j, x, N, C, S, 3, weight, bias, running_mean, running_var, eps, relu,
-                   mean, invstd, y)
+                   mean, invstd, y, kind)
     j.factor = factor
     j.var = j.invstd            # the variance, then invstd
     with nogil:
@@ -450,16 +458,16 @@ def batch_norm_forward_train(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C,
 
 def batch_norm_forward_eval(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                             weight, bias, running_mean, running_var, double eps,
-                            bint relu=False):
+                            bint relu=False, int kind=0):
     """Eval forward with the running statistics (then max(0, y) with relu). Returns
     (y, mean, invstd), the float64 statistics used (invstd = 1/sqrt(running_var + eps))."""
-    _check_params(_check_input(x, N, C, S), C, weight, bias, running_mean, running_var, False)
+    _check_params(_check_input(x, N, C, S, kind), C, weight, bias, running_mean, running_var, False)
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var must be given")
     cdef cnp.ndarray y = empty_like(x), mean = _f64(C), invstd = _f64(C)
     cdef Job j
     _start_forward(&j, x, N, C, S, 0, weight, bias, running_mean, running_var, eps, relu,
-                   mean, invstd, y)
+                   mean, invstd, y, kind)
     with nogil:
         call_typed(j.typenum, j.x, &j, _eval_forward[float], _eval_forward[double])
     _finish(&j)
@@ -468,11 +476,11 @@ def batch_norm_forward_eval(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, 
 
 cdef int _check_backward(cnp.ndarray dy, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C,
                          Py_ssize_t S, cnp.ndarray mean, cnp.ndarray invstd, weight,
-                         y) except -1:
-    """The buffers every backward reads; returns x's type number."""
-    cdef int typenum = _check_input(x, N, C, S)
-    check_array(dy, N * C * S, typenum, False, "grad_output")
-    check_array(y, N * C * S, typenum, False, "y")
+                         y, int kind) except -1:
+    """The buffers every backward reads; returns the type number of the computation."""
+    cdef int typenum = _check_input(x, N, C, S, kind)
+    check_array(dy, N * C * S, cnp.NPY_UINT16 if kind else typenum, False, "grad_output")
+    check_array(y, N * C * S, cnp.NPY_UINT16 if kind else typenum, False, "y")
     check_array(mean, C, cnp.NPY_DOUBLE, False, "mean")
     check_array(invstd, C, cnp.NPY_DOUBLE, False, "invstd")
     check_array(weight, C, typenum, False, "weight")
@@ -492,13 +500,13 @@ cdef void _run_backward(Job* j, cnp.ndarray dy, double count, sum_dy, sum_dy_xha
 
 def batch_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N,
                         Py_ssize_t C, Py_ssize_t S, cnp.ndarray mean not None,
-                        cnp.ndarray invstd not None, weight, bint training, y=None):
+                        cnp.ndarray invstd not None, weight, bint training, y=None, int kind=0):
     """Returns (dx, sum_dy, sum_dy_xhat): sum_dy is dbias, sum_dy_xhat dweight (float64).
     y: the output of a fused BN + ReLU forward, whose mask y > 0 applies to dy."""
-    _check_backward(dy, x, N, C, S, mean, invstd, weight, y)
+    _check_backward(dy, x, N, C, S, mean, invstd, weight, y, kind)
     cdef cnp.ndarray dx = empty_like(x), sum_dy = _f64(C), sum_dy_xhat = _f64(C)
     cdef Job j
-    _start(&j, x, N, C, S, 2, weight, None, mean, invstd, dx)
+    _start(&j, x, N, C, S, 2, weight, None, mean, invstd, dx, kind)
     j.ym = data_or_null(y)
     j.training = training
     _run_backward(&j, dy, <double>N * S, sum_dy, sum_dy_xhat)
@@ -507,12 +515,12 @@ def batch_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssiz
 
 def batch_norm_backward_reduce(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N,
                                Py_ssize_t C, Py_ssize_t S, cnp.ndarray mean not None,
-                               cnp.ndarray invstd not None):
+                               cnp.ndarray invstd not None, int kind=0):
     """Per-channel (sum dy, sum dy*xhat) as float64 arrays (C,), no input gradient."""
-    _check_backward(dy, x, N, C, S, mean, invstd, None, None)
+    _check_backward(dy, x, N, C, S, mean, invstd, None, None, kind)
     cdef cnp.ndarray sum_dy = _f64(C), sum_dy_xhat = _f64(C)
     cdef Job j
-    _start(&j, x, N, C, S, 2, None, None, mean, invstd, None)
+    _start(&j, x, N, C, S, 2, None, None, mean, invstd, None, kind)
     j.training = True
     _run_backward(&j, dy, <double>N * S, sum_dy, sum_dy_xhat)
     return sum_dy, sum_dy_xhat
@@ -521,15 +529,15 @@ def batch_norm_backward_reduce(cnp.ndarray dy not None, cnp.ndarray x not None, 
 def batch_norm_backward_elemt(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N,
                               Py_ssize_t C, Py_ssize_t S, cnp.ndarray mean not None,
                               cnp.ndarray invstd not None, weight, cnp.ndarray sum_dy not None,
-                              cnp.ndarray sum_dy_xhat not None, double count):
+                              cnp.ndarray sum_dy_xhat not None, double count, int kind=0):
     """Input gradient of a training-mode batch norm from given per-channel sums over
     `count` elements per channel (e.g. all-reduced over the ranks of a distributed batch)."""
-    _check_backward(dy, x, N, C, S, mean, invstd, weight, None)
+    _check_backward(dy, x, N, C, S, mean, invstd, weight, None, kind)
     check_array(sum_dy, C, cnp.NPY_DOUBLE, False, "sum_dy")
     check_array(sum_dy_xhat, C, cnp.NPY_DOUBLE, False, "sum_dy_xhat")
     cdef cnp.ndarray dx = empty_like(x)
     cdef Job j
-    _start(&j, x, N, C, S, 0, weight, None, mean, invstd, dx)
+    _start(&j, x, N, C, S, 0, weight, None, mean, invstd, dx, kind)
     j.training = True
     j.in_sum_dy = <const double*>cnp.PyArray_DATA(sum_dy)
     j.in_sum_dy_xhat = <const double*>cnp.PyArray_DATA(sum_dy_xhat)

@@ -2,7 +2,10 @@
 # the gradient pass, and how they cut the work. They cut it by the sizes alone, never by
 # the thread count (Job, _chunks): each thread runs whole work items, whose partials are
 # merged per channel in partial order, so the results are the same for every thread
-# count. A float64 channel whose squares over- or underflowed is redone exactly.
+# count. A float64 channel whose squares over- or underflowed is redone exactly. Half
+# storage (Job.kind) reads the same runs and tiles widened into the thread's stage first
+# (stage_runs, stage_tile: batch_norm_half.pxi), so its partials and their order are those
+# of the float32 kernels on the widened input.
 
 # ---------------------------------------------------------------------------------------
 # statistics pass: (count, mean, m2) partials of every channel, merged in partial order
@@ -12,11 +15,13 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
                       Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t c0,
                       Py_ssize_t nc,           # channels c0..c0 + nc, nc <= COLS_PER_TILE
                       double* part,            # OUT (3, C): count, mean, m2 (zeroed)
-                      floating* acc            # scratch (3, COLS_PER_TILE)
+                      floating* acc,           # scratch (3, COLS_PER_TILE)
+                      int kind,                # half storage: x holds half bits
+                      floating* stage          # scratch (ROWS_PER_TILE, nc) (kind != 0)
                       ) noexcept nogil:
     """Rows n0..n1 x channels c0..c0 + nc of an (N, C) batch, by tiles of ROWS_PER_TILE
     rows: the block statistics of common.pxd with one SIMD lane per channel."""
-    cdef Py_ssize_t nb, b0, k_b, c
+    cdef Py_ssize_t nb, b0, k_b, c, ld = nc if kind else C    # ld: the tile's row stride
     cdef floating* shift = acc
     cdef floating* s1 = acc + COLS_PER_TILE
     cdef floating* s2 = acc + 2 * COLS_PER_TILE
@@ -26,11 +31,11 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
         b0 = n0 + k_b * ROWS_PER_TILE
         nb = min(n1 - b0, ROWS_PER_TILE)
         count = <double>(b0 - n0)               # rows merged before this tile's
-        tile = x + b0 * C + c0
-        cols_sum(shift, tile, C, nb, nc)     # pass 1: rough per-channel means
+        tile = stage_tile(kind, stage, x, b0 * C + c0, C, nb, nc) if kind else x + b0 * C + c0
+        cols_sum(shift, tile, ld, nb, nc)    # pass 1: rough per-channel means
         for c in range(nc):
             shift[c] = <floating>(<double>shift[c] / nb)
-        cols_dev(s1, s2, tile, C, nb, shift, nc)    # pass 2 (from cache): deviations
+        cols_dev(s1, s2, tile, ld, nb, shift, nc)   # pass 2 (from cache): deviations
         if floating is double or not cols_any_unsafe(s1, s2, shift, nc):
             cols_merge(part + C + c0, part + 2 * C + c0, shift, s1, s2, nc, count, nb)
         else:
@@ -40,7 +45,7 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
                     mean_b = shift[c] + q / nb
                     m2_b = s2[c] - q * q / nb if s2[c] > q * q / nb else 0.0
                 else:
-                    two_pass_f64(tile + c, nb, C, &mean_b, &m2_b)
+                    two_pass_f64(tile + c, nb, ld, &mean_b, &m2_b)
                 cnt = count
                 chan_merge(&cnt, &part[C + c0 + c], &part[2 * C + c0 + c], <double>nb,
                            mean_b, m2_b)
@@ -53,6 +58,7 @@ cdef void _stats_work(const floating* x, void* job, int t, int n_threads) noexce
     cdef const Job* j = <const Job*>job
     cdef Py_ssize_t C = j.C, S = j.S, i, n, c, c0, c1
     cdef double* part
+    cdef floating* stage = <floating*>j.stage + j.stage_size * t    # half storage
     cdef Segment seg
     cdef Item it
     if j.by_channel:        # channels c0..c1, every row in order: part[0]
@@ -60,21 +66,34 @@ cdef void _stats_work(const floating* x, void* job, int t, int n_threads) noexce
         c1 = split_start(C, t + 1, n_threads)
         for n in range(j.N):
             for c in range(c0, c1):
-                segment_stats(x + (n * C + c) * S, S, &j.part[c], &j.part[C + c],
-                              &j.part[2 * C + c])
+                _segment_stats(j, x, stage, (n * C + c) * S, S, j.part, c)
         return
     for i in range(split_start(j.n_items, t, n_threads), split_start(j.n_items, t + 1, n_threads)):
         it = work_item(j, i)
         part = j.part + 3 * C * it.part
         if S == 1:
             _stats_cols(x, C, it.e0, it.e1, it.c0, it.c1 - it.c0, part,
-                        <floating*>j.tile + 3 * COLS_PER_TILE * t)
+                        <floating*>j.tile + 3 * COLS_PER_TILE * t, j.kind, stage)
             continue
         seg = first_segment(it.e0, it.e1, C, S)
         while seg.start < it.e1:
-            segment_stats(x + seg.start, seg.stop - seg.start,
-                          &part[seg.c], &part[C + seg.c], &part[2 * C + seg.c])
+            _segment_stats(j, x, stage, seg.start, seg.stop - seg.start, part, seg.c)
             next_segment(&seg, it.e1, C, S)
+
+
+cdef inline void _segment_stats(const Job* j, const floating* x, floating* stage, Py_ssize_t o,
+                                Py_ssize_t n, double* part, Py_ssize_t c) noexcept nogil:
+    """Channel c's (count, mean, m2) in part (3, C) merged with the n elements at o."""
+    cdef Py_ssize_t m
+    if not j.kind:
+        segment_stats(x + o, n, &part[c], &part[j.C + c], &part[2 * j.C + c])
+        return
+    while n > 0:            # half storage: runs of whole blocks, the blocks of one call
+        m = min(n, <Py_ssize_t>STAGE_CHUNK)
+        segment_stats(stage_in(j.kind, stage, x, o, m), m, &part[c], &part[j.C + c],
+                      &part[2 * j.C + c])
+        o += m
+        n -= m
 
 
 cdef void _channel_stats(const floating* x, Job* j) noexcept nogil:
@@ -132,7 +151,11 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
     cdef const floating* lo = <const floating*>j.grad.lo
     cdef floating* s1
     cdef floating* s2
-    cdef Py_ssize_t C = j.C, S = j.S, b0, nb, k_b, o, c, i, n
+    cdef const floating* dy_t      # a tile of dy, x, ym: in place, or widened (half storage)
+    cdef const floating* x_t
+    cdef const floating* ym_t
+    cdef floating* stage = <floating*>j.stage + j.stage_size * t
+    cdef Py_ssize_t C = j.C, S = j.S, b0, nb, k_b, o, c, i, n, nc, ld
     cdef double* part
     cdef Segment seg
     cdef Item it
@@ -141,7 +164,7 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
         it.c1 = split_start(C, t + 1, n_threads)
         for n in range(j.N):
             for c in range(it.c0, it.c1):
-                _grad_sums_run(j.part, dy, x, ym, (n * C + c) * S, S, c, C, hi, lo)
+                _grad_sums_segment(j, x, stage, j.part, (n * C + c) * S, S, c)
         return
     for i in range(split_start(j.n_items, t, n_threads), split_start(j.n_items, t + 1, n_threads)):
         it = work_item(j, i)
@@ -149,20 +172,53 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
         if S == 1:      # (N, C): tiles of rows e0..e1, one lane per channel
             s1 = <floating*>j.tile + 2 * COLS_PER_TILE * t
             s2 = s1 + COLS_PER_TILE
+            nc = it.c1 - it.c0
             for k_b in range((it.e1 - it.e0 + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
                 b0 = it.e0 + k_b * ROWS_PER_TILE
                 nb = min(it.e1 - b0, ROWS_PER_TILE)
                 o = b0 * C + it.c0
-                bn_grad_sums_cols(s1, s2, dy + o, x + o, C, nb, hi + it.c0, lo + it.c0,
-                                  it.c1 - it.c0, offset(ym, o))
-                for c in range(it.c1 - it.c0):
+                if j.kind:  # half storage: the tiles widened, rows of nc
+                    dy_t = stage_tile(j.kind, stage + STAGE_TILE, dy, o, C, nb, nc)
+                    x_t = stage_tile(j.kind, stage, x, o, C, nb, nc)
+                    ym_t = (stage_tile(j.kind, stage + 2 * STAGE_TILE, ym, o, C, nb, nc)
+                            if ym != NULL else NULL)
+                    ld = nc
+                else:
+                    dy_t = dy + o
+                    x_t = x + o
+                    ym_t = offset(ym, o)
+                    ld = C
+                bn_grad_sums_cols(s1, s2, dy_t, x_t, ld, nb, hi + it.c0, lo + it.c0, nc, ym_t)
+                for c in range(nc):
                     part[it.c0 + c] += s1[c]
                     part[C + it.c0 + c] += s2[c]
             continue
         seg = first_segment(it.e0, it.e1, C, S)
         while seg.start < it.e1:
-            _grad_sums_run(part, dy, x, ym, seg.start, seg.stop - seg.start, seg.c, C, hi, lo)
+            _grad_sums_segment(j, x, stage, part, seg.start, seg.stop - seg.start, seg.c)
             next_segment(&seg, it.e1, C, S)
+
+
+cdef inline void _grad_sums_segment(const Job* j, const floating* x, floating* stage,
+                                    double* part, Py_ssize_t o, Py_ssize_t n,
+                                    Py_ssize_t c) noexcept nogil:
+    """_grad_sums_run of the n elements at o (channel c); half storage: on widened runs
+    of whole blocks."""
+    cdef const floating* hi = <const floating*>j.grad.hi
+    cdef const floating* lo = <const floating*>j.grad.lo
+    cdef Py_ssize_t m
+    if not j.kind:
+        _grad_sums_run(part, <const floating*>j.dy, x, <const floating*>j.ym, o, n, c, j.C,
+                       hi, lo)
+        return
+    while n > 0:
+        m = min(n, <Py_ssize_t>STAGE_CHUNK)
+        _grad_sums_run(part, stage_in(j.kind, stage, j.dy, o, m),
+                       stage_in(j.kind, stage + STAGE_CHUNK, x, o, m),
+                       stage_in(j.kind, stage + 2 * STAGE_CHUNK, j.ym, o, m)
+                       if j.ym != NULL else NULL, 0, m, c, j.C, hi, lo)
+        o += m
+        n -= m
 
 
 cdef inline void _grad_sums_run(double* part, const floating* dy, const floating* x,
@@ -182,15 +238,31 @@ cdef inline void _grad_sums_run(double* part, const floating* dy, const floating
 
 
 cdef double _channel_sum_g_xhat(const floating* x, const Job* j, Py_ssize_t c) noexcept nogil:
-    """sum(g * xhat) of channel c from O(1) terms (common.sum_g_xhat), row after row."""
-    cdef Py_ssize_t n, o
+    """sum(g * xhat) of channel c from O(1) terms (common.sum_g_xhat), row after row (half
+    storage: in widened runs, in thread 0's stage)."""
+    cdef Py_ssize_t n, o, m, k
     cdef double s = 0
+    cdef floating* stage = <floating*>j.stage
     for n in range(j.N):
         o = (n * j.C + c) * j.S
-        s += sum_g_xhat(<const floating*>j.dy + o, x + o, NULL, offset(<const floating*>j.ym, o),
-                        j.S, (<const floating*>j.grad.hi)[c], (<const floating*>j.grad.lo)[c],
-                        j.invstd[c])
+        if not j.kind:
+            s += sum_g_xhat(<const floating*>j.dy + o, x + o, NULL,
+                            offset(<const floating*>j.ym, o), j.S,
+                            (<const floating*>j.grad.hi)[c], (<const floating*>j.grad.lo)[c],
+                            j.invstd[c])
+            continue
+        k = o
+        while k < o + j.S:
+            m = min(o + j.S - k, <Py_ssize_t>STAGE_CHUNK)
+            s += sum_g_xhat(stage_in(j.kind, stage, j.dy, k, m),
+                            stage_in(j.kind, stage + STAGE_CHUNK, x, k, m), NULL,
+                            stage_in(j.kind, stage + 2 * STAGE_CHUNK, j.ym, k, m)
+                            if j.ym != NULL else NULL, m,
+                            (<const floating*>j.grad.hi)[c], (<const floating*>j.grad.lo)[c],
+                            j.invstd[c])
+            k += m
     return s
+
 
 cdef void _chunks(Job* j) noexcept:
     """How the reductions of j cut the work (Job): from the sizes alone."""

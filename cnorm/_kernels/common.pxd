@@ -6,8 +6,10 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.float cimport DBL_MAX, DBL_MIN
 from libc.math cimport fabs, frexp, ldexp, sqrt
+from libc.stdint cimport uint16_t
 
-from .simd.loops cimport block_dev, block_sum, cn_f32_sums_unsafe, floating
+from .simd.loops cimport (block_dev, block_sum, cn_f32_sums_unsafe, floating, from_bf16, from_f16,
+                          to_bf16, to_f16)
 
 cdef extern from "Python.h":
     const Py_ssize_t PY_SSIZE_T_MAX
@@ -416,3 +418,40 @@ cdef inline double sum_g_xhat(const floating* dy, const floating* x, const float
 
 cdef inline bint finite(double v) noexcept nogil:
     return fabs(v) <= DBL_MAX
+
+
+# =======================================================================================
+# half storage (kind 1: float16, 2: bfloat16, as uint16 bits): a kernel of the float32
+# specialization stages each row or segment it works on, widened into a per-thread buffer
+# in cache (exact), and rounds each output row once to nearest even on the way out; the
+# loops in between are the float32 ones, so the results are those of float32 arithmetic
+# on the half values.
+# =======================================================================================
+
+cdef inline int compute_typenum(object x, int kind) except -1:
+    """The type number a kernel computes in: x's own (float32/float64) or, for half storage
+    (kind 1 float16, 2 bfloat16: x holds the uint16 bits), float32."""
+    if kind == 0:
+        return input_typenum(x, "input")
+    if kind != 1 and kind != 2:
+        raise ValueError(f"kind must be 0, 1 (float16) or 2 (bfloat16), got {kind}")
+    return cnp.NPY_FLOAT
+
+
+cdef inline const floating* stage_in(int kind, floating* stage, const void* bits,
+                                     Py_ssize_t offset, Py_ssize_t n) noexcept nogil:
+    """stage[0:n] <- the half values bits[offset:offset + n], widened; returns stage."""
+    if kind == 1:
+        from_f16(stage, <const uint16_t*>bits + offset, n)
+    else:
+        from_bf16(stage, <const uint16_t*>bits + offset, n)
+    return stage
+
+
+cdef inline void stage_out(int kind, void* bits, Py_ssize_t offset, const floating* stage,
+                           Py_ssize_t n) noexcept nogil:
+    """bits[offset:offset + n] <- stage[0:n] rounded to the half type."""
+    if kind == 1:
+        to_f16(<uint16_t*>bits + offset, stage, n)
+    else:
+        to_bf16(<uint16_t*>bits + offset, stage, n)

@@ -1,5 +1,7 @@
 # Type stub of the compiled row_norm.pyx: per-row kernels over x viewed as (M, D) (or
 # (N, G, Cg, S) for group norm). weight, bias: None or contiguous parameter arrays.
+# kind 1 (float16) / 2 (bfloat16): the (M, D) arrays are half bits (uint16), the
+# parameters float32, dweight/dbias float64.
 
 from typing import Optional
 
@@ -8,7 +10,7 @@ import numpy as np
 _Array = np.ndarray
 
 def layer_norm_forward(
-    x: _Array, M: int, D: int, weight: Optional[_Array], bias: Optional[_Array], eps: float
+    x: _Array, M: int, D: int, weight: Optional[_Array], bias: Optional[_Array], eps: float, kind: int = ...
 ) -> tuple[_Array, _Array, _Array]: ...
 def add_layer_norm_forward(
     x: _Array,
@@ -18,15 +20,23 @@ def add_layer_norm_forward(
     weight: Optional[_Array],
     bias: Optional[_Array],
     eps: float,
+    kind: int = ...,
 ) -> tuple[_Array, _Array, _Array, _Array]: ...
 def rms_norm_forward(
-    x: _Array, M: int, D: int, weight: Optional[_Array], eps: float
+    x: _Array, M: int, D: int, weight: Optional[_Array], eps: float, kind: int = ...
 ) -> tuple[_Array, _Array]: ...
 def layer_norm_backward(
-    dy: _Array, x: _Array, M: int, D: int, mean: _Array, rstd: _Array, weight: Optional[_Array]
+    dy: _Array,
+    x: _Array,
+    M: int,
+    D: int,
+    mean: _Array,
+    rstd: _Array,
+    weight: Optional[_Array],
+    kind: int = ...,
 ) -> tuple[_Array, _Array, _Array]: ...
 def rms_norm_backward(
-    dy: _Array, x: _Array, M: int, D: int, rrms: _Array, weight: Optional[_Array]
+    dy: _Array, x: _Array, M: int, D: int, rrms: _Array, weight: Optional[_Array], kind: int = ...
 ) -> tuple[_Array, _Array]: ...
 def group_norm_forward(
     x: _Array,
@@ -37,6 +47,7 @@ def group_norm_forward(
     weight: Optional[_Array],
     bias: Optional[_Array],
     eps: float,
+    kind: int = ...,
 ) -> tuple[_Array, _Array, _Array, _Array]: ...
 def group_norm_backward(
     dy: _Array,
@@ -48,6 +59,7 @@ def group_norm_backward(
     mean: _Array,
     rstd: _Array,
     weight: Optional[_Array],
+    kind: int = ...,
 ) -> tuple[_Array, _Array, _Array]: ...
 
 # simd_control.pxi, included by this module
@@ -56,3 +68,5 @@ def _simd_build() -> str: ...
 def _set_simd_build(name: str) -> str: ...
 def _set_simd(use_avx2: bool) -> bool: ...
 def _set_stream_min_bytes(n: int) -> int: ...
+def widen_half(bits: _Array, kind: int, double: bool = False) -> _Array: ...
+def narrow_half(x: _Array, kind: int) -> _Array: ...

@@ -26,14 +26,15 @@ and for RMSNorm (xhat = x * rstd, no mean) the same without mean(g).
 
 cimport numpy as cnp
 from libc.math cimport sqrt
+from libc.stdint cimport uint16_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, STREAM_MIN_RUN, ExactStats, check_array,
-                      check_dims, chunk_size, data_or_null, empty_1d, empty_like, exact_stats,
-                      f64_stats_unsafe, finite, floating, input_typenum, run_threads, scaled_copy,
-                      segment_stats, split_mean, split_start, sum_g_xhat, sum_partials,
-                      sum_squares)
+                      check_dims, chunk_size, compute_typenum, data_or_null, empty_1d, empty_like,
+                      exact_stats, f64_stats_unsafe, finite, floating, input_typenum, run_threads,
+                      scaled_copy, segment_stats, split_mean, split_start, stage_in, stage_out,
+                      sum_g_xhat, sum_partials, sum_squares)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, bn_grad_sums, cn_stream_fence, gn_grad_segment, ln_grad_row,
                           ln_grad_sums, ln_grad_sums2, ln_row, residual_add)
@@ -45,6 +46,7 @@ include "simd_control.pxi"
 cdef enum:
     ROWS_PER_FLUSH = 32     # rows summed in the input precision before a float64 flush
     CHUNK_ELEMENTS = 8192   # a backward chunk's least elements (GroupNorm; LayerNorm: x4)
+    STAGE_ROWS = 6          # half storage: rows of float32 per thread (backward: x, dy, dx of two)
 
 
 # an absent weight reads ones and an absent bias zeros: BLOCK of each, never a row-sized
@@ -88,6 +90,9 @@ cdef struct RowJob:         # one call on x: C-contiguous (M, D) rows of the inp
     Py_ssize_t n_chunks
     double* part            # scratch (n_chunks, 2, D or C): dweight, dbias partials
     void* tmp               # scratch (n_threads, 2, D) of the input dtype (LayerNorm)
+    int kind                # half storage (common.pxd): 0 none; 1 float16, 2 bfloat16 bits in
+    #                       x, residual, dy, out, sum, computed as float32 (typenum NPY_FLOAT)
+    float* stage            # scratch (n_threads, STAGE_ROWS, D) float32 rows (kind != 0)
 
 
 cdef inline bint _use_stream(Py_ssize_t n_elements, Py_ssize_t run, size_t itemsize) noexcept nogil:
@@ -148,9 +153,18 @@ cdef void _layer_norm_forward_rows(const floating* x, void* job, int t,
     cdef floating tmp[BLOCK]
     cdef const floating* xr
     cdef const floating* xb
+    cdef floating* yr
+    cdef int kind = j.kind
+    cdef floating* stage = <floating*>j.stage + STAGE_ROWS * D * t     # half: x, sum, y rows
     for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
-        xr = x + r * D
-        if res != NULL:     # the sum stays in cache for the statistics: no streaming here
+        xr = stage_in(kind, stage, j.x, r * D, D) if kind else x + r * D
+        yr = stage + 2 * D if kind else y + r * D
+        if res != NULL and kind:    # the sum rounded to the half type is normalized, as torch
+            residual_add(stage + D, xr, stage_in(kind, stage + 2 * D, j.residual, r * D, D), D,
+                         False)
+            stage_out(kind, j.sum, r * D, stage + D, D)
+            xr = stage_in(kind, stage, j.sum, r * D, D)
+        elif res != NULL:   # the sum stays in cache for the statistics: no streaming here
             residual_add(s + r * D, xr, res + r * D, D, False)
             xr = s + r * D
         scale = _row_stats(xr, D, center, eps, &mean[r], &rstd[r], NULL, &hi, &lo, &rs)
@@ -161,9 +175,11 @@ cdef void _layer_norm_forward_rows(const floating* x, void* job, int t,
             if scale != 1:  # normalize x * scale: its statistics are representable
                 scaled_copy(tmp, xb, len_b, scale)
                 xb = tmp
-            ln_row(y + r * D + b, xb, weight + b if weight != NULL else defaults,
+            ln_row(yr + b, xb, weight + b if weight != NULL else defaults,
                    bias + b if bias != NULL else defaults + BLOCK, len_b, hi, lo,
                    <floating>rs, stream and scale == 1)
+        if kind:
+            stage_out(kind, j.out, r * D, yr, D)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
 
@@ -211,6 +227,11 @@ cdef void _layer_norm_backward_chunk(const floating* x, const RowJob* j, Py_ssiz
     cdef floating mean_g, mean_gxhat
     cdef double m_gxhat
     cdef const floating* wb
+    cdef const floating* xq[2]      # the rows r, r + 1 (half storage: widened into stage)
+    cdef const floating* dyq[2]
+    cdef floating* dxq[2]
+    cdef int kind = j.kind
+    cdef floating* stage = <floating*>j.stage + STAGE_ROWS * D * t
     r = r0
     while r < r1:
         n_rows = 2 if r + 1 < r1 else 1          # two rows share the dweight/dbias updates
@@ -219,18 +240,25 @@ cdef void _layer_norm_backward_chunk(const floating* x, const RowJob* j, Py_ssiz
             rstd[q] = <floating>rstd_64[r + q]
             sum_g[q] = 0
             sum_gd[q] = 0
+            if kind:
+                xq[q] = stage_in(kind, stage + q * D, j.x, (r + q) * D, D)
+                dyq[q] = stage_in(kind, stage + (2 + q) * D, j.dy, (r + q) * D, D)
+                dxq[q] = stage + (4 + q) * D
+            else:
+                xq[q] = x + (r + q) * D
+                dyq[q] = dy + (r + q) * D
+                dxq[q] = dx + (r + q) * D
         # pass 1: sum(g), sum(g * (x - mean)) and the dweight/dbias partials
         for k_b in range((D + BLOCK - 1) // BLOCK):     # short sums, merged in float64
             b = k_b * BLOCK
             len_b = D - b if D - b < BLOCK else BLOCK
             wb = weight + b if weight != NULL else ones
             if n_rows == 2:
-                ln_grad_sums2(s_g, s_gd, tw + b, tb + b, dy + r * D + b, dy + (r + 1) * D + b,
-                              x + r * D + b, x + (r + 1) * D + b, wb, len_b,
-                              hi[0], lo[0], rstd[0], hi[1], lo[1], rstd[1])
+                ln_grad_sums2(s_g, s_gd, tw + b, tb + b, dyq[0] + b, dyq[1] + b, xq[0] + b,
+                              xq[1] + b, wb, len_b, hi[0], lo[0], rstd[0], hi[1], lo[1], rstd[1])
             else:
-                ln_grad_sums(s_g, s_gd, tw + b, tb + b, dy + r * D + b, x + r * D + b,
-                             wb, len_b, hi[0], lo[0], rstd[0])
+                ln_grad_sums(s_g, s_gd, tw + b, tb + b, dyq[0] + b, xq[0] + b, wb, len_b,
+                             hi[0], lo[0], rstd[0])
             for q in range(n_rows):
                 sum_g[q] += s_g[q]
                 sum_gd[q] += s_gd[q]
@@ -239,15 +267,17 @@ cdef void _layer_norm_backward_chunk(const floating* x, const RowJob* j, Py_ssiz
             mean_g = <floating>(sum_g[q] / D) if mean != NULL else 0
             m_gxhat = rstd_64[r + q] * sum_gd[q] / D
             if not finite(m_gxhat):     # |x - mean| near DBL_MAX: from O(1) terms
-                m_gxhat = sum_g_xhat(dy + (r + q) * D, x + (r + q) * D, weight, NULL, D,
-                                     hi[q], lo[q], rstd_64[r + q]) / D
+                m_gxhat = sum_g_xhat(dyq[q], xq[q], weight, NULL, D, hi[q], lo[q],
+                                     rstd_64[r + q]) / D
             mean_gxhat = <floating>m_gxhat
             for k_b in range((D + BLOCK - 1) // BLOCK):
                 b = k_b * BLOCK
                 len_b = D - b if D - b < BLOCK else BLOCK
-                ln_grad_row(dx + (r + q) * D + b, dy + (r + q) * D + b, x + (r + q) * D + b,
+                ln_grad_row(dxq[q] + b, dyq[q] + b, xq[q] + b,
                             weight + b if weight != NULL else ones, len_b, hi[q], lo[q],
                             rstd[q], mean_g, mean_gxhat, stream)
+            if kind:
+                stage_out(kind, j.out, (r + q) * D, dxq[q], D)
         r += n_rows
         if (r - r0) % ROWS_PER_FLUSH == 0 or r == r1:
             for i in range(D):
@@ -259,121 +289,14 @@ cdef void _layer_norm_backward_chunk(const floating* x, const RowJob* j, Py_ssiz
 
 
 # ---------------------------------------------------------------------------------------
-# GroupNorm / InstanceNorm: rows of G groups, one affine weight per channel (segment)
-# ---------------------------------------------------------------------------------------
-
-cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
-                                   int n_threads) noexcept nogil:
-    """Thread t's rows (n, g): y = xhat * weight[c] + bias[c] per channel segment."""
-    cdef const RowJob* j = <const RowJob*>job
-    cdef Py_ssize_t G = j.G, Cg = j.Cg, S = j.S, D = j.Cg * j.S, r, i, c
-    cdef floating* y = <floating*>j.out
-    cdef const floating* weight = <const floating*>j.weight
-    cdef const floating* bias = <const floating*>j.bias
-    cdef double* mean = j.mean
-    cdef double* rstd = j.rstd
-    cdef double* var = j.var
-    cdef Py_ssize_t o, b, len_b, k_b
-    cdef double rs, scale, eps = j.eps
-    cdef bint stream = j.stream
-    cdef floating hi, lo, w, bi
-    cdef floating tmp[BLOCK]
-    for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
-        scale = _row_stats(x + r * D, D, True, eps, &mean[r], &rstd[r], &var[r], &hi, &lo, &rs)
-        c = (r % G) * Cg
-        for i in range(Cg):
-            o = r * D + i * S
-            w = <floating>(rs * (weight[c + i] if weight != NULL else 1.0))
-            bi = bias[c + i] if bias != NULL else 0
-            if scale == 1:
-                affine(y + o, x + o, S, hi, lo, w, bi, stream, False)
-                continue
-            for k_b in range((S + BLOCK - 1) // BLOCK):
-                b = k_b * BLOCK
-                len_b = S - b if S - b < BLOCK else BLOCK
-                scaled_copy(tmp, x + o + b, len_b, scale)  # x * scale, as above
-                affine(y + o + b, tmp, len_b, hi, lo, w, bi, False, False)
-    if stream:       # once per thread, after all its streamed stores
-        cn_stream_fence()
-
-
-cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
-                                    int n_threads) noexcept nogil:
-    """Thread t's chunks of rows (n, g) of the GroupNorm backward, g = dy * w[c] per channel:
-        dx = rstd * ((g - mean(g)) - mean(g * xhat) * xhat)   over the row's segments,
-    and each chunk's partials of dweight[c] = sum of dy * xhat, dbias[c] = sum of dy."""
-    cdef const RowJob* j = <const RowJob*>job
-    cdef Py_ssize_t G = j.G, Cg = j.Cg, S = j.S, C = j.G * j.Cg, D = j.Cg * j.S
-    cdef Py_ssize_t r, i, c, b, len_b, k_b, o, k
-    cdef floating* dx = <floating*>j.out
-    cdef const floating* dy = <const floating*>j.dy
-    cdef const floating* weight = <const floating*>j.weight
-    cdef double* dweight
-    cdef double* dbias
-    cdef const double* mean = j.mean
-    cdef const double* rstd = j.rstd
-    cdef bint stream = j.stream
-    cdef double rs, w, sum_g, sum_gd, seg_g, seg_gd, s1, s2, m_gxhat
-    cdef bint slow
-    cdef floating hi, lo
-    for r in range(split_start(j.n_chunks, t, n_threads) * j.chunk,
-                   min(split_start(j.n_chunks, t + 1, n_threads) * j.chunk, j.M)):
-        k = r // j.chunk
-        dweight = j.part + 2 * C * k        # the partials of this row's chunk
-        dbias = dweight + C
-        split_mean(mean[r], &hi, &lo)
-        rs = rstd[r]
-        c = (r % G) * Cg
-        sum_g = 0
-        sum_gd = 0
-        slow = False
-        # pass 1: per channel segment, sum(dy) and sum(dy * (x - mean)) (short sums, float64)
-        for i in range(Cg):
-            o = r * D + i * S
-            seg_g = 0
-            seg_gd = 0
-            for k_b in range((S + BLOCK - 1) // BLOCK):
-                b = k_b * BLOCK
-                len_b = S - b if S - b < BLOCK else BLOCK
-                bn_grad_sums(&s1, &s2, dy + o + b, x + o + b, len_b, hi, lo, NULL)
-                seg_g += s1
-                seg_gd += s2
-            w = weight[c + i] if weight != NULL else 1.0
-            dbias[c + i] += seg_g
-            sum_g += w * seg_g
-            sum_gd += w * seg_gd
-            if finite(seg_gd * rs):
-                dweight[c + i] += seg_gd * rs
-            else:               # |x - mean| near DBL_MAX: from O(1) terms
-                dweight[c + i] += sum_g_xhat(dy + o, x + o, NULL, NULL, S, hi, lo, rs)
-                slow = True
-        m_gxhat = rs * sum_gd / D
-        if slow or not finite(m_gxhat):     # the same for the row's sum
-            m_gxhat = 0
-            for i in range(Cg):
-                m_gxhat += ((weight[c + i] if weight != NULL else 1.0)
-                            * sum_g_xhat(dy + r * D + i * S, x + r * D + i * S, NULL, NULL, S,
-                                         hi, lo, rs))
-            m_gxhat /= D
-        # pass 2 (row in cache): dx, segment by segment
-        for i in range(Cg):
-            o = r * D + i * S
-            gn_grad_segment(dx + o, dy + o, x + o, S, hi, lo, <floating>rs,
-                            weight[c + i] if weight != NULL else 1, <floating>(sum_g / D),
-                            <floating>m_gxhat, stream)
-    if stream:       # once per thread, after all its streamed stores
-        cn_stream_fence()
-
-
-# ---------------------------------------------------------------------------------------
 # Python entry points: every buffer is checked (type, size, layout) before use
 # ---------------------------------------------------------------------------------------
 
-cdef inline int _check_rows(object x, Py_ssize_t M, Py_ssize_t D) except -1:
-    """x: float32/float64, C-contiguous, M*D elements; returns its type number."""
-    cdef int typenum = input_typenum(x, "input")
+cdef inline int _check_rows(object x, Py_ssize_t M, Py_ssize_t D, int kind=0) except -1:
+    """x: float32/float64 (or half bits), C-contiguous, M*D elements; returns compute_typenum."""
+    cdef int typenum = compute_typenum(x, kind)
     check_dims(M, D, 1, 1)
-    check_array(x, M * D, typenum, False, "input")
+    check_array(x, M * D, cnp.NPY_UINT16 if kind else typenum, False, "input")
     return typenum
 
 
@@ -391,10 +314,11 @@ cdef void _start(RowJob* j, cnp.ndarray x, int typenum, Py_ssize_t M, Py_ssize_t
 
 
 cdef tuple _forward_job(RowJob* j, cnp.ndarray x, res, Py_ssize_t M, Py_ssize_t D, weight,
-                        bias, double eps, bint center):
-    """The checks, outputs (y, sum or None, mean, rstd) and job of a LayerNorm-type forward."""
-    cdef int typenum = _check_rows(x, M, D)
-    check_array(res, M * D, typenum, False, "residual")
+                        bias, double eps, bint center, int kind):
+    """The checks, outputs (y, sum or None, mean, rstd) and job of a LayerNorm-type forward
+    (half storage: free j.stage)."""
+    cdef int typenum = _check_rows(x, M, D, kind)
+    check_array(res, M * D, cnp.NPY_UINT16 if kind else typenum, False, "residual")
     check_array(weight, D, typenum, False, "weight")
     check_array(bias, D, typenum, False, "bias")
     cdef cnp.ndarray y = empty_like(x)
@@ -411,61 +335,60 @@ cdef tuple _forward_job(RowJob* j, cnp.ndarray x, res, Py_ssize_t M, Py_ssize_t 
     j.residual = data_or_null(res)
     j.weight = data_or_null(weight)
     j.bias = data_or_null(bias)
+    _start_stage(j, kind)
     return y, s, mean, rstd
 
 
 def layer_norm_forward(cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D, weight, bias,
-                       double eps):
+                       double eps, int kind=0):
     """LayerNorm of x viewed as (M, D). Returns (y like x, mean (M,), rstd (M,)) with
-    float64 statistics. weight and bias: None or D contiguous elements (any shape)."""
+    float64 statistics. weight and bias: None or D contiguous elements (any shape).
+    kind 1 (float16) / 2 (bfloat16): x and y are half bits (uint16), weight and bias float32."""
     cdef RowJob j
-    y, _, mean, rstd = _forward_job(&j, x, None, M, D, weight, bias, eps, True)
-    with nogil:
-        run_threads(j.typenum, j.x, &j, j.n_threads,
-                    _layer_norm_forward_rows[float], _layer_norm_forward_rows[double])
+    y, _, mean, rstd = _forward_job(&j, x, None, M, D, weight, bias, eps, True, kind)
+    _run_forward(&j)
     return y, mean, rstd
 
 
 def add_layer_norm_forward(cnp.ndarray x not None, residual, Py_ssize_t M, Py_ssize_t D,
-                           weight, bias, double eps):
+                           weight, bias, double eps, int kind=0):
     """LayerNorm of s = x + residual (both (M, D)), in one pass over memory. Returns
-    (y, s, mean, rstd); the backward is layer_norm_backward applied to s."""
+    (y, s, mean, rstd); the backward is layer_norm_backward applied to s. kind: as
+    layer_norm_forward (s is rounded to the half type, then normalized)."""
     if residual is None:
         raise TypeError("residual must be a NumPy array")
     cdef RowJob j
-    out = _forward_job(&j, x, residual, M, D, weight, bias, eps, True)
-    with nogil:
-        run_threads(j.typenum, j.x, &j, j.n_threads,
-                    _layer_norm_forward_rows[float], _layer_norm_forward_rows[double])
+    out = _forward_job(&j, x, residual, M, D, weight, bias, eps, True, kind)
+    _run_forward(&j)
     return out
 
 
-def rms_norm_forward(cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D, weight, double eps):
+def rms_norm_forward(cnp.ndarray x not None, Py_ssize_t M, Py_ssize_t D, weight, double eps,
+                     int kind=0):
     """RMSNorm of x viewed as (M, D): y = x / sqrt(mean(x**2) + eps) * weight. Returns
-    (y, rrms (M,)) with rrms = 1/sqrt(mean(x**2) + eps) in float64."""
+    (y, rrms (M,)) with rrms = 1/sqrt(mean(x**2) + eps) in float64. kind: layer_norm_forward's."""
     cdef RowJob j
-    y, _, _, rrms = _forward_job(&j, x, None, M, D, weight, None, eps, False)
-    with nogil:
-        run_threads(j.typenum, j.x, &j, j.n_threads,
-                    _layer_norm_forward_rows[float], _layer_norm_forward_rows[double])
+    y, _, _, rrms = _forward_job(&j, x, None, M, D, weight, None, eps, False, kind)
+    _run_forward(&j)
     return y, rrms
 
 
 cdef tuple _backward_job(RowJob* j, cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M,
-                         Py_ssize_t D, mean, cnp.ndarray rstd, weight, bint with_bias):
+                         Py_ssize_t D, mean, cnp.ndarray rstd, weight, bint with_bias, int kind):
     """The checks, outputs (dx, dweight, dbias or None) and job (with its scratch: free
-    j.part) of a LayerNorm / RMSNorm (mean None) backward."""
-    cdef int typenum = _check_rows(x, M, D)
+    j.part and j.stage) of a LayerNorm / RMSNorm (mean None) backward. Half storage:
+    dweight and dbias are float64 (rounded once by the caller)."""
+    cdef int typenum = _check_rows(x, M, D, kind)
     if dy is None or rstd is None:
         raise TypeError("grad_output and rstd must be NumPy arrays")
-    check_array(dy, M * D, typenum, False, "grad_output")
+    check_array(dy, M * D, cnp.NPY_UINT16 if kind else typenum, False, "grad_output")
     check_array(mean, M, cnp.NPY_DOUBLE, False, "mean")
     check_array(rstd, M, cnp.NPY_DOUBLE, False, "rstd")
     check_array(weight, D, typenum, False, "weight")
     cdef cnp.ndarray dx = empty_like(x)
-    cdef cnp.ndarray dw = empty_1d(D, typenum)
-    cdef cnp.ndarray db = empty_1d(D, typenum) if with_bias else None
-    cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(x)
+    cdef cnp.ndarray dw = empty_1d(D, cnp.NPY_DOUBLE if kind else typenum)
+    cdef cnp.ndarray db = empty_1d(D, cnp.NPY_DOUBLE if kind else typenum) if with_bias else None
+    cdef Py_ssize_t itemsize = sizeof(float) if kind else cnp.PyArray_ITEMSIZE(x)   # of tmp
     _start(j, x, typenum, M, D, 2 * M * D)
     j.chunk = chunk_size(M, D, ROWS_PER_FLUSH * 1024, 2, MAX_WIDE_CHUNKS)   # rows in pairs,
     if j.chunk > ROWS_PER_FLUSH:                                        # or flush groups
@@ -482,6 +405,11 @@ cdef tuple _backward_job(RowJob* j, cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M,
     j.mean = <double*>data_or_null(mean)
     j.rstd = <double*>cnp.PyArray_DATA(rstd)
     j.weight = data_or_null(weight)
+    try:
+        _start_stage(j, kind)
+    except MemoryError:
+        free(j.part)
+        raise
     return dx, dw, db
 
 
@@ -491,109 +419,31 @@ cdef void _run_backward(RowJob* j, cnp.ndarray dw, db) noexcept:
     with nogil:
         run_threads(j.typenum, j.x, j, j.n_threads,
                     _layer_norm_backward_rows[float], _layer_norm_backward_rows[double])
-    sum_partials(j.typenum, cnp.PyArray_DATA(dw), data_or_null(db), j.part, j.D, j.n_chunks,
-                 2 * j.D)
+    sum_partials(cnp.PyArray_TYPE(dw), cnp.PyArray_DATA(dw), data_or_null(db), j.part, j.D,
+                 j.n_chunks, 2 * j.D)
     free(j.part)
+    free(j.stage)
 
 
 def layer_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t M,
                         Py_ssize_t D, cnp.ndarray mean not None, cnp.ndarray rstd not None,
-                        weight):
-    """LayerNorm backward. Returns (dx like x, dweight (D,), dbias (D,)) in the input dtype."""
+                        weight, int kind=0):
+    """LayerNorm backward. Returns (dx like x, dweight (D,), dbias (D,)) in the input dtype
+    (half storage, kind != 0: dx half bits, dweight and dbias float64)."""
     cdef RowJob j
-    dx, dw, db = _backward_job(&j, dy, x, M, D, mean, rstd, weight, True)
+    dx, dw, db = _backward_job(&j, dy, x, M, D, mean, rstd, weight, True, kind)
     _run_backward(&j, dw, db)
     return dx, dw, db
 
 
 def rms_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t M,
-                      Py_ssize_t D, cnp.ndarray rrms not None, weight):
-    """RMSNorm backward. Returns (dx like x, dweight (D,)) in the input dtype."""
+                      Py_ssize_t D, cnp.ndarray rrms not None, weight, int kind=0):
+    """RMSNorm backward. Returns (dx like x, dweight (D,)) in the input dtype (kind: as LN's)."""
     cdef RowJob j
-    dx, dw, _ = _backward_job(&j, dy, x, M, D, None, rrms, weight, False)
+    dx, dw, _ = _backward_job(&j, dy, x, M, D, None, rrms, weight, False, kind)
     _run_backward(&j, dw, None)
     return dx, dw
 
 
-cdef inline int _check_groups(object x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
-                              Py_ssize_t S) except -1:
-    check_dims(N, G, Cg, S)
-    return _check_rows(x, N * G, Cg * S)
-
-
-cdef void _group_job(RowJob* j, cnp.ndarray x, int typenum, Py_ssize_t N, Py_ssize_t G,
-                     Py_ssize_t Cg, Py_ssize_t S, Py_ssize_t reads) noexcept:
-    _start(j, x, typenum, N * G, Cg * S, reads * N * G * Cg * S)
-    j.G = G
-    j.Cg = Cg
-    j.S = S
-    j.stream = _use_stream(N * G * Cg * S, S, cnp.PyArray_ITEMSIZE(x))
-
-
-def group_norm_forward(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
-                       Py_ssize_t S, weight, bias, double eps):
-    """GroupNorm of x viewed as (N, G, Cg, S) with per-channel (G*Cg) weight and bias.
-    Returns (y, mean, rstd, var), float64 statistics of shape (N*G,) (var biased).
-    InstanceNorm is G = C, Cg = 1."""
-    cdef int typenum = _check_groups(x, N, G, Cg, S)
-    check_array(weight, G * Cg, typenum, False, "weight")
-    check_array(bias, G * Cg, typenum, False, "bias")
-    cdef Py_ssize_t M = N * G
-    cdef cnp.ndarray y = empty_like(x)
-    cdef cnp.ndarray mean = empty_1d(M, cnp.NPY_DOUBLE), rstd = empty_1d(M, cnp.NPY_DOUBLE)
-    cdef cnp.ndarray var = empty_1d(M, cnp.NPY_DOUBLE)
-    cdef RowJob j
-    if M * Cg * S == 0:         # an empty row has no statistics (torch gives nan)
-        mean.fill(float("nan"))
-        rstd.fill(float("nan"))
-        var.fill(float("nan"))
-        return y, mean, rstd, var
-    _group_job(&j, x, typenum, N, G, Cg, S, 1)
-    j.eps = eps
-    j.out = cnp.PyArray_DATA(y)
-    j.mean = <double*>cnp.PyArray_DATA(mean)
-    j.rstd = <double*>cnp.PyArray_DATA(rstd)
-    j.var = <double*>cnp.PyArray_DATA(var)
-    j.weight = data_or_null(weight)
-    j.bias = data_or_null(bias)
-    with nogil:
-        run_threads(j.typenum, j.x, &j, j.n_threads,
-                    _group_norm_forward_rows[float], _group_norm_forward_rows[double])
-    return y, mean, rstd, var
-
-
-def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t N,
-                        Py_ssize_t G, Py_ssize_t Cg, Py_ssize_t S, cnp.ndarray mean not None,
-                        cnp.ndarray rstd not None, weight):
-    """GroupNorm backward. Returns (dx like x, dweight (C,), dbias (C,)) in the input dtype."""
-    cdef int typenum = _check_groups(x, N, G, Cg, S)
-    check_array(dy, N * G * Cg * S, typenum, False, "grad_output")
-    check_array(mean, N * G, cnp.NPY_DOUBLE, False, "mean")
-    check_array(rstd, N * G, cnp.NPY_DOUBLE, False, "rstd")
-    check_array(weight, G * Cg, typenum, False, "weight")
-    cdef Py_ssize_t C = G * Cg
-    cdef cnp.ndarray dx = empty_like(x)
-    cdef cnp.ndarray dw = empty_1d(C, typenum), db = empty_1d(C, typenum)
-    cdef RowJob j
-    if N * G * Cg * S == 0:     # empty rows have no statistics: zero parameter gradients
-        dw.fill(0)
-        db.fill(0)
-        return dx, dw, db
-    _group_job(&j, x, typenum, N, G, Cg, S, 2)
-    j.chunk = chunk_size(N * G, Cg * S, CHUNK_ELEMENTS, 1, MAX_CHUNKS)
-    j.n_chunks = (N * G + j.chunk - 1) // j.chunk
-    j.part = <double*>calloc(j.n_chunks * 2 * C + 1, sizeof(double))    # dweight, dbias
-    if j.part == NULL:
-        raise MemoryError()
-    j.out = cnp.PyArray_DATA(dx)
-    j.dy = cnp.PyArray_DATA(dy)
-    j.mean = <double*>cnp.PyArray_DATA(mean)
-    j.rstd = <double*>cnp.PyArray_DATA(rstd)
-    j.weight = data_or_null(weight)
-    with nogil:
-        run_threads(j.typenum, j.x, &j, j.n_threads,
-                    _group_norm_backward_rows[float], _group_norm_backward_rows[double])
-    sum_partials(typenum, cnp.PyArray_DATA(dw), cnp.PyArray_DATA(db), j.part, C, j.n_chunks,
-                 2 * C)
-    free(j.part)
-    return dx, dw, db
+include "row_norm_group.pxi"
+include "row_norm_half.pxi"

@@ -67,6 +67,7 @@ __all__ = [  # noqa: RUF022 - grouped: table, data, selection, builders
     "torch_available",
     "slow_available",
     "import_torch",
+    "tensor",
     "torch_module",
     "torch_fwd_bwd",
 ]
@@ -118,11 +119,12 @@ class CaseData:
 def _make_data(case: Case, dtype: str) -> CaseData:
     dt = np.dtype(dtype)
     rng = np.random.default_rng(0)
-    # standard_normal(dtype=...) only supports float32/float64, which is all we need
-    x = rng.standard_normal(case.shape, dtype=dt)
+    # standard_normal(dtype=...) only supports float32/float64: halves are drawn in float32
+    draw = dt if dt.itemsize >= 4 else np.dtype(np.float32)
+    x = rng.standard_normal(case.shape, dtype=draw).astype(dt, copy=False)
     x *= 2.0
     x += 0.5  # non-zero mean, non-unit variance
-    dy = rng.standard_normal(case.shape, dtype=dt)
+    dy = rng.standard_normal(case.shape, dtype=draw).astype(dt, copy=False)
     weight = (1.0 + 0.1 * rng.standard_normal(case.param_shape)).astype(dt)
     bias = (0.1 * rng.standard_normal(case.param_shape)).astype(dt)
     rm: np.ndarray | None = None
@@ -132,7 +134,7 @@ def _make_data(case: Case, dtype: str) -> CaseData:
         rv = (4.0 + 0.1 * rng.standard_normal(case.param_shape)).astype(dt)
     residual: np.ndarray | None = None
     if case.family == "add_ln":  # drawn last: the other arrays stay as they were
-        residual = rng.standard_normal(case.shape, dtype=dt)
+        residual = rng.standard_normal(case.shape, dtype=draw).astype(dt, copy=False)
     # left writable on purpose: a read-only input could push an implementation onto a
     # slower (copying) path that user code would not hit.  No builder writes to them.
     return CaseData(x, dy, weight, bias, rm, rv, residual)
@@ -154,6 +156,14 @@ def import_torch():
     except ImportError as exc:
         raise ImplUnavailable("torch is not installed") from exc
     return torch
+
+
+def tensor(a: np.ndarray):
+    """``torch.from_numpy(a)``; a bfloat16 array (ml_dtypes) through its int16 bits."""
+    torch = import_torch()
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def torch_available() -> bool:
@@ -299,12 +309,12 @@ def torch_module(case: Case, dtype: str, data: CaseData, nn=None):
     m = cls(*args, **kwargs, dtype=getattr(torch, dtype))
     with torch.no_grad():
         if m.weight is not None:
-            m.weight.copy_(torch.from_numpy(data.weight))
+            m.weight.copy_(tensor(data.weight))
         if getattr(m, "bias", None) is not None:
-            m.bias.copy_(torch.from_numpy(data.bias))
+            m.bias.copy_(tensor(data.bias))
         if case.family == "bn":
-            m.running_mean.copy_(torch.from_numpy(data.running_mean))
-            m.running_var.copy_(torch.from_numpy(data.running_var))
+            m.running_mean.copy_(tensor(data.running_mean))
+            m.running_var.copy_(tensor(data.running_var))
     return m
 
 
@@ -328,12 +338,11 @@ def torch_fwd_bwd(
 
 
 def _build_torch(case, op, dtype, data):
-    torch = import_torch()
     m = torch_module(case, dtype, data)
-    x = torch.from_numpy(data.x.copy())
+    x = tensor(data.x.copy())
     inputs = [x]
     if case.family == "add_ln":
-        r = torch.from_numpy(data.residual.copy())
+        r = tensor(data.residual.copy())
         inputs.append(r)
 
         def forward():
@@ -346,7 +355,7 @@ def _build_torch(case, op, dtype, data):
     if op == "fwd_bwd":
         for t in inputs:
             t.requires_grad_(True)
-        return torch_fwd_bwd(forward, inputs, list(m.parameters()), torch.from_numpy(data.dy.copy()))
+        return torch_fwd_bwd(forward, inputs, list(m.parameters()), tensor(data.dy.copy()))
 
     # forward only: no autograd graph (same kernel as under torch.no_grad())
     m.requires_grad_(False)

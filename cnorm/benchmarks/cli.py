@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         default="float32",
-        choices=["float32", "float64", "both"],
-        help="input dtype (default: float32)",
+        metavar="DTYPES",
+        help="input dtype, a comma list of float32, float64, float16, bfloat16 (ml_dtypes), or "
+        "'both' (float32,float64) (default: float32)",
     )
     p.add_argument(
         "--cases",

@@ -13,7 +13,7 @@ BN_OPS: tuple[str, ...] = ("train_fwd", "eval_fwd", "fwd_bwd")
 LN_OPS: tuple[str, ...] = ("fwd", "fwd_bwd")
 ALL_OPS: tuple[str, ...] = ("train_fwd", "eval_fwd", "fwd", "fwd_bwd")
 IMPLS: tuple[str, ...] = ("cnorm", "torch", "numpy", "copy")
-DTYPES: tuple[str, ...] = ("float32", "float64")
+DTYPES: tuple[str, ...] = ("float32", "float64", "float16", "bfloat16")  # bfloat16: ml_dtypes
 
 EPS = 1e-5
 MOMENTUM = 0.1
@@ -179,12 +179,17 @@ def select_ops(spec=None) -> list[str]:
 
 
 def select_dtypes(spec: str = "float32") -> list[str]:
-    """``"both"`` -> every dtype of :data:`DTYPES`; else the one named dtype."""
+    """``"both"`` -> float32 and float64; else a comma list of :data:`DTYPES`
+    (``"float16,bfloat16"``: the half-precision rows)."""
     if spec == "both":
-        return list(DTYPES)
-    if spec not in DTYPES:
-        raise ValueError(f"unsupported dtype {spec!r}; dtypes: {', '.join(DTYPES)}, both")
-    return [spec]
+        return list(DTYPES[:2])
+    names = spec.split(",")
+    for name in names:
+        if name not in DTYPES:
+            raise ValueError(f"unsupported dtype {name!r}; dtypes: {', '.join(DTYPES)}, both")
+    if "bfloat16" in names:
+        import ml_dtypes  # noqa: F401  - registers np.dtype("bfloat16")
+    return names
 
 
 # --------------------------------------------------------------------------- bytes

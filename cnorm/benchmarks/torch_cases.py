@@ -84,7 +84,7 @@ def build_dropin(
     dtype = str(np.dtype(dtype))
     data = data if data is not None else C.make_data(case, dtype)
     m = C.torch_module(case, dtype, data, ns)
-    x = torch.from_numpy(data.x.copy())
+    x = C.tensor(data.x.copy())
     if op in ("fwd", "infer"):
         m.train(op == "fwd")
         no_grad = torch.no_grad
@@ -98,7 +98,7 @@ def build_dropin(
         def forward():
             return m(x)
 
-        fn = C.torch_fwd_bwd(forward, [x], list(m.parameters()), torch.from_numpy(data.dy.copy()))
+        fn = C.torch_fwd_bwd(forward, [x], list(m.parameters()), C.tensor(data.dy.copy()))
     fn.__name__ = f"{case.name}_{op}_{impl}_{dtype}"
     return fn
 

@@ -18,6 +18,7 @@ from .._validate import (
     check_param,
     check_real,
     check_same,
+    param_dtype,
     refuse_masked,
 )
 
@@ -69,7 +70,7 @@ def native_batch_norm(
     check_real(momentum, "momentum")
     check_real(eps, "eps")
     n, c, s = batch_dims(x)
-    dtype = x.dtype
+    dtype = param_dtype(x.dtype, (weight, bias, running_mean, running_var), wording="strict")
     weight = check_param(weight, "weight", (c,), dtype)
     bias = check_param(bias, "bias", (c,), dtype)
     rm = check_param(running_mean, "running_mean", (c,), dtype, writable=training)
@@ -121,7 +122,7 @@ def _backward(
     n, c, s = batch_dims(x)
     dy = check_grad(grad_output, x)
     y = None if output is None else check_same(output, x, "output", "the input")
-    weight = check_param(weight, "weight", (c,), x.dtype)
+    weight = check_param(weight, "weight", (c,), param_dtype(x.dtype, (weight,)))
     mean = check_param(save_mean, "save_mean", (c,), None)
     invstd = check_param(save_invstd, "save_invstd", (c,), None)
     return _ops.batch_norm_backward(dy, x, n, c, s, weight, mean, invstd, training, y)
@@ -291,8 +292,9 @@ def batch_norm_elemt(
     float64 statistics ``mean`` and ``invstd = 1/sqrt(var + eps)`` of shape ``(C,)``."""
     x = check_array(input)
     n, c, s = batch_dims(x)
-    weight = check_param(weight, "weight", (c,), x.dtype)
-    bias = check_param(bias, "bias", (c,), x.dtype)
+    dtype = param_dtype(x.dtype, (weight, bias))
+    weight = check_param(weight, "weight", (c,), dtype)
+    bias = check_param(bias, "bias", (c,), dtype)
     mean = check_param(mean, "mean", (c,), None)
     invstd = check_param(invstd, "invstd", (c,), None)
     return _ops.batch_norm_elemt(x, n, c, s, mean, invstd, weight, bias)
@@ -329,7 +331,7 @@ def batch_norm_backward_elemt(
     x = check_array(input)
     n, c, s = batch_dims(x)
     dy = check_grad(grad_output, x)
-    weight = check_param(weight, "weight", (c,), x.dtype)
+    weight = check_param(weight, "weight", (c,), param_dtype(x.dtype, (weight,)))
     mean = check_param(mean, "mean", (c,), None)
     invstd = check_param(invstd, "invstd", (c,), None)
     sum_dy = check_param(sum_dy, "sum_dy", (c,), None)

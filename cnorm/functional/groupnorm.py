@@ -23,6 +23,7 @@ from .._validate import (
     check_real,
     check_spatial,
     group_dims,
+    param_dtype,
 )
 
 __all__ = [
@@ -57,8 +58,9 @@ def native_group_norm(
     x = check_array(input)
     n, g, cg, s = group_dims(x, num_groups)
     check_real(eps, "eps")
-    weight = check_param(weight, "weight", (g * cg,), x.dtype, "channels", input_shape=x.shape)
-    bias = check_param(bias, "bias", (g * cg,), x.dtype, "channels", input_shape=x.shape)
+    dtype = param_dtype(x.dtype, (weight, bias))
+    weight = check_param(weight, "weight", (g * cg,), dtype, "channels", input_shape=x.shape)
+    bias = check_param(bias, "bias", (g * cg,), dtype, "channels", input_shape=x.shape)
     y, mean, rstd, _ = _ops.group_norm_forward(x, n, g, cg, s, weight, bias, eps)
     return y, mean.reshape(n, g), rstd.reshape(n, g)
 
@@ -103,7 +105,9 @@ def group_norm_backward(
     x = check_array(input)
     n, g, cg, s = group_dims(x, num_groups)
     dy = check_grad(grad_output, x)
-    weight = check_param(weight, "weight", (g * cg,), x.dtype, "channels", input_shape=x.shape)
+    weight = check_param(
+        weight, "weight", (g * cg,), param_dtype(x.dtype, (weight,)), "channels", input_shape=x.shape
+    )
     mean = check_param(np.reshape(mean, -1), "mean", (n * g,), None)
     rstd = check_param(np.reshape(rstd, -1), "rstd", (n * g,), None)
     return _ops.group_norm_backward(dy, x, n, g, cg, s, mean, rstd, weight)
@@ -149,7 +153,7 @@ def native_instance_norm(
     if not use_input_stats and running_mean is None:
         raise ValueError("Expected running_mean and running_var to be defined when use_input_stats is false")
     n, c, s = batch_dims(x)
-    dtype = x.dtype
+    dtype = param_dtype(x.dtype, (weight, bias, running_mean, running_var))
     weight = check_param(weight, "weight", (c,), dtype)
     bias = check_param(bias, "bias", (c,), dtype)
     writable = bool(use_input_stats)
@@ -213,7 +217,7 @@ def instance_norm_backward(
     check_bool(use_input_stats, "use_input_stats")
     n, c, s = batch_dims(x)
     dy = check_grad(grad_output, x)
-    weight = check_param(weight, "weight", (c,), x.dtype)
+    weight = check_param(weight, "weight", (c,), param_dtype(x.dtype, (weight,)))
     if use_input_stats:
         mean = check_param(np.reshape(save_mean, -1), "save_mean", (n * c,), None)
         invstd = check_param(np.reshape(save_invstd, -1), "save_invstd", (n * c,), None)

@@ -18,6 +18,7 @@ from .._validate import (
     check_real,
     check_same,
     layer_dims,
+    param_dtype,
     rms_dims,
 )
 
@@ -60,8 +61,9 @@ def native_layer_norm(
     """
     x, shape, m, d = _rows(input, normalized_shape, layer_dims)
     check_real(eps, "eps")
-    weight = check_param(weight, "weight", shape, x.dtype, "normalized_shape")
-    bias = check_param(bias, "bias", shape, x.dtype, "normalized_shape")
+    dtype = param_dtype(x.dtype, (weight, bias))
+    weight = check_param(weight, "weight", shape, dtype, "normalized_shape")
+    bias = check_param(bias, "bias", shape, dtype, "normalized_shape")
     y, mean, rstd = _ops.layer_norm_forward(x, m, d, weight, bias, eps)
     lead = x.shape[: x.ndim - len(shape)]
     return y, mean.reshape(lead), rstd.reshape(lead)
@@ -103,7 +105,7 @@ def layer_norm_backward(
     """
     x, shape, m, d = _rows(input, normalized_shape, layer_dims)
     dy = check_grad(grad_output, x)
-    weight = check_param(weight, "weight", shape, x.dtype, "normalized_shape")
+    weight = check_param(weight, "weight", shape, param_dtype(x.dtype, (weight,)), "normalized_shape")
     mean = check_param(np.reshape(mean, -1), "mean", (m,), None)
     rstd = check_param(np.reshape(rstd, -1), "rstd", (m,), None)
     return _ops.layer_norm_backward(dy, x, shape, m, d, mean, rstd, weight)
@@ -130,7 +132,7 @@ def native_rms_norm(
     """
     x, shape, m, d = _rows(input, normalized_shape, rms_dims)
     check_real(eps, "eps", optional=True)
-    weight = check_param(weight, "weight", shape, x.dtype, "normalized_shape")
+    weight = check_param(weight, "weight", shape, param_dtype(x.dtype, (weight,)), "normalized_shape")
     y, rrms = _ops.rms_norm_forward(x, m, d, weight, eps)
     return y, rrms.reshape(x.shape[: x.ndim - len(shape)])
 
@@ -170,7 +172,7 @@ def rms_norm_backward(
     """
     x, shape, m, d = _rows(input, normalized_shape, rms_dims)
     dy = check_grad(grad_output, x)
-    weight = check_param(weight, "weight", shape, x.dtype, "normalized_shape")
+    weight = check_param(weight, "weight", shape, param_dtype(x.dtype, (weight,)), "normalized_shape")
     rrms = check_param(np.reshape(rrms, -1), "rrms", (m,), None)
     return _ops.rms_norm_backward(dy, x, shape, m, d, rrms, weight)
 
@@ -198,8 +200,9 @@ def native_add_layer_norm(
     shape = check_normalized_shape(normalized_shape)
     m, d = layer_dims(x, shape)
     check_real(eps, "eps")
-    weight = check_param(weight, "weight", shape, x.dtype, "normalized_shape")
-    bias = check_param(bias, "bias", shape, x.dtype, "normalized_shape")
+    dtype = param_dtype(x.dtype, (weight, bias))
+    weight = check_param(weight, "weight", shape, dtype, "normalized_shape")
+    bias = check_param(bias, "bias", shape, dtype, "normalized_shape")
     y, s, mean, rstd = _ops.add_layer_norm_forward(x, r, m, d, weight, bias, eps)
     lead = x.shape[: x.ndim - len(shape)]
     return y, s, mean.reshape(lead), rstd.reshape(lead)
@@ -256,7 +259,7 @@ def add_layer_norm_backward(
     s, shape, m, d = _rows(s, normalized_shape, layer_dims, "s")
     dy = check_same(grad_output, s, "grad_output", "the sum")
     dsum = None if grad_sum is None else check_same(grad_sum, s, "grad_sum", "the sum")
-    weight = check_param(weight, "weight", shape, s.dtype, "normalized_shape")
+    weight = check_param(weight, "weight", shape, param_dtype(s.dtype, (weight,)), "normalized_shape")
     mean = check_param(np.reshape(mean, -1), "mean", (m,), None)
     rstd = check_param(np.reshape(rstd, -1), "rstd", (m,), None)
     return _ops.add_layer_norm_backward(dy, dsum, s, shape, m, d, mean, rstd, weight)

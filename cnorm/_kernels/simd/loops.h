@@ -1,12 +1,13 @@
 /* The inner loops, written once over an element type T and a vector type V.
  *
  * Not a header to include directly: dispatch.h includes it once per (dtype, build), with
- *   T, CN_IT  the element type and the integer type of its size (float, int32_t)
+ *   T, CN_IT  the element type and the integer type of its size (float, int32_t);
+ *             CN_T_BYTES its size
  *   CN_S      the dtype suffix (f, d)
  *   CN_BUILD  the build (scalar, base, avx2) and CN_VB its vector bytes (0: V = T)
  *   CN_TARGET the build's target attribute (or nothing)
  * and CN_FN(name) names each copy cn_<name>_<dtype>_<build>. The loops themselves are in
- * reduce.h and elementwise.h; every signature there is a row of signatures.py
+ * reduce.h, elementwise.h and convert.h (half storage); every signature there is a row of signatures.py
  * (tests/test_simd_table.py checks that they agree).
  *
  * Reductions keep a bundle of L = 64 / sizeof(T) lanes: K vectors of W lanes (the scalar
@@ -75,6 +76,7 @@ CN_HELPER V CN_FN(mask_grad_v)(V g, V y) { return CN_FN(mask_grad)(g, y); }
 
 #include "reduce.h"
 #include "elementwise.h"
+#include "convert.h"
 
 #undef CN_FN
 #undef CN_LOOP

@@ -25,7 +25,8 @@ BUILDS = [
     ("avx2", 32, "CN_HAVE_AVX2_BUILD", "avx2"),
 ]
 
-# (name, return type, parameters): the loops, in the order of loops.h (reduce.h, then elementwise.h)
+# (name, return type, parameters): the loops, in the order of loops.h (reduce.h, elementwise.h,
+# convert.h)
 LOOPS = [
     # reductions over a contiguous block (<= BLOCK elements), summed over the lanes
     ("block_sum", "double", "const T* x, ptrdiff_t n"),
@@ -135,6 +136,11 @@ LOOPS = [
         ),
     ),
     ("residual_add", "void", "T* out, const T* a, const T* b, ptrdiff_t n, int stream"),
+    # half storage (convert.h): float16 / bfloat16 bits <-> T, narrowing rounded once to nearest even
+    ("from_f16", "void", "T* out, const uint16_t* h, ptrdiff_t n"),
+    ("to_f16", "void", "uint16_t* h, const T* x, ptrdiff_t n"),
+    ("from_bf16", "void", "T* out, const uint16_t* h, ptrdiff_t n"),
+    ("to_bf16", "void", "uint16_t* h, const T* x, ptrdiff_t n"),
 ]
 
 # (name, return type, parameters or None for a variable, comment): simd.h's own

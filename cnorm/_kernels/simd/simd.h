@@ -106,6 +106,81 @@ static CN_INLINE double cn_tree_d(const double* a)     /* 8 lanes */
 #define CN_TREE_(s) cn_tree_##s
 #define CN_TREE(s) CN_TREE_(s)
 
+/* ---- half storage (float16, bfloat16): conversions to and from the compute type -----
+   Scalar C99, bit-identical to the vector conversions of convert.h (F16C vcvtph2ps /
+   vcvtps2ph, bfloat16 by 16-bit shifts): widening is exact, narrowing rounds to nearest
+   even, once; a NaN stays a quiet NaN of the same sign with its payload truncated. */
+static CN_INLINE uint32_t cn_f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static CN_INLINE float cn_bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static CN_INLINE float cn_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1f)              /* inf, NaN (quieted, as vcvtph2ps does) */
+        return cn_bits_f32(sign | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0));
+    if (e != 0)
+        return cn_bits_f32(sign | ((e + 112) << 23) | (m << 13));
+    return cn_bits_f32(sign | cn_f32_bits((float)m * 5.9604644775390625e-08f)); /* m * 2^-24 */
+}
+
+static CN_INLINE uint16_t cn_f32_to_f16(float f)
+{
+    uint32_t u = cn_f32_bits(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    uint32_t m, q, rem, half;
+    int shift;
+    if (a > 0x7f800000u)        /* NaN: quiet, payload truncated */
+        return (uint16_t)(sign | 0x7e00u | ((a & 0x7fffffu) >> 13));
+    if (a >= 0x477ff000u)       /* >= 65520 = max + half an ulp: inf (and inf itself) */
+        return (uint16_t)(sign | 0x7c00u);
+    if (a >= 0x38800000u)       /* normal: round at bit 13, rebias the exponent */
+        return (uint16_t)(sign | ((a + 0x0fffu + ((a >> 13) & 1u) - 0x38000000u) >> 13));
+    /* subnormal or zero: round(|f| * 2^24) to nearest even, in integers */
+    shift = 126 - (int)(a >> 23);
+    if (shift > 24)
+        return (uint16_t)sign;
+    m = (a & 0x7fffffu) | 0x800000u;
+    q = m >> shift;
+    rem = m & ((1u << shift) - 1);
+    half = 1u << (shift - 1);
+    q += (rem > half) | ((rem == half) & q);
+    return (uint16_t)(sign | q);
+}
+
+static CN_INLINE float cn_bf16_to_f32(uint16_t h) { return cn_bits_f32((uint32_t)h << 16); }
+
+static CN_INLINE uint16_t cn_f32_to_bf16(float f)
+{
+    uint32_t u = cn_f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)   /* NaN: quiet (rounding could carry it to inf) */
+        return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* double -> float rounded to odd: then rounding that float to a half type is the one
+   correct rounding of the double (round-to-odd keeps the sticky bit; 24 >= 11 + 2 bits) */
+static CN_INLINE float cn_f64_to_f32_odd(double d)
+{
+    float f = (float)d;
+    uint32_t u;
+    if ((double)f == d || d != d)
+        return f;
+    u = cn_f32_bits(f);
+    if (!(u & 1u))
+        u = fabs((double)f) > fabs(d) ? u - 1 : u + 1;
+    return cn_bits_f32(u);
+}
+
 /* the instantiations of loops.h, the per-dtype tables of loops and the dispatchers */
 #include "dispatch.h"
 
@@ -133,7 +208,8 @@ static int cn_simd_available(int build)
 #if CN_HAVE_AVX2_BUILD
     if (build == CN_BUILD_avx2) {
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2") != 0;
+        /* its half conversions use F16C (every AVX2 CPU has it; checked all the same) */
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
     }
 #endif
     return 1;
