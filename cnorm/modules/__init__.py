@@ -8,8 +8,8 @@ from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .layernorm import LayerNorm
 from .rmsnorm import RMSNorm
 
-__all__ = [
-    "Module",
+# the layers that have a torch.nn class of the same name (cnorm.torch: a drop-in for each)
+TORCH_NN_TWINS = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
@@ -19,6 +19,11 @@ __all__ = [
     "InstanceNorm2d",
     "InstanceNorm3d",
     "RMSNorm",
+]
+
+__all__ = [
+    "Module",
+    *TORCH_NN_TWINS,
     "AddLayerNorm",
     "BatchNormReLU1d",
     "BatchNormReLU2d",

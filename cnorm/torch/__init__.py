@@ -22,6 +22,7 @@ The user guide (semantics, what goes to torch, SyncBatchNorm, threads and OpenMP
 torch) is ``docs/torch.md``.
 """
 
+from ..modules import TORCH_NN_TWINS
 from ._autograd import (
     BatchNormChannelsLastFunction,
     BatchNormFunction,
@@ -50,15 +51,7 @@ from ._state import to_torch_state_dict
 from ._sync import SyncBatchNorm, SyncBatchNormFunction, convert_sync_batchnorm
 
 __all__ = [
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "BatchNorm3d",
-    "LayerNorm",
-    "GroupNorm",
-    "InstanceNorm1d",
-    "InstanceNorm2d",
-    "InstanceNorm3d",
-    "RMSNorm",
+    *TORCH_NN_TWINS,  # the drop-in classes
     "SyncBatchNorm",
     "convert",
     "register_norm",

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._ops import momentum_factor
+from ..modules import TORCH_NN_TWINS
 from ._autograd import (
     as_numpy,
     batch_norm,
@@ -35,15 +36,7 @@ from ._library import (
 )
 
 __all__ = [
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "BatchNorm3d",
-    "LayerNorm",
-    "GroupNorm",
-    "InstanceNorm1d",
-    "InstanceNorm2d",
-    "InstanceNorm3d",
-    "RMSNorm",
+    *TORCH_NN_TWINS,  # the drop-in classes
     "torch_fallback",
     "cnorm_batch_norm",
     "cnorm_group_norm",
