@@ -49,12 +49,12 @@ __all__ = [
 
 DROPIN_IMPLS = ("cnorm.torch", "torch.nn")
 DROPIN_OPS = ("fwd_bwd", "fwd", "infer")
-DROPIN_KINDS = ("bn1d", "bn2d", "bn3d", "ln")  # the layers cnorm.torch has drop-ins for
+DROPIN_KINDS = ("bn1d", "bn2d", "bn3d", "ln", "gn", "in2d", "rms")  # the layers with a cnorm.torch drop-in
 CNN_BATCH = 128
 
 
 def dropin_cases(cases: Sequence[C.Case] = C.CASES) -> list[C.Case]:
-    """The cases of ``cases`` that have a cnorm.torch drop-in (BatchNorm, LayerNorm)."""
+    """The cases of ``cases`` that have a cnorm.torch drop-in (every kind but add_ln)."""
     return [c for c in cases if c.kind in DROPIN_KINDS]
 
 
