@@ -11,6 +11,7 @@ from norms import NORMS, ONE_VALUE_PER_CHANNEL
 
 import cnorm
 import cnorm.functional as F
+import cnorm.reference
 
 f32 = np.float32
 
@@ -394,6 +395,21 @@ def test_functional_batch_norm_eval_needs_running_stats():
     x = np.ones((4, 3), np.float32)
     with raises(ValueError, "running_mean and running_var must be given when training=False"):
         F.batch_norm(x, None, None, training=False)
+
+
+@pytest.mark.parametrize("api", [F, cnorm.reference], ids=["functional", "reference"])
+def test_eval_without_running_stats_same_error_in_the_reference_twin(api):
+    # torch: RuntimeError "running_mean must be defined in evaluation mode"; cnorm's
+    # functional layer says ValueError, and its float64 twin must say the same
+    x = np.ones((4, 3), np.float32)
+    ones = np.ones(3, np.float32)
+    msg = "running_mean and running_var must be given when training=False"
+    with raises(ValueError, msg):
+        api.native_batch_norm(x, None, None, None, None, False, 0.1, 1e-5)
+    with raises(ValueError, msg):
+        api.native_batch_norm_relu(x, None, None, ones, None, False, 0.1, 1e-5)
+    with raises(ValueError, msg):
+        api.batch_norm(x, None, ones)
 
 
 @pytest.mark.parametrize("which", ["weight", "bias", "running_mean", "running_var"])
