@@ -37,7 +37,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 NPY_TARGET_VERSION = "NPY_1_23_API_VERSION"
 
 
-KERNELS = ["openmp", "batch_norm", "row_norm", "channels_last"]  # the extensions cnorm._kernels.<name>
+# the extensions cnorm._kernels.<name>
+KERNELS = ["openmp", "batch_norm", "row_norm", "channels_last", "stream"]
 
 
 def _load_build_util(name):

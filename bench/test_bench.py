@@ -32,6 +32,7 @@ def test_bench(request, bench_params, _same_thread_count):
         dtype=dtype,
         op=op,
         bytes=C.op_bytes(case, op, dtype),
+        floor_bytes=C.floor_bytes(case, op, dtype),
         threads=_same_thread_count,
     )
     bench(fn)

@@ -61,3 +61,16 @@ def torch_bench_cases():
     from cnorm.benchmarks import torch_cases
 
     return torch_cases
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def unsupported_dtype_message(dtype):
+    """cnorm's TypeError message for an input of ``dtype``: it names bfloat16 only when
+    ml_dtypes is installed, so the tests take it from cnorm rather than spell it out."""
+    import numpy as np
+
+    from cnorm._validate import unsupported_dtype
+
+    return str(unsupported_dtype(np.dtype(dtype)))

@@ -5,11 +5,13 @@ import re
 
 import numpy as np
 import pytest
+from _internals import unsupported_dtype_message
 from conftest import dtype_id, raises
 from norms import NORMS, ONE_VALUE_PER_CHANNEL
 
 import cnorm
 import cnorm.functional as F
+import cnorm.reference
 
 f32 = np.float32
 
@@ -193,12 +195,12 @@ def test_unsupported_dtype(mod, dtype):
     x = np.ones(shape, dtype=dtype)
     with raises(
         TypeError,
-        f"unsupported dtype {np.dtype(dtype)}: cnorm works on float32, float64, float16 and bfloat16 arrays",
+        unsupported_dtype_message(dtype),
     ):
         make()(x)
     with raises(
         TypeError,
-        f"unsupported dtype {np.dtype(dtype)}: cnorm works on float32, float64, float16 and bfloat16 arrays",
+        unsupported_dtype_message(dtype),
     ):
         make(dtype=np.float64)(x)
 
@@ -211,9 +213,7 @@ def test_unsupported_dtype_str(mod):
 
 
 def test_unsupported_dtype_exact_spec_message():
-    with raises(
-        TypeError, "unsupported dtype int64: cnorm works on float32, float64, float16 and bfloat16 arrays"
-    ):
+    with raises(TypeError, unsupported_dtype_message(np.int64)):
         cnorm.BatchNorm2d(3)(np.ones((2, 3, 2, 2), np.int64))
 
 
@@ -397,6 +397,21 @@ def test_functional_batch_norm_eval_needs_running_stats():
         F.batch_norm(x, None, None, training=False)
 
 
+@pytest.mark.parametrize("api", [F, cnorm.reference], ids=["functional", "reference"])
+def test_eval_without_running_stats_same_error_in_the_reference_twin(api):
+    # torch: RuntimeError "running_mean must be defined in evaluation mode"; cnorm's
+    # functional layer says ValueError, and its float64 twin must say the same
+    x = np.ones((4, 3), np.float32)
+    ones = np.ones(3, np.float32)
+    msg = "running_mean and running_var must be given when training=False"
+    with raises(ValueError, msg):
+        api.native_batch_norm(x, None, None, None, None, False, 0.1, 1e-5)
+    with raises(ValueError, msg):
+        api.native_batch_norm_relu(x, None, None, ones, None, False, 0.1, 1e-5)
+    with raises(ValueError, msg):
+        api.batch_norm(x, None, ones)
+
+
 @pytest.mark.parametrize("which", ["weight", "bias", "running_mean", "running_var"])
 def test_functional_batch_norm_param_checks(which):
     x = np.ones((4, 3, 2), np.float32)
@@ -430,13 +445,9 @@ def test_functional_type_checks():
         F.batch_norm([[1.0, 2.0], [3.0, 4.0]], None, None, training=True)
     with raises(TypeError, "expected a NumPy array, got list"):
         F.layer_norm([[1.0, 2.0]], (2,))
-    with raises(
-        TypeError, "unsupported dtype int64: cnorm works on float32, float64, float16 and bfloat16 arrays"
-    ):
+    with raises(TypeError, unsupported_dtype_message(np.int64)):
         F.batch_norm(np.ones((4, 3), np.int64), None, None, training=True)
-    with raises(
-        TypeError, "unsupported dtype int32: cnorm works on float32, float64, float16 and bfloat16 arrays"
-    ):
+    with raises(TypeError, unsupported_dtype_message(np.int32)):
         F.layer_norm(np.ones((4, 3), np.int32), (3,))
 
 

@@ -8,6 +8,7 @@ Example counts add up to EXAMPLES_TOTAL (>= 300); the whole file takes well unde
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -335,6 +336,45 @@ def test_functional_layer_norm_stats(case, dtype, threads, loc, scale, seed):
     assert_close(y, y_ref, dtype, scale=fs, err_msg="forward")
     np.testing.assert_allclose(mean, m_ref, rtol=1e-7, atol=1e-7 * scale * fs)
     np.testing.assert_allclose(rstd, r_ref, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# no channel (C = 0) in a batch of one (N = 1): expected values, as torch's F.batch_norm
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 0), (1, 0, 1), (1, 0, 5), (1, 0, 2, 3), (1, 0, 1, 1, 1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_bn_no_channel_batch_of_one(shape, training):
+    """torch counts N * prod(spatial) values per channel even without a channel: in training
+    one value per channel raises its ValueError; otherwise the output is empty, of the input's
+    shape, with empty float64 statistics, and the backward gives an empty dx."""
+    per_channel = shape[0] * math.prod(shape[2:])  # not x.size // C: C is 0
+    x = np.zeros(shape, np.float32)
+    rm, rv = np.zeros(0, np.float32), np.ones(0, np.float32)
+    m = bn_class(len(shape))(0)
+    m.train(training)
+    if training and per_channel == 1:
+        msg = f"Expected more than 1 value per channel when training, got input size {shape}"
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            F.native_batch_norm(x, None, None, rm, rv, True, 0.1, 1e-5)
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            m(x)
+        return
+    y, mean, invstd = F.native_batch_norm(x, None, None, rm, rv, training, 0.1, 1e-5)
+    assert y.shape == shape and y.dtype == np.float32
+    assert mean.shape == invstd.shape == (0,) and mean.dtype == np.float64
+    y = m(x)
+    dx = m.backward(np.zeros(shape, np.float32))
+    assert y.shape == dx.shape == shape and y.dtype == dx.dtype == np.float32
+    assert m.weight_grad.shape == m.bias_grad.shape == m.running_mean.shape == (0,)
+    assert m.num_batches_tracked == (1 if training else 0)
+    try:
+        import torch
+    except ImportError:
+        return
+    t = torch.nn.functional.batch_norm(torch.zeros(shape), torch.zeros(0), torch.ones(0),
+                                       training=training)
+    assert tuple(t.shape) == shape
 
 
 def test_example_budget():

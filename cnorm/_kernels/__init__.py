@@ -5,6 +5,7 @@
     row_norm.pyx     per-row statistics of (M, D) rows: LayerNorm, RMSNorm, add + LayerNorm,
                      GroupNorm / InstanceNorm
     openmp.pyx       the thread count
+    stream.pyx       a parallel streaming copy: the memory bandwidth of the bench's x floor
     simd/            the C inner loops and their one table of signatures (signatures.py)
 
 Importing this package checks that the extensions are built (an unbuilt source tree

@@ -16,9 +16,17 @@ from collections.abc import Sequence
 from . import cases as C
 from . import report as R
 from . import torch_cases as T
-from .timing import METHOD_TEXT, SameThreads, TimingSettings, measure_interleaved
+from .timing import (
+    BANDWIDTH_TEXT,
+    METHOD_TEXT,
+    SameThreads,
+    TimingSettings,
+    measure_interleaved,
+    stream_bandwidth,
+    stream_buffer_bytes,
+)
 
-__all__ = ["build_parser", "main", "parse_threads", "run_benchmarks", "run_dropin"]
+__all__ = ["build_parser", "main", "measure_bandwidth", "parse_threads", "run_benchmarks", "run_dropin"]
 
 PROG = "python -m cnorm bench"
 
@@ -32,6 +40,10 @@ def _wrap(text: str, indent: str = "") -> str:
 
 EPILOG = f"""\
 {_wrap(METHOD_TEXT)}
+
+{_wrap(BANDWIDTH_TEXT)}
+
+{_wrap(C.FLOOR_BYTES_TEXT)}
 
 columns (one table per case and dtype; one row per op and thread count):
   cnorm ms / torch ms / copy ms
@@ -52,12 +64,16 @@ columns (one table per case and dtype; one row per op and thread count):
               copy of the input. For fwd_bwd (twice the bytes) 100% = as fast as two
               copies. With more than one thread it can exceed 100% (the copy is
               single-threaded).
+  x floor     cnorm ms / floor ms, floor ms = floor bytes (below) / the stream
+              bandwidth at the row's thread count (the line above the tables): how many
+              times the time of moving the bytes the op cannot avoid at the measured
+              memory bandwidth. 1 = at the floor; below 1 when the data stay in cache.
   noise%      spread of the reps: the larger of the interquartile ranges of the cnorm
               and torch reps, in % of their median. Large values (> ~10%) mean a busy
               or throttling machine: rerun, or raise --reps.
 
 the last line is a one-line summary: the geometric mean over the cases (and dtypes)
-of cnorm/torch per op and thread count.
+of cnorm/torch, then of x floor, per op and thread count. docs/benchmarks.md has more.
 
 ops:
 {chr(10).join(_wrap(f"{op}: {C.OP_DOC[op]}", "  ") for op in C.ALL_OPS)}
@@ -122,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="write every measurement (medians, minima, per-rep times, inner counts, "
-        "bytes) and metadata (versions, cpu, threads, date) as JSON",
+        "bytes, floor bytes, floor ms, x floor) and metadata (versions, cpu, threads, date, "
+        "the stream bandwidth per thread count) as JSON",
     )
     p.add_argument(
         "--plot",
@@ -153,6 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress",
         action="store_true",
         help="no progress bar on stderr (it is off anyway when stderr is not a tty)",
+    )
+    p.add_argument(
+        "--stream-mb",
+        type=float,
+        default=None,
+        metavar="MIB",
+        help="size of each of the two buffers of the bandwidth measurement, in MiB "
+        f"(default: 4x the last-level cache, >= 64 MiB: {stream_buffer_bytes() / 2**20:g} here; "
+        "0: no bandwidth measurement and no x floor)",
+    )
+    p.add_argument(
+        "--stream-reps",
+        type=int,
+        default=5,
+        metavar="N",
+        help="repetitions of the bandwidth copy, the best kept (default: 5)",
     )
     p.add_argument(
         "--reps",
@@ -197,6 +230,17 @@ def parse_threads(spec: str | None, n_default: int) -> list[int]:
     return out
 
 
+def stream_bytes_from_args(args) -> int:
+    """The bandwidth buffer size in bytes from --stream-mb (ValueError if bad)."""
+    if args.stream_reps < 1:
+        raise ValueError("--stream-reps must be >= 1")
+    if args.stream_mb is None:
+        return stream_buffer_bytes()
+    if args.stream_mb < 0:
+        raise ValueError("--stream-mb must be >= 0")
+    return int(args.stream_mb * 2**20)
+
+
 def settings_from_args(args) -> TimingSettings:
     """--quick, --reps and --min-rep-ms on top of the full settings (ValueError if bad)."""
     settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
@@ -211,6 +255,21 @@ def settings_from_args(args) -> TimingSettings:
             raise ValueError("--min-rep-ms must be >= 0")
         settings = TimingSettings(**{**settings.__dict__, "min_rep_s": args.min_rep_ms / 1e3})
     return settings
+
+
+def measure_bandwidth(threads, cnorm, torch, buffer_bytes: int, reps: int) -> dict:
+    """threads -> the :class:`~cnorm.benchmarks.timing.Bandwidth` of cnorm's parallel copy
+    (:mod:`cnorm._kernels.stream`) at that thread count; {} when ``buffer_bytes`` is 0."""
+    if buffer_bytes <= 0:
+        return {}
+    from cnorm._kernels import stream
+
+    out = {}
+    with SameThreads(cnorm, torch) as thr:
+        for n in threads:
+            thr.set(n)
+            out[n] = stream_bandwidth(stream.stream_copy, buffer_bytes, reps, stream.can_stream())
+    return out
 
 
 def _dropin_ops(spec: str | None) -> list[str]:
@@ -229,9 +288,11 @@ def _torch_below():
 
 
 def run_benchmarks(
-    cases, ops, dtypes, threads, settings, cnorm, torch, progress: R.Progress, out=None
+    cases, ops, dtypes, threads, settings, cnorm, torch, progress: R.Progress, out=None, bandwidth=None
 ) -> list[dict]:
-    """Measure everything; print one table per (case, dtype) as soon as it is done."""
+    """Measure everything; print one table per (case, dtype) as soon as it is done.
+    ``bandwidth``: threads -> Bandwidth (:func:`measure_bandwidth`), for the x floor."""
+    bandwidth = bandwidth or {}
     out = out if out is not None else sys.stdout
     records: list[dict] = []
     try:
@@ -243,7 +304,7 @@ def run_benchmarks(
                     for op in case.ops:
                         if op in ops:
                             case_records += _measure_op(
-                                case, dtype, op, data, threads, settings, torch, thr, progress
+                                case, dtype, op, data, threads, settings, torch, thr, progress, bandwidth
                             )
                     progress.clear()
                     R.print_table(case, dtype, case_records, torch is not None, out)
@@ -254,7 +315,7 @@ def run_benchmarks(
     return records
 
 
-def _measure_op(case, dtype, op, data, threads, settings, torch, thr, progress) -> list[dict]:
+def _measure_op(case, dtype, op, data, threads, settings, torch, thr, progress, bandwidth) -> list[dict]:
     """The records of one op at every thread count; a failure is recorded, not raised,
     so that the other cases still run."""
     progress.show(f"{case.name} {dtype} {op}")
@@ -276,7 +337,7 @@ def _measure_op(case, dtype, op, data, threads, settings, torch, thr, progress) 
                 meas = measure_interleaved(fns, settings)
             except Exception as exc:  # noqa: BLE001 - reported in the table
                 error = f"{type(exc).__name__}: {exc}"
-        recs.append(R.record(case, dtype, op, n, meas, error))
+        recs.append(R.record(case, dtype, op, n, meas, error, bandwidth.get(n)))
         progress.step()
     return recs
 
@@ -385,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads = parse_threads(args.threads, cnorm.get_num_threads())
         dtypes = C.select_dtypes(args.dtype)
         settings = settings_from_args(args)
+        stream_bytes = stream_bytes_from_args(args)
         if args.calibrate:
             if torch is None:
                 return _fail("--calibrate times cnorm.torch against torch.nn: it needs torch")
@@ -430,13 +492,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["loadavg_start"] = R.loadavg()
     for note in R.run_notes(meta, threads):
         print(note)
+    bandwidth = measure_bandwidth(threads, cnorm, torch, stream_bytes, args.stream_reps)
+    meta["stream_bandwidth"] = {str(n): bw.as_dict() for n, bw in bandwidth.items()}
+    print(R.bandwidth_line(bandwidth))
 
     total = sum(len(dtypes) * len(threads) * sum(op in ops for op in c.ops) for c in cases)
     enabled = not args.no_progress and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     progress = R.Progress(total, enabled)
     t0 = time.perf_counter()
     try:
-        records = run_benchmarks(cases, ops, dtypes, threads, settings, cnorm, torch, progress)
+        records = run_benchmarks(
+            cases, ops, dtypes, threads, settings, cnorm, torch, progress, bandwidth=bandwidth
+        )
     except KeyboardInterrupt:
         progress.clear()
         print("interrupted", file=sys.stderr)

@@ -21,12 +21,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import cases as C
-from .timing import METHOD_TEXT
+from .timing import BANDWIDTH_TEXT, METHOD_TEXT
 
 __all__ = [
     "DROPIN_TABLE",
     "TABLE",
     "Progress",
+    "bandwidth_line",
     "Table",
     "dropin_row",
     "dropin_summary",
@@ -82,16 +83,19 @@ def _fmt_bytes(n: int) -> str:
 # --------------------------------------------------------------------------- records
 
 
-def record(case, dtype, op, n, meas, error=None) -> dict:
+def record(case, dtype, op, n, meas, error=None, bandwidth=None) -> dict:
     """One JSON-ready row: the measurement of ``op`` of ``case`` at ``n`` threads and
-    what follows from it (ratio, GB/s, copy%, noise%)."""
+    what follows from it (ratio, GB/s, copy%, x floor, noise%). ``bandwidth``: the
+    :class:`~cnorm.benchmarks.timing.Bandwidth` at ``n`` threads (None: no floor)."""
     nb = C.op_bytes(case, op, dtype)
+    fb = C.floor_bytes(case, op, dtype)
     cb = C.copy_bytes(case, dtype)
     med = meas.medians if meas is not None else {}
     t_c, t_t, t_cp = med.get("cnorm"), med.get("torch"), med.get("copy")
     ratio = t_c / t_t if (t_c and t_t) else None
     gbps = nb / t_c / 1e9 if t_c else None
     copy_pct = (t_cp / t_c) * (nb / cb) * 100 if (t_c and t_cp) else None
+    floor_s = fb / bandwidth.bytes_per_s if bandwidth is not None else None
     return {
         "case": case.name,
         "module": case.module_name,
@@ -102,6 +106,9 @@ def record(case, dtype, op, n, meas, error=None) -> dict:
         "threads": n,
         "bytes": nb,
         "copy_bytes": cb,
+        "floor_bytes": fb,
+        "floor_ms": floor_s * 1e3 if floor_s is not None else None,
+        "stream_gbps": bandwidth.bytes_per_s / 1e9 if bandwidth is not None else None,
         "median_s": med,
         "min_s": {k: min(v) for k, v in meas.times.items()} if meas is not None else {},
         "times_s": meas.times if meas is not None else {},
@@ -110,6 +117,8 @@ def record(case, dtype, op, n, meas, error=None) -> dict:
         "gbps": gbps,
         "copy_gbps": cb / t_cp / 1e9 if t_cp else None,
         "copy_pct": copy_pct,
+        "x_floor": t_c / floor_s if (t_c and floor_s) else None,
+        "x_floor_torch": t_t / floor_s if (t_t and floor_s) else None,
         "noise_pct": _noise_pct(meas),
         "error": error,
     }
@@ -160,7 +169,8 @@ def _column(spec: str):
 
 
 TABLE = Table(
-    "op:<9 | thr:>3 | cnorm ms:>9 | torch ms:>9 | copy ms:>9 | cnorm/torch:>11 | GB/s:>7 | copy%:>6 | noise%:>6"
+    "op:<9 | thr:>3 | cnorm ms:>9 | torch ms:>9 | copy ms:>9 | cnorm/torch:>11 | GB/s:>7 | copy%:>6 | "
+    "x floor:>7 | noise%:>6"
 )
 DROPIN_TABLE = Table(
     "case:<14 | op:<8 | dtype:<8 | thr:>3 | cnorm.torch ms:>15 | torch.nn ms:>12 | ratio:>6", sep=" "
@@ -191,6 +201,7 @@ def print_table(case, dtype, recs, have_torch, out) -> None:
                     _fmt(r["ratio_cnorm_torch"], ".2f"),
                     _fmt(r["gbps"], ".1f"),
                     _fmt(r["copy_pct"], ".0f"),
+                    _fmt(r.get("x_floor"), ".2f"),
                     _fmt(r["noise_pct"], ".0f"),
                 ]
             )
@@ -199,27 +210,55 @@ def print_table(case, dtype, recs, have_torch, out) -> None:
     out.flush()
 
 
-def summary_line(records: list[dict], ops: Sequence[str], threads: Sequence[int], have_torch: bool) -> str:
-    """The geometric mean of cnorm/torch (copy% without torch) per op and thread count."""
+def _geomean_parts(records: list[dict], ops: Sequence[str], threads: Sequence[int], key: str, spec: str):
+    """``["op g@1t g@2t", ...]``: the geometric mean of ``records[key]`` per op and thread count."""
     parts = []
+    for op in ops:
+        vals = []
+        for n in threads:
+            rs = [r.get(key) for r in records if r["op"] == op and r["threads"] == n]
+            if rs:
+                vals.append(f"{_fmt(geomean(rs), spec)}@{n}t")
+        if vals:
+            parts.append(f"{op} " + " ".join(vals))
+    return parts
+
+
+def summary_line(records: list[dict], ops: Sequence[str], threads: Sequence[int], have_torch: bool) -> str:
+    """The geometric mean of cnorm/torch (copy% without torch) and of x floor per op and
+    thread count."""
     key, what = (
         ("ratio_cnorm_torch", "geomean cnorm/torch (<1: cnorm faster)")
         if have_torch
         else ("copy_pct", "geomean copy% (torch not timed)")
     )
     ncases = len({r["case"] for r in records})
-    for op in ops:
-        vals = []
-        for n in threads:
-            rs = [r[key] for r in records if r["op"] == op and r["threads"] == n]
-            if rs:
-                g = geomean(rs)
-                vals.append(f"{_fmt(g, '.2f' if have_torch else '.0f')}@{n}t")
-        if vals:
-            parts.append(f"{op} " + " ".join(vals))
+    parts = _geomean_parts(records, ops, threads, key, ".2f" if have_torch else ".0f")
+    if any(r.get("x_floor") for r in records):
+        parts.append(
+            "geomean x floor: " + " | ".join(_geomean_parts(records, ops, threads, "x_floor", ".2f"))
+        )
     errors = sum(1 for r in records if r["error"])
     tail = f" | {errors} measurement(s) FAILED" if errors else ""
     return f"summary: {what} over {ncases} case(s): " + " | ".join(parts) + tail
+
+
+def bandwidth_line(bandwidth: dict) -> str:
+    """``bandwidth``: threads -> :class:`~cnorm.benchmarks.timing.Bandwidth`."""
+    if not bandwidth:
+        return "stream bandwidth: not measured (no x floor)"
+    first = next(iter(bandwidth.values()))
+    parts = []
+    for n, bw in bandwidth.items():
+        kinds = f"cached {bw.cached_bytes_per_s / 1e9:.1f}"
+        if bw.streamed_bytes_per_s is not None:
+            kinds += f", streamed {bw.streamed_bytes_per_s / 1e9:.1f}"
+        ran = "" if bw.threads == n else f", ran on {bw.threads}"
+        parts.append(f"{n}t {bw.bytes_per_s / 1e9:.1f} GB/s ({kinds}{ran})")
+    return (
+        f"stream bandwidth (read+write copy, both counted; 2 x {first.buffer_bytes / 2**20:g} MiB, "
+        f"best of {first.reps}): " + " | ".join(parts)
+    )
 
 
 def dropin_row(label, op, dtype, n, t_cnorm, t_torch) -> str:
@@ -334,6 +373,10 @@ def metadata(cnorm, torch, threads, settings, argv, dtypes) -> dict:
         "bytes": "forward ops: 2*x.nbytes (x read + y written); fwd_bwd: 4*x.nbytes "
         "(x, y, dy, dx); copy: 2*x.nbytes",
         "copy_pct": "(cnorm GB/s) / (copy GB/s) * 100",
+        "floor_bytes": C.FLOOR_BYTES_TEXT,
+        "x_floor": "cnorm time / floor time, floor time = floor_bytes / the stream bandwidth "
+        "at the row's thread count (stream_bandwidth, by thread count)",
+        "bandwidth": BANDWIDTH_TEXT,
         "torch_default_threads": torch.get_num_threads() if torch is not None else None,
     }
 

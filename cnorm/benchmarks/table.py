@@ -196,7 +196,8 @@ def select_dtypes(spec: str = "float32") -> list[str]:
 
 
 def op_bytes(case: Case, op: str, dtype) -> int:
-    """Bytes an ideal implementation must move (parameters/statistics ignored).
+    """Bytes of the GB/s and copy% columns (parameters/statistics ignored; the "x floor"
+    column counts more: :func:`floor_bytes`).
 
     forward ops: x read once + y written once            = 2 * numel * itemsize
     fwd_bwd    : x, y (forward) + dy read, dx written     = 4 * numel * itemsize
@@ -207,6 +208,74 @@ def op_bytes(case: Case, op: str, dtype) -> int:
     if case.family == "add_ln":
         return (6 if op == "fwd_bwd" else 4) * case.nbytes(dtype)
     return (4 if op == "fwd_bwd" else 2) * case.nbytes(dtype)
+
+
+FLOOR_BYTES_TEXT = (
+    "floor bytes: what the op must move at least -- every array it reads counted once, "
+    "every array it writes counted once, at its dtype's size (x, dy, residual, y, dx, "
+    "the sum of add_ln; the parameters and running statistics, small: BatchNorm reads "
+    "weight, bias, running_mean, running_var and in training writes the running "
+    "statistics; fwd_bwd writes the grad of each parameter). fwd_bwd also writes the "
+    "saved statistics in the forward and reads them in the backward (per channel, row "
+    "or group: mean and 1/std, RMSNorm 1/rms only; float32 for the half dtypes). A "
+    "second pass over x (statistics, then normalize; or the backward reading x or "
+    "add_ln's sum again) is not counted: the floor is a bound, and a fwd_bwd of two "
+    "separate passes can come no closer than about 5/4 of it (add_ln 7/6)."
+)
+
+
+def _affine_names(case: Case) -> tuple[str, ...]:
+    """The learnable parameters of the case's module (InstanceNorm2d: torch's default,
+    no affine; RMSNorm: no bias)."""
+    if case.family == "in":
+        return ()
+    if case.family == "rms":
+        return ("weight",)
+    return ("weight", "bias")
+
+
+def _saved_stat_count(case: Case) -> int:
+    """Values the forward saves for the backward: mean and 1/std per channel (BatchNorm),
+    per row (LayerNorm, AddLayerNorm), per (sample, group) or (sample, channel)
+    (GroupNorm, InstanceNorm); 1/rms per row (RMSNorm)."""
+    if case.family == "bn":
+        groups = case.num_features
+    elif case.family == "gn":
+        groups = case.shape[0] * (case.num_groups or 1)
+    elif case.family == "in":
+        groups = case.shape[0] * case.num_features
+    else:
+        groups = case.numel // max(case.num_features, 1)
+    return groups * (1 if case.family == "rms" else 2)
+
+
+def floor_traffic(case: Case, op: str, dtype) -> dict[str, dict[str, int]]:
+    """``{"read": {array: bytes}, "write": {array: bytes}}``: the arrays ``op`` must read
+    and write at least, each once (the definition: :data:`FLOOR_BYTES_TEXT`)."""
+    item = np.dtype(dtype).itemsize
+    big = case.numel * item
+    param = int(math.prod(case.param_shape)) * item
+    read, write = {"x": big}, {"y": big}
+    if case.family == "add_ln":
+        read["residual"], write["sum"] = big, big
+    params = _affine_names(case)
+    read.update(dict.fromkeys(params, param))
+    if case.family == "bn":
+        read.update(running_mean=param, running_var=param)
+        if op != "eval_fwd":
+            write.update(running_mean=param, running_var=param)
+    if op == "fwd_bwd":
+        read["dy"], write["dx"] = big, big
+        write.update({f"grad_{p}": param for p in params})
+        saved = _saved_stat_count(case) * max(item, 4)  # statistics: float32 or wider
+        read["saved_stats"], write["saved_stats"] = saved, saved
+    return {"read": read, "write": write}
+
+
+def floor_bytes(case: Case, op: str, dtype) -> int:
+    """The bytes ``op`` must move at least: the sum of :func:`floor_traffic`."""
+    traffic = floor_traffic(case, op, dtype)
+    return sum(traffic["read"].values()) + sum(traffic["write"].values())
 
 
 def copy_bytes(case: Case, dtype) -> int:

@@ -14,15 +14,17 @@ Method (also shown by ``python -m cnorm bench --help``):
 4. the reported time is the median over reps (robust to outliers). The garbage
    collector is disabled while timing.
 
-:class:`SameThreads` puts cnorm and torch on one thread count for a measurement.
+:class:`SameThreads` puts cnorm and torch on one thread count for a measurement;
+:func:`stream_bandwidth` measures the memory bandwidth at it (the "x floor" column).
 This module imports nothing of cnorm (the bottom of :mod:`cnorm.benchmarks`, with
-:mod:`~cnorm.benchmarks.cases`).
+:mod:`~cnorm.benchmarks.cases`): the copy kernel is passed in.
 """
 
 from __future__ import annotations
 
 import gc
 import math
+import os
 import statistics
 import time
 from collections.abc import Mapping
@@ -30,13 +32,20 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Callable
 
+import numpy as np
+
 __all__ = [
+    "BANDWIDTH_TEXT",
     "METHOD_TEXT",
+    "Bandwidth",
     "Measurement",
     "SameThreads",
     "TimingSettings",
     "calibrate",
+    "last_level_cache_bytes",
     "measure_interleaved",
+    "stream_bandwidth",
+    "stream_buffer_bytes",
     "time_loop",
     "warm_up",
 ]
@@ -165,3 +174,99 @@ class SameThreads:
 
     def __exit__(self, *exc) -> None:
         self.restore()
+
+
+# --------------------------------------------------------------------------- bandwidth
+
+BANDWIDTH_TEXT = (
+    "bandwidth: a read+write copy dst[:] = src of float64 buffers (each --stream-mb MiB, "
+    "by default 4x the last-level cache and at least 64 MiB) by cnorm's own parallel "
+    "kernel (cnorm._kernels.stream) at the row's thread count, one contiguous share per "
+    "thread; both the bytes read and the bytes written counted (2 x buffer per copy, as "
+    "STREAM's copy); best of --stream-reps reps, of ordinary stores and of non-temporal "
+    "stores (x86-64; the kernels stream outputs of 10 MB and more), whichever is faster."
+)
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """The copy bandwidth at one thread count (bytes per second, read + written)."""
+
+    threads: int  # what the copy kernel ran on
+    bytes_per_s: float  # the better of the two store kinds: the floor's bandwidth
+    cached_bytes_per_s: float  # ordinary stores (write-allocate)
+    streamed_bytes_per_s: float | None  # non-temporal stores; None where there are none
+    buffer_bytes: int  # the size of each of the two buffers
+    reps: int
+
+    def as_dict(self) -> dict:
+        return {
+            "threads": self.threads,
+            "gbps": self.bytes_per_s / 1e9,
+            "cached_gbps": self.cached_bytes_per_s / 1e9,
+            "streamed_gbps": None if self.streamed_bytes_per_s is None else self.streamed_bytes_per_s / 1e9,
+            "buffer_bytes": self.buffer_bytes,
+            "reps": self.reps,
+        }
+
+
+def last_level_cache_bytes() -> int | None:
+    """The size of the largest CPU cache that Linux's sysfs lists (None elsewhere)."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    best = None
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            with open(os.path.join(base, entry, "size")) as fh:
+                text = fh.read().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            size = int(digits) * scale
+            best = size if best is None else max(best, size)
+    return best
+
+
+def stream_buffer_bytes(llc: int | None = None) -> int:
+    """Default size of each copy buffer: 4x the last-level cache (256 MiB when it is not
+    known), at least 64 MiB and at most 1 GiB."""
+    llc = last_level_cache_bytes() if llc is None else llc
+    size = 4 * llc if llc else 256 << 20
+    return int(min(max(size, 64 << 20), 1 << 30))
+
+
+def stream_bandwidth(
+    copy: Callable[..., int], buffer_bytes: int, reps: int = 5, can_stream: bool = True
+) -> Bandwidth:
+    """The best bandwidth of ``copy(dst, src, streamed)`` (a parallel copy returning its
+    thread count, :func:`cnorm._kernels.stream.stream_copy`) over two float64 buffers of
+    ``buffer_bytes``; the store kinds interleaved rep by rep."""
+    n = max(int(buffer_bytes) // 8, 1)
+    src = np.ones(n)
+    dst = np.empty(n)
+    kinds = (False, True) if can_stream else (False,)
+    threads = 1
+    for streamed in kinds:  # first touch of dst, by the copy's own threads
+        threads = copy(dst, src, streamed)
+    best = dict.fromkeys(kinds, math.inf)
+    perf_counter = time.perf_counter
+    for _ in range(max(reps, 1)):
+        for streamed in kinds:
+            t0 = perf_counter()
+            copy(dst, src, streamed)
+            best[streamed] = min(best[streamed], perf_counter() - t0)
+    moved = 2 * n * 8  # read src + write dst
+    rate = {k: moved / t if t > 0 else math.inf for k, t in best.items()}
+    return Bandwidth(
+        threads=threads,
+        bytes_per_s=max(rate.values()),
+        cached_bytes_per_s=rate[False],
+        streamed_bytes_per_s=rate.get(True),
+        buffer_bytes=n * 8,
+        reps=max(reps, 1),
+    )

@@ -84,7 +84,7 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
             update_running(running_mean, running_var, mean, var * m / (m - 1), momentum)
     else:
         if running_mean is None or running_var is None:
-            raise TypeError("running_mean and running_var must be given when training=False")
+            raise ValueError("running_mean and running_var must be given when training=False")
         mean, var = f64(running_mean), f64(running_var)
     invstd = 1.0 / np.sqrt(var + eps)
     y = affine((x - channel_view(mean, x.ndim)) * channel_view(invstd, x.ndim), weight, bias, x.ndim)

@@ -1,0 +1,6 @@
+# Type stub of the compiled stream.pyx (the streaming copy of the bench's bandwidth).
+
+import numpy as np
+
+def can_stream() -> bool: ...
+def stream_copy(dst: np.ndarray, src: np.ndarray, streamed: bool = ...) -> int: ...
