@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         "autograd, and a CNN training step (see cnorm/benchmarks/torch_cases.py)",
     )
     p.add_argument(
+        "--layout",
+        default=",".join(T.DROPIN_LAYOUTS),
+        metavar="LAYOUTS",
+        help="with --dropin: comma list of input memory formats, among "
+        f"{','.join(T.DROPIN_LAYOUTS)} (channels_last: the 4-D / 5-D cases only; default: both)",
+    )
+    p.add_argument(
         "--compiled",
         action="store_true",
         help="with --dropin: also every end-to-end model under torch.compile, converted "
@@ -278,6 +285,15 @@ def _dropin_ops(spec: str | None) -> list[str]:
     return [op for op in T.DROPIN_OPS if not spec or op in spec.split(",")] or ["fwd_bwd"]
 
 
+def _layouts(spec: str) -> list[str]:
+    """--layout: a comma list of drop-in layouts."""
+    layouts = [t.strip() for t in spec.split(",") if t.strip()]
+    bad = [t for t in layouts if t not in T.DROPIN_LAYOUTS]
+    if bad or not layouts:
+        raise ValueError(f"unknown --layout {spec!r}; layouts: {', '.join(T.DROPIN_LAYOUTS)}")
+    return layouts
+
+
 def _torch_below():
     import cnorm.torch as ct
 
@@ -343,11 +359,22 @@ def _measure_op(case, dtype, op, data, threads, settings, torch, thr, progress, 
 
 
 def run_dropin(
-    cases, ops, dtypes, threads, settings, cnorm, torch, out=None, models=(), compiled=False
+    cases,
+    ops,
+    dtypes,
+    threads,
+    settings,
+    cnorm,
+    torch,
+    out=None,
+    models=(),
+    compiled=False,
+    layouts=T.DROPIN_LAYOUTS,
 ) -> int:
     """``python -m cnorm bench --dropin``: cnorm.torch vs torch.nn in autograd, per case
-    with a drop-in and op, plus the CNN training step, then the end-to-end ``models``
-    (:mod:`cnorm.benchmarks.models`). Returns the exit status."""
+    with a drop-in, layout (a channels_last row is labelled ``case/cl``) and op, plus the
+    CNN training step, then the end-to-end ``models`` (:mod:`cnorm.benchmarks.models`).
+    Returns the exit status."""
     out = out if out is not None else sys.stdout
     ratios: dict[tuple, list[float]] = {}
     out.write(
@@ -356,21 +383,27 @@ def run_dropin(
         f"cnorm.torch.TORCH_BELOW = {_torch_below()}\n"
     )
     out.write(R.DROPIN_TABLE.header() + "\n")
-    rows: list[tuple[C.Case | None, str, str]] = [
-        (case, dtype, op) for case in T.dropin_cases(cases) for dtype in dtypes for op in ops
+    rows: list[tuple[C.Case | None, str, str, str]] = [
+        (case, layout, dtype, op)
+        for case in T.dropin_cases(cases)
+        for layout in T.dropin_layouts(case, layouts)
+        for dtype in dtypes
+        for op in ops
     ]
-    rows.append((None, "float32", "cnn_step"))
+    rows.append((None, "contiguous", "float32", "cnn_step"))
     with SameThreads(cnorm, torch) as thr:
         for n in threads:
             thr.set(n)
-            for case, dtype, op in rows:
+            for case, layout, dtype, op in rows:
                 if case is None:
                     fns = {impl: T.build_cnn_step(impl) for impl in T.DROPIN_IMPLS}
                     label = f"cnn b{T.CNN_BATCH}"
                 else:
                     data = C.make_data(case, dtype)
-                    fns = {impl: T.build_dropin(case, op, impl, dtype, data) for impl in T.DROPIN_IMPLS}
-                    label = case.name
+                    fns = {
+                        impl: T.build_dropin(case, op, impl, dtype, data, layout) for impl in T.DROPIN_IMPLS
+                    }
+                    label = case.name + ("/cl" if layout == "channels_last" else "")
                 meas = measure_interleaved(fns, settings)
                 # the minimum: the call's own cost (per-call overheads are what it compares)
                 a, b = min(meas.times["cnorm.torch"]), min(meas.times["torch.nn"])
@@ -470,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 torch,
                 models=_models(args.cases),
                 compiled=args.compiled,
+                layouts=_layouts(args.layout),
             )
         ops = C.select_ops(args.ops)
     except ValueError as exc:

@@ -39,10 +39,12 @@ __all__ = [
     "CNN_BATCH",
     "DROPIN_IMPLS",
     "DROPIN_KINDS",
+    "DROPIN_LAYOUTS",
     "DROPIN_OPS",
     "build_cnn_step",
     "build_dropin",
     "dropin_cases",
+    "dropin_layouts",
     "iter_dropin_params",
     "make_cnn",
 ]
@@ -51,11 +53,29 @@ DROPIN_IMPLS = ("cnorm.torch", "torch.nn")
 DROPIN_OPS = ("fwd_bwd", "fwd", "infer")
 DROPIN_KINDS = ("bn1d", "bn2d", "bn3d", "ln", "gn", "in2d", "rms")  # the layers with a cnorm.torch drop-in
 CNN_BATCH = 128
+# memory formats of the input (and of dy): channels_last for the 4-D / 5-D cases whose
+# drop-in takes it (BatchNorm2d/3d, GroupNorm, InstanceNorm2d)
+DROPIN_LAYOUTS = ("contiguous", "channels_last")
+_CHANNELS_LAST_KINDS = ("bn2d", "bn3d", "gn", "in2d")
 
 
 def dropin_cases(cases: Sequence[C.Case] = C.CASES) -> list[C.Case]:
     """The cases of ``cases`` that have a cnorm.torch drop-in (every kind but add_ln)."""
     return [c for c in cases if c.kind in DROPIN_KINDS]
+
+
+def dropin_layouts(case: C.Case, layouts: Sequence[str] = DROPIN_LAYOUTS) -> list[str]:
+    """The layouts of ``layouts`` that ``case`` runs in (channels_last: 4-D / 5-D cases)."""
+    return [lay for lay in layouts if lay == "contiguous" or case.kind in _CHANNELS_LAST_KINDS]
+
+
+def _in_layout(t, layout: str):
+    """``t`` in the memory format ``layout`` (channels_last_3d for a 5-D tensor)."""
+    if layout == "contiguous":
+        return t
+    torch = C.import_torch()
+    fmt = torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+    return t.contiguous(memory_format=fmt)
 
 
 def _module_namespace(impl):
@@ -72,9 +92,15 @@ def _module_namespace(impl):
 
 
 def build_dropin(
-    case: C.Case, op: str, impl: str, dtype="float32", data: C.CaseData | None = None
+    case: C.Case,
+    op: str,
+    impl: str,
+    dtype="float32",
+    data: C.CaseData | None = None,
+    layout: str = "contiguous",
 ) -> Callable[[], object]:
-    """A zero-argument callable running ``op`` of ``case`` with the ``impl`` module."""
+    """A zero-argument callable running ``op`` of ``case`` with the ``impl`` module, the
+    input (and dy) in the memory format ``layout`` (:data:`DROPIN_LAYOUTS`)."""
     torch = C.import_torch()
     ns = _module_namespace(impl)
     if op not in DROPIN_OPS:
@@ -84,7 +110,9 @@ def build_dropin(
     dtype = str(np.dtype(dtype))
     data = data if data is not None else C.make_data(case, dtype)
     m = C.torch_module(case, dtype, data, ns)
-    x = C.tensor(data.x.copy())
+    if layout not in dropin_layouts(case):
+        raise ValueError(f"case {case.name!r} has no {layout!r} layout; layouts: {dropin_layouts(case)}")
+    x = _in_layout(C.tensor(data.x.copy()), layout)
     if op in ("fwd", "infer"):
         m.train(op == "fwd")
         no_grad = torch.no_grad
@@ -98,8 +126,8 @@ def build_dropin(
         def forward():
             return m(x)
 
-        fn = C.torch_fwd_bwd(forward, [x], list(m.parameters()), C.tensor(data.dy.copy()))
-    fn.__name__ = f"{case.name}_{op}_{impl}_{dtype}"
+        fn = C.torch_fwd_bwd(forward, [x], list(m.parameters()), _in_layout(C.tensor(data.dy.copy()), layout))
+    fn.__name__ = f"{case.name}_{op}_{impl}_{dtype}" + ("_cl" if layout == "channels_last" else "")
     return fn
 
 
