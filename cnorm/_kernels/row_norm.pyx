@@ -309,9 +309,15 @@ cdef inline void _flush(double* dweight, double* dbias, floating* tw, floating* 
     """The input-precision partials tw, tb (of up to ROWS_PER_FLUSH rows) into the float64
     partials of the chunk (set on the first flush); tw, tb zeroed."""
     cdef Py_ssize_t i
+    if first:       # the test out of the loops: they vectorize
+        for i in range(D):
+            dweight[i] = tw[i]
+            dbias[i] = tb[i]
+    else:
+        for i in range(D):
+            dweight[i] = dweight[i] + tw[i]
+            dbias[i] = dbias[i] + tb[i]
     for i in range(D):
-        dweight[i] = tw[i] if first else dweight[i] + tw[i]
-        dbias[i] = tb[i] if first else dbias[i] + tb[i]
         tw[i] = 0
         tb[i] = 0
 
