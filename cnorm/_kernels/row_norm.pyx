@@ -14,8 +14,11 @@ common.exact_stats), then the row is transformed; mean and rstd are kept (float6
 backward. The backward accumulates the weight and bias gradients per chunk of rows (fixed
 by the sizes, never by the thread count: common.chunk_size; in the input precision over
 ROWS_PER_FLUSH rows, then in float64) and sums the chunk partials in chunk order: no
-races, no atomics, the same bits for every run and thread count. Entry points check every
-buffer (common.pxd) and run the row loop of their norm on every thread (run_threads).
+races, no atomics, the same bits for every run and thread count. Rows shorter than
+SHORT_ROW run several per C call (simd ln_rows, ln_grad_rows: a short row would pay more
+for its walk step and dispatched calls than for its elements), with the operations of the
+one-row path in its order: the same bits. Entry points check every buffer (common.pxd) and
+run the row loop of their norm on every thread (run_threads).
 
 The input gradient of a row, with xhat = (x - mean) * rstd, y = xhat * w + b and g = dy * w:
 mean and rstd depend on every x of the row (d mean/dx = 1/D, d rstd/dx = -rstd^3 (x - mean)/D),
