@@ -167,12 +167,12 @@ def _harness():
                 elif t == "T*":
                     args.append(f"out[{n_out}]")
                     n_out += 1
+                elif t == "const double*":
+                    args.append("din")
                 elif t == "const uint16_t*":
                     args.append("hin")
                 elif t == "uint16_t*":
                     args.append("hout")
-                elif t == "const double*":
-                    args.append("din")
                 elif t == "double*":
                     args.append(f"dout[{n_dout}]")
                     n_dout += 1
