@@ -167,8 +167,6 @@ def _harness():
                 elif t == "T*":
                     args.append(f"out[{n_out}]")
                     n_out += 1
-                elif t == "const double*":
-                    args.append("din")
                 elif t == "const uint16_t*":
                     args.append("hin")
                 elif t == "uint16_t*":
@@ -180,6 +178,8 @@ def _harness():
                     args.append(str(_SIZES[n]))
                 elif t == "int":
                     args.append("variant")
+                elif t == "const double*":
+                    args.append("din")
                 elif t == "T":
                     args.append(f"({elem})(0.375 + {len(args)} * 0.125)")
                 elif t == "double":
