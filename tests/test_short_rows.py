@@ -35,35 +35,29 @@ def _params(dtype, d, seed):
     return rng.standard_normal(d).astype(dtype), rng.standard_normal(d).astype(dtype)
 
 
+def _row_results(norm, x, dy, w, b):
+    """(y, statistics..., dx) of a LayerNorm or RMSNorm forward and backward."""
+    d = x.shape[1]
+    if norm == "layer":
+        y, mean, rstd = F.native_layer_norm(x, (d,), w, b, 1e-5)
+        return y, mean, rstd, F.layer_norm_backward(dy, x, (d,), mean, rstd, w)[0]
+    y, rrms = F.native_rms_norm(x, (d,), w, 1e-6)
+    return y, rrms, F.rms_norm_backward(dy, x, (d,), rrms, w)[0]
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d", WIDTHS)
-def test_layer_norm_rows_do_not_depend_on_their_neighbours(dtype, d):
+def test_rows_do_not_depend_on_their_neighbours(norm, dtype, d):
     m = 9
     x = _rows(dtype, m, d, d)
     w, b = _params(dtype, d, d)
     dy = np.random.default_rng(d + 2).standard_normal((m, d)).astype(dtype)
-    y, mean, rstd = F.native_layer_norm(x, (d,), w, b, 1e-5)
-    dx, _, _ = F.layer_norm_backward(dy, x, (d,), mean, rstd, w)
+    together = _row_results(norm, x, dy, w, b)
     for r in range(m):
-        y_r, mean_r, rstd_r = F.native_layer_norm(x[r : r + 1], (d,), w, b, 1e-5)
-        dx_r, _, _ = F.layer_norm_backward(dy[r : r + 1], x[r : r + 1], (d,), mean_r, rstd_r, w)
-        np.testing.assert_array_equal(y[r : r + 1], y_r, strict=True)
-        np.testing.assert_array_equal(mean[r : r + 1], mean_r)
-        np.testing.assert_array_equal(rstd[r : r + 1], rstd_r)
-        np.testing.assert_array_equal(dx[r : r + 1], dx_r, strict=True)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d", WIDTHS)
-def test_rms_norm_rows_do_not_depend_on_their_neighbours(dtype, d):
-    m = 9
-    x = _rows(dtype, m, d, d)
-    w, _ = _params(dtype, d, d)
-    y, rrms = F.native_rms_norm(x, (d,), w, 1e-6)
-    for r in range(m):
-        y_r, rrms_r = F.native_rms_norm(x[r : r + 1], (d,), w, 1e-6)
-        np.testing.assert_array_equal(y[r : r + 1], y_r, strict=True)
-        np.testing.assert_array_equal(rrms[r : r + 1], rrms_r)
+        alone = _row_results(norm, x[r : r + 1], dy[r : r + 1], w, b)
+        for a, a_r in zip(together, alone):
+            np.testing.assert_array_equal(a[r : r + 1], a_r, strict=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
