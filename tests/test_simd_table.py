@@ -143,7 +143,7 @@ def _harness():
         lines += [f"static void run_{s}(int variant)", "{"]
         lines += [
             f"    static {elem} in[8][{_BUF}], out[4][{_BUF}];",
-            f"    static double dout[4][{_BUF}];",
+            f"    static double dout[4][{_BUF}], din[{_BUF}];",
             f"    static uint16_t hin[{_BUF}], hout[{_BUF}];",
             "    int i, k;",
             f"    for (k = 0; k < 8; k++) for (i = 0; i < {_BUF}; i++)",
@@ -154,6 +154,7 @@ def _harness():
             "    for (k = 0; k < 8; k++) for (i = 0; i < 64; i += 9) in[k][i] = -in[k][i];",
             # half bits of every kind: normal, subnormal, inf, NaN
             f"    for (i = 0; i < {_BUF}; i++) hin[i] = (uint16_t)(i * 40503u + (i % 5) * 0x7c00u);",
+            f"    for (i = 0; i < {_BUF}; i++) din[i] = 0.5 + (i % 7) * 0.25;",
         ]
         for name, ret, params in TABLE["LOOPS"]:
             args, n_in, n_out, n_dout = [], 0, 0, 0
@@ -177,6 +178,8 @@ def _harness():
                     args.append(str(_SIZES[n]))
                 elif t == "int":
                     args.append("variant")
+                elif t == "const double*":
+                    args.append("din")
                 elif t == "T":
                     args.append(f"({elem})(0.375 + {len(args)} * 0.125)")
                 elif t == "double":

@@ -105,6 +105,9 @@ cdef void _channel_stats(const floating* x, Job* j) noexcept nogil:
     cdef double* mean = j.mean
     cdef double* var = j.var
     parallel(_stats_work[floating], x, j, j.threads_x)
+    if C > 0 and j.S == 1 and j.n_parts > 0:
+        _merge_cols_partials(x, j)
+        return
     for c in range(C):              # the partials, merged in partial order
         count = 0
         mu = 0
@@ -116,6 +119,38 @@ cdef void _channel_stats(const floating* x, Job* j) noexcept nogil:
         var[c] = m2 / count if count > 0 else 0.0
         if floating is double:
             if count > 0 and f64_stats_unsafe(var[c]):
+                _exact_channel(x, j, c)
+
+
+cdef void _merge_cols_partials(const floating* x, Job* j) noexcept nogil:
+    """_channel_stats of the (N, C) path: its chan_merge of the partials in partial order,
+    channel by channel, but one partial at a time over all channels. Every channel of a
+    partial has the same count (its rows), so the division is once per partial and the
+    loop over channels vectorizes; the operations per channel are chan_merge's, in its
+    order (the same bits)."""
+    cdef Py_ssize_t C = j.C, c, k
+    cdef const double* part = j.part
+    cdef double* mean = j.mean
+    cdef double* m2 = j.var        # the merged M2 first, then the variance
+    cdef double count = part[0], count_b, frac_b, w, delta
+    for c in range(C):             # the first partial into an empty one: a copy
+        mean[c] = part[C + c]
+        m2[c] = part[2 * C + c]
+    for k in range(1, j.n_parts):
+        part = j.part + 3 * C * k
+        count_b = part[0]
+        frac_b = count_b / (count + count_b)
+        w = count * frac_b
+        for c in range(C):
+            delta = part[C + c] - mean[c]
+            mean[c] += delta * frac_b
+            m2[c] += part[2 * C + c] + delta * delta * w
+        count += count_b
+    for c in range(C):
+        m2[c] = m2[c] / count
+    if floating is double:
+        for c in range(C):
+            if f64_stats_unsafe(m2[c]):
                 _exact_channel(x, j, c)
 
 

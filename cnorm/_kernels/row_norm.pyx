@@ -14,8 +14,11 @@ common.exact_stats), then the row is transformed; mean and rstd are kept (float6
 backward. The backward accumulates the weight and bias gradients per chunk of rows (fixed
 by the sizes, never by the thread count: common.chunk_size; in the input precision over
 ROWS_PER_FLUSH rows, then in float64) and sums the chunk partials in chunk order: no
-races, no atomics, the same bits for every run and thread count. Entry points check every
-buffer (common.pxd) and run the row loop of their norm on every thread (run_threads).
+races, no atomics, the same bits for every run and thread count. Rows shorter than
+SHORT_ROW run several per C call (simd ln_rows, ln_grad_rows: a short row would pay more
+for its walk step and dispatched calls than for its elements), with the operations of the
+one-row path in its order: the same bits. Entry points check every buffer (common.pxd) and
+run the row loop of their norm on every thread (run_threads).
 
 The input gradient of a row, with xhat = (x - mean) * rstd, y = xhat * w + b and g = dy * w:
 mean and rstd depend on every x of the row (d mean/dx = 1/D, d rstd/dx = -rstd^3 (x - mean)/D),
@@ -37,7 +40,7 @@ from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, STREAM_MIN_RUN, ExactS
                       sum_g_xhat, sum_partials, sum_squares)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, bn_grad_sums, cn_stream_fence, gn_grad_segment, ln_grad_row,
-                          ln_grad_sums, ln_grad_sums2, ln_row, residual_add)
+                          ln_grad_rows, ln_grad_sums, ln_grad_sums2, ln_row, ln_rows, residual_add)
 
 cnp.import_array()
 include "simd_control.pxi"
@@ -47,6 +50,7 @@ cdef enum:
     ROWS_PER_FLUSH = 32     # rows summed in the input precision before a float64 flush
     CHUNK_ELEMENTS = 8192   # a backward chunk's least elements (GroupNorm; LayerNorm: x4)
     STAGE_ROWS = 6          # half storage: rows of float32 per thread (backward: x, dy, dx of two)
+    SHORT_ROW = 512         # rows shorter than this: several per C call (ln_rows, ln_grad_rows)
 
 
 # an absent weight reads ones and an absent bias zeros: BLOCK of each, never a row-sized
@@ -156,7 +160,16 @@ cdef void _layer_norm_forward_rows(const floating* x, void* job, int t,
     cdef floating* yr
     cdef int kind = j.kind
     cdef floating* stage = <floating*>j.stage + STAGE_ROWS * D * t     # half: x, sum, y rows
-    for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
+    cdef Py_ssize_t r1 = split_start(j.M, t + 1, n_threads)
+    cdef bint batch = D < SHORT_ROW and not kind and res == NULL      # short rows: many per call
+    r = split_start(j.M, t, n_threads)
+    while r < r1:
+        if batch:   # stops before a row that needs the slow path of _row_stats
+            r += ln_rows(y + r * D, &mean[r], &rstd[r], x + r * D,
+                         weight if weight != NULL else defaults,
+                         bias if bias != NULL else defaults + BLOCK, r1 - r, D, eps, center)
+            if r == r1:
+                break
         xr = stage_in(kind, stage, j.x, r * D, D) if kind else x + r * D
         yr = stage + 2 * D if kind else y + r * D
         if res != NULL and kind:    # the sum rounded to the half type is normalized, as torch
@@ -180,6 +193,7 @@ cdef void _layer_norm_forward_rows(const floating* x, void* job, int t,
                    <floating>rs, stream and scale == 1)
         if kind:
             stage_out(kind, j.out, r * D, yr, D)
+        r += 1
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
 
@@ -203,7 +217,7 @@ cdef void _layer_norm_backward_rows(const floating* x, void* job, int t,
 cdef void _layer_norm_backward_chunk(const floating* x, const RowJob* j, Py_ssize_t k,
                                      int t) noexcept nogil:
     """Chunk k of _layer_norm_backward_rows, on thread t (whose scratch it uses)."""
-    cdef Py_ssize_t D = j.D, r, i, b, len_b, k_b, q, n_rows
+    cdef Py_ssize_t D = j.D, r, b, len_b, k_b, q, n_rows
     cdef Py_ssize_t r0 = k * j.chunk, r1 = min(r0 + j.chunk, j.M)
     cdef floating* dx = <floating*>j.out
     cdef const floating* dy = <const floating*>j.dy
@@ -234,6 +248,15 @@ cdef void _layer_norm_backward_chunk(const floating* x, const RowJob* j, Py_ssiz
     cdef floating* stage = <floating*>j.stage + STAGE_ROWS * D * t
     r = r0
     while r < r1:
+        if D < SHORT_ROW and not kind:  # short rows: up to the next flush in one call
+            n_rows = min(ROWS_PER_FLUSH - (r - r0) % ROWS_PER_FLUSH, r1 - r)
+            ln_grad_rows(dx + r * D, tw, tb, dy + r * D, x + r * D,
+                         weight if weight != NULL else ones,
+                         mean + r if mean != NULL else NULL, rstd_64 + r, n_rows, D)
+            r += n_rows
+            _flush(dweight, dbias, tw, tb, D, first)
+            first = False
+            continue
         n_rows = 2 if r + 1 < r1 else 1          # two rows share the dweight/dbias updates
         for q in range(n_rows):
             split_mean(mean[r + q] if mean != NULL else 0.0, &hi[q], &lo[q])
@@ -280,12 +303,26 @@ cdef void _layer_norm_backward_chunk(const floating* x, const RowJob* j, Py_ssiz
                 stage_out(kind, j.out, (r + q) * D, dxq[q], D)
         r += n_rows
         if (r - r0) % ROWS_PER_FLUSH == 0 or r == r1:
-            for i in range(D):
-                dweight[i] = tw[i] if first else dweight[i] + tw[i]
-                dbias[i] = tb[i] if first else dbias[i] + tb[i]
-                tw[i] = 0
-                tb[i] = 0
+            _flush(dweight, dbias, tw, tb, D, first)
             first = False
+
+
+cdef inline void _flush(double* dweight, double* dbias, floating* tw, floating* tb,
+                        Py_ssize_t D, bint first) noexcept nogil:
+    """The input-precision partials tw, tb (of up to ROWS_PER_FLUSH rows) into the float64
+    partials of the chunk (set on the first flush); tw, tb zeroed."""
+    cdef Py_ssize_t i
+    if first:       # the test out of the loops: they vectorize
+        for i in range(D):
+            dweight[i] = tw[i]
+            dbias[i] = tb[i]
+    else:
+        for i in range(D):
+            dweight[i] = dweight[i] + tw[i]
+            dbias[i] = dbias[i] + tb[i]
+    for i in range(D):
+        tw[i] = 0
+        tb[i] = 0
 
 
 # ---------------------------------------------------------------------------------------

@@ -235,3 +235,106 @@ CN_LOOP void CN_FN(residual_add)(T* CN_RESTRICT out, const T* CN_RESTRICT a,
     }
     for (; i < n; i++) out[i] = a[i] + b[i];
 }
+
+/* ---- several short rows per call (n < 512: one block, no streaming) ---------------------
+   The per-row work of the row walks of row_norm.pyx, done here for a run of rows so that
+   a short row does not pay a walk step and three dispatched calls: the same operations
+   in the same order as there (block_stats or sum_squares, chan_merge into an empty
+   partial, split_mean, ln_row / ln_grad_sums2, ln_grad_row), so the bits are those of
+   the one-row path. */
+
+/* mean = hi + lo (split_mean of common.pxd) */
+CN_HELPER void CN_FN(split)(double mean, T* hi, T* lo)
+{
+    *hi = (T)mean;
+    *lo = (T)(mean - (double)*hi);
+}
+
+/* LayerNorm (center) / RMSNorm forward of nrows rows of n: y, mean, rstd (mean 0 when
+   not centering). Returns the rows done: it stops before a row whose statistics need
+   the caller's slow path (float32 sums to redo in float64, float64 variances that
+   over- or underflowed). */
+CN_LOOP ptrdiff_t CN_FN(ln_rows)(T* CN_RESTRICT y, double* CN_RESTRICT mean,
+                                 double* CN_RESTRICT rstd, const T* CN_RESTRICT x,
+                                 const T* CN_RESTRICT w, const T* CN_RESTRICT b,
+                                 ptrdiff_t nrows, ptrdiff_t n, double eps, int center)
+{
+    const double inv_n = 1.0 / n;
+    ptrdiff_t r;
+    for (r = 0; r < nrows; r++) {
+        const T* CN_RESTRICT xr = x + r * n;
+        double s1, s2, mu = 0, m2, v, rs;
+        T shift = 0, hi, lo;
+        if (center) shift = (T)(CN_FN(block_sum)(xr, n) * inv_n);
+        CN_FN(block_dev)(&s1, &s2, xr, n, shift);
+#if CN_T_BYTES == 4
+        if (cn_f32_sums_unsafe(s1, s2, shift)) return r;
+#endif
+        if (center) {
+            double corr = s1 * s1 * inv_n;
+            mu = shift + s1 * inv_n;
+            m2 = s2 > corr ? s2 - corr : 0.0;
+        } else {
+            m2 = 0;
+            m2 += s2;
+        }
+        v = m2 / n;
+#if CN_T_BYTES == 8
+        if (!(v >= 0x1p-1000 && v <= DBL_MAX)) return r;
+#endif
+        rs = 1.0 / sqrt(v + eps);
+        mean[r] = mu;
+        rstd[r] = rs;
+        CN_FN(split)(mu, &hi, &lo);
+        CN_FN(ln_row)(y + r * n, xr, w, b, n, hi, lo, (T)rs, 0);
+    }
+    return nrows;
+}
+
+/* LayerNorm (mean given) / RMSNorm (mean NULL) backward of nrows rows of n, in pairs
+   (a lone last row when nrows is odd): dx, and the dweight/dbias partials added to tw,
+   tb (ln_grad_sums2 / ln_grad_sums). */
+CN_LOOP void CN_FN(ln_grad_rows)(T* CN_RESTRICT dx, T* CN_RESTRICT tw, T* CN_RESTRICT tb,
+                                 const T* CN_RESTRICT dy, const T* CN_RESTRICT x,
+                                 const T* CN_RESTRICT w, const double* CN_RESTRICT mean,
+                                 const double* CN_RESTRICT rstd, ptrdiff_t nrows, ptrdiff_t n)
+{
+    ptrdiff_t r, q, i;
+    for (r = 0; r < nrows; r += 2) {
+        const int pair = r + 1 < nrows;
+        T hi[2], lo[2], rs[2];
+        double s_g[2], s_gd[2];
+        for (q = 0; q <= pair; q++) {
+            CN_FN(split)(mean ? mean[r + q] : 0.0, &hi[q], &lo[q]);
+            rs[q] = (T)rstd[r + q];
+        }
+        if (pair)
+            CN_FN(ln_grad_sums2)(s_g, s_gd, tw, tb, dy + r * n, dy + (r + 1) * n, x + r * n,
+                                 x + (r + 1) * n, w, n, hi[0], lo[0], rs[0], hi[1], lo[1], rs[1]);
+        else
+            CN_FN(ln_grad_sums)(s_g, s_gd, tw, tb, dy + r * n, x + r * n, w, n, hi[0], lo[0],
+                                rs[0]);
+        for (q = 0; q <= pair; q++) {
+            const T* CN_RESTRICT dyr = dy + (r + q) * n;
+            const T* CN_RESTRICT xr = x + (r + q) * n;
+            double sum_g = 0, sum_gd = 0, m_gxhat;
+            T mean_g = 0;
+            sum_g += s_g[q];
+            sum_gd += s_gd[q];
+            if (mean) mean_g = (T)(sum_g / n);
+            m_gxhat = rstd[r + q] * sum_gd / n;
+            if (!(fabs(m_gxhat) <= DBL_MAX)) {  /* |x - mean| near DBL_MAX: from O(1) terms */
+                double s = 0;
+                for (i = 0; i < n; i++) {
+                    double g = dyr[i];
+                    T d = (xr[i] - hi[q]) - lo[q];
+                    g *= w[i];
+                    s += g * ((double)d * rstd[r + q]);
+                }
+                m_gxhat = s / n;
+            }
+            CN_FN(ln_grad_row)(dx + (r + q) * n, dyr, xr, w, n, hi[q], lo[q], rs[q], mean_g,
+                               (T)m_gxhat, 0);
+        }
+    }
+}

@@ -136,6 +136,23 @@ LOOPS = [
         ),
     ),
     ("residual_add", "void", "T* out, const T* a, const T* b, ptrdiff_t n, int stream"),
+    # several short rows per call (n < 512): the per-row work of the row walks
+    (
+        "ln_rows",
+        "ptrdiff_t",
+        (
+            "T* y, double* mean, double* rstd, const T* x, const T* w, const T* b, ptrdiff_t nrows, "
+            "ptrdiff_t n, double eps, int center"
+        ),
+    ),
+    (
+        "ln_grad_rows",
+        "void",
+        (
+            "T* dx, T* tw, T* tb, const T* dy, const T* x, const T* w, const double* mean, "
+            "const double* rstd, ptrdiff_t nrows, ptrdiff_t n"
+        ),
+    ),
     # half storage (convert.h): float16 / bfloat16 bits <-> T, narrowing rounded once to nearest even
     ("from_f16", "void", "T* out, const uint16_t* h, ptrdiff_t n"),
     ("to_f16", "void", "uint16_t* h, const T* x, ptrdiff_t n"),
