@@ -576,7 +576,7 @@ class RMSNorm(nn.RMSNorm):
     r""":class:`torch.nn.RMSNorm` whose forward and backward on contiguous CPU
     float32/float64/bfloat16/float16 tensors (half ones with a weight of their dtype or
     float32) run the cnorm kernels (everything else: torch's); ``eps=None`` is
-    ``torch.finfo(input.dtype).eps``, as torch's. Same constructor, parameters and
+    ``torch.finfo(input.dtype).eps``, float32's for a half input, as torch's kernels. Same constructor, parameters and
     state_dict as torch's class."""
 
     #: set to False on an instance to always use torch's implementation
@@ -598,7 +598,9 @@ class RMSNorm(nn.RMSNorm):
             layout, ok = _route(x)
             pdt = _param_dtype(x.dtype, w)
             if layout == 1 and ok and x.dim() >= k and x.shape[x.dim() - k :] == ns and ok(w, pdt, ns):
-                eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+                eps = self.eps
+                if eps is None:  # torch's: the eps of the compute dtype (float32 for half)
+                    eps = torch.finfo(_F32 if x.dtype in HALF else x.dtype).eps
                 if ok is _traced_ok:
                     return rms_norm_op.forward(x, w, None, list(ns), eps)[0]
                 return rms_norm(x, w, None, (ns, eps), grad)
