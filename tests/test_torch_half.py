@@ -309,3 +309,29 @@ def test_custom_op_opcheck_half():
     for dt in (BF16, F32):
         w = torch.rand(8, dtype=dt, requires_grad=True)
         torch.library.opcheck(ln, (x, w, torch.rand(8, dtype=dt), [8], 1e-5))
+
+
+@pytest.mark.usefixtures("no_size_threshold")
+@pytest.mark.parametrize("name", ["LlamaRMSNorm", "GemmaRMSNorm", "T5LayerNorm", "Olmo2RMSNorm"])
+@pytest.mark.parametrize("p_dtype", [BF16, F32], ids=["bf16", "mixed"])
+def test_transformers_rms_norms_half_semantics(name, p_dtype):
+    """transformers' own classes with a bfloat16 input, weight bfloat16 or float32: the
+    class's exact dtype semantics (output dtype, the weight before or after the cast), as
+    close to the float64 truth as the class's own forward; T5 with a float32 weight (a
+    float32 result, never rounded to bfloat16) runs its own forward."""
+    transformers = pytest.importorskip("transformers")
+    family = name.replace("RMSNorm", "").replace("LayerNorm", "").lower()
+    cls = getattr(getattr(transformers.models, family), f"modeling_{family}").__dict__[name]
+    ref = cls(64).to(p_dtype)
+    with torch.no_grad():
+        ref.weight.copy_(torch.randn(64) * 0.3 + (0 if name.startswith("Gemma") else 1))
+    ours = ct.convert(copy.deepcopy(ref))
+    assert type(ours) is not cls
+    x, dy = data((6, 64), BF16, "contiguous")
+    truth = run(copy.deepcopy(ref).to(F64), x.to(F64), dy.to(F64))
+    out = {}
+    with torch.profiler.profile() as prof:
+        out["ours"] = run(ours, x, dy)
+    rsqrt = any(e.name == "aten::rsqrt" for e in prof.events())
+    assert rsqrt == (name == "T5LayerNorm" and p_dtype == F32)
+    assert_no_worse_than_torch(out["ours"], run(ref, x, dy), truth, name)
