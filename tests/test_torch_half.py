@@ -335,3 +335,22 @@ def test_transformers_rms_norms_half_semantics(name, p_dtype):
     rsqrt = any(e.name == "aten::rsqrt" for e in prof.events())
     assert rsqrt == (name == "T5LayerNorm" and p_dtype == F32)
     assert_no_worse_than_torch(out["ours"], run(ref, x, dy), truth, name)
+
+
+@pytest.mark.usefixtures("no_size_threshold")
+def test_compile_under_autocast():
+    """A float32 model under CPU autocast: the bfloat16 activation of a Linear into float32
+    norms (mixed precision) compiles to the cnorm:: ops, results as eager."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = ct.convert(nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.RMSNorm(32)))
+    x = torch.randn(4, 16)
+    with torch.autocast("cpu", dtype=BF16):
+        explanation = torch._dynamo.explain(model)(x)
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        y, eager = compiled(x), model(x)
+    assert explanation.graph_break_count == 0
+    targets = [str(n.target) for n in explanation.graphs[0].graph.nodes if n.op == "call_function"]
+    assert "cnorm.layer_norm.default" in targets and "cnorm.rms_norm.default" in targets
+    assert y.dtype == BF16 and torch.equal(y, eager)
+    torch._dynamo.reset()
