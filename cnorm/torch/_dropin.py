@@ -150,10 +150,9 @@ def _ok(t, dtype, shape) -> bool:
 
 
 def _param_dtype(dtype, first) -> torch.dtype:
-    """The dtype every parameter (weight, bias, running statistics) of an input of
-    ``dtype`` must have for cnorm: the input's, or float32 for a half input whose first
-    given parameter ``first`` (None: none) is float32, torch's mixed precision (then all
-    of them float32; any other mix goes to torch, which computes or raises it)."""
+    """The dtype all parameters (weight, bias, running stats) of an input of ``dtype``
+    need for cnorm: its own, or float32 if a half input's first parameter ``first`` is
+    (torch's mixed precision); any other mix goes to torch, which computes or raises it."""
     if first is not None and first.dtype is _F32 and dtype in HALF:
         return _F32
     return dtype
@@ -338,34 +337,32 @@ class _CnormBatchNorm(_TorchModule):
 
 
 class BatchNorm1d(_CnormBatchNorm, nn.BatchNorm1d):
-    r""":class:`torch.nn.BatchNorm1d` whose forward and backward on contiguous CPU
-    float32/float64/bfloat16/float16 tensors (half ones with parameters and buffers of
-    their dtype or float32) run the cnorm kernels (everything else: torch's).
-    Same constructor, parameters, buffers and state_dict as torch's class."""
+    r""":class:`torch.nn.BatchNorm1d` whose forward and backward on contiguous CPU float32,
+    float64, bfloat16 and float16 tensors (half: float32 parameters too) run the cnorm
+    kernels (everything else: torch's). Same constructor, parameters, buffers, state_dict."""
 
 
 class BatchNorm2d(_CnormBatchNorm, nn.BatchNorm2d):
     r""":class:`torch.nn.BatchNorm2d` whose forward and backward on contiguous or
-    channels_last CPU float32/float64/bfloat16/float16 tensors (half ones with parameters
-    and buffers of their dtype or float32) run the cnorm kernels (everything else: torch's).
-    Same constructor, parameters, buffers and state_dict as torch's class."""
+    channels_last CPU float32/float64/bfloat16/float16 tensors (half: float32 parameters
+    too) run the cnorm kernels (everything else: torch's). Same constructor, parameters,
+    buffers and state_dict as torch's class."""
 
 
 class BatchNorm3d(_CnormBatchNorm, nn.BatchNorm3d):
     r""":class:`torch.nn.BatchNorm3d` whose forward and backward on contiguous or
-    channels_last CPU float32/float64/bfloat16/float16 tensors (half ones with parameters
-    and buffers of their dtype or float32) run the cnorm kernels (everything else: torch's).
-    Same constructor, parameters, buffers and state_dict as torch's class."""
+    channels_last CPU float32/float64/bfloat16/float16 tensors (half: float32 parameters
+    too) run the cnorm kernels (everything else: torch's). Same constructor, parameters,
+    buffers and state_dict as torch's class."""
 
 
 # ---------------------------------------------------------------------------- layer norm
 
 
 class LayerNorm(nn.LayerNorm):
-    r""":class:`torch.nn.LayerNorm` whose forward and backward on contiguous CPU
-    float32/float64/bfloat16/float16 tensors (half ones with parameters of their dtype or
-    float32) run the cnorm kernels (everything else: torch's).
-    Same constructor, parameters and state_dict as torch's class."""
+    r""":class:`torch.nn.LayerNorm` whose forward and backward on contiguous CPU float32,
+    float64, bfloat16 and float16 tensors (half: float32 parameters too) run the cnorm
+    kernels (everything else: torch's). Same constructor, parameters and state_dict."""
 
     #: set to False on an instance to always use torch's implementation
     use_cnorm = True
@@ -441,9 +438,8 @@ def cnorm_group_norm(module, input) -> Optional[torch.Tensor]:
 
 class GroupNorm(nn.GroupNorm):
     r""":class:`torch.nn.GroupNorm` whose forward and backward on contiguous or
-    channels_last CPU float32/float64 tensors (contiguous ones: also bfloat16/float16,
-    with parameters of their dtype or float32) run the cnorm kernels (everything else:
-    torch's). Same constructor, parameters and state_dict as torch's class."""
+    channels_last CPU float32/float64 tensors (contiguous: bfloat16/float16 too) run the
+    cnorm kernels (everything else: torch's). Same constructor, parameters, state_dict."""
 
     #: set to False on an instance to always use torch's implementation
     use_cnorm = True
@@ -548,36 +544,33 @@ class _CnormInstanceNorm(_TorchInstanceNorm):
 
 class InstanceNorm1d(_CnormInstanceNorm, nn.InstanceNorm1d):
     r""":class:`torch.nn.InstanceNorm1d` whose forward and backward on contiguous CPU
-    float32/float64/bfloat16/float16 tensors (half ones with parameters and buffers of
-    their dtype or float32) run the cnorm kernels (everything else: torch's), running
-    statistics included. Same constructor, parameters, buffers and state_dict."""
+    float32/float64/bfloat16/float16 tensors (half: float32 parameters too) run the cnorm
+    kernels (everything else: torch's), running statistics included. Same constructor,
+    parameters, buffers and state_dict."""
 
 
 class InstanceNorm2d(_CnormInstanceNorm, nn.InstanceNorm2d):
     r""":class:`torch.nn.InstanceNorm2d` whose forward and backward on contiguous or
-    channels_last CPU float32/float64 tensors (contiguous ones: also bfloat16/float16,
-    with parameters and buffers of their dtype or float32) run the cnorm kernels
-    (everything else: torch's), running statistics included. Same constructor,
-    parameters, buffers and state_dict."""
+    channels_last CPU float32/float64 tensors (contiguous: bfloat16/float16 too) run the
+    cnorm kernels (everything else: torch's), running statistics included. Same
+    constructor, parameters, buffers and state_dict."""
 
 
 class InstanceNorm3d(_CnormInstanceNorm, nn.InstanceNorm3d):
     r""":class:`torch.nn.InstanceNorm3d` whose forward and backward on contiguous or
-    channels_last_3d CPU float32/float64 tensors (contiguous ones: also bfloat16/float16,
-    with parameters and buffers of their dtype or float32) run the cnorm kernels
-    (everything else: torch's), running statistics included. Same constructor,
-    parameters, buffers and state_dict."""
+    channels_last_3d CPU float32/float64 tensors (contiguous: bfloat16/float16 too) run
+    the cnorm kernels (everything else: torch's), running statistics included. Same
+    constructor, parameters, buffers and state_dict."""
 
 
 # ------------------------------------------------------------------------------ RMS norm
 
 
 class RMSNorm(nn.RMSNorm):
-    r""":class:`torch.nn.RMSNorm` whose forward and backward on contiguous CPU
-    float32/float64/bfloat16/float16 tensors (half ones with a weight of their dtype or
-    float32) run the cnorm kernels (everything else: torch's); ``eps=None`` is
-    ``torch.finfo(input.dtype).eps``, float32's for a half input, as torch's kernels. Same constructor, parameters and
-    state_dict as torch's class."""
+    r""":class:`torch.nn.RMSNorm` whose forward and backward on contiguous CPU float32,
+    float64, bfloat16 and float16 tensors (half: a float32 weight too) run the cnorm
+    kernels (everything else: torch's); ``eps=None`` is the eps of the compute dtype, as
+    torch's (the input's, float32 for half). Same constructor, parameters, state_dict."""
 
     #: set to False on an instance to always use torch's implementation
     use_cnorm = True
