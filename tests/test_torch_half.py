@@ -354,3 +354,17 @@ def test_compile_under_autocast():
     assert "cnorm.layer_norm.default" in targets and "cnorm.rms_norm.default" in targets
     assert y.dtype == BF16 and torch.equal(y, eager)
     torch._dynamo.reset()
+
+
+@pytest.mark.usefixtures("no_size_threshold")
+@pytest.mark.parametrize("p_dtype", [BF16, F32], ids=["bf16", "mixed"])
+def test_sync_batchnorm_local_path(p_dtype):
+    """SyncBatchNorm without a process group: the BatchNorm path, on cnorm in half too."""
+    ours = ct.SyncBatchNorm(16).to(p_dtype)
+    ref = nn.BatchNorm2d(16).to(p_dtype)
+    ref.load_state_dict(ours.state_dict())
+    x, dy = data((3, 16, 5, 6), BF16, "channels_last")
+    out = {}
+    assert norm_ops(lambda: out.setdefault("ours", run(ours, x, dy))) == []
+    truth = run(copy.deepcopy(ref).to(F64), x.to(F64), dy.to(F64))
+    assert_no_worse_than_torch(out["ours"], run(ref, x, dy), truth, "SyncBatchNorm")
