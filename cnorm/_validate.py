@@ -79,8 +79,8 @@ def param_dtype(dtype: np.dtype, params, *, wording: str = "mixed") -> np.dtype:
     """The dtype the parameters (weight, bias, running statistics: None or arrays) of an
     input of ``dtype`` must all have. float32/float64 inputs: their own. A half input
     (float16, bfloat16): its own, or float32 for all of them (torch's mixed precision on the
-    CPU: they stay float32 and are updated in float32); another mix gets torch's error
-    (``wording="strict"``: batch norm's, which names the first mismatch)."""
+    CPU: they stay float32 and are updated in float32); another mix gets torch's
+    RuntimeError (``wording="strict"``: batch norm's, which names the first mismatch)."""
     if dtype is FLOAT32 or dtype is FLOAT64 or dtype not in HALF_KINDS:  # identity first
         return dtype
     found = [a.dtype for a in params if isinstance(a, np.ndarray)]
@@ -88,9 +88,10 @@ def param_dtype(dtype: np.dtype, params, *, wording: str = "mixed") -> np.dtype:
         return dtype
     if all(d == FLOAT32 for d in found):
         return FLOAT32
+    # torch's RuntimeError (a dtype mix torch refuses, not an unsupported dtype)
     if wording == "strict" and all(d in (dtype, FLOAT32) for d in found):
-        raise TypeError(f"expected scalar type {_TORCH_NAMES[dtype.name]} but found Float")
-    raise TypeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+        raise RuntimeError(f"expected scalar type {_TORCH_NAMES[dtype.name]} but found Float")
+    raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
 
 
 def check_dtype(dtype) -> np.dtype:

@@ -306,19 +306,20 @@ def test_other_mixes_get_torchs_errors(dtype):
     x = np.ones((2, 3, 4), dtype)
     c32, ch, co = np.ones(3, np.float32), np.ones(3, dtype), np.ones(3, other)
     torch_name = "BFloat16" if dtype == BF16 else "Half"
-    with pytest.raises(TypeError, match=f"^expected scalar type {torch_name} but found Float$"):
+    # torch's type: RuntimeError
+    with pytest.raises(RuntimeError, match=f"^expected scalar type {torch_name} but found Float$"):
         F.batch_norm(x, c32, c32, ch, ch, training=True)
     for w in (co, np.ones(3, np.float64)):
         with pytest.raises(
-            TypeError, match=r"^mixed dtype \(CPU\): expect parameter to have scalar type of Float$"
+            RuntimeError, match=r"^mixed dtype \(CPU\): expect parameter to have scalar type of Float$"
         ):
             F.batch_norm(x, None, None, w, None, training=True)
     with pytest.raises(
-        TypeError, match=r"^mixed dtype \(CPU\): expect parameter to have scalar type of Float$"
+        RuntimeError, match=r"^mixed dtype \(CPU\): expect parameter to have scalar type of Float$"
     ):
         F.layer_norm(x, (4,), np.ones(4, np.float32), np.ones(4, dtype))
     with pytest.raises(
-        TypeError, match=r"^mixed dtype \(CPU\): expect parameter to have scalar type of Float$"
+        RuntimeError, match=r"^mixed dtype \(CPU\): expect parameter to have scalar type of Float$"
     ):
         F.group_norm(x, 3, c32, ch)
     with pytest.raises(TypeError, match="dtype"):  # float32 input, half weight: as before

@@ -4,7 +4,9 @@
 :class:`BatchNorm2d`, :class:`BatchNorm3d`, :class:`LayerNorm`, :class:`GroupNorm`,
 :class:`InstanceNorm1d`, :class:`InstanceNorm2d`, :class:`InstanceNorm3d` and
 :class:`RMSNorm` subclass the torch.nn classes of the same name; on contiguous (and, for
-the batch, group and instance norms, channels_last) CPU float32/float64 tensors their
+the batch, group and instance norms, channels_last) CPU float32/float64 tensors, and on
+contiguous bfloat16/float16 ones (channels_last too for the batch norms) with parameters of
+their dtype or float32 (torch's mixed precision), in or outside CPU autocast, their
 forward and backward run the cnorm kernels, everything else runs torch's own
 implementation. :func:`convert` swaps those layers of a model in place, and the
 third-party norm classes of :func:`register_norm` (transformers' ``LlamaRMSNorm`` family,

@@ -26,6 +26,8 @@ from .. import functional as CF
 
 __all__ = [
     "as_numpy",
+    "as_tensor",
+    "HALF",
     "needs_grad",
     "norm_function",
     "BatchNormFunction",
@@ -43,15 +45,37 @@ Call = Callable[..., torch.Tensor]  # (input, weight, bias, args, grad=None) -> 
 
 _from_numpy = torch.from_numpy
 _grad_enabled = torch.is_grad_enabled
+_BFLOAT16 = torch.bfloat16
+_INT16 = torch.int16
+
+try:  # NumPy has no bfloat16: ml_dtypes' is the one cnorm's kernels take
+    from ml_dtypes import bfloat16 as _np_bfloat16
+except ImportError:  # pragma: no cover - without ml_dtypes bfloat16 runs torch's kernels
+    _np_bfloat16 = None
+
+#: the half-precision input dtypes the cnorm kernels take (bfloat16: with ml_dtypes)
+HALF: Tuple[torch.dtype, ...] = (torch.float16,) + ((_BFLOAT16,) if _np_bfloat16 is not None else ())
 
 
 def as_numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
-    """A NumPy view of a CPU tensor (no copy), None for None."""
+    """A NumPy view of a CPU tensor (no copy), None for None; bfloat16 as an
+    ``ml_dtypes.bfloat16`` view of the same memory."""
     if t is None:
         return None
-    # force: detach in C++ (one call instead of two); it would also copy a tensor of
-    # another device, with the conj/neg bit, which the callers have ruled out
-    return t.numpy(force=True)
+    try:
+        # force: detach in C++ (one call instead of two); it would also copy a tensor of
+        # another device, with the conj/neg bit, which the callers have ruled out
+        return t.numpy(force=True)
+    except TypeError:  # bfloat16 (the only dtype the callers pass that NumPy lacks)
+        return t.detach().view(_INT16).numpy().view(_np_bfloat16)
+
+
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor on the memory of a NumPy array (no copy); ml_dtypes.bfloat16 arrays too."""
+    try:
+        return _from_numpy(a)
+    except TypeError:  # bfloat16: torch reads it as its int16 bits
+        return _from_numpy(a.view(np.int16)).view(_BFLOAT16)
 
 
 def needs_grad(input, weight, bias) -> bool:
@@ -82,7 +106,10 @@ def norm_function(
         y, stats = forward(as_numpy(input), as_numpy(weight), as_numpy(bias), args)
         ctx.save_for_backward(input, weight)
         ctx.stats = stats
-        return _from_numpy(y)
+        try:
+            return _from_numpy(y)
+        except TypeError:  # a bfloat16 output
+            return as_tensor(y)
 
     @once_differentiable
     def function_backward(ctx, grad_output):
@@ -90,9 +117,9 @@ def norm_function(
         dx, dw, db = backward(as_numpy(grad_output), as_numpy(input), as_numpy(weight), ctx.stats)
         need = ctx.needs_input_grad
         return (
-            _from_numpy(dx) if need[0] and dx is not None else None,
-            _from_numpy(dw) if need[1] and dw is not None else None,
-            _from_numpy(db) if need[2] and db is not None else None,
+            as_tensor(dx) if need[0] and dx is not None else None,
+            as_tensor(dw) if need[1] and dw is not None else None,
+            as_tensor(db) if need[2] and db is not None else None,
             None,
         )
 
@@ -117,7 +144,11 @@ def norm_function(
             grad = needs_grad(input, weight, bias)
         if grad:
             return apply(input, weight, bias, args)
-        return _from_numpy(forward(as_numpy(input), as_numpy(weight), as_numpy(bias), args)[0])
+        y = forward(as_numpy(input), as_numpy(weight), as_numpy(bias), args)[0]
+        try:  # inline (not as_tensor): no Python call more on the float32 path
+            return _from_numpy(y)
+        except TypeError:  # a bfloat16 output
+            return as_tensor(y)
 
     return function, call
 

@@ -1,5 +1,5 @@
-"""Drop-in torch.nn norm layers whose CPU float32/float64 forward and backward run the
-cnorm kernels (see :mod:`cnorm.torch` for the user documentation)."""
+"""Drop-in torch.nn norm layers whose CPU float32/float64/bfloat16/float16 forward and
+backward run the cnorm kernels (see :mod:`cnorm.torch` for the user documentation)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from torch import nn
 from .._ops import momentum_factor
 from ..modules import TORCH_NN_TWINS
 from ._autograd import (
+    HALF,
     as_numpy,
     batch_norm,
     batch_norm_channels_last,
@@ -42,12 +43,15 @@ __all__ = [
     "cnorm_group_norm",
     "cnorm_instance_norm",
     "FLOATS",
+    "HALF",
     "TORCH_BELOW",
 ]
 
-# the input dtypes the drop-in layers run on cnorm (half precision: add torch.bfloat16 and
-# torch.float16 here once the kernels take them)
-FLOATS = (torch.float32, torch.float64)
+# the input dtypes the drop-in layers run on cnorm: the half ones (HALF: float16, and
+# bfloat16 with ml_dtypes) with parameters of their dtype or all float32 (torch's mixed
+# precision, see _param_dtype)
+FLOATS = (torch.float32, torch.float64, *HALF)
+_F32 = torch.float32
 # exact types whose .numpy() is a plain view of the data (subclasses with
 # __torch_function__ / __torch_dispatch__, e.g. FakeTensor or DTensor, go to torch)
 _PLAIN = (torch.Tensor, nn.Parameter)
@@ -77,7 +81,6 @@ def torch_fallback() -> Iterator[None]:
 
 _is_compiling = torch.compiler.is_compiling  # torch.compile (dynamo) and torch.export
 _is_tracing = torch._C._is_tracing  # torch.jit.trace (scripting: see _script_forward)
-_is_autocast = torch.is_autocast_enabled
 _functorch_active = torch._C._are_functorch_transforms_active
 # the ATen calls of F.batch_norm / F.layer_norm (cudnn_enabled: no effect on the CPU)
 _aten_batch_norm = torch.batch_norm
@@ -103,9 +106,11 @@ TORCH_BELOW: Dict[str, Tuple[int, int]] = {
 
 
 def _input_ok(input) -> bool:
-    """A plain, dense, C-contiguous CPU float32/float64 tensor, outside of autocast,
-    torch.jit tracing, torch.compile and torch.func transforms (all of which go to torch;
-    torch.compile to :func:`_compile_ok` where a layer has a custom op)."""
+    """A plain, dense, C-contiguous CPU tensor of a dtype in FLOATS, outside of torch.jit
+    tracing, torch.compile and torch.func transforms (all of which go to torch;
+    torch.compile to :func:`_compile_ok` where a layer has a custom op). CPU autocast
+    does not come in: its policy casts no norm (torch 2.13's lists name none of them, and
+    each runs in its input's dtype there), so the call is the one without autocast."""
     return (
         type(input) in _PLAIN
         and input.dtype in FLOATS
@@ -114,7 +119,6 @@ def _input_ok(input) -> bool:
         and input.is_contiguous()
         and not _is_compiling()  # before the checks dynamo does not trace
         and not input.is_neg()
-        and not _is_autocast("cpu")
         and not _is_tracing()
         and not _functorch_active()
     )
@@ -122,15 +126,14 @@ def _input_ok(input) -> bool:
 
 def _compile_ok(input) -> bool:
     """Under torch.compile / torch.export (dynamo traces this; the checks become guards):
-    a dense C-contiguous CPU float32/float64 tensor outside autocast, for the cnorm custom
-    ops (:mod:`cnorm.torch._library`). Fake and functional tensors pass."""
+    a dense C-contiguous CPU tensor of a dtype in FLOATS, for the cnorm custom ops
+    (:mod:`cnorm.torch._library`). Fake and functional tensors pass."""
     return (
         _is_compiling()
         and input.dtype in FLOATS
         and input.is_cpu
         and input.layout == _STRIDED
         and input.is_contiguous()
-        and not _is_autocast("cpu")
     )
 
 
@@ -144,6 +147,15 @@ def _ok(t, dtype, shape) -> bool:
         and t.is_contiguous()
         and t.shape == shape
     )
+
+
+def _param_dtype(dtype, first) -> torch.dtype:
+    """The dtype all parameters (weight, bias, running stats) of an input of ``dtype``
+    need for cnorm: its own, or float32 if a half input's first parameter ``first`` is
+    (torch's mixed precision); any other mix goes to torch, which computes or raises it."""
+    if first is not None and first.dtype is _F32 and dtype in HALF:
+        return _F32
+    return dtype
 
 
 def _traced_ok(t, dtype, shape) -> bool:
@@ -225,10 +237,10 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     if len(shape) < 2 or (rm is None) != (rv is None):
         return None
     c = shape[1:2]
-    if ok is not None and not (
-        ok(weight, dtype, c) and ok(bias, dtype, c) and ok(rm, dtype, c) and ok(rv, dtype, c)
-    ):
-        return None
+    if ok is not None:
+        pdt = _param_dtype(dtype, weight if weight is not None else rm)
+        if not (ok(weight, pdt, c) and ok(bias, pdt, c) and ok(rm, pdt, c) and ok(rv, pdt, c)):
+            return None
     if bn_training:
         if not eps > 0:
             return None  # torch raises 'eps must be positive'
@@ -267,8 +279,11 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
         # the Python layers of torch's forward: below torch.nn's own cost
         return _aten_batch_norm(input, weight, bias, rm, rv, bn_training, factor, eps, True)
     # NumPy views: cnorm updates the running buffers in place when training
-    rm = None if rm is None else rm.numpy()
-    rv = None if rv is None else rv.numpy()
+    try:
+        rm = None if rm is None else rm.numpy()
+        rv = None if rv is None else rv.numpy()
+    except TypeError:  # bfloat16 buffers
+        rm, rv = as_numpy(rm), as_numpy(rv)
     run = batch_norm_channels_last if layout == 2 else batch_norm
     return run(input, weight, bias, (rm, rv, bn_training, factor, eps), grad)
 
@@ -322,30 +337,32 @@ class _CnormBatchNorm(_TorchModule):
 
 
 class BatchNorm1d(_CnormBatchNorm, nn.BatchNorm1d):
-    r""":class:`torch.nn.BatchNorm1d` whose forward and backward on contiguous CPU
-    float32/float64 tensors run the cnorm kernels (everything else: torch's).
-    Same constructor, parameters, buffers and state_dict as torch's class."""
+    r""":class:`torch.nn.BatchNorm1d` whose forward and backward on contiguous CPU float32,
+    float64, bfloat16 and float16 tensors (half: float32 parameters too) run the cnorm
+    kernels (everything else: torch's). Same constructor, parameters, buffers, state_dict."""
 
 
 class BatchNorm2d(_CnormBatchNorm, nn.BatchNorm2d):
-    r""":class:`torch.nn.BatchNorm2d` whose forward and backward on contiguous CPU
-    float32/float64 tensors run the cnorm kernels (everything else: torch's).
-    Same constructor, parameters, buffers and state_dict as torch's class."""
+    r""":class:`torch.nn.BatchNorm2d` whose forward and backward on contiguous or
+    channels_last CPU float32/float64/bfloat16/float16 tensors (half: float32 parameters
+    too) run the cnorm kernels (everything else: torch's). Same constructor, parameters,
+    buffers and state_dict as torch's class."""
 
 
 class BatchNorm3d(_CnormBatchNorm, nn.BatchNorm3d):
-    r""":class:`torch.nn.BatchNorm3d` whose forward and backward on contiguous CPU
-    float32/float64 tensors run the cnorm kernels (everything else: torch's).
-    Same constructor, parameters, buffers and state_dict as torch's class."""
+    r""":class:`torch.nn.BatchNorm3d` whose forward and backward on contiguous or
+    channels_last CPU float32/float64/bfloat16/float16 tensors (half: float32 parameters
+    too) run the cnorm kernels (everything else: torch's). Same constructor, parameters,
+    buffers and state_dict as torch's class."""
 
 
 # ---------------------------------------------------------------------------- layer norm
 
 
 class LayerNorm(nn.LayerNorm):
-    r""":class:`torch.nn.LayerNorm` whose forward and backward on contiguous CPU
-    float32/float64 tensors run the cnorm kernels (everything else: torch's).
-    Same constructor, parameters and state_dict as torch's class."""
+    r""":class:`torch.nn.LayerNorm` whose forward and backward on contiguous CPU float32,
+    float64, bfloat16 and float16 tensors (half: float32 parameters too) run the cnorm
+    kernels (everything else: torch's). Same constructor, parameters and state_dict."""
 
     #: set to False on an instance to always use torch's implementation
     use_cnorm = True
@@ -374,7 +391,7 @@ class LayerNorm(nn.LayerNorm):
                 ok = _traced_ok
             else:
                 return super().forward(input)
-            dtype = input.dtype
+            dtype = _param_dtype(input.dtype, w if w is not None else b)
             if input.shape[-len(ns) :] == ns and ok(w, dtype, ns) and ok(b, dtype, ns):
                 if ok is _traced_ok:
                     return layer_norm_op.forward(input, w, b, list(ns), self.eps)[0]
@@ -407,7 +424,10 @@ def cnorm_group_norm(module, input) -> Optional[torch.Tensor]:
         if input.numel() < TORCH_BELOW["group_norm"][grad]:
             return _aten_group_norm(input, g, w, b, eps, True)  # as F.group_norm calls it
     layout, ok = _route(input)
-    if not (ok and ok(w, input.dtype, (c,)) and ok(b, input.dtype, (c,))):
+    if not ok or (layout == 2 and input.dtype in HALF):
+        return None  # the channels-last group kernels take no half storage: torch's
+    dtype = _param_dtype(input.dtype, w if w is not None else b)
+    if not (ok(w, dtype, (c,)) and ok(b, dtype, (c,))):
         return None
     if ok is _traced_ok:
         if layout == 1:
@@ -418,8 +438,8 @@ def cnorm_group_norm(module, input) -> Optional[torch.Tensor]:
 
 class GroupNorm(nn.GroupNorm):
     r""":class:`torch.nn.GroupNorm` whose forward and backward on contiguous or
-    channels_last CPU float32/float64 tensors run the cnorm kernels (everything else:
-    torch's). Same constructor, parameters and state_dict as torch's class."""
+    channels_last CPU float32/float64 tensors (contiguous: bfloat16/float16 too) run the
+    cnorm kernels (everything else: torch's). Same constructor, parameters, state_dict."""
 
     #: set to False on an instance to always use torch's implementation
     use_cnorm = True
@@ -471,9 +491,11 @@ def cnorm_instance_norm(module, input) -> Optional[torch.Tensor]:
             y = _aten_instance_norm(x, w, b, rm, rv, use_input_stats, momentum, eps, True)
             return y.squeeze(0) if dim == no_batch else y
     layout, ok = _route(x)
+    if not ok or (layout == 2 and x.dtype in HALF):
+        return None  # the channels-last group kernels take no half storage: torch's
     c = (module.num_features,)
-    dtype = x.dtype
-    if not (ok and all(ok(t, dtype, c) for t in (w, b, rm, rv))):
+    dtype = _param_dtype(x.dtype, w if w is not None else rm)
+    if not all(ok(t, dtype, c) for t in (w, b, rm, rv)):
         return None
     if ok is _traced_ok:
         if layout == 1:
@@ -522,32 +544,33 @@ class _CnormInstanceNorm(_TorchInstanceNorm):
 
 class InstanceNorm1d(_CnormInstanceNorm, nn.InstanceNorm1d):
     r""":class:`torch.nn.InstanceNorm1d` whose forward and backward on contiguous CPU
-    float32/float64 tensors run the cnorm kernels (everything else: torch's), running
-    statistics included. Same constructor, parameters, buffers and state_dict."""
+    float32/float64/bfloat16/float16 tensors (half: float32 parameters too) run the cnorm
+    kernels (everything else: torch's), running statistics included. Same constructor,
+    parameters, buffers and state_dict."""
 
 
 class InstanceNorm2d(_CnormInstanceNorm, nn.InstanceNorm2d):
     r""":class:`torch.nn.InstanceNorm2d` whose forward and backward on contiguous or
-    channels_last CPU float32/float64 tensors run the cnorm kernels (everything else:
-    torch's), running statistics included. Same constructor, parameters, buffers and
-    state_dict."""
+    channels_last CPU float32/float64 tensors (contiguous: bfloat16/float16 too) run the
+    cnorm kernels (everything else: torch's), running statistics included. Same
+    constructor, parameters, buffers and state_dict."""
 
 
 class InstanceNorm3d(_CnormInstanceNorm, nn.InstanceNorm3d):
     r""":class:`torch.nn.InstanceNorm3d` whose forward and backward on contiguous or
-    channels_last_3d CPU float32/float64 tensors run the cnorm kernels (everything else:
-    torch's), running statistics included. Same constructor, parameters, buffers and
-    state_dict."""
+    channels_last_3d CPU float32/float64 tensors (contiguous: bfloat16/float16 too) run
+    the cnorm kernels (everything else: torch's), running statistics included. Same
+    constructor, parameters, buffers and state_dict."""
 
 
 # ------------------------------------------------------------------------------ RMS norm
 
 
 class RMSNorm(nn.RMSNorm):
-    r""":class:`torch.nn.RMSNorm` whose forward and backward on contiguous CPU
-    float32/float64 tensors run the cnorm kernels (everything else: torch's); ``eps=None``
-    is ``torch.finfo(input.dtype).eps``, as torch's. Same constructor, parameters and
-    state_dict as torch's class."""
+    r""":class:`torch.nn.RMSNorm` whose forward and backward on contiguous CPU float32,
+    float64, bfloat16 and float16 tensors (half: a float32 weight too) run the cnorm
+    kernels (everything else: torch's); ``eps=None`` is the eps of the compute dtype, as
+    torch's (the input's, float32 for half). Same constructor, parameters, state_dict."""
 
     #: set to False on an instance to always use torch's implementation
     use_cnorm = True
@@ -566,8 +589,11 @@ class RMSNorm(nn.RMSNorm):
                 if x.numel() < TORCH_BELOW["rms_norm"][grad]:
                     return _aten_rms_norm(x, ns, w, self.eps)  # as F.rms_norm calls it
             layout, ok = _route(x)
-            if layout == 1 and ok and x.dim() >= k and x.shape[x.dim() - k :] == ns and ok(w, x.dtype, ns):
-                eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+            pdt = _param_dtype(x.dtype, w)
+            if layout == 1 and ok and x.dim() >= k and x.shape[x.dim() - k :] == ns and ok(w, pdt, ns):
+                eps = self.eps
+                if eps is None:  # torch's: the eps of the compute dtype (float32 for half)
+                    eps = torch.finfo(_F32 if x.dtype in HALF else x.dtype).eps
                 if ok is _traced_ok:
                     return rms_norm_op.forward(x, w, None, list(ns), eps)[0]
                 return rms_norm(x, w, None, (ns, eps), grad)

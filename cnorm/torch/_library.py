@@ -52,6 +52,8 @@ from ._autograd import (
     _layer_norm_forward,
     _rms_norm_backward,
     _rms_norm_forward,
+    as_numpy,
+    as_tensor,
 )
 
 __all__ = ["NormOp", "register_norm_op", "NORM_OPS", "per_row"]
@@ -76,17 +78,18 @@ NORM_OPS: dict = {}
 
 
 def _array(t):
-    """A NumPy view of a CPU tensor (C-contiguous: a copy only if it is not), or None."""
+    """A NumPy view of a CPU tensor (C-contiguous: a copy only if it is not), or None;
+    bfloat16 as ml_dtypes' (see as_numpy)."""
     if t is None:
         return None
-    return t.detach().contiguous().numpy()
+    return as_numpy(t.contiguous())
 
 
 def _param(p):
     """An op param as the spec's ``args`` hold it: Tensors as views (updated in place
     when mutated, so never copied), ``int[]`` as tuples."""
     if isinstance(p, torch.Tensor):
-        return p.detach().numpy()
+        return as_numpy(p)
     if isinstance(p, list):
         return tuple(p)
     return p
@@ -97,7 +100,7 @@ def _grad(g, need: bool, like, input):
     fake kernel has it), zeros when the spec has none."""
     if not need or like is None:
         return input.new_empty((0,))
-    return torch.from_numpy(g) if g is not None else torch.zeros_like(like)
+    return as_tensor(g) if g is not None else torch.zeros_like(like)
 
 
 def _param_names(params: str) -> Tuple[List[int], str]:
@@ -144,7 +147,7 @@ def register_norm_op(
         arrays = [s for s in spec_stats if isinstance(s, np.ndarray)]
         # an output may not alias an input (a spec returning a buffer as its stats)
         arrays = [a.copy() if any(np.may_share_memory(a, t) for t in (x, w, b)) else a for a in arrays]
-        return (torch.from_numpy(y), *map(torch.from_numpy, arrays))
+        return (as_tensor(y), *map(torch.from_numpy, arrays))
 
     def forward_fake(input, weight, bias, *op_params):
         y = torch.empty_like(input, memory_format=torch.contiguous_format)

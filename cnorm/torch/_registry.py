@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ._autograd import layer_norm, needs_grad, rms_norm
-from ._dropin import _MISSING, _PLAIN, FLOATS, TORCH_BELOW, _check, _switch, _traced_ok
+from ._dropin import _MISSING, _PLAIN, FLOATS, HALF, TORCH_BELOW, _check, _param_dtype, _switch, _traced_ok
 from ._library import layer_norm_op, rms_norm_op
 
 __all__ = ["NormSpec", "register_norm", "registered_spec", "converted_class", "cnorm_forward"]
@@ -42,12 +42,15 @@ class NormSpec:
     normalized_shape: Optional[str] = None
     weight_offset: float = 0.0
     #: the input dtypes on which cnorm computes what the class computes (the built-in
-    #: transformers entries compute in float32 and cast back: float32 only, until the
-    #: half-precision kernels are in; add torch.bfloat16/torch.float16 there)
+    #: transformers entries compute in float32 and cast back: float32 and the half ones)
     dtypes: Tuple[torch.dtype, ...] = FLOATS
-    #: half-precision inputs only: the weight multiplies the normalized input after its
-    #: cast back to the input dtype (Llama) or before (Gemma, OLMo-2)
+    #: half-precision rms_norm inputs only: the weight multiplies the normalized input
+    #: after its cast back to the input dtype (Llama: ``weight * y.to(dtype)``, run as
+    #: cnorm's unweighted norm times the weight) or before (Gemma, OLMo-2: one rounding)
     weight_after_cast: bool = True
+    #: a half input with a float32 weight computes what cnorm's mixed precision does
+    #: (False: T5, whose float32 result is never rounded to the half dtype; its own forward)
+    mixed: bool = True
 
 
 # class -> [(exact attribute values required, spec)], first match wins
@@ -215,17 +218,34 @@ def cnorm_forward(module: nn.Module, spec: NormSpec, x) -> Optional[torch.Tensor
             return None
     ns = (xl.shape[-1],) if spec.normalized_shape is None else tuple(getattr(module, spec.normalized_shape))
     k = len(ns)
-    if not (k and xl.dim() >= k and xl.shape[xl.dim() - k :] == ns and ok(w, dtype, ns) and ok(b, dtype, ns)):
+    pdt = _param_dtype(dtype, w if w is not None else b)
+    if pdt is not dtype and not spec.mixed:
+        return None
+    if not (k and xl.dim() >= k and xl.shape[xl.dim() - k :] == ns and ok(w, pdt, ns) and ok(b, pdt, ns)):
         return None
     traced = ok is _traced_ok  # under torch.compile / torch.export: the cnorm:: custom ops
     if kind == "rms_norm":
-        if spec.weight_offset and w is not None:
-            w = w + spec.weight_offset  # autograd carries the weight's gradient through
-        if traced:
-            return rms_norm_op.forward(xl, w, None, list(ns), float(eps))[0]
-        return rms_norm(xl, w, None, (ns, eps), grad)
+        return _rms_forward(spec, xl, w, ns, float(eps), grad, traced)
     if traced:
         y = layer_norm_op.forward(xl, w, b, list(ns), float(eps))[0]
     else:
         y = layer_norm(xl, w, b, (ns, eps), grad)
     return y.permute(0, 3, 1, 2) if kind == "layer_norm_channels_first" else y
+
+
+def _rms_forward(spec: NormSpec, x, w, ns, eps: float, grad, traced: bool) -> torch.Tensor:
+    """An RMS-norm entry's forward; the weight (+ offset: autograd carries its gradient
+    through) is applied by the kernel, or for a half input with ``weight_after_cast`` by
+    torch after the kernel's rounding to the input dtype, as the class does."""
+    after = w is not None and spec.weight_after_cast and x.dtype in HALF
+    if w is not None and spec.weight_offset:
+        # in float32 for a half input (Gemma: 1.0 + weight.float())
+        w = (w.float() if x.dtype in HALF else w) + spec.weight_offset
+    if after:
+        w, scale = None, w
+        grad = None  # the kernel's gradient is the input's only
+    if traced:
+        y = rms_norm_op.forward(x, w, None, list(ns), eps)[0]
+    else:
+        y = rms_norm(x, w, None, (ns, eps), grad)
+    return scale * y if after else y

@@ -13,10 +13,12 @@ from torch.autograd.function import once_differentiable
 from .. import functional as CF
 from .._ops import momentum_factor, update_running_stats
 from ._autograd import as_numpy
-from ._dropin import FLOATS, _CnormBatchNorm, cnorm_batch_norm
+from ._dropin import _CnormBatchNorm, cnorm_batch_norm
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "SyncBatchNormFunction"]
 
+# the input dtypes of the synchronized path (the local one, cnorm_batch_norm, takes half too)
+_SYNC_FLOATS = (torch.float32, torch.float64)
 # dtype <-> the code the ranks exchange (-1: another dtype, named by none of these)
 _DTYPE_CODES = (
     torch.float32,
@@ -43,7 +45,7 @@ def _check_sync_arguments(dtype, c, weight, bias, rm, rv) -> Optional[Exception]
         for n, t in tensors
         if t is not None and (t.dtype != dtype or not t.is_cpu)
     ]
-    if dtype not in FLOATS or bad:
+    if dtype not in _SYNC_FLOATS or bad:
         return TypeError(
             "cnorm.torch.SyncBatchNorm on CPU needs a float32 or float64 "
             "input and parameters/buffers of its dtype on the CPU; got input "

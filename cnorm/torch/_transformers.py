@@ -9,9 +9,10 @@ docstrings), so every verbatim copy matches, including in remote-code models, an
 whose forward differs in anything does not. Nothing is imported from transformers.
 
 All the RMS norms here compute in float32 whatever the input dtype and cast back, so
-they run on cnorm for float32 inputs only (``dtypes``); half-precision inputs, once the
-cnorm half kernels are in, need one more dtype there (``weight_after_cast`` records which
-side of the cast the weight multiplies).
+they run on cnorm for float32 and half inputs (``dtypes``: a float64 input would be
+computed in float32 there); ``weight_after_cast`` records which side of the cast the
+weight multiplies, ``mixed`` whether a float32 weight with a half input is cnorm's mixed
+precision.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ._dropin import HALF
 from ._registry import NormSpec
 
 __all__ = ["builtin_entries", "TEMPLATES"]
 
-F32 = (torch.float32,)
+F32 = (torch.float32, *HALF)  # computed in float32 (see above)
 
 
 # ------------------------------------------------------------------ the code of each family
@@ -130,7 +132,12 @@ TEMPLATES: List[
         _always,
         [({}, NormSpec(RMS, eps="variance_epsilon", dtypes=F32, weight_after_cast=False))],
     ),
-    ({"forward": _t5_forward}, _always, [({}, LLAMA)]),
+    # a float32 weight with a half input: a float32 result, never rounded to the half dtype
+    (
+        {"forward": _t5_forward},
+        _always,
+        [({}, NormSpec(RMS, eps="variance_epsilon", dtypes=F32, mixed=False))],
+    ),
     (
         {"forward": _gemma_forward, "_norm": _gemma_norm},
         _always,
