@@ -6,7 +6,8 @@ At build time setup.py generates from it (cnorm/_build_utils/simd_codegen.py):
   simd/loops.pxd    their Cython declarations, the fused type ``floating`` of the dtypes,
                     and one fused wrapper per loop, named as the loop
 tests/test_simd_table.py checks that loops.h and simd.h define exactly what is listed here.
-Parameters are C; T is the element type, ptrdiff_t is Py_ssize_t on the Cython side.
+Parameters are C; T is the element type, ptrdiff_t is Py_ssize_t on the Cython side; in
+HALF_LOOPS X is the storage type (uint16_t bits) and T the compute type (float).
 Pure data: no imports (it is read by file path at build time).
 """
 
@@ -157,4 +158,85 @@ RUNTIME = [
         "float32 block sums that need a float64 redo",
     ),
     ("cn_stream_min_bytes", "ptrdiff_t", None, "outputs this large use non-temporal stores"),
+]
+
+# half storage (loops.h with CN_HALF: half.h): (suffix, kind, C storage type). The loops
+# compute in float32, read X (float16 / bfloat16 bits) widened exactly in their own loads
+# and round each output once to nearest even in their own stores: the bits of the float32
+# loop on the widened values, rounded (the staged design's bits, without the stage).
+# kind: the Cython wrappers' argument (1 float16, 2 bfloat16), as Job.kind / RowJob.kind.
+HALF_DTYPES = [
+    ("h", 1, "uint16_t"),
+    ("b", 2, "uint16_t"),
+]
+
+# (name, return type, parameters): the loops of half.h, in its order; each is the loop of
+# the same name in LOOPS with its storage arrays (x, dy, ym, y, dx, out) of type X
+HALF_LOOPS = [
+    ("block_sum", "double", "const X* x, ptrdiff_t n"),
+    ("block_dev", "void", "double* s1, double* s2, const X* x, ptrdiff_t n, T shift"),
+    (
+        "bn_grad_sums",
+        "void",
+        "double* s_dy, double* s_dyd, const X* dy, const X* x, ptrdiff_t n, T hi, T lo, const X* ym",
+    ),
+    (
+        "ln_grad_sums",
+        "void",
+        (
+            "double* s_g, double* s_gd, T* tw, T* tb, const X* dy, const X* x, const T* w, ptrdiff_t n, "
+            "T hi, T lo, T rs"
+        ),
+    ),
+    (
+        "ln_grad_sums2",
+        "void",
+        (
+            "double* s_g, double* s_gd, T* tw, T* tb, const X* dy0, const X* dy1, const X* x0, "
+            "const X* x1, const T* w, ptrdiff_t n, T hi0, T lo0, T rs0, T hi1, T lo1, T rs1"
+        ),
+    ),
+    ("affine", "void", "X* y, const X* x, ptrdiff_t n, T hi, T lo, T scale, T beta, int stream, int relu"),
+    (
+        "affine_cols",
+        "void",
+        (
+            "X* y, const X* x, ptrdiff_t n, const T* hi, const T* lo, const T* scale, const T* beta, "
+            "int stream, int relu"
+        ),
+    ),
+    ("ln_row", "void", "X* y, const X* x, const T* w, const T* b, ptrdiff_t n, T hi, T lo, T rs, int stream"),
+    (
+        "bn_grad",
+        "void",
+        (
+            "X* dx, const X* dy, const X* x, ptrdiff_t n, T hi, T lo, T invstd, T k1, T mean_dy, "
+            "T mean_dy_xhat, int stream, const X* ym"
+        ),
+    ),
+    (
+        "bn_grad_cols",
+        "void",
+        (
+            "X* dx, const X* dy, const X* x, ptrdiff_t n, const T* hi, const T* lo, const T* invstd, "
+            "const T* k1, const T* mean_dy, const T* mean_dy_xhat, int stream, const X* ym"
+        ),
+    ),
+    (
+        "ln_grad_row",
+        "void",
+        (
+            "X* dx, const X* dy, const X* x, const T* w, ptrdiff_t n, T hi, T lo, T rstd, T mean_g, "
+            "T mean_gxhat, int stream"
+        ),
+    ),
+    (
+        "gn_grad_segment",
+        "void",
+        (
+            "X* dx, const X* dy, const X* x, ptrdiff_t n, T hi, T lo, T rstd, T w, T mean_g, "
+            "T mean_gxhat, int stream"
+        ),
+    ),
+    ("residual_add", "void", "X* out, const X* a, const X* b, ptrdiff_t n, int stream"),
 ]
