@@ -130,6 +130,7 @@ def test_every_module_has_the_portable_build():
 
 _SIZES = {"n": 45, "ld": 53, "nrows": 6}  # n <= ld; buffers hold nrows * ld + 64
 _BUF = 6 * 53 + 64
+_OUTPUTS = {"T*": "out", "X*": "xout", "double*": "dout"}  # the harness's output buffers
 
 
 def _harness():
@@ -171,31 +172,23 @@ def _harness():
                 "    xin[2][5] = 0x7c00u; xin[3][7] = 0x8001u; xin[4][11] = 0x7e01u;",
             ]
         for name, ret, params in loops:
-            args, n_in, n_out, n_dout, n_xout = [], 0, 0, 0, 0
+            args, used = [], {"in": 0, "out": 0, "xout": 0, "dout": 0}
             for t, n in codegen.parse_params(params):
-                if t == "const T*" and n == "ym":
-                    args.append("variant ? in[7] : NULL")
-                elif t == "const X*" and n == "ym":
-                    args.append("variant ? xin[7] : NULL")
-                elif t == "const X*":
-                    args.append(f"xin[{n_in % 7}]")
-                    n_in += 1
-                elif t == "X*":
-                    args.append(f"xout[{n_xout}]")
-                    n_xout += 1
-                elif t == "const T*":
-                    args.append(f"in[{n_in % 7}]")
-                    n_in += 1
-                elif t == "T*":
-                    args.append(f"out[{n_out}]")
-                    n_out += 1
+                if t in ("const T*", "const X*"):  # inputs; ym (the fused ReLU's) or NULL
+                    buf = "in" if t == "const T*" else "xin"
+                    if n == "ym":
+                        args.append(f"variant ? {buf}[7] : NULL")
+                    else:
+                        args.append(f"{buf}[{used['in'] % 7}]")
+                        used["in"] += 1
+                elif t in _OUTPUTS:
+                    buf = _OUTPUTS[t]
+                    args.append(f"{buf}[{used[buf]}]")
+                    used[buf] += 1
                 elif t == "const uint16_t*":
                     args.append("hin")
                 elif t == "uint16_t*":
                     args.append("hout")
-                elif t == "double*":
-                    args.append(f"dout[{n_dout}]")
-                    n_dout += 1
                 elif t == "ptrdiff_t":
                     args.append(str(_SIZES[n]))
                 elif t == "int":

@@ -28,8 +28,24 @@ def load_table(simd_dir=SIMD_DIR):
     """DTYPES, BUILDS, LOOPS, RUNTIME, HALF_DTYPES, HALF_LOOPS of signatures.py (read by
     path, not imported)."""
     ns = runpy.run_path(os.path.join(simd_dir, "signatures.py"))
-    keys = ("DTYPES", "BUILDS", "LOOPS", "RUNTIME", "HALF_DTYPES", "HALF_LOOPS")
-    return {key: ns[key] for key in keys}
+    keys = ("DTYPES", "BUILDS", "LOOPS", "RUNTIME", "HALF_DTYPES")
+    table = {key: ns[key] for key in keys}
+    table["HALF_LOOPS"] = half_loops(table["LOOPS"], ns["HALF_LOOPS"])
+    return table
+
+
+def half_loops(loops, half):
+    """[(name, return type, parameters)] of the half loops: the LOOPS row of each name with
+    the element type T of its storage parameters X."""
+    rows = {name: (ret, params) for name, ret, params in loops}
+    out = []
+    for name, storage in half:
+        ret, params = rows[name]
+        typed = [
+            (re.sub(r"\bT\b", "X", t) if n in storage.split() else t, n) for t, n in parse_params(params)
+        ]
+        out.append((name, ret, ", ".join(f"{t} {n}" for t, n in typed)))
+    return out
 
 
 def dtype_rows(table):
@@ -198,42 +214,27 @@ def loops_pxd(table):
     for s, elem, _, store, _, dtype_loops in dtype_rows(table):
         for name, ret, params in dtype_loops:
             out.append(_wrap(f"    {ret} cn_{name}_{s}(", _cy_params(params, elem, store), ")"))
-    for name, ret, params in loops:
-        ret_cy = "bint" if ret == "int" else ret
-        args = ", ".join(n for _, n in parse_params(params))
-        ret_kw = "" if ret == "void" else "return "
-        out += ["", ""]
-        out.append(
-            _wrap(f"cdef inline {ret_cy} {name}(", _cy_params(params, "floating"), ") noexcept nogil:")
-        )
-        for i, (s, elem, _) in enumerate(dtypes):
-            if i == len(dtypes) - 1:
-                out.append("    else:")
-            else:
-                out.append(f"    {'if' if i == 0 else 'elif'} floating is {elem}:")
-            out.append(f"        {ret_kw}cn_{name}_{s}({args})")
-    out += _half_wrappers(table)
+    fused = [(f"floating is {elem}", s) for s, elem, _ in dtypes]
+    out += _wrappers(loops, "", [], "floating", None, fused)
+    half = [(f"kind == {kind}", s) for s, kind, _ in table["HALF_DTYPES"]]
+    out += _wrappers(table["HALF_LOOPS"], "_half", ["int kind"], "float", table["HALF_DTYPES"][0][2], half)
     out.append("")
     return "\n".join(out)
 
 
-def _half_wrappers(table):
-    """One wrapper per half loop, <loop>_half(kind, ...): the loop of the half dtype of
-    that kind (HALF_DTYPES)."""
+def _wrappers(loops, suffix, extra, elem, store, cases):
+    """One Cython wrapper per loop, <loop><suffix>(*extra, ...), calling cn_<loop>_<s> of
+    the first case (condition, s) that holds (the last one: else)."""
     out = []
-    halves = table["HALF_DTYPES"]
-    for name, ret, params in table["HALF_LOOPS"]:
+    for name, ret, params in loops:
         ret_cy = "bint" if ret == "int" else ret
         args = ", ".join(n for _, n in parse_params(params))
         ret_kw = "" if ret == "void" else "return "
-        head = f"cdef inline {ret_cy} {name}_half("
+        head = f"cdef inline {ret_cy} {name}{suffix}("
         out += ["", ""]
-        out.append(_wrap(head, ["int kind", *_cy_params(params, "float", halves[0][2])], ") noexcept nogil:"))
-        for i, (s, kind, _) in enumerate(halves):
-            if i == len(halves) - 1:
-                out.append("    else:")
-            else:
-                out.append(f"    {'if' if i == 0 else 'elif'} kind == {kind}:")
+        out.append(_wrap(head, [*extra, *_cy_params(params, elem, store)], ") noexcept nogil:"))
+        for i, (cond, s) in enumerate(cases):
+            out.append("    else:" if i == len(cases) - 1 else f"    {'if' if i == 0 else 'elif'} {cond}:")
             out.append(f"        {ret_kw}cn_{name}_{s}({args})")
     return out
 

@@ -39,7 +39,7 @@ from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, ExactStats, call_typed
                       check_array, check_dims, chunk_size, compute_typenum, data_or_null,
                       empty_1d, empty_like, exact_stats, f64_stats_unsafe, finite, floating,
                       parallel, scaled_copy, segment_stats, split_mean, split_start, stage_in,
-                      stage_out, sum_g_xhat, sum_partials, two_pass_f64)
+                      sum_g_xhat, sum_partials, two_pass_f64)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_cols,
                           bn_grad_cols4, bn_grad_sums, bn_grad_sums_cols, cn_f32_sums_unsafe,

@@ -28,29 +28,28 @@ cdef inline void block_stats_half(int kind, const uint16_t* x, Py_ssize_t n, dou
 cdef inline void segment_stats_half(int kind, const uint16_t* x, Py_ssize_t n,
                                     double* count, double* mean, double* m2) noexcept nogil:
     """common.segment_stats of the n half values at x."""
-    cdef Py_ssize_t i, k_i, len_b
+    cdef Py_ssize_t i = 0, len_b
     cdef double mean_b, m2_b
-    for k_i in range((n + BLOCK - 1) // BLOCK):
-        i = k_i * BLOCK
-        len_b = n - i if n - i < BLOCK else BLOCK
+    while i < n:
+        len_b = min(n - i, <Py_ssize_t>BLOCK)
         block_stats_half(kind, x + i, len_b, &mean_b, &m2_b)
         chan_merge(count, mean, m2, <double>len_b, mean_b, m2_b)
+        i += len_b
 
 
 cdef inline double sum_squares_half(int kind, const uint16_t* x, Py_ssize_t n) noexcept nogil:
     """common.sum_squares of the n half values at x."""
-    cdef Py_ssize_t i, j, k_i, len_b
-    cdef double total = 0, s1, s2, d
+    cdef Py_ssize_t i = 0, j, len_b
+    cdef double total = 0, s1, s2
     cdef float tmp[BLOCK]
-    for k_i in range((n + BLOCK - 1) // BLOCK):
-        i = k_i * BLOCK
-        len_b = n - i if n - i < BLOCK else BLOCK
+    while i < n:
+        len_b = min(n - i, <Py_ssize_t>BLOCK)
         block_dev_half(kind, &s1, &s2, x + i, len_b, 0)
-        if cn_f32_sums_unsafe(s1, s2, 0.0):
+        if cn_f32_sums_unsafe(s1, s2, 0.0):     # float32 squares overflowed: in float64
             stage_in(kind, tmp, x, i, len_b)
             s2 = 0
             for j in range(len_b):
-                d = tmp[j]
-                s2 += d * d
+                s2 += <double>tmp[j] * tmp[j]
         total += s2
+        i += len_b
     return total

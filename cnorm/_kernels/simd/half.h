@@ -33,23 +33,8 @@
 /* ---- conversions ------------------------------------------------------------------- */
 
 /* one value widened / rounded to the half type */
-CN_HHELPER T CN_FN(wid)(X h)
-{
-#if CN_HALF == 1
-    return cn_f16_to_f32(h);
-#else
-    return cn_bf16_to_f32(h);
-#endif
-}
-
-CN_HHELPER X CN_FN(nar)(T v)
-{
-#if CN_HALF == 1
-    return cn_f32_to_f16(v);
-#else
-    return cn_f32_to_bf16(v);
-#endif
-}
+CN_HHELPER T CN_FN(wid)(X h) { return CN_HALF == 1 ? cn_f16_to_f32(h) : cn_bf16_to_f32(h); }
+CN_HHELPER X CN_FN(nar)(T v) { return CN_HALF == 1 ? cn_f32_to_f16(v) : cn_f32_to_bf16(v); }
 
 #if CN_VEC
 typedef uint32_t CN_FN(bits) __attribute__((vector_size(CN_VB)));

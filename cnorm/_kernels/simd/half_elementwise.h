@@ -69,12 +69,11 @@ CN_HLOOP void CN_FN(bn_grad)(X* CN_RESTRICT dx, const X* CN_RESTRICT dy, const X
 }
 
 /* the same with per-element coefficients: a row of an (N, C) batch, n = C */
-CN_HLOOP void CN_FN(bn_grad_cols)(X* CN_RESTRICT dx, const X* CN_RESTRICT dy,
-                                  const X* CN_RESTRICT x, ptrdiff_t n, const T* CN_RESTRICT hi,
-                                  const T* CN_RESTRICT lo, const T* CN_RESTRICT invstd,
-                                  const T* CN_RESTRICT k1, const T* CN_RESTRICT mean_dy,
-                                  const T* CN_RESTRICT mean_dy_xhat, int stream,
-                                  const X* CN_RESTRICT ym)
+CN_HLOOP void CN_FN(bn_grad_cols)(X* CN_RESTRICT dx, const X* CN_RESTRICT dy, const X* CN_RESTRICT x,
+                                  ptrdiff_t n, const T* CN_RESTRICT hi, const T* CN_RESTRICT lo,
+                                  const T* CN_RESTRICT invstd, const T* CN_RESTRICT k1,
+                                  const T* CN_RESTRICT mean_dy, const T* CN_RESTRICT mean_dy_xhat,
+                                  int stream, const X* CN_RESTRICT ym)
 {
     if (ym)
         CN_H_EACH(dx, n, CN_BN_GRAD_COL(mask_grad(XS(dy), XS(ym)), XS(x)),

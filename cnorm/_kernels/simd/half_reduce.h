@@ -80,10 +80,10 @@ CN_HLOOP void CN_FN(ln_grad_sums)(double* s_g, double* s_gd, T* CN_RESTRICT tw,
                                   const X* CN_RESTRICT x, const T* CN_RESTRICT w, ptrdiff_t n,
                                   T hi, T lo, T rs)
 {
-    V p[K], q[K];
     const V vh = splat(hi), vl = splat(lo), vr = splat(rs);
+    V p[K], q[K];
     T a1[L], a2[L];
-    ptrdiff_t i = 0, k;
+    ptrdiff_t k, i = 0;
     for (k = 0; k < K; k++) p[k] = q[k] = splat(0);
     for (; i + L <= n; i += L)
         for (k = 0; k < K; k++) {

@@ -170,73 +170,20 @@ HALF_DTYPES = [
     ("b", 2, "uint16_t"),
 ]
 
-# (name, return type, parameters): the loops of half.h, in its order; each is the loop of
-# the same name in LOOPS with its storage arrays (x, dy, ym, y, dx, out) of type X
+# (name, its storage arrays): the loops of half.h, in its order. Each is the loop of the
+# same name in LOOPS with the element type of those parameters X (simd_codegen.half_loops)
 HALF_LOOPS = [
-    ("block_sum", "double", "const X* x, ptrdiff_t n"),
-    ("block_dev", "void", "double* s1, double* s2, const X* x, ptrdiff_t n, T shift"),
-    (
-        "bn_grad_sums",
-        "void",
-        "double* s_dy, double* s_dyd, const X* dy, const X* x, ptrdiff_t n, T hi, T lo, const X* ym",
-    ),
-    (
-        "ln_grad_sums",
-        "void",
-        (
-            "double* s_g, double* s_gd, T* tw, T* tb, const X* dy, const X* x, const T* w, ptrdiff_t n, "
-            "T hi, T lo, T rs"
-        ),
-    ),
-    (
-        "ln_grad_sums2",
-        "void",
-        (
-            "double* s_g, double* s_gd, T* tw, T* tb, const X* dy0, const X* dy1, const X* x0, "
-            "const X* x1, const T* w, ptrdiff_t n, T hi0, T lo0, T rs0, T hi1, T lo1, T rs1"
-        ),
-    ),
-    ("affine", "void", "X* y, const X* x, ptrdiff_t n, T hi, T lo, T scale, T beta, int stream, int relu"),
-    (
-        "affine_cols",
-        "void",
-        (
-            "X* y, const X* x, ptrdiff_t n, const T* hi, const T* lo, const T* scale, const T* beta, "
-            "int stream, int relu"
-        ),
-    ),
-    ("ln_row", "void", "X* y, const X* x, const T* w, const T* b, ptrdiff_t n, T hi, T lo, T rs, int stream"),
-    (
-        "bn_grad",
-        "void",
-        (
-            "X* dx, const X* dy, const X* x, ptrdiff_t n, T hi, T lo, T invstd, T k1, T mean_dy, "
-            "T mean_dy_xhat, int stream, const X* ym"
-        ),
-    ),
-    (
-        "bn_grad_cols",
-        "void",
-        (
-            "X* dx, const X* dy, const X* x, ptrdiff_t n, const T* hi, const T* lo, const T* invstd, "
-            "const T* k1, const T* mean_dy, const T* mean_dy_xhat, int stream, const X* ym"
-        ),
-    ),
-    (
-        "ln_grad_row",
-        "void",
-        (
-            "X* dx, const X* dy, const X* x, const T* w, ptrdiff_t n, T hi, T lo, T rstd, T mean_g, "
-            "T mean_gxhat, int stream"
-        ),
-    ),
-    (
-        "gn_grad_segment",
-        "void",
-        (
-            "X* dx, const X* dy, const X* x, ptrdiff_t n, T hi, T lo, T rstd, T w, T mean_g, "
-            "T mean_gxhat, int stream"
-        ),
-    ),
-    ("residual_add", "void", "X* out, const X* a, const X* b, ptrdiff_t n, int stream"),
+    ("block_sum", "x"),
+    ("block_dev", "x"),
+    ("bn_grad_sums", "dy x ym"),
+    ("ln_grad_sums", "dy x"),
+    ("ln_grad_sums2", "dy0 dy1 x0 x1"),
+    ("affine", "y x"),
+    ("affine_cols", "y x"),
+    ("ln_row", "y x"),
+    ("bn_grad", "dx dy x ym"),
+    ("bn_grad_cols", "dx dy x ym"),
+    ("ln_grad_row", "dx dy x"),
+    ("gn_grad_segment", "dx dy x"),
+    ("residual_add", "out a b"),
 ]
