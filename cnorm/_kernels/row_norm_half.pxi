@@ -9,8 +9,8 @@
 from cython.parallel cimport prange
 
 from .half cimport segment_stats_half, sum_squares_half
-from .simd.loops cimport (ln_grad_row_half, ln_grad_sums2_half, ln_grad_sums_half, ln_row_half,
-                          residual_add_half)
+from .simd.loops cimport (affine_half, bn_grad_sums_half, gn_grad_segment_half, ln_grad_row_half,
+                          ln_grad_sums2_half, ln_grad_sums_half, ln_row_half, residual_add_half)
 
 cdef int _start_stage(RowJob* j, int kind) except -1:
     """Half storage: the job's kind and its per-thread float32 rows (free j.stage)."""
@@ -31,10 +31,10 @@ cdef void _run_forward(RowJob* j) noexcept:
     free(j.stage)
 
 
-cdef inline float _half_row_stats(int kind, const uint16_t* xr, Py_ssize_t D, bint center,
-                                  double eps, double* mean, double* rstd, float* hi,
-                                  float* lo) noexcept nogil:
-    """_row_stats of a half row (float32 statistics never rescale): returns rs."""
+cdef inline double _half_row_stats(int kind, const uint16_t* xr, Py_ssize_t D, bint center,
+                                   double eps, double* mean, double* rstd, double* var,
+                                   float* hi, float* lo) noexcept nogil:
+    """_row_stats of a half row (float32 statistics never rescale): returns rstd."""
     cdef double count = 0, m2 = 0, mu = 0, v
     if center:
         segment_stats_half(kind, xr, D, &count, &mu, &m2)
@@ -43,8 +43,10 @@ cdef inline float _half_row_stats(int kind, const uint16_t* xr, Py_ssize_t D, bi
         v = sum_squares_half(kind, xr, D) / D
     mean[0] = mu
     rstd[0] = 1.0 / sqrt(v + eps)
+    if var != NULL:
+        var[0] = v
     split_mean(mu, hi, lo)
-    return <float>rstd[0]
+    return rstd[0]
 
 
 cdef void _layer_norm_forward_rows_half(const float* x, void* job, int t,
@@ -67,7 +69,8 @@ cdef void _layer_norm_forward_rows_half(const float* x, void* job, int t,
             residual_add_half(kind, <uint16_t*>j.sum + r * D, xr,
                               <const uint16_t*>j.residual + r * D, D, False)
             xr = <const uint16_t*>j.sum + r * D
-        rs = _half_row_stats(kind, xr, D, j.center, j.eps, &j.mean[r], &j.rstd[r], &hi, &lo)
+        rs = <float>_half_row_stats(kind, xr, D, j.center, j.eps, &j.mean[r], &j.rstd[r], NULL,
+                                    &hi, &lo)
         for k_b in range((D + BLOCK - 1) // BLOCK):     # absent params: BLOCK-sized defaults
             b = k_b * BLOCK
             len_b = D - b if D - b < BLOCK else BLOCK
