@@ -151,7 +151,7 @@ cdef void _normalize(const floating* x, Job* j) noexcept nogil:
             st = &j.exact[c]            # the statistics of x * scale
             split_mean(st.mean_s, &hi[c], &lo[c])
             scale[c] = <floating>(st.rstd_s * (weight[c] if weight != NULL else 1.0))
-    j.stream = use_stream(j, sizeof(floating)) and not j.kind
+    j.stream = use_stream(j, 2 if j.kind else sizeof(floating))     # half: 2-byte bits
     parallel(_normalize_half[floating] if j.kind else _normalize_work[floating], x, j,
              j.threads_x)
 
@@ -232,7 +232,7 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
         j.in_sum_dy_xhat = j.sum_dy_xhat
     if j.out == NULL:
         return
-    j.stream = use_stream(j, sizeof(floating)) and not j.kind
+    j.stream = use_stream(j, 2 if j.kind else sizeof(floating))     # half: 2-byte bits
     if not j.training and j.ym == NULL:
         # running statistics: dx = dy * w * invstd, a per-channel scaling of dy (x unread,
         # so that a NaN in x does not leak into dx): the normalize pass on dy

@@ -49,15 +49,17 @@ cdef void _normalize_half(const floating* x, void* job, int t, int n_threads) no
         for n in range(n, n1):
             affine_cols_half(j.kind, out + n * C, xh + n * C, C, <const float*>f.hi,
                              <const float*>f.lo, <const float*>f.scale, <const float*>f.beta,
-                             False, j.relu)
-        return
-    seg = first_segment(n, n1, C, S)
-    while seg.start < n1:
-        c = seg.c
-        affine_half(j.kind, out + seg.start, xh + seg.start, seg.stop - seg.start,
-                    (<const float*>f.hi)[c], (<const float*>f.lo)[c], (<const float*>f.scale)[c],
-                    (<const float*>f.beta)[c], False, j.relu)
-        next_segment(&seg, n1, C, S)
+                             j.stream, j.relu)
+    else:
+        seg = first_segment(n, n1, C, S)
+        while seg.start < n1:
+            c = seg.c
+            affine_half(j.kind, out + seg.start, xh + seg.start, seg.stop - seg.start,
+                        (<const float*>f.hi)[c], (<const float*>f.lo)[c],
+                        (<const float*>f.scale)[c], (<const float*>f.beta)[c], j.stream, j.relu)
+            next_segment(&seg, n1, C, S)
+    if j.stream:        # once per thread, after all its streamed stores
+        cn_stream_fence()
 
 
 cdef inline void _input_grad_run(const Job* j, const uint16_t* x, Py_ssize_t o, Py_ssize_t m, Py_ssize_t c,
@@ -71,11 +73,12 @@ cdef inline void _input_grad_run(const Job* j, const uint16_t* x, Py_ssize_t o, 
     if per_element:
         bn_grad_cols_half(j.kind, dx, dy, xr, m, <const float*>g.hi + c, <const float*>g.lo + c,
                           <const float*>g.invstd + c, <const float*>g.k1 + c,
-                          <const float*>g.mean_dy + c, <const float*>g.mean_dy_xhat + c, False, ym)
+                          <const float*>g.mean_dy + c, <const float*>g.mean_dy_xhat + c, j.stream,
+                          ym)
     else:
         bn_grad_half(j.kind, dx, dy, xr, m, (<const float*>g.hi)[c], (<const float*>g.lo)[c],
                      (<const float*>g.invstd)[c], (<const float*>g.k1)[c],
-                     (<const float*>g.mean_dy)[c], (<const float*>g.mean_dy_xhat)[c], False, ym)
+                     (<const float*>g.mean_dy)[c], (<const float*>g.mean_dy_xhat)[c], j.stream, ym)
 
 
 cdef void _input_grad_half(const floating* x, void* job, int t, int n_threads) noexcept nogil:
@@ -88,8 +91,10 @@ cdef void _input_grad_half(const floating* x, void* job, int t, int n_threads) n
     if S == 1:          # (N, C): a row at a time
         for n in range(n, n1):
             _input_grad_run(j, <const uint16_t*>x, n * C, C, 0, True)
-        return
-    seg = first_segment(n, n1, C, S)
-    while seg.start < n1:
-        _input_grad_run(j, <const uint16_t*>x, seg.start, seg.stop - seg.start, seg.c, False)
-        next_segment(&seg, n1, C, S)
+    else:
+        seg = first_segment(n, n1, C, S)
+        while seg.start < n1:
+            _input_grad_run(j, <const uint16_t*>x, seg.start, seg.stop - seg.start, seg.c, False)
+            next_segment(&seg, n1, C, S)
+    if j.stream:        # once per thread, after all its streamed stores
+        cn_stream_fence()

@@ -62,7 +62,7 @@ cdef void _group_norm_forward_row_half(const RowJob* j, Py_ssize_t r) noexcept n
     for i in range(Cg):
         affine_half(j.kind, <uint16_t*>j.out + r * D + i * S, xr + i * S, S, hi, lo,
                     <float>(rs * (weight[c + i] if weight != NULL else 1.0)),
-                    bias[c + i] if bias != NULL else 0, False, False)
+                    bias[c + i] if bias != NULL else 0, j.stream, False)
 
 
 cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
@@ -150,7 +150,7 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
             if kind:
                 gn_grad_segment_half(kind, <uint16_t*>j.out + r * D + o, dyh + o, xh + o, S, hi,
                                      lo, <float>rs, weight[c + i] if weight != NULL else 1,
-                                     <float>(sum_g / D), <float>m_gxhat, False)
+                                     <float>(sum_g / D), <float>m_gxhat, stream)
             else:
                 gn_grad_segment(dx + r * D + o, dyr + o, xr + o, S, hi, lo, <floating>rs,
                                 weight[c + i] if weight != NULL else 1, <floating>(sum_g / D),

@@ -16,7 +16,6 @@ cdef int _start_stage(RowJob* j, int kind) except -1:
     """Half storage: the job's kind and its per-thread float32 rows (free j.stage)."""
     j.kind = kind
     if kind:
-        j.stream = False            # the loops write the rows in cache
         j.stage = <float*>malloc(j.n_threads * STAGE_ROWS * j.D * sizeof(float) + 1)
         if j.stage == NULL:
             raise MemoryError()
@@ -75,7 +74,10 @@ cdef void _layer_norm_forward_rows_half(const float* x, void* job, int t,
             b = k_b * BLOCK
             len_b = D - b if D - b < BLOCK else BLOCK
             ln_row_half(kind, yr + b, xr + b, weight + b if weight != NULL else defaults,
-                        bias + b if bias != NULL else defaults + BLOCK, len_b, hi, lo, rs, False)
+                        bias + b if bias != NULL else defaults + BLOCK, len_b, hi, lo, rs,
+                        j.stream)
+    if j.stream:     # once per thread, after all its streamed stores
+        cn_stream_fence()
 
 
 cdef void _layer_norm_backward_rows_half(const float* x, void* job, int t,
@@ -88,6 +90,8 @@ cdef void _layer_norm_backward_rows_half(const float* x, void* job, int t,
         tw[i] = 0
     for k in range(split_start(j.n_chunks, t, n_threads), split_start(j.n_chunks, t + 1, n_threads)):
         _layer_norm_backward_chunk_half(j, k, t)
+    if j.stream:     # once per thread, after all its streamed stores
+        cn_stream_fence()
 
 
 cdef void _layer_norm_backward_chunk_half(const RowJob* j, Py_ssize_t k, int t) noexcept nogil:
@@ -151,7 +155,7 @@ cdef void _layer_norm_backward_chunk_half(const RowJob* j, Py_ssize_t k, int t) 
                 len_b = D - b if D - b < BLOCK else BLOCK
                 ln_grad_row_half(kind, <uint16_t*>j.out + (r + q) * D + b, dyq[q] + b,
                                  xq[q] + b, weight + b if weight != NULL else ones, len_b,
-                                 hi[q], lo[q], rstd[q], mean_g, <float>m_gxhat, False)
+                                 hi[q], lo[q], rstd[q], mean_g, <float>m_gxhat, j.stream)
         r += n_rows
         if (r - r0) % ROWS_PER_FLUSH == 0 or r == r1:
             for i in range(D):
