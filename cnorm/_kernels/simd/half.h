@@ -105,16 +105,22 @@ CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
 #define CN_H_STREAM(out, i, n, SCALAR, VECTOR)                                            \
     if (stream) {                                                                          \
         for (; i < n && ((uintptr_t)((out) + i) % 16) != 0; i++) (out)[i] = CN_FN(nar)(SCALAR); \
-        for (; i + W <= n; i += W) CN_FN(stx_nt)((out) + i, VECTOR);                      \
+        CN_H_UNROLL for (; i <= n - W; i += W) CN_FN(stx_nt)((out) + i, VECTOR);         \
     }
 #else
 #define CN_H_STREAM(out, i, n, SCALAR, VECTOR) (void)stream;
+#endif
+/* two vectors per trip, the bound computed once: these loops are instruction-bound */
+#if CN_GNU
+#define CN_H_UNROLL _Pragma("GCC unroll 2")
+#else
+#define CN_H_UNROLL
 #endif
 #define CN_H_EACH(out, n, SCALAR, VECTOR)                                                 \
     do {                                                                                   \
         ptrdiff_t i = 0;                                                                   \
         CN_H_STREAM(out, i, n, SCALAR, VECTOR)                                             \
-        for (; i + W <= n; i += W) CN_FN(stx)((out) + i, VECTOR);                          \
+        CN_H_UNROLL for (; i <= n - W; i += W) CN_FN(stx)((out) + i, VECTOR);              \
         for (; i < n; i++) (out)[i] = CN_FN(nar)(SCALAR);                                  \
     } while (0)
 
@@ -132,3 +138,4 @@ CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
 #undef XV
 #undef CN_H_STREAM
 #undef CN_H_EACH
+#undef CN_H_UNROLL

@@ -8,7 +8,7 @@ CN_HLOOP double CN_FN(block_sum)(const X* CN_RESTRICT x, ptrdiff_t n)
     T lanes[L];
     ptrdiff_t i = 0, k;
     for (k = 0; k < K; k++) acc[k] = splat(0);
-    for (; i + L <= n; i += L)
+    for (; i <= n - L; i += L)
         for (k = 0; k < K; k++) acc[k] += CN_FN(ldx)(x + i + k * W);
     memcpy(lanes, acc, sizeof lanes);
     for (; i < n; i++) lanes[i % L] += XS(x);
@@ -24,7 +24,7 @@ CN_HLOOP void CN_FN(block_dev)(double* s1, double* s2, const X* CN_RESTRICT x, p
     T a1[L], a2[L];
     ptrdiff_t i = 0, k;
     for (k = 0; k < K; k++) p[k] = q[k] = splat(0);
-    for (; i + L <= n; i += L)
+    for (; i <= n - L; i += L)
         for (k = 0; k < K; k++) {
             V v = CN_FN(ldx)(x + i + k * W) - vs;
             p[k] += v;
@@ -51,7 +51,7 @@ CN_HLOOP void CN_FN(bn_grad_sums)(double* s_dy, double* s_dyd, const X* CN_RESTR
     T a1[L], a2[L];
     ptrdiff_t i = 0, k;
     for (k = 0; k < K; k++) p[k] = q[k] = splat(0);
-    for (; i + L <= n; i += L)
+    for (; i <= n - L; i += L)
         for (k = 0; k < K; k++) {
             const ptrdiff_t o = i + k * W;
             V g = CN_FN(ldx)(dy + o);
@@ -85,7 +85,7 @@ CN_HLOOP void CN_FN(ln_grad_sums)(double* s_g, double* s_gd, T* CN_RESTRICT tw,
     T a1[L], a2[L];
     ptrdiff_t k, i = 0;
     for (k = 0; k < K; k++) p[k] = q[k] = splat(0);
-    for (; i + L <= n; i += L)
+    for (; i <= n - L; i += L)
         for (k = 0; k < K; k++) {
             const ptrdiff_t o = i + k * W;
             V g = CN_FN(ldx)(dy + o), d = (CN_FN(ldx)(x + o) - vh) - vl, gw = g * load(w + o);
@@ -121,7 +121,7 @@ CN_HLOOP void CN_FN(ln_grad_sums2)(double* s_g, double* s_gd, T* CN_RESTRICT tw,
     T a0[L], b0[L], a1[L], b1[L];
     ptrdiff_t i = 0, k;
     for (k = 0; k < K; k++) p0[k] = q0[k] = p1[k] = q1[k] = splat(0);
-    for (; i + L <= n; i += L)
+    for (; i <= n - L; i += L)
         for (k = 0; k < K; k++) {
             const ptrdiff_t o = i + k * W;
             V g0 = CN_FN(ldx)(dy0 + o), g1 = CN_FN(ldx)(dy1 + o), wv = load(w + o);
