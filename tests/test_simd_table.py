@@ -3,7 +3,8 @@ everything that is written or generated from it:
 
 * the generated files on disk (simd/dispatch.h, simd/loops.pxd) are what the generator
   makes from the table now (a stale build would otherwise go unnoticed);
-* the loops in reduce.h / elementwise.h have exactly the table's signatures, in order;
+* the loops in reduce.h / elementwise.h / convert.h (half.h's: half_reduce.h,
+  half_elementwise.h) have exactly the table's signatures, in order;
 * every dispatcher of dispatch.h and every declaration of loops.pxd has the loop's
   signature with T replaced by its dtype; simd.h defines the runtime controls listed;
 * the C compiles as portable C99 without the GNU extensions (-DCNORM_PORTABLE_C), and a
@@ -39,10 +40,16 @@ def _read(name):
         return f.read()
 
 
-def _norm_params(params, elem="T"):
-    """[(type, name)] of a C parameter list, restrict dropped, T -> elem."""
+def _norm_params(params, elem="T", store="X"):
+    """[(type, name)] of a C parameter list, restrict dropped, T -> elem, X -> store."""
     params = params.replace("CN_RESTRICT", " ")
-    return [(re.sub(r"\bT\b", elem, t), n) for t, n in codegen.parse_params(params)]
+    return [(re.sub(r"\bX\b", store, re.sub(r"\bT\b", elem, t)), n) for t, n in codegen.parse_params(params)]
+
+
+DTYPE_ROWS = codegen.dtype_rows(TABLE)
+HEADS = r"CN_(?:CVT_|H)?LOOP\s+(\w+)\s+CN_FN\((\w+)\)\(([^)]*)\)"
+LOOP_FILES = ("reduce.h", "elementwise.h", "convert.h")
+HALF_LOOP_FILES = ("half_reduce.h", "half_elementwise.h")
 
 
 def _c_functions(text, pattern):
@@ -62,16 +69,16 @@ def test_generated_files_are_up_to_date():
             assert f.read() == text, f"{path} is stale: rebuild (setup.py regenerates it)"
 
 
-def test_loops_have_the_signatures_of_the_table():
-    heads = r"CN_(?:CVT_)?LOOP\s+(\w+)\s+CN_FN\((\w+)\)\(([^)]*)\)"
+@pytest.mark.parametrize("files, key", [(LOOP_FILES, "LOOPS"), (HALF_LOOP_FILES, "HALF_LOOPS")])
+def test_loops_have_the_signatures_of_the_table(files, key):
     order = []
     loops = {}
-    for name in ("reduce.h", "elementwise.h", "convert.h"):
+    for name in files:
         text = _read(name)
-        loops.update(_c_functions(text, heads))
-        order += [m.group(2) for m in re.finditer(heads, text)]
-    assert order == [name for name, _, _ in TABLE["LOOPS"]], "the table lists the loops in order"
-    for name, ret, params in TABLE["LOOPS"]:
+        loops.update(_c_functions(text, HEADS))
+        order += [m.group(2) for m in re.finditer(HEADS, text)]
+    assert order == [name for name, _, _ in TABLE[key]], "the table lists the loops in order"
+    for name, ret, params in TABLE[key]:
         assert loops[name] == (ret, _norm_params(params)), name
 
 
@@ -79,19 +86,20 @@ def test_dispatchers_and_declarations_match_the_loops():
     dispatch = _c_functions(_read("dispatch.h"), r"static CN_INLINE (\w+) (cn_\w+)\(([^)]*)\)\s*\{")
     pxd = _read("loops.pxd").replace("Py_ssize_t", "ptrdiff_t")
     declared = _c_functions(pxd, r"\n    (\w+) (cn_\w+_[a-z])\(([^)]*)\)(?=\n)")
-    loops = _c_functions(
-        _read("reduce.h") + _read("elementwise.h") + _read("convert.h"),
-        r"CN_(?:CVT_)?LOOP\s+(\w+)\s+CN_FN\((\w+)\)\(([^)]*)\)",
-    )
-    for name, (ret, params) in loops.items():
-        for s, elem, _ in TABLE["DTYPES"]:
-            want = (ret, [(re.sub(r"\bT\b", elem, t), n) for t, n in params])
+    n_loops = 0
+    for s, elem, _, store, kind, _ in DTYPE_ROWS:
+        files = HALF_LOOP_FILES if kind else LOOP_FILES
+        loops = _c_functions("".join(_read(f) for f in files), HEADS)
+        for name, (ret, params) in loops.items():
+            n_loops += 1
+            want = (ret, [(re.sub(r"\bX\b", store, re.sub(r"\bT\b", elem, t)), n) for t, n in params])
             assert dispatch[f"cn_{name}_{s}"] == want, f"dispatcher cn_{name}_{s}"
             assert declared[f"cn_{name}_{s}"] == want, f"declaration cn_{name}_{s}"
-        wrapper = re.search(rf"cdef inline \w+ {name}\(([^)]*)\) noexcept nogil:", pxd)
-        assert wrapper, f"fused wrapper {name}"
-        assert [n for _, n in codegen.parse_params(wrapper.group(1))] == [n for _, n in params]
-    n_loops = len(TABLE["LOOPS"]) * len(TABLE["DTYPES"])
+            suffix = "_half" if kind else ""
+            wrapper = re.search(rf"cdef inline \w+ {name}{suffix}\(([^)]*)\) noexcept nogil:", pxd)
+            assert wrapper, f"wrapper {name}{suffix}"
+            names = [n for _, n in codegen.parse_params(wrapper.group(1))]
+            assert names == (["kind"] if kind else []) + [n for _, n in params]
     assert len(dispatch) == n_loops
     assert len(declared) == n_loops
 
@@ -122,6 +130,7 @@ def test_every_module_has_the_portable_build():
 
 _SIZES = {"n": 45, "ld": 53, "nrows": 6}  # n <= ld; buffers hold nrows * ld + 64
 _BUF = 6 * 53 + 64
+_OUTPUTS = {"T*": "out", "X*": "xout", "double*": "dout"}  # the harness's output buffers
 
 
 def _harness():
@@ -139,7 +148,7 @@ def _harness():
         ),
         "",
     ]
-    for s, elem, _ in TABLE["DTYPES"]:
+    for s, elem, _, _, kind, loops in DTYPE_ROWS:
         lines += [f"static void run_{s}(int variant)", "{"]
         lines += [
             f"    static {elem} in[8][{_BUF}], out[4][{_BUF}];",
@@ -156,24 +165,31 @@ def _harness():
             f"    for (i = 0; i < {_BUF}; i++) hin[i] = (uint16_t)(i * 40503u + (i % 5) * 0x7c00u);",
             f"    for (i = 0; i < {_BUF}; i++) din[i] = 0.5 + (i % 7) * 0.25;",
         ]
-        for name, ret, params in TABLE["LOOPS"]:
-            args, n_in, n_out, n_dout = [], 0, 0, 0
+        if kind:  # half storage: the inputs rounded to the half type, a few specials
+            narrow = "cn_f32_to_f16" if kind == 1 else "cn_f32_to_bf16"
+            lines += [
+                f"    static uint16_t xin[8][{_BUF}], xout[4][{_BUF}];",
+                f"    for (k = 0; k < 8; k++) for (i = 0; i < {_BUF}; i++) xin[k][i] = {narrow}(in[k][i]);",
+                "    xin[2][5] = 0x7c00u; xin[3][7] = 0x8001u; xin[4][11] = 0x7e01u;",
+            ]
+        for name, ret, params in loops:
+            args, used = [], {"in": 0, "out": 0, "xout": 0, "dout": 0}
             for t, n in codegen.parse_params(params):
-                if t == "const T*" and n == "ym":
-                    args.append("variant ? in[7] : NULL")
-                elif t == "const T*":
-                    args.append(f"in[{n_in % 7}]")
-                    n_in += 1
-                elif t == "T*":
-                    args.append(f"out[{n_out}]")
-                    n_out += 1
+                if t in ("const T*", "const X*"):  # inputs; ym (the fused ReLU's) or NULL
+                    buf = "in" if t == "const T*" else "xin"
+                    if n == "ym":
+                        args.append(f"variant ? {buf}[7] : NULL")
+                    else:
+                        args.append(f"{buf}[{used['in'] % 7}]")
+                        used["in"] += 1
+                elif t in _OUTPUTS:
+                    buf = _OUTPUTS[t]
+                    args.append(f"{buf}[{used[buf]}]")
+                    used[buf] += 1
                 elif t == "const uint16_t*":
                     args.append("hin")
                 elif t == "uint16_t*":
                     args.append("hout")
-                elif t == "double*":
-                    args.append(f"dout[{n_dout}]")
-                    n_dout += 1
                 elif t == "ptrdiff_t":
                     args.append(str(_SIZES[n]))
                 elif t == "int":
@@ -190,11 +206,15 @@ def _harness():
             lines.append(
                 "    memset(out, 0, sizeof out); memset(dout, 0, sizeof dout); memset(hout, 0, sizeof hout);"
             )
+            if kind:
+                lines.append("    memset(xout, 0, sizeof xout);")
             if ret == "void":
                 lines.append(f"    {call};")
             else:
                 lines.append(f"    {{ {ret} r = {call}; mix(&r, sizeof r); }}")
             lines.append("    mix(out, sizeof out); mix(dout, sizeof dout); mix(hout, sizeof hout);")
+            if kind:
+                lines.append("    mix(xout, sizeof xout);")
             lines.append(f'    printf("{name}_{s} %d %016llx\\n", variant, h);')
         lines += ["}", ""]
     lines += [
@@ -208,7 +228,7 @@ def _harness():
         '        printf("build %s\\n", cn_build_names[b]);',
         "        for (v = 0; v < 2; v++) {",
     ]
-    lines += [f"            h = 1469598103934665603ULL; run_{s}(v);" for s, _, _ in TABLE["DTYPES"]]
+    lines += [f"            h = 1469598103934665603ULL; run_{s}(v);" for s, *_ in DTYPE_ROWS]
     lines += ["        }", "    }", "    return 0;", "}", ""]
     return "\n".join(lines)
 
@@ -275,7 +295,7 @@ def test_every_build_and_compiler_gives_the_same_bits(tmp_path):
     runs = _build_and_run(tmp_path, cc, _FP, "native")
     assert "scalar" in runs and len(runs) >= 2 or os.name == "nt"
     ref = runs["scalar"]
-    assert len(ref) == 2 * len(TABLE["LOOPS"]) * len(TABLE["DTYPES"])
+    assert len(ref) == 2 * sum(len(row[-1]) for row in DTYPE_ROWS)
     for build, lines in runs.items():
         assert lines == ref, f"build {build} differs from scalar"
     portable = {f"{cc} portable": (cc, ["-std=c99", "-pedantic-errors", "-DCNORM_PORTABLE_C", *_FP])}

@@ -25,9 +25,38 @@ NOTICE = (
 
 
 def load_table(simd_dir=SIMD_DIR):
-    """DTYPES, BUILDS, LOOPS, RUNTIME of signatures.py (read by path, not imported)."""
+    """DTYPES, BUILDS, LOOPS, RUNTIME, HALF_DTYPES, HALF_LOOPS of signatures.py (read by
+    path, not imported)."""
     ns = runpy.run_path(os.path.join(simd_dir, "signatures.py"))
-    return {key: ns[key] for key in ("DTYPES", "BUILDS", "LOOPS", "RUNTIME")}
+    keys = ("DTYPES", "BUILDS", "LOOPS", "RUNTIME", "HALF_DTYPES")
+    table = {key: ns[key] for key in keys}
+    table["HALF_LOOPS"] = half_loops(table["LOOPS"], ns["HALF_LOOPS"])
+    return table
+
+
+def half_loops(loops, half):
+    """[(name, return type, parameters)] of the half loops: the LOOPS row of each name with
+    the element type T of its storage parameters X."""
+    rows = {name: (ret, params) for name, ret, params in loops}
+    out = []
+    for name, storage in half:
+        ret, params = rows[name]
+        typed = [
+            (re.sub(r"\bT\b", "X", t) if n in storage.split() else t, n) for t, n in parse_params(params)
+        ]
+        out.append((name, ret, ", ".join(f"{t} {n}" for t, n in typed)))
+    return out
+
+
+def dtype_rows(table):
+    """Every dtype as (suffix, element type, lane-mask integer type, storage type, half
+    kind (0: storage is the element type), its loops): DTYPES with LOOPS, then
+    HALF_DTYPES (computed in float) with HALF_LOOPS."""
+    rows = [(s, elem, itype, elem, 0, table["LOOPS"]) for s, elem, itype in table["DTYPES"]]
+    rows += [
+        (s, "float", "int32_t", store, kind, table["HALF_LOOPS"]) for s, kind, store in table["HALF_DTYPES"]
+    ]
+    return rows
 
 
 def parse_params(params):
@@ -44,8 +73,9 @@ def parse_params(params):
     return out
 
 
-def _typed(ctype, elem):
-    return re.sub(r"\bT\b", elem, ctype)
+def _typed(ctype, elem, store=None):
+    """ctype with T -> elem and X (half storage) -> store."""
+    return re.sub(r"\bX\b", store or elem, re.sub(r"\bT\b", elem, ctype))
 
 
 def _wrap(head, args, tail, indent=None, comma=", "):
@@ -62,8 +92,8 @@ def _wrap(head, args, tail, indent=None, comma=", "):
     return "\n".join(lines)
 
 
-def _c_params(params, elem):
-    return [f"{_typed(t, elem)} {n}" for t, n in parse_params(params)] or ["void"]
+def _c_params(params, elem, store=None):
+    return [f"{_typed(t, elem, store)} {n}" for t, n in parse_params(params)] or ["void"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -72,7 +102,8 @@ def _c_params(params, elem):
 
 
 def dispatch_h(table):
-    dtypes, builds, loops = table["DTYPES"], table["BUILDS"], table["LOOPS"]
+    builds = table["BUILDS"]
+    dtypes = dtype_rows(table)
     names = [b[0] for b in builds]
     out = [
         f"/* {NOTICE[0]}",
@@ -88,13 +119,14 @@ def dispatch_h(table):
         + "};",
         "",
     ]
-    for s, elem, _ in dtypes:
+    for s, elem, _, store, _, loops in dtypes:
         out.append(f"typedef struct cn_loops_{s} {{")
         for name, ret, params in loops:
-            out.append(_wrap(f"    {ret} (*{name})(", _c_params(params, elem), ");"))
+            out.append(_wrap(f"    {ret} (*{name})(", _c_params(params, elem, store), ");"))
         out += [f"}} cn_loops_{s};", ""]
+    macros = ("T", "CN_IT", "CN_T_BYTES", "CN_S", "CN_HALF", "CN_BUILD", "CN_VB", "CN_TARGET")
     for bname, vb, cond, target in builds:
-        for s, elem, itype in dtypes:
+        for s, elem, itype, _, half, loops in dtypes:
             attr = f'__attribute__((target("{target}")))' if target else ""
             out += [
                 f"#if {cond}",
@@ -102,22 +134,17 @@ def dispatch_h(table):
                 f"#define CN_IT {itype}",
                 f"#define CN_T_BYTES {int(itype[3:5]) // 8}",
                 f"#define CN_S {s}",
+                f"#define CN_HALF {half}",
                 f"#define CN_BUILD {bname}",
                 f"#define CN_VB {vb}",
                 f"#define CN_TARGET {attr}".rstrip(),
                 '#include "loops.h"',
-                "#undef T",
-                "#undef CN_IT",
-                "#undef CN_T_BYTES",
-                "#undef CN_S",
-                "#undef CN_BUILD",
-                "#undef CN_VB",
-                "#undef CN_TARGET",
-                f"static const cn_loops_{s} cn_loops_{s}_{bname} = {{",
             ]
+            out += [f"#undef {m}" for m in macros]
+            out.append(f"static const cn_loops_{s} cn_loops_{s}_{bname} = {{")
             out += [f"    .{name} = cn_{name}_{s}_{bname}," for name, _, _ in loops]
             out += ["};", "#endif", ""]
-    for s, _, _ in dtypes:
+    for s, *_ in dtypes:
         out.append(f"static const cn_loops_{s}* const cn_loops_{s}_builds[CN_N_BUILDS] = {{")
         for bname, _, cond, _ in builds:
             out += [f"#if {cond}", f"    &cn_loops_{s}_{bname},", "#else", "    NULL,", "#endif"]
@@ -129,14 +156,14 @@ def dispatch_h(table):
         "static void cn_use_build(int build)",
         "{",
     ]
-    out += [f"    cn_loops_{s}_active = cn_loops_{s}_builds[build];" for s, _, _ in dtypes]
+    out += [f"    cn_loops_{s}_active = cn_loops_{s}_builds[build];" for s, *_ in dtypes]
     out += ["    cn_build_in_use = build;", "}", ""]
-    for name, ret, params in loops:
-        args = [n for _, n in parse_params(params)]
-        ret_kw = "" if ret == "void" else "return "
-        for s, elem, _ in dtypes:
+    for s, elem, _, store, _, loops in dtypes:
+        for name, ret, params in loops:
+            args = [n for _, n in parse_params(params)]
+            ret_kw = "" if ret == "void" else "return "
             head = f"static CN_INLINE {ret} cn_{name}_{s}("
-            out.append(_wrap(head, _c_params(params, elem), ")"))
+            out.append(_wrap(head, _c_params(params, elem, store), ")"))
             out.append(_wrap(f"{{ {ret_kw}cn_loops_{s}_active->{name}(", args, "); }"))
         out.append("")
     out += ["#endif /* CNORM_SIMD_DISPATCH_H */", ""]
@@ -148,12 +175,12 @@ def dispatch_h(table):
 # ---------------------------------------------------------------------------------------
 
 
-def _cy_type(ctype, elem):
-    return _typed(ctype, elem).replace("ptrdiff_t", "Py_ssize_t")
+def _cy_type(ctype, elem, store=None):
+    return _typed(ctype, elem, store).replace("ptrdiff_t", "Py_ssize_t")
 
 
-def _cy_params(params, elem):
-    return [f"{_cy_type(t, elem)} {n}" for t, n in parse_params(params)]
+def _cy_params(params, elem, store=None):
+    return [f"{_cy_type(t, elem, store)} {n}" for t, n in parse_params(params)]
 
 
 def loops_pxd(table):
@@ -184,25 +211,32 @@ def loops_pxd(table):
             out.append(f"    {ret} {name}")
         else:
             out.append(f"    {ret} {name}({', '.join(_cy_params(params, ''))})")
-    for name, ret, params in loops:
-        for s, elem, _ in dtypes:
-            out.append(_wrap(f"    {ret} cn_{name}_{s}(", _cy_params(params, elem), ")"))
+    for s, elem, _, store, _, dtype_loops in dtype_rows(table):
+        for name, ret, params in dtype_loops:
+            out.append(_wrap(f"    {ret} cn_{name}_{s}(", _cy_params(params, elem, store), ")"))
+    fused = [(f"floating is {elem}", s) for s, elem, _ in dtypes]
+    out += _wrappers(loops, "", [], "floating", None, fused)
+    half = [(f"kind == {kind}", s) for s, kind, _ in table["HALF_DTYPES"]]
+    out += _wrappers(table["HALF_LOOPS"], "_half", ["int kind"], "float", table["HALF_DTYPES"][0][2], half)
+    out.append("")
+    return "\n".join(out)
+
+
+def _wrappers(loops, suffix, extra, elem, store, cases):
+    """One Cython wrapper per loop, <loop><suffix>(*extra, ...), calling cn_<loop>_<s> of
+    the first case (condition, s) that holds (the last one: else)."""
+    out = []
     for name, ret, params in loops:
         ret_cy = "bint" if ret == "int" else ret
         args = ", ".join(n for _, n in parse_params(params))
         ret_kw = "" if ret == "void" else "return "
+        head = f"cdef inline {ret_cy} {name}{suffix}("
         out += ["", ""]
-        out.append(
-            _wrap(f"cdef inline {ret_cy} {name}(", _cy_params(params, "floating"), ") noexcept nogil:")
-        )
-        for i, (s, elem, _) in enumerate(dtypes):
-            if i == len(dtypes) - 1:
-                out.append("    else:")
-            else:
-                out.append(f"    {'if' if i == 0 else 'elif'} floating is {elem}:")
+        out.append(_wrap(head, [*extra, *_cy_params(params, elem, store)], ") noexcept nogil:"))
+        for i, (cond, s) in enumerate(cases):
+            out.append("    else:" if i == len(cases) - 1 else f"    {'if' if i == 0 else 'elif'} {cond}:")
             out.append(f"        {ret_kw}cn_{name}_{s}({args})")
-    out.append("")
-    return "\n".join(out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------

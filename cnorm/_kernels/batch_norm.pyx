@@ -39,7 +39,7 @@ from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, ExactStats, call_typed
                       check_array, check_dims, chunk_size, compute_typenum, data_or_null,
                       empty_1d, empty_like, exact_stats, f64_stats_unsafe, finite, floating,
                       parallel, scaled_copy, segment_stats, split_mean, split_start, stage_in,
-                      stage_out, sum_g_xhat, sum_partials, two_pass_f64)
+                      sum_g_xhat, sum_partials, two_pass_f64)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_cols,
                           bn_grad_cols4, bn_grad_sums, bn_grad_sums_cols, cn_f32_sums_unsafe,
@@ -151,7 +151,7 @@ cdef void _normalize(const floating* x, Job* j) noexcept nogil:
             st = &j.exact[c]            # the statistics of x * scale
             split_mean(st.mean_s, &hi[c], &lo[c])
             scale[c] = <floating>(st.rstd_s * (weight[c] if weight != NULL else 1.0))
-    j.stream = use_stream(j, sizeof(floating)) and not j.kind
+    j.stream = use_stream(j, 2 if j.kind else sizeof(floating))     # half: 2-byte bits
     parallel(_normalize_half[floating] if j.kind else _normalize_work[floating], x, j,
              j.threads_x)
 
@@ -232,7 +232,7 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
         j.in_sum_dy_xhat = j.sum_dy_xhat
     if j.out == NULL:
         return
-    j.stream = use_stream(j, sizeof(floating)) and not j.kind
+    j.stream = use_stream(j, 2 if j.kind else sizeof(floating))     # half: 2-byte bits
     if not j.training and j.ym == NULL:
         # running statistics: dx = dy * w * invstd, a per-channel scaling of dy (x unread,
         # so that a NaN in x does not leak into dx): the normalize pass on dy

@@ -2,11 +2,17 @@
 # (float16) or 2 (bfloat16): then x, dy, y and the (N, C, S) outputs are half bits (uint16),
 # weight, bias and running statistics float32, and the job runs the float32 specialization
 # (Job.kind, common.pxd). The reductions (batch_norm_reduce.pxi) walk their work items as
-# in float32 and widen each run or tile they read first (stage_tile here, common.stage_in):
-# the same partials, merged in the same order, so the same bits at any thread count. The
+# in float32: a channel's runs with the half loops (simd/half.h, which widen in their own
+# loads), the (N, C) tiles widened into the thread's stage first (stage_tile here): the
+# same partials, merged in the same order, so the same bits at any thread count. The
 # elementwise passes here are the walks of their float32 passes over the thread's share
-# with the runs they read widened into the thread's stage and each output run rounded
-# once on the way out.
+# with the half loops: each output rounded once in the loop's own store.
+
+from libc.stdint cimport uint16_t
+
+from .half cimport segment_stats_half
+from .simd.loops cimport (affine_cols_half, affine_half, bn_grad_cols_half, bn_grad_half,
+                          bn_grad_sums_half)
 
 cdef int _start_stage(Job* j, int n_threads) noexcept:
     """The per-thread stage of a half-storage job (-1: out of memory): S > 1 STAGE_BUFS
@@ -30,81 +36,65 @@ cdef inline const floating* stage_tile(int kind, floating* stage, const void* bi
 
 
 cdef void _normalize_half(const floating* x, void* job, int t, int n_threads) noexcept nogil:
-    """_normalize_work (x may be dy, the eval backward: the pass's own input is staged)."""
+    """_normalize_work on half bits (x may be dy, the eval backward), with the half loops
+    (simd/half.h): widened in their loads, each output rounded once in their stores."""
     cdef const Job* j = <const Job*>job
     cdef const Normalize* f = &j.norm
-    cdef floating* stage = <floating*>j.stage + j.stage_size * t
-    cdef floating* out = stage + STAGE_CHUNK
-    cdef Py_ssize_t C = j.C, S = j.S, n, n1, o, m, c
+    cdef const uint16_t* xh = <const uint16_t*>x
+    cdef uint16_t* out = <uint16_t*>j.out
+    cdef Py_ssize_t C = j.C, S = j.S, n, n1, c
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1:          # (N, C): each row in runs of channels
+    if S == 1:          # (N, C): a row at a time
         for n in range(n, n1):
-            o = 0
-            while o < C:
-                m = min(C - o, <Py_ssize_t>STAGE_CHUNK)
-                affine_cols(out, stage_in(j.kind, stage, x, n * C + o, m), m,
-                            <const floating*>f.hi + o, <const floating*>f.lo + o,
-                            <const floating*>f.scale + o, <const floating*>f.beta + o, False, j.relu)
-                stage_out(j.kind, j.out, n * C + o, out, m)
-                o += m
-        return
-    seg = first_segment(n, n1, C, S)
-    while seg.start < n1:
-        o = seg.start
-        c = seg.c
-        while o < seg.stop:
-            m = min(seg.stop - o, <Py_ssize_t>STAGE_CHUNK)
-            affine(out, stage_in(j.kind, stage, x, o, m), m, (<const floating*>f.hi)[c],
-                   (<const floating*>f.lo)[c], (<const floating*>f.scale)[c],
-                   (<const floating*>f.beta)[c], False, j.relu)
-            stage_out(j.kind, j.out, o, out, m)
-            o += m
-        next_segment(&seg, n1, C, S)
+            affine_cols_half(j.kind, out + n * C, xh + n * C, C, <const float*>f.hi,
+                             <const float*>f.lo, <const float*>f.scale, <const float*>f.beta,
+                             j.stream, j.relu)
+    else:
+        seg = first_segment(n, n1, C, S)
+        while seg.start < n1:
+            c = seg.c
+            affine_half(j.kind, out + seg.start, xh + seg.start, seg.stop - seg.start,
+                        (<const float*>f.hi)[c], (<const float*>f.lo)[c],
+                        (<const float*>f.scale)[c], (<const float*>f.beta)[c], j.stream, j.relu)
+            next_segment(&seg, n1, C, S)
+    if j.stream:        # once per thread, after all its streamed stores
+        cn_stream_fence()
 
 
-cdef inline void _input_grad_run(const floating* x, const Job* j, floating* stage,
-                                 Py_ssize_t o, Py_ssize_t m, Py_ssize_t c,
+cdef inline void _input_grad_run(const Job* j, const uint16_t* x, Py_ssize_t o, Py_ssize_t m, Py_ssize_t c,
                                  bint per_element) noexcept nogil:
     """dx of elements o..o+m: channel c (S > 1), or the channels c..c+m of a row."""
     cdef const InputGrad* g = &j.grad
-    cdef const floating* dy = stage_in(j.kind, stage, j.dy, o, m)
-    cdef const floating* xr = stage_in(j.kind, stage + STAGE_CHUNK, x, o, m)
-    cdef const floating* ym = (stage_in(j.kind, stage + 2 * STAGE_CHUNK, j.ym, o, m)
-                               if j.ym != NULL else NULL)
+    cdef const uint16_t* dy = <const uint16_t*>j.dy + o
+    cdef const uint16_t* xr = x + o
+    cdef const uint16_t* ym = <const uint16_t*>j.ym + o if j.ym != NULL else NULL
+    cdef uint16_t* dx = <uint16_t*>j.out + o
     if per_element:
-        bn_grad_cols(stage + 3 * STAGE_CHUNK, dy, xr, m, <const floating*>g.hi + c,
-                     <const floating*>g.lo + c, <const floating*>g.invstd + c,
-                     <const floating*>g.k1 + c, <const floating*>g.mean_dy + c,
-                     <const floating*>g.mean_dy_xhat + c, False, ym)
+        bn_grad_cols_half(j.kind, dx, dy, xr, m, <const float*>g.hi + c, <const float*>g.lo + c,
+                          <const float*>g.invstd + c, <const float*>g.k1 + c,
+                          <const float*>g.mean_dy + c, <const float*>g.mean_dy_xhat + c, j.stream,
+                          ym)
     else:
-        bn_grad(stage + 3 * STAGE_CHUNK, dy, xr, m, (<const floating*>g.hi)[c],
-                (<const floating*>g.lo)[c], (<const floating*>g.invstd)[c],
-                (<const floating*>g.k1)[c], (<const floating*>g.mean_dy)[c],
-                (<const floating*>g.mean_dy_xhat)[c], False, ym)
-    stage_out(j.kind, j.out, o, stage + 3 * STAGE_CHUNK, m)
+        bn_grad_half(j.kind, dx, dy, xr, m, (<const float*>g.hi)[c], (<const float*>g.lo)[c],
+                     (<const float*>g.invstd)[c], (<const float*>g.k1)[c],
+                     (<const float*>g.mean_dy)[c], (<const float*>g.mean_dy_xhat)[c], j.stream, ym)
 
 
 cdef void _input_grad_half(const floating* x, void* job, int t, int n_threads) noexcept nogil:
-    """_input_grad_work: runs of dy, x (and ym) widened, dx rounded on the way out."""
+    """_input_grad_work on half bits: dy, x (and ym) widened in the loops' loads, dx
+    rounded in their stores."""
     cdef const Job* j = <const Job*>job
-    cdef floating* stage = <floating*>j.stage + j.stage_size * t
-    cdef Py_ssize_t C = j.C, S = j.S, n, n1, o, m
+    cdef Py_ssize_t C = j.C, S = j.S, n, n1
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1:          # (N, C): each row in runs of channels
+    if S == 1:          # (N, C): a row at a time
         for n in range(n, n1):
-            o = 0
-            while o < C:
-                m = min(C - o, <Py_ssize_t>STAGE_CHUNK)
-                _input_grad_run(x, j, stage, n * C + o, m, o, True)
-                o += m
-        return
-    seg = first_segment(n, n1, C, S)
-    while seg.start < n1:
-        o = seg.start
-        while o < seg.stop:
-            m = min(seg.stop - o, <Py_ssize_t>STAGE_CHUNK)
-            _input_grad_run(x, j, stage, o, m, seg.c, False)
-            o += m
-        next_segment(&seg, n1, C, S)
+            _input_grad_run(j, <const uint16_t*>x, n * C, C, 0, True)
+    else:
+        seg = first_segment(n, n1, C, S)
+        while seg.start < n1:
+            _input_grad_run(j, <const uint16_t*>x, seg.start, seg.stop - seg.start, seg.c, False)
+            next_segment(&seg, n1, C, S)
+    if j.stream:        # once per thread, after all its streamed stores
+        cn_stream_fence()

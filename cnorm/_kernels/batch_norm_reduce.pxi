@@ -3,9 +3,9 @@
 # the thread count (Job, _chunks): each thread runs whole work items, whose partials are
 # merged per channel in partial order, so the results are the same for every thread
 # count. A float64 channel whose squares over- or underflowed is redone exactly. Half
-# storage (Job.kind) reads the same runs and tiles widened into the thread's stage first
-# (stage_runs, stage_tile: batch_norm_half.pxi), so its partials and their order are those
-# of the float32 kernels on the widened input.
+# storage (Job.kind) reads the same runs with the half loops (widened in their loads) and
+# the (N, C) tiles widened into the thread's stage first (stage_tile: batch_norm_half.pxi),
+# so its partials and their order are those of the float32 kernels on the widened input.
 
 # ---------------------------------------------------------------------------------------
 # statistics pass: (count, mean, m2) partials of every channel, merged in partial order
@@ -84,16 +84,11 @@ cdef void _stats_work(const floating* x, void* job, int t, int n_threads) noexce
 cdef inline void _segment_stats(const Job* j, const floating* x, floating* stage, Py_ssize_t o,
                                 Py_ssize_t n, double* part, Py_ssize_t c) noexcept nogil:
     """Channel c's (count, mean, m2) in part (3, C) merged with the n elements at o."""
-    cdef Py_ssize_t m
     if not j.kind:
         segment_stats(x + o, n, &part[c], &part[j.C + c], &part[2 * j.C + c])
         return
-    while n > 0:            # half storage: runs of whole blocks, the blocks of one call
-        m = min(n, <Py_ssize_t>STAGE_CHUNK)
-        segment_stats(stage_in(j.kind, stage, x, o, m), m, &part[c], &part[j.C + c],
-                      &part[2 * j.C + c])
-        o += m
-        n -= m
+    segment_stats_half(j.kind, <const uint16_t*>x + o, n, &part[c], &part[j.C + c],
+                       &part[2 * j.C + c])     # half storage: the same blocks
 
 
 cdef void _channel_stats(const floating* x, Job* j) noexcept nogil:
@@ -237,23 +232,24 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
 cdef inline void _grad_sums_segment(const Job* j, const floating* x, floating* stage,
                                     double* part, Py_ssize_t o, Py_ssize_t n,
                                     Py_ssize_t c) noexcept nogil:
-    """_grad_sums_run of the n elements at o (channel c); half storage: on widened runs
-    of whole blocks."""
+    """_grad_sums_run of the n elements at o (channel c); half storage: with the half
+    loop (the same blocks)."""
     cdef const floating* hi = <const floating*>j.grad.hi
     cdef const floating* lo = <const floating*>j.grad.lo
-    cdef Py_ssize_t m
+    cdef Py_ssize_t b, len_b, k_b
+    cdef double sum_g, sum_gd
     if not j.kind:
         _grad_sums_run(part, <const floating*>j.dy, x, <const floating*>j.ym, o, n, c, j.C,
                        hi, lo)
         return
-    while n > 0:
-        m = min(n, <Py_ssize_t>STAGE_CHUNK)
-        _grad_sums_run(part, stage_in(j.kind, stage, j.dy, o, m),
-                       stage_in(j.kind, stage + STAGE_CHUNK, x, o, m),
-                       stage_in(j.kind, stage + 2 * STAGE_CHUNK, j.ym, o, m)
-                       if j.ym != NULL else NULL, 0, m, c, j.C, hi, lo)
-        o += m
-        n -= m
+    for k_b in range((n + BLOCK - 1) // BLOCK):     # half storage: _grad_sums_run's blocks
+        b = o + k_b * BLOCK
+        len_b = min(o + n - b, BLOCK)
+        bn_grad_sums_half(j.kind, &sum_g, &sum_gd, <const uint16_t*>j.dy + b,
+                          <const uint16_t*>x + b, len_b, hi[c], lo[c],
+                          <const uint16_t*>j.ym + b if j.ym != NULL else NULL)
+        part[c] += sum_g
+        part[j.C + c] += sum_gd
 
 
 cdef inline void _grad_sums_run(double* part, const floating* dy, const floating* x,

@@ -455,7 +455,8 @@ cdef void _run_backward(RowJob* j, cnp.ndarray dw, db) noexcept:
     summed in chunk order; frees them."""
     with nogil:
         run_threads(j.typenum, j.x, j, j.n_threads,
-                    _layer_norm_backward_rows[float], _layer_norm_backward_rows[double])
+                    _layer_norm_backward_rows_half if j.kind else _layer_norm_backward_rows[float],
+                    _layer_norm_backward_rows[double])
     sum_partials(cnp.PyArray_TYPE(dw), cnp.PyArray_DATA(dw), data_or_null(db), j.part, j.D,
                  j.n_chunks, 2 * j.D)
     free(j.part)

@@ -1,7 +1,7 @@
 # Included by row_norm.pyx: GroupNorm / InstanceNorm, rows (n, g) of Cg channel segments of
 # S elements each (RowJob.G, Cg, S), one affine weight per channel: the row walks and
-# their entry points. Half storage (RowJob.kind) widens each row into the thread's stage
-# and rounds its output row once on the way out, as the LayerNorm rows.
+# their entry points. Half storage (RowJob.kind) walks the rows with the half loops (as the
+# LayerNorm rows: row_norm_half.pxi); a row's rare float64 redo widens it into the stage.
 
 # ---------------------------------------------------------------------------------------
 # GroupNorm / InstanceNorm: rows of G groups, one affine weight per channel (segment)
@@ -24,12 +24,14 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
     cdef floating hi, lo, w, bi
     cdef floating tmp[BLOCK]
     cdef int kind = j.kind
-    cdef floating* stage = <floating*>j.stage + STAGE_ROWS * D * t     # half: x, y rows
     cdef const floating* xr
     cdef floating* yr
     for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
-        xr = stage_in(kind, stage, j.x, r * D, D) if kind else x + r * D
-        yr = stage + D if kind else y + r * D
+        if kind:
+            _group_norm_forward_row_half(j, r)
+            continue
+        xr = x + r * D
+        yr = y + r * D
         scale = _row_stats(xr, D, True, eps, &mean[r], &rstd[r], &var[r], &hi, &lo, &rs)
         c = (r % G) * Cg
         for i in range(Cg):
@@ -44,10 +46,23 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
                 len_b = S - b if S - b < BLOCK else BLOCK
                 scaled_copy(tmp, xr + o + b, len_b, scale)  # x * scale, as LayerNorm's
                 affine(yr + o + b, tmp, len_b, hi, lo, w, bi, False, False)
-        if kind:
-            stage_out(kind, j.out, r * D, yr, D)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
+
+
+cdef void _group_norm_forward_row_half(const RowJob* j, Py_ssize_t r) noexcept nogil:
+    """Row r of _group_norm_forward_rows in half storage, with the half loops."""
+    cdef Py_ssize_t Cg = j.Cg, S = j.S, D = j.Cg * j.S, i, c = (r % j.G) * j.Cg
+    cdef const float* weight = <const float*>j.weight
+    cdef const float* bias = <const float*>j.bias
+    cdef const uint16_t* xr = <const uint16_t*>j.x + r * D
+    cdef float hi, lo
+    cdef double rs = _half_row_stats(j.kind, xr, D, True, j.eps, &j.mean[r], &j.rstd[r],
+                                     &j.var[r], &hi, &lo)
+    for i in range(Cg):
+        affine_half(j.kind, <uint16_t*>j.out + r * D + i * S, xr + i * S, S, hi, lo,
+                    <float>(rs * (weight[c + i] if weight != NULL else 1.0)),
+                    bias[c + i] if bias != NULL else 0, j.stream, False)
 
 
 cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
@@ -70,15 +85,20 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
     cdef bint slow
     cdef floating hi, lo
     cdef int kind = j.kind
-    cdef floating* stage = <floating*>j.stage + STAGE_ROWS * D * t     # half: x, dy, dx rows
+    cdef floating* stage = <floating*>j.stage + STAGE_ROWS * D * t     # half: x, dy rows
     cdef const floating* xr
     cdef const floating* dyr
-    cdef floating* dxr
+    cdef const uint16_t* xh
+    cdef const uint16_t* dyh
     for r in range(split_start(j.n_chunks, t, n_threads) * j.chunk,
                    min(split_start(j.n_chunks, t + 1, n_threads) * j.chunk, j.M)):
-        xr = stage_in(kind, stage, j.x, r * D, D) if kind else x + r * D
-        dyr = stage_in(kind, stage + D, j.dy, r * D, D) if kind else dy + r * D
-        dxr = stage + 2 * D if kind else dx + r * D
+        xh = <const uint16_t*>j.x + r * D      # half storage: the half loops read these
+        dyh = <const uint16_t*>j.dy + r * D
+        xr = x + r * D      # half storage: NULL until the rare float64 redo widens the row
+        dyr = dy + r * D
+        if kind:
+            xr = NULL
+            dyr = NULL
         k = r // j.chunk
         dweight = j.part + 2 * C * k        # the partials of this row's chunk
         dbias = dweight + C
@@ -96,7 +116,10 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
             for k_b in range((S + BLOCK - 1) // BLOCK):
                 b = k_b * BLOCK
                 len_b = S - b if S - b < BLOCK else BLOCK
-                bn_grad_sums(&s1, &s2, dyr + o + b, xr + o + b, len_b, hi, lo, NULL)
+                if kind:
+                    bn_grad_sums_half(kind, &s1, &s2, dyh + o + b, xh + o + b, len_b, hi, lo, NULL)
+                else:
+                    bn_grad_sums(&s1, &s2, dyr + o + b, xr + o + b, len_b, hi, lo, NULL)
                 seg_g += s1
                 seg_gd += s2
             w = weight[c + i] if weight != NULL else 1.0
@@ -106,10 +129,16 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
             if finite(seg_gd * rs):
                 dweight[c + i] += seg_gd * rs
             else:               # |x - mean| near DBL_MAX: from O(1) terms
+                if xr == NULL:  # half storage: on the widened row
+                    xr = stage_in(kind, stage, j.x, r * D, D)
+                    dyr = stage_in(kind, stage + D, j.dy, r * D, D)
                 dweight[c + i] += sum_g_xhat(dyr + o, xr + o, NULL, NULL, S, hi, lo, rs)
                 slow = True
         m_gxhat = rs * sum_gd / D
         if slow or not finite(m_gxhat):     # the same for the row's sum
+            if xr == NULL:
+                xr = stage_in(kind, stage, j.x, r * D, D)
+                dyr = stage_in(kind, stage + D, j.dy, r * D, D)
             m_gxhat = 0
             for i in range(Cg):
                 m_gxhat += ((weight[c + i] if weight != NULL else 1.0)
@@ -118,11 +147,14 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
         # pass 2 (row in cache): dx, segment by segment
         for i in range(Cg):
             o = i * S
-            gn_grad_segment(dxr + o, dyr + o, xr + o, S, hi, lo, <floating>rs,
-                            weight[c + i] if weight != NULL else 1, <floating>(sum_g / D),
-                            <floating>m_gxhat, stream)
-        if kind:
-            stage_out(kind, j.out, r * D, dxr, D)
+            if kind:
+                gn_grad_segment_half(kind, <uint16_t*>j.out + r * D + o, dyh + o, xh + o, S, hi,
+                                     lo, <float>rs, weight[c + i] if weight != NULL else 1,
+                                     <float>(sum_g / D), <float>m_gxhat, stream)
+            else:
+                gn_grad_segment(dx + r * D + o, dyr + o, xr + o, S, hi, lo, <floating>rs,
+                                weight[c + i] if weight != NULL else 1, <floating>(sum_g / D),
+                                <floating>m_gxhat, stream)
     if stream:       # once per thread, after all its streamed stores
         cn_stream_fence()
 

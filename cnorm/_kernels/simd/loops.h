@@ -3,11 +3,14 @@
  * Not a header to include directly: dispatch.h includes it once per (dtype, build), with
  *   T, CN_IT  the element type and the integer type of its size (float, int32_t);
  *             CN_T_BYTES its size
- *   CN_S      the dtype suffix (f, d)
+ *   CN_S      the dtype suffix (f, d; h, b: half storage)
+ *   CN_HALF   0, or the half storage of the dtype (1 float16, 2 bfloat16 bits): then T is
+ *             float and the loops are those of half.h
  *   CN_BUILD  the build (scalar, base, avx2) and CN_VB its vector bytes (0: V = T)
  *   CN_TARGET the build's target attribute (or nothing)
  * and CN_FN(name) names each copy cn_<name>_<dtype>_<build>. The loops themselves are in
- * reduce.h, elementwise.h and convert.h (half storage); every signature there is a row of signatures.py
+ * reduce.h, elementwise.h and convert.h (half storage conversions), and for the half
+ * dtypes half.h; every signature there is a row of signatures.py
  * (tests/test_simd_table.py checks that they agree).
  *
  * Reductions keep a bundle of L = 64 / sizeof(T) lanes: K vectors of W lanes (the scalar
@@ -72,11 +75,16 @@ CN_HELPER V CN_FN(mask_grad_v)(V g, V y) { return CN_FN(mask_grad)(g, y); }
 #define load CN_FN(load)
 #define store CN_FN(store)
 #define splat CN_FN(splat)
+#if CN_HALF
+#define tree cn_tree_f          /* the half dtypes sum float lanes */
+#include "half.h"
+#else
 #define tree CN_TREE(CN_S)      /* simd.h: the lanes summed by a fixed tree */
 
 #include "reduce.h"
 #include "elementwise.h"
 #include "convert.h"
+#endif
 
 #undef CN_FN
 #undef CN_LOOP

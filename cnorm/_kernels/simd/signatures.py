@@ -6,7 +6,8 @@ At build time setup.py generates from it (cnorm/_build_utils/simd_codegen.py):
   simd/loops.pxd    their Cython declarations, the fused type ``floating`` of the dtypes,
                     and one fused wrapper per loop, named as the loop
 tests/test_simd_table.py checks that loops.h and simd.h define exactly what is listed here.
-Parameters are C; T is the element type, ptrdiff_t is Py_ssize_t on the Cython side.
+Parameters are C; T is the element type, ptrdiff_t is Py_ssize_t on the Cython side; in
+HALF_LOOPS X is the storage type (uint16_t bits) and T the compute type (float).
 Pure data: no imports (it is read by file path at build time).
 """
 
@@ -174,4 +175,32 @@ RUNTIME = [
         "float32 block sums that need a float64 redo",
     ),
     ("cn_stream_min_bytes", "ptrdiff_t", None, "outputs this large use non-temporal stores"),
+]
+
+# half storage (loops.h with CN_HALF: half.h): (suffix, kind, C storage type). The loops
+# compute in float32, read X (float16 / bfloat16 bits) widened exactly in their own loads
+# and round each output once to nearest even in their own stores: the bits of the float32
+# loop on the widened values, rounded (the staged design's bits, without the stage).
+# kind: the Cython wrappers' argument (1 float16, 2 bfloat16), as Job.kind / RowJob.kind.
+HALF_DTYPES = [
+    ("h", 1, "uint16_t"),
+    ("b", 2, "uint16_t"),
+]
+
+# (name, its storage arrays): the loops of half.h, in its order. Each is the loop of the
+# same name in LOOPS with the element type of those parameters X (simd_codegen.half_loops)
+HALF_LOOPS = [
+    ("block_sum", "x"),
+    ("block_dev", "x"),
+    ("bn_grad_sums", "dy x ym"),
+    ("ln_grad_sums", "dy x"),
+    ("ln_grad_sums2", "dy0 dy1 x0 x1"),
+    ("affine", "y x"),
+    ("affine_cols", "y x"),
+    ("ln_row", "y x"),
+    ("bn_grad", "dx dy x ym"),
+    ("bn_grad_cols", "dx dy x ym"),
+    ("ln_grad_row", "dx dy x"),
+    ("gn_grad_segment", "dx dy x"),
+    ("residual_add", "out a b"),
 ]

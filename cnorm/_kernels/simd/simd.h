@@ -181,6 +181,37 @@ static CN_INLINE float cn_f64_to_f32_odd(double d)
     return cn_bits_f32(u);
 }
 
+#if CN_HAVE_AVX2_BUILD && CN_CAN_STREAM
+/* 8 bfloat16 -> 8 float: the bits shifted into the high half */
+__attribute__((target("avx2"))) static CN_INLINE __m256 cn_bf16x8_load(const uint16_t* h)
+{
+    __m128i v = _mm_loadu_si128((const __m128i*)(const void*)h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+}
+
+/* 8 float -> 8 bfloat16 bits, rounded to nearest even; NaN quieted (cn_f32_to_bf16) */
+__attribute__((target("avx2"))) static CN_INLINE __m128i cn_bf16x8_round(__m256 f)
+{
+    const __m256i u = _mm256_castps_si256(f), one = _mm256_set1_epi32(1);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                     _mm256_set1_epi32(0x7f800000));
+    r = _mm256_blendv_epi8(r, q, nan);
+    return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+__attribute__((target("avx2"))) static CN_INLINE void cn_bf16x8_store(uint16_t* h, __m256 f)
+{
+    _mm_storeu_si128((__m128i*)(void*)h, cn_bf16x8_round(f));
+}
+#endif
+
+#if CN_GNU && defined(__aarch64__)
+#include <arm_neon.h>           /* the base build's float16 conversions (half.h) */
+#endif
+
 /* the instantiations of loops.h, the per-dtype tables of loops and the dispatchers */
 #include "dispatch.h"
 

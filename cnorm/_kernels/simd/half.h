@@ -1,0 +1,141 @@
+/* The loops of half storage: loops.h instantiated for a half dtype (CN_HALF 1 float16,
+   2 bfloat16; see there), T = float. Included by loops.h only.
+
+   Each loop is the float32 loop of the same name (reduce.h, elementwise.h) with its
+   storage arrays (x, dy, ym; y, dx, out) of type X, the half bits: its loads widen
+   (exactly) and its stores round once to nearest even, in the loop itself. The float32
+   operations, their order and the lanes are those of the float32 loop, so the result is
+   that loop's on the widened values, rounded: the same bits as staging the data in
+   float32 first, without the stage's extra passes. Coefficients and partials (w, b, hi,
+   tw, ...) stay float.
+
+   Conversions: the avx2 build 8 lanes at a time (F16C vcvtph2ps / vcvtps2ph; bfloat16 by
+   16-bit shifts, cn_bf16x8_*); the base build on ARM by NEON vcvt_f32_f16 / vcvt_f16_f32,
+   elsewhere bfloat16 by vector shifts and float16 lane by lane; the scalar build with the
+   helpers of simd.h. All give the same bits (test_simd_table's harness, test_half). */
+
+#if CN_VB == 32 && CN_CAN_STREAM
+#define CN_H_AVX2 1
+#define CN_H_TARGET __attribute__((target("avx2,f16c")))
+#else
+#define CN_H_AVX2 0
+#define CN_H_TARGET CN_TARGET
+#endif
+#if CN_VB == 16 && CN_GNU && defined(__aarch64__) && CN_HALF == 1
+#define CN_H_NEON 1
+#else
+#define CN_H_NEON 0
+#endif
+#define CN_HLOOP CN_H_TARGET CN_NOINLINE static
+#define CN_HHELPER CN_H_TARGET static CN_INLINE
+#define X uint16_t
+
+/* ---- conversions ------------------------------------------------------------------- */
+
+/* one value widened / rounded to the half type */
+CN_HHELPER T CN_FN(wid)(X h) { return CN_HALF == 1 ? cn_f16_to_f32(h) : cn_bf16_to_f32(h); }
+CN_HHELPER X CN_FN(nar)(T v) { return CN_HALF == 1 ? cn_f32_to_f16(v) : cn_f32_to_bf16(v); }
+
+#if CN_VEC
+typedef uint32_t CN_FN(bits) __attribute__((vector_size(CN_VB)));
+#define U CN_FN(bits)
+#endif
+
+/* W values at p, widened */
+CN_HHELPER V CN_FN(ldx)(const X* p)
+{
+#if CN_H_AVX2 && CN_HALF == 1
+    return (V)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(const void*)p));
+#elif CN_H_AVX2
+    return (V)cn_bf16x8_load(p);
+#elif CN_H_NEON
+    return (V)vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+#elif CN_VEC && CN_HALF == 2
+    U u = {0};
+    ptrdiff_t j;
+    for (j = 0; j < W; j++) u[j] = p[j];
+    return (V)(u << 16);
+#elif CN_VEC
+    V v = {0};
+    ptrdiff_t j;
+    for (j = 0; j < W; j++) v[j] = CN_FN(wid)(p[j]);
+    return v;
+#else
+    return CN_FN(wid)(*p);
+#endif
+}
+
+/* p[0:W] = v rounded (cn_f32_to_f16 / cn_f32_to_bf16 per lane) */
+CN_HHELPER void CN_FN(stx)(X* p, V v)
+{
+#if CN_H_AVX2 && CN_HALF == 1
+    _mm_storeu_si128((__m128i*)(void*)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
+#elif CN_H_AVX2
+    cn_bf16x8_store(p, (__m256)v);
+#elif CN_H_NEON
+    vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32((float32x4_t)v)));
+#elif CN_VEC && CN_HALF == 2
+    const U u = (U)v, nan = (U)((u & 0x7fffffffu) > 0x7f800000u);
+    const U r = (((u + 0x7fffu + ((u >> 16) & 1u)) >> 16) & ~nan) | (((u >> 16) | 0x40u) & nan);
+    ptrdiff_t j;
+    for (j = 0; j < W; j++) p[j] = (X)r[j];
+#elif CN_VEC
+    ptrdiff_t j;
+    for (j = 0; j < W; j++) p[j] = CN_FN(nar)(v[j]);
+#else
+    *p = CN_FN(nar)(v);
+#endif
+}
+
+/* element i of a storage array, widened: one value (XS) or W of them (XV) */
+#define XS(p) CN_FN(wid)((p)[i])
+#define XV(p) CN_FN(ldx)((p) + i)
+
+/* out[i] = the narrowed value of SCALAR (element by element) or VECTOR (W at a time, i a
+   multiple of W from the start, or from out's 16-byte alignment when streamed: avx2) */
+#if CN_H_AVX2
+CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
+{
+#if CN_HALF == 1
+    _mm_stream_si128((__m128i*)(void*)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
+#else
+    _mm_stream_si128((__m128i*)(void*)p, cn_bf16x8_round((__m256)v));
+#endif
+}
+#define CN_H_STREAM(out, i, n, SCALAR, VECTOR)                                            \
+    if (stream) {                                                                          \
+        for (; i < n && ((uintptr_t)((out) + i) % 16) != 0; i++) (out)[i] = CN_FN(nar)(SCALAR); \
+        CN_H_UNROLL for (; i <= n - W; i += W) CN_FN(stx_nt)((out) + i, VECTOR);         \
+    }
+#else
+#define CN_H_STREAM(out, i, n, SCALAR, VECTOR) (void)stream;
+#endif
+/* two vectors per trip, the bound computed once: these loops are instruction-bound */
+#if CN_GNU
+#define CN_H_UNROLL _Pragma("GCC unroll 2")
+#else
+#define CN_H_UNROLL
+#endif
+#define CN_H_EACH(out, n, SCALAR, VECTOR)                                                 \
+    do {                                                                                   \
+        ptrdiff_t i = 0;                                                                   \
+        CN_H_STREAM(out, i, n, SCALAR, VECTOR)                                             \
+        CN_H_UNROLL for (; i <= n - W; i += W) CN_FN(stx)((out) + i, VECTOR);              \
+        for (; i < n; i++) (out)[i] = CN_FN(nar)(SCALAR);                                  \
+    } while (0)
+
+#include "half_reduce.h"
+#include "half_elementwise.h"
+
+#undef CN_H_AVX2
+#undef CN_H_TARGET
+#undef CN_H_NEON
+#undef CN_HLOOP
+#undef CN_HHELPER
+#undef X
+#undef U
+#undef XS
+#undef XV
+#undef CN_H_STREAM
+#undef CN_H_EACH
+#undef CN_H_UNROLL
