@@ -378,7 +378,7 @@ class LayerNorm(nn.LayerNorm):
             if weight is _MISSING or bias is _MISSING:
                 return super().forward(input)
             # _MISSING ruled out: None or a parameter
-            w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
+            w, b = cast("Optional[torch.Tensor]", weight), cast("Optional[torch.Tensor]", bias)
             grad = False
             if type(input) in _PLAIN:
                 grad = needs_grad(input, w, b)
@@ -416,7 +416,7 @@ def cnorm_group_norm(module, input) -> Optional[torch.Tensor]:
     # what torch raises for (C % G, F.group_norm's batch-size check): torch's forward
     if weight is _MISSING or bias is _MISSING or c % g or (n * c // g) * math.prod(input.shape[2:]) == 1:
         return None
-    w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
+    w, b = cast("Optional[torch.Tensor]", weight), cast("Optional[torch.Tensor]", bias)
     eps = module.eps
     grad = None
     if type(input) in _PLAIN:
@@ -480,8 +480,8 @@ def cnorm_instance_norm(module, input) -> Optional[torch.Tensor]:
         or (use_input_stats and math.prod(x.shape[2:]) == 1)  # 1 spatial element: torch raises
     ):
         return None
-    w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
-    rm, rv = cast(Optional[torch.Tensor], running_mean), cast(Optional[torch.Tensor], running_var)
+    w, b = cast("Optional[torch.Tensor]", weight), cast("Optional[torch.Tensor]", bias)
+    rm, rv = cast("Optional[torch.Tensor]", running_mean), cast("Optional[torch.Tensor]", running_var)
     momentum = module.momentum if module.momentum is not None else 0.0  # as torch's
     eps = module.eps
     grad = None
@@ -582,7 +582,7 @@ class RMSNorm(nn.RMSNorm):
         k = len(ns)
         weight = self._parameters.get("weight", _MISSING)
         if self.use_cnorm and _switch.enabled and k and weight is not _MISSING:
-            w = cast(Optional[torch.Tensor], weight)
+            w = cast("Optional[torch.Tensor]", weight)
             grad = None
             if type(x) in _PLAIN:
                 grad = needs_grad(x, w, None)

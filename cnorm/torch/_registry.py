@@ -210,7 +210,7 @@ def cnorm_forward(module: nn.Module, spec: NormSpec, x) -> Optional[torch.Tensor
     bias = None if spec.bias is None else params.get(spec.bias, _MISSING)
     if weight is _MISSING or bias is _MISSING:
         return None
-    w, b = cast(Optional[torch.Tensor], weight), cast(Optional[torch.Tensor], bias)
+    w, b = cast("Optional[torch.Tensor]", weight), cast("Optional[torch.Tensor]", bias)
     grad = None
     if type(x) in _PLAIN:  # below the size threshold: the class's own forward
         grad = needs_grad(x, w, b)
