@@ -1,6 +1,6 @@
 # Type stub of the compiled channels_last.pyx: GroupNorm / InstanceNorm over x viewed as
 # C-contiguous (N, S, C), dims = (N, G, Cg, S); weight, bias: None or C contiguous
-# elements; statistics float64.
+# elements; statistics float64. kind 1 / 2: float16 / bfloat16 data as uint16 bits.
 
 from typing import Optional
 
@@ -10,7 +10,13 @@ _Array = np.ndarray
 _Dims = tuple[int, int, int, int]
 
 def group_norm_forward(
-    x: _Array, dims: _Dims, weight: Optional[_Array], bias: Optional[_Array], eps: float, out_last: bool = ...
+    x: _Array,
+    dims: _Dims,
+    weight: Optional[_Array],
+    bias: Optional[_Array],
+    eps: float,
+    out_last: bool = ...,
+    kind: int = ...,
 ) -> tuple[_Array, _Array, _Array, _Array]: ...
 def group_norm_backward(
     dy: _Array,
@@ -20,4 +26,5 @@ def group_norm_backward(
     rstd: _Array,
     weight: Optional[_Array],
     dy_last: bool = ...,
+    kind: int = ...,
 ) -> tuple[_Array, _Array, _Array]: ...

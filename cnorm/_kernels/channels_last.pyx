@@ -21,16 +21,23 @@ gamma_c = -rstd * sum(g) / D per (n, c).
 
 grad_output and the output may also be channels-first, (N, C, S) (InstanceNorm returns a
 channels-first output for a channels-last input, as torch does).
+
+Half storage (Job.kind 1: float16, 2: bfloat16, x / dy / the output as uint16 bits) runs
+the float32 specialization: every load widens exactly, every output is rounded once to
+nearest even from its float64 value (round to odd to float32, then to the half type), so
+the bits are those of the float64 arithmetic below on the widened values. Weight and bias
+are float32 then (the Python layer widens half ones).
 """
 
 import numpy as np
 
 cimport numpy as cnp
 from libc.math cimport sqrt
+from libc.stdint cimport uint16_t
 from libc.stdlib cimport calloc, free
 
-from .common cimport (check_array, check_dims, data_or_null, empty_1d, input_typenum,
-                      run_threads, split_start)
+from .common cimport (check_array, check_dims, compute_typenum, data_or_null, empty_1d,
+                      input_typenum, run_threads, split_start)
 from .openmp cimport n_threads_for
 
 cnp.import_array()
@@ -39,9 +46,18 @@ cnp.import_array()
 from .simd.loops cimport floating
 
 
+cdef extern from "simd/simd.h" nogil:
+    float cn_f16_to_f32(uint16_t h)
+    float cn_bf16_to_f32(uint16_t h)
+    uint16_t cn_f32_to_f16(float f)
+    uint16_t cn_f32_to_bf16(float f)
+    float cn_f64_to_f32_odd(double d)
+
+
 cdef struct Job:            # one call; x: C-contiguous (N, S, C) of the input dtype
     Py_ssize_t N, G, Cg, S, C
     Py_ssize_t blocks       # group blocks per sample (items = N * blocks)
+    int kind                # 0: the dtype's own storage; 1 float16, 2 bfloat16 bits
     double eps
     Py_ssize_t out_s, out_c     # element strides of y / dx: (C, 1) last, (1, S) first
     Py_ssize_t dy_s, dy_c       # of grad_output
@@ -66,6 +82,29 @@ cdef inline void _strides(Py_ssize_t* s, Py_ssize_t* c, bint last, Py_ssize_t S,
         c[0] = S
 
 
+cdef inline double _load(const floating* p, Py_ssize_t i, int kind) noexcept nogil:
+    """p[i] in float64; half bits (kind 1, 2: the float32 specialization) widened exactly."""
+    if floating is float:
+        if kind == 1:
+            return cn_f16_to_f32((<const uint16_t*>p)[i])
+        if kind == 2:
+            return cn_bf16_to_f32((<const uint16_t*>p)[i])
+    return p[i]
+
+
+cdef inline void _store(floating* p, Py_ssize_t i, double v, int kind) noexcept nogil:
+    """p[i] = v rounded once to nearest even to the storage type (half: via round to odd,
+    which keeps the sticky bit, so float32 -> half is the one rounding of v)."""
+    if floating is float:
+        if kind == 1:
+            (<uint16_t*>p)[i] = cn_f32_to_f16(cn_f64_to_f32_odd(v))
+            return
+        if kind == 2:
+            (<uint16_t*>p)[i] = cn_f32_to_bf16(cn_f64_to_f32_odd(v))
+            return
+    p[i] = <floating>v
+
+
 cdef inline Py_ssize_t _item(const Job* j, Py_ssize_t item, Py_ssize_t* c0,
                              Py_ssize_t* c1) noexcept nogil:
     """The sample of a work item (returned) and its channels [c0, c1): whole groups."""
@@ -79,28 +118,28 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
     """Thread t's items: statistics of the item's groups, then y."""
     cdef const Job* j = <const Job*>job
     cdef Py_ssize_t N = j.N, G = j.G, Cg = j.Cg, S = j.S, C = j.C, K = j.blocks
-    cdef Py_ssize_t item, n, g, c0, c1, s, c
+    cdef Py_ssize_t item, n, g, c0, c1, s, c, xs, y
     cdef Py_ssize_t os = j.out_s, oc = j.out_c
+    cdef int kind = j.kind
     cdef double* acc = j.scratch + 4 * C * t     # per-channel sums
     cdef double* acc2 = acc + C                   # per-channel squared deviations
     cdef double* mu = acc + 2 * C                 # per-channel mean of its group
     cdef double* scale = acc + 3 * C              # per-channel rstd * weight
     cdef const floating* weight = <const floating*>j.weight
     cdef const floating* bias = <const floating*>j.bias
-    cdef const floating* xs
-    cdef floating* y
+    cdef floating* out = <floating*>j.out
     cdef double count = <double>(Cg * S), m, sd, ss, v, rs, d
     for item in range(split_start(N * K, t, n_threads), split_start(N * K, t + 1, n_threads)):
         n = _item(j, item, &c0, &c1)
-        y = <floating*>j.out + n * S * C
+        y = n * S * C       # offsets (in elements) of the sample, then of position s
         for c in range(c0, c1):
             acc[c] = 0
             acc2[c] = 0
         # pass 1: sums, then the group means
         for s in range(S):
-            xs = x + (n * S + s) * C
+            xs = (n * S + s) * C
             for c in range(c0, c1):
-                acc[c] += xs[c]
+                acc[c] += _load(x, xs + c, kind)
         for g in range(c0 // Cg, c1 // Cg):
             m = 0
             for c in range(g * Cg, (g + 1) * Cg):
@@ -111,9 +150,9 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
                 acc[c] = 0
         # pass 2: deviations from the mean (their sum corrects the rounding of the mean)
         for s in range(S):
-            xs = x + (n * S + s) * C
+            xs = (n * S + s) * C
             for c in range(c0, c1):
-                d = xs[c] - mu[c]
+                d = _load(x, xs + c, kind) - mu[c]
                 acc[c] += d
                 acc2[c] += d * d
         for g in range(c0 // Cg, c1 // Cg):
@@ -135,9 +174,10 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
                 acc[c] = bias[c] if bias != NULL else 0.0
         # pass 3: y = (x - mean) * rstd * w + b
         for s in range(S):
-            xs = x + (n * S + s) * C
+            xs = (n * S + s) * C
             for c in range(c0, c1):
-                y[s * os + c * oc] = <floating>((xs[c] - mu[c]) * scale[c] + acc[c])
+                _store(out, y + s * os + c * oc,
+                       (_load(x, xs + c, kind) - mu[c]) * scale[c] + acc[c], kind)
 
 
 cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept nogil:
@@ -146,29 +186,29 @@ cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept
     cdef const floating* weight = <const floating*>j.weight
     cdef Py_ssize_t ds = j.dy_s, dc = j.dy_c        # grad_output's strides
     cdef Py_ssize_t N = j.N, G = j.G, Cg = j.Cg, S = j.S, C = j.C, K = j.blocks
-    cdef Py_ssize_t item, n, g, c0, c1, s, c
+    cdef Py_ssize_t item, n, g, c0, c1, s, c, xs, dy
+    cdef int kind = j.kind
+    cdef const floating* dys = <const floating*>j.dy
+    cdef floating* dx = <floating*>j.out
     cdef double* sdy = j.scratch + 4 * C * t      # sum dy, then gamma_c
     cdef double* sdx = sdy + C                    # sum dy * (x - mean), then beta_c
     cdef double* mu = sdy + 2 * C
     cdef double* alpha = sdy + 3 * C
-    cdef const floating* xs
-    cdef const floating* dy
-    cdef floating* dx
-    cdef double D = <double>(Cg * S), rs, w, sum_g, sum_gd, beta, gamma
+    cdef double D = <double>(Cg * S), g_sc, rs, w, sum_g, sum_gd, beta, gamma
     for item in range(split_start(N * K, t, n_threads), split_start(N * K, t + 1, n_threads)):
         n = _item(j, item, &c0, &c1)
-        dy = <const floating*>j.dy + n * S * C
-        dx = <floating*>j.out + n * S * C
+        dy = n * S * C      # offsets (in elements) of the sample, then of position s
         for c in range(c0, c1):
             mu[c] = j.mean[n * G + c // Cg]
             sdy[c] = 0
             sdx[c] = 0
         # pass 1: per-channel sums of dy and dy * (x - mean)
         for s in range(S):
-            xs = x + (n * S + s) * C
+            xs = (n * S + s) * C
             for c in range(c0, c1):
-                sdy[c] += dy[s * ds + c * dc]
-                sdx[c] += dy[s * ds + c * dc] * (xs[c] - mu[c])
+                g_sc = _load(dys, dy + s * ds + c * dc, kind)
+                sdy[c] += g_sc
+                sdx[c] += g_sc * (_load(x, xs + c, kind) - mu[c])
         for g in range(c0 // Cg, c1 // Cg):
             rs = j.rstd[n * G + g]
             sum_g = 0
@@ -187,10 +227,10 @@ cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept
                 sdy[c] = gamma
         # pass 2: dx = alpha * dy + beta * (x - mean) + gamma
         for s in range(S):
-            xs = x + (n * S + s) * C
+            xs = (n * S + s) * C
             for c in range(c0, c1):
-                dx[s * C + c] = <floating>(alpha[c] * dy[s * ds + c * dc]
-                                           + sdx[c] * (xs[c] - mu[c]) + sdy[c])
+                _store(dx, xs + c, alpha[c] * _load(dys, dy + s * ds + c * dc, kind)
+                       + sdx[c] * (_load(x, xs + c, kind) - mu[c]) + sdy[c], kind)
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,10 +238,12 @@ cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept
 # ---------------------------------------------------------------------------------------
 
 cdef int _job(Job* j, object x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
-              Py_ssize_t S) except -1:
+              Py_ssize_t S, int kind) except -1:
     """Sizes, the thread count, the item split and the scratch of a call (x checked)."""
-    cdef int typenum = input_typenum(x, "input")
-    check_array(x, N * G * Cg * S, typenum, False, "input")
+    compute_typenum(x, kind)
+    check_array(x, N * G * Cg * S, cnp.NPY_UINT16 if kind else cnp.PyArray_TYPE(x), False,
+                "input")
+    j.kind = kind
     j.N, j.G, j.Cg, j.S, j.C = N, G, Cg, S, G * Cg
     cdef int n_threads = n_threads_for(N * G * Cg * S)
     # fewer samples than threads: cut each sample's groups into blocks too
@@ -215,11 +257,12 @@ cdef int _job(Job* j, object x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
 
 
 def group_norm_forward(cnp.ndarray x not None, tuple dims, weight, bias, double eps,
-                       bint out_last=True):
+                       bint out_last=True, int kind=0):
     """GroupNorm of x, C-contiguous (N, S, C) with dims = (N, G, Cg, S), C = G * Cg,
     per-channel weight and bias. Returns (y, mean, rstd, var): y (N*S*C,) laid out as
     (N, S, C) when out_last, else (N, C, S); float64 statistics (N*G,) (var biased).
-    InstanceNorm is G = C, Cg = 1."""
+    InstanceNorm is G = C, Cg = 1. kind 1 (float16) / 2 (bfloat16): x and y are the
+    uint16 bits, weight and bias float32."""
     cdef Py_ssize_t N = dims[0], G = dims[1], Cg = dims[2], S = dims[3]
     check_dims(N, G, Cg, S)
     cdef Job j
@@ -231,12 +274,12 @@ def group_norm_forward(cnp.ndarray x not None, tuple dims, weight, bias, double 
         rstd.fill(float("nan"))
         var.fill(float("nan"))
         return empty_1d(0, input_typenum(x, "input")), mean, rstd, var
-    cdef int n_threads = _job(&j, x, N, G, Cg, S)
-    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef int n_threads = _job(&j, x, N, G, Cg, S, kind)
+    cdef int typenum = compute_typenum(x, kind)
     try:
         check_array(weight, j.C, typenum, False, "weight")
         check_array(bias, j.C, typenum, False, "bias")
-        y = empty_1d(N * S * j.C, typenum)
+        y = empty_1d(N * S * j.C, cnp.NPY_UINT16 if kind else typenum)
         j.eps = eps
         _strides(&j.out_s, &j.out_c, out_last, S, j.C)
         j.out = cnp.PyArray_DATA(<cnp.ndarray>y)
@@ -255,24 +298,25 @@ def group_norm_forward(cnp.ndarray x not None, tuple dims, weight, bias, double 
 
 def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, tuple dims,
                         cnp.ndarray mean not None, cnp.ndarray rstd not None, weight,
-                        bint dy_last=True):
+                        bint dy_last=True, int kind=0):
     """GroupNorm backward of x (N, S, C), dims = (N, G, Cg, S); dy laid out as (N, S, C)
     when dy_last, else (N, C, S). Returns (dx (N*S*C,) laid out as (N, S, C), dweight
-    (C,), dbias (C,)), the last two in float64, summed over the samples in order."""
+    (C,), dbias (C,)), the last two in float64, summed over the samples in order.
+    kind: as group_norm_forward (dy and dx the uint16 bits too)."""
     cdef Py_ssize_t N = dims[0], G = dims[1], Cg = dims[2], S = dims[3]
     check_dims(N, G, Cg, S)
     cdef Job j
     cdef Py_ssize_t C = G * Cg
     if N * G * Cg * S == 0:     # empty rows: zero parameter gradients
         return empty_1d(0, input_typenum(x, "input")), np.zeros(C), np.zeros(C)
-    cdef int n_threads = _job(&j, x, N, G, Cg, S)
-    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef int n_threads = _job(&j, x, N, G, Cg, S, kind)
+    cdef int typenum = compute_typenum(x, kind)
     try:
-        check_array(dy, N * C * S, typenum, False, "grad_output")
+        check_array(dy, N * C * S, cnp.NPY_UINT16 if kind else typenum, False, "grad_output")
         check_array(mean, N * G, cnp.NPY_DOUBLE, False, "mean")
         check_array(rstd, N * G, cnp.NPY_DOUBLE, False, "rstd")
         check_array(weight, C, typenum, False, "weight")
-        dx = empty_1d(N * S * C, typenum)
+        dx = empty_1d(N * S * C, cnp.NPY_UINT16 if kind else typenum)
         part = np.empty((2, N, C))
         _strides(&j.dy_s, &j.dy_c, dy_last, S, C)
         j.out = cnp.PyArray_DATA(<cnp.ndarray>dx)

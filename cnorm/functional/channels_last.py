@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import _ops
 from .. import functional as _F  # by the package's names at call time: a patched one runs
+from .._kernels import channels_last as cl_kernels
 from .._validate import (
     Array,
     check_array,
@@ -44,6 +45,7 @@ from .._validate import (
     check_real,
     check_spatial,
     group_dims,
+    param_dtype,
 )
 
 __all__ = [
@@ -136,6 +138,29 @@ def _output(y: Array, shape: Tuple[int, ...], out_last: bool) -> Array:
     return _first(y.reshape((shape[0], shape[-1]) + shape[1:-1]))
 
 
+# half storage (float16, bfloat16): the kernels take the bits (kind=) and round each
+# output once; _half_storage passes them and rounds dweight / dbias to the parameters'
+# dtype (float32 with torch's mixed precision)
+
+
+@_ops._half_storage("x", None, None, None, data=(0,))
+def _cl_forward(x, dims, weight, bias, eps, out_last, kind=0):
+    """_ops.group_norm_channels_last_forward, of half storage too."""
+    if not kind:
+        return _ops.group_norm_channels_last_forward(x, dims, weight, bias, eps, out_last)
+    return cl_kernels.group_norm_forward(x, dims, weight, bias, float(eps), out_last, kind)
+
+
+@_ops._half_storage("x", "p", "p", data=(0, 1))
+def _cl_backward(dy, x, dims, mean, rstd, weight, dy_last, kind=0):
+    """_ops.group_norm_channels_last_backward, of half storage too (dweight, dbias in
+    float64 then: rounded once by _half_storage)."""
+    if not kind:
+        return _ops.group_norm_channels_last_backward(dy, x, dims, mean, rstd, weight, dy_last)
+    dx, dw, db = cl_kernels.group_norm_backward(dy, x, dims, mean, rstd, weight, dy_last, kind)
+    return dx.reshape(x.shape), dw, db
+
+
 def native_group_norm(input, num_groups, weight, bias, eps, *, channels_first_output=False):
     """:func:`cnorm.functional.native_group_norm` of a channels-last ``(N, *S, C)``
     input: ``(output, mean, rstd)`` with float64 ``(N, num_groups)`` statistics; the
@@ -147,10 +172,11 @@ def native_group_norm(input, num_groups, weight, bias, eps, *, channels_first_ou
     first_shape = (x.shape[0], x.shape[-1]) + x.shape[1:-1]
     n, g, cg, s = group_dims(np.moveaxis(x, -1, 1), num_groups)
     check_real(eps, "eps")
-    weight = check_param(weight, "weight", (g * cg,), x.dtype, "channels", input_shape=first_shape)
-    bias = check_param(bias, "bias", (g * cg,), x.dtype, "channels", input_shape=first_shape)
+    dtype = param_dtype(x.dtype, (weight, bias))
+    weight = check_param(weight, "weight", (g * cg,), dtype, "channels", input_shape=first_shape)
+    bias = check_param(bias, "bias", (g * cg,), dtype, "channels", input_shape=first_shape)
     out_last = not channels_first_output
-    y, mean, rstd, _ = _ops.group_norm_channels_last_forward(x, (n, g, cg, s), weight, bias, eps, out_last)
+    y, mean, rstd, _ = _cl_forward(x, (n, g, cg, s), weight, bias, eps, out_last)
     return _output(y, x.shape, out_last), mean.reshape(n, g), rstd.reshape(n, g)
 
 
@@ -167,10 +193,10 @@ def _group_backward(grad_output, x: Array, dims, mean, rstd, weight) -> Tuple[Ar
     """The channels-last kernel's backward of x (memory order (N, S, C)), dims (N, G, Cg, S)."""
     n, g, cg, _ = dims
     dy, dy_last = _grad(grad_output, x.shape, x.dtype)
-    weight = check_param(weight, "weight", (g * cg,), x.dtype)
+    weight = check_param(weight, "weight", (g * cg,), param_dtype(x.dtype, (weight,)))
     mean = check_param(np.reshape(mean, -1), "mean", (n * g,), None)
     rstd = check_param(np.reshape(rstd, -1), "rstd", (n * g,), None)
-    return _ops.group_norm_channels_last_backward(dy, x, tuple(dims), mean, rstd, weight, dy_last)
+    return _cl_backward(dy, x, tuple(dims), mean, rstd, weight, dy_last)
 
 
 # --------------------------------------------------------------------------- instance norm
@@ -197,7 +223,7 @@ def native_instance_norm(input, *args, channels_first_output=False):
     if not use_input_stats and running_mean is None:
         raise ValueError("Expected running_mean and running_var to be defined when use_input_stats is false")
     n, c, s = x.shape[0], x.shape[-1], math.prod(x.shape[1:-1])
-    dtype = x.dtype
+    dtype = param_dtype(x.dtype, (weight, bias, running_mean, running_var))
     weight = check_param(weight, "weight", (c,), dtype)
     bias = check_param(bias, "bias", (c,), dtype)
     rm = check_param(running_mean, "running_mean", (c,), dtype, writable=bool(use_input_stats))
@@ -210,7 +236,7 @@ def native_instance_norm(input, *args, channels_first_output=False):
             y = _first(np.ascontiguousarray(np.moveaxis(y, -1, 1)))
         return y, mean, invstd
     out_last = not channels_first_output
-    y, mean, rstd, var = _ops.group_norm_channels_last_forward(x, (n, c, 1, s), weight, bias, eps, out_last)
+    y, mean, rstd, var = _cl_forward(x, (n, c, 1, s), weight, bias, eps, out_last)
     # the originals, not contiguous copies: the update writes them with np.copyto
     _ops.update_instance_running_stats(running_mean, running_var, mean, var, n, c, s, momentum)
     return _output(y, x.shape, out_last), mean.reshape(n, c), rstd.reshape(n, c)
