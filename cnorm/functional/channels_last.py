@@ -17,7 +17,9 @@ Outputs have the input's memory layout (group norm and instance norm can write a
 channels-first one instead: ``channels_first_output=True``, what torch's InstanceNorm
 returns for a channels-last input). Input gradients have the input's layout; a
 ``grad_output`` in either layout is read without a copy by the group-norm and
-instance-norm backward.
+instance-norm backward. The dtypes are those of :mod:`cnorm.functional`: float16 and
+bfloat16 too (their parameters of the input's dtype or all float32, torch's mixed precision),
+computed in float64 on the channels-last kernels and rounded once.
 
 Example::
 
