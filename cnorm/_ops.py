@@ -74,6 +74,12 @@ def narrow(a: Array, dtype: np.dtype) -> Array:
     return row_kernels.narrow_half(np.ascontiguousarray(a), kind).view(dtype)
 
 
+# NumPy widens float16 in software (~24 instructions an element), the kernel with F16C after
+# a fixed cost of a few thousand (its parallel region): astype up to this size; bfloat16
+# (ml_dtypes: a shift) always
+_NUMPY_F16_MAX = 128
+
+
 def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
     """Run the decorated op of float32/float64 arrays on half inputs too: every half array
     argument widened, then each output rounded once to the input dtype ("x"), to the
@@ -98,7 +104,7 @@ def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
                 return op(*args)
             # one pass over the arguments: the parameters' dtype (float32 when one is,
             # torch's mixed precision), the kernel's arguments (data as bits, half
-            # parameters widened: astype is exact)
+            # parameters widened exactly)
             params = half
             wide = list(args)
             usable = True
@@ -112,7 +118,7 @@ def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
                     if dt == FLOAT32:
                         params = FLOAT32
                     elif dt == half:
-                        wide[i] = a.astype(FLOAT32)
+                        wide[i] = a.astype(FLOAT32) if kind == 2 or a.size <= _NUMPY_F16_MAX else widen(a)
             if usable:
                 out = op(*wide, kind=kind)
                 single = not isinstance(out, tuple)
