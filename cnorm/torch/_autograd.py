@@ -51,7 +51,7 @@ _INT16 = torch.int16
 
 # NumPy has no bfloat16: ml_dtypes' is the one cnorm's kernels take, imported with the first
 # bfloat16 tensor (importing it costs a second); without ml_dtypes bfloat16 runs torch's kernels
-_np_bfloat16 = LAZY_BFLOAT16 if bfloat16_available() else None
+_np_bfloat16: Any = LAZY_BFLOAT16 if bfloat16_available() else None
 
 #: the half-precision input dtypes the cnorm kernels take (bfloat16: with ml_dtypes)
 HALF: Tuple[torch.dtype, ...] = (torch.float16,) + ((_BFLOAT16,) if _np_bfloat16 is not None else ())
