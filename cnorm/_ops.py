@@ -18,7 +18,7 @@ from ._kernels import batch_norm as bn_kernels
 from ._kernels import channels_last as cl_kernels
 from ._kernels import row_norm as row_kernels
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
-from ._validate import BFLOAT16, FLOAT32, HALF_KINDS
+from ._validate import FLOAT32, FLOAT64, half_kind
 
 __all__ = [
     "get_num_threads",
@@ -58,7 +58,7 @@ Stats3 = Tuple[Array, Array, Array]
 
 def widen(a):
     """A half array as a float32 copy (exact); anything else as it is."""
-    kind = HALF_KINDS.get(a.dtype) if isinstance(a, np.ndarray) else None
+    kind = half_kind(a.dtype) if isinstance(a, np.ndarray) else None
     if kind is None:
         return a
     return row_kernels.widen_half(np.ascontiguousarray(a).view(np.uint16), kind)
@@ -68,10 +68,16 @@ def narrow(a: Array, dtype: np.dtype) -> Array:
     """``a`` (float32/float64) as ``dtype``, rounded once to nearest even."""
     if a.dtype == dtype:
         return a
-    kind = HALF_KINDS.get(dtype)
+    kind = half_kind(dtype)
     if kind is None:
         return a.astype(dtype)
     return row_kernels.narrow_half(np.ascontiguousarray(a), kind).view(dtype)
+
+
+# NumPy widens float16 in software (~24 instructions an element), the kernel with F16C after
+# a fixed cost of a few thousand (its parallel region): astype up to this size; bfloat16
+# (ml_dtypes: a shift) always
+_NUMPY_F16_MAX = 128
 
 
 def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
@@ -90,22 +96,31 @@ def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
         @functools.wraps(op)
         def run(*args):
             # a float32/float64 input (validated parameters have its dtype): as it is
-            if args[first].dtype.itemsize > 2:
+            half = args[first].dtype
+            if half.itemsize > 2:
                 return op(*args)
-            arrays = [a for a in args if isinstance(a, np.ndarray)]
-            half = next((a.dtype for a in arrays if a.dtype in HALF_KINDS), None)
-            if half is None:
+            kind = half_kind(half)
+            if kind is None:
                 return op(*args)
-            params = FLOAT32 if any(a.dtype == FLOAT32 for a in arrays) else half
-            given = [args[i] for i in data if i < len(args) and args[i] is not None]
-            if given and all(a.size for a in given):
-                out = op(
-                    *[
-                        a.view(np.uint16) if i in data and a is not None else widen(a)
-                        for i, a in enumerate(args)
-                    ],
-                    kind=HALF_KINDS[half],
-                )
+            # one pass over the arguments: the parameters' dtype (float32 when one is,
+            # torch's mixed precision), the kernel's arguments (data as bits, half
+            # parameters widened exactly)
+            params = half
+            wide = list(args)
+            usable = True
+            for i, a in enumerate(args):
+                if i in data:
+                    if a is not None:
+                        usable = usable and a.size > 0
+                        wide[i] = a.view(np.uint16)
+                elif isinstance(a, np.ndarray):
+                    dt = a.dtype
+                    if dt == FLOAT32:
+                        params = FLOAT32
+                    elif dt == half:
+                        wide[i] = a.astype(FLOAT32) if kind == 2 or a.size <= _NUMPY_F16_MAX else widen(a)
+            if usable:
+                out = op(*wide, kind=kind)
                 single = not isinstance(out, tuple)
                 out = tuple(
                     o.view(half) if how == "x" else o if how is None else narrow(o, params)
@@ -127,7 +142,7 @@ def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
 
 def default_eps(dtype: np.dtype) -> float:
     """The machine epsilon of ``dtype`` (torch's RMSNorm default)."""
-    if BFLOAT16 is not None and dtype == BFLOAT16:
+    if half_kind(dtype) == 2:  # bfloat16
         return 2.0**-7
     return float(np.finfo(dtype).eps)
 
@@ -150,10 +165,25 @@ def update_running_stats(
     """``running = (1 - factor) * running + factor * batch`` in place, in float64 and
     rounded once to the buffers' dtype, as the batch-norm kernel does it in its fused
     training pass (which is why BatchNorm itself does not come here)."""
+    if running_mean.dtype == running_var.dtype and mean.dtype == unbiased_var.dtype == FLOAT64:
+        _blend_running(running_mean, running_var, np.array((mean, unbiased_var)), factor)
+        return
     new_mean = (1.0 - factor) * running_mean.astype(np.float64) + factor * mean
     new_var = (1.0 - factor) * running_var.astype(np.float64) + factor * unbiased_var
     np.copyto(running_mean, narrow(new_mean, running_mean.dtype), casting="same_kind")
     np.copyto(running_var, narrow(new_var, running_var.dtype), casting="same_kind")
+
+
+def _blend_running(running_mean: Array, running_var: Array, batch: Array, factor: float) -> None:
+    """update_running_stats of buffers of one dtype, the batch (mean, unbiased var) as one
+    float64 (2, C) array (overwritten): both statistics in each NumPy call."""
+    running = np.array((running_mean, running_var), dtype=np.float64)  # exact
+    running *= 1.0 - factor
+    batch *= factor
+    running += batch
+    new_mean, new_var = narrow(running, running_mean.dtype)
+    np.copyto(running_mean, new_mean)
+    np.copyto(running_var, new_var)
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -179,15 +209,22 @@ def batch_norm_train(
     if (
         running_mean is None
         or running_mean.dtype.itemsize != 2  # float32/float64: no dtype hash
-        or running_mean.dtype not in HALF_KINDS
+        or half_kind(running_mean.dtype) is None
         or not eps > 0
         or n * s * c == 0
     ):
         return _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, factor, eps, relu)
     assert running_var is not None
     y, mean, invstd = _batch_norm_train(x, n, c, s, weight, bias, None, None, factor, eps, relu)
-    var = np.maximum(1.0 / (invstd * invstd) - eps, 0.0)
-    update_running_stats(running_mean, running_var, mean, var * (n * s / (n * s - 1.0)), factor)
+    batch = np.empty((2, c))  # float64, as the kernel's statistics
+    batch[0] = mean
+    var = batch[1]  # max(1 / invstd**2 - eps, 0), unbiased: as the kernel's float32 update
+    np.multiply(invstd, invstd, out=var)
+    np.divide(1.0, var, out=var)
+    np.subtract(var, eps, out=var)
+    np.maximum(var, 0.0, out=var)
+    var *= n * s / (n * s - 1.0)
+    _blend_running(running_mean, running_var, batch, factor)
     return y, mean, invstd
 
 

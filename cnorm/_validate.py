@@ -7,7 +7,9 @@ run the input checks and trust their own state.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from typing import Any, Optional, Sequence, Tuple, Union, cast, overload
 
 import numpy as np
@@ -18,8 +20,11 @@ __all__ = [
     "FLOAT32",
     "FLOAT64",
     "FLOAT16",
-    "BFLOAT16",
     "HALF_KINDS",
+    "bfloat16",
+    "bfloat16_available",
+    "LAZY_BFLOAT16",
+    "half_kind",
     "unsupported_dtype",
     "param_dtype",
     "check_dtype",
@@ -51,21 +56,75 @@ ShapeLike = Union[int, Sequence[int]]
 FLOAT32 = np.dtype(np.float32)
 FLOAT64 = np.dtype(np.float64)
 FLOAT16 = np.dtype(np.float16)
-try:  # bfloat16 is ml_dtypes' (the NumPy bfloat16 of JAX and ONNX): an optional dependency
-    import ml_dtypes
-
-    BFLOAT16: Optional[np.dtype] = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
-    BFLOAT16 = None
 # the half storage types and their kernel kind (the data are stored in half precision,
-# every sum and coefficient is float32 or wider)
-HALF_KINDS = {FLOAT16: 1, **({BFLOAT16: 2} if BFLOAT16 is not None else {})}
-_SUPPORTED = (FLOAT32, FLOAT64, *HALF_KINDS)
+# every sum and coefficient is float32 or wider). bfloat16 is ml_dtypes' (the NumPy bfloat16
+# of JAX and ONNX), an optional dependency that takes a second to import (its ufunc loops):
+# it joins when first asked for, or with the first bfloat16 array (which exists only once
+# its user has imported ml_dtypes). BFLOAT16 (module __getattr__): its dtype, or None.
+HALF_KINDS = {FLOAT16: 1}
+_SUPPORTED = [FLOAT32, FLOAT64, FLOAT16]
+_BFLOAT16: list = []  # [] until looked up, then [its dtype or None]
+
+
+def bfloat16() -> Optional[np.dtype]:
+    """ml_dtypes' bfloat16 dtype (importing ml_dtypes the first time), or None without it."""
+    if not _BFLOAT16:
+        try:
+            import ml_dtypes
+        except ImportError:
+            _BFLOAT16.append(None)
+        else:
+            dtype = np.dtype(ml_dtypes.bfloat16)
+            HALF_KINDS[dtype] = 2
+            _SUPPORTED.append(dtype)
+            _BFLOAT16.append(dtype)
+    return _BFLOAT16[0]
+
+
+def half_kind(dtype: np.dtype) -> Optional[int]:
+    """The kernels' half storage kind of ``dtype`` (1 float16, 2 bfloat16), or None."""
+    kind = HALF_KINDS.get(dtype)
+    if kind is None and not _BFLOAT16 and dtype.name == "bfloat16" and sys.modules.get("ml_dtypes"):
+        bfloat16()
+        kind = HALF_KINDS.get(dtype)
+    return kind
+
+
+def bfloat16_available() -> bool:
+    """Whether bfloat16 arrays are supported (ml_dtypes is installed), without importing it."""
+    if _BFLOAT16:
+        return _BFLOAT16[0] is not None
+    return importlib.util.find_spec("ml_dtypes") is not None
+
+
+class _LazyBFloat16:
+    """bfloat16 where NumPy takes a dtype (``a.view(LAZY_BFLOAT16)``: np.dtype reads its
+    ``dtype``), importing ml_dtypes on first use: for the torch drop-in's bfloat16 tensors."""
+
+    @property
+    def dtype(self) -> np.dtype:
+        dtype = bfloat16()
+        if dtype is None:
+            raise ImportError("bfloat16 needs the ml_dtypes package")
+        return dtype
+
+
+LAZY_BFLOAT16 = _LazyBFloat16()
+
+
+def __getattr__(name: str):
+    if name == "BFLOAT16":
+        return bfloat16()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if sys.modules.get("ml_dtypes"):  # already imported: costs nothing
+    bfloat16()
 _TORCH_NAMES = {"float16": "Half", "bfloat16": "BFloat16", "float32": "Float", "float64": "Double"}
 
 
 def unsupported_dtype(dtype: np.dtype) -> TypeError:
-    if BFLOAT16 is None:
+    if not bfloat16_available():
         return TypeError(
             f"unsupported dtype {dtype}: cnorm works on float32, float64 and float16 arrays "
             "(bfloat16 needs the ml_dtypes package)"
@@ -81,7 +140,7 @@ def param_dtype(dtype: np.dtype, params, *, wording: str = "mixed") -> np.dtype:
     (float16, bfloat16): its own, or float32 for all of them (torch's mixed precision on the
     CPU: they stay float32 and are updated in float32); another mix gets torch's
     RuntimeError (``wording="strict"``: batch norm's, which names the first mismatch)."""
-    if dtype is FLOAT32 or dtype is FLOAT64 or dtype not in HALF_KINDS:  # identity first
+    if dtype is FLOAT32 or dtype is FLOAT64 or half_kind(dtype) is None:  # identity first
         return dtype
     found = [a.dtype for a in params if isinstance(a, np.ndarray)]
     if all(d == dtype for d in found):
@@ -99,14 +158,14 @@ def check_dtype(dtype) -> np.dtype:
     (``torch.float64``) is taken by name, without importing torch."""
     if type(dtype).__module__ == "torch":
         name = str(dtype).rpartition(".")[2]  # "torch.float64" -> "float64"
-        if name not in ("float32", "float64", "float16") and not (name == "bfloat16" and BFLOAT16):
+        if name not in ("float32", "float64", "float16") and not (name == "bfloat16" and bfloat16()):
             raise TypeError(
                 f"unsupported dtype {dtype}: cnorm works on float32, float64, float16 and "
                 "bfloat16 arrays (pass torch.float32, np.float32, ...; bfloat16 needs ml_dtypes)"
             )
-        dtype = BFLOAT16 if name == "bfloat16" else name
+        dtype = bfloat16() if name == "bfloat16" else name
     dt = np.dtype(dtype)
-    if dt not in _SUPPORTED:
+    if dt not in _SUPPORTED and half_kind(dt) is None:
         raise unsupported_dtype(dt)
     return dt
 
@@ -224,7 +283,7 @@ def check_array(x, name: str = "input") -> Array:
         refuse_masked(x, name)
     dtype = x.dtype
     # identity tests first: they decide the common case without dtype.__eq__
-    if dtype is not FLOAT32 and dtype is not FLOAT64 and dtype not in _SUPPORTED:
+    if dtype is not FLOAT32 and dtype is not FLOAT64 and dtype not in _SUPPORTED and half_kind(dtype) is None:
         if dtype.kind == "f" and dtype.itemsize in (2, 4, 8) and not dtype.isnative:
             return np.ascontiguousarray(x, dtype=dtype.newbyteorder("="))
         raise unsupported_dtype(dtype)

@@ -572,3 +572,40 @@ def test_kernel_half_storage_arguments_are_checked():
         )
     with pytest.raises(ValueError, match="kind"):
         row_kernels.widen_half(x16, 0)
+
+
+def test_ml_dtypes_is_imported_lazily():
+    """import cnorm / cnorm.torch leave ml_dtypes (a second to import) alone; a bfloat16
+    array made after the import is recognised, and a bfloat16 tensor imports it."""
+    code = """
+import sys
+import numpy as np
+import cnorm, cnorm.functional as F
+assert "ml_dtypes" not in sys.modules
+import ml_dtypes
+y = F.layer_norm(np.ones((2, 4), ml_dtypes.bfloat16), (4,))
+assert y.dtype == ml_dtypes.bfloat16
+print("ok")
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_torch_dropin_imports_ml_dtypes_with_the_first_bfloat16_tensor():
+    code = """
+import sys
+import torch, cnorm.torch as ct
+assert "ml_dtypes" not in sys.modules
+m = ct.LayerNorm(4096, dtype=torch.bfloat16)
+x = torch.randn(256, 4096).bfloat16().requires_grad_()
+y = m(x)
+assert "ml_dtypes" in sys.modules and y.dtype == torch.bfloat16
+ref = torch.nn.functional.layer_norm(x.float(), (4096,), m.weight.float(), m.bias.float())
+assert torch.allclose(y.float(), ref, atol=0.05), (y, ref)
+y.sum().backward()
+print("ok")
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -23,6 +23,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .. import functional as CF
+from .._validate import LAZY_BFLOAT16, bfloat16_available
 
 __all__ = [
     "as_numpy",
@@ -48,10 +49,9 @@ _grad_enabled = torch.is_grad_enabled
 _BFLOAT16 = torch.bfloat16
 _INT16 = torch.int16
 
-try:  # NumPy has no bfloat16: ml_dtypes' is the one cnorm's kernels take
-    from ml_dtypes import bfloat16 as _np_bfloat16
-except ImportError:  # pragma: no cover - without ml_dtypes bfloat16 runs torch's kernels
-    _np_bfloat16 = None
+# NumPy has no bfloat16: ml_dtypes' is the one cnorm's kernels take, imported with the first
+# bfloat16 tensor (importing it costs a second); without ml_dtypes bfloat16 runs torch's kernels
+_np_bfloat16: Any = LAZY_BFLOAT16 if bfloat16_available() else None
 
 #: the half-precision input dtypes the cnorm kernels take (bfloat16: with ml_dtypes)
 HALF: Tuple[torch.dtype, ...] = (torch.float16,) + ((_BFLOAT16,) if _np_bfloat16 is not None else ())
