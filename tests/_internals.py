@@ -4,8 +4,9 @@ The rest of tests/ uses the public API only (cnorm.*, cnorm.functional.*, cnorm.
 so that when cnorm's insides move, this is the one file to re-point.
 """
 
-import cnorm.functional as _functional
+from cnorm import _ops
 from cnorm._kernels import batch_norm, row_norm
+from cnorm.torch import _lean
 
 # --------------------------------------------------------------------------- kernels
 # The compiled extensions that have SIMD builds and non-temporal ("streaming") stores.
@@ -30,14 +31,15 @@ def set_stream_min_bytes(module, n):
 KERNEL_IMPORT = "from cnorm._kernels import batch_norm as B, row_norm as R"
 
 # --------------------------------------------------------------------------- cnorm.torch
-# The functions the drop-in modules call for their arithmetic, patched by test_torch_dropin's
-# ``kernel_calls`` fixture to tell the cnorm path from torch's: key -> (owner, attribute name,
-# position of the input array among the arguments).
+# The functions the drop-in modules call for their arithmetic (the eager specs of
+# cnorm.torch._lean look them up at call time), patched by test_torch_dropin's
+# ``kernel_calls`` fixture to tell the cnorm path from torch's: key -> (owner, attribute
+# name, position of the input array among the arguments).
 DROPIN_ENTRY_POINTS = {
-    "bn": (_functional, "native_batch_norm", 0),
-    "bn_bwd": (_functional, "batch_norm_backward", 1),
-    "ln": (_functional, "native_layer_norm", 0),
-    "ln_bwd": (_functional, "layer_norm_backward", 1),
+    "bn": (_lean, "_batch_norm", 0),  # training and eval, both layouts
+    "bn_bwd": (_ops, "batch_norm_backward", 1),
+    "ln": (_ops, "layer_norm_forward", 0),
+    "ln_bwd": (_ops, "layer_norm_backward", 1),
 }
 
 

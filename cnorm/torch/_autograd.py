@@ -1,17 +1,18 @@
 """One :class:`torch.autograd.Function` factory for every cnorm norm.
 
-A norm is two small NumPy-level functions over :mod:`cnorm.functional`::
+A norm is two small NumPy-level functions, its spec::
 
     forward(x, weight, bias, args) -> (y, stats)        # stats: what backward needs
     backward(dy, x, weight, stats) -> (dx, dweight, dbias)   # any of them may be None
 
 and :func:`norm_function` makes its autograd Function (``apply(input, weight, bias,
-args)``: saves the input, the weight and ``stats``; once-differentiable) and a ``call``
-that runs the Function when a gradient is needed and the bare forward otherwise. The
-functional names are looked up at call time (``CF.native_layer_norm``), so a patched
-:mod:`cnorm.functional` is what runs. The same two functions are the kernels of the
-``torch.ops.cnorm`` custom ops that torch.compile and torch.export see
-(:mod:`cnorm.torch._library`: one ``register_norm_op`` call per spec).
+args, arrays)``: saves the input and the weight, keeps ``stats``; once-differentiable)
+and a ``call`` that runs the Function when a gradient is needed and the bare forward
+otherwise. The drop-in's specs (:mod:`cnorm.torch._lean`) go straight to the kernels:
+the drop-in has checked every argument. The checked specs below, over
+:mod:`cnorm.functional`, are the kernels of the ``torch.ops.cnorm`` custom ops that
+torch.compile and torch.export see (:mod:`cnorm.torch._library`: one
+``register_norm_op`` call per spec), which any caller can reach with any tensors.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import functional as CF
 from .._validate import LAZY_BFLOAT16, bfloat16_available
+from . import _lean
 
 __all__ = [
     "as_numpy",
@@ -63,11 +65,12 @@ def as_numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     if t is None:
         return None
     try:
-        # force: detach in C++ (one call instead of two); it would also copy a tensor of
-        # another device, with the conj/neg bit, which the callers have ruled out
-        return t.numpy(force=True)
+        # .data: a view that does not require grad (cheaper than numpy(force=True))
+        return (t.data if t.requires_grad else t).numpy()
     except TypeError:  # bfloat16 (the only dtype the callers pass that NumPy lacks)
-        return t.detach().view(_INT16).numpy().view(_np_bfloat16)
+        return t.data.view(_INT16).numpy().view(_np_bfloat16)
+    except RuntimeError:  # the neg / conj bit: force resolves it (a copy)
+        return t.numpy(force=True)
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:
@@ -100,11 +103,15 @@ def _fast_apply(fn: type) -> Callable[..., Any]:
 def norm_function(
     name: str, forward: Forward, backward: Backward, doc: str
 ) -> Tuple[Type[torch.autograd.Function], Call]:
-    """(the autograd Function class ``name``, ``call(input, weight, bias, args)``)."""
+    """(the autograd Function class ``name``, ``call(input, weight, bias, args, grad,
+    arrays)``); ``arrays``: the NumPy views of (input, weight, bias) the caller made
+    when it checked them (None: made here)."""
 
-    def function_forward(ctx, input, weight, bias, args):
-        y, stats = forward(as_numpy(input), as_numpy(weight), as_numpy(bias), args)
-        ctx.save_for_backward(input, weight)
+    def function_forward(ctx, input, weight, bias, args, arrays):
+        x, w, b = arrays
+        y, stats = forward(x, w, b, args)
+        ctx.save_for_backward(input, weight)  # torch's check of in-place changes before backward
+        ctx.weight = w  # a parameter's view: not converted again in backward
         ctx.stats = stats
         try:
             return _from_numpy(y)
@@ -113,13 +120,14 @@ def norm_function(
 
     @once_differentiable
     def function_backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        dx, dw, db = backward(as_numpy(grad_output), as_numpy(input), as_numpy(weight), ctx.stats)
+        input = ctx.saved_tensors[0]
+        dx, dw, db = backward(as_numpy(grad_output), as_numpy(input), ctx.weight, ctx.stats)
         need = ctx.needs_input_grad
         return (
             as_tensor(dx) if need[0] and dx is not None else None,
             as_tensor(dw) if need[1] and dw is not None else None,
             as_tensor(db) if need[2] and db is not None else None,
+            None,
             None,
         )
 
@@ -138,13 +146,15 @@ def norm_function(
     )
     apply = _fast_apply(function)
 
-    def call(input, weight, bias, args, grad=None):
+    def call(input, weight, bias, args, grad=None, arrays=None):
         # grad: needs_grad(input, weight, bias) if the caller has it already
         if grad is None:
             grad = needs_grad(input, weight, bias)
+        if arrays is None:
+            arrays = (as_numpy(input), as_numpy(weight), as_numpy(bias))
         if grad:
-            return apply(input, weight, bias, args)
-        y = forward(as_numpy(input), as_numpy(weight), as_numpy(bias), args)[0]
+            return apply(input, weight, bias, args, arrays)
+        y = forward(*arrays, args)[0]
         try:  # inline (not as_tensor): no Python call more on the float32 path
             return _from_numpy(y)
         except TypeError:  # a bfloat16 output
@@ -171,8 +181,8 @@ def _batch_norm_backward(dy, x, weight, stats):
 
 BatchNormFunction, batch_norm = norm_function(
     "BatchNormFunction",
-    _batch_norm_forward,
-    _batch_norm_backward,
+    _lean.batch_norm_forward,
+    _lean.batch_norm_backward,
     """``y = batch_norm(x)`` on the cnorm kernels: ``apply(input, weight, bias, args)``
     with CPU tensors of one float dtype, contiguous (weight/bias may be None), and
     ``args = (running_mean, running_var, training, momentum, eps)`` where the running
@@ -195,8 +205,8 @@ def _layer_norm_backward(dy, x, weight, stats):
 
 LayerNormFunction, layer_norm = norm_function(
     "LayerNormFunction",
-    _layer_norm_forward,
-    _layer_norm_backward,
+    _lean.layer_norm_forward,
+    _lean.layer_norm_backward,
     """``y = layer_norm(x, normalized_shape, weight, bias, eps)`` on the cnorm kernels:
     ``apply(input, weight, bias, (normalized_shape, eps))`` with CPU tensors of one float
     dtype, contiguous. Saves the input, the weight and the float64 per-row mean/rstd;
@@ -210,16 +220,7 @@ LayerNormFunction, layer_norm = norm_function(
 # takes, and moving the result back gives torch the channels-last output it expects
 
 from ..functional import channels_last as CL  # noqa: E402
-
-
-def _last(a):
-    """(N, C, *S) -> the (N, *S, C) view."""
-    return np.moveaxis(a, 1, -1)
-
-
-def _first(a):
-    """(N, *S, C) -> the (N, C, *S) view."""
-    return np.moveaxis(a, -1, 1)
+from ._lean import _first, _last  # noqa: E402
 
 
 def _rms_norm_forward(x, weight, bias, args):
@@ -236,8 +237,8 @@ def _rms_norm_backward(dy, x, weight, stats):
 
 RMSNormFunction, rms_norm = norm_function(
     "RMSNormFunction",
-    _rms_norm_forward,
-    _rms_norm_backward,
+    _lean.rms_norm_forward,
+    _lean.rms_norm_backward,
     """``y = rms_norm(x, normalized_shape, weight, eps)`` on the cnorm kernels:
     ``apply(input, weight, None, (normalized_shape, eps))`` with contiguous CPU tensors
     of one float dtype (``eps`` a number: the caller resolves torch's None). Saves the
@@ -270,8 +271,8 @@ def _group_norm_backward(dy, x, weight, stats):
 
 GroupNormFunction, group_norm = norm_function(
     "GroupNormFunction",
-    _group_norm_forward,
-    _group_norm_backward,
+    _lean.group_norm_forward,
+    _lean.group_norm_backward,
     """``y = group_norm(x, num_groups, weight, bias, eps)`` on the cnorm kernels:
     ``apply(input, weight, bias, (num_groups, eps, channels_last))`` with CPU tensors of
     one float dtype, the input contiguous or (``channels_last=True``) channels_last /
@@ -300,8 +301,8 @@ def _instance_norm_backward(dy, x, weight, stats):
 
 InstanceNormFunction, instance_norm = norm_function(
     "InstanceNormFunction",
-    _instance_norm_forward,
-    _instance_norm_backward,
+    _lean.instance_norm_forward,
+    _lean.instance_norm_backward,
     """``y = instance_norm(x, ...)`` on the cnorm kernels: ``apply(input, weight, bias,
     (running_mean, running_var, use_input_stats, momentum, eps, channels_last))``, the
     running statistics NumPy views of the buffers (updated in place) or None. A
@@ -310,22 +311,10 @@ InstanceNormFunction, instance_norm = norm_function(
 )
 
 
-def _batch_norm_channels_last_forward(x, weight, bias, args):
-    # args: running_mean, running_var, training, momentum, eps (as _batch_norm_forward's)
-    y, mean, invstd = CL.native_batch_norm(_last(x), weight, bias, *args)
-    return _first(y), (mean, invstd, args[2])
-
-
-def _batch_norm_channels_last_backward(dy, x, weight, stats):
-    mean, invstd, training = stats
-    dx, dw, db = CL.batch_norm_backward(_last(dy), _last(x), weight, mean, invstd, training)
-    return _first(dx), dw, db
-
-
 BatchNormChannelsLastFunction, batch_norm_channels_last = norm_function(
     "BatchNormChannelsLastFunction",
-    _batch_norm_channels_last_forward,
-    _batch_norm_channels_last_backward,
+    _lean.batch_norm_channels_last_forward,
+    _lean.batch_norm_channels_last_backward,
     """:class:`BatchNormFunction` of a channels_last / channels_last_3d input: the
     (N*H*W, C) per-channel problem of BatchNorm1d on the input's memory, no copy; the
     output and the input gradient are channels_last, as torch's.""",

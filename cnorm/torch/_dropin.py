@@ -7,17 +7,20 @@ import math
 import threading
 import warnings
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._ops import momentum_factor
 from ..modules import TORCH_NN_TWINS
+from . import _lean
 from ._autograd import (
     HALF,
-    as_numpy,
+    _np_bfloat16,
+    as_tensor,
     batch_norm,
     batch_norm_channels_last,
     group_norm,
@@ -52,6 +55,9 @@ __all__ = [
 # precision, see _param_dtype)
 FLOATS = (torch.float32, torch.float64, *HALF)
 _F32 = torch.float32
+_BF16 = torch.bfloat16
+_from_numpy = torch.from_numpy
+_INT16 = torch.int16
 # exact types whose .numpy() is a plain view of the data (subclasses with
 # __torch_function__ / __torch_dispatch__, e.g. FakeTensor or DTensor, go to torch)
 _PLAIN = (torch.Tensor, nn.Parameter)
@@ -90,63 +96,129 @@ _aten_instance_norm = torch.instance_norm
 _aten_rms_norm = torch.rms_norm
 
 #: numel below which an input runs torch's kernels, per norm: (no gradient, gradient).
-#: There a Python call (and the autograd node of a Python Function) costs more than the
-#: cnorm kernel saves; ``python -m cnorm bench --calibrate`` measures the crossover.
-#: Those calls go straight to the ATen op that torch's forward ends in (same kernel,
-#: same autograd node, same results), skipping the Python layers of torch's forward.
+#: Without a gradient every call runs cnorm (the eager path costs less than torch.nn's
+#: at every size); with one, below the threshold the autograd node of a Python Function
+#: costs more than the cnorm kernel saves. ``python -m cnorm bench --calibrate``
+#: measures the crossover. Those calls go straight to the ATen op that torch's forward
+#: ends in (same kernel, same autograd node, same results), skipping the Python layers
+#: of torch's forward.
 TORCH_BELOW: Dict[str, Tuple[int, int]] = {
-    "batch_norm": (4096, 16384),  # batch statistics (training)
-    "batch_norm_eval": (16384, 16384),  # running statistics: torch's kernel is cheaper there
-    "layer_norm": (4096, 8192),
+    "batch_norm": (0, 16384),  # batch statistics (training)
+    "batch_norm_eval": (0, 16384),  # running statistics
+    "layer_norm": (0, 8192),
     # not calibrated yet: layer_norm's (per-row or per-(sample, group) statistics, as there)
-    "group_norm": (4096, 8192),
-    "instance_norm": (4096, 8192),
-    "rms_norm": (4096, 8192),
+    "group_norm": (0, 8192),
+    "instance_norm": (0, 8192),
+    "rms_norm": (0, 8192),
 }
 
 
-def _input_ok(input) -> bool:
-    """A plain, dense, C-contiguous CPU tensor of a dtype in FLOATS, outside of torch.jit
-    tracing, torch.compile and torch.func transforms (all of which go to torch;
-    torch.compile to :func:`_compile_ok` where a layer has a custom op). CPU autocast
-    does not come in: its policy casts no norm (torch 2.13's lists name none of them, and
-    each runs in its input's dtype there), so the call is the one without autocast."""
-    return (
-        type(input) in _PLAIN
-        and input.dtype in FLOATS
-        and input.is_cpu
-        and input.layout == _STRIDED
-        and input.is_contiguous()
-        and not _is_compiling()  # before the checks dynamo does not trace
-        and not input.is_neg()
-        and not _is_tracing()
-        and not _functorch_active()
-    )
+def _view(t, dtype):
+    """A NumPy view of the CPU tensor ``t`` of ``dtype`` (bfloat16: ml_dtypes'), or None
+    where NumPy has no view of it (another device or layout, the neg / conj bit)."""
+    try:
+        if dtype is _BF16:
+            return t.data.view(_INT16).numpy().view(_np_bfloat16)
+        # .data: a view that does not require grad, cheaper than numpy(force=True)
+        return (t.data if t.requires_grad else t).numpy()
+    except (TypeError, RuntimeError):
+        return None
 
 
-def _compile_ok(input) -> bool:
-    """Under torch.compile / torch.export (dynamo traces this; the checks become guards):
-    a dense C-contiguous CPU tensor of a dtype in FLOATS, for the cnorm custom ops
-    (:mod:`cnorm.torch._library`). Fake and functional tensors pass."""
-    return (
-        _is_compiling()
-        and input.dtype in FLOATS
-        and input.is_cpu
-        and input.layout == _STRIDED
-        and input.is_contiguous()
-    )
+# (N, C, *S) -> (N, *S, C): the axes of a channels_last / channels_last_3d array
+_LAST_AXES = {4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}
 
 
-def _ok(t, dtype, shape) -> bool:
-    """None, or a plain contiguous CPU tensor of ``dtype`` and ``shape``."""
-    return t is None or (
-        type(t) in _PLAIN
-        and t.dtype == dtype
-        and t.is_cpu
-        and t.layout == _STRIDED
-        and t.is_contiguous()
-        and t.shape == shape
-    )
+def _route(input, dtype) -> Tuple[int, Optional[np.ndarray]]:
+    """(layout, the input's NumPy view) of a call cnorm takes: layout 1 for a
+    C-contiguous input, 2 for a channels_last (4-D) / channels_last_3d (5-D) one, whose
+    (N, *S, C) view is C-contiguous and runs without a copy; ``(0, None)``: torch's.
+
+    Eager: a plain dense CPU tensor of a dtype in FLOATS, outside of torch.jit tracing
+    and torch.func transforms (which go to torch). CPU autocast does not come in: its
+    policy casts no norm (torch 2.13's lists name none of them, each runs in its input's
+    dtype there), so the call is the one without autocast. Under torch.compile /
+    torch.export (dynamo traces this; the checks become guards) the view is None: the
+    cnorm custom ops take the tensor (:mod:`cnorm.torch._library`); fake and functional
+    tensors pass. ``dtype``: the input's."""
+    if dtype not in FLOATS:
+        return 0, None
+    if _is_compiling():
+        if input.is_cpu and input.layout == _STRIDED:
+            if input.is_contiguous():
+                return 1, None
+            if input.dim() in (4, 5) and input.movedim(1, -1).is_contiguous():
+                return 2, None
+        return 0, None
+    if type(input) not in _PLAIN or _is_tracing() or _functorch_active():
+        return 0, None
+    try:  # inline _view: this is every call's path
+        if dtype is _BF16:
+            x = input.data.view(_INT16).numpy().view(_np_bfloat16)
+        else:
+            x = (input.data if input.requires_grad else input).numpy()
+    except (TypeError, RuntimeError):  # another device or layout, the neg / conj bit
+        return 0, None
+    if x.flags.c_contiguous:
+        return 1, x
+    axes = _LAST_AXES.get(x.ndim)
+    if axes is not None and x.transpose(axes).flags.c_contiguous:
+        return 2, x
+    return 0, None
+
+
+class _ViewCache:
+    """A module's NumPy views of the parameters and buffers one call checked, and what
+    they were checked as (dtype, shape): a call with the same tensor objects at the same
+    addresses and shapes reuses them (the views follow in-place changes, so only a
+    replaced tensor, ``.data =``, ``.to()`` or a resize makes new ones). Not copied or
+    pickled with the module: a copy starts empty."""
+
+    __slots__ = ("key", "tensors", "stamps", "views")
+
+    def __init__(self, key=None, tensors=(), stamps=(), views=None) -> None:
+        self.key = key
+        self.tensors = tensors
+        self.stamps = stamps
+        self.views = views
+
+    def __reduce__(self):
+        return (_ViewCache, ())
+
+
+def _stamp(t):
+    """What tells a tensor's memory from another's: its address and size (a shape change
+    at the same address keeps the elements in the same order)."""
+    return None if t is None else (t.data_ptr(), t.numel())
+
+
+def _views(module, dtype, shape, tensors) -> Optional[list]:
+    """NumPy views of ``module``'s ``tensors`` (None stays None) for an input of
+    ``dtype`` if each is a plain C-contiguous CPU tensor of the parameter dtype
+    (:func:`_param_dtype` of the first one that is not None) and ``shape``, else None
+    (torch's forward takes the call); cached in the module (:class:`_ViewCache`)."""
+    cache = module.__dict__.get("_cnorm_views")
+    if cache is not None and cache.key == (dtype, shape):
+        for t, c, stamp in zip(tensors, cache.tensors, cache.stamps):
+            if t is not c or (t is not None and (t.data_ptr() != stamp[0] or t.numel() != stamp[1])):
+                break
+        else:
+            return cache.views
+    pdt = _param_dtype(dtype, next((t for t in tensors if t is not None), None))
+    views = []
+    for t in tensors:
+        if t is None:
+            views.append(None)
+            continue
+        if type(t) not in _PLAIN or t.dtype is not pdt:
+            return None
+        a = _view(t, pdt)
+        if a is None or a.shape != shape or not a.flags.c_contiguous:
+            return None
+        views.append(a)
+    stamps = tuple(map(_stamp, tensors))
+    module.__dict__["_cnorm_views"] = _ViewCache((dtype, shape), tuple(tensors), stamps, views)
+    return views
 
 
 def _param_dtype(dtype, first) -> torch.dtype:
@@ -159,32 +231,27 @@ def _param_dtype(dtype, first) -> torch.dtype:
 
 
 def _traced_ok(t, dtype, shape) -> bool:
-    """:func:`_ok` without the type check (compile and export trace fake tensors)."""
+    """Under torch.compile / torch.export: ``t`` is None or a dense C-contiguous CPU
+    tensor of ``dtype`` and ``shape`` (the tensors traced are fake ones)."""
     return t is None or (
         t.dtype == dtype and t.is_cpu and t.layout == _STRIDED and t.is_contiguous() and t.shape == shape
     )
 
 
-def _check(input) -> Optional[Callable[..., bool]]:
-    """The check of a C-contiguous input's parameters: :func:`_ok` in eager,
-    :func:`_traced_ok` under torch.compile / torch.export (the custom ops); None: torch's."""
-    if _input_ok(input):
-        return _ok
-    return _traced_ok if _compile_ok(input) else None
+def _params(module, x, dtype, shape, tensors):
+    """The NumPy views of a call's parameter tensors (eager, ``x`` the input's view), or
+    True under torch.compile (``x`` None) when they suit the custom ops; None: torch's.
+    ``dtype``: the input's (the parameters': :func:`_param_dtype`)."""
+    if x is not None:
+        return _views(module, dtype, shape, tensors)
+    pdt = _param_dtype(dtype, next((t for t in tensors if t is not None), None))
+    return all(_traced_ok(t, pdt, shape) for t in tensors) or None
 
 
-def _route(input) -> Tuple[int, Optional[Callable[..., bool]]]:
-    """(layout, :func:`_check`) of a call cnorm takes: layout 1 for a C-contiguous input,
-    2 for a channels_last (4-D) / channels_last_3d (5-D) one, whose (N, *S, C) view
-    (``movedim(1, -1)``) is C-contiguous and runs without a copy. ``(0, None)``: torch's."""
-    ok = _check(input)
-    if ok is not None:
-        return 1, ok
-    if input.dim() in (4, 5):
-        ok = _check(input.movedim(1, -1))
-        if ok is not None:
-            return 2, ok
-    return 0, None
+def _small(norm: str, grad: bool, input) -> bool:
+    """Below the size threshold of ``TORCH_BELOW[norm]`` (torch's kernel takes it)."""
+    limit = TORCH_BELOW[norm][grad]
+    return bool(limit) and type(input) in _PLAIN and input.numel() < limit
 
 
 # ---------------------------------------------------------------------------- batch norm
@@ -221,26 +288,25 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
     rm = running_mean if not training or track else None
     rv = running_var if not training or track else None
     bn_training = training or (rm is None and rv is None)
+    if (rm is None) != (rv is None):
+        return None
     # the size threshold first: the checks below cost more than a tiny call
-    small = False
-    if type(input) in _PLAIN:
-        grad = needs_grad(input, weight, bias)
-        small = input.numel() < TORCH_BELOW["batch_norm" if bn_training else "batch_norm_eval"][grad]
-    layout, ok = 1, None  # small: torch's kernel, which checks its arguments itself
+    grad = needs_grad(input, weight, bias)
+    small = _small("batch_norm" if bn_training else "batch_norm_eval", grad, input)
+    layout, x = 1, None  # small: torch's kernel, which checks its arguments itself
     if not small:
-        layout, ok = _route(input)  # channels_last: the (N*H*W, C) problem of BatchNorm1d
+        layout, x = _route(input, input.dtype)  # channels_last: the (N*H*W, C) problem of BatchNorm1d
         if not layout:
             return None
-    eps = module.eps
-    dtype = input.dtype
     shape = input.shape
-    if len(shape) < 2 or (rm is None) != (rv is None):
+    if len(shape) < 2:
         return None
     c = shape[1:2]
-    if ok is not None:
-        pdt = _param_dtype(dtype, weight if weight is not None else rm)
-        if not (ok(weight, pdt, c) and ok(bias, pdt, c) and ok(rm, pdt, c) and ok(rv, pdt, c)):
+    if not small:
+        views = _params(module, x, input.dtype, c, (weight, bias, rm, rv))
+        if views is None:
             return None
+    eps = module.eps
     if bn_training:
         if not eps > 0:
             return None  # torch raises 'eps must be positive'
@@ -250,15 +316,15 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
         return None
     momentum = module.momentum
     nbt = num_batches_tracked if training and track else None
-    if ok is _traced_ok:
+    if x is None and not small:  # under torch.compile / torch.export
         if momentum is None and nbt is not None:
             return None  # 1 / num_batches_tracked: a host sync, as in torch's forward
         module._check_input_dim(input)
         if nbt is not None:
             nbt.add_(1)
-        x = input if layout == 1 else input.movedim(1, -1)
+        xt = input if layout == 1 else input.movedim(1, -1)
         y = batch_norm_op.forward(
-            x.reshape(-1, c[0]) if layout == 2 else x,
+            xt.reshape(-1, c[0]) if layout == 2 else xt,
             weight,
             bias,
             rm,
@@ -267,25 +333,21 @@ def cnorm_batch_norm(module, input) -> Optional[torch.Tensor]:
             0.0 if momentum is None else momentum,
             eps,
         )[0]
-        return y if layout == 1 else y.reshape(x.shape).movedim(-1, 1)
+        return y if layout == 1 else y.reshape(xt.shape).movedim(-1, 1)
     module._check_input_dim(input)
 
     # the rest of torch's _BatchNorm.forward
     if nbt is not None:
         nbt.add_(1)
     factor = momentum if momentum is not None else momentum_factor(None, nbt)
-    if ok is None:
+    if small:
         # torch's kernel as F.batch_norm calls it (its checks passed above), without
         # the Python layers of torch's forward: below torch.nn's own cost
         return _aten_batch_norm(input, weight, bias, rm, rv, bn_training, factor, eps, True)
     # NumPy views: cnorm updates the running buffers in place when training
-    try:
-        rm = None if rm is None else rm.numpy()
-        rv = None if rv is None else rv.numpy()
-    except TypeError:  # bfloat16 buffers
-        rm, rv = as_numpy(rm), as_numpy(rv)
+    wa, ba, rma, rva = views
     run = batch_norm_channels_last if layout == 2 else batch_norm
-    return run(input, weight, bias, (rm, rv, bn_training, factor, eps), grad)
+    return run(input, weight, bias, (rma, rva, bn_training, factor, eps), grad, (x, wa, ba))
 
 
 if TYPE_CHECKING:  # the mixins sit before a torch module in the MRO: super().forward exists
@@ -373,29 +435,27 @@ class LayerNorm(nn.LayerNorm):
         ns = self.normalized_shape
         if self.use_cnorm and _switch.enabled and ns:
             params = self._parameters
-            weight = params.get("weight", _MISSING)
-            bias = params.get("bias", _MISSING)
-            if weight is _MISSING or bias is _MISSING:
+            w = params.get("weight", _MISSING)
+            b = params.get("bias", _MISSING)
+            if w is _MISSING or b is _MISSING:
                 return super().forward(input)
-            # _MISSING ruled out: None or a parameter
-            w, b = cast("Optional[torch.Tensor]", weight), cast("Optional[torch.Tensor]", bias)
-            grad = False
-            if type(input) in _PLAIN:
-                grad = needs_grad(input, w, b)
-                if input.numel() < TORCH_BELOW["layer_norm"][grad]:
-                    # torch's kernel as F.layer_norm calls it (cheaper than torch's forward)
-                    return _aten_layer_norm(input, ns, w, b, self.eps, True)
-            if _input_ok(input):
-                ok = _ok
-            elif _compile_ok(input):
-                ok = _traced_ok
-            else:
-                return super().forward(input)
-            dtype = _param_dtype(input.dtype, w if w is not None else b)
-            if input.shape[-len(ns) :] == ns and ok(w, dtype, ns) and ok(b, dtype, ns):
-                if ok is _traced_ok:
+            grad = needs_grad(input, w, b)
+            limit = TORCH_BELOW["layer_norm"][grad]
+            if limit and type(input) in _PLAIN and input.numel() < limit:
+                # torch's kernel as F.layer_norm calls it (cheaper than torch's forward)
+                return _aten_layer_norm(input, ns, w, b, self.eps, True)
+            dtype = input.dtype
+            layout, x = _route(input, dtype)
+            if layout == 1 and (input if x is None else x).shape[-len(ns) :] == ns:
+                views = _params(self, x, dtype, ns, (w, b))
+                if views is True:  # under torch.compile / torch.export
                     return layer_norm_op.forward(input, w, b, list(ns), self.eps)[0]
-                return layer_norm(input, w, b, (ns, self.eps), grad)
+                if views is not None:
+                    if grad:
+                        return layer_norm(input, w, b, (ns, self.eps), True, (x, *views))
+                    y = _lean.layer_norm_forward(x, *views, (ns, self.eps))[0]
+                    return _from_numpy(y) if dtype is not _BF16 else as_tensor(y)
+        return super().forward(input)
         return super().forward(input)
 
 
@@ -418,22 +478,21 @@ def cnorm_group_norm(module, input) -> Optional[torch.Tensor]:
         return None
     w, b = cast("Optional[torch.Tensor]", weight), cast("Optional[torch.Tensor]", bias)
     eps = module.eps
-    grad = None
-    if type(input) in _PLAIN:
-        grad = needs_grad(input, w, b)
-        if input.numel() < TORCH_BELOW["group_norm"][grad]:
-            return _aten_group_norm(input, g, w, b, eps, True)  # as F.group_norm calls it
-    layout, ok = _route(input)
-    if not ok or (layout == 2 and input.dtype in HALF):
+    grad = needs_grad(input, w, b)
+    if _small("group_norm", grad, input):
+        return _aten_group_norm(input, g, w, b, eps, True)  # as F.group_norm calls it
+    dtype = input.dtype
+    layout, x = _route(input, dtype)
+    if not layout or (layout == 2 and dtype in HALF):
         return None  # channels-last half: torch's (cnorm's kernel is measured 2.5-9x slower)
-    dtype = _param_dtype(input.dtype, w if w is not None else b)
-    if not (ok(w, dtype, (c,)) and ok(b, dtype, (c,))):
+    views = _params(module, x, dtype, (c,), (w, b))
+    if views is None:
         return None
-    if ok is _traced_ok:
+    if views is True:  # under torch.compile / torch.export
         if layout == 1:
             return group_norm_op.forward(input, w, b, g, eps)[0]
         return group_norm_channels_last_op.forward(input.movedim(1, -1), w, b, g, eps)[0].movedim(-1, 1)
-    return group_norm(input, w, b, (g, eps, layout == 2), grad)
+    return group_norm(input, w, b, (g, eps, layout == 2), grad, (x, *views))
 
 
 class GroupNorm(nn.GroupNorm):
@@ -484,20 +543,19 @@ def cnorm_instance_norm(module, input) -> Optional[torch.Tensor]:
     rm, rv = cast("Optional[torch.Tensor]", running_mean), cast("Optional[torch.Tensor]", running_var)
     momentum = module.momentum if module.momentum is not None else 0.0  # as torch's
     eps = module.eps
-    grad = None
-    if type(x) in _PLAIN:
-        grad = needs_grad(x, w, b)
-        if x.numel() < TORCH_BELOW["instance_norm"][grad]:
-            y = _aten_instance_norm(x, w, b, rm, rv, use_input_stats, momentum, eps, True)
-            return y.squeeze(0) if dim == no_batch else y
-    layout, ok = _route(x)
-    if not ok or (layout == 2 and x.dtype in HALF):
+    grad = needs_grad(x, w, b)
+    if _small("instance_norm", grad, x):
+        y = _aten_instance_norm(x, w, b, rm, rv, use_input_stats, momentum, eps, True)
+        return y.squeeze(0) if dim == no_batch else y
+    dtype = x.dtype
+    layout, xa = _route(x, dtype)
+    if not layout or (layout == 2 and dtype in HALF):
         return None  # channels-last half: torch's (cnorm's kernel is measured 2.5-9x slower)
     c = (module.num_features,)
-    dtype = _param_dtype(x.dtype, w if w is not None else rm)
-    if not all(ok(t, dtype, c) for t in (w, b, rm, rv)):
+    views = _params(module, xa, dtype, c, (w, b, rm, rv))
+    if views is None:
         return None
-    if ok is _traced_ok:
+    if views is True:  # under torch.compile / torch.export
         if layout == 1:
             y = instance_norm_op.forward(x, w, b, rm, rv, use_input_stats, momentum, eps)[0]
         else:  # a contiguous output, as torch's
@@ -505,8 +563,9 @@ def cnorm_instance_norm(module, input) -> Optional[torch.Tensor]:
             y = op(x.movedim(1, -1), w, b, rm, rv, use_input_stats, momentum, eps)[0]
             y = y.movedim(-1, 1).contiguous()
     else:
-        args = (as_numpy(rm), as_numpy(rv), use_input_stats, momentum, eps, layout == 2)
-        y = instance_norm(x, w, b, args, grad)
+        wa, ba, rma, rva = views
+        args = (rma, rva, use_input_stats, momentum, eps, layout == 2)
+        y = instance_norm(x, w, b, args, grad, (xa, wa, ba))
     return y.squeeze(0) if dim == no_batch else y
 
 
@@ -583,18 +642,18 @@ class RMSNorm(nn.RMSNorm):
         weight = self._parameters.get("weight", _MISSING)
         if self.use_cnorm and _switch.enabled and k and weight is not _MISSING:
             w = cast("Optional[torch.Tensor]", weight)
-            grad = None
-            if type(x) in _PLAIN:
-                grad = needs_grad(x, w, None)
-                if x.numel() < TORCH_BELOW["rms_norm"][grad]:
-                    return _aten_rms_norm(x, ns, w, self.eps)  # as F.rms_norm calls it
-            layout, ok = _route(x)
-            pdt = _param_dtype(x.dtype, w)
-            if layout == 1 and ok and x.dim() >= k and x.shape[x.dim() - k :] == ns and ok(w, pdt, ns):
-                eps = self.eps
-                if eps is None:  # torch's: the eps of the compute dtype (float32 for half)
-                    eps = torch.finfo(_F32 if x.dtype in HALF else x.dtype).eps
-                if ok is _traced_ok:
-                    return rms_norm_op.forward(x, w, None, list(ns), eps)[0]
-                return rms_norm(x, w, None, (ns, eps), grad)
+            grad = needs_grad(x, w, None)
+            if _small("rms_norm", grad, x):
+                return _aten_rms_norm(x, ns, w, self.eps)  # as F.rms_norm calls it
+            dtype = x.dtype
+            layout, xa = _route(x, dtype)
+            if layout == 1 and x.dim() >= k and x.shape[x.dim() - k :] == ns:
+                views = _params(self, xa, dtype, ns, (w,))
+                if views is not None:
+                    eps = self.eps
+                    if eps is None:  # torch's: the eps of the compute dtype (float32 for half)
+                        eps = torch.finfo(_F32 if x.dtype in HALF else x.dtype).eps
+                    if views is True:  # under torch.compile / torch.export
+                        return rms_norm_op.forward(x, w, None, list(ns), eps)[0]
+                    return rms_norm(x, w, None, (ns, eps), grad, (xa, views[0], None))
         return super().forward(x)

@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, cast
 import torch
 from torch import nn
 
-from ._autograd import layer_norm, needs_grad, rms_norm
-from ._dropin import _MISSING, _PLAIN, FLOATS, HALF, TORCH_BELOW, _check, _param_dtype, _switch, _traced_ok
+from ._autograd import as_numpy, layer_norm, needs_grad, rms_norm
+from ._dropin import _MISSING, FLOATS, HALF, _param_dtype, _params, _route, _small, _switch
 from ._library import layer_norm_op, rms_norm_op
 
 __all__ = ["NormSpec", "register_norm", "registered_spec", "converted_class", "cnorm_forward"]
@@ -188,17 +188,17 @@ def cnorm_forward(module: nn.Module, spec: NormSpec, x) -> Optional[torch.Tensor
         if type(x) is not torch.Tensor or x.dim() != 4:
             return None
         xl = x.permute(0, 2, 3, 1)  # zero-copy when x is channels_last
-        ok = _check(xl)
-        if ok is None:
-            ok = _check(x)
-            if ok is None:
+        layout, xa = _route(xl, xl.dtype)
+        if layout != 1:
+            if not _route(x, x.dtype)[0]:
                 return None
             xl = xl.contiguous()  # the copy torch's layer_norm makes too
+            layout, xa = _route(xl, xl.dtype)
     else:
         xl = x
-        ok = _check(x)
-        if ok is None:
-            return None
+        layout, xa = _route(x, x.dtype)
+    if layout != 1:
+        return None
     dtype = xl.dtype
     if dtype not in spec.dtypes or not xl.dim():
         return None
@@ -211,41 +211,47 @@ def cnorm_forward(module: nn.Module, spec: NormSpec, x) -> Optional[torch.Tensor
     if weight is _MISSING or bias is _MISSING:
         return None
     w, b = cast("Optional[torch.Tensor]", weight), cast("Optional[torch.Tensor]", bias)
-    grad = None
-    if type(x) in _PLAIN:  # below the size threshold: the class's own forward
-        grad = needs_grad(x, w, b)
-        if x.numel() < TORCH_BELOW["rms_norm" if kind == "rms_norm" else "layer_norm"][grad]:
-            return None
+    grad = needs_grad(x, w, b)  # below the size threshold: the class's own forward
+    if _small("rms_norm" if kind == "rms_norm" else "layer_norm", grad, x):
+        return None
     ns = (xl.shape[-1],) if spec.normalized_shape is None else tuple(getattr(module, spec.normalized_shape))
     k = len(ns)
     pdt = _param_dtype(dtype, w if w is not None else b)
     if pdt is not dtype and not spec.mixed:
         return None
-    if not (k and xl.dim() >= k and xl.shape[xl.dim() - k :] == ns and ok(w, pdt, ns) and ok(b, pdt, ns)):
+    if not (k and xl.dim() >= k and xl.shape[xl.dim() - k :] == ns):
         return None
-    traced = ok is _traced_ok  # under torch.compile / torch.export: the cnorm:: custom ops
+    views = _params(module, xa, dtype, ns, (w, b))
+    if views is None:
+        return None
+    arrays = None if views is True else (xa, *views)  # True: under torch.compile / torch.export
     if kind == "rms_norm":
-        return _rms_forward(spec, xl, w, ns, float(eps), grad, traced)
-    if traced:
+        return _rms_forward(spec, xl, w, ns, float(eps), grad, arrays)
+    if arrays is None:
         y = layer_norm_op.forward(xl, w, b, list(ns), float(eps))[0]
     else:
-        y = layer_norm(xl, w, b, (ns, eps), grad)
+        y = layer_norm(xl, w, b, (ns, eps), grad, arrays)
     return y.permute(0, 3, 1, 2) if kind == "layer_norm_channels_first" else y
 
 
-def _rms_forward(spec: NormSpec, x, w, ns, eps: float, grad, traced: bool) -> torch.Tensor:
+def _rms_forward(spec: NormSpec, x, w, ns, eps: float, grad, arrays) -> torch.Tensor:
     """An RMS-norm entry's forward; the weight (+ offset: autograd carries its gradient
     through) is applied by the kernel, or for a half input with ``weight_after_cast`` by
-    torch after the kernel's rounding to the input dtype, as the class does."""
+    torch after the kernel's rounding to the input dtype, as the class does. ``arrays``:
+    the views of (x, w, None); None under torch.compile / torch.export (the custom op)."""
     after = w is not None and spec.weight_after_cast and x.dtype in HALF
     if w is not None and spec.weight_offset:
         # in float32 for a half input (Gemma: 1.0 + weight.float())
         w = (w.float() if x.dtype in HALF else w) + spec.weight_offset
+        if arrays is not None:
+            arrays = (arrays[0], None if after else as_numpy(w), None)
     if after:
         w, scale = None, w
         grad = None  # the kernel's gradient is the input's only
-    if traced:
+        if arrays is not None:
+            arrays = (arrays[0], None, None)
+    if arrays is None:
         y = rms_norm_op.forward(x, w, None, list(ns), eps)[0]
     else:
-        y = rms_norm(x, w, None, (ns, eps), grad)
+        y = rms_norm(x, w, None, (ns, eps), grad, arrays)
     return scale * y if after else y
