@@ -7,7 +7,7 @@ import math
 import threading
 import warnings
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple, cast
 
 import numpy as np
 import torch
@@ -205,7 +205,7 @@ def _views(module, dtype, shape, tensors) -> Optional[list]:
         else:
             return cache.views
     pdt = _param_dtype(dtype, next((t for t in tensors if t is not None), None))
-    views = []
+    views: list = []
     for t in tensors:
         if t is None:
             views.append(None)
@@ -435,8 +435,8 @@ class LayerNorm(nn.LayerNorm):
         ns = self.normalized_shape
         if self.use_cnorm and _switch.enabled and ns:
             params = self._parameters
-            w = params.get("weight", _MISSING)
-            b = params.get("bias", _MISSING)
+            w: Any = params.get("weight", _MISSING)  # None, a parameter or _MISSING
+            b: Any = params.get("bias", _MISSING)
             if w is _MISSING or b is _MISSING:
                 return super().forward(input)
             grad = needs_grad(input, w, b)
@@ -453,9 +453,8 @@ class LayerNorm(nn.LayerNorm):
                 if views is not None:
                     if grad:
                         return layer_norm(input, w, b, (ns, self.eps), True, (x, *views))
-                    y = _lean.layer_norm_forward(x, *views, (ns, self.eps))[0]
+                    y = _lean.layer_norm_forward(x, views[0], views[1], (ns, self.eps))[0]
                     return _from_numpy(y) if dtype is not _BF16 else as_tensor(y)
-        return super().forward(input)
         return super().forward(input)
 
 
