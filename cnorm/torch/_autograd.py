@@ -118,8 +118,7 @@ def norm_function(
         except TypeError:  # a bfloat16 output
             return as_tensor(y)
 
-    @once_differentiable
-    def function_backward(ctx, grad_output):
+    def backward_arrays(ctx, grad_output):
         input = ctx.saved_tensors[0]
         dx, dw, db = backward(as_numpy(grad_output), as_numpy(input), ctx.weight, ctx.stats)
         need = ctx.needs_input_grad
@@ -130,6 +129,13 @@ def norm_function(
             None,
             None,
         )
+
+    once = once_differentiable(backward_arrays)
+
+    def function_backward(ctx, grad_output):
+        # create_graph (grad mode on in backward): once_differentiable's double-backward
+        # error; else the same without its no_grad context (nothing here records a graph)
+        return once(ctx, grad_output) if _grad_enabled() else backward_arrays(ctx, grad_output)
 
     function = cast(
         Type[torch.autograd.Function],
