@@ -38,7 +38,7 @@ NPY_TARGET_VERSION = "NPY_1_23_API_VERSION"
 
 
 # the extensions cnorm._kernels.<name>
-KERNELS = ["openmp", "batch_norm", "row_norm", "channels_last", "stream"]
+KERNELS = ["openmp", "pool", "batch_norm", "row_norm", "channels_last", "stream"]
 
 
 def _load_build_util(name):

@@ -18,6 +18,7 @@ API) -> ``cnorm._ops`` (kernel calls, running statistics) -> ``cnorm._validate``
 
 from . import functional, modules
 from ._config import show_config
+from ._memory import set_output_pool_bytes
 from ._threads import MAX_THREADS, get_num_threads, openmp_enabled, set_num_threads
 from .modules import *  # noqa: F403  (the layers, listed in modules.__all__)
 
@@ -29,5 +30,6 @@ __all__ = [
     "get_num_threads",
     "openmp_enabled",
     "set_num_threads",
+    "set_output_pool_bytes",
     "show_config",
 ] + modules.__all__

@@ -5,12 +5,21 @@ so that when cnorm's insides move, this is the one file to re-point.
 """
 
 from cnorm import _ops
-from cnorm._kernels import batch_norm, row_norm
+from cnorm._kernels import batch_norm, pool, row_norm
 from cnorm.torch import _lean
 
 # --------------------------------------------------------------------------- kernels
 # The compiled extensions that have SIMD builds and non-temporal ("streaming") stores.
 KERNEL_MODULES = (batch_norm, row_norm)
+
+# The pool of freed output buffers (cnorm/_kernels/pool.pyx): its size floor and the
+# bytes it holds now.
+POOL_MIN_BYTES = 256 * 1024
+
+
+def pool_kept_bytes():
+    return pool.kept_bytes()
+
 
 # A streaming threshold (bytes) that no array reaches: streaming off.
 NEVER = 2**62

@@ -8,6 +8,7 @@ from libc.float cimport DBL_MAX, DBL_MIN
 from libc.math cimport fabs, frexp, ldexp, sqrt
 from libc.stdint cimport uint16_t
 
+from .pool cimport pooled_empty
 from .simd.loops cimport (block_dev, block_sum, cn_f32_sums_unsafe, floating, from_bf16, from_f16,
                           to_bf16, to_f16)
 
@@ -80,13 +81,14 @@ cdef inline int check_dims(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c, Py_ssize_t 
     return 0
 
 
+# outputs: large ones from the pool of freed output buffers (pool.pyx: no page faults)
 cdef inline cnp.ndarray empty_1d(Py_ssize_t n, int typenum):
     cdef cnp.npy_intp dim = n
-    return cnp.PyArray_EMPTY(1, &dim, typenum, 0)
+    return pooled_empty(1, &dim, typenum)
 
 
 cdef inline cnp.ndarray empty_like(cnp.ndarray x):
-    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+    return pooled_empty(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x))
 
 
 # =======================================================================================
