@@ -11,7 +11,6 @@ cdef enum:
     CHUNK_ELEMENTS = 8192   # otherwise by chunks of at least this many elements
     STAGE_CHUNK = 1024      # half storage: elements per staged run (a multiple of BLOCK)
     STAGE_BUFS = 4          # half storage: float32 runs per thread (dy, x, ym, out)
-    STAGE_TILE = ROWS_PER_TILE * COLS_PER_TILE  # half storage, (N, C): a staged tile
 
 
 cdef struct Normalize:      # per channel c: y = ((x - hi) - lo) * scale + beta
@@ -78,8 +77,7 @@ cdef struct Job:            # one call on x: C-contiguous (N, C, S) of the input
     int kind                # half storage (common.pxd): 0 none; 1 float16, 2 bfloat16 bits
     #                       in x, dy, ym, out, computed in float32 (typenum NPY_FLOAT)
     float* stage            # scratch (threads, stage_size) float32 (kind != 0)
-    Py_ssize_t stage_size   # S > 1: STAGE_BUFS runs of STAGE_CHUNK; S = 1: 3 tiles (x, dy,
-    #                       ym)
+    Py_ssize_t stage_size   # STAGE_BUFS runs of STAGE_CHUNK
 
 
 cdef struct Segment:        # elements [start, stop) of one row of S elements: channel c

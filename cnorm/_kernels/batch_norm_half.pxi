@@ -2,9 +2,9 @@
 # (float16) or 2 (bfloat16): then x, dy, y and the (N, C, S) outputs are half bits (uint16),
 # weight, bias and running statistics float32, and the job runs the float32 specialization
 # (Job.kind, common.pxd). The reductions (batch_norm_reduce.pxi) walk their work items as
-# in float32: a channel's runs with the half loops (simd/half.h, which widen in their own
-# loads), the (N, C) tiles widened into the thread's stage first (stage_tile here): the
-# same partials, merged in the same order, so the same bits at any thread count. The
+# in float32: a channel's runs and the (N, C) tiles with the half loops (simd/half.h,
+# half_cols.h, which widen in their own loads): the same partials, merged in the same
+# order, so the same bits at any thread count. The
 # elementwise passes here are the walks of their float32 passes over the thread's share
 # with the half loops: each output rounded once in the loop's own store.
 
@@ -12,27 +12,25 @@ from libc.stdint cimport uint16_t
 
 from .half cimport segment_stats_half
 from .simd.loops cimport (affine_cols_half, affine_half, bn_grad_cols_half, bn_grad_half,
-                          bn_grad_sums_half)
+                          bn_grad_sums_cols_half, bn_grad_sums_half, cols_dev_half,
+                          cols_sum_half)
 
 cdef int _start_stage(Job* j, int n_threads) noexcept:
-    """The per-thread stage of a half-storage job (-1: out of memory): S > 1 STAGE_BUFS
-    runs of STAGE_CHUNK, S = 1 three tiles (x, dy, ym; the runs of a row fit in them)."""
+    """The per-thread stage of a half-storage job (-1: out of memory): STAGE_BUFS runs of
+    STAGE_CHUNK (the (N, C) tiles are read in place; only the rare redos stage)."""
     if j.kind:
-        j.stage_size = 3 * STAGE_TILE if j.S == 1 else STAGE_BUFS * STAGE_CHUNK
+        j.stage_size = STAGE_BUFS * STAGE_CHUNK
         j.stage = <float*>malloc(j.stage_size * n_threads * sizeof(float))
         return -1 if j.stage == NULL else 0
     return 0
 
 
-cdef inline const floating* stage_tile(int kind, floating* stage, const void* bits,
-                                       Py_ssize_t o, Py_ssize_t C, Py_ssize_t nb,
-                                       Py_ssize_t nc) noexcept nogil:
-    """stage (nb, nc) <- the nb half rows of nc values at bits + o (row stride C), widened;
-    returns stage."""
+cdef inline void stage_column(int kind, floating* out, const uint16_t* bits, Py_ssize_t ld,
+                              Py_ssize_t nb) noexcept nogil:
+    """out (nb,) <- the nb half values bits[0], bits[ld], ... widened (a tile's column)."""
     cdef Py_ssize_t r
     for r in range(nb):
-        stage_in(kind, stage + r * nc, bits, o + r * C, nc)
-    return stage
+        stage_in(kind, out + r, bits, r * ld, 1)
 
 
 cdef void _normalize_half(const floating* x, void* job, int t, int n_threads) noexcept nogil:

@@ -204,3 +204,11 @@ HALF_LOOPS = [
     ("gn_grad_segment", "dx dy x"),
     ("residual_add", "out a b"),
 ]
+
+# BatchNorm's (N, C) tiles of half storage (half_cols.h, after half.h's other files):
+# read in place, widened in the loads
+HALF_LOOPS += [
+    ("cols_sum", "x"),
+    ("cols_dev", "x"),
+    ("bn_grad_sums_cols", "dy x ym"),
+]
