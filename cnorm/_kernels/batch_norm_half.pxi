@@ -11,9 +11,9 @@
 from libc.stdint cimport uint16_t
 
 from .half cimport segment_stats_half
-from .simd.loops cimport (affine_cols_half, affine_half, bn_grad_cols_half, bn_grad_half,
-                          bn_grad_sums_cols_half, bn_grad_sums_half, cols_dev_half,
-                          cols_sum_half)
+from .simd.loops cimport (affine_cols4_half, affine_cols_half, affine_half, bn_grad_cols4_half,
+                          bn_grad_cols_half, bn_grad_half, bn_grad_sums_cols_half,
+                          bn_grad_sums_half, cols_dev_half, cols_sum_half)
 
 cdef int _start_stage(Job* j, int n_threads) noexcept:
     """The per-thread stage of a half-storage job (-1: out of memory): STAGE_BUFS runs of
@@ -43,7 +43,13 @@ cdef void _normalize_half(const floating* x, void* job, int t, int n_threads) no
     cdef Py_ssize_t C = j.C, S = j.S, n, n1, c
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1:          # (N, C): a row at a time
+    if S == 1:          # (N, C): four rows per coefficient load, as _normalize_work
+        if not j.stream:
+            while n + 4 <= n1:
+                affine_cols4_half(j.kind, out + n * C, xh + n * C, C, C, <const float*>f.hi,
+                                  <const float*>f.lo, <const float*>f.scale,
+                                  <const float*>f.beta, j.relu)
+                n += 4
         for n in range(n, n1):
             affine_cols_half(j.kind, out + n * C, xh + n * C, C, <const float*>f.hi,
                              <const float*>f.lo, <const float*>f.scale, <const float*>f.beta,
@@ -83,10 +89,20 @@ cdef void _input_grad_half(const floating* x, void* job, int t, int n_threads) n
     """_input_grad_work on half bits: dy, x (and ym) widened in the loops' loads, dx
     rounded in their stores."""
     cdef const Job* j = <const Job*>job
+    cdef const InputGrad* g = &j.grad
     cdef Py_ssize_t C = j.C, S = j.S, n, n1
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1:          # (N, C): a row at a time
+    if S == 1:          # (N, C): four rows per coefficient load, as _input_grad_work
+        if not j.stream:
+            while n + 4 <= n1:
+                bn_grad_cols4_half(j.kind, <uint16_t*>j.out + n * C,
+                                   <const uint16_t*>j.dy + n * C, <const uint16_t*>x + n * C,
+                                   C, C, <const float*>g.hi, <const float*>g.lo,
+                                   <const float*>g.invstd, <const float*>g.k1,
+                                   <const float*>g.mean_dy, <const float*>g.mean_dy_xhat,
+                                   <const uint16_t*>j.ym + n * C if j.ym != NULL else NULL)
+                n += 4
         for n in range(n, n1):
             _input_grad_run(j, <const uint16_t*>x, n * C, C, 0, True)
     else:
