@@ -127,3 +127,36 @@ def test_half_rows_against_a_float64_reference(dtype, shape):
         got64 = got.view(dtype).astype(np.float64)
         # one rounding to the half type plus float32 arithmetic: within ~1 ulp of the value
         assert np.all(np.abs(got64 - ref) <= eps * np.abs(ref) + 1e-3 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("x_dtype", [F16, BF16, np.dtype(np.float32)], ids=lambda d: d.name)
+@pytest.mark.parametrize("stats_dtype", [F16, BF16], ids=lambda d: d.name)
+@pytest.mark.parametrize("shape", [(2, 3, 1), (64, 33, 1), (4, 6, 9)], ids=str)
+def test_half_running_statistics_by_the_kernel_are_the_numpy_blend(x_dtype, stats_dtype, shape):
+    # plain buffers: updated by the kernel (stats_kind); strided views of the same values
+    # take the NumPy blend of _ops: the same bits
+    from cnorm import _ops
+
+    n, c, s = shape
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((n, c * s)) * 2 + 1).astype(x_dtype)
+    x[:, :s] = 1.5  # a constant channel: its variance clamped to 0
+    for factor, eps in ((0.1, 1e-5), (1.0, 0.5), (1 / 3, 100.0)):
+        rm = rng.standard_normal(c).astype(stats_dtype)
+        rv = rng.uniform(0.1, 3, c).astype(stats_dtype)
+        strided = [np.repeat(a, 2)[::2] for a in (rm, rv)]
+        assert not strided[0].flags.c_contiguous
+        got = _ops.batch_norm_train(x, n, c, s, None, None, rm, rv, factor, eps)
+        want = _ops.batch_norm_train(x, n, c, s, None, None, *strided, factor, eps)
+        for a, b in zip(got + (rm, rv), want + tuple(strided)):
+            assert np.asarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+def test_kernel_checks_the_running_statistics_kind():
+    x = np.ones((4, 3), np.float32)
+    bits = np.zeros(3, np.uint16)
+    with pytest.raises(ValueError, match="stats_kind"):
+        bn_kernels.batch_norm_forward_train(x, 4, 3, 1, None, None, bits, bits.copy(), 0.1, EPS, False, 0, 3)
+    with pytest.raises(ValueError, match="uint16"):  # float32 buffers are not half bits
+        rm = np.zeros(3, np.float32)
+        bn_kernels.batch_norm_forward_train(x, 4, 3, 1, None, None, rm, rm.copy(), 0.1, EPS, False, 0, 1)

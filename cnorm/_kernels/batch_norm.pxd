@@ -42,6 +42,9 @@ cdef struct Job:            # one call on x: C-contiguous (N, C, S) of the input
     void* running_mean      # IN/OUT (C,) or NULL: updated by the training forward
     void* running_var       # IN/OUT (C,) or NULL
     double factor           # running = (1 - factor) * running + factor * batch statistic
+    int stats_kind          # 0: running statistics of the compute type; 1 float16, 2
+    #                       bfloat16 bits (updated by _update_half_running)
+    double* stats_scratch   # stats_kind: (2, C) float64, the running statistics widened
     double eps
     double* mean            # OUT (forward) / IN (C,) float64
     double* var             # OUT (C,) biased variance (statistics pass)

@@ -129,25 +129,49 @@ CN_HLOOP void CN_FN(bn_grad_sums_cols)(
 /* four rows (stride ld) of an (N, C) batch at once: each vector of coefficients loaded
    once for the four (affine_cols, bn_grad_cols of half.h row by row: the same formula
    per element, so the same bits) */
+#define CN_AFFINE4(F, FV)                                                                   \
+    do {                                                                                   \
+        for (; i <= n - W; i += W) {                                                       \
+            const V h = SHV(hi), l = SHV(lo), sc = SHV(scale), b = SHV(beta);              \
+            for (r = 0; r < 4; r++)                                                        \
+                CN_FN(stx)(y + r * ld + i, FV(CN_AFFINE(LDV(x + r * ld), h, l, sc, b)));   \
+        }                                                                                  \
+        for (; i < n; i++)                                                                 \
+            for (r = 0; r < 4; r++)                                                        \
+                y[r * ld + i] = CN_FN(nar)(                                                \
+                    F(CN_AFFINE(CN_FN(wid)(x[r * ld + i]), hi[i], lo[i], scale[i], beta[i]))); \
+    } while (0)
+#define CN_SAME(v) (v)
+
 CN_HLOOP void CN_FN(affine_cols4)(X* CN_RESTRICT y, const X* CN_RESTRICT x, ptrdiff_t ld,
                                   ptrdiff_t n, const T* CN_RESTRICT hi, const T* CN_RESTRICT lo,
                                   const T* CN_RESTRICT scale, const T* CN_RESTRICT beta,
                                   int relu)
 {
     ptrdiff_t i = 0, r;
-    for (; i <= n - W; i += W) {
-        const V h = SHV(hi), l = SHV(lo), sc = SHV(scale), b = SHV(beta);
-        for (r = 0; r < 4; r++) {
-            const V v = CN_AFFINE(CN_FN(ldx)(x + r * ld + i), h, l, sc, b);
-            CN_FN(stx)(y + r * ld + i, relu ? CN_FN(relu_v)(v) : v);
-        }
-    }
-    for (; i < n; i++)
-        for (r = 0; r < 4; r++) {
-            const T v = CN_AFFINE(CN_FN(wid)(x[r * ld + i]), hi[i], lo[i], scale[i], beta[i]);
-            y[r * ld + i] = CN_FN(nar)(relu ? CN_FN(relu)(v) : v);
-        }
+    if (relu)       /* the test out of the loops, as affine_cols */
+        CN_AFFINE4(CN_FN(relu), CN_FN(relu_v));
+    else
+        CN_AFFINE4(CN_SAME, CN_SAME);
 }
+
+#define CN_GRAD4(GV, GS)                                                                    \
+    do {                                                                                   \
+        for (; i <= n - W; i += W) {                                                       \
+            const V h = SHV(hi), l = SHV(lo), is = SHV(invstd), a = SHV(k1);               \
+            const V m = SHV(mean_dy), c = SHV(mean_dy_xhat);                               \
+            for (r = 0; r < 4; r++) {                                                      \
+                const ptrdiff_t o = r * ld + i;                                            \
+                CN_FN(stx)(dx + o, CN_BN_GRAD(GV, CN_FN(ldx)(x + o), h, l, is, a, m, c));  \
+            }                                                                              \
+        }                                                                                  \
+        for (; i < n; i++)                                                                 \
+            for (r = 0; r < 4; r++) {                                                      \
+                const ptrdiff_t o = r * ld + i;                                            \
+                dx[o] = CN_FN(nar)(CN_BN_GRAD(GS, CN_FN(wid)(x[o]), hi[i], lo[i], invstd[i], \
+                                              k1[i], mean_dy[i], mean_dy_xhat[i]));        \
+            }                                                                              \
+    } while (0)
 
 CN_HLOOP void CN_FN(bn_grad_cols4)(
     X* CN_RESTRICT dx, const X* CN_RESTRICT dy, const X* CN_RESTRICT x, ptrdiff_t ld, ptrdiff_t n,
@@ -155,30 +179,18 @@ CN_HLOOP void CN_FN(bn_grad_cols4)(
     const T* CN_RESTRICT k1, const T* CN_RESTRICT mean_dy, const T* CN_RESTRICT mean_dy_xhat,
     const X* CN_RESTRICT ym)
 {
-    ptrdiff_t i = 0, r, o;
-    for (; i <= n - W; i += W) {
-        const V h = SHV(hi), l = SHV(lo), is = SHV(invstd), a = SHV(k1), m = SHV(mean_dy);
-        const V c = SHV(mean_dy_xhat);
-        for (r = 0; r < 4; r++) {
-            V g;
-            o = r * ld + i;
-            g = CN_FN(ldx)(dy + o);
-            if (ym) g = CN_FN(mask_grad_v)(g, CN_FN(ldx)(ym + o));
-            CN_FN(stx)(dx + o, CN_BN_GRAD(g, CN_FN(ldx)(x + o), h, l, is, a, m, c));
-        }
-    }
-    for (; i < n; i++)
-        for (r = 0; r < 4; r++) {
-            T g;
-            o = r * ld + i;
-            g = CN_FN(wid)(dy[o]);
-            if (ym) g = CN_FN(mask_grad)(g, CN_FN(wid)(ym[o]));
-            dx[o] = CN_FN(nar)(CN_BN_GRAD(g, CN_FN(wid)(x[o]), hi[i], lo[i], invstd[i], k1[i],
-                                          mean_dy[i], mean_dy_xhat[i]));
-        }
+    ptrdiff_t i = 0, r;
+    if (ym)         /* the test out of the loops, as bn_grad_cols */
+        CN_GRAD4(CN_FN(mask_grad_v)(CN_FN(ldx)(dy + o), CN_FN(ldx)(ym + o)),
+                 CN_FN(mask_grad)(CN_FN(wid)(dy[o]), CN_FN(wid)(ym[o])));
+    else
+        CN_GRAD4(CN_FN(ldx)(dy + o), CN_FN(wid)(dy[o]));
 }
 
 #undef CN_C4S
+#undef CN_AFFINE4
+#undef CN_GRAD4
+#undef CN_SAME
 #undef CN_C4V
 #undef CN_SUM4
 #undef SHV
