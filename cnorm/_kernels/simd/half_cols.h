@@ -129,8 +129,40 @@ CN_HLOOP void CN_FN(bn_grad_sums_cols)(
 /* four rows (stride ld) of an (N, C) batch at once: each vector of coefficients loaded
    once for the four (affine_cols, bn_grad_cols of half.h row by row: the same formula
    per element, so the same bits) */
+#if CN_H_AVX2 && CN_HALF == 2
+/* p[0:2W] = v0, v1 rounded to bfloat16: cn_bf16x8_round's bits (NaN quieted), the two
+   vectors packed by one vpackusdw (bfloat16 rounding is integer work: half the packing) */
+CN_HHELPER void CN_FN(stx2)(X* p, V v0, V v1)
+{
+    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff);
+    const __m256i quiet = _mm256_set1_epi32(0x40);
+    const __m256i u0 = (__m256i)v0, u1 = (__m256i)v1;
+    const __m256i h0 = _mm256_srli_epi32(u0, 16), h1 = _mm256_srli_epi32(u1, 16);
+    __m256i r0 = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u0, bias), _mm256_and_si256(h0, one)), 16);
+    __m256i r1 = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u1, bias), _mm256_and_si256(h1, one)), 16);
+    r0 = _mm256_blendv_epi8(r0, _mm256_or_si256(h0, quiet),
+                            _mm256_castps_si256(_mm256_cmp_ps((__m256)v0, (__m256)v0, _CMP_UNORD_Q)));
+    r1 = _mm256_blendv_epi8(r1, _mm256_or_si256(h1, quiet),
+                            _mm256_castps_si256(_mm256_cmp_ps((__m256)v1, (__m256)v1, _CMP_UNORD_Q)));
+    _mm256_storeu_si256((__m256i*)(void*)p,
+                        _mm256_permute4x64_epi64(_mm256_packus_epi32(r0, r1), 0xd8));
+}
+/* two vectors of channels per step: the coefficients of both loaded once for four rows */
+#define CN_AFFINE4_PAIRS(FV)                                                                \
+    for (; i <= n - 2 * W; i += 2 * W) {                                                   \
+        const V h = SHV(hi), l = SHV(lo), sc = SHV(scale), b = SHV(beta);                  \
+        const V h1 = SHV(hi + W), l1 = SHV(lo + W), sc1 = SHV(scale + W), b1 = SHV(beta + W); \
+        for (r = 0; r < 4; r++)                                                            \
+            CN_FN(stx2)(y + r * ld + i, FV(CN_AFFINE(LDV(x + r * ld), h, l, sc, b)),       \
+                        FV(CN_AFFINE(LDV(x + r * ld + W), h1, l1, sc1, b1)));              \
+    }
+#else
+#define CN_AFFINE4_PAIRS(FV)
+#endif
+
 #define CN_AFFINE4(F, FV)                                                                   \
     do {                                                                                   \
+        CN_AFFINE4_PAIRS(FV)                                                               \
         for (; i <= n - W; i += W) {                                                       \
             const V h = SHV(hi), l = SHV(lo), sc = SHV(scale), b = SHV(beta);              \
             for (r = 0; r < 4; r++)                                                        \
@@ -189,6 +221,7 @@ CN_HLOOP void CN_FN(bn_grad_cols4)(
 
 #undef CN_C4S
 #undef CN_AFFINE4
+#undef CN_AFFINE4_PAIRS
 #undef CN_GRAD4
 #undef CN_SAME
 #undef CN_C4V
