@@ -204,8 +204,8 @@ def batch_norm_train(
 ) -> Stats3:
     """(y, mean, invstd) with the batch statistics; the running statistics (both or
     neither) updated in place by the kernel; relu: the fused ``max(0, batch_norm(x))``.
-    Half running statistics are updated in float64 here and rounded once (float32 ones,
-    torch's mixed precision, by the kernel)."""
+    Half running statistics are blended in float64 and rounded once: by the kernel (as
+    their bits) when they are plain buffers of one dtype, else here."""
     if (
         running_mean is None
         or running_mean.dtype.itemsize != 2  # float32/float64: no dtype hash
@@ -215,6 +215,16 @@ def batch_norm_train(
     ):
         return _batch_norm_train(x, n, c, s, weight, bias, running_mean, running_var, factor, eps, relu)
     assert running_var is not None
+    if (
+        running_var.dtype == running_mean.dtype
+        and _plain_buffer(running_mean)
+        and _plain_buffer(running_var)
+        and not np.may_share_memory(running_mean, running_var)
+    ):
+        bits = (running_mean.view(np.uint16), running_var.view(np.uint16))
+        return _batch_norm_train(
+            x, n, c, s, weight, bias, *bits, factor, eps, relu, half_kind(running_mean.dtype)
+        )
     y, mean, invstd = _batch_norm_train(x, n, c, s, weight, bias, None, None, factor, eps, relu)
     batch = np.empty((2, c))  # float64, as the kernel's statistics
     batch[0] = mean
@@ -228,10 +238,16 @@ def batch_norm_train(
     return y, mean, invstd
 
 
+def _plain_buffer(a: Array) -> bool:
+    """A C-contiguous writeable 1-D array: the kernel can update its bits in place."""
+    return a.ndim == 1 and a.flags.c_contiguous and a.flags.writeable
+
+
 @_half_storage("x", None, None, data=(0,))
 def _batch_norm_train(
-    x, n, c, s, weight, bias, running_mean, running_var, factor, eps, relu, kind=0
+    x, n, c, s, weight, bias, running_mean, running_var, factor, eps, relu, stats_kind=0, kind=0
 ) -> Stats3:
+    """stats_kind: the running statistics are float16 (1) / bfloat16 (2) bits, uint16."""
     if not eps > 0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     m = n * s
@@ -241,7 +257,7 @@ def _batch_norm_train(
         # torch: an empty batch leaves the running statistics alone
         return np.empty_like(x), np.zeros(c), np.zeros(c)
     return bn_kernels.batch_norm_forward_train(
-        x, n, c, s, weight, bias, running_mean, running_var, float(factor), float(eps), relu, kind
+        x, n, c, s, weight, bias, running_mean, running_var, float(factor), float(eps), relu, kind, stats_kind
     )
 
 

@@ -49,7 +49,7 @@ def _norm_params(params, elem="T", store="X"):
 DTYPE_ROWS = codegen.dtype_rows(TABLE)
 HEADS = r"CN_(?:CVT_|H)?LOOP\s+(\w+)\s+CN_FN\((\w+)\)\(([^)]*)\)"
 LOOP_FILES = ("reduce.h", "elementwise.h", "convert.h")
-HALF_LOOP_FILES = ("half_reduce.h", "half_elementwise.h")
+HALF_LOOP_FILES = ("half_reduce.h", "half_elementwise.h", "half_cols.h")
 
 
 def _c_functions(text, pattern):

@@ -11,7 +11,6 @@ cdef enum:
     CHUNK_ELEMENTS = 8192   # otherwise by chunks of at least this many elements
     STAGE_CHUNK = 1024      # half storage: elements per staged run (a multiple of BLOCK)
     STAGE_BUFS = 4          # half storage: float32 runs per thread (dy, x, ym, out)
-    STAGE_TILE = ROWS_PER_TILE * COLS_PER_TILE  # half storage, (N, C): a staged tile
 
 
 cdef struct Normalize:      # per channel c: y = ((x - hi) - lo) * scale + beta
@@ -43,6 +42,9 @@ cdef struct Job:            # one call on x: C-contiguous (N, C, S) of the input
     void* running_mean      # IN/OUT (C,) or NULL: updated by the training forward
     void* running_var       # IN/OUT (C,) or NULL
     double factor           # running = (1 - factor) * running + factor * batch statistic
+    int stats_kind          # 0: running statistics of the compute type; 1 float16, 2
+    #                       bfloat16 bits (updated by _update_half_running)
+    double* stats_scratch   # stats_kind: (2, C) float64, the running statistics widened
     double eps
     double* mean            # OUT (forward) / IN (C,) float64
     double* var             # OUT (C,) biased variance (statistics pass)
@@ -78,8 +80,7 @@ cdef struct Job:            # one call on x: C-contiguous (N, C, S) of the input
     int kind                # half storage (common.pxd): 0 none; 1 float16, 2 bfloat16 bits
     #                       in x, dy, ym, out, computed in float32 (typenum NPY_FLOAT)
     float* stage            # scratch (threads, stage_size) float32 (kind != 0)
-    Py_ssize_t stage_size   # S > 1: STAGE_BUFS runs of STAGE_CHUNK; S = 1: 3 tiles (x, dy,
-    #                       ym)
+    Py_ssize_t stage_size   # STAGE_BUFS runs of STAGE_CHUNK
 
 
 cdef struct Segment:        # elements [start, stop) of one row of S elements: channel c

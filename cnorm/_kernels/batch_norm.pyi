@@ -35,6 +35,7 @@ def batch_norm_forward_train(
     eps: float,
     relu: bool = ...,
     kind: int = ...,
+    stats_kind: int = ...,
 ) -> tuple[_Array, _Array, _Array]: ...
 def batch_norm_forward_eval(
     x: _Array,

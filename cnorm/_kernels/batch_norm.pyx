@@ -39,7 +39,7 @@ from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, ExactStats, call_typed
                       check_array, check_dims, chunk_size, compute_typenum, data_or_null,
                       empty_1d, empty_like, exact_stats, f64_stats_unsafe, finite, floating,
                       parallel, scaled_copy, segment_stats, split_mean, split_start, stage_in,
-                      sum_g_xhat, sum_partials, two_pass_f64)
+                      stage_out, sum_g_xhat, sum_partials, two_pass_f64)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_cols,
                           bn_grad_cols4, bn_grad_sums, bn_grad_sums_cols, cn_f32_sums_unsafe,
@@ -277,14 +277,36 @@ cdef void _train_forward(const floating* x, void* job) noexcept nogil:
     _channel_stats(x, j)
     for c in range(j.C):
         var = j.var[c]
-        if running_mean != NULL:
+        if running_mean != NULL and not j.stats_kind:
             running_mean[c] = <floating>((1.0 - f) * running_mean[c] + f * mean[c])
-        if running_var != NULL:     # the unbiased variance, as torch
+        if running_var != NULL and not j.stats_kind:    # the unbiased variance, as torch
             running_var[c] = <floating>((1.0 - f) * running_var[c] + f * var * (M / (M - 1.0)))
         invstd[c] = 1.0 / sqrt(var + eps)
         if j.exact != NULL and j.exact[c].scale != 0:
             invstd[c] = j.exact[c].rstd         # redone: var may not be representable
+    if j.stats_kind and running_mean != NULL:
+        _update_half_running(j)
     _normalize(x, j)
+
+
+cdef void _update_half_running(const Job* j) noexcept nogil:
+    """Half running statistics (j.stats_kind bits) blended in float64 and rounded once, as
+    _ops._blend_running did it: the variance max(1 / invstd^2 - eps, 0), unbiased. Each
+    buffer widened and rounded in one call (j.stats_scratch: (2, C) float64)."""
+    cdef double* running_mean = j.stats_scratch
+    cdef double* running_var = j.stats_scratch + j.C
+    cdef double M = <double>j.N * j.S, f = j.factor, var
+    cdef Py_ssize_t c
+    stage_in(j.stats_kind, running_mean, j.running_mean, 0, j.C)    # exact
+    stage_in(j.stats_kind, running_var, j.running_var, 0, j.C)
+    for c in range(j.C):
+        var = 1.0 / (j.invstd[c] * j.invstd[c]) - j.eps
+        var = var if var > 0 or var != var else 0.0    # np.maximum(var, 0.0)
+        var = var * (M / (M - 1.0))
+        running_mean[c] = running_mean[c] * (1.0 - f) + j.mean[c] * f
+        running_var[c] = running_var[c] * (1.0 - f) + var * f
+    stage_out(j.stats_kind, j.running_mean, 0, running_mean, j.C)
+    stage_out(j.stats_kind, j.running_var, 0, running_var, j.C)
 
 
 cdef void _eval_forward(const floating* x, void* job) noexcept nogil:
@@ -380,12 +402,14 @@ cdef inline cnp.ndarray _f64(Py_ssize_t n):
 
 
 cdef int _check_params(int typenum, Py_ssize_t C, weight, bias, running_mean, running_var,
-                       bint update) except -1:
-    """The per-channel parameters of a forward (running statistics written when update)."""
+                       bint update, int stats_kind=0) except -1:
+    """The per-channel parameters of a forward (running statistics written when update;
+    half bits when stats_kind)."""
+    cdef int stats_typenum = cnp.NPY_UINT16 if stats_kind else typenum
     check_array(weight, C, typenum, False, "weight")
     check_array(bias, C, typenum, False, "bias")
-    check_array(running_mean, C, typenum, update, "running_mean")
-    check_array(running_var, C, typenum, update, "running_var")
+    check_array(running_mean, C, stats_typenum, update, "running_mean")
+    check_array(running_var, C, stats_typenum, update, "running_var")
     return 0
 
 
@@ -435,20 +459,27 @@ def batch_norm_elemt(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssiz
 
 def batch_norm_forward_train(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                              weight, bias, running_mean, running_var, double factor,
-                             double eps, bint relu=False, int kind=0):
+                             double eps, bint relu=False, int kind=0, int stats_kind=0):
     """Training forward in one call: batch statistics, running-statistics update in place
     (when given; needs N*S > 1), normalization (then max(0, y) with relu: a fused
-    BN + ReLU). Returns (y, mean, invstd)."""
-    _check_params(_check_input(x, N, C, S, kind), C, weight, bias, running_mean, running_var, True)
+    BN + ReLU). Returns (y, mean, invstd). stats_kind 1 / 2: the running statistics are
+    float16 / bfloat16 bits (uint16), blended in float64 and rounded once."""
+    if stats_kind != 0 and stats_kind != 1 and stats_kind != 2:
+        raise ValueError(f"stats_kind must be 0, 1 (float16) or 2 (bfloat16), got {stats_kind}")
+    _check_params(_check_input(x, N, C, S, kind), C, weight, bias, running_mean, running_var, True,
+                  stats_kind)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must both be given or both be None")
     if N * S < 2 and running_var is not None:
         raise ValueError("the unbiased variance needs more than 1 value per channel")
     cdef cnp.ndarray y = empty_like(x), mean = _f64(C), invstd = _f64(C)
+    cdef cnp.ndarray scratch = _f64(2 * C) if stats_kind and running_mean is not None else None
     cdef Job j
     _start_forward(&j, x, N, C, S, 3, weight, bias, running_mean, running_var, eps, relu,
                    mean, invstd, y, kind)
     j.factor = factor
+    j.stats_kind = stats_kind
+    j.stats_scratch = <double*>data_or_null(scratch)
     j.var = j.invstd            # the variance, then invstd
     with nogil:
         call_typed(j.typenum, j.x, &j, _train_forward[float], _train_forward[double])

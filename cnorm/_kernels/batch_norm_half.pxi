@@ -2,37 +2,35 @@
 # (float16) or 2 (bfloat16): then x, dy, y and the (N, C, S) outputs are half bits (uint16),
 # weight, bias and running statistics float32, and the job runs the float32 specialization
 # (Job.kind, common.pxd). The reductions (batch_norm_reduce.pxi) walk their work items as
-# in float32: a channel's runs with the half loops (simd/half.h, which widen in their own
-# loads), the (N, C) tiles widened into the thread's stage first (stage_tile here): the
-# same partials, merged in the same order, so the same bits at any thread count. The
+# in float32: a channel's runs and the (N, C) tiles with the half loops (simd/half.h,
+# half_cols.h, which widen in their own loads): the same partials, merged in the same
+# order, so the same bits at any thread count. The
 # elementwise passes here are the walks of their float32 passes over the thread's share
 # with the half loops: each output rounded once in the loop's own store.
 
 from libc.stdint cimport uint16_t
 
 from .half cimport segment_stats_half
-from .simd.loops cimport (affine_cols_half, affine_half, bn_grad_cols_half, bn_grad_half,
-                          bn_grad_sums_half)
+from .simd.loops cimport (affine_cols4_half, affine_cols_half, affine_half, bn_grad_cols4_half,
+                          bn_grad_cols_half, bn_grad_half, bn_grad_sums_cols_half,
+                          bn_grad_sums_half, cols_dev_half, cols_sum_half)
 
 cdef int _start_stage(Job* j, int n_threads) noexcept:
-    """The per-thread stage of a half-storage job (-1: out of memory): S > 1 STAGE_BUFS
-    runs of STAGE_CHUNK, S = 1 three tiles (x, dy, ym; the runs of a row fit in them)."""
+    """The per-thread stage of a half-storage job (-1: out of memory): STAGE_BUFS runs of
+    STAGE_CHUNK (the (N, C) tiles are read in place; only the rare redos stage)."""
     if j.kind:
-        j.stage_size = 3 * STAGE_TILE if j.S == 1 else STAGE_BUFS * STAGE_CHUNK
+        j.stage_size = STAGE_BUFS * STAGE_CHUNK
         j.stage = <float*>malloc(j.stage_size * n_threads * sizeof(float))
         return -1 if j.stage == NULL else 0
     return 0
 
 
-cdef inline const floating* stage_tile(int kind, floating* stage, const void* bits,
-                                       Py_ssize_t o, Py_ssize_t C, Py_ssize_t nb,
-                                       Py_ssize_t nc) noexcept nogil:
-    """stage (nb, nc) <- the nb half rows of nc values at bits + o (row stride C), widened;
-    returns stage."""
+cdef inline void stage_column(int kind, floating* out, const uint16_t* bits, Py_ssize_t ld,
+                              Py_ssize_t nb) noexcept nogil:
+    """out (nb,) <- the nb half values bits[0], bits[ld], ... widened (a tile's column)."""
     cdef Py_ssize_t r
     for r in range(nb):
-        stage_in(kind, stage + r * nc, bits, o + r * C, nc)
-    return stage
+        stage_in(kind, out + r, bits, r * ld, 1)
 
 
 cdef void _normalize_half(const floating* x, void* job, int t, int n_threads) noexcept nogil:
@@ -45,7 +43,13 @@ cdef void _normalize_half(const floating* x, void* job, int t, int n_threads) no
     cdef Py_ssize_t C = j.C, S = j.S, n, n1, c
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1:          # (N, C): a row at a time
+    if S == 1:          # (N, C): four rows per coefficient load, as _normalize_work
+        if not j.stream:
+            while n + 4 <= n1:
+                affine_cols4_half(j.kind, out + n * C, xh + n * C, C, C, <const float*>f.hi,
+                                  <const float*>f.lo, <const float*>f.scale,
+                                  <const float*>f.beta, j.relu)
+                n += 4
         for n in range(n, n1):
             affine_cols_half(j.kind, out + n * C, xh + n * C, C, <const float*>f.hi,
                              <const float*>f.lo, <const float*>f.scale, <const float*>f.beta,
@@ -85,10 +89,20 @@ cdef void _input_grad_half(const floating* x, void* job, int t, int n_threads) n
     """_input_grad_work on half bits: dy, x (and ym) widened in the loops' loads, dx
     rounded in their stores."""
     cdef const Job* j = <const Job*>job
+    cdef const InputGrad* g = &j.grad
     cdef Py_ssize_t C = j.C, S = j.S, n, n1
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1:          # (N, C): a row at a time
+    if S == 1:          # (N, C): four rows per coefficient load, as _input_grad_work
+        if not j.stream:
+            while n + 4 <= n1:
+                bn_grad_cols4_half(j.kind, <uint16_t*>j.out + n * C,
+                                   <const uint16_t*>j.dy + n * C, <const uint16_t*>x + n * C,
+                                   C, C, <const float*>g.hi, <const float*>g.lo,
+                                   <const float*>g.invstd, <const float*>g.k1,
+                                   <const float*>g.mean_dy, <const float*>g.mean_dy_xhat,
+                                   <const uint16_t*>j.ym + n * C if j.ym != NULL else NULL)
+                n += 4
         for n in range(n, n1):
             _input_grad_run(j, <const uint16_t*>x, n * C, C, 0, True)
     else:

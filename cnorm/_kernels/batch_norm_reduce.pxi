@@ -3,9 +3,9 @@
 # the thread count (Job, _chunks): each thread runs whole work items, whose partials are
 # merged per channel in partial order, so the results are the same for every thread
 # count. A float64 channel whose squares over- or underflowed is redone exactly. Half
-# storage (Job.kind) reads the same runs with the half loops (widened in their loads) and
-# the (N, C) tiles widened into the thread's stage first (stage_tile: batch_norm_half.pxi),
-# so its partials and their order are those of the float32 kernels on the widened input.
+# storage (Job.kind) reads the same runs and (N, C) tiles with the half loops (widened in
+# their loads), so its partials and their order are those of the float32 kernels on the
+# widened input.
 
 # ---------------------------------------------------------------------------------------
 # statistics pass: (count, mean, m2) partials of every channel, merged in partial order
@@ -16,26 +16,35 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
                       Py_ssize_t nc,           # channels c0..c0 + nc, nc <= COLS_PER_TILE
                       double* part,            # OUT (3, C): count, mean, m2 (zeroed)
                       floating* acc,           # scratch (3, COLS_PER_TILE)
-                      int kind,                # half storage: x holds half bits
-                      floating* stage          # scratch (ROWS_PER_TILE, nc) (kind != 0)
+                      int kind                 # half storage: x holds half bits
                       ) noexcept nogil:
     """Rows n0..n1 x channels c0..c0 + nc of an (N, C) batch, by tiles of ROWS_PER_TILE
-    rows: the block statistics of common.pxd with one SIMD lane per channel."""
-    cdef Py_ssize_t nb, b0, k_b, c, ld = nc if kind else C    # ld: the tile's row stride
+    rows: the block statistics of common.pxd with one SIMD lane per channel (half
+    storage: the tiles read in place by the half loops, widened in their loads)."""
+    cdef Py_ssize_t nb, b0, k_b, c
     cdef floating* shift = acc
     cdef floating* s1 = acc + COLS_PER_TILE
     cdef floating* s2 = acc + 2 * COLS_PER_TILE
     cdef const floating* tile
+    cdef floating column[ROWS_PER_TILE]         # half storage: a column widened (redo)
     cdef double count, cnt, mean_b, m2_b, q
     for k_b in range((n1 - n0 + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
         b0 = n0 + k_b * ROWS_PER_TILE
         nb = min(n1 - b0, ROWS_PER_TILE)
         count = <double>(b0 - n0)               # rows merged before this tile's
-        tile = stage_tile(kind, stage, x, b0 * C + c0, C, nb, nc) if kind else x + b0 * C + c0
-        cols_sum(shift, tile, ld, nb, nc)    # pass 1: rough per-channel means
+        tile = x + b0 * C + c0                  # half storage: bits (x is uint16_t*)
+        if kind:
+            tile = <const floating*>(<const uint16_t*>x + b0 * C + c0)
+            cols_sum_half(kind, <float*>shift, <const uint16_t*>tile, C, nb, nc)
+        else:
+            cols_sum(shift, tile, C, nb, nc)    # pass 1: rough per-channel means
         for c in range(nc):
             shift[c] = <floating>(<double>shift[c] / nb)
-        cols_dev(s1, s2, tile, ld, nb, shift, nc)   # pass 2 (from cache): deviations
+        if kind:                                # pass 2 (from cache): deviations
+            cols_dev_half(kind, <float*>s1, <float*>s2, <const uint16_t*>tile, C, nb,
+                          <const float*>shift, nc)
+        else:
+            cols_dev(s1, s2, tile, C, nb, shift, nc)
         if floating is double or not cols_any_unsafe(s1, s2, shift, nc):
             cols_merge(part + C + c0, part + 2 * C + c0, shift, s1, s2, nc, count, nb)
         else:
@@ -44,8 +53,11 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
                     q = <double>s1[c]
                     mean_b = shift[c] + q / nb
                     m2_b = s2[c] - q * q / nb if s2[c] > q * q / nb else 0.0
+                elif kind:
+                    stage_column(kind, column, <const uint16_t*>tile + c, C, nb)
+                    two_pass_f64(column, nb, 1, &mean_b, &m2_b)
                 else:
-                    two_pass_f64(tile + c, nb, ld, &mean_b, &m2_b)
+                    two_pass_f64(tile + c, nb, C, &mean_b, &m2_b)
                 cnt = count
                 chan_merge(&cnt, &part[C + c0 + c], &part[2 * C + c0 + c], <double>nb,
                            mean_b, m2_b)
@@ -73,7 +85,7 @@ cdef void _stats_work(const floating* x, void* job, int t, int n_threads) noexce
         part = j.part + 3 * C * it.part
         if S == 1:
             _stats_cols(x, C, it.e0, it.e1, it.c0, it.c1 - it.c0, part,
-                        <floating*>j.tile + 3 * COLS_PER_TILE * t, j.kind, stage)
+                        <floating*>j.tile + 3 * COLS_PER_TILE * t, j.kind)
             continue
         seg = first_segment(it.e0, it.e1, C, S)
         while seg.start < it.e1:
@@ -181,11 +193,8 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
     cdef const floating* lo = <const floating*>j.grad.lo
     cdef floating* s1
     cdef floating* s2
-    cdef const floating* dy_t      # a tile of dy, x, ym: in place, or widened (half storage)
-    cdef const floating* x_t
-    cdef const floating* ym_t
     cdef floating* stage = <floating*>j.stage + j.stage_size * t
-    cdef Py_ssize_t C = j.C, S = j.S, b0, nb, k_b, o, c, i, n, nc, ld
+    cdef Py_ssize_t C = j.C, S = j.S, b0, nb, k_b, o, c, i, n, nc
     cdef double* part
     cdef Segment seg
     cdef Item it
@@ -207,18 +216,15 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
                 b0 = it.e0 + k_b * ROWS_PER_TILE
                 nb = min(it.e1 - b0, ROWS_PER_TILE)
                 o = b0 * C + it.c0
-                if j.kind:  # half storage: the tiles widened, rows of nc
-                    dy_t = stage_tile(j.kind, stage + STAGE_TILE, dy, o, C, nb, nc)
-                    x_t = stage_tile(j.kind, stage, x, o, C, nb, nc)
-                    ym_t = (stage_tile(j.kind, stage + 2 * STAGE_TILE, ym, o, C, nb, nc)
-                            if ym != NULL else NULL)
-                    ld = nc
+                if j.kind:  # half storage: the tiles read in place, widened in the loads
+                    bn_grad_sums_cols_half(j.kind, <float*>s1, <float*>s2,
+                                           <const uint16_t*>dy + o, <const uint16_t*>x + o,
+                                           C, nb, <const float*>hi + it.c0,
+                                           <const float*>lo + it.c0, nc,
+                                           <const uint16_t*>ym + o if ym != NULL else NULL)
                 else:
-                    dy_t = dy + o
-                    x_t = x + o
-                    ym_t = offset(ym, o)
-                    ld = C
-                bn_grad_sums_cols(s1, s2, dy_t, x_t, ld, nb, hi + it.c0, lo + it.c0, nc, ym_t)
+                    bn_grad_sums_cols(s1, s2, dy + o, x + o, C, nb, hi + it.c0, lo + it.c0,
+                                      nc, offset(ym, o))
                 for c in range(nc):
                     part[it.c0 + c] += s1[c]
                     part[C + it.c0 + c] += s2[c]

@@ -126,6 +126,7 @@ CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
 
 #include "half_reduce.h"
 #include "half_elementwise.h"
+#include "half_cols.h"
 
 #undef CN_H_AVX2
 #undef CN_H_TARGET

@@ -204,3 +204,13 @@ HALF_LOOPS = [
     ("gn_grad_segment", "dx dy x"),
     ("residual_add", "out a b"),
 ]
+
+# BatchNorm's (N, C) tiles of half storage (half_cols.h, after half.h's other files):
+# read in place, widened in the loads; the elementwise ones four rows at a time
+HALF_LOOPS += [
+    ("cols_sum", "x"),
+    ("cols_dev", "x"),
+    ("bn_grad_sums_cols", "dy x ym"),
+    ("affine_cols4", "y x"),
+    ("bn_grad_cols4", "dx dy x ym"),
+]
