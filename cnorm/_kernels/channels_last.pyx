@@ -6,8 +6,11 @@ not apply (BatchNorm does not need this file: channels-last is its (N*S, C) prob
 
 A work item is one sample n and a block of its groups; the items are cut into one
 contiguous range per thread (several group blocks per sample when there are fewer
-samples than threads, e.g. inference on one image). Within an item every pass walks the
-sample s by s with the channels innermost, i.e. along memory. Statistics are the
+samples than threads, e.g. inference on one image). Within an item every pass is one
+call of a loop of simd/channels_last.h that walks the sample s by s with the channels
+innermost, i.e. along memory, the vector lanes across the contiguous channels (one
+float64 accumulator per channel, the positions added in order: the same bits for every
+SIMD build and vector width; tests/test_channels_last_simd.py). Statistics are the
 two-pass algorithm in float64 (the sum first, then the corrected sum of squared
 deviations); per-channel sums live in the thread's scratch of 4*C doubles. The weight and
 bias gradients are written per (n, c) and summed over n afterwards, in n order: no races,
@@ -23,7 +26,8 @@ grad_output and the output may also be channels-first, (N, C, S) (InstanceNorm r
 channels-first output for a channels-last input, as torch does).
 
 Half storage (Job.kind 1: float16, 2: bfloat16, x / dy / the output as uint16 bits) runs
-the float32 specialization: every load widens exactly, every output is rounded once to
+the float32 specialization through the half loops (vector conversions: F16C on avx2,
+bfloat16 by 16-bit shifts): every load widens exactly, every output is rounded once to
 nearest even from its float64 value (round to odd to float32, then to the half type), so
 the bits are those of the float64 arithmetic below on the widened values. Weight and bias
 are float32 then (the Python layer widens half ones).
