@@ -131,18 +131,18 @@ CN_CL_INLINE FM CN_FN(cl_narrow_mask)(DM m)
 }
 
 #if CN_HALF
-/* float32 rounded to odd from each lane (cn_f64_to_f32_odd): the nearest float, moved
-   one ulp towards d where it was inexact and even */
+/* float32 rounded to odd from each lane: the truncation of d (the nearest float, one ulp
+   back where it rounded away from zero) with the last bit set where inexact. A NaN may
+   get its last bit set: the half types drop that bit (cn_f32_to_f16, cn_f32_to_bf16),
+   so the half bits are those of cn_f64_to_f32_odd. */
 CN_CL_INLINE FV CN_FN(cl_odd)(DV d)
 {
     const FV f = CN_CL_D2F(d);
     const DV back = CN_CL_F2D(f);
     const DM abs_mask = (DM){0} + INT64_MAX;
-    const FM keep = CN_FN(cl_narrow_mask)((back == d) | (d != d));
+    const FM inexact = CN_FN(cl_narrow_mask)(back != d);
     const FM away = CN_FN(cl_narrow_mask)(((DM)back & abs_mask) > ((DM)d & abs_mask));
-    FM u = (FM)f;
-    u += (away | 1) & ((u & 1) == 0) & ~keep;
-    return (FV)u;
+    return (FV)(((FM)f + away) | (inexact & 1));
 }
 #endif
 
