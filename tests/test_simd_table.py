@@ -48,8 +48,15 @@ def _norm_params(params, elem="T", store="X"):
 
 DTYPE_ROWS = codegen.dtype_rows(TABLE)
 HEADS = r"CN_(?:CVT_|H)?LOOP\s+(\w+)\s+CN_FN\((\w+)\)\(([^)]*)\)"
-LOOP_FILES = ("reduce.h", "elementwise.h", "convert.h")
-HALF_LOOP_FILES = ("half_reduce.h", "half_elementwise.h", "half_cols.h")
+LOOP_FILES = ("reduce.h", "elementwise.h", "convert.h", "channels_last.h")
+# in the order of HALF_LOOPS: channels_last.h's block, then the (N, C) BatchNorm block
+HALF_LOOP_FILES = ("half_reduce.h", "half_elementwise.h", "channels_last.h", "half_cols.h")
+
+
+def _read_loops(files, half):
+    """The loop sources of files; ST (channels_last.h's storage type, one source for every
+    dtype) read as X for the half dtypes, else as T."""
+    return re.sub(r"\bST\b", "X" if half else "T", "".join(_read(name) for name in files))
 
 
 def _c_functions(text, pattern):
@@ -71,12 +78,9 @@ def test_generated_files_are_up_to_date():
 
 @pytest.mark.parametrize("files, key", [(LOOP_FILES, "LOOPS"), (HALF_LOOP_FILES, "HALF_LOOPS")])
 def test_loops_have_the_signatures_of_the_table(files, key):
-    order = []
-    loops = {}
-    for name in files:
-        text = _read(name)
-        loops.update(_c_functions(text, HEADS))
-        order += [m.group(2) for m in re.finditer(HEADS, text)]
+    text = _read_loops(files, key == "HALF_LOOPS")
+    loops = _c_functions(text, HEADS)
+    order = [m.group(2) for m in re.finditer(HEADS, text)]
     assert order == [name for name, _, _ in TABLE[key]], "the table lists the loops in order"
     for name, ret, params in TABLE[key]:
         assert loops[name] == (ret, _norm_params(params)), name
@@ -89,7 +93,7 @@ def test_dispatchers_and_declarations_match_the_loops():
     n_loops = 0
     for s, elem, _, store, kind, _ in DTYPE_ROWS:
         files = HALF_LOOP_FILES if kind else LOOP_FILES
-        loops = _c_functions("".join(_read(f) for f in files), HEADS)
+        loops = _c_functions(_read_loops(files, kind), HEADS)
         for name, (ret, params) in loops.items():
             n_loops += 1
             want = (ret, [(re.sub(r"\bX\b", store, re.sub(r"\bT\b", elem, t)), n) for t, n in params])

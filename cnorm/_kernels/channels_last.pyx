@@ -6,8 +6,11 @@ not apply (BatchNorm does not need this file: channels-last is its (N*S, C) prob
 
 A work item is one sample n and a block of its groups; the items are cut into one
 contiguous range per thread (several group blocks per sample when there are fewer
-samples than threads, e.g. inference on one image). Within an item every pass walks the
-sample s by s with the channels innermost, i.e. along memory. Statistics are the
+samples than threads, e.g. inference on one image). Within an item every pass is one
+call of a loop of simd/channels_last.h that walks the sample s by s with the channels
+innermost, i.e. along memory, the vector lanes across the contiguous channels (one
+float64 accumulator per channel, the positions added in order: the same bits for every
+SIMD build and vector width; tests/test_channels_last_simd.py). Statistics are the
 two-pass algorithm in float64 (the sum first, then the corrected sum of squared
 deviations); per-channel sums live in the thread's scratch of 4*C doubles. The weight and
 bias gradients are written per (n, c) and summed over n afterwards, in n order: no races,
@@ -23,7 +26,8 @@ grad_output and the output may also be channels-first, (N, C, S) (InstanceNorm r
 channels-first output for a channels-last input, as torch does).
 
 Half storage (Job.kind 1: float16, 2: bfloat16, x / dy / the output as uint16 bits) runs
-the float32 specialization: every load widens exactly, every output is rounded once to
+the float32 specialization through the half loops (vector conversions: F16C on avx2,
+bfloat16 by 16-bit shifts): every load widens exactly, every output is rounded once to
 nearest even from its float64 value (round to odd to float32, then to the half type), so
 the bits are those of the float64 arithmetic below on the widened values. Weight and bias
 are float32 then (the Python layer widens half ones).
@@ -46,12 +50,11 @@ cnp.import_array()
 from .simd.loops cimport floating
 
 
-cdef extern from "simd/simd.h" nogil:
-    float cn_f16_to_f32(uint16_t h)
-    float cn_bf16_to_f32(uint16_t h)
-    uint16_t cn_f32_to_f16(float f)
-    uint16_t cn_f32_to_bf16(float f)
-    float cn_f64_to_f32_odd(double d)
+# the loops of simd/channels_last.h; x, y, dy, dx at an element offset (half: uint16 bits)
+from .simd.loops cimport (cl_affine, cl_affine_half, cl_devs, cl_devs_half, cl_grad,
+                          cl_grad_half, cl_grad_sums, cl_grad_sums_half, cl_sums, cl_sums_half)
+
+include "simd_control.pxi"
 
 
 cdef struct Job:            # one call; x: C-contiguous (N, S, C) of the input dtype
@@ -82,27 +85,57 @@ cdef inline void _strides(Py_ssize_t* s, Py_ssize_t* c, bint last, Py_ssize_t S,
         c[0] = S
 
 
-cdef inline double _load(const floating* p, Py_ssize_t i, int kind) noexcept nogil:
-    """p[i] in float64; half bits (kind 1, 2: the float32 specialization) widened exactly."""
-    if floating is float:
-        if kind == 1:
-            return cn_f16_to_f32((<const uint16_t*>p)[i])
-        if kind == 2:
-            return cn_bf16_to_f32((<const uint16_t*>p)[i])
-    return p[i]
+# The passes over an item's channels [c0, c0 + n), all S positions, through the loops of
+# the dtype (kind 0) or of the half storage; offsets in elements of the storage.
+
+cdef inline void _sums(double* s, const floating* x, Py_ssize_t xo, Py_ssize_t ld,
+                       Py_ssize_t S, Py_ssize_t n, int kind) noexcept nogil:
+    if kind:
+        cl_sums_half(kind, s, <const uint16_t*>x + xo, ld, S, n)
+    else:
+        cl_sums(s, x + xo, ld, S, n)
 
 
-cdef inline void _store(floating* p, Py_ssize_t i, double v, int kind) noexcept nogil:
-    """p[i] = v rounded once to nearest even to the storage type (half: via round to odd,
-    which keeps the sticky bit, so float32 -> half is the one rounding of v)."""
-    if floating is float:
-        if kind == 1:
-            (<uint16_t*>p)[i] = cn_f32_to_f16(cn_f64_to_f32_odd(v))
-            return
-        if kind == 2:
-            (<uint16_t*>p)[i] = cn_f32_to_bf16(cn_f64_to_f32_odd(v))
-            return
-    p[i] = <floating>v
+cdef inline void _devs(double* s1, double* s2, const floating* x, Py_ssize_t xo,
+                       Py_ssize_t ld, Py_ssize_t S, const double* shift, Py_ssize_t n,
+                       int kind) noexcept nogil:
+    if kind:
+        cl_devs_half(kind, s1, s2, <const uint16_t*>x + xo, ld, S, shift, n)
+    else:
+        cl_devs(s1, s2, x + xo, ld, S, shift, n)
+
+
+cdef inline void _affine(floating* y, Py_ssize_t yo, const floating* x, Py_ssize_t xo,
+                         Py_ssize_t ld, Py_ssize_t S, const double* mean,
+                         const double* scale, const double* beta, Py_ssize_t n, int first,
+                         int kind) noexcept nogil:
+    if kind:
+        cl_affine_half(kind, <uint16_t*>y + yo, <const uint16_t*>x + xo, ld, S, mean, scale,
+                       beta, n, first)
+    else:
+        cl_affine(y + yo, x + xo, ld, S, mean, scale, beta, n, first)
+
+
+cdef inline void _grad_sums(double* s_dy, double* s_dyd, const floating* dy, Py_ssize_t go,
+                            const floating* x, Py_ssize_t xo, Py_ssize_t ld, Py_ssize_t S,
+                            const double* mean, Py_ssize_t n, int first,
+                            int kind) noexcept nogil:
+    if kind:
+        cl_grad_sums_half(kind, s_dy, s_dyd, <const uint16_t*>dy + go,
+                          <const uint16_t*>x + xo, ld, S, mean, n, first)
+    else:
+        cl_grad_sums(s_dy, s_dyd, dy + go, x + xo, ld, S, mean, n, first)
+
+
+cdef inline void _grad(floating* dx, const floating* dy, Py_ssize_t go, const floating* x,
+                       Py_ssize_t xo, Py_ssize_t ld, Py_ssize_t S, const double* alpha,
+                       const double* beta, const double* gamma, const double* mean,
+                       Py_ssize_t n, int first, int kind) noexcept nogil:
+    if kind:
+        cl_grad_half(kind, <uint16_t*>dx + xo, <const uint16_t*>dy + go,
+                     <const uint16_t*>x + xo, ld, S, alpha, beta, gamma, mean, n, first)
+    else:
+        cl_grad(dx + xo, dy + go, x + xo, ld, S, alpha, beta, gamma, mean, n, first)
 
 
 cdef inline Py_ssize_t _item(const Job* j, Py_ssize_t item, Py_ssize_t* c0,
@@ -118,8 +151,8 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
     """Thread t's items: statistics of the item's groups, then y."""
     cdef const Job* j = <const Job*>job
     cdef Py_ssize_t N = j.N, G = j.G, Cg = j.Cg, S = j.S, C = j.C, K = j.blocks
-    cdef Py_ssize_t item, n, g, c0, c1, s, c, xs, y
-    cdef Py_ssize_t os = j.out_s, oc = j.out_c
+    cdef Py_ssize_t item, n, g, c0, c1, c, y
+    cdef Py_ssize_t oc = j.out_c
     cdef int kind = j.kind
     cdef double* acc = j.scratch + 4 * C * t     # per-channel sums
     cdef double* acc2 = acc + C                   # per-channel squared deviations
@@ -128,18 +161,15 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
     cdef const floating* weight = <const floating*>j.weight
     cdef const floating* bias = <const floating*>j.bias
     cdef floating* out = <floating*>j.out
-    cdef double count = <double>(Cg * S), m, sd, ss, v, rs, d
+    cdef double count = <double>(Cg * S), m, sd, ss, v, rs
     for item in range(split_start(N * K, t, n_threads), split_start(N * K, t + 1, n_threads)):
         n = _item(j, item, &c0, &c1)
-        y = n * S * C       # offsets (in elements) of the sample, then of position s
+        y = n * S * C       # offset (in elements) of the sample
         for c in range(c0, c1):
             acc[c] = 0
             acc2[c] = 0
         # pass 1: sums, then the group means
-        for s in range(S):
-            xs = (n * S + s) * C
-            for c in range(c0, c1):
-                acc[c] += _load(x, xs + c, kind)
+        _sums(acc + c0, x, y + c0, C, S, c1 - c0, kind)
         for g in range(c0 // Cg, c1 // Cg):
             m = 0
             for c in range(g * Cg, (g + 1) * Cg):
@@ -149,12 +179,7 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
                 mu[c] = m
                 acc[c] = 0
         # pass 2: deviations from the mean (their sum corrects the rounding of the mean)
-        for s in range(S):
-            xs = (n * S + s) * C
-            for c in range(c0, c1):
-                d = _load(x, xs + c, kind) - mu[c]
-                acc[c] += d
-                acc2[c] += d * d
+        _devs(acc + c0, acc2 + c0, x, y + c0, C, S, mu + c0, c1 - c0, kind)
         for g in range(c0 // Cg, c1 // Cg):
             sd = 0
             ss = 0
@@ -173,20 +198,17 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
                 scale[c] = rs * (weight[c] if weight != NULL else 1.0)
                 acc[c] = bias[c] if bias != NULL else 0.0
         # pass 3: y = (x - mean) * rstd * w + b
-        for s in range(S):
-            xs = (n * S + s) * C
-            for c in range(c0, c1):
-                _store(out, y + s * os + c * oc,
-                       (_load(x, xs + c, kind) - mu[c]) * scale[c] + acc[c], kind)
+        _affine(out, y + c0 * oc, x, y + c0, C, S, mu + c0, scale + c0, acc + c0, c1 - c0,
+                oc != 1, kind)
 
 
 cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept nogil:
     """Thread t's items: per-channel gradient sums, then dx (always channels-last)."""
     cdef const Job* j = <const Job*>job
     cdef const floating* weight = <const floating*>j.weight
-    cdef Py_ssize_t ds = j.dy_s, dc = j.dy_c        # grad_output's strides
+    cdef Py_ssize_t dc = j.dy_c                      # grad_output's channel stride
     cdef Py_ssize_t N = j.N, G = j.G, Cg = j.Cg, S = j.S, C = j.C, K = j.blocks
-    cdef Py_ssize_t item, n, g, c0, c1, s, c, xs, dy
+    cdef Py_ssize_t item, n, g, c0, c1, c, dy
     cdef int kind = j.kind
     cdef const floating* dys = <const floating*>j.dy
     cdef floating* dx = <floating*>j.out
@@ -194,21 +216,17 @@ cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept
     cdef double* sdx = sdy + C                    # sum dy * (x - mean), then beta_c
     cdef double* mu = sdy + 2 * C
     cdef double* alpha = sdy + 3 * C
-    cdef double D = <double>(Cg * S), g_sc, rs, w, sum_g, sum_gd, beta, gamma
+    cdef double D = <double>(Cg * S), rs, w, sum_g, sum_gd, beta, gamma
     for item in range(split_start(N * K, t, n_threads), split_start(N * K, t + 1, n_threads)):
         n = _item(j, item, &c0, &c1)
-        dy = n * S * C      # offsets (in elements) of the sample, then of position s
+        dy = n * S * C      # offset (in elements) of the sample
         for c in range(c0, c1):
             mu[c] = j.mean[n * G + c // Cg]
             sdy[c] = 0
             sdx[c] = 0
         # pass 1: per-channel sums of dy and dy * (x - mean)
-        for s in range(S):
-            xs = (n * S + s) * C
-            for c in range(c0, c1):
-                g_sc = _load(dys, dy + s * ds + c * dc, kind)
-                sdy[c] += g_sc
-                sdx[c] += g_sc * (_load(x, xs + c, kind) - mu[c])
+        _grad_sums(sdy + c0, sdx + c0, dys, dy + c0 * dc, x, dy + c0, C, S, mu + c0, c1 - c0,
+                   dc != 1, kind)
         for g in range(c0 // Cg, c1 // Cg):
             rs = j.rstd[n * G + g]
             sum_g = 0
@@ -226,11 +244,8 @@ cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept
                 sdx[c] = beta
                 sdy[c] = gamma
         # pass 2: dx = alpha * dy + beta * (x - mean) + gamma
-        for s in range(S):
-            xs = (n * S + s) * C
-            for c in range(c0, c1):
-                _store(dx, xs + c, alpha[c] * _load(dys, dy + s * ds + c * dc, kind)
-                       + sdx[c] * (_load(x, xs + c, kind) - mu[c]) + sdy[c], kind)
+        _grad(dx, dys, dy + c0 * dc, x, dy + c0, C, S, alpha + c0, sdx + c0, sdy + c0,
+              mu + c0, c1 - c0, dc != 1, kind)
 
 
 # ---------------------------------------------------------------------------------------

@@ -85,6 +85,7 @@ CN_HELPER V CN_FN(mask_grad_v)(V g, V y) { return CN_FN(mask_grad)(g, y); }
 #include "elementwise.h"
 #include "convert.h"
 #endif
+#include "channels_last.h"     /* every dtype, half storage included: its own conversions */
 
 #undef CN_FN
 #undef CN_LOOP

@@ -159,6 +159,39 @@ LOOPS = [
     ("to_f16", "void", "uint16_t* h, const T* x, ptrdiff_t n"),
     ("from_bf16", "void", "T* out, const uint16_t* h, ptrdiff_t n"),
     ("to_bf16", "void", "uint16_t* h, const T* x, ptrdiff_t n"),
+    # ---- channels-last GroupNorm / InstanceNorm (channels_last.h; also in HALF_LOOPS):
+    # x[r * ld + c], nrows rows of n channels, float64 per-channel sums; first: y / dy
+    # channels-first, element (r, c) at [c * nrows + r]
+    ("cl_sums", "void", "double* s, const T* x, ptrdiff_t ld, ptrdiff_t nrows, ptrdiff_t n"),
+    (
+        "cl_devs",
+        "void",
+        "double* s1, double* s2, const T* x, ptrdiff_t ld, ptrdiff_t nrows, const double* shift, ptrdiff_t n",
+    ),
+    (
+        "cl_affine",
+        "void",
+        (
+            "T* y, const T* x, ptrdiff_t ld, ptrdiff_t nrows, const double* mean, const double* scale, "
+            "const double* beta, ptrdiff_t n, int first"
+        ),
+    ),
+    (
+        "cl_grad_sums",
+        "void",
+        (
+            "double* s_dy, double* s_dyd, const T* dy, const T* x, ptrdiff_t ld, ptrdiff_t nrows, "
+            "const double* mean, ptrdiff_t n, int first"
+        ),
+    ),
+    (
+        "cl_grad",
+        "void",
+        (
+            "T* dx, const T* dy, const T* x, ptrdiff_t ld, ptrdiff_t nrows, const double* alpha, "
+            "const double* beta, const double* gamma, const double* mean, ptrdiff_t n, int first"
+        ),
+    ),
 ]
 
 # (name, return type, parameters or None for a variable, comment): simd.h's own
@@ -203,6 +236,12 @@ HALF_LOOPS = [
     ("ln_grad_row", "dx dy x"),
     ("gn_grad_segment", "dx dy x"),
     ("residual_add", "out a b"),
+    # ---- channels-last GroupNorm / InstanceNorm (channels_last.h)
+    ("cl_sums", "x"),
+    ("cl_devs", "x"),
+    ("cl_affine", "y x"),
+    ("cl_grad_sums", "dy x"),
+    ("cl_grad", "dx dy x"),
 ]
 
 # BatchNorm's (N, C) tiles of half storage (half_cols.h, after half.h's other files):
