@@ -454,7 +454,7 @@ class LayerNorm(nn.LayerNorm):
                     if grad:
                         return layer_norm(input, w, b, (ns, self.eps), True, (x, *views))
                     y = _lean.layer_norm_forward(x, views[0], views[1], (ns, self.eps))[0]
-                    return _from_numpy(y) if dtype is not _BF16 else as_tensor(y)
+                    return _from_numpy(y) if y.dtype.kind == "f" else as_tensor(y)
         return super().forward(input)
 
 
@@ -482,8 +482,8 @@ def cnorm_group_norm(module, input) -> Optional[torch.Tensor]:
         return _aten_group_norm(input, g, w, b, eps, True)  # as F.group_norm calls it
     dtype = input.dtype
     layout, x = _route(input, dtype)
-    if not layout or (layout == 2 and dtype in HALF):
-        return None  # channels-last half: torch's (cnorm's kernel is measured 2.5-9x slower)
+    if not layout:
+        return None
     views = _params(module, x, dtype, (c,), (w, b))
     if views is None:
         return None
@@ -496,8 +496,9 @@ def cnorm_group_norm(module, input) -> Optional[torch.Tensor]:
 
 class GroupNorm(nn.GroupNorm):
     r""":class:`torch.nn.GroupNorm` whose forward and backward on contiguous or
-    channels_last CPU float32/float64 tensors (contiguous: bfloat16/float16 too) run the
-    cnorm kernels (everything else: torch's). Same constructor, parameters, state_dict."""
+    channels_last CPU float32/float64/bfloat16/float16 tensors (half: float32 parameters
+    too) run the cnorm kernels (everything else: torch's). Same constructor, parameters,
+    state_dict."""
 
     #: set to False on an instance to always use torch's implementation
     use_cnorm = True
@@ -548,8 +549,8 @@ def cnorm_instance_norm(module, input) -> Optional[torch.Tensor]:
         return y.squeeze(0) if dim == no_batch else y
     dtype = x.dtype
     layout, xa = _route(x, dtype)
-    if not layout or (layout == 2 and dtype in HALF):
-        return None  # channels-last half: torch's (cnorm's kernel is measured 2.5-9x slower)
+    if not layout:
+        return None
     c = (module.num_features,)
     views = _params(module, xa, dtype, c, (w, b, rm, rv))
     if views is None:
@@ -609,16 +610,16 @@ class InstanceNorm1d(_CnormInstanceNorm, nn.InstanceNorm1d):
 
 class InstanceNorm2d(_CnormInstanceNorm, nn.InstanceNorm2d):
     r""":class:`torch.nn.InstanceNorm2d` whose forward and backward on contiguous or
-    channels_last CPU float32/float64 tensors (contiguous: bfloat16/float16 too) run the
-    cnorm kernels (everything else: torch's), running statistics included. Same
-    constructor, parameters, buffers and state_dict."""
+    channels_last CPU float32/float64/bfloat16/float16 tensors (half: float32 parameters
+    too) run the cnorm kernels (everything else: torch's), running statistics included.
+    Same constructor, parameters, buffers and state_dict."""
 
 
 class InstanceNorm3d(_CnormInstanceNorm, nn.InstanceNorm3d):
     r""":class:`torch.nn.InstanceNorm3d` whose forward and backward on contiguous or
-    channels_last_3d CPU float32/float64 tensors (contiguous: bfloat16/float16 too) run
-    the cnorm kernels (everything else: torch's), running statistics included. Same
-    constructor, parameters, buffers and state_dict."""
+    channels_last_3d CPU float32/float64/bfloat16/float16 tensors (half: float32
+    parameters too) run the cnorm kernels (everything else: torch's), running statistics
+    included. Same constructor, parameters, buffers and state_dict."""
 
 
 # ------------------------------------------------------------------------------ RMS norm
