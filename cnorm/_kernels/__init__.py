@@ -5,6 +5,7 @@
     row_norm.pyx     per-row statistics of (M, D) rows: LayerNorm, RMSNorm, add + LayerNorm,
                      GroupNorm / InstanceNorm
     openmp.pyx       the thread count
+    pool.pyx         the pool of freed output buffers the kernels' large outputs come from
     stream.pyx       a parallel streaming copy: the memory bandwidth of the bench's x floor
     simd/            the C inner loops and their one table of signatures (signatures.py)
 
