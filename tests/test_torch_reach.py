@@ -74,8 +74,8 @@ def data(shape, dtype, layout, seed=0):
 
 
 # (class, constructor args, input shape, layouts); kwargs (affine, ...) come separately.
-# Every shape holds 18432 elements, above every default of cnorm.torch.TORCH_BELOW (below
-# it torch's kernel runs: test_torch_threshold), so the cnorm kernels are what is checked
+# Every shape holds 18432 elements, above the thresholds the fixture below sets (below
+# them torch's kernel runs: test_torch_threshold), so the cnorm kernels are what is checked
 CASES = [
     ("BatchNorm1d", (6,), (64, 6, 48), ["contiguous"]),
     ("BatchNorm2d", (6,), (12, 6, 16, 16), ["contiguous", "channels_last"]),
@@ -92,8 +92,20 @@ CASES = [
 ]
 
 
+PARITY_FLOOR = 16384  # the size threshold of these tests (the defaults: 65536 with a gradient)
+
+
+@pytest.fixture(autouse=True)
+def parity_threshold(monkeypatch):
+    """Thresholds at PARITY_FLOOR: small shapes check the cnorm kernels with a gradient
+    too (the default thresholds would send them to torch's)."""
+    for norm, pair in ct.TORCH_BELOW.items():
+        monkeypatch.setitem(ct.TORCH_BELOW, norm, tuple(min(t, PARITY_FLOOR) for t in pair))
+
+
 def test_parity_shapes_are_above_the_size_threshold():
     floor = max(max(pair) for pair in ct.TORCH_BELOW.values())
+    assert floor <= PARITY_FLOOR
     assert all(math.prod(shape) >= floor for _, _, shape, _ in CASES)
 
 

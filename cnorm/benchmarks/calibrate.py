@@ -20,8 +20,16 @@ from .timing import SameThreads, TimingSettings, measure_interleaved
 
 __all__ = ["SWEEPS", "build_sweep_op", "calibrate", "threshold_from_ratios"]
 
-_ROWS = ((1, 768), (4, 768), (16, 768), (64, 768), (256, 768))
-_BN_SHAPES = ((1, 64, 2, 2), (1, 64, 4, 4), (1, 64, 8, 8), (4, 64, 8, 8), (4, 64, 16, 16), (16, 64, 16, 16))
+_ROWS = ((1, 768), (4, 768), (16, 768), (64, 768), (256, 768), (1024, 768))
+_BN_SHAPES = (
+    (1, 64, 2, 2),
+    (1, 64, 4, 4),
+    (1, 64, 8, 8),
+    (4, 64, 8, 8),
+    (4, 64, 16, 16),
+    (16, 64, 16, 16),
+    (16, 64, 32, 32),
+)
 # norm -> (module class name, constructor args, input shapes of the sweep (smallest
 # first), training mode)
 SWEEPS: dict[str, tuple[str, tuple, tuple[tuple[int, ...], ...], bool]] = {

@@ -299,6 +299,11 @@ def run_models(
             thr.set(n)
             for (name, step), comp in itertools.product(model_rows(names), (False, True)[: 1 + compiled]):
                 impls = ("cnorm.torch", "torch.nn")
+                if comp:
+                    # a fresh dynamo cache per model: recompiling the code the models share
+                    # turns on dynamic shapes, where Inductor 2.13 failed on the diffusion
+                    # block ("cannot determine truth value of Relational") after four models
+                    torch._dynamo.reset()
                 fns = {impl: build_model_step(name, step, impl, compiled=comp) for impl in impls}
                 meas = measure_interleaved(fns, settings)
                 a, b = min(meas.times["cnorm.torch"]), min(meas.times["torch.nn"])
