@@ -10,6 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from test_torch_reach import make_pair
+
 import cnorm.torch as ct
 
 pytest.importorskip("ml_dtypes")  # bfloat16 on cnorm
@@ -27,17 +29,7 @@ def norm_ops(fn, *args):
 
 def pair(cls_name, *args, dtype=F32, **kwargs):
     """(cnorm.torch module, torch.nn module) with the same random parameters and buffers."""
-    ref = getattr(nn, cls_name)(*args, **kwargs, dtype=dtype)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=F64) * 0.5 + 1)
-        if getattr(ref, "running_var", None) is not None:
-            ref.running_mean.copy_(torch.randn(ref.running_mean.shape, generator=g, dtype=F64))
-            ref.running_var.uniform_(0.5, 2.0, generator=g)
-    ours = getattr(ct, cls_name)(*args, **kwargs, dtype=dtype)
-    ours.load_state_dict(ref.state_dict())
-    return ours, ref
+    return make_pair(cls_name, dtype, *args, **kwargs)
 
 
 # (class, constructor args, kwargs, input shape): all tiny (the per-call cost dominates)
