@@ -32,9 +32,17 @@
 
 /* ---- conversions ------------------------------------------------------------------- */
 
-/* one value widened / rounded to the half type */
+/* one value widened / rounded to the half type: the loops' tails and every value of a
+   row narrower than a vector (a channels-last BatchNorm of 4 channels is all tails). In
+   the avx2 build float16 takes F16C's scalar forms, the same bits as the vector ones
+   (and as the C99 helpers) in 1 instruction instead of ~20 with branches. */
+#if CN_H_AVX2 && CN_HALF == 1
+CN_HHELPER T CN_FN(wid)(X h) { return _cvtsh_ss(h); }
+CN_HHELPER X CN_FN(nar)(T v) { return (X)_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT); }
+#else
 CN_HHELPER T CN_FN(wid)(X h) { return CN_HALF == 1 ? cn_f16_to_f32(h) : cn_bf16_to_f32(h); }
 CN_HHELPER X CN_FN(nar)(T v) { return CN_HALF == 1 ? cn_f32_to_f16(v) : cn_f32_to_bf16(v); }
+#endif
 
 #if CN_VEC
 typedef uint32_t CN_FN(bits) __attribute__((vector_size(CN_VB)));
