@@ -6,7 +6,6 @@ so that when cnorm's insides move, this is the one file to re-point.
 
 from cnorm import _ops
 from cnorm._kernels import batch_norm, pool, row_norm
-from cnorm.torch import _lean
 
 # --------------------------------------------------------------------------- kernels
 # The compiled extensions that have SIMD builds and non-temporal ("streaming") stores.
@@ -39,17 +38,23 @@ def set_stream_min_bytes(module, n):
 # ``R.<name>`` (batch-norm and row-norm extensions; their case table names the functions).
 KERNEL_IMPORT = "from cnorm._kernels import batch_norm as B, row_norm as R"
 
+
 # --------------------------------------------------------------------------- cnorm.torch
 # The functions the drop-in modules call for their arithmetic (the eager specs of
 # cnorm.torch._lean look them up at call time), patched by test_torch_dropin's
-# ``kernel_calls`` fixture to tell the cnorm path from torch's: key -> (owner, attribute
-# name, position of the input array among the arguments).
-DROPIN_ENTRY_POINTS = {
-    "bn": (_lean, "_batch_norm", 0),  # training and eval, both layouts
-    "bn_bwd": (_ops, "batch_norm_backward", 1),
-    "ln": (_ops, "layer_norm_forward", 0),
-    "ln_bwd": (_ops, "layer_norm_backward", 1),
-}
+# ``kernel_calls`` fixture to tell the cnorm path from torch's.
+def dropin_entry_points():
+    """key -> (owner, attribute name, position of the input array among the arguments);
+    a function, because cnorm.torch needs torch and the tests that import this file may
+    run without it (.ci/arm64)."""
+    from cnorm.torch import _lean
+
+    return {
+        "bn": (_lean, "_batch_norm", 0),  # training and eval, both layouts
+        "bn_bwd": (_ops, "batch_norm_backward", 1),
+        "ln": (_ops, "layer_norm_forward", 0),
+        "ln_bwd": (_ops, "layer_norm_backward", 1),
+    }
 
 
 def saved_stats(grad_fn):

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from _internals import DROPIN_ENTRY_POINTS, bench_main, saved_stats, torch_bench_cases
+from _internals import bench_main, dropin_entry_points, saved_stats, torch_bench_cases
 
 import cnorm
 import cnorm.torch as ct
@@ -55,7 +55,7 @@ def kernel_calls(monkeypatch):
 
         monkeypatch.setattr(owner, name, f)
 
-    for key, (owner, name, input_pos) in DROPIN_ENTRY_POINTS.items():
+    for key, (owner, name, input_pos) in dropin_entry_points().items():
         wrap(key, owner, name, input_pos)
     return calls
 
