@@ -29,6 +29,7 @@ from . import _lean
 
 __all__ = [
     "as_numpy",
+    "numpy_view",
     "as_tensor",
     "HALF",
     "needs_grad",
@@ -59,20 +60,29 @@ _np_bfloat16: Any = LAZY_BFLOAT16 if bfloat16_available() else None
 HALF: Tuple[torch.dtype, ...] = (torch.float16,) + ((_BFLOAT16,) if _np_bfloat16 is not None else ())
 
 
-def as_numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
-    """A NumPy view of a CPU tensor (no copy), None for None; bfloat16 as an
-    ``ml_dtypes.bfloat16`` view of the same memory."""
-    if t is None:
-        return None
-    # bfloat16 by its dtype, not by numpy()'s TypeError: a C++ exception costs ~0.75M
-    # instructions (callgrind) to unwind
-    if t.dtype is _BFLOAT16:
-        return t.data.view(_INT16).numpy().view(_np_bfloat16)
+def numpy_view(t: torch.Tensor, dtype: torch.dtype) -> Optional[np.ndarray]:
+    """A NumPy view of the CPU tensor ``t`` of ``dtype`` (bfloat16: an ``ml_dtypes``
+    view of the same memory), or None where NumPy has no view of it (another device or
+    layout, the neg / conj bit)."""
     try:
+        # bfloat16 by its dtype, not by numpy()'s TypeError: a C++ exception costs ~0.75M
+        # instructions (callgrind) to unwind
+        if dtype is _BFLOAT16:
+            return t.data.view(_INT16).numpy().view(_np_bfloat16)
         # .data: a view that does not require grad (cheaper than numpy(force=True))
         return (t.data if t.requires_grad else t).numpy()
-    except RuntimeError:  # the neg / conj bit: force resolves it (a copy)
-        return t.numpy(force=True)
+    except (TypeError, RuntimeError):
+        return None
+
+
+def as_numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    """A NumPy view of a CPU tensor (no copy), None for None; bfloat16 as an
+    ``ml_dtypes.bfloat16`` view of the same memory; a tensor with the neg / conj bit
+    resolved into a copy."""
+    if t is None:
+        return None
+    a = numpy_view(t, t.dtype)
+    return t.numpy(force=True) if a is None else a
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:

@@ -146,6 +146,13 @@ def rms_norm_backward(dy, x, weight, stats):
 # (N, *S, C) view, which also takes a gradient of either layout
 
 
+def _channels_last_backward(backward, dy, x, *args):
+    """A backward of cnorm.functional.channels_last on the (N, *S, C) views of dy and x
+    (dy in either layout); the input gradient back as the (N, C, *S) view."""
+    dx, dw, db = backward(_last(dy), _last(x), *args)
+    return _first(dx), dw, db
+
+
 def group_norm_forward(x, weight, bias, args):
     num_groups, eps, channels_last = args
     if channels_last:
@@ -159,8 +166,7 @@ def group_norm_forward(x, weight, bias, args):
 def group_norm_backward(dy, x, weight, stats):
     num_groups, mean, rstd, channels_last = stats
     if channels_last:
-        dx, dw, db = CL.group_norm_backward(_last(dy), _last(x), num_groups, mean, rstd, weight)
-        return _first(dx), dw, db
+        return _channels_last_backward(CL.group_norm_backward, dy, x, num_groups, mean, rstd, weight)
     n, c, s = _ncs(x)
     return _ops.group_norm_backward(_dense(dy), x, n, num_groups, c // num_groups, s, mean, rstd, weight)
 
@@ -185,8 +191,9 @@ def instance_norm_forward(x, weight, bias, args):
 def instance_norm_backward(dy, x, weight, stats):
     mean, invstd, use_input_stats, channels_last = stats
     if channels_last:
-        dx, dw, db = CL.instance_norm_backward(_last(dy), _last(x), weight, mean, invstd, use_input_stats)
-        return _first(dx), dw, db
+        return _channels_last_backward(
+            CL.instance_norm_backward, dy, x, weight, mean, invstd, use_input_stats
+        )
     n, c, s = _ncs(x)
     if use_input_stats:
         return _ops.group_norm_backward(_dense(dy), x, n, c, 1, s, mean, invstd, weight)

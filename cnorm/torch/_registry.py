@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ._autograd import as_numpy, layer_norm, needs_grad, rms_norm
-from ._dropin import _MISSING, FLOATS, HALF, _param_dtype, _params, _route, _small, _switch
+from ._checks import FLOATS, _param_dtype, _params, _route
+from ._dropin import _MISSING, HALF, _small, _switch
 from ._library import layer_norm_op, rms_norm_op
 
 __all__ = ["NormSpec", "register_norm", "registered_spec", "converted_class", "cnorm_forward"]
