@@ -80,7 +80,7 @@ def narrow(a: Array, dtype: np.dtype) -> Array:
 _NUMPY_F16_MAX = 128
 
 
-def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
+def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = (), params: Tuple[int, ...] = ()):
     """Run the decorated op of float32/float64 arrays on half inputs too: every half array
     argument widened, then each output rounded once to the input dtype ("x"), to the
     parameters' dtype ("p": float32 when a float32 parameter came with the half input,
@@ -88,7 +88,11 @@ def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
 
     ``data``: the positions of the op's (M, D) arrays when its kernels take half storage
     themselves (``kind=``): those go as their uint16 bits (outputs "x" come back as bits,
-    "p" as float64), the other half arrays (parameters) widened."""
+    "p" as float64). ``params``: the positions of the other arrays (parameters, running
+    and per-channel statistics; None allowed): half ones are widened exactly, a float32
+    one makes "p" float32, others (float64 statistics, uint16 bits) pass as they are.
+    Listed, not searched for: this wrapper runs on every half call, the small ones
+    included, and a scan over all the arguments cost microseconds."""
 
     first = data[0] if data else 0  # the position of the input
 
@@ -102,42 +106,49 @@ def _half_storage(*outputs: Optional[str], data: Tuple[int, ...] = ()):
             kind = half_kind(half)
             if kind is None:
                 return op(*args)
-            # one pass over the arguments: the parameters' dtype (float32 when one is,
-            # torch's mixed precision), the kernel's arguments (data as bits, half
-            # parameters widened exactly)
-            params = half
+            count = len(args)
             wide = list(args)
             usable = True
-            for i, a in enumerate(args):
-                if i in data:
-                    if a is not None:
-                        usable = usable and a.size > 0
-                        wide[i] = a.view(np.uint16)
-                elif isinstance(a, np.ndarray):
+            for i in data:
+                a = args[i] if i < count else None
+                if a is not None:
+                    usable = usable and a.size > 0
+                    wide[i] = a.view(_BITS)
+            pdt = half  # the parameters' dtype
+            for i in params:
+                a = args[i] if i < count else None
+                if a is not None:
                     dt = a.dtype
                     if dt == FLOAT32:
-                        params = FLOAT32
+                        pdt = FLOAT32
                     elif dt == half:
                         wide[i] = a.astype(FLOAT32) if kind == 2 or a.size <= _NUMPY_F16_MAX else widen(a)
             if usable:
                 out = op(*wide, kind=kind)
-                single = not isinstance(out, tuple)
-                out = tuple(
-                    o.view(half) if how == "x" else o if how is None else narrow(o, params)
-                    for o, how in zip((out,) if single else out, outputs)
-                )
-                return out[0] if single else out
+                if type(out) is not tuple:
+                    return _rounded(out, outputs[0], half, pdt)
+                return tuple([_rounded(o, how, half, pdt) for o, how in zip(out, outputs)])
             out = op(*[widen(a) for a in args])
-            if not isinstance(out, tuple):
-                return narrow(out, half if outputs[0] == "x" else params)
+            if type(out) is not tuple:
+                return narrow(out, half if outputs[0] == "x" else pdt)
             return tuple(
-                o if how is None else narrow(o, half if how == "x" else params)
-                for o, how in zip(out, outputs)
+                o if how is None else narrow(o, half if how == "x" else pdt) for o, how in zip(out, outputs)
             )
 
         return run
 
     return decorate
+
+
+_BITS = np.dtype(np.uint16)
+
+
+def _rounded(o, how, half, pdt):
+    """An output of a half call: "x" bits as the input dtype, "p" (float64) rounded to the
+    parameters' dtype ``pdt``, None as it is."""
+    if how == "x":
+        return o.view(half)
+    return o if how is None else narrow(o, pdt)
 
 
 def default_eps(dtype: np.dtype) -> float:
@@ -243,7 +254,7 @@ def _plain_buffer(a: Array) -> bool:
     return a.ndim == 1 and a.flags.c_contiguous and a.flags.writeable
 
 
-@_half_storage("x", None, None, data=(0,))
+@_half_storage("x", None, None, data=(0,), params=(4, 5, 6, 7))
 def _batch_norm_train(
     x, n, c, s, weight, bias, running_mean, running_var, factor, eps, relu, stats_kind=0, kind=0
 ) -> Stats3:
@@ -261,7 +272,7 @@ def _batch_norm_train(
     )
 
 
-@_half_storage("x", None, None, data=(0,))
+@_half_storage("x", None, None, data=(0,), params=(4, 5, 6, 7))
 def batch_norm_eval(
     x: Array,
     n: int,
@@ -281,7 +292,7 @@ def batch_norm_eval(
     )
 
 
-@_half_storage("x", "p", "p", data=(0, 1, 9))
+@_half_storage("x", "p", "p", data=(0, 1, 9), params=(5, 6, 7))
 def batch_norm_backward(
     dy: Array,
     x: Array,
@@ -318,7 +329,7 @@ def batch_norm_stats(x: Array, n: int, c: int, s: int, kind: int = 0) -> Tuple[i
     return count, mean, var * count
 
 
-@_half_storage("x", data=(0,))
+@_half_storage("x", data=(0,), params=(4, 5, 6, 7))
 def batch_norm_elemt(
     x: Array,
     n: int,
@@ -335,7 +346,7 @@ def batch_norm_elemt(
     return bn_kernels.batch_norm_elemt(x, n, c, s, mean, invstd, weight, bias, False, kind)
 
 
-@_half_storage(None, None, data=(0, 1))
+@_half_storage(None, None, data=(0, 1), params=(5, 6))
 def batch_norm_backward_reduce(
     dy: Array, x: Array, n: int, c: int, s: int, mean: Array, invstd: Array, kind: int = 0
 ) -> Tuple[Array, Array]:
@@ -344,7 +355,7 @@ def batch_norm_backward_reduce(
     return bn_kernels.batch_norm_backward_reduce(dy, x, n, c, s, mean, invstd, kind)
 
 
-@_half_storage("x", data=(0, 1))
+@_half_storage("x", data=(0, 1), params=(5, 6, 7, 8, 9))
 def batch_norm_backward_elemt(
     dy: Array,
     x: Array,
@@ -372,7 +383,7 @@ def batch_norm_backward_elemt(
 # an empty row has no statistics: NaN, as torch gives
 
 
-@_half_storage("x", None, None, data=(0,))
+@_half_storage("x", None, None, data=(0,), params=(3, 4))
 def layer_norm_forward(
     x: Array, m: int, d: int, weight: Optional[Array], bias: Optional[Array], eps: float, kind: int = 0
 ) -> Stats3:
@@ -382,7 +393,7 @@ def layer_norm_forward(
     return row_kernels.layer_norm_forward(x, m, d, weight, bias, float(eps), kind)
 
 
-@_half_storage("x", "p", "p", data=(0, 1))
+@_half_storage("x", "p", "p", data=(0, 1), params=(5, 6, 7))
 def layer_norm_backward(
     dy: Array,
     x: Array,
@@ -402,7 +413,7 @@ def layer_norm_backward(
     return dx, dw.reshape(shape), db.reshape(shape)
 
 
-@_half_storage("x", "x", None, None, data=(0, 1))
+@_half_storage("x", "x", None, None, data=(0, 1), params=(4, 5))
 def add_layer_norm_forward(
     x: Array,
     r: Array,
@@ -445,14 +456,14 @@ def rms_norm_forward(
     return _rms_norm_forward(x, m, d, weight, default_eps(x.dtype) if eps is None else float(eps))
 
 
-@_half_storage("x", None, data=(0,))
+@_half_storage("x", None, data=(0,), params=(3,))
 def _rms_norm_forward(x: Array, m: int, d: int, weight: Optional[Array], eps: float, kind: int = 0):
     if m == 0 or d == 0:
         return np.empty_like(x), np.full(m, np.nan)
     return row_kernels.rms_norm_forward(x, m, d, weight, eps, kind)
 
 
-@_half_storage("x", "p", data=(0, 1))
+@_half_storage("x", "p", data=(0, 1), params=(5, 6))
 def rms_norm_backward(
     dy: Array,
     x: Array,
@@ -470,7 +481,7 @@ def rms_norm_backward(
     return dx, dw.reshape(shape)
 
 
-@_half_storage("x", None, None, None, data=(0,))
+@_half_storage("x", None, None, None, data=(0,), params=(5, 6))
 def group_norm_forward(
     x: Array,
     n: int,
@@ -489,7 +500,7 @@ def group_norm_forward(
     return row_kernels.group_norm_forward(x, n, g, cg, s, weight, bias, float(eps), kind)
 
 
-@_half_storage("x", "p", "p", data=(0, 1))
+@_half_storage("x", "p", "p", data=(0, 1), params=(6, 7, 8))
 def group_norm_backward(
     dy: Array,
     x: Array,

@@ -8,7 +8,7 @@ clear per 4 KiB: measured with ``perf record``, 30-40% of a LayerNorm forward+ba
 (4096, 64) through the torch drop-in went to ``exc_page_fault`` / ``clear_page_erms``.
 A pooled buffer is already mapped.
 
-An output of at least ``MIN_BYTES`` is an array on a malloc'd block whose base object
+An output of at least ``MIN_BYTES`` is an array on a 64-byte aligned block whose base object
 returns the block to the pool when the array (or the torch tensor on it) is freed. The
 pool keeps freed blocks by exact size (a loop asks for the same sizes again), newest
 first, at most ``max_bytes`` in all (:func:`set_max_bytes`; 0: no pool, every block is
@@ -19,10 +19,15 @@ kernels' nogil sections, object deallocation), which serializes them.
 cimport numpy as cnp
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uintptr_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free
+
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
 
 cnp.import_array()
 
+cdef size_t ALIGN = 64  # a cache line (and an AVX-512 vector)
 cdef Py_ssize_t MIN_BYTES = 256 * 1024  # smaller ones: np.empty (malloc's bins are warm)
 cdef Py_ssize_t _max_bytes = 64 * 1024 * 1024
 cdef Py_ssize_t _kept_bytes = 0
@@ -60,7 +65,12 @@ cdef void* _take(Py_ssize_t nbytes):
     if blocks:
         _kept_bytes -= nbytes
         return <void*><uintptr_t>blocks.pop()
-    return malloc(nbytes)
+    # 64-byte aligned: malloc's 16 would split every other 32-byte vector store across two
+    # cache lines (measured: a channels-last BatchNorm eval from memory 1.3x slower)
+    cdef void* data = NULL
+    if posix_memalign(&data, ALIGN, nbytes) != 0:
+        return NULL
+    return data
 
 
 cdef cnp.ndarray pooled_empty(int nd, cnp.npy_intp* dims, int typenum):

@@ -145,7 +145,7 @@ def _output(y: Array, shape: Tuple[int, ...], out_last: bool) -> Array:
 # dtype (float32 with torch's mixed precision)
 
 
-@_ops._half_storage("x", None, None, None, data=(0,))
+@_ops._half_storage("x", None, None, None, data=(0,), params=(2, 3))
 def _cl_forward(x, dims, weight, bias, eps, out_last, kind=0):
     """_ops.group_norm_channels_last_forward, of half storage too."""
     if not kind:
@@ -153,7 +153,7 @@ def _cl_forward(x, dims, weight, bias, eps, out_last, kind=0):
     return cl_kernels.group_norm_forward(x, dims, weight, bias, float(eps), out_last, kind)
 
 
-@_ops._half_storage("x", "p", "p", data=(0, 1))
+@_ops._half_storage("x", "p", "p", data=(0, 1), params=(3, 4, 5))
 def _cl_backward(dy, x, dims, mean, rstd, weight, dy_last, kind=0):
     """_ops.group_norm_channels_last_backward, of half storage too (dweight, dbias in
     float64 then: rounded once by _half_storage)."""

@@ -50,7 +50,8 @@ Call = Callable[..., torch.Tensor]  # (input, weight, bias, args, grad=None) -> 
 _from_numpy = torch.from_numpy
 _grad_enabled = torch.is_grad_enabled
 _BFLOAT16 = torch.bfloat16
-_INT16 = torch.int16
+_UINT16 = torch.uint16
+_BITS = np.dtype(np.uint16)
 
 # NumPy has no bfloat16: ml_dtypes' is the one cnorm's kernels take, imported with the first
 # bfloat16 tensor (importing it costs a second); without ml_dtypes bfloat16 runs torch's kernels
@@ -67,8 +68,8 @@ def numpy_view(t: torch.Tensor, dtype: torch.dtype) -> Optional[np.ndarray]:
     try:
         # bfloat16 by its dtype, not by numpy()'s TypeError: a C++ exception costs ~0.75M
         # instructions (callgrind) to unwind
-        if dtype is _BFLOAT16:
-            return t.data.view(_INT16).numpy().view(_np_bfloat16)
+        if dtype is _BFLOAT16:  # through its bits: uint16 (one view fewer than int16)
+            return (t.data if t.requires_grad else t).view(_UINT16).numpy().view(_np_bfloat16)
         # .data: a view that does not require grad (cheaper than numpy(force=True))
         return (t.data if t.requires_grad else t).numpy()
     except (TypeError, RuntimeError):
@@ -87,10 +88,10 @@ def as_numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:
     """A tensor on the memory of a NumPy array (no copy); ml_dtypes.bfloat16 arrays too
-    (NumPy kind "V": torch reads them as their int16 bits)."""
+    (NumPy kind "V": torch reads them as their uint16 bits)."""
     if a.dtype.kind == "f":
         return _from_numpy(a)
-    return _from_numpy(a.view(np.int16)).view(_BFLOAT16)
+    return _from_numpy(a.view(_BITS)).view(_BFLOAT16)
 
 
 def needs_grad(input, weight, bias) -> bool:
