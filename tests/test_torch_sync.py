@@ -7,6 +7,7 @@ import importlib.util
 import os
 import pathlib
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -19,9 +20,19 @@ TOL = 1e-10
 
 
 def _load_example():
+    """examples/sync_bn_mpi4py.py as a module; it imports its folder's _common (which a
+    script run finds next to it), so that folder goes on sys.path for the import."""
     spec = importlib.util.spec_from_file_location("sync_bn_mpi4py", ROOT / "examples" / "sync_bn_mpi4py.py")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    folder = str(ROOT / "examples")
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        if added:
+            sys.path.remove(folder)
     return mod
 
 

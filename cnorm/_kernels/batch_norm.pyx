@@ -34,6 +34,7 @@ cimport numpy as cnp
 from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
+from cpython.pyport cimport PY_SSIZE_T_MAX
 
 from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, ExactStats, call_typed, chan_merge,
                       check_array, check_dims, chunk_size, compute_typenum, data_or_null,
@@ -51,6 +52,22 @@ include "batch_norm_half.pxi"
 
 
 include "batch_norm_reduce.pxi"
+
+
+# (N, C) rows of at most this many channels go four rows per coefficient load (the _cols4
+# loops: on a short row the call and the coefficient loads are most of the work); longer
+# rows one at a time, one stream each: the four streams 4*C apart of _cols4 read and
+# wrote memory slower (set_cols4_max_channels; the same bits either way)
+cdef Py_ssize_t cols4_max_c = PY_SSIZE_T_MAX
+
+
+def set_cols4_max_channels(Py_ssize_t c):
+    """The widest (N, C) row that the normalize and input-gradient passes take four rows at
+    a time; returns the previous value (tests compare the two paths)."""
+    global cols4_max_c
+    old = cols4_max_c
+    cols4_max_c = c
+    return old
 
 
 # ---------------------------------------------------------------------------------------
@@ -73,8 +90,8 @@ cdef void _normalize_work(const floating* x, void* job, int t, int n_threads) no
         if j.scaled:
             _normalize_scaled(y, x, j, n, n1)
             return
-    if S == 1:          # (N, C): per-element coefficients, four rows per coefficient load
-        if not stream:
+    if S == 1:          # (N, C): per-element coefficients, short rows four at a time
+        if not stream and C <= cols4_max_c:
             while n + 4 <= n1:
                 affine_cols4(y + n * C, x + n * C, C, C, hi, lo, scale, beta, relu)
                 n += 4
@@ -177,8 +194,8 @@ cdef void _input_grad_work(const floating* x, void* job, int t, int n_threads) n
     cdef Py_ssize_t C = j.C, S = j.S, n, n1, o, c
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1:          # (N, C): per-element coefficients, four rows per coefficient load
-        if not stream:
+    if S == 1:          # (N, C): per-element coefficients, short rows four at a time
+        if not stream and C <= cols4_max_c:
             while n + 4 <= n1:
                 bn_grad_cols4(dx + n * C, dy + n * C, x + n * C, C, C, hi, lo, invstd, k1,
                               mean_dy, mean_dy_xhat, offset(ym, n * C))

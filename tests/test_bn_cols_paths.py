@@ -1,0 +1,62 @@
+"""BatchNorm's (N, C) rows go through one of two loops of the normalize and input-gradient
+passes: four rows per coefficient load (the ``_cols4`` loops, for short rows) or one row at
+a time (long rows: one memory stream each). The row width that picks them is a speed
+choice only (``batch_norm.set_cols4_max_channels``): both must give the same bits, for
+every dtype, with and without the fused ReLU, streamed or not, at 1 and 2 threads."""
+
+import numpy as np
+import pytest
+
+import cnorm
+from cnorm._kernels import batch_norm as bn_kernels
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+EPS = 1e-5
+# C around the vector widths and the default switch; M not a multiple of 4 (the row tail)
+SHAPES = [(7, 1), (9, 5), (13, 8), (30, 31), (33, 32), (18, 33), (11, 64), (6, 257), (4099, 48)]
+DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
+
+
+@pytest.fixture
+def restore():
+    saved = (cnorm.get_num_threads(), bn_kernels.set_cols4_max_channels(0))
+    bn_kernels.set_cols4_max_channels(saved[1])
+    yield
+    cnorm.set_num_threads(saved[0])
+    bn_kernels.set_cols4_max_channels(saved[1])
+
+
+def _outputs(x, dy, w, b):
+    """Every output of the (N, C) normalize and input-gradient passes."""
+    n, c = x.shape
+    kind = {np.dtype(np.float16): 1, np.dtype(ml_dtypes.bfloat16): 2}.get(x.dtype, 0)
+    if kind:
+        x, dy = x.view(np.uint16), dy.view(np.uint16)
+    rm, rv = np.zeros(c, w.dtype), np.ones(c, w.dtype)
+    y, mean, invstd = bn_kernels.batch_norm_forward_train(x, n, c, 1, w, b, rm, rv, 0.1, EPS, False, kind)
+    yr = bn_kernels.batch_norm_forward_train(x, n, c, 1, w, b, None, None, 0.1, EPS, True, kind)[0]
+    ye = bn_kernels.batch_norm_forward_eval(x, n, c, 1, w, b, rm, rv, EPS, False, kind)[0]
+    dx = bn_kernels.batch_norm_backward(dy, x, n, c, 1, mean, invstd, w, True, None, kind)[0]
+    dxr = bn_kernels.batch_norm_backward(dy, x, n, c, 1, mean, invstd, w, True, yr, kind)[0]
+    dxe = bn_kernels.batch_norm_backward(dy, x, n, c, 1, mean, invstd, w, False, None, kind)[0]
+    return [y, yr, ye, dx, dxr, dxe]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_four_rows_and_one_row_give_the_same_bits(restore, shape, dtype, threads):
+    rng = np.random.default_rng(sum(shape))
+    n, c = shape
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    pdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    w, b = rng.uniform(0.5, 2, c).astype(pdt), rng.standard_normal(c).astype(pdt)
+    cnorm.set_num_threads(threads)
+    bn_kernels.set_cols4_max_channels(1 << 40)  # every row four at a time
+    four = _outputs(x, dy, w, b)
+    bn_kernels.set_cols4_max_channels(0)  # every row on its own
+    one = _outputs(x, dy, w, b)
+    for a, o in zip(four, one):
+        assert a.dtype == o.dtype
+        np.testing.assert_array_equal(a.view(np.uint8), o.view(np.uint8))
