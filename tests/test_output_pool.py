@@ -92,3 +92,16 @@ def test_the_bound_holds_and_zero_frees_everything(pool_on):
 def test_bad_bounds_raise(bad):
     with pytest.raises(ValueError, match="non-negative integer"):
         cnorm.set_output_pool_bytes(bad)
+
+
+@pytest.mark.parametrize("extra_rows", [0, 1, 3])
+def test_pooled_outputs_start_on_a_cache_line(pool_on, extra_rows):
+    """Pooled blocks are 64-byte aligned (malloc's 16 would split every other 32-byte
+    vector store across two cache lines)."""
+    x = _x((ROWS[0] + extra_rows, 64))
+    ys = [CF.layer_norm(x, (64,)) for _ in range(3)]  # fresh blocks and recycled ones
+    del ys[0]
+    ys.append(CF.layer_norm(x, (64,)))
+    for y in ys:
+        assert y.nbytes >= POOL_MIN_BYTES
+        assert y.ctypes.data % 64 == 0
