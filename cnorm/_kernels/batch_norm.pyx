@@ -47,12 +47,6 @@ from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_co
                           cn_stream_fence, cols_any_unsafe, cols_dev, cols_merge, cols_sum)
 
 cnp.import_array()
-include "simd_control.pxi"
-include "batch_norm_half.pxi"
-
-
-include "batch_norm_reduce.pxi"
-
 
 # (N, C) rows of at most this many channels go four rows per coefficient load (the _cols4
 # loops: on a short row the call and the coefficient loads are most of the work); longer
@@ -68,6 +62,13 @@ def set_cols4_max_channels(Py_ssize_t c):
     old = cols4_max_c
     cols4_max_c = c
     return old
+
+
+include "simd_control.pxi"
+include "batch_norm_half.pxi"
+
+
+include "batch_norm_reduce.pxi"
 
 
 # ---------------------------------------------------------------------------------------
