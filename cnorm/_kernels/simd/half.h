@@ -10,7 +10,7 @@
    tw, ...) stay float.
 
    Conversions: the avx2 build 8 lanes at a time (F16C vcvtph2ps / vcvtps2ph; bfloat16 by
-   16-bit shifts, cn_bf16x8_*); the base build on ARM by NEON vcvt_f32_f16 / vcvt_f16_f32,
+   16-bit shifts, cn_bf16x8_*, and its loops 16 at a time: cn_bf16x16_*, below); the base build on ARM by NEON vcvt_f32_f16 / vcvt_f16_f32,
    elsewhere bfloat16 by vector shifts and float16 lane by lane; the scalar build with the
    helpers of simd.h. All give the same bits (test_simd_table's harness, test_half). */
 
@@ -196,7 +196,14 @@ CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
 #else
 #define CN_H_STREAM(PAIR, out, i, n, SCALAR, VECTOR) (void)stream;
 #endif
-/* the steps, two per trip, then one: these loops are instruction-bound */
+/* two bundles per trip of a reduction (the same operations, in the same order): these
+   loops are instruction-bound */
+#if CN_GNU
+#define CN_H_UNROLL _Pragma("GCC unroll 2")
+#else
+#define CN_H_UNROLL
+#endif
+/* the steps, two per trip, then one */
 #define CN_H_STEPS(PAIR, out, i, n, VECTOR, nt)                                           \
     for (; i <= n - 2 * CN_H_STEP; i += 2 * CN_H_STEP) {                                   \
         CN_H_PUT(PAIR, out, VECTOR, nt);                                                   \
@@ -241,6 +248,7 @@ CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
 #undef CN_H_EACH_
 #undef CN_H_EACH_COLS
 #undef CN_H_STEPS
+#undef CN_H_UNROLL
 #undef CN_H_BUNDLE
 #undef CN_H_LANES
 #undef CN_H_PAIRS

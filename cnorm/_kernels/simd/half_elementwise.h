@@ -18,7 +18,13 @@
 #define CN_AFFINE_COL_V(xv) \
     CN_AFFINE(xv, load(hi + i), load(lo + i), load(scale + i), load(beta + i))
 #define relu(v) CN_FN(relu)(v)
+#if CN_VEC
+/* relu_v's bits (loops.h: v where v > 0 or NaN, else +0) in one compare: not v <= 0 */
+CN_HHELPER V CN_FN(relu_nle)(V v) { return (V)((M)v & ~(M)(v <= 0)); }
+#define relu_v(v) CN_FN(relu_nle)(v)
+#else
 #define relu_v(v) CN_FN(relu_v)(v)
+#endif
 #define mask_grad(g, y) CN_FN(mask_grad)(g, y)
 #define mask_grad_v(g, y) CN_FN(mask_grad_v)(g, y)
 

@@ -10,7 +10,7 @@ CN_HLOOP double CN_FN(block_sum)(const X* CN_RESTRICT x, ptrdiff_t n)
     T lanes[L];
     ptrdiff_t i = 0, k;
     for (k = 0; k < K; k++) acc[k] = splat(0);
-    for (; i <= n - L; i += L)
+    CN_H_UNROLL for (; i <= n - L; i += L)
         for (k = 0; k < K; k++) acc[k] += CN_H_BUNDLE(x + i, k);
     CN_H_LANES(lanes, acc);
     for (; i < n; i++) lanes[i % L] += XS(x);
@@ -26,7 +26,7 @@ CN_HLOOP void CN_FN(block_dev)(double* s1, double* s2, const X* CN_RESTRICT x, p
     T a1[L], a2[L];
     ptrdiff_t i = 0, k;
     for (k = 0; k < K; k++) p[k] = q[k] = splat(0);
-    for (; i <= n - L; i += L)
+    CN_H_UNROLL for (; i <= n - L; i += L)
         for (k = 0; k < K; k++) {
             V v = CN_H_BUNDLE(x + i, k) - vs;
             p[k] += v;
@@ -53,7 +53,7 @@ CN_HLOOP void CN_FN(bn_grad_sums)(double* s_dy, double* s_dyd, const X* CN_RESTR
     T a1[L], a2[L];
     ptrdiff_t i = 0, k;
     for (k = 0; k < K; k++) p[k] = q[k] = splat(0);
-    for (; i <= n - L; i += L)
+    CN_H_UNROLL for (; i <= n - L; i += L)
         for (k = 0; k < K; k++) {
             V g = CN_H_BUNDLE(dy + i, k);
             V d = (CN_H_BUNDLE(x + i, k) - vh) - vl;

@@ -248,13 +248,25 @@ __attribute__((target("avx2"))) static CN_INLINE __m256 cn_bf16x16_odd(const uin
     return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)));
 }
 
-/* the inverse: the 16 bfloat16 bits of the rounded even and odd elements, in order (each
-   lane's two rounded halves merged by one blend) */
+/* the inverse: the 16 bfloat16 bits of the rounded even and odd elements, in order. No
+   NaN: each lane's kept halves (truncated) and dropped halves gathered by two blends, then
+   16-bit words: up by one where dropped | kept lsb > 0x8000 (cn_bf16x8_round_high's
+   carry: more than half an ulp, or half with the kept lsb odd). A NaN: each vector by
+   cn_bf16x8_round_high_nan, the rounded halves merged by one blend. */
 __attribute__((target("avx2"))) static CN_INLINE __m256i cn_bf16x16_round_eo(__m256 even, __m256 odd)
 {
-    __m256i re, ro;
-    cn_bf16x16_round_high(&re, &ro, even, odd);
-    return _mm256_blend_epi16(_mm256_srli_epi32(re, 16), ro, 0xaa);
+    const __m256 nan = _mm256_cmp_ps(even, odd, _CMP_UNORD_Q);
+    const __m256i ue = _mm256_castps_si256(even), uo = _mm256_castps_si256(odd);
+    if (__builtin_expect(_mm256_testz_ps(nan, nan), 1)) {
+        const __m256i one = _mm256_set1_epi16(1);
+        const __m256i kept = _mm256_blend_epi16(_mm256_srli_epi32(ue, 16), uo, 0xaa);
+        const __m256i dropped = _mm256_blend_epi16(ue, _mm256_slli_epi32(uo, 16), 0xaa);
+        const __m256i t = _mm256_or_si256(dropped, _mm256_and_si256(kept, one));
+        const __m256i up = _mm256_min_epu16(_mm256_subs_epu16(t, _mm256_set1_epi16((short)0x8000)), one);
+        return _mm256_add_epi16(kept, up);
+    }
+    return _mm256_blend_epi16(_mm256_srli_epi32(cn_bf16x8_round_high_nan(even), 16),
+                              cn_bf16x8_round_high_nan(odd), 0xaa);
 }
 
 /* the 16 bfloat16 bits of a (elements 0..7) and b (8..15) rounded, in order (one pack,
