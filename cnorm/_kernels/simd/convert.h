@@ -3,7 +3,8 @@
 
    Widening is exact; narrowing rounds to nearest even, once (from double through a
    float rounded to odd: cn_f64_to_f32_odd). The avx2 build converts 8 lanes at a time
-   (F16C vcvtph2ps / vcvtps2ph; bfloat16 by 16-bit shifts: cn_bf16x8_*), the other builds element by
+   (F16C vcvtph2ps / vcvtps2ph; bfloat16 by 16-bit shifts, rounded 16 at a time: cn_bf16x8_*,
+   cn_bf16x16_*), the other builds element by
    element with the scalar helpers of simd.h; both give the same bits (tests check every
    float16 value and the rounding edges). */
 
@@ -61,6 +62,9 @@ CN_CVT_LOOP void CN_FN(to_bf16)(uint16_t* CN_RESTRICT h, const T* CN_RESTRICT x,
 {
     ptrdiff_t i = 0;
 #if CN_CVT_AVX2
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i*)(void*)(h + i),
+                            cn_bf16x16_round(_mm256_loadu_ps(x + i), _mm256_loadu_ps(x + i + 8)));
     for (; i + 8 <= n; i += 8) cn_bf16x8_store(h + i, _mm256_loadu_ps(x + i));
 #endif
     for (; i < n; i++) h[i] = cn_f32_to_bf16(CN_NARROW(x[i]));

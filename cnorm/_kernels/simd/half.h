@@ -10,7 +10,7 @@
    tw, ...) stay float.
 
    Conversions: the avx2 build 8 lanes at a time (F16C vcvtph2ps / vcvtps2ph; bfloat16 by
-   16-bit shifts, cn_bf16x8_*); the base build on ARM by NEON vcvt_f32_f16 / vcvt_f16_f32,
+   16-bit shifts, cn_bf16x8_*, and its loops 16 at a time: cn_bf16x16_*, below); the base build on ARM by NEON vcvt_f32_f16 / vcvt_f16_f32,
    elsewhere bfloat16 by vector shifts and float16 lane by lane; the scalar build with the
    helpers of simd.h. All give the same bits (test_simd_table's harness, test_half). */
 
@@ -95,12 +95,86 @@ CN_HHELPER void CN_FN(stx)(X* p, V v)
 #endif
 }
 
-/* element i of a storage array, widened: one value (XS) or W of them (XV) */
-#define XS(p) CN_FN(wid)((p)[i])
-#define XV(p) CN_FN(ldx)((p) + i)
+/* bfloat16 in the avx2 build: 2W values per step (cn_bf16x16_*, simd.h), the loads one
+   32-byte read, the stores one 32-byte write, the rounding's NaN test one per step. The
+   loops whose coefficients are the same for every element (CN_H_EACH) and the reductions
+   take the even and the odd elements of the step as their two vectors (no shuffles:
+   shifts and masks of 32-bit lanes); those with per-element coefficients
+   (CN_H_EACH_COLS) two vectors in order. Each element gets the same operations either way. */
+#if CN_H_AVX2 && CN_HALF == 2
+#define CN_H_PAIRS 1
+#else
+#define CN_H_PAIRS 0
+#endif
 
-/* out[i] = the narrowed value of SCALAR (element by element) or VECTOR (W at a time, i a
-   multiple of W from the start, or from out's 16-byte alignment when streamed: avx2) */
+#if CN_H_PAIRS
+/* W values of the storage array at p: part 0 in order (ldx), 1 / 2 the even / odd
+   elements of the 2W from p */
+CN_HHELPER V CN_FN(ldx_part)(const X* p, int part)
+{
+    return part == 0 ? CN_FN(ldx)(p) : (V)(part == 1 ? cn_bf16x16_even(p) : cn_bf16x16_odd(p));
+}
+
+/* a reduction's bundle (K = 2 vectors) at p: vector k the even (k = 0) or odd elements,
+   so lane j of acc[k] accumulates element 2j + k; CN_H_LANES puts the lanes back in
+   element order (lanes[j] of element j: the order of the other builds) */
+#define CN_H_BUNDLE(p, k) CN_FN(ldx_part)(p, (int)(k) + 1)
+CN_HHELPER void CN_FN(unbundle)(T* lanes, const V* acc)
+{
+    const __m256 lo = _mm256_unpacklo_ps((__m256)acc[0], (__m256)acc[1]);  /* 0 1 2 3 | 8 9 10 11 */
+    const __m256 hi = _mm256_unpackhi_ps((__m256)acc[0], (__m256)acc[1]);  /* 4 5 6 7 | 12 .. 15 */
+    _mm256_storeu_ps(lanes, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(lanes + W, _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+#define CN_H_LANES(to, acc) CN_FN(unbundle)(to, acc)
+
+CN_HHELPER void CN_FN(st2)(X* p, __m256i bits) { _mm256_storeu_si256((__m256i*)(void*)p, bits); }
+CN_HHELPER void CN_FN(st2_nt)(X* p, __m256i bits) { _mm256_stream_si256((__m256i*)(void*)p, bits); }
+
+/* out[i:i + 2W] = VECTOR rounded: on the even and the odd elements (hpart 1, 2) or on
+   two vectors in order (i, i + W); ST the store */
+#define CN_H_PAIR_EO(out, VECTOR, ST)                                                      \
+    do {                                                                                   \
+        V even_, odd_;                                                                     \
+        {                                                                                  \
+            const int hpart = 1;                                                           \
+            even_ = (VECTOR);                                                              \
+        }                                                                                  \
+        {                                                                                  \
+            const int hpart = 2;                                                           \
+            odd_ = (VECTOR);                                                               \
+        }                                                                                  \
+        ST((out) + i, cn_bf16x16_round_eo((__m256)even_, (__m256)odd_));                   \
+    } while (0)
+#define CN_H_PAIR_ORDERED(out, VECTOR, ST)                                                 \
+    do {                                                                                   \
+        const V first_ = (VECTOR);                                                         \
+        V second_;                                                                         \
+        i += W;                                                                            \
+        second_ = (VECTOR);                                                                \
+        i -= W;                                                                            \
+        ST((out) + i, cn_bf16x16_round((__m256)first_, (__m256)second_));                  \
+    } while (0)
+#define CN_H_STEP (2 * W)
+#define CN_H_PUT(PAIR, out, VECTOR, nt) PAIR(out, VECTOR, CN_FN(st2##nt))
+#else
+#define CN_H_STEP W
+#define CN_H_PUT(PAIR, out, VECTOR, nt) CN_FN(stx##nt)((out) + i, VECTOR)
+#define CN_H_BUNDLE(p, k) CN_FN(ldx)((p) + (k) * W)
+#define CN_H_LANES(to, acc) memcpy(to, acc, sizeof(T) * L)
+#endif
+
+/* element i of a storage array, widened: one value (XS) or W of them (XV; in a pair
+   step of CN_H_EACH the even or odd ones, hpart) */
+#define XS(p) CN_FN(wid)((p)[i])
+#if CN_H_PAIRS
+#define XV(p) CN_FN(ldx_part)((p) + i, hpart)
+#else
+#define XV(p) CN_FN(ldx)((p) + i)
+#endif
+
+/* out[i] = the narrowed value of SCALAR (element by element) or VECTOR (CN_H_STEP at a
+   time from the start, or from out's alignment when streamed: avx2) */
 #if CN_H_AVX2
 CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
 {
@@ -110,27 +184,51 @@ CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
     _mm_stream_si128((__m128i*)(void*)p, cn_bf16x8_round((__m256)v));
 #endif
 }
-#define CN_H_STREAM(out, i, n, SCALAR, VECTOR)                                            \
+#define CN_H_STREAM(PAIR, out, i, n, SCALAR, VECTOR)                                      \
     if (stream) {                                                                          \
         for (; i < n && ((uintptr_t)((out) + i) % 16) != 0; i++) (out)[i] = CN_FN(nar)(SCALAR); \
-        CN_H_UNROLL for (; i <= n - W; i += W) CN_FN(stx_nt)((out) + i, VECTOR);         \
+        if (CN_H_STEP > W && i <= n - W && ((uintptr_t)((out) + i) % 32) != 0) {           \
+            CN_FN(stx_nt)((out) + i, VECTOR);  /* to the 32-byte stores' alignment */      \
+            i += W;                                                                        \
+        }                                                                                  \
+        CN_H_STEPS(PAIR, out, i, n, VECTOR, _nt)                                           \
     }
 #else
-#define CN_H_STREAM(out, i, n, SCALAR, VECTOR) (void)stream;
+#define CN_H_STREAM(PAIR, out, i, n, SCALAR, VECTOR) (void)stream;
 #endif
-/* two vectors per trip, the bound computed once: these loops are instruction-bound */
+/* two bundles per trip of a reduction (the same operations, in the same order): these
+   loops are instruction-bound */
 #if CN_GNU
 #define CN_H_UNROLL _Pragma("GCC unroll 2")
 #else
 #define CN_H_UNROLL
 #endif
-#define CN_H_EACH(out, n, SCALAR, VECTOR)                                                 \
+/* the steps, two per trip, then one */
+#define CN_H_STEPS(PAIR, out, i, n, VECTOR, nt)                                           \
+    for (; i <= n - 2 * CN_H_STEP; i += 2 * CN_H_STEP) {                                   \
+        CN_H_PUT(PAIR, out, VECTOR, nt);                                                   \
+        i += CN_H_STEP;                                                                    \
+        CN_H_PUT(PAIR, out, VECTOR, nt);                                                   \
+        i -= CN_H_STEP;                                                                    \
+    }                                                                                      \
+    if (i <= n - CN_H_STEP) {                                                              \
+        CN_H_PUT(PAIR, out, VECTOR, nt);                                                   \
+        i += CN_H_STEP;                                                                    \
+    }
+#define CN_H_EACH_(PAIR, out, n, SCALAR, VECTOR)                                          \
     do {                                                                                   \
         ptrdiff_t i = 0;                                                                   \
-        CN_H_STREAM(out, i, n, SCALAR, VECTOR)                                             \
-        CN_H_UNROLL for (; i <= n - W; i += W) CN_FN(stx)((out) + i, VECTOR);              \
+        const int hpart = 0;                                                               \
+        (void)hpart;                                                                       \
+        CN_H_STREAM(PAIR, out, i, n, SCALAR, VECTOR)                                       \
+        CN_H_STEPS(PAIR, out, i, n, VECTOR, )                                              \
+        for (; i <= n - W; i += W) CN_FN(stx)((out) + i, VECTOR);                          \
         for (; i < n; i++) (out)[i] = CN_FN(nar)(SCALAR);                                  \
     } while (0)
+/* coefficients the same for every element / per element */
+#define CN_H_EACH(out, n, SCALAR, VECTOR) CN_H_EACH_(CN_H_PAIR_EO, out, n, SCALAR, VECTOR)
+#define CN_H_EACH_COLS(out, n, SCALAR, VECTOR) \
+    CN_H_EACH_(CN_H_PAIR_ORDERED, out, n, SCALAR, VECTOR)
 
 #include "half_reduce.h"
 #include "half_elementwise.h"
@@ -147,4 +245,14 @@ CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
 #undef XV
 #undef CN_H_STREAM
 #undef CN_H_EACH
+#undef CN_H_EACH_
+#undef CN_H_EACH_COLS
+#undef CN_H_STEPS
 #undef CN_H_UNROLL
+#undef CN_H_BUNDLE
+#undef CN_H_LANES
+#undef CN_H_PAIRS
+#undef CN_H_PAIR_EO
+#undef CN_H_PAIR_ORDERED
+#undef CN_H_STEP
+#undef CN_H_PUT

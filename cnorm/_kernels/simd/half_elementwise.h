@@ -1,6 +1,7 @@
 /* The elementwise loops of half storage (half.h; the float32 loops of the same name and
    the derivations of their formulas are in elementwise.h): out = the formula of the
-   widened inputs, rounded once. Included by half.h. */
+   widened inputs, rounded once (CN_H_EACH; CN_H_EACH_COLS with per-element coefficients).
+   Included by half.h. */
 
 #define CN_AFFINE(x, hi, lo, scale, beta) ((((x) - (hi)) - (lo)) * (scale) + (beta))
 #define CN_LN_ROW(x, w, b) (((((x) - hi) - lo) * rs) * (w) + (b))
@@ -17,7 +18,13 @@
 #define CN_AFFINE_COL_V(xv) \
     CN_AFFINE(xv, load(hi + i), load(lo + i), load(scale + i), load(beta + i))
 #define relu(v) CN_FN(relu)(v)
+#if CN_VEC
+/* relu_v's bits (loops.h: v where v > 0 or NaN, else +0) in one compare: not v <= 0 */
+CN_HHELPER V CN_FN(relu_nle)(V v) { return (V)((M)v & ~(M)(v <= 0)); }
+#define relu_v(v) CN_FN(relu_nle)(v)
+#else
 #define relu_v(v) CN_FN(relu_v)(v)
+#endif
 #define mask_grad(g, y) CN_FN(mask_grad)(g, y)
 #define mask_grad_v(g, y) CN_FN(mask_grad_v)(g, y)
 
@@ -40,16 +47,16 @@ CN_HLOOP void CN_FN(affine_cols)(X* CN_RESTRICT y, const X* CN_RESTRICT x, ptrdi
                                  int stream, int relu)
 {
     if (relu)
-        CN_H_EACH(y, n, relu(CN_AFFINE_COL(XS(x))), relu_v(CN_AFFINE_COL_V(XV(x))));
+        CN_H_EACH_COLS(y, n, relu(CN_AFFINE_COL(XS(x))), relu_v(CN_AFFINE_COL_V(XV(x))));
     else
-        CN_H_EACH(y, n, CN_AFFINE_COL(XS(x)), CN_AFFINE_COL_V(XV(x)));
+        CN_H_EACH_COLS(y, n, CN_AFFINE_COL(XS(x)), CN_AFFINE_COL_V(XV(x)));
 }
 
 /* LayerNorm forward: y = xhat * w + b, xhat = d * rs */
 CN_HLOOP void CN_FN(ln_row)(X* CN_RESTRICT y, const X* CN_RESTRICT x, const T* CN_RESTRICT w,
                             const T* CN_RESTRICT b, ptrdiff_t n, T hi, T lo, T rs, int stream)
 {
-    CN_H_EACH(y, n, CN_LN_ROW(XS(x), w[i], b[i]), CN_LN_ROW(XV(x), load(w + i), load(b + i)));
+    CN_H_EACH_COLS(y, n, CN_LN_ROW(XS(x), w[i], b[i]), CN_LN_ROW(XV(x), load(w + i), load(b + i)));
 }
 
 /* BatchNorm input gradient: dx = k1 * ((g - mean_dy) - mean_dy_xhat * xhat) */
@@ -76,10 +83,10 @@ CN_HLOOP void CN_FN(bn_grad_cols)(X* CN_RESTRICT dx, const X* CN_RESTRICT dy, co
                                   int stream, const X* CN_RESTRICT ym)
 {
     if (ym)
-        CN_H_EACH(dx, n, CN_BN_GRAD_COL(mask_grad(XS(dy), XS(ym)), XS(x)),
+        CN_H_EACH_COLS(dx, n, CN_BN_GRAD_COL(mask_grad(XS(dy), XS(ym)), XS(x)),
                   CN_BN_GRAD_COL_V(mask_grad_v(XV(dy), XV(ym)), XV(x)));
     else
-        CN_H_EACH(dx, n, CN_BN_GRAD_COL(XS(dy), XS(x)), CN_BN_GRAD_COL_V(XV(dy), XV(x)));
+        CN_H_EACH_COLS(dx, n, CN_BN_GRAD_COL(XS(dy), XS(x)), CN_BN_GRAD_COL_V(XV(dy), XV(x)));
 }
 
 /* one LayerNorm row's input gradient, g = dy * w:
@@ -88,7 +95,7 @@ CN_HLOOP void CN_FN(ln_grad_row)(X* CN_RESTRICT dx, const X* CN_RESTRICT dy,
                                  const X* CN_RESTRICT x, const T* CN_RESTRICT w, ptrdiff_t n,
                                  T hi, T lo, T rstd, T mean_g, T mean_gxhat, int stream)
 {
-    CN_H_EACH(dx, n, CN_ROW_GRAD(XS(dy), XS(x), w[i]), CN_ROW_GRAD(XV(dy), XV(x), load(w + i)));
+    CN_H_EACH_COLS(dx, n, CN_ROW_GRAD(XS(dy), XS(x), w[i]), CN_ROW_GRAD(XV(dy), XV(x), load(w + i)));
 }
 
 /* one channel's segment of a GroupNorm / InstanceNorm row: one weight w */

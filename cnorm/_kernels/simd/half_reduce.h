@@ -1,5 +1,7 @@
 /* The reductions of half storage (half.h; the float32 loops of the same name are in
-   reduce.h): the same lanes and order, each storage load widened. Included by half.h. */
+   reduce.h): the same lanes and order, each storage load widened (a bundle by
+   CN_H_BUNDLE: in order, or bfloat16 on avx2 the even and odd elements, whose lanes
+   CN_H_LANES puts back in order). Included by half.h. */
 
 /* sum(x) */
 CN_HLOOP double CN_FN(block_sum)(const X* CN_RESTRICT x, ptrdiff_t n)
@@ -8,9 +10,9 @@ CN_HLOOP double CN_FN(block_sum)(const X* CN_RESTRICT x, ptrdiff_t n)
     T lanes[L];
     ptrdiff_t i = 0, k;
     for (k = 0; k < K; k++) acc[k] = splat(0);
-    for (; i <= n - L; i += L)
-        for (k = 0; k < K; k++) acc[k] += CN_FN(ldx)(x + i + k * W);
-    memcpy(lanes, acc, sizeof lanes);
+    CN_H_UNROLL for (; i <= n - L; i += L)
+        for (k = 0; k < K; k++) acc[k] += CN_H_BUNDLE(x + i, k);
+    CN_H_LANES(lanes, acc);
     for (; i < n; i++) lanes[i % L] += XS(x);
     return tree(lanes);
 }
@@ -24,14 +26,14 @@ CN_HLOOP void CN_FN(block_dev)(double* s1, double* s2, const X* CN_RESTRICT x, p
     T a1[L], a2[L];
     ptrdiff_t i = 0, k;
     for (k = 0; k < K; k++) p[k] = q[k] = splat(0);
-    for (; i <= n - L; i += L)
+    CN_H_UNROLL for (; i <= n - L; i += L)
         for (k = 0; k < K; k++) {
-            V v = CN_FN(ldx)(x + i + k * W) - vs;
+            V v = CN_H_BUNDLE(x + i, k) - vs;
             p[k] += v;
             q[k] += v * v;
         }
-    memcpy(a1, p, sizeof a1);
-    memcpy(a2, q, sizeof a2);
+    CN_H_LANES(a1, p);
+    CN_H_LANES(a2, q);
     for (; i < n; i++) {
         T d = XS(x) - shift;
         a1[i % L] += d;
@@ -51,18 +53,17 @@ CN_HLOOP void CN_FN(bn_grad_sums)(double* s_dy, double* s_dyd, const X* CN_RESTR
     T a1[L], a2[L];
     ptrdiff_t i = 0, k;
     for (k = 0; k < K; k++) p[k] = q[k] = splat(0);
-    for (; i <= n - L; i += L)
+    CN_H_UNROLL for (; i <= n - L; i += L)
         for (k = 0; k < K; k++) {
-            const ptrdiff_t o = i + k * W;
-            V g = CN_FN(ldx)(dy + o);
-            V d = (CN_FN(ldx)(x + o) - vh) - vl;
+            V g = CN_H_BUNDLE(dy + i, k);
+            V d = (CN_H_BUNDLE(x + i, k) - vh) - vl;
             if (ym)
-                g = CN_FN(mask_grad_v)(g, CN_FN(ldx)(ym + o));
+                g = CN_FN(mask_grad_v)(g, CN_H_BUNDLE(ym + i, k));
             p[k] += g;
             q[k] += g * d;
         }
-    memcpy(a1, p, sizeof a1);
-    memcpy(a2, q, sizeof a2);
+    CN_H_LANES(a1, p);
+    CN_H_LANES(a2, q);
     for (; i < n; i++) {
         T d = (XS(x) - hi) - lo;
         T g = ym ? CN_FN(mask_grad)(XS(dy), XS(ym)) : XS(dy);

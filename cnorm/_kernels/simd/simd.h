@@ -189,22 +189,94 @@ __attribute__((target("avx2"))) static CN_INLINE __m256 cn_bf16x8_load(const uin
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
 }
 
+/* The bfloat16 rounding of 8 floats (bits u) in the high 16 bits of each lane, the low 16
+   bits garbage: u + 0x7fff + lsb carries into the kept bits exactly when the dropped ones
+   exceed half an ulp, or equal it with the kept lsb odd (to nearest even). Finite values
+   and infinities only: a NaN may carry into its exponent or sign. */
+__attribute__((target("avx2"))) static CN_INLINE __m256i cn_bf16x8_round_high(__m256i u)
+{
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    return _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
+}
+
+/* the same for every value: a NaN quieted, its payload truncated (u | quiet bit) */
+__attribute__((target("avx2"))) static CN_INLINE __m256i cn_bf16x8_round_high_nan(__m256 f)
+{
+    const __m256i u = _mm256_castps_si256(f);
+    return _mm256_blendv_epi8(cn_bf16x8_round_high(u), _mm256_or_si256(u, _mm256_set1_epi32(0x400000)),
+                              _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
+}
+
 /* 8 float -> 8 bfloat16 bits, rounded to nearest even; NaN quieted (cn_f32_to_bf16) */
 __attribute__((target("avx2"))) static CN_INLINE __m128i cn_bf16x8_round(__m256 f)
 {
-    const __m256i u = _mm256_castps_si256(f), one = _mm256_set1_epi32(1);
-    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
-    __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
-    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
-                                     _mm256_set1_epi32(0x7f800000));
-    r = _mm256_blendv_epi8(r, q, nan);
+    const __m256i r = _mm256_srli_epi32(cn_bf16x8_round_high_nan(f), 16);
     return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
 }
 
 __attribute__((target("avx2"))) static CN_INLINE void cn_bf16x8_store(uint16_t* h, __m256 f)
 {
     _mm_storeu_si128((__m128i*)(void*)h, cn_bf16x8_round(f));
+}
+
+/* Two vectors at a time, for one 32-byte store: a, b rounded (cn_bf16x8_round_high; a
+   NaN in either, rare, takes the NaN-quieting form for both: one compare and test) */
+__attribute__((target("avx2"))) static CN_INLINE void cn_bf16x16_round_high(__m256i* ra, __m256i* rb,
+                                                                            __m256 a, __m256 b)
+{
+    const __m256 nan = _mm256_cmp_ps(a, b, _CMP_UNORD_Q);
+    if (__builtin_expect(_mm256_testz_ps(nan, nan), 1)) {
+        *ra = cn_bf16x8_round_high(_mm256_castps_si256(a));
+        *rb = cn_bf16x8_round_high(_mm256_castps_si256(b));
+    } else {
+        *ra = cn_bf16x8_round_high_nan(a);
+        *rb = cn_bf16x8_round_high_nan(b);
+    }
+}
+
+/* 16 bfloat16 at h -> its even elements (0, 2, ..., 14) and its odd ones as floats: the
+   halves of each 32-bit lane, shifted up or masked (no widening shuffle) */
+__attribute__((target("avx2"))) static CN_INLINE __m256 cn_bf16x16_even(const uint16_t* h)
+{
+    const __m256i v = _mm256_loadu_si256((const __m256i*)(const void*)h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+__attribute__((target("avx2"))) static CN_INLINE __m256 cn_bf16x16_odd(const uint16_t* h)
+{
+    const __m256i v = _mm256_loadu_si256((const __m256i*)(const void*)h);
+    return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)));
+}
+
+/* the inverse: the 16 bfloat16 bits of the rounded even and odd elements, in order. No
+   NaN: each lane's kept halves (truncated) and dropped halves gathered by two blends, then
+   16-bit words: up by one where dropped | kept lsb > 0x8000 (cn_bf16x8_round_high's
+   carry: more than half an ulp, or half with the kept lsb odd). A NaN: each vector by
+   cn_bf16x8_round_high_nan, the rounded halves merged by one blend. */
+__attribute__((target("avx2"))) static CN_INLINE __m256i cn_bf16x16_round_eo(__m256 even, __m256 odd)
+{
+    const __m256 nan = _mm256_cmp_ps(even, odd, _CMP_UNORD_Q);
+    const __m256i ue = _mm256_castps_si256(even), uo = _mm256_castps_si256(odd);
+    if (__builtin_expect(_mm256_testz_ps(nan, nan), 1)) {
+        const __m256i one = _mm256_set1_epi16(1);
+        const __m256i kept = _mm256_blend_epi16(_mm256_srli_epi32(ue, 16), uo, 0xaa);
+        const __m256i dropped = _mm256_blend_epi16(ue, _mm256_slli_epi32(uo, 16), 0xaa);
+        const __m256i t = _mm256_or_si256(dropped, _mm256_and_si256(kept, one));
+        const __m256i up = _mm256_min_epu16(_mm256_subs_epu16(t, _mm256_set1_epi16((short)0x8000)), one);
+        return _mm256_add_epi16(kept, up);
+    }
+    return _mm256_blend_epi16(_mm256_srli_epi32(cn_bf16x8_round_high_nan(even), 16),
+                              cn_bf16x8_round_high_nan(odd), 0xaa);
+}
+
+/* the 16 bfloat16 bits of a (elements 0..7) and b (8..15) rounded, in order (one pack,
+   its 64-bit quarters put back in order) */
+__attribute__((target("avx2"))) static CN_INLINE __m256i cn_bf16x16_round(__m256 a, __m256 b)
+{
+    __m256i ra, rb;
+    cn_bf16x16_round_high(&ra, &rb, a, b);
+    return _mm256_permute4x64_epi64(
+        _mm256_packus_epi32(_mm256_srli_epi32(ra, 16), _mm256_srli_epi32(rb, 16)), 0xd8);
 }
 #endif
 
