@@ -308,23 +308,53 @@ CN_HLOOP void CN_FN(cl_devs)(double* CN_RESTRICT s1, double* CN_RESTRICT s2,
 
 /* ---- pass 3: y = (x - mean[c]) * scale[c] + beta[c]; y channels-first when first ----- */
 
+#define CN_CL_AFFINE_COEFS(VT, w, KB, WW)                                                  \
+    CN_CL_COEF(VT, w, m, mean, KB, WW);                                                    \
+    CN_CL_COEF(VT, w, sc, scale, KB, WW); /* scale: rstd * w, beta: the bias */            \
+    CN_CL_COEF(VT, w, be, beta, KB, WW)
+#define CN_CL_AFFINE_AT(w, WW, r) ((LDX(w, x + (r) * ld + c + k * WW, 1) - m[k]) * sc[k] + be[k])
+
 #define CN_CL_AFFINE(KB, w, VT, WW)                                                        \
     {                                                                                      \
         ptrdiff_t k, r;                                                                    \
-        CN_CL_COEF(VT, w, m, mean, KB, WW);                                                \
-        CN_CL_COEF(VT, w, sc, scale, KB, WW); /* scale: rstd * w, beta: the bias */        \
-        CN_CL_COEF(VT, w, be, beta, KB, WW);                                               \
+        CN_CL_AFFINE_COEFS(VT, w, KB, WW);                                                 \
         for (r = 0; r < nrows; r++)                                                        \
             for (k = 0; k < KB; k++)                                                       \
-                STX(w, y + r * os + (c + k * WW) * oc, oc,                                 \
-                    (LDX(w, x + r * ld + c + k * WW, 1) - m[k]) * sc[k] + be[k]);         \
+                STX(w, y + r * ld + c + k * WW, 1, CN_CL_AFFINE_AT(w, WW, r));             \
+    }
+
+/* y channels-first: the block's values go to a tile of CN_CL_TILE rows per channel
+   first, then each channel's run of the tile to y in one copy. Written straight to y,
+   every lane would be a store of its own to a row of y (nrows apart: with a power-of-two
+   nrows all in one set of the L1 cache, evicted before the next store to the line) */
+#define CN_CL_TILE ((ptrdiff_t)32)
+#define CN_CL_AFFINE_FIRST(KB, w, VT, WW)                                                  \
+    {                                                                                      \
+        ptrdiff_t k, r, r0;                                                                \
+        ST tile[KB * WW][CN_CL_TILE];                                                      \
+        CN_CL_AFFINE_COEFS(VT, w, KB, WW);                                                 \
+        for (r0 = 0; r0 < nrows; r0 += CN_CL_TILE) {                                       \
+            const ptrdiff_t nr = nrows - r0 < CN_CL_TILE ? nrows - r0 : CN_CL_TILE;        \
+            for (r = 0; r < nr; r++)                                                       \
+                for (k = 0; k < KB; k++)                                                   \
+                    STX(w, &tile[k * WW][r], CN_CL_TILE, CN_CL_AFFINE_AT(w, WW, r0 + r));  \
+            for (k = 0; k < KB * WW; k++) {                                                \
+                if (nr == CN_CL_TILE)                                                      \
+                    memcpy(y + (c + k) * nrows + r0, tile[k], sizeof tile[k]);             \
+                else                                                                       \
+                    memcpy(y + (c + k) * nrows + r0, tile[k], (size_t)nr * sizeof(ST));   \
+            }                                                                              \
+        }                                                                                  \
     }
 
 CN_HLOOP void CN_FN(cl_affine)(ST* CN_RESTRICT y, const ST* CN_RESTRICT x, ptrdiff_t ld,
                                ptrdiff_t nrows, const double* mean, const double* scale,
                                const double* beta, ptrdiff_t n, int first)
 {
-    CN_CL_LAYOUTS(CN_CL_AFFINE);
+    if (first)
+        CN_CL_BLOCKS(CN_CL_AFFINE_FIRST);
+    else
+        CN_CL_BLOCKS(CN_CL_AFFINE);
 }
 
 /* ---- backward pass 1: g = dy[r, c]; s_dy[c] += g, s_dyd[c] += g * (x - mean[c]) ------ */
@@ -395,6 +425,10 @@ CN_HLOOP void CN_FN(cl_grad)(ST* CN_RESTRICT dx, const ST* CN_RESTRICT dy,
 #undef CN_CL_TWO_SUMS
 #undef CN_CL_XDEV
 #undef CN_CL_AFFINE
+#undef CN_CL_AFFINE_COEFS
+#undef CN_CL_AFFINE_AT
+#undef CN_CL_AFFINE_FIRST
+#undef CN_CL_TILE
 #undef CN_CL_GRAD_SUMS
 #undef CN_CL_GRAD
 #undef cl_ldd_v

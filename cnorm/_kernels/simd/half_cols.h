@@ -160,8 +160,39 @@ CN_HHELPER void CN_FN(stx2)(X* p, V v0, V v1)
 #define CN_AFFINE4_PAIRS(FV)
 #endif
 
+#if CN_VEC
+/* v[j] = p[j % n] for j < W, n dividing W (the constant cases: one broadcast each) */
+CN_HHELPER V CN_FN(periodic)(const T* CN_RESTRICT p, ptrdiff_t n)
+{
+    V v;
+    ptrdiff_t j;
+    if (n == 1)
+        for (j = 0; j < W; j++) v[j] = p[0];
+    else if (n == 2)
+        for (j = 0; j < W; j++) v[j] = p[j % 2];
+    else if (n == 4)
+        for (j = 0; j < W; j++) v[j] = p[j % 4];
+    else
+        for (j = 0; j < W; j++) v[j] = p[j % n];
+    return v;
+}
+/* rows narrower than a vector (a channels-last BatchNorm of 1, 2 or 4 channels: all
+   tails otherwise), back to back (ld == n): the 4n values as whole vectors, each lane's
+   coefficients those of its channel, the same formula per element (the same bits) */
+#define CN_AFFINE4_NARROW(FV)                                                              \
+    if (ld == n && n < W && W % n == 0 && (4 * n) % W == 0) {                              \
+        const V h = CN_FN(periodic)(hi, n), l = CN_FN(periodic)(lo, n);                    \
+        const V sc = CN_FN(periodic)(scale, n), b = CN_FN(periodic)(beta, n);              \
+        for (i = 0; i < 4 * n; i += W) CN_FN(stx)(y + i, FV(CN_AFFINE(LDV(x), h, l, sc, b))); \
+        break;                                                                             \
+    }
+#else
+#define CN_AFFINE4_NARROW(FV)
+#endif
+
 #define CN_AFFINE4(F, FV)                                                                   \
     do {                                                                                   \
+        CN_AFFINE4_NARROW(FV)                                                              \
         CN_AFFINE4_PAIRS(FV)                                                               \
         for (; i <= n - W; i += W) {                                                       \
             const V h = SHV(hi), l = SHV(lo), sc = SHV(scale), b = SHV(beta);              \
@@ -222,6 +253,7 @@ CN_HLOOP void CN_FN(bn_grad_cols4)(
 #undef CN_C4S
 #undef CN_AFFINE4
 #undef CN_AFFINE4_PAIRS
+#undef CN_AFFINE4_NARROW
 #undef CN_GRAD4
 #undef CN_SAME
 #undef CN_C4V
