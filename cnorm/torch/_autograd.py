@@ -57,6 +57,17 @@ _BITS = np.dtype(np.uint16)
 # bfloat16 tensor (importing it costs a second); without ml_dtypes bfloat16 runs torch's kernels
 _np_bfloat16: Any = LAZY_BFLOAT16 if bfloat16_available() else None
 
+_DTYPE = np.dtype
+
+
+def _bfloat16_dtype() -> np.dtype:
+    """ml_dtypes' bfloat16 dtype, resolved (and ml_dtypes imported) with the first bfloat16
+    tensor: a view by the lazy stand-in costs NumPy a dtype conversion on every call."""
+    global _np_bfloat16
+    _np_bfloat16 = np.dtype(_np_bfloat16)
+    return _np_bfloat16
+
+
 #: the half-precision input dtypes the cnorm kernels take (bfloat16: with ml_dtypes)
 HALF: Tuple[torch.dtype, ...] = (torch.float16,) + ((_BFLOAT16,) if _np_bfloat16 is not None else ())
 
@@ -69,7 +80,8 @@ def numpy_view(t: torch.Tensor, dtype: torch.dtype) -> Optional[np.ndarray]:
         # bfloat16 by its dtype, not by numpy()'s TypeError: a C++ exception costs ~0.75M
         # instructions (callgrind) to unwind
         if dtype is _BFLOAT16:  # through its bits: uint16 (one view fewer than int16)
-            return (t.data if t.requires_grad else t).view(_UINT16).numpy().view(_np_bfloat16)
+            bits = (t.data if t.requires_grad else t).view(_UINT16).numpy()
+            return bits.view(_np_bfloat16 if isinstance(_np_bfloat16, _DTYPE) else _bfloat16_dtype())
         # .data: a view that does not require grad (cheaper than numpy(force=True))
         return (t.data if t.requires_grad else t).numpy()
     except (TypeError, RuntimeError):
