@@ -56,7 +56,9 @@ def _tol(dtype):
 @pytest.mark.parametrize("dtype", [F32, F64, *HALF], ids=str)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("cls,args,kwargs,shape", TINY, ids=[f"{c}-{s}" for c, _, _, s in TINY])
-def test_no_grad_runs_cnorm_at_every_size(cls, args, kwargs, shape, train, dtype):
+def test_no_grad_runs_cnorm_with_no_size_threshold(no_size_threshold, cls, args, kwargs, shape, train, dtype):
+    """With TORCH_BELOW at 0 a tiny no-grad call runs cnorm's kernels (no ATen norm op),
+    with torch.nn's results and state (test_torch_threshold: the calls below it)."""
     ours, ref = pair(cls, *args, dtype=dtype, **kwargs)
     ours.train(train)
     ref.train(train)

@@ -83,9 +83,33 @@ def test_calibration_sweeps_every_threshold():
     from cnorm.benchmarks.calibrate import SWEEPS, build_sweep_op
 
     assert set(SWEEPS) == set(ct.TORCH_BELOW)
-    for cls, args, shapes, train in SWEEPS.values():  # each sweep op runs (smallest shape)
+    for cls, args, shapes, train, dtypes in SWEEPS.values():  # each runs (smallest shape)
         for grad in (False, True):
-            build_sweep_op(ct, cls, args, shapes[0], grad, train)()
+            for dtype in dtypes:
+                build_sweep_op(ct, cls, args, shapes[0], grad, train, dtype)()
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_follow_the_half_thresholds(monkeypatch, dtype, grad):
+    """A half input below its ``<norm>_half`` threshold runs torch's kernel (bit for bit),
+    a float32 one above its ``<norm>`` threshold runs cnorm's, and the other way round."""
+    pytest.importorskip("ml_dtypes") if dtype is torch.bfloat16 else None
+    ours, ref = ct.LayerNorm(8), nn.LayerNorm(8)
+    x = torch.randn(3, 8)
+    for half_limit, float_limit in ((10**9, 0), (0, 10**9)):
+        monkeypatch.setitem(ct.TORCH_BELOW, "layer_norm_half", (half_limit, half_limit))
+        monkeypatch.setitem(ct.TORCH_BELOW, "layer_norm", (float_limit, float_limit))
+        for t, torch_runs in ((x.to(dtype), bool(half_limit)), (x, bool(float_limit))):
+            ours.to(t.dtype), ref.to(t.dtype)
+            with torch.set_grad_enabled(grad), torch.profiler.profile() as prof:
+                ya = ours(t.requires_grad_(grad))
+            yb = ref(t)
+            ran_aten = any(e.name == "aten::native_layer_norm" for e in prof.events())
+            assert ran_aten == torch_runs
+            if torch_runs:
+                assert torch.equal(ya, yb)
+            t.requires_grad_(False)
 
 
 def test_threshold_from_ratios():

@@ -3,9 +3,10 @@ drop-ins should run torch's kernels (``cnorm.torch.TORCH_BELOW``).
 
 For each norm, with and without a gradient, and at each thread count, a sweep of input
 sizes times the drop-in with no threshold (every size on the cnorm kernels) against
-``torch.nn`` (interleaved reps, minimum per callable). The threshold is the smallest
-size of the sweep from which the drop-in is no slower at every larger size and every
-thread count: below it, a Python call (and for a gradient the node of a Python autograd
+``torch.nn`` (interleaved reps, minimum per callable): in float32 for the ``<norm>``
+keys, in bfloat16 and float16 (module and input) for the ``<norm>_half`` ones. The
+threshold is the smallest size of the sweep from which the drop-in is no slower at every
+larger size, thread count and dtype: below it, a Python call (and for a gradient the node of a Python autograd
 Function) costs more than the kernel saves. Prints the table and the line that sets the
 measured thresholds. Imports torch lazily (like :mod:`cnorm.benchmarks.torch_cases`).
 """
@@ -30,29 +31,36 @@ _BN_SHAPES = (
     (16, 64, 16, 16),
     (16, 64, 32, 32),
 )
+_FLOAT = ("float32",)
+_HALF = ("bfloat16", "float16")  # a half threshold: never slower in either
 # norm -> (module class name, constructor args, input shapes of the sweep (smallest
-# first), training mode)
-SWEEPS: dict[str, tuple[str, tuple, tuple[tuple[int, ...], ...], bool]] = {
-    "batch_norm": ("BatchNorm2d", (64,), _BN_SHAPES, True),
-    "batch_norm_eval": ("BatchNorm2d", (64,), _BN_SHAPES, False),
-    "layer_norm": ("LayerNorm", (768,), _ROWS, True),
-    "group_norm": ("GroupNorm", (32, 64), _BN_SHAPES, True),
-    "instance_norm": ("InstanceNorm2d", (64,), _BN_SHAPES, True),
-    "rms_norm": ("RMSNorm", (768,), _ROWS, True),
+# first), training mode, dtypes of the module and input); the keys of TORCH_BELOW
+SWEEPS: dict[str, tuple[str, tuple, tuple[tuple[int, ...], ...], bool, tuple[str, ...]]] = {
+    name + suffix: (cls, args, shapes, train, dtypes)
+    for suffix, dtypes in (("", _FLOAT), ("_half", _HALF))
+    for name, cls, args, shapes, train in (
+        ("batch_norm", "BatchNorm2d", (64,), _BN_SHAPES, True),
+        ("batch_norm_eval", "BatchNorm2d", (64,), _BN_SHAPES, False),
+        ("layer_norm", "LayerNorm", (768,), _ROWS, True),
+        ("group_norm", "GroupNorm", (32, 64), _BN_SHAPES, True),
+        ("instance_norm", "InstanceNorm2d", (64,), _BN_SHAPES, True),
+        ("rms_norm", "RMSNorm", (768,), _ROWS, True),
+    )
 }
 
 
 def build_sweep_op(
-    ns, cls: str, args: tuple, shape: tuple, grad: bool, train: bool = True
+    ns, cls: str, args: tuple, shape: tuple, grad: bool, train: bool = True, dtype: str = "float32"
 ) -> Callable[[], object]:
     """``m(x)`` under no_grad (training mode: BatchNorm updates its statistics), or
     ``m(x).backward(dy)`` with x and the parameters requiring grad (grads reset to None);
-    ``train=False``: the module in eval mode."""
+    ``train=False``: the module in eval mode. Module and input in ``dtype``."""
     import torch
 
     g = torch.Generator().manual_seed(0)
-    m = getattr(ns, cls)(*args).train(train)
-    x = torch.randn(shape, generator=g)
+    dt = getattr(torch, dtype)
+    m = getattr(ns, cls)(*args).train(train).to(dt)
+    x = torch.randn(shape, generator=g).to(dt)
     if not grad:
         no_grad = torch.no_grad
 
@@ -62,7 +70,7 @@ def build_sweep_op(
 
         return fwd
     x.requires_grad_(True)
-    dy = torch.randn(shape, generator=g)
+    dy = torch.randn(shape, generator=g).to(dt)
     params = list(m.parameters())
 
     def fwd_bwd():
@@ -85,9 +93,10 @@ def threshold_from_ratios(sizes: Sequence[int], ratios: Sequence[float]) -> int:
     return threshold
 
 
-def calibrate(threads: Sequence[int], settings: TimingSettings, cnorm, torch, out=None) -> dict:
-    """Measure the sweeps; print one row per (norm, grad, shape, threads) and the
-    thresholds; return ``{norm: (no-grad threshold, grad threshold)}``."""
+def calibrate(threads: Sequence[int], settings: TimingSettings, cnorm, torch, out=None, dtypes=None) -> dict:
+    """Measure the sweeps; print one row per (norm, dtype, grad, shape, threads) and the
+    thresholds; return ``{norm: (no-grad threshold, grad threshold)}``. ``dtypes``: only
+    these of each sweep (the keys with none of them are left out); None: all."""
     import cnorm.torch as ct
 
     out = out if out is not None else sys.stdout
@@ -95,32 +104,37 @@ def calibrate(threads: Sequence[int], settings: TimingSettings, cnorm, torch, ou
     result: dict[str, list[int]] = {}
     out.write("calibration: cnorm.torch (no size threshold) vs torch.nn, min of interleaved reps\n")
     out.write(
-        f"{'norm':<15} {'grad':<5} {'shape':<18} {'numel':>8} {'thr':>3} {'cnorm us':>9} {'torch us':>9} ratio\n"
+        f"{'norm':<20} {'dtype':<8} {'grad':<5} {'shape':<18} {'numel':>8} {'thr':>3} "
+        f"{'cnorm us':>9} {'torch us':>9} ratio\n"
     )
     try:
         for norm in ct.TORCH_BELOW:
             ct.TORCH_BELOW[norm] = (0, 0)
         with SameThreads(cnorm, torch) as thr:
-            for norm, (cls, args, shapes, train) in SWEEPS.items():
+            for norm, (cls, args, shapes, train, swept) in SWEEPS.items():
+                swept = tuple(d for d in swept if dtypes is None or d in dtypes)
+                if not swept:
+                    continue
                 result[norm] = [0, 0]
                 for grad in (False, True):
                     sizes = [_numel(s) for s in shapes]
-                    worst = [0.0] * len(shapes)
-                    for n in threads:
-                        thr.set(n)
-                        for i, shape in enumerate(shapes):
-                            fns = {
-                                impl: build_sweep_op(ns, cls, args, shape, grad, train)
-                                for impl, ns in _impls(torch)
-                            }
-                            meas = measure_interleaved(fns, settings)
-                            a, b = min(meas.times["cnorm.torch"]), min(meas.times["torch.nn"])
-                            worst[i] = max(worst[i], a / b)
-                            out.write(
-                                f"{norm:<15} {str(grad):<5} {str(shape):<18} {sizes[i]:>8} {n:>3} "
-                                f"{a * 1e6:>9.1f} {b * 1e6:>9.1f} {a / b:5.2f}\n"
-                            )
-                            out.flush()
+                    worst = [0.0] * len(shapes)  # over thread counts and dtypes
+                    for dtype in swept:
+                        for n in threads:
+                            thr.set(n)
+                            for i, shape in enumerate(shapes):
+                                fns = {
+                                    impl: build_sweep_op(ns, cls, args, shape, grad, train, dtype)
+                                    for impl, ns in _impls(torch)
+                                }
+                                meas = measure_interleaved(fns, settings)
+                                a, b = min(meas.times["cnorm.torch"]), min(meas.times["torch.nn"])
+                                worst[i] = max(worst[i], a / b)
+                                out.write(
+                                    f"{norm:<20} {dtype:<8} {str(grad):<5} {str(shape):<18} "
+                                    f"{sizes[i]:>8} {n:>3} {a * 1e6:>9.1f} {b * 1e6:>9.1f} {a / b:5.2f}\n"
+                                )
+                                out.flush()
                     result[norm][grad] = threshold_from_ratios(sizes, worst)
     finally:
         ct.TORCH_BELOW.update(saved)

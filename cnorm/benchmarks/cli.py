@@ -114,10 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dtype",
-        default="float32",
+        default=None,
         metavar="DTYPES",
         help="input dtype, a comma list of float32, float64, float16, bfloat16 (ml_dtypes), or "
-        "'both' (float32,float64) (default: float32)",
+        "'both' (float32,float64) (default: float32; --calibrate: the keys of these dtypes, "
+        "default all)",
     )
     p.add_argument(
         "--cases",
@@ -477,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cases = C.select_cases(_case_spec(args.cases)) if args.cases is None or _case_spec(args.cases) else []
         threads = parse_threads(args.threads, cnorm.get_num_threads())
-        dtypes = C.select_dtypes(args.dtype)
+        dtypes = C.select_dtypes(args.dtype or "float32")
         settings = settings_from_args(args)
         stream_bytes = stream_bytes_from_args(args)
         if args.calibrate:
@@ -485,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _fail("--calibrate times cnorm.torch against torch.nn: it needs torch")
             from .calibrate import calibrate
 
-            calibrate(threads, settings, cnorm, torch)
+            calibrate(threads, settings, cnorm, torch, dtypes=dtypes if args.dtype else None)
             return 0
         if args.dropin:
             if torch is None:

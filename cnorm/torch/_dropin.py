@@ -82,27 +82,35 @@ _aten_instance_norm = torch.instance_norm
 _aten_rms_norm = torch.rms_norm
 
 #: numel below which an input runs torch's kernels, per norm: (no gradient, gradient).
-#: Without a gradient every call runs cnorm (0: cnorm's accuracy at every size); with
-#: one, below the threshold the autograd node of a Python Function costs more than the
-#: cnorm kernel saves. ``python -m cnorm bench --calibrate``
-#: measures the crossover. Those calls go straight to the ATen op that torch's forward
-#: ends in (same kernel, same autograd node, same results), skipping the Python layers
-#: of torch's forward.
+#: Keys ``<norm>`` for float32/float64 inputs, ``<norm>_half`` for bfloat16/float16 ones
+#: (the Python path around a half kernel costs more: widening half parameters, bfloat16
+#: views). Below a threshold the Python call (with a gradient: the autograd node of a
+#: Python Function) costs more than the cnorm kernel saves; those calls go straight to
+#: the ATen op that torch's forward ends in (same kernel, same autograd node, same
+#: results), skipping the Python layers of torch's forward.
+#: ``python -m cnorm bench --calibrate`` measures the crossovers (docs/torch.md).
 TORCH_BELOW: Dict[str, Tuple[int, int]] = {
-    # calibrated on the 2-core AMD EPYC (docs/torch.md): below 65536 elements every norm's
-    # forward+backward lost to torch.nn in both calibrations; above it they disagreed
+    # calibrated on the 2-core AMD EPYC (docs/torch.md)
     "batch_norm": (0, 65536),  # batch statistics (training)
     "batch_norm_eval": (0, 65536),  # running statistics
     "layer_norm": (0, 65536),
     "group_norm": (0, 65536),
     "instance_norm": (0, 65536),
-    "rms_norm": (0, 768),  # cnorm's RMSNorm won from the smallest size swept
+    "rms_norm": (0, 768),
+    "batch_norm_half": (0, 65536),
+    "batch_norm_eval_half": (0, 65536),
+    "layer_norm_half": (0, 65536),
+    "group_norm_half": (0, 65536),
+    "instance_norm_half": (0, 65536),
+    "rms_norm_half": (0, 768),
 }
+_HALF_KEY = {norm: norm + "_half" for norm in TORCH_BELOW if not norm.endswith("_half")}
 
 
 def _small(norm: str, grad: bool, input) -> bool:
-    """Below the size threshold of ``TORCH_BELOW[norm]`` (torch's kernel takes it)."""
-    limit = TORCH_BELOW[norm][grad]
+    """Below the size threshold of ``TORCH_BELOW`` for ``norm`` and the input's dtype
+    (torch's kernel takes it)."""
+    limit = TORCH_BELOW[_HALF_KEY[norm] if input.dtype in HALF else norm][grad]
     return bool(limit) and type(input) in _PLAIN and input.numel() < limit
 
 
@@ -292,8 +300,7 @@ class LayerNorm(nn.LayerNorm):
             if w is _MISSING or b is _MISSING:
                 return super().forward(input)
             grad = needs_grad(input, w, b)
-            limit = TORCH_BELOW["layer_norm"][grad]
-            if limit and type(input) in _PLAIN and input.numel() < limit:
+            if _small("layer_norm", grad, input):
                 # torch's kernel as F.layer_norm calls it (cheaper than torch's forward)
                 return _aten_layer_norm(input, ns, w, b, self.eps, True)
             dtype = input.dtype
