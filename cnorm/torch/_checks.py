@@ -20,6 +20,7 @@ __all__ = ["FLOATS"]
 # precision, see _param_dtype)
 FLOATS = (torch.float32, torch.float64, *HALF)
 _F32 = torch.float32
+_BFLOAT16 = torch.bfloat16
 # exact types whose .numpy() is a plain view of the data (subclasses with
 # __torch_function__ / __torch_dispatch__, e.g. FakeTensor or DTensor, go to torch)
 _PLAIN = (torch.Tensor, nn.Parameter)
@@ -56,9 +57,15 @@ def _route(input, dtype) -> Tuple[int, Optional[np.ndarray]]:
         return 0, None
     if type(input) not in _PLAIN or _is_tracing() or _functorch_active():
         return 0, None
-    x = numpy_view(input, dtype)
-    if x is None:  # another device or layout, the neg / conj bit
-        return 0, None
+    if dtype is _BFLOAT16:
+        x = numpy_view(input, dtype)
+        if x is None:  # another device or layout, the neg / conj bit
+            return 0, None
+    else:  # numpy_view inlined: this runs on every call
+        try:
+            x = (input.data if input.requires_grad else input).numpy()
+        except (TypeError, RuntimeError):  # another device or layout, the neg / conj bit
+            return 0, None
     if x.flags.c_contiguous:
         return 1, x
     axes = _LAST_AXES.get(x.ndim)
@@ -96,14 +103,8 @@ def _views(module, dtype, shape, tensors) -> Optional[list]:
     """NumPy views of ``module``'s ``tensors`` (None stays None) for an input of
     ``dtype`` if each is a plain C-contiguous CPU tensor of the parameter dtype
     (:func:`_param_dtype` of the first one that is not None) and ``shape``, else None
-    (torch's forward takes the call); cached in the module (:class:`_ViewCache`)."""
-    cache = module.__dict__.get("_cnorm_views")
-    if cache is not None and cache.key == (dtype, shape):
-        for t, c, stamp in zip(tensors, cache.tensors, cache.stamps):
-            if t is not c or (t is not None and (t.data_ptr() != stamp[0] or t.numel() != stamp[1])):
-                break
-        else:
-            return cache.views
+    (torch's forward takes the call); cached in the module (:class:`_ViewCache`, whose
+    hits :func:`_params` finds without this call)."""
     pdt = _param_dtype(dtype, next((t for t in tensors if t is not None), None))
     views: list = []
     for t in tensors:
@@ -143,6 +144,13 @@ def _params(module, x, dtype, shape, tensors):
     True under torch.compile (``x`` None) when they suit the custom ops; None: torch's.
     ``dtype``: the input's (the parameters': :func:`_param_dtype`)."""
     if x is not None:
+        cache = module.__dict__.get("_cnorm_views")  # _views' cache hit, inlined
+        if cache is not None and cache.key == (dtype, shape):
+            for t, c, stamp in zip(tensors, cache.tensors, cache.stamps):
+                if t is not c or (t is not None and (t.data_ptr() != stamp[0] or t.numel() != stamp[1])):
+                    break
+            else:
+                return cache.views
         return _views(module, dtype, shape, tensors)
     pdt = _param_dtype(dtype, next((t for t in tensors if t is not None), None))
     return all(_traced_ok(t, pdt, shape) for t in tensors) or None
