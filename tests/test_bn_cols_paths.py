@@ -60,3 +60,21 @@ def test_four_rows_and_one_row_give_the_same_bits(restore, shape, dtype, threads
     for a, o in zip(four, one):
         assert a.dtype == o.dtype
         np.testing.assert_array_equal(a.view(np.uint8), o.view(np.uint8))
+
+
+def test_the_two_switches_are_set_and_restored_apart(restore):
+    """set_cols4_max_channels(c, grad_c): the normalize and input-gradient switches, the
+    previous pair returned (and taken back); mixed choices give the same bits too."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((37, 40)).astype(np.float32)
+    dy = rng.standard_normal((37, 40)).astype(np.float32)
+    w, b = rng.uniform(0.5, 2, 40).astype(np.float32), rng.standard_normal(40).astype(np.float32)
+    bn_kernels.set_cols4_max_channels(1 << 40, 0)
+    assert bn_kernels.set_cols4_max_channels(0, 1 << 40) == (1 << 40, 0)
+    mixed = _outputs(x, dy, w, b)
+    assert bn_kernels.set_cols4_max_channels((1 << 40, 0)) == (0, 1 << 40)
+    other = _outputs(x, dy, w, b)
+    assert bn_kernels.set_cols4_max_channels(7) == (1 << 40, 0)
+    assert bn_kernels.set_cols4_max_channels(0) == (7, 7)
+    for a, o in zip(mixed, other):
+        np.testing.assert_array_equal(a.view(np.uint8), o.view(np.uint8))

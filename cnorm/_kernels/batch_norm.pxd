@@ -7,6 +7,11 @@ from .simd.loops cimport cn_stream_min_bytes
 cdef enum:
     ROWS_PER_TILE = 32      # (N, C) path: rows summed in the input precision per tile
     COLS_PER_TILE = 1024    # (N, C) path: channels per tile (32 x 1024 float32 = 128 KiB)
+    # the pitch of the per-channel scratch rows (tile sums, coefficients), in elements:
+    # a cache line past a multiple of 4 KiB, so that rows read and written in one loop
+    # neither alias in the store-to-load check (4 KiB apart: a false dependency that
+    # stalls every load after a store) nor share their L1 sets
+    SCRATCH_SKEW = 64
     CHANNEL_SPLIT_MIN = 32  # (N, C, S) reductions split by channel from this many channels
     CHUNK_ELEMENTS = 8192   # otherwise by chunks of at least this many elements
     STAGE_CHUNK = 1024      # half storage: elements per staged run (a multiple of BLOCK)
@@ -70,7 +75,7 @@ cdef struct Job:            # one call on x: C-contiguous (N, C, S) of the input
     Py_ssize_t n_parts      # partials
     Py_ssize_t n_items      # work items
     double* part            # scratch (n_parts, 3 or 2, C): partials
-    void* tile              # scratch (threads, 3 or 2, COLS_PER_TILE) of the input dtype
+    void* tile              # scratch (threads, 3 or 2, TILE_PITCH) of the input dtype
     ExactStats* exact       # (C,) or NULL: float64 channels whose statistics were redone
     #                       (scale 0: not redone; other than 0 and 1: normalize x * scale)
     bint scaled             # some channel is normalized as x * exact[c].scale
@@ -81,6 +86,25 @@ cdef struct Job:            # one call on x: C-contiguous (N, C, S) of the input
     #                       in x, dy, ym, out, computed in float32 (typenum NPY_FLOAT)
     float* stage            # scratch (threads, stage_size) float32 (kind != 0)
     Py_ssize_t stage_size   # STAGE_BUFS runs of STAGE_CHUNK
+
+
+cdef inline Py_ssize_t scratch_pitch(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+    """Elements between the rows of n elements of a per-channel scratch: n rounded up to
+    whole 64-byte lines, plus one line (SCRATCH_SKEW)."""
+    return ((n * itemsize + 63) // 64 * 64 + SCRATCH_SKEW) // itemsize
+
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
+
+
+cdef inline void* aligned_scratch(size_t nbytes) noexcept nogil:
+    """nbytes (at least 1) on whole cache lines, NULL when out of memory (free()
+    releases it): its vector loads and stores never split a line."""
+    cdef void* p = NULL
+    if posix_memalign(&p, 64, nbytes if nbytes > 0 else 1) != 0:
+        return NULL
+    return p
 
 
 cdef struct Segment:        # elements [start, stop) of one row of S elements: channel c

@@ -34,7 +34,6 @@ cimport numpy as cnp
 from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
-from cpython.pyport cimport PY_SSIZE_T_MAX
 
 from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, ExactStats, call_typed, chan_merge,
                       check_array, check_dims, chunk_size, compute_typenum, data_or_null,
@@ -49,26 +48,28 @@ from .simd.loops cimport (affine, affine_cols, affine_cols4, bn_grad, bn_grad_co
 cnp.import_array()
 
 # (N, C) rows of at most this many channels go four rows per coefficient load (the _cols4
-# loops), longer ones one row at a time (as streamed outputs always do). All rows take the
-# four-row loops: one row at a time measured no faster in the drop-in bench's BatchNorm
-# cases (interleaved, each order), and slower in some. set_cols4_max_channels lets the
-# tests check that both loops give the same bits.
-cdef Py_ssize_t cols4_max_c = PY_SSIZE_T_MAX
+# loops), longer ones one row at a time (as streamed outputs always do); one switch per
+# pass. Measured (paired, both orders, 1 thread): the four-row input gradient took
+# 1.5-2x the time of one row at a time at C = 64, 256, 1024 (instructions within 7%),
+# the four-row normalize ~6% less at C = 64, 1.1-1.3x more at 256. Tests: the same bits.
+cdef Py_ssize_t cols4_max_c = 128
+cdef Py_ssize_t grad_cols4_max_c = 0
 
 
-def set_cols4_max_channels(Py_ssize_t c):
-    """The widest (N, C) row that the normalize and input-gradient passes take four rows at
-    a time; returns the previous value (tests compare the two paths)."""
-    global cols4_max_c
-    old = cols4_max_c
+def set_cols4_max_channels(c, grad_c=None):
+    """The widest (N, C) row the normalize (c) and input-gradient (grad_c; None: c)
+    passes take four rows at a time; returns the previous pair (c takes it back)."""
+    global cols4_max_c, grad_cols4_max_c
+    old = (cols4_max_c, grad_cols4_max_c)
+    if isinstance(c, tuple):
+        c, grad_c = c
     cols4_max_c = c
+    grad_cols4_max_c = c if grad_c is None else grad_c
     return old
 
 
 include "simd_control.pxi"
 include "batch_norm_half.pxi"
-
-
 include "batch_norm_reduce.pxi"
 
 
@@ -197,7 +198,7 @@ cdef void _input_grad_work(const floating* x, void* job, int t, int n_threads) n
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
     if S == 1:          # (N, C): per-element coefficients, short rows four at a time
-        if not stream and C <= cols4_max_c:
+        if not stream and C <= grad_cols4_max_c:
             while n + 4 <= n1:
                 bn_grad_cols4(dx + n * C, dy + n * C, x + n * C, C, C, hi, lo, invstd, k1,
                               mean_dy, mean_dy_xhat, offset(ym, n * C))
@@ -371,6 +372,7 @@ cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     (n_partials float64 per channel and thread; 0: none). _finish(j) frees the scratch."""
     cdef Py_ssize_t E = N * C * S, itemsize = sizeof(float) if kind else cnp.PyArray_ITEMSIZE(x)
     cdef int n_threads
+    cdef Py_ssize_t pitch
     cdef char* coef
     memset(j, 0, sizeof(Job))
     j.typenum = cnp.NPY_FLOAT if kind else cnp.PyArray_TYPE(x)
@@ -388,19 +390,21 @@ cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     j.threads_dy_x = n_threads_for(2 * E)
     n_threads = max(j.threads_x, j.threads_dy_x)
     _chunks(j)
-    j.coef = coef = <char*>malloc(8 * C * itemsize + 1)
+    pitch = scratch_pitch(C, itemsize) * itemsize       # bytes between coefficient rows
+    j.coef = coef = <char*>aligned_scratch(8 * pitch)
     j.norm.hi = j.grad.hi = coef
-    j.norm.lo = j.grad.lo = coef + C * itemsize
-    j.norm.scale = coef + 2 * C * itemsize
-    j.norm.beta = coef + 3 * C * itemsize
-    j.grad.invstd = coef + 4 * C * itemsize
-    j.grad.k1 = coef + 5 * C * itemsize
-    j.grad.mean_dy = coef + 6 * C * itemsize
-    j.grad.mean_dy_xhat = coef + 7 * C * itemsize
+    j.norm.lo = j.grad.lo = coef + pitch
+    j.norm.scale = coef + 2 * pitch
+    j.norm.beta = coef + 3 * pitch
+    j.grad.invstd = coef + 4 * pitch
+    j.grad.k1 = coef + 5 * pitch
+    j.grad.mean_dy = coef + 6 * pitch
+    j.grad.mean_dy_xhat = coef + 7 * pitch
     if n_partials > 0:
         j.part = <double*>calloc(n_partials * C * j.n_parts + 1, sizeof(double))
         if S == 1:
-            j.tile = malloc(n_partials * COLS_PER_TILE * n_threads * itemsize)
+            j.tile = aligned_scratch(n_partials * n_threads * itemsize
+                                     * scratch_pitch(COLS_PER_TILE, itemsize))
     if j.coef == NULL or (n_partials > 0 and (j.part == NULL or (S == 1 and j.tile == NULL))
                           or _start_stage(j, n_threads) != 0):
         _finish(j)

@@ -94,7 +94,7 @@ cdef void _input_grad_half(const floating* x, void* job, int t, int n_threads) n
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
     if S == 1:          # (N, C): short rows four at a time, as _input_grad_work
-        if not j.stream and C <= cols4_max_c:
+        if not j.stream and C <= grad_cols4_max_c:
             while n + 4 <= n1:
                 bn_grad_cols4_half(j.kind, <uint16_t*>j.out + n * C,
                                    <const uint16_t*>j.dy + n * C, <const uint16_t*>x + n * C,

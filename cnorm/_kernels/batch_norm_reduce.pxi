@@ -15,7 +15,7 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
                       Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t c0,
                       Py_ssize_t nc,           # channels c0..c0 + nc, nc <= COLS_PER_TILE
                       double* part,            # OUT (3, C): count, mean, m2 (zeroed)
-                      floating* acc,           # scratch (3, COLS_PER_TILE)
+                      floating* acc,           # scratch (3, pitch): scratch_pitch
                       int kind                 # half storage: x holds half bits
                       ) noexcept nogil:
     """Rows n0..n1 x channels c0..c0 + nc of an (N, C) batch, by tiles of ROWS_PER_TILE
@@ -23,8 +23,9 @@ cdef void _stats_cols(const floating* x,       # IN  (N, C)
     storage: the tiles read in place by the half loops, widened in their loads)."""
     cdef Py_ssize_t nb, b0, k_b, c
     cdef floating* shift = acc
-    cdef floating* s1 = acc + COLS_PER_TILE
-    cdef floating* s2 = acc + 2 * COLS_PER_TILE
+    cdef Py_ssize_t pitch = scratch_pitch(COLS_PER_TILE, sizeof(floating))
+    cdef floating* s1 = acc + pitch
+    cdef floating* s2 = acc + 2 * pitch
     cdef const floating* tile
     cdef floating column[ROWS_PER_TILE]         # half storage: a column widened (redo)
     cdef double count, cnt, mean_b, m2_b, q
@@ -85,7 +86,8 @@ cdef void _stats_work(const floating* x, void* job, int t, int n_threads) noexce
         part = j.part + 3 * C * it.part
         if S == 1:
             _stats_cols(x, C, it.e0, it.e1, it.c0, it.c1 - it.c0, part,
-                        <floating*>j.tile + 3 * COLS_PER_TILE * t, j.kind)
+                        <floating*>j.tile + 3 * scratch_pitch(COLS_PER_TILE, sizeof(floating)) * t,
+                        j.kind)
             continue
         seg = first_segment(it.e0, it.e1, C, S)
         while seg.start < it.e1:
@@ -209,8 +211,8 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
         it = work_item(j, i)
         part = j.part + 2 * C * it.part
         if S == 1:      # (N, C): tiles of rows e0..e1, one lane per channel
-            s1 = <floating*>j.tile + 2 * COLS_PER_TILE * t
-            s2 = s1 + COLS_PER_TILE
+            s1 = <floating*>j.tile + 2 * scratch_pitch(COLS_PER_TILE, sizeof(floating)) * t
+            s2 = s1 + scratch_pitch(COLS_PER_TILE, sizeof(floating))
             nc = it.c1 - it.c0
             for k_b in range((it.e1 - it.e0 + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
                 b0 = it.e0 + k_b * ROWS_PER_TILE

@@ -224,6 +224,7 @@ CN_LOOP void CN_FN(cols_dev)(T* CN_RESTRICT s1, T* CN_RESTRICT s2, const T* CN_R
 
 /* s1 = sum over rows of g, s2 = sum of g * d; g = dy, masked by ym > 0 when ym is
    given (fused BN + ReLU) */
+#define CN_COLS_BLOCK 256
 CN_LOOP void CN_FN(bn_grad_sums_cols)(T* CN_RESTRICT s1, T* CN_RESTRICT s2,
                                       const T* CN_RESTRICT dy, const T* CN_RESTRICT x,
                                       ptrdiff_t ld, ptrdiff_t nrows, const T* CN_RESTRICT hi,
@@ -246,14 +247,27 @@ CN_LOOP void CN_FN(bn_grad_sums_cols)(T* CN_RESTRICT s1, T* CN_RESTRICT s2,
         return;
     }
     for (; r + 2 <= nrows; r += 2) {
-        const T* CN_RESTRICT xa = x + r * ld;
-        const T* CN_RESTRICT xb = xa + ld;
-        const T* CN_RESTRICT ga = dy + r * ld;
-        const T* CN_RESTRICT gb = ga + ld;
-        for (i = 0; i < n; i++) {
-            T da = (xa[i] - hi[i]) - lo[i], db = (xb[i] - hi[i]) - lo[i];
-            s1[i] += ga[i] + gb[i];
-            s2[i] += ga[i] * da + gb[i] * db;
+        /* rows a, b in pairs, but a block of row a first, then the same block of row b
+           (the products of a kept in t): one memory stream per array at a time, which
+           measured faster than reading both rows in one loop; the same operations */
+        ptrdiff_t b0, nb;
+        for (b0 = 0; b0 < n; b0 += CN_COLS_BLOCK) {
+            const T* CN_RESTRICT xa = x + r * ld + b0;
+            const T* CN_RESTRICT xb = xa + ld;
+            const T* CN_RESTRICT ga = dy + r * ld + b0;
+            const T* CN_RESTRICT gb = ga + ld;
+            const T* CN_RESTRICT h = hi + b0;
+            const T* CN_RESTRICT l = lo + b0;
+            T* CN_RESTRICT u1 = s1 + b0;
+            T* CN_RESTRICT u2 = s2 + b0;
+            T t[CN_COLS_BLOCK];
+            nb = n - b0 < CN_COLS_BLOCK ? n - b0 : CN_COLS_BLOCK;
+            for (i = 0; i < nb; i++) t[i] = ga[i] * ((xa[i] - h[i]) - l[i]);
+            for (i = 0; i < nb; i++) {
+                T db = (xb[i] - h[i]) - l[i];
+                u1[i] += ga[i] + gb[i];
+                u2[i] += t[i] + gb[i] * db;
+            }
         }
     }
     for (; r < nrows; r++) {
