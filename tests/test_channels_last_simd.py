@@ -162,3 +162,92 @@ def test_every_build_gives_the_same_bits_with_inf_and_nan():
     ref = outs.pop("scalar")
     for build, got in outs.items():
         assert got == ref, build
+
+
+# float32 storage: the backward in float32 lanes (the sums in blocks of ROWS rows, added in
+# float64), x - mean as x - hi with hi = (float)mean, lo = mean - hi folded in by the pyx
+ROWS = 64
+
+
+def _seq_blocks32(p):
+    """(S, C) float32 terms: each block of ROWS rows summed in float32 in order, the
+    block sums added in float64 in order."""
+    out = np.zeros(p.shape[1])
+    for r0 in range(0, p.shape[0], ROWS):
+        out += _seq(p[r0 : r0 + ROWS]).astype(np.float64)
+    return out
+
+
+def _twin_backward32(dy, x, dims, mean, rstd, w):
+    N, G, Cg, S = dims
+    C, D = G * Cg, float(Cg * S)
+    wc = w.astype(np.float64) if w is not None else np.ones(C)
+    dx = np.empty_like(x)
+    part = np.empty((2, N, C))
+    for n in range(N):
+        mu = np.repeat(mean.reshape(N, G)[n], Cg)
+        rs = np.repeat(rstd.reshape(N, G)[n], Cg)
+        hi = mu.astype(np.float32)
+        lo = mu - hi.astype(np.float64)
+        t = x[n] - hi
+        sdy = _seq_blocks32(dy[n])
+        sdx = _seq_blocks32(dy[n] * t) - lo * sdy
+        part[0, n], part[1, n] = sdx * rs, sdy
+        sum_g = np.repeat(_seq((wc * sdy).reshape(G, Cg), axis=1), Cg)
+        sum_gd = np.repeat(_seq((wc * sdx).reshape(G, Cg), axis=1), Cg)
+        beta, gamma = -rs * rs * rs * sum_gd / D, -rs * sum_g / D
+        k = gamma - beta * lo
+        a, b, k = ((rs * wc).astype(np.float32), beta.astype(np.float32), k.astype(np.float32))
+        dx[n] = (a * dy[n] + b * t) + k
+    return dx, _seq(part[0]), _seq(part[1])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dims", SHAPES + [(2, 4, 8, 150), (1, 3, 24, 70)])
+def test_float32_backward_is_its_twin_bit_for_bit(build, dims, threads):
+    rng = np.random.default_rng(sum(dims) + 7)
+    N, G, Cg, S = dims
+    C = G * Cg
+    x = (rng.standard_normal((N, S, C)) * 3 + 1e4).astype(np.float32)
+    dy = rng.standard_normal((N, S, C)).astype(np.float32)
+    old = cnorm.get_num_threads()
+    cnorm.set_num_threads(threads)
+    try:
+        for w in (rng.standard_normal(C).astype(np.float32), None):
+            _, mean, rstd, _ = K.group_norm_forward(x.ravel(), dims, w, w, EPS, True)
+            want = _twin_backward32(dy, x, dims, mean, rstd, w)
+            for last in (True, False):
+                dys = dy if last else np.ascontiguousarray(np.moveaxis(dy, 1, 2))
+                got = K.group_norm_backward(dys.ravel(), x.ravel(), dims, mean, rstd, w, last)
+                assert np.array_equal(want[0].ravel(), got[0])
+                assert np.array_equal(want[1], got[1]) and np.array_equal(want[2], got[2])
+    finally:
+        cnorm.set_num_threads(old)
+
+
+@pytest.mark.parametrize("case", ["nan", "eps0_tiny", "huge"])
+def test_float32_backward_falls_back_to_float64_arithmetic(case):
+    """A sample whose float32 sums or coefficients would not fit (a NaN, std < 1e-12 with
+    eps = 0, |x - mean| near FLT_MAX) runs the float64 loops: the twin of float64 arithmetic."""
+    dims = (2, 3, 4, 40)
+    N, G, Cg, S = dims
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((N, S, G * Cg)).astype(np.float32)
+    eps = EPS
+    if case == "nan":
+        x[:, 5, 2] = np.nan  # in every sample: the fallback is per sample
+    elif case == "eps0_tiny":
+        x *= np.float32(1e-25)
+        eps = 0.0
+    else:
+        x *= np.float32(1.5e38)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w = np.linspace(0.5, 1.5, G * Cg).astype(np.float32)
+    with np.errstate(all="ignore"):
+        _, mean, rstd, _ = K.group_norm_forward(x.ravel(), dims, w, w, eps, True)
+        got = K.group_norm_backward(dy.ravel(), x.ravel(), dims, mean, rstd, w, True)
+        x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+        want = _twin_backward(dy64, x64, dims, mean, rstd, w.astype(np.float64))
+    assert np.array_equal(want[0].astype(np.float32).ravel(), got[0], equal_nan=True)
+    assert np.array_equal(want[1], got[1], equal_nan=True)
+    assert np.array_equal(want[2], got[2], equal_nan=True)

@@ -22,6 +22,15 @@ The gradient (g = dy * w, xhat = (x - mean) * rstd, D = Cg * S values per row):
 with alpha_c = rstd * w_c, beta_c = -rstd^3 * sum(g * (x - mean)) / D and
 gamma_c = -rstd * sum(g) / D per (n, c).
 
+The backward of float32 storage runs in float32 lanes (torch's arithmetic, half the
+instructions of float64 ones): per-channel sums of 64 rows in float32, added in float64,
+x - mean as x - hi (hi = (float)mean, lo = mean - hi folded into the sums and into
+gamma), dx = (alpha * dy + beta * (x - hi)) + gamma' with float32 coefficients. Each
+channel is still one chain of the same operations: the same bits for every build, vector
+width and thread count. A sample whose float32 sums or coefficients would over- or
+underflow (or hold a NaN) runs the float64 loops above instead (_narrow_sums,
+_narrow_coefficients).
+
 grad_output and the output may also be channels-first, (N, C, S) (InstanceNorm returns a
 channels-first output for a channels-last input, as torch does).
 
@@ -36,7 +45,8 @@ are float32 then (the Python layer widens half ones).
 import numpy as np
 
 cimport numpy as cnp
-from libc.math cimport sqrt
+from libc.float cimport DBL_MAX, FLT_MAX, FLT_MIN
+from libc.math cimport fabs, sqrt
 from libc.stdint cimport uint16_t
 from libc.stdlib cimport calloc, free
 
@@ -55,6 +65,10 @@ from .simd.loops cimport (cl_affine, cl_affine_half, cl_devs, cl_devs_half, cl_g
                           cl_grad_half, cl_grad_sums, cl_grad_sums_half, cl_sums, cl_sums_half)
 
 include "simd_control.pxi"
+
+# the loops' flag (with the layout bit of first): float64 arithmetic for float32 storage
+cdef enum:
+    CL_WIDE = 2
 
 
 cdef struct Job:            # one call; x: C-contiguous (N, S, C) of the input dtype
@@ -209,7 +223,7 @@ cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept
     cdef Py_ssize_t dc = j.dy_c                      # grad_output's channel stride
     cdef Py_ssize_t N = j.N, G = j.G, Cg = j.Cg, S = j.S, C = j.C, K = j.blocks
     cdef Py_ssize_t item, n, g, c0, c1, c, dy
-    cdef int kind = j.kind
+    cdef int kind = j.kind, layout = dc != 1, wide
     cdef const floating* dys = <const floating*>j.dy
     cdef floating* dx = <floating*>j.out
     cdef double* sdy = j.scratch + 4 * C * t      # sum dy, then gamma_c
@@ -220,13 +234,23 @@ cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept
     for item in range(split_start(N * K, t, n_threads), split_start(N * K, t + 1, n_threads)):
         n = _item(j, item, &c0, &c1)
         dy = n * S * C      # offset (in elements) of the sample
+        # float32 storage: float32 loops, unless their sums or coefficients do not fit
+        wide = 0 if floating is float and kind == 0 else CL_WIDE
+        for g in range(c0 // Cg, c1 // Cg):
+            if not j.rstd[n * G + g] <= NARROW_RSTD_MAX:    # NaN too
+                wide = CL_WIDE
         for c in range(c0, c1):
             mu[c] = j.mean[n * G + c // Cg]
             sdy[c] = 0
             sdx[c] = 0
         # pass 1: per-channel sums of dy and dy * (x - mean)
         _grad_sums(sdy + c0, sdx + c0, dys, dy + c0 * dc, x, dy + c0, C, S, mu + c0, c1 - c0,
-                   dc != 1, kind)
+                   layout | wide, kind)
+        if not wide:
+            wide = _narrow_sums(sdy, sdx, mu, c0, c1)
+            if wide:    # an over- or underflow, a NaN: the float64 sums
+                _grad_sums(sdy + c0, sdx + c0, dys, dy + c0 * dc, x, dy + c0, C, S, mu + c0,
+                           c1 - c0, layout | wide, kind)
         for g in range(c0 // Cg, c1 // Cg):
             rs = j.rstd[n * G + g]
             sum_g = 0
@@ -243,9 +267,61 @@ cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept
                 alpha[c] = rs * (weight[c] if weight != NULL else 1.0)
                 sdx[c] = beta
                 sdy[c] = gamma
+        if not wide:
+            wide = _narrow_coefficients(sdy, sdx, alpha, mu, c0, c1)
         # pass 2: dx = alpha * dy + beta * (x - mean) + gamma
         _grad(dx, dys, dy + c0 * dc, x, dy + c0, C, S, alpha + c0, sdx + c0, sdy + c0,
-              mu + c0, c1 - c0, dc != 1, kind)
+              mu + c0, c1 - c0, layout | wide, kind)
+
+
+# The float32 loops of float32 storage (simd/channels_last.h) take x - mean as x - hi,
+# hi = (float)mean, and every coefficient as a float: lo = mean - hi is added here, and a
+# sample whose sums are not finite (a NaN, an overflow) or whose coefficients do not fit
+# a float32 (no underflow either: eps = 0, extreme scales) runs the float64 loops, as does
+# one with rstd > 2**40 (std < 1e-12: eps = 0), where the products dy * (x - mean) would
+# be subnormal floats (dy itself that small loses digits as in the other float32 kernels).
+cdef double NARROW_RSTD_MAX = 2.0 ** 40
+
+cdef inline double _lo(double mean) noexcept nogil:
+    return mean - <double><float>mean
+
+
+cdef inline bint _fits(double v, bint normal) noexcept nogil:
+    """v is a finite float32, and (normal) a normal one unless v == 0."""
+    cdef double f = <float>v
+    if not fabs(f) <= FLT_MAX:
+        return False
+    return not normal or v == 0 or fabs(f) >= FLT_MIN
+
+
+cdef int _narrow_sums(double* sdy, double* sdx, const double* mu, Py_ssize_t c0,
+                      Py_ssize_t c1) noexcept nogil:
+    """sdx[c]: the sums of dy * (x - hi) as those of dy * (x - mean); CL_WIDE when a sum
+    is not finite (the sums zeroed for the float64 loop), else 0."""
+    cdef Py_ssize_t c, k
+    for c in range(c0, c1):
+        if not (fabs(sdy[c]) <= DBL_MAX and fabs(sdx[c]) <= DBL_MAX):
+            for k in range(c0, c1):
+                sdy[k] = 0
+                sdx[k] = 0
+            return CL_WIDE
+    for c in range(c0, c1):
+        sdx[c] -= _lo(mu[c]) * sdy[c]
+    return 0
+
+
+cdef int _narrow_coefficients(double* gamma, const double* beta, const double* alpha,
+                              const double* mu, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """gamma[c] - beta[c] * lo (the float32 loop's x - hi); CL_WIDE (gamma unchanged) when a
+    coefficient does not fit a float32, else 0."""
+    cdef Py_ssize_t c
+    for c in range(c0, c1):
+        if not (_fits(alpha[c], True) and _fits(beta[c], True) and _fits(mu[c], False)
+                and _fits(gamma[c] - beta[c] * _lo(mu[c]), False)):
+            return CL_WIDE
+    for c in range(c0, c1):
+        gamma[c] -= beta[c] * _lo(mu[c])
+    return 0
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
  * of nrows positions s by n contiguous channels, x[r * ld + c]. Included by loops.h for
  * every dtype (T = float or double; CN_HALF: the storage ST is float16 / bfloat16 bits).
  *
- * Every value is computed in float64, one accumulator per channel, the rows added in
+ * Every value is computed in float64 (but the backward of float32 storage:
+ * channels_last_f32.h), one accumulator per channel, the rows added in
  * order: the vector lanes are channels, so a channel's sum is the same chain of float64
  * additions in every build and for every vector width (the scalar loops of the pyx had
  * the same chain: the bits are theirs). Loads widen exactly; stores round once to
@@ -357,6 +358,17 @@ CN_HLOOP void CN_FN(cl_affine)(ST* CN_RESTRICT y, const ST* CN_RESTRICT x, ptrdi
         CN_CL_BLOCKS(CN_CL_AFFINE);
 }
 
+/* ---- float32 storage: the backward in float32 (first without CN_CL_WIDE) ------------
+ * The backward's two passes in float32 lanes, twice the channels of a float64 vector
+ * (torch's arithmetic; the wide loops' instructions were 2x torch's). Each channel is
+ * still its own chain of the same float32 operations, the rows in order: the same bits
+ * in every build. x - mean is formed as x - hi (hi = (float)mean: exact near the mean),
+ * as x + (-hi), the same bits, x then read by the addition itself;
+ * lo = mean - hi is left to the caller (channels_last.pyx), as are the checks that send a
+ * sample whose float32 sums or coefficients over- or underflow to the wide loops. */
+#define CN_CL_WIDE 2
+#include "channels_last_f32.h"  /* cl_grad_sums_f32, cl_grad_f32 */
+
 /* ---- backward pass 1: g = dy[r, c]; s_dy[c] += g, s_dyd[c] += g * (x - mean[c]) ------ */
 
 #define CN_CL_GRAD_SUMS(KB, w, VT, WW)                                                     \
@@ -368,6 +380,13 @@ CN_HLOOP void CN_FN(cl_grad_sums)(double* CN_RESTRICT s_dy, double* CN_RESTRICT 
                                   ptrdiff_t ld, ptrdiff_t nrows, const double* mean,
                                   ptrdiff_t n, int first)
 {
+#if !CN_HALF && CN_T_BYTES == 4
+    if (!(first & CN_CL_WIDE)) {
+        CN_FN(cl_grad_sums_f32)(s_dy, s_dyd, dy, x, ld, nrows, mean, n, first);
+        return;
+    }
+#endif
+    first &= 1;
     CN_CL_LAYOUTS(CN_CL_GRAD_SUMS);
 }
 
@@ -394,6 +413,13 @@ CN_HLOOP void CN_FN(cl_grad)(ST* CN_RESTRICT dx, const ST* CN_RESTRICT dy,
                              const double* alpha, const double* beta, const double* gamma,
                              const double* mean, ptrdiff_t n, int first)
 {
+#if !CN_HALF && CN_T_BYTES == 4
+    if (!(first & CN_CL_WIDE)) {
+        CN_FN(cl_grad_f32)(dx, dy, x, ld, nrows, alpha, beta, gamma, mean, n, first);
+        return;
+    }
+#endif
+    first &= 1;
     CN_CL_LAYOUTS(CN_CL_GRAD);
 }
 
@@ -435,3 +461,4 @@ CN_HLOOP void CN_FN(cl_grad)(ST* CN_RESTRICT dx, const ST* CN_RESTRICT dy,
 #undef cl_std_v
 #undef cl_ldx_v
 #undef cl_stx_v
+#undef CN_CL_WIDE
