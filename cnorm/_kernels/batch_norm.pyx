@@ -49,11 +49,11 @@ cnp.import_array()
 
 # (N, C) rows of at most this many channels go four rows per coefficient load (the _cols4
 # loops), longer ones one row at a time (as streamed outputs always do); one switch per
-# pass. Measured (paired, both orders, 1 thread): the four-row input gradient took
-# 1.5-2x the time of one row at a time at C = 64, 256, 1024 (instructions within 7%),
-# the four-row normalize ~6% less at C = 64, 1.1-1.3x more at 256. Tests: the same bits.
+# pass. Measured (1 thread, paired, both orders; noisy VM): four rows ~1.5x faster in both
+# passes at C = 64, ~1.1x at 128; above 128 one row as fast or faster (the input gradient
+# at (6272, 256) one row 0.6-0.7x). Tests: the same bits either way.
 cdef Py_ssize_t cols4_max_c = 128
-cdef Py_ssize_t grad_cols4_max_c = 0
+cdef Py_ssize_t grad_cols4_max_c = 128
 
 
 def set_cols4_max_channels(c, grad_c=None):
