@@ -114,8 +114,9 @@ def test_parity_with_torch(cls, args, kwargs, layout, dtype, train):
 
 
 def test_table_every_class_above_the_threshold():
-    """The default thresholds, 32768-element inputs: every converted layer runs the cnorm
-    kernels for every dtype and layout but the documented ones (torch_half_table.py)."""
+    """Thresholds capped at the table's 65536-element inputs: every converted layer runs
+    the cnorm kernels for every dtype and layout but the documented ones
+    (torch_half_table.py)."""
     rows = table.table()
     unexpected = {k: v for k, v in rows.items() if bool(v) != (k in table.EXPECTED_TORCH)}
     assert not unexpected, unexpected

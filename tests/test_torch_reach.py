@@ -357,3 +357,14 @@ def test_channels_last_large_batch_of_one():
     yr.backward(g)
     close(x.grad, xr.grad, F32, "grad_input")
     assert math.isclose(m.weight.grad.sum().item(), ref.weight.grad.sum().item(), rel_tol=1e-4, abs_tol=1e-3)
+
+
+def test_group_norm_channels_last_without_input_grad_stays_on_cnorm_below_the_threshold(monkeypatch):
+    """Below TORCH_BELOW too: torch's kernel would crash in that backward (above)."""
+    monkeypatch.setitem(ct.TORCH_BELOW, "group_norm", (10**9, 10**9))
+    m = ct.GroupNorm(2, 4)
+    x = torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    y = m(x)
+    assert type(y.grad_fn).__name__ == "GroupNormFunctionBackward"
+    xr = x.clone().requires_grad_()
+    assert type(m(xr).grad_fn).__name__ != "GroupNormFunctionBackward"  # the input's gradient: torch's
