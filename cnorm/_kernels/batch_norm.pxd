@@ -1,4 +1,5 @@
 from .common cimport STREAM_MIN_RUN, ExactStats, floating, split_start
+from .pool cimport aligned_block
 from .simd.loops cimport cn_stream_min_bytes
 
 # The description of one batch-norm call (Job) with its per-channel coefficients, and
@@ -7,7 +8,7 @@ from .simd.loops cimport cn_stream_min_bytes
 cdef enum:
     ROWS_PER_TILE = 32      # (N, C) path: rows summed in the input precision per tile
     COLS_PER_TILE = 1024    # (N, C) path: channels per tile (32 x 1024 float32 = 128 KiB)
-    # the pitch of the per-channel scratch rows (tile sums, coefficients), in elements:
+    # bytes added to the pitch of the per-channel scratch rows (tile sums, coefficients):
     # a cache line past a multiple of 4 KiB, so that rows read and written in one loop
     # neither alias in the store-to-load check (4 KiB apart: a false dependency that
     # stalls every load after a store) nor share their L1 sets
@@ -92,19 +93,6 @@ cdef inline Py_ssize_t scratch_pitch(Py_ssize_t n, Py_ssize_t itemsize) noexcept
     """Elements between the rows of n elements of a per-channel scratch: n rounded up to
     whole 64-byte lines, plus one line (SCRATCH_SKEW)."""
     return ((n * itemsize + 63) // 64 * 64 + SCRATCH_SKEW) // itemsize
-
-
-cdef extern from "<stdlib.h>" nogil:
-    int posix_memalign(void** memptr, size_t alignment, size_t size)
-
-
-cdef inline void* aligned_scratch(size_t nbytes) noexcept nogil:
-    """nbytes (at least 1) on whole cache lines, NULL when out of memory (free()
-    releases it): its vector loads and stores never split a line."""
-    cdef void* p = NULL
-    if posix_memalign(&p, 64, nbytes if nbytes > 0 else 1) != 0:
-        return NULL
-    return p
 
 
 cdef struct Segment:        # elements [start, stop) of one row of S elements: channel c

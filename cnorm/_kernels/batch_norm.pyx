@@ -391,7 +391,7 @@ cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     n_threads = max(j.threads_x, j.threads_dy_x)
     _chunks(j)
     pitch = scratch_pitch(C, itemsize) * itemsize       # bytes between coefficient rows
-    j.coef = coef = <char*>aligned_scratch(8 * pitch)
+    j.coef = coef = <char*>aligned_block(8 * pitch)
     j.norm.hi = j.grad.hi = coef
     j.norm.lo = j.grad.lo = coef + pitch
     j.norm.scale = coef + 2 * pitch
@@ -403,8 +403,8 @@ cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     if n_partials > 0:
         j.part = <double*>calloc(n_partials * C * j.n_parts + 1, sizeof(double))
         if S == 1:
-            j.tile = aligned_scratch(n_partials * n_threads * itemsize
-                                     * scratch_pitch(COLS_PER_TILE, itemsize))
+            j.tile = aligned_block(n_partials * n_threads * itemsize
+                                   * scratch_pitch(COLS_PER_TILE, itemsize))
     if j.coef == NULL or (n_partials > 0 and (j.part == NULL or (S == 1 and j.tile == NULL))
                           or _start_stage(j, n_threads) != 0):
         _finish(j)

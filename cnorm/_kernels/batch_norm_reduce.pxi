@@ -196,7 +196,7 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
     cdef floating* s1
     cdef floating* s2
     cdef floating* stage = <floating*>j.stage + j.stage_size * t
-    cdef Py_ssize_t C = j.C, S = j.S, b0, nb, k_b, o, c, i, n, nc
+    cdef Py_ssize_t C = j.C, S = j.S, b0, nb, k_b, o, c, i, n, nc, pitch
     cdef double* part
     cdef Segment seg
     cdef Item it
@@ -211,8 +211,9 @@ cdef void _grad_sums_work(const floating* x, void* job, int t, int n_threads) no
         it = work_item(j, i)
         part = j.part + 2 * C * it.part
         if S == 1:      # (N, C): tiles of rows e0..e1, one lane per channel
-            s1 = <floating*>j.tile + 2 * scratch_pitch(COLS_PER_TILE, sizeof(floating)) * t
-            s2 = s1 + scratch_pitch(COLS_PER_TILE, sizeof(floating))
+            pitch = scratch_pitch(COLS_PER_TILE, sizeof(floating))
+            s1 = <floating*>j.tile + 2 * pitch * t
+            s2 = s1 + pitch
             nc = it.c1 - it.c0
             for k_b in range((it.e1 - it.e0 + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
                 b0 = it.e0 + k_b * ROWS_PER_TILE

@@ -22,12 +22,8 @@ from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free
 
 
-cdef extern from "<stdlib.h>" nogil:
-    int posix_memalign(void** memptr, size_t alignment, size_t size)
-
 cnp.import_array()
 
-cdef size_t ALIGN = 64  # a cache line (and an AVX-512 vector)
 cdef Py_ssize_t MIN_BYTES = 256 * 1024  # smaller ones: np.empty (malloc's bins are warm)
 cdef Py_ssize_t _max_bytes = 64 * 1024 * 1024
 cdef Py_ssize_t _kept_bytes = 0
@@ -68,10 +64,7 @@ cdef void* _take(Py_ssize_t nbytes):
     # 64-byte aligned: with malloc's 16, every other 32-byte vector store of an output
     # would span two cache lines (no wall-clock difference was measurable here; it costs
     # nothing)
-    cdef void* data = NULL
-    if posix_memalign(&data, ALIGN, nbytes) != 0:
-        return NULL
-    return data
+    return aligned_block(nbytes)
 
 
 cdef cnp.ndarray pooled_empty(int nd, cnp.npy_intp* dims, int typenum):

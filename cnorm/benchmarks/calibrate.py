@@ -6,13 +6,14 @@ sizes times the drop-in with no threshold (every size on the cnorm kernels) agai
 ``torch.nn`` (interleaved reps, minimum per callable): in float32 for the ``<norm>``
 keys, in bfloat16 and float16 (module and input) for the ``<norm>_half`` ones. The
 threshold is the smallest size of the sweep from which the drop-in is no slower at every
-larger size, thread count and dtype: below it, a Python call (and for a gradient the node of a Python autograd
-Function) costs more than the kernel saves. Prints the table and the line that sets the
+larger size, thread count and dtype: below it, a Python call (and for a gradient the
+node of a Python autograd Function) costs more than the kernel saves. Prints the table and the line that sets the
 measured thresholds. Imports torch lazily (like :mod:`cnorm.benchmarks.torch_cases`).
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Sequence
 from typing import Callable
@@ -116,25 +117,24 @@ def calibrate(threads: Sequence[int], settings: TimingSettings, cnorm, torch, ou
                 if not swept:
                     continue
                 result[norm] = [0, 0]
+                sizes = [_numel(s) for s in shapes]
                 for grad in (False, True):
-                    sizes = [_numel(s) for s in shapes]
-                    worst = [0.0] * len(shapes)  # over thread counts and dtypes
-                    for dtype in swept:
-                        for n in threads:
-                            thr.set(n)
-                            for i, shape in enumerate(shapes):
-                                fns = {
-                                    impl: build_sweep_op(ns, cls, args, shape, grad, train, dtype)
-                                    for impl, ns in _impls(torch)
-                                }
-                                meas = measure_interleaved(fns, settings)
-                                a, b = min(meas.times["cnorm.torch"]), min(meas.times["torch.nn"])
-                                worst[i] = max(worst[i], a / b)
-                                out.write(
-                                    f"{norm:<20} {dtype:<8} {str(grad):<5} {str(shape):<18} "
-                                    f"{sizes[i]:>8} {n:>3} {a * 1e6:>9.1f} {b * 1e6:>9.1f} {a / b:5.2f}\n"
-                                )
-                                out.flush()
+                    worst = [0.0] * len(shapes)  # over dtypes and thread counts
+                    for dtype, n in itertools.product(swept, threads):
+                        thr.set(n)
+                        for i, shape in enumerate(shapes):
+                            fns = {
+                                impl: build_sweep_op(ns, cls, args, shape, grad, train, dtype)
+                                for impl, ns in _impls(torch)
+                            }
+                            meas = measure_interleaved(fns, settings)
+                            a, b = min(meas.times["cnorm.torch"]), min(meas.times["torch.nn"])
+                            worst[i] = max(worst[i], a / b)
+                            out.write(
+                                f"{norm:<20} {dtype:<8} {str(grad):<5} {str(shape):<18} "
+                                f"{sizes[i]:>8} {n:>3} {a * 1e6:>9.1f} {b * 1e6:>9.1f} {a / b:5.2f}\n"
+                            )
+                            out.flush()
                     result[norm][grad] = threshold_from_ratios(sizes, worst)
     finally:
         ct.TORCH_BELOW.update(saved)

@@ -20,7 +20,6 @@ __all__ = ["FLOATS"]
 # precision, see _param_dtype)
 FLOATS = (torch.float32, torch.float64, *HALF)
 _F32 = torch.float32
-_BFLOAT16 = torch.bfloat16
 # exact types whose .numpy() is a plain view of the data (subclasses with
 # __torch_function__ / __torch_dispatch__, e.g. FakeTensor or DTensor, go to torch)
 _PLAIN = (torch.Tensor, nn.Parameter)
@@ -57,15 +56,9 @@ def _route(input, dtype) -> Tuple[int, Optional[np.ndarray]]:
         return 0, None
     if type(input) not in _PLAIN or _is_tracing() or _functorch_active():
         return 0, None
-    if dtype is _BFLOAT16:
-        x = numpy_view(input, dtype)
-        if x is None:  # another device or layout, the neg / conj bit
-            return 0, None
-    else:  # numpy_view inlined: this runs on every call
-        try:
-            x = (input.data if input.requires_grad else input).numpy()
-        except (TypeError, RuntimeError):  # another device or layout, the neg / conj bit
-            return 0, None
+    x = numpy_view(input, dtype)
+    if x is None:  # another device or layout, the neg / conj bit
+        return 0, None
     if x.flags.c_contiguous:
         return 1, x
     axes = _LAST_AXES.get(x.ndim)
