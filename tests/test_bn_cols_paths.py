@@ -14,6 +14,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 EPS = 1e-5
 # C around the vector widths and the default switch; M not a multiple of 4 (the row tail)
 SHAPES = [(7, 1), (9, 5), (13, 8), (30, 31), (33, 32), (18, 33), (11, 64), (6, 257), (4099, 48)]
+SHAPES += [(9, 1024), (5, 1030)]  # rows 4 KiB apart, and just past
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
 
 
@@ -78,3 +79,19 @@ def test_the_two_switches_are_set_and_restored_apart(restore):
     assert bn_kernels.set_cols4_max_channels(0) == (7, 7)
     for a, o in zip(mixed, other):
         np.testing.assert_array_equal(a.view(np.uint8), o.view(np.uint8))
+
+
+def test_rows_4_kib_apart_go_one_at_a_time(restore):
+    """The default switches: four rows up to C = 1024, except row strides within 256 bytes
+    of a multiple of 4 KiB (4K aliasing): float32 C = 1024, float64 C = 512."""
+    assert bn_kernels.four_rows_choice(64, 4) == (True, True)
+    assert bn_kernels.four_rows_choice(256, 4) == (True, True)
+    assert bn_kernels.four_rows_choice(768, 4) == (True, True)
+    assert bn_kernels.four_rows_choice(1024, 4) == (False, False)
+    assert bn_kernels.four_rows_choice(1000, 4) == (False, False)  # 4000 bytes
+    assert bn_kernels.four_rows_choice(512, 8) == (False, False)
+    assert bn_kernels.four_rows_choice(1024, 2) == (True, True)  # half storage: 2 KiB rows
+    assert bn_kernels.four_rows_choice(1025, 4) == (False, False)  # above the maximum
+    bn_kernels.set_cols4_max_channels(1 << 40)
+    assert bn_kernels.four_rows_choice(1200, 4) == (True, True)  # 4800 bytes: 704 past 4 KiB
+    assert bn_kernels.four_rows_choice(2048, 4) == (False, False)

@@ -49,11 +49,27 @@ cnp.import_array()
 
 # (N, C) rows of at most this many channels go four rows per coefficient load (the _cols4
 # loops), longer ones one row at a time (as streamed outputs always do); one switch per
-# pass. Measured (1 thread, paired, both orders; noisy VM): four rows ~1.5x faster in both
-# passes at C = 64, ~1.1x at 128; above 128 one row as fast or faster (the input gradient
-# at (6272, 256) one row 0.6-0.7x). Tests: the same bits either way.
-cdef Py_ssize_t cols4_max_c = 128
-cdef Py_ssize_t grad_cols4_max_c = 128
+# pass. Measured (2026-12-02, AMD EPYC AVX2, kernel calls paired and interleaved, min of
+# 30-40 reps, other processes paused): four rows 1.1-1.4x faster in both passes for
+# C = 96-768 (1 and 2 threads), but ~1.6x slower at C = 1024 float32: rows 4 KiB apart,
+# whose loads then alias the stores of the rows before (4K aliasing), so such strides go
+# one row at a time (_four_rows). Half storage (2-byte rows) stays below that stride up to
+# C = 1024. Tests: the same bits either way.
+cdef Py_ssize_t cols4_max_c = 1024
+cdef Py_ssize_t grad_cols4_max_c = 1024
+
+
+cdef inline bint _four_rows(Py_ssize_t C, Py_ssize_t itemsize, Py_ssize_t max_c) noexcept nogil:
+    """(N, C) rows of itemsize-byte elements go four at a time: C <= max_c and the row
+    stride not within 256 bytes of a multiple of 4 KiB (from 4 KiB on)."""
+    cdef Py_ssize_t stride = C * itemsize, off = stride % 4096
+    return C <= max_c and (stride < 4096 - 256 or 256 <= off <= 4096 - 256)
+
+
+def four_rows_choice(Py_ssize_t C, Py_ssize_t itemsize):
+    """(normalize, input gradient): whether (N, C) rows of itemsize-byte elements go
+    four at a time under the present switches (tests)."""
+    return _four_rows(C, itemsize, cols4_max_c), _four_rows(C, itemsize, grad_cols4_max_c)
 
 
 def set_cols4_max_channels(c, grad_c=None):
@@ -94,7 +110,7 @@ cdef void _normalize_work(const floating* x, void* job, int t, int n_threads) no
             _normalize_scaled(y, x, j, n, n1)
             return
     if S == 1:          # (N, C): per-element coefficients, short rows four at a time
-        if not stream and C <= cols4_max_c:
+        if not stream and _four_rows(C, sizeof(floating), cols4_max_c):
             while n + 4 <= n1:
                 affine_cols4(y + n * C, x + n * C, C, C, hi, lo, scale, beta, relu)
                 n += 4
@@ -198,7 +214,7 @@ cdef void _input_grad_work(const floating* x, void* job, int t, int n_threads) n
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
     if S == 1:          # (N, C): per-element coefficients, short rows four at a time
-        if not stream and C <= grad_cols4_max_c:
+        if not stream and _four_rows(C, sizeof(floating), grad_cols4_max_c):
             while n + 4 <= n1:
                 bn_grad_cols4(dx + n * C, dy + n * C, x + n * C, C, C, hi, lo, invstd, k1,
                               mean_dy, mean_dy_xhat, offset(ym, n * C))
