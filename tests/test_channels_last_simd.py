@@ -251,3 +251,150 @@ def test_float32_backward_falls_back_to_float64_arithmetic(case):
     assert np.array_equal(want[0].astype(np.float32).ravel(), got[0], equal_nan=True)
     assert np.array_equal(want[1], got[1], equal_nan=True)
     assert np.array_equal(want[2], got[2], equal_nan=True)
+
+
+# float32 storage: the forward's statistics in float32 lanes too (channels_last_f32.h):
+# pass 1 sums x in blocks of ROWS rows, the group mean m is rounded to a float hi, pass 2
+# sums d = x - hi and d * d (float32) in blocks; mean = hi + sum(d) / count. A sample whose
+# float32 sums of x are not finite runs both passes in float64 (shift m); one whose sums of
+# pass 2 are not finite or whose variance is below 2**-100 runs pass 2 in float64 (shift hi)
+VAR_MIN = 2.0**-100
+
+
+def _group(a, G, Cg):
+    return _seq(a.reshape(G, Cg), axis=1)
+
+
+def _twin_forward32(x, dims, w, b, eps=EPS):
+    """(y (N, S, C) float32, mean, rstd, var, y_first) of float32 x (N, S, C); y_first:
+    the channels-first output's values (the float64 loop's), y the channels-last one's
+    (float32 lanes: (x - hi) * scale + (b - lo * scale), the factors floats)."""
+    N, G, Cg, S = dims
+    count = float(Cg * S)
+    mean, rstd, var = (np.empty((N, G)) for _ in range(3))
+    y = np.empty(x.shape, np.float32)
+    yf = np.empty(x.shape, np.float32)
+    x64 = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        for n in range(N):
+            X = x[n]
+            s = _seq_blocks32(X)
+            wide = wide1 = not np.all(np.isfinite(s))  # wide1: pass 3 in float64 too
+            if wide:
+                s = _seq(x64[n])
+            m = _group(s, G, Cg) / count
+            if not wide:
+                m = m.astype(np.float32).astype(np.float64)
+            shift = np.repeat(m, Cg)
+            if not wide:
+                D = X - shift.astype(np.float32)
+                sd, ss = _seq_blocks32(D), _seq_blocks32(D * D)
+                sdg, ssg = _group(sd, G, Cg), _group(ss, G, Cg)
+                v = (ssg - sdg * sdg / count) / count
+                wide = not (np.all(np.isfinite(sd)) and np.all(np.isfinite(ss)) and np.all(v >= VAR_MIN))
+            if wide:
+                D = x64[n] - shift
+                sdg, ssg = _group(_seq(D), G, Cg), _group(_seq(D * D), G, Cg)
+                v = (ssg - sdg * sdg / count) / count
+            v = np.where(v > 0, v, np.where(np.isnan(v), v, 0.0))
+            rs = 1.0 / np.sqrt(v + eps)
+            mean[n], var[n], rstd[n] = m + sdg / count, v, rs
+            scale = np.repeat(rs, Cg) * (w.astype(np.float64) if w is not None else 1.0)
+            bias = b.astype(np.float64) if b is not None else 0.0
+            mu = np.repeat(mean[n], Cg)
+            yf[n] = ((x64[n] - mu) * scale + bias).astype(np.float32)
+            y[n] = yf[n]
+            hi = mu.astype(np.float32)
+            lo = mu - hi.astype(np.float64)
+            scale = scale * np.ones(G * Cg)
+            be = bias - lo * scale
+            f = scale.astype(np.float32)
+            dev = np.repeat(np.sqrt(np.maximum(v, 0) * count), Cg) + np.abs(lo)
+            fits = np.all(np.isfinite(f) & ((scale == 0) | (np.abs(f) >= np.finfo(np.float32).tiny)))
+            if (
+                not wide1
+                and fits
+                and np.all(np.abs(be) <= 2.0**100)
+                and np.all(dev * np.abs(scale) <= 2.0**100)
+            ):
+                y[n] = (X + (-hi)) * f + be.astype(np.float32)
+    return y, mean.ravel(), rstd.ravel(), var.ravel(), yf
+
+
+def _ref_stats(x, dims):
+    """float64 NumPy mean and biased variance per (n, g) of x (N, S, C)."""
+    N, G, Cg, S = dims
+    r = x.astype(np.float64).reshape(N, S, G, Cg).transpose(0, 2, 1, 3).reshape(N * G, -1)
+    m = r.mean(axis=1)
+    return m, ((r - m[:, None]) ** 2).mean(axis=1)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dims", SHAPES + [(2, 4, 8, 150), (1, 3, 24, 70), (3, 2, 40, 129)])
+def test_float32_forward_is_its_twin_bit_for_bit(build, dims, threads):
+    rng = np.random.default_rng(sum(dims) + 3)
+    N, G, Cg, S = dims
+    C = G * Cg
+    x = (rng.standard_normal((N, S, C)) * 3 + 1e3).astype(np.float32)
+    old = cnorm.get_num_threads()
+    cnorm.set_num_threads(threads)
+    try:
+        for w, b in ((rng.standard_normal(C).astype(np.float32),) * 2, (None, None)):
+            want = _twin_forward32(x, dims, w, b)
+            for last in (True, False):
+                y, mean, rstd, var = K.group_norm_forward(x.ravel(), dims, w, b, EPS, last)
+                wy = want[0] if last or S == 1 else np.moveaxis(want[4], 1, 2)  # S = 1: one layout
+                assert np.array_equal(wy.ravel(), y)
+                for got, exp in zip((mean, rstd, var), want[1:4]):
+                    assert np.array_equal(got, exp)
+            # and far more accurate than float32 arithmetic: against float64 NumPy
+            m, v = _ref_stats(x, dims)
+            assert np.allclose(mean, m, rtol=0, atol=1e-7 * np.sqrt(v).max())
+            assert np.allclose(var, v, rtol=1e-6, atol=0)
+    finally:
+        cnorm.set_num_threads(old)
+
+
+@pytest.mark.parametrize("case", ["huge", "big_dev", "tiny", "constant", "nan", "inf", "normal"])
+def test_float32_forward_falls_back_to_float64_arithmetic(case):
+    """Samples whose float32 statistics would over- or underflow run the float64 loops:
+    the statistics agree with float64 NumPy to float64 accuracy, as does the twin."""
+    dims = (3, 2, 5, 90)
+    N, G, Cg, S = dims
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal((N, S, G * Cg)) * 2 + 1).astype(np.float32)
+    scale = {"huge": 1e37, "big_dev": 1e20, "tiny": 1e-25, "constant": 1.0}.get(case, 1.0)
+    x[1] *= np.float32(scale)  # sample 1 only: the others stay on the float32 loops
+    if case == "constant":
+        x[1] = np.float32(0.1)
+    elif case == "nan":
+        x[1, 7, 3] = np.nan
+    elif case == "inf":
+        x[1, 7, 3] = np.inf
+    w = np.linspace(0.5, 1.5, G * Cg).astype(np.float32)
+    for eps in (EPS, 0.0):
+        with np.errstate(all="ignore"):
+            got = K.group_norm_forward(x.ravel(), dims, w, w, eps, True)
+            want = _twin_forward32(x, dims, w, w, eps)
+        assert np.array_equal(want[0].ravel(), got[0], equal_nan=True)
+        for g, e in zip(got[1:], want[1:4]):
+            assert np.array_equal(g, e, equal_nan=True)
+        # the output: within 2 float32 ulps of |y| + |b| of the float64 twin's (correctly
+        # rounded) output
+        yf = want[4].astype(np.float64)
+        ok = np.isfinite(yf)
+        ulp = np.spacing((np.abs(want[4]) + np.abs(w))[ok]).astype(np.float64)
+        assert np.all(np.abs(got[0].reshape(yf.shape)[ok] - yf[ok]) <= 2 * ulp)
+        m, v = _ref_stats(x, dims)
+        mean, var = got[1].reshape(N, G), got[3].reshape(N, G)
+        for n in range(N):
+            mm, vv = m.reshape(N, G)[n], v.reshape(N, G)[n]
+            if case in ("nan", "inf") and n == 1:
+                assert not np.all(np.isfinite(var[n]))
+                continue
+            if n == 1 and case != "normal":  # the float64 loops
+                assert np.allclose(mean[n], mm, rtol=1e-12, atol=0)
+                assert np.allclose(var[n], vv, rtol=1e-12, atol=0)
+            else:  # float32 sums of 64 rows: well below a float32 ulp of the std
+                assert np.allclose(mean[n], mm, rtol=0, atol=1e-7 * np.sqrt(vv).max())
+                assert np.allclose(var[n], vv, rtol=1e-6, atol=0)

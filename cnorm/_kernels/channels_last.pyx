@@ -22,6 +22,14 @@ The gradient (g = dy * w, xhat = (x - mean) * rstd, D = Cg * S values per row):
 with alpha_c = rstd * w_c, beta_c = -rstd^3 * sum(g * (x - mean)) / D and
 gamma_c = -rstd * sum(g) / D per (n, c).
 
+The forward of float32 storage runs in float32 lanes too: pass 1 sums x, pass 2 sums
+d = x - hi and d * d (hi = (float)mean of pass 1, the shift), per channel in float32 over
+64 rows, each block's sums added in float64 (mean = hi + sum(d) / count, the variance from
+the float64 merges); pass 3 (y channels-last) is y = (x - hi) * scale + (beta - lo * scale)
+with float32 factors. Fallbacks to the float64 loops: both passes when a float32 sum of x
+is not finite, pass 2 (shift hi) when its sums are not finite or a variance is below
+2**-100, pass 3 when a coefficient does not fit (_finite, _narrow_stats, _narrow_affine).
+
 The backward of float32 storage runs in float32 lanes (torch's arithmetic, half the
 instructions of float64 ones): per-channel sums of 64 rows in float32, added in float64,
 x - mean as x - hi (hi = (float)mean, lo = mean - hi folded into the sums and into
@@ -103,20 +111,20 @@ cdef inline void _strides(Py_ssize_t* s, Py_ssize_t* c, bint last, Py_ssize_t S,
 # the dtype (kind 0) or of the half storage; offsets in elements of the storage.
 
 cdef inline void _sums(double* s, const floating* x, Py_ssize_t xo, Py_ssize_t ld,
-                       Py_ssize_t S, Py_ssize_t n, int kind) noexcept nogil:
+                       Py_ssize_t S, Py_ssize_t n, int wide, int kind) noexcept nogil:
     if kind:
-        cl_sums_half(kind, s, <const uint16_t*>x + xo, ld, S, n)
+        cl_sums_half(kind, s, <const uint16_t*>x + xo, ld, S, n, wide)
     else:
-        cl_sums(s, x + xo, ld, S, n)
+        cl_sums(s, x + xo, ld, S, n, wide)
 
 
 cdef inline void _devs(double* s1, double* s2, const floating* x, Py_ssize_t xo,
                        Py_ssize_t ld, Py_ssize_t S, const double* shift, Py_ssize_t n,
-                       int kind) noexcept nogil:
+                       int wide, int kind) noexcept nogil:
     if kind:
-        cl_devs_half(kind, s1, s2, <const uint16_t*>x + xo, ld, S, shift, n)
+        cl_devs_half(kind, s1, s2, <const uint16_t*>x + xo, ld, S, shift, n, wide)
     else:
-        cl_devs(s1, s2, x + xo, ld, S, shift, n)
+        cl_devs(s1, s2, x + xo, ld, S, shift, n, wide)
 
 
 cdef inline void _affine(floating* y, Py_ssize_t yo, const floating* x, Py_ssize_t xo,
@@ -167,7 +175,7 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
     cdef Py_ssize_t N = j.N, G = j.G, Cg = j.Cg, S = j.S, C = j.C, K = j.blocks
     cdef Py_ssize_t item, n, g, c0, c1, c, y
     cdef Py_ssize_t oc = j.out_c
-    cdef int kind = j.kind
+    cdef int kind = j.kind, wide
     cdef double* acc = j.scratch + 4 * C * t     # per-channel sums
     cdef double* acc2 = acc + C                   # per-channel squared deviations
     cdef double* mu = acc + 2 * C                 # per-channel mean of its group
@@ -179,21 +187,35 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
     for item in range(split_start(N * K, t, n_threads), split_start(N * K, t + 1, n_threads)):
         n = _item(j, item, &c0, &c1)
         y = n * S * C       # offset (in elements) of the sample
+        # float32 storage: float32 sums, unless they over- or underflow (_narrow_stats)
+        wide = 0 if floating is float and kind == 0 else CL_WIDE
         for c in range(c0, c1):
             acc[c] = 0
             acc2[c] = 0
         # pass 1: sums, then the group means
-        _sums(acc + c0, x, y + c0, C, S, c1 - c0, kind)
+        _sums(acc + c0, x, y + c0, C, S, c1 - c0, wide, kind)
+        if not wide and not _finite(acc, c0, c1):  # an overflow (or inf, NaN in x)
+            wide = CL_WIDE
+            for c in range(c0, c1):
+                acc[c] = 0
+            _sums(acc + c0, x, y + c0, C, S, c1 - c0, wide, kind)
         for g in range(c0 // Cg, c1 // Cg):
             m = 0
             for c in range(g * Cg, (g + 1) * Cg):
                 m += acc[c]
             m /= count
+            if not wide:    # the float32 loop's shift: exactly a float
+                m = <double><float>m
             for c in range(g * Cg, (g + 1) * Cg):
                 mu[c] = m
                 acc[c] = 0
         # pass 2: deviations from the mean (their sum corrects the rounding of the mean)
-        _devs(acc + c0, acc2 + c0, x, y + c0, C, S, mu + c0, c1 - c0, kind)
+        _devs(acc + c0, acc2 + c0, x, y + c0, C, S, mu + c0, c1 - c0, wide, kind)
+        if not wide and not _narrow_stats(acc, acc2, c0, c1, Cg, count):
+            for c in range(c0, c1):
+                acc[c] = 0
+                acc2[c] = 0
+            _devs(acc + c0, acc2 + c0, x, y + c0, C, S, mu + c0, c1 - c0, CL_WIDE, kind)
         for g in range(c0 // Cg, c1 // Cg):
             sd = 0
             ss = 0
@@ -211,9 +233,13 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
                 mu[c] = j.mean[n * G + g]
                 scale[c] = rs * (weight[c] if weight != NULL else 1.0)
                 acc[c] = bias[c] if bias != NULL else 0.0
+            if not wide:    # a bound of |x - hi|, at the group's first channel (read)
+                acc2[g * Cg] = sqrt(v * count) + fabs(_lo(mu[g * Cg]))
         # pass 3: y = (x - mean) * rstd * w + b
+        if not wide and oc == 1:
+            wide = _narrow_affine(acc, scale, mu, acc2, c0, c1, Cg)
         _affine(out, y + c0 * oc, x, y + c0, C, S, mu + c0, scale + c0, acc + c0, c1 - c0,
-                oc != 1, kind)
+                (oc != 1) | wide, kind)
 
 
 cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept nogil:
@@ -282,8 +308,69 @@ cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept
 # be subnormal floats (dy itself that small loses digits as in the other float32 kernels).
 cdef double NARROW_RSTD_MAX = 2.0 ** 40
 
+# The forward's float32 statistics (float32 storage): a sample whose float32 sums of x
+# are not finite (an overflow; inf or NaN in x) runs both passes wide; one whose sums of
+# (x - hi)**2 are not finite (|x - hi| > ~1e18), or whose variance is below
+# NARROW_VAR_MIN (the float32 squares of tiny deviations underflow, or all x are equal),
+# runs pass 2 again wide (with the same shift hi). At and above NARROW_VAR_MIN the
+# squares' underflow (2**-149 at most each) is below 2**-49 of the variance.
+cdef double NARROW_VAR_MIN = 2.0 ** -100
+
+
+cdef bint _finite(const double* s, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(c0, c1):
+        if not fabs(s[c]) <= DBL_MAX:
+            return False
+    return True
+
+
+cdef bint _narrow_stats(const double* s1, const double* s2, Py_ssize_t c0, Py_ssize_t c1,
+                        Py_ssize_t Cg, double count) noexcept nogil:
+    """The float32 loop's sums of pass 2 are good: finite, every group's variance (as
+    _forward computes it) at least NARROW_VAR_MIN."""
+    cdef Py_ssize_t g, c
+    cdef double sd, ss, v
+    if not (_finite(s1, c0, c1) and _finite(s2, c0, c1)):
+        return False
+    for g in range(c0 // Cg, c1 // Cg):
+        sd = 0
+        ss = 0
+        for c in range(g * Cg, (g + 1) * Cg):
+            sd += s1[c]
+            ss += s2[c]
+        v = (ss - sd * sd / count) / count
+        if not v >= NARROW_VAR_MIN:
+            return False
+    return True
+
+
 cdef inline double _lo(double mean) noexcept nogil:
     return mean - <double><float>mean
+
+
+# pass 3 in float32 (y channels-last): y = (x - hi) * scale + (beta - lo * scale), the
+# coefficients rounded to floats; the float64 loop where a scale is not a normal float (or
+# 0) or the float32 products or sums could overflow (a bound of 2**100 on them).
+cdef double NARROW_Y_MAX = 2.0 ** 100
+
+
+cdef int _narrow_affine(double* beta, const double* scale, const double* mu,
+                        const double* dev, Py_ssize_t c0, Py_ssize_t c1,
+                        Py_ssize_t Cg) noexcept nogil:
+    """beta[c] - lo * scale[c] (the float32 loop's x - hi); CL_WIDE (beta unchanged) when a
+    coefficient does not fit, dev[g * Cg] * |scale| (a bound of |x - hi| * |scale|) or the
+    new beta is above NARROW_Y_MAX, else 0."""
+    cdef Py_ssize_t c
+    cdef double b
+    for c in range(c0, c1):
+        b = beta[c] - _lo(mu[c]) * scale[c]
+        if not (_fits(scale[c], True) and _fits(mu[c], False) and fabs(b) <= NARROW_Y_MAX
+                and dev[c - c % Cg] * fabs(scale[c]) <= NARROW_Y_MAX):
+            return CL_WIDE
+    for c in range(c0, c1):
+        beta[c] -= _lo(mu[c]) * scale[c]
+    return 0
 
 
 cdef inline bint _fits(double v, bint normal) noexcept nogil:

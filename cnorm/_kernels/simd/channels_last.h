@@ -2,8 +2,8 @@
  * of nrows positions s by n contiguous channels, x[r * ld + c]. Included by loops.h for
  * every dtype (T = float or double; CN_HALF: the storage ST is float16 / bfloat16 bits).
  *
- * Every value is computed in float64 (but the backward of float32 storage:
- * channels_last_f32.h), one accumulator per channel, the rows added in
+ * Every value is computed in float64 (but the statistics and the backward of float32
+ * storage: channels_last_f32.h), one accumulator per channel, the rows added in
  * order: the vector lanes are channels, so a channel's sum is the same chain of float64
  * additions in every build and for every vector width (the scalar loops of the pyx had
  * the same chain: the bits are theirs). Loads widen exactly; stores round once to
@@ -259,6 +259,17 @@ CN_CL_INLINE void CN_FN(cl_stx_v)(ST* p, ptrdiff_t cs, DV v)
     VT a[KB];                                                                              \
     for (k = 0; k < KB; k++) a[k] = LDD(w, (arr) + c + k * WW)
 
+/* ---- float32 storage: statistics and backward in float32 (without CN_CL_WIDE) -------
+ * The forward's two statistics passes and the backward's two passes in float32 lanes, twice the channels of a float64 vector
+ * (torch's arithmetic; the wide loops' instructions were 2x torch's). Each channel is
+ * still its own chain of the same float32 operations, the rows in order: the same bits
+ * in every build. x - mean is formed as x - hi (hi = (float)mean: exact near the mean),
+ * as x + (-hi), the same bits, x then read by the addition itself;
+ * lo = mean - hi is left to the caller (channels_last.pyx), as are the checks that send a
+ * sample whose float32 sums or coefficients over- or underflow to the wide loops. */
+#define CN_CL_WIDE 2
+#include "channels_last_f32.h"  /* cl_sums_f32, cl_devs_f32, cl_affine_f32, cl_grad_sums_f32, cl_grad_f32 */
+
 /* ---- pass 1 of the forward: s[c] += sum over the rows of x[r, c] --------------------- */
 
 #define CN_CL_SUMS(KB, w, VT, WW)                                                          \
@@ -271,8 +282,15 @@ CN_CL_INLINE void CN_FN(cl_stx_v)(ST* p, ptrdiff_t cs, DV v)
     }
 
 CN_HLOOP void CN_FN(cl_sums)(double* CN_RESTRICT s, const ST* CN_RESTRICT x, ptrdiff_t ld,
-                             ptrdiff_t nrows, ptrdiff_t n)
+                             ptrdiff_t nrows, ptrdiff_t n, int wide)
 {
+#if !CN_HALF && CN_T_BYTES == 4
+    if (!(wide & CN_CL_WIDE)) {
+        CN_FN(cl_sums_f32)(s, x, ld, nrows, n);
+        return;
+    }
+#endif
+    (void)wide;
     CN_CL_BLOCKS(CN_CL_SUMS);
 }
 
@@ -302,12 +320,20 @@ CN_HLOOP void CN_FN(cl_sums)(double* CN_RESTRICT s, const ST* CN_RESTRICT x, ptr
 
 CN_HLOOP void CN_FN(cl_devs)(double* CN_RESTRICT s1, double* CN_RESTRICT s2,
                              const ST* CN_RESTRICT x, ptrdiff_t ld, ptrdiff_t nrows,
-                             const double* shift, ptrdiff_t n)
+                             const double* shift, ptrdiff_t n, int wide)
 {
+#if !CN_HALF && CN_T_BYTES == 4
+    if (!(wide & CN_CL_WIDE)) {
+        CN_FN(cl_devs_f32)(s1, s2, x, ld, nrows, shift, n);
+        return;
+    }
+#endif
+    (void)wide;
     CN_CL_BLOCKS(CN_CL_DEVS);
 }
 
 /* ---- pass 3: y = (x - mean[c]) * scale[c] + beta[c]; y channels-first when first ----- */
+/* (float32 storage, y channels-last, without CN_CL_WIDE: cl_affine_f32) */
 
 #define CN_CL_AFFINE_COEFS(VT, w, KB, WW)                                                  \
     CN_CL_COEF(VT, w, m, mean, KB, WW);                                                    \
@@ -352,22 +378,19 @@ CN_HLOOP void CN_FN(cl_affine)(ST* CN_RESTRICT y, const ST* CN_RESTRICT x, ptrdi
                                ptrdiff_t nrows, const double* mean, const double* scale,
                                const double* beta, ptrdiff_t n, int first)
 {
+#if !CN_HALF && CN_T_BYTES == 4
+    if (!(first & CN_CL_WIDE) && !(first & 1)) {
+        CN_FN(cl_affine_f32)(y, x, ld, nrows, mean, scale, beta, n);
+        return;
+    }
+#endif
+    first &= 1;
     if (first)
         CN_CL_BLOCKS(CN_CL_AFFINE_FIRST);
     else
         CN_CL_BLOCKS(CN_CL_AFFINE);
 }
 
-/* ---- float32 storage: the backward in float32 (first without CN_CL_WIDE) ------------
- * The backward's two passes in float32 lanes, twice the channels of a float64 vector
- * (torch's arithmetic; the wide loops' instructions were 2x torch's). Each channel is
- * still its own chain of the same float32 operations, the rows in order: the same bits
- * in every build. x - mean is formed as x - hi (hi = (float)mean: exact near the mean),
- * as x + (-hi), the same bits, x then read by the addition itself;
- * lo = mean - hi is left to the caller (channels_last.pyx), as are the checks that send a
- * sample whose float32 sums or coefficients over- or underflow to the wide loops. */
-#define CN_CL_WIDE 2
-#include "channels_last_f32.h"  /* cl_grad_sums_f32, cl_grad_f32 */
 
 /* ---- backward pass 1: g = dy[r, c]; s_dy[c] += g, s_dyd[c] += g * (x - mean[c]) ------ */
 

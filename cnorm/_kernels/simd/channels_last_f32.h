@@ -1,7 +1,8 @@
-/* The float32 backward of float32 storage (channels_last.pyx's narrow path): included by
+/* The float32 statistics and backward of float32 storage (channels_last.pyx's narrow path): included by
  * channels_last.h, once per (dtype, build), after its helpers; only float32 storage
  * (T = float, no CN_HALF) defines anything. Not loops of the table (simd/signatures.py):
- * cl_grad_sums and cl_grad call them when their flag CN_CL_WIDE is clear. */
+ * cl_sums, cl_devs, cl_affine, cl_grad_sums and cl_grad call them when their flag CN_CL_WIDE is
+ * clear. The forward here too (cl_sums_f32, cl_devs_f32, cl_affine_f32). */
 
 #if !CN_HALF && CN_T_BYTES == 4
 /* not CN_HLOOP: tests/test_simd_table.py reads those heads as the table's loops */
@@ -93,6 +94,88 @@ CN_CL_INLINE void CN_FN(cl_addf_1)(double* s, float v) { *s += (double)v; }
     } while (0)
 #define CN_CL_F32_DY(w, WW, r, k) LDF(w, dy + (r) * os + (c + (k) * WW) * oc, oc)
 
+/* ---- the forward's statistics (cl_sums, cl_devs without CN_CL_WIDE): float32 sums of
+   CN_CL_F32_ROWS rows per channel, each block's sums then added to the float64 ones */
+
+/* pass 1: s[c] += sum of x[r, c] */
+#define CN_CL_F32_XSUMS(KB, w, VT, WW)                                                     \
+    {                                                                                      \
+        ptrdiff_t k, r, r0;                                                                \
+        VT a[KB];                                                                          \
+        for (r0 = 0; r0 < nrows; r0 += CN_CL_F32_ROWS) {                                   \
+            const ptrdiff_t r1 = nrows - r0 < CN_CL_F32_ROWS ? nrows : r0 + CN_CL_F32_ROWS; \
+            for (k = 0; k < KB; k++) a[k] = CN_FN(cl_zf_##w)();                            \
+            for (r = r0; r < r1; r++)                                                      \
+                for (k = 0; k < KB; k++) a[k] += LDF(w, x + r * ld + c + k * WW, 1);       \
+            for (k = 0; k < KB; k++) CN_FN(cl_addf_##w)(s + c + k * WW, a[k]);             \
+        }                                                                                  \
+    }
+
+CN_CL_F32_LOOP void CN_FN(cl_sums_f32)(double* CN_RESTRICT s, const float* CN_RESTRICT x,
+                                       ptrdiff_t ld, ptrdiff_t nrows, ptrdiff_t n)
+{
+    CN_CL_F32_BLOCKS(CN_CL_F32_XSUMS, 4);
+}
+
+/* pass 2: d = x - hi[c] (hi = (float)shift[c], x + (-hi)); s1[c] += d, s2[c] += d * d */
+#define CN_CL_F32_DEVS(KB, w, VT, WW)                                                      \
+    {                                                                                      \
+        ptrdiff_t k, r, r0;                                                                \
+        VT nh[KB], a1[KB], a2[KB];                                                         \
+        for (k = 0; k < KB; k++) nh[k] = -CVF(w, shift + c + k * WW);                      \
+        for (r0 = 0; r0 < nrows; r0 += CN_CL_F32_ROWS) {                                   \
+            const ptrdiff_t r1 = nrows - r0 < CN_CL_F32_ROWS ? nrows : r0 + CN_CL_F32_ROWS; \
+            for (k = 0; k < KB; k++) a1[k] = a2[k] = CN_FN(cl_zf_##w)();                   \
+            for (r = r0; r < r1; r++)                                                      \
+                for (k = 0; k < KB; k++) {                                                 \
+                    const VT d = LDF(w, x + r * ld + c + k * WW, 1) + nh[k];               \
+                    a1[k] += d;                                                            \
+                    a2[k] += d * d;                                                        \
+                }                                                                          \
+            for (k = 0; k < KB; k++) {                                                     \
+                CN_FN(cl_addf_##w)(s1 + c + k * WW, a1[k]);                                \
+                CN_FN(cl_addf_##w)(s2 + c + k * WW, a2[k]);                                \
+            }                                                                              \
+        }                                                                                  \
+    }
+
+CN_CL_F32_LOOP void CN_FN(cl_devs_f32)(double* CN_RESTRICT s1, double* CN_RESTRICT s2,
+                                       const float* CN_RESTRICT x, ptrdiff_t ld,
+                                       ptrdiff_t nrows, const double* shift, ptrdiff_t n)
+{
+    CN_CL_F32_BLOCKS(CN_CL_F32_DEVS, 4);
+}
+
+/* pass 3 (cl_affine, y channels-last): y = (x - hi[c]) * scale[c] + beta[c], every factor
+   as a float (the caller folds lo = mean - hi into beta); KB (1 to 3) vectors, their
+   coefficients named, as in cl_grad_f32 */
+#define CN_CL_F32_Y(w, i, nh, sc, be)                                                      \
+    CN_FN(cl_stf_##w)(y + (i), (LDF(w, x + (i), 1) + (nh)) * (sc) + (be))
+#define CN_CL_F32_AFFINE(KB, w, VT, WW)                                                    \
+    {                                                                                      \
+        ptrdiff_t r;                                                                       \
+        const VT nh0 = -CVF(w, mean + c), sc0 = CVF(w, scale + c), be0 = CVF(w, beta + c); \
+        const VT nh1 = KB > 1 ? -CVF(w, mean + c + WW) : nh0;                              \
+        const VT sc1 = KB > 1 ? CVF(w, scale + c + WW) : sc0;                              \
+        const VT be1 = KB > 1 ? CVF(w, beta + c + WW) : be0;                               \
+        const VT nh2 = KB > 2 ? -CVF(w, mean + c + 2 * WW) : nh0;                          \
+        const VT sc2 = KB > 2 ? CVF(w, scale + c + 2 * WW) : sc0;                          \
+        const VT be2 = KB > 2 ? CVF(w, beta + c + 2 * WW) : be0;                           \
+        for (r = 0; r < nrows; r++) {                                                      \
+            const ptrdiff_t i = r * ld + c;                                                \
+            CN_CL_F32_Y(w, i, nh0, sc0, be0);                                              \
+            if (KB > 1) CN_CL_F32_Y(w, i + WW, nh1, sc1, be1);                             \
+            if (KB > 2) CN_CL_F32_Y(w, i + 2 * WW, nh2, sc2, be2);                         \
+        }                                                                                  \
+    }
+
+CN_CL_F32_LOOP void CN_FN(cl_affine_f32)(float* CN_RESTRICT y, const float* CN_RESTRICT x,
+                                         ptrdiff_t ld, ptrdiff_t nrows, const double* mean,
+                                         const double* scale, const double* beta, ptrdiff_t n)
+{
+    CN_CL_F32_BLOCKS(CN_CL_F32_AFFINE, 3);
+}
+
 /* s_dy[c] += sum of dy, s_dyd[c] += sum of dy * (x - hi[c]), blocks of CN_CL_F32_ROWS */
 #define CN_CL_F32_SUMS(KB, w, VT, WW)                                                      \
     {                                                                                      \
@@ -178,6 +261,10 @@ CN_CL_F32_LOOP void CN_FN(cl_grad_f32)(float* CN_RESTRICT dx, const float* CN_RE
 #undef CN_CL_F32_LAYOUTS
 #undef CN_CL_F32_DY
 #undef CN_CL_F32_SUMS
+#undef CN_CL_F32_XSUMS
+#undef CN_CL_F32_DEVS
+#undef CN_CL_F32_Y
+#undef CN_CL_F32_AFFINE
 #undef CN_CL_F32_GRAD
 #undef CN_CL_F32_DX
 #endif

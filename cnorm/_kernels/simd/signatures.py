@@ -162,11 +162,16 @@ LOOPS = [
     # ---- channels-last GroupNorm / InstanceNorm (channels_last.h; also in HALF_LOOPS):
     # x[r * ld + c], nrows rows of n channels, float64 per-channel sums; first: y / dy
     # channels-first, element (r, c) at [c * nrows + r]
-    ("cl_sums", "void", "double* s, const T* x, ptrdiff_t ld, ptrdiff_t nrows, ptrdiff_t n"),
+    # wide (cl_sums, cl_devs) / first: the flag CN_CL_WIDE (2) asks float32 storage for the
+    # float64 loops instead of the float32 ones (channels_last_f32.h)
+    ("cl_sums", "void", "double* s, const T* x, ptrdiff_t ld, ptrdiff_t nrows, ptrdiff_t n, int wide"),
     (
         "cl_devs",
         "void",
-        "double* s1, double* s2, const T* x, ptrdiff_t ld, ptrdiff_t nrows, const double* shift, ptrdiff_t n",
+        (
+            "double* s1, double* s2, const T* x, ptrdiff_t ld, ptrdiff_t nrows, const double* shift, "
+            "ptrdiff_t n, int wide"
+        ),
     ),
     (
         "cl_affine",
