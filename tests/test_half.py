@@ -476,6 +476,115 @@ def test_half_batch_norm_of_n_c_batches(dtype, threads):
         cnorm.set_num_threads(old)
 
 
+def _planes(dtype, N, C, S, seed, values):
+    """(N, C, S) half values of a kind: plain, tiny (float32 squares subnormal: the
+    float64 redo), huge (squares overflow), with NaN / inf planes, or constant planes."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(2, 3, (N, C, S))
+    if values == "tiny":
+        x = x * 1e-30 if dtype == BF16 else x * 1e-6
+    elif values == "huge":
+        x = x * 1e36 if dtype == BF16 else x * 2e3
+    x = x.astype(dtype)
+    if values == "special":
+        x[0, 1, S // 2] = np.nan
+        x[N - 1, C - 1, 0] = np.inf
+        x[N // 2, C // 2, S - 1] = -np.inf
+        x[:, 3] = -0.0
+        x[:, 4] = 7.0
+    return x
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("values", ["plain", "tiny", "huge", "special"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (3, 40, 196),
+        (2, 33, 1),
+        (5, 32, 2),
+        (4, 35, 7),
+        (3, 36, 15),
+        (3, 40, 16),
+        (2, 34, 17),
+        (2, 32, 31),
+        (2, 33, 511),
+        (2, 32, 512),
+        (2, 33, 513),
+        (2, 32, 1025),
+        (2, 8, 196),
+        (3, 6, 1537),
+        (2, 5, 2048),
+        (2, 40, 1600),
+        (70, 32, 9),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("dtype", HALF, ids=half_id)
+def test_half_batch_norm_planes_are_the_float32_kernels_bits(dtype, shape, values, threads):
+    """NCHW half storage: the statistics of a row of short planes in one runs_stats call
+    (C >= 32), a channel's whole blocks in one (long planes), the normalize and input
+    gradient with their overlapping last step: every result the float32 kernels' on the
+    widened input, at every plane length around the steps and BLOCK, for tiny and huge
+    values (the float64 redo), NaN / inf, -0 and constant planes, at 1, 2 and 3 threads."""
+    N, C, S = shape
+    x = _planes(dtype, N, C, S, 11 + S, values)
+    dy = np.random.default_rng(S).normal(0, 1, x.shape).astype(dtype)
+    rng = np.random.default_rng(5)
+    w, b = rng.normal(1, 0.3, C).astype(np.float32), rng.normal(0, 0.3, C).astype(np.float32)
+    bits, kind = x.view(np.uint16), KIND[dtype]
+    old = cnorm.get_num_threads()
+    cnorm.set_num_threads(threads)
+    try:
+        for relu in (False, True):
+            y, mean, invstd = bn_kernels.batch_norm_forward_train(
+                bits, N, C, S, w, b, None, None, 0.1, 1e-5, relu, kind
+            )
+            mean2, var2 = bn_kernels.batch_norm_stats(_ops.widen(x), N, C, S)
+            assert np.array_equal(mean, mean2, equal_nan=True)
+            assert np.array_equal(invstd, 1 / np.sqrt(var2 + 1e-5), equal_nan=True)
+            m_h, v_h = bn_kernels.batch_norm_stats(bits, N, C, S, kind)
+            assert np.array_equal(m_h, mean2, equal_nan=True) and np.array_equal(v_h, var2, equal_nan=True)
+            y2 = bn_kernels.batch_norm_elemt(_ops.widen(x), N, C, S, mean, invstd, w, b, relu)
+            assert np.array_equal(y, _ops.narrow(y2, dtype).view(np.uint16))
+        for ym, training in [(None, True), (None, False), (y, True), (y, False)]:
+            dx, sdy, sdyx = bn_kernels.batch_norm_backward(
+                dy.view(np.uint16), bits, N, C, S, mean, invstd, w, training, ym, kind
+            )
+            dx2, sdy2, sdyx2 = bn_kernels.batch_norm_backward(
+                _ops.widen(dy),
+                _ops.widen(x),
+                N,
+                C,
+                S,
+                mean,
+                invstd,
+                w,
+                training,
+                None if ym is None else _ops.widen(ym.view(dtype)),
+            )
+            assert np.array_equal(dx, _ops.narrow(dx2, dtype).view(np.uint16))
+            assert np.array_equal(sdy, sdy2, equal_nan=True) and np.array_equal(sdyx, sdyx2, equal_nan=True)
+    finally:
+        cnorm.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=half_id)
+def test_half_batch_norm_short_planes_match_float64(dtype):
+    """S = 196 planes (one block each, many channels): the statistics within a few float32
+    ulp of float64's, y within one half ulp of the float64 result of the same inputs."""
+    x = _planes(dtype, 6, 48, 196, 3, "plain")
+    y, mean, invstd = bn_kernels.batch_norm_forward_train(
+        x.view(np.uint16), 6, 48, 196, None, None, None, None, 0.1, 1e-5, False, KIND[dtype]
+    )
+    x64 = as64(x)
+    m64, v64 = x64.mean((0, 2)), x64.var((0, 2))
+    np.testing.assert_allclose(mean, m64, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(1 / invstd**2 - 1e-5, v64, rtol=1e-5)
+    ref = (x64 - m64[:, None]) / np.sqrt(v64[:, None] + 1e-5)
+    assert np.all(np.abs(as64(y.view(dtype)) - ref) <= ulp(dtype, ref))
+
+
 @pytest.mark.parametrize("dtype", HALF, ids=half_id)
 def test_row_outputs_do_not_depend_on_the_thread_count(dtype):
     rng = np.random.default_rng(7)

@@ -13,7 +13,11 @@ from libc.stdint cimport uint16_t
 from .half cimport segment_stats_half
 from .simd.loops cimport (affine_cols4_half, affine_cols_half, affine_half, bn_grad_cols4_half,
                           bn_grad_cols_half, bn_grad_half, bn_grad_sums_cols_half,
-                          bn_grad_sums_half, cols_dev_half, cols_sum_half)
+                          bn_grad_sums_half, cols_dev_half, cols_sum_half, runs_affine_half,
+                          runs_stats_half)
+
+cdef enum:
+    RUNS_BATCH = 64         # runs per runs_stats call (_merge_runs: their results on the stack)
 
 cdef int _start_stage(Job* j, int n_threads) noexcept:
     """The per-thread stage of a half-storage job (-1: out of memory): STAGE_BUFS runs of
@@ -23,6 +27,30 @@ cdef int _start_stage(Job* j, int n_threads) noexcept:
         j.stage = <float*>malloc(j.stage_size * n_threads * sizeof(float))
         return -1 if j.stage == NULL else 0
     return 0
+
+
+cdef inline void _merge_runs(int kind, const uint16_t* x, Py_ssize_t n, Py_ssize_t nruns,
+                             double* part, Py_ssize_t C, Py_ssize_t c,
+                             Py_ssize_t dc) noexcept nogil:
+    """The nruns consecutive runs of n <= BLOCK half values at x, run k merged into channel
+    c + k * dc of part (3, C) in run order: segment_stats_half's blocks (block_stats_half,
+    then chan_merge), the block statistics RUNS_BATCH runs per call (runs_stats), so a row
+    of short planes (S = 196: one block each) costs one call, not one per plane."""
+    cdef double mean_b[RUNS_BATCH]
+    cdef double m2_b[RUNS_BATCH]
+    cdef float tmp[BLOCK]
+    cdef Py_ssize_t k0 = 0, k, nb, ch
+    while k0 < nruns:
+        nb = min(nruns - k0, <Py_ssize_t>RUNS_BATCH)
+        runs_stats_half(kind, mean_b, m2_b, x + k0 * n, n, nb)
+        for k in range(nb):
+            if m2_b[k] < 0:     # float32 sums unsafe: block_stats_half's float64 redo
+                two_pass_f64(stage_in(kind, tmp, x, (k0 + k) * n, n), n, 1, &mean_b[k],
+                             &m2_b[k])
+            ch = c + (k0 + k) * dc
+            chan_merge(&part[ch], &part[C + ch], &part[2 * C + ch], <double>n, mean_b[k],
+                       m2_b[k])
+        k0 += nb
 
 
 cdef inline void stage_column(int kind, floating* out, const uint16_t* bits, Py_ssize_t ld,
@@ -40,7 +68,7 @@ cdef void _normalize_half(const floating* x, void* job, int t, int n_threads) no
     cdef const Normalize* f = &j.norm
     cdef const uint16_t* xh = <const uint16_t*>x
     cdef uint16_t* out = <uint16_t*>j.out
-    cdef Py_ssize_t C = j.C, S = j.S, n, n1, c
+    cdef Py_ssize_t C = j.C, S = j.S, n, n1, c, m
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
     if S == 1:          # (N, C): short rows four at a time, as _normalize_work
@@ -58,9 +86,19 @@ cdef void _normalize_half(const floating* x, void* job, int t, int n_threads) no
         seg = first_segment(n, n1, C, S)
         while seg.start < n1:
             c = seg.c
-            affine_half(j.kind, out + seg.start, xh + seg.start, seg.stop - seg.start,
-                        (<const float*>f.hi)[c], (<const float*>f.lo)[c],
-                        (<const float*>f.scale)[c], (<const float*>f.beta)[c], j.stream, j.relu)
+            m = min((n1 - seg.start) // S, C - c) if seg.stop - seg.start == S else 0
+            if m > 1 and not j.stream:  # whole planes of channels c..c+m: one call
+                runs_affine_half(j.kind, out + seg.start, xh + seg.start, S, m,
+                                 <const float*>f.hi + c, <const float*>f.lo + c,
+                                 <const float*>f.scale + c, <const float*>f.beta + c, j.relu)
+                seg.row += m - 1
+                seg.c += m - 1
+                seg.stop = seg.start + m * S
+            else:
+                affine_half(j.kind, out + seg.start, xh + seg.start, seg.stop - seg.start,
+                            (<const float*>f.hi)[c], (<const float*>f.lo)[c],
+                            (<const float*>f.scale)[c], (<const float*>f.beta)[c], j.stream,
+                            j.relu)
             next_segment(&seg, n1, C, S)
     if j.stream:        # once per thread, after all its streamed stores
         cn_stream_fence()

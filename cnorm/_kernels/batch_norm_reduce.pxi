@@ -78,6 +78,10 @@ cdef void _stats_work(const floating* x, void* job, int t, int n_threads) noexce
         c0 = split_start(C, t, n_threads)
         c1 = split_start(C, t + 1, n_threads)
         for n in range(j.N):
+            if j.kind and S <= BLOCK:   # half storage: the row's planes in one call
+                _merge_runs(j.kind, <const uint16_t*>x + (n * C + c0) * S, S, c1 - c0, j.part,
+                            C, c0, 1)
+                continue
             for c in range(c0, c1):
                 _segment_stats(j, x, stage, (n * C + c) * S, S, j.part, c)
         return
@@ -97,12 +101,18 @@ cdef void _stats_work(const floating* x, void* job, int t, int n_threads) noexce
 
 cdef inline void _segment_stats(const Job* j, const floating* x, floating* stage, Py_ssize_t o,
                                 Py_ssize_t n, double* part, Py_ssize_t c) noexcept nogil:
-    """Channel c's (count, mean, m2) in part (3, C) merged with the n elements at o."""
+    """Channel c's (count, mean, m2) in part (3, C) merged with the n elements at o (half
+    storage: segment_stats_half's blocks, the whole ones in one _merge_runs)."""
+    cdef Py_ssize_t full = n // BLOCK * BLOCK
     if not j.kind:
         segment_stats(x + o, n, &part[c], &part[j.C + c], &part[2 * j.C + c])
         return
+    if full > BLOCK:
+        _merge_runs(j.kind, <const uint16_t*>x + o, BLOCK, full // BLOCK, part, j.C, c, 0)
+        o += full
+        n -= full
     segment_stats_half(j.kind, <const uint16_t*>x + o, n, &part[c], &part[j.C + c],
-                       &part[2 * j.C + c])     # half storage: the same blocks
+                       &part[2 * j.C + c])     # the same blocks
 
 
 cdef void _channel_stats(const floating* x, Job* j) noexcept nogil:

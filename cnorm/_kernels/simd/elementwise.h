@@ -43,6 +43,17 @@ CN_LOOP void CN_FN(affine)(T* CN_RESTRICT y, const T* CN_RESTRICT x, ptrdiff_t n
     for (; i < n; i++) y[i] = CN_AFFINE(x[i], hi, lo, scale, beta);
 }
 
+/* affine of nrows consecutive runs of n values, run p with the coefficients hi[p], lo[p],
+   scale[p], beta[p] (a row of planes of consecutive channels), never streamed */
+CN_LOOP void CN_FN(runs_affine)(T* CN_RESTRICT y, const T* CN_RESTRICT x, ptrdiff_t n,
+                                ptrdiff_t nrows, const T* CN_RESTRICT hi, const T* CN_RESTRICT lo,
+                                const T* CN_RESTRICT scale, const T* CN_RESTRICT beta, int relu)
+{
+    ptrdiff_t p;
+    for (p = 0; p < nrows; p++)
+        CN_FN(affine)(y + p * n, x + p * n, n, hi[p], lo[p], scale[p], beta[p], 0, relu);
+}
+
 /* the same with per-element coefficients: a row of an (N, C) batch, n = C */
 CN_LOOP void CN_FN(affine_cols)(T* CN_RESTRICT y, const T* CN_RESTRICT x, ptrdiff_t n,
                                 const T* CN_RESTRICT hi, const T* CN_RESTRICT lo,

@@ -28,6 +28,12 @@
 #endif
 #define CN_HLOOP CN_H_TARGET CN_NOINLINE static
 #define CN_HHELPER CN_H_TARGET static CN_INLINE
+/* a loop's body inlined in the loop that walks several runs (runs_stats, runs_affine) */
+#if CN_GNU
+#define CN_HBODY CN_H_TARGET static CN_INLINE __attribute__((always_inline))
+#else
+#define CN_HBODY CN_HHELPER
+#endif
 #define X uint16_t
 
 /* ---- conversions ------------------------------------------------------------------- */
@@ -215,20 +221,32 @@ CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
         CN_H_PUT(PAIR, out, VECTOR, nt);                                                   \
         i += CN_H_STEP;                                                                    \
     }
-#define CN_H_EACH_(PAIR, out, n, SCALAR, VECTOR)                                          \
+/* OV: the tail of a run of at least CN_H_STEP elements may be one step over the last
+   CN_H_STEP elements, rewriting the step before it with the same values (each output a
+   function of its own element's inputs: the same bits; a run of 196 values then has no
+   scalar tail). Only when the output is none of the inputs (OV) and not streamed. */
+#define CN_H_EACH_(PAIR, out, n, SCALAR, VECTOR, OV)                                      \
     do {                                                                                   \
         ptrdiff_t i = 0;                                                                   \
         const int hpart = 0;                                                               \
         (void)hpart;                                                                       \
         CN_H_STREAM(PAIR, out, i, n, SCALAR, VECTOR)                                       \
         CN_H_STEPS(PAIR, out, i, n, VECTOR, )                                              \
+        if ((OV) && i < n && n >= CN_H_STEP && !stream) {                                  \
+            i = n - CN_H_STEP;                                                             \
+            CN_H_PUT(PAIR, out, VECTOR, );                                                 \
+            i = n;                                                                         \
+        }                                                                                  \
         for (; i <= n - W; i += W) CN_FN(stx)((out) + i, VECTOR);                          \
         for (; i < n; i++) (out)[i] = CN_FN(nar)(SCALAR);                                  \
     } while (0)
-/* coefficients the same for every element / per element */
-#define CN_H_EACH(out, n, SCALAR, VECTOR) CN_H_EACH_(CN_H_PAIR_EO, out, n, SCALAR, VECTOR)
+/* coefficients the same for every element / per element; CN_H_EACH_OV: with the
+   overlapping last step when OV */
+#define CN_H_EACH(out, n, SCALAR, VECTOR) CN_H_EACH_(CN_H_PAIR_EO, out, n, SCALAR, VECTOR, 0)
+#define CN_H_EACH_OV(out, n, SCALAR, VECTOR, OV) \
+    CN_H_EACH_(CN_H_PAIR_EO, out, n, SCALAR, VECTOR, OV)
 #define CN_H_EACH_COLS(out, n, SCALAR, VECTOR) \
-    CN_H_EACH_(CN_H_PAIR_ORDERED, out, n, SCALAR, VECTOR)
+    CN_H_EACH_(CN_H_PAIR_ORDERED, out, n, SCALAR, VECTOR, 0)
 
 #include "half_reduce.h"
 #include "half_elementwise.h"
@@ -239,12 +257,14 @@ CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
 #undef CN_H_NEON
 #undef CN_HLOOP
 #undef CN_HHELPER
+#undef CN_HBODY
 #undef X
 #undef U
 #undef XS
 #undef XV
 #undef CN_H_STREAM
 #undef CN_H_EACH
+#undef CN_H_EACH_OV
 #undef CN_H_EACH_
 #undef CN_H_EACH_COLS
 #undef CN_H_STEPS

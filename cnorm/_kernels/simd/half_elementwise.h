@@ -28,16 +28,36 @@ CN_HHELPER V CN_FN(relu_nle)(V v) { return (V)((M)v & ~(M)(v <= 0)); }
 #define mask_grad(g, y) CN_FN(mask_grad)(g, y)
 #define mask_grad_v(g, y) CN_FN(mask_grad_v)(g, y)
 
-/* y = ((x - hi) - lo) * scale + beta, one channel's run (then the ReLU when fused) */
+/* y = ((x - hi) - lo) * scale + beta, one channel's run (then the ReLU when fused): the
+   body of affine and runs_affine */
+CN_HBODY void CN_FN(affine_in)(X* CN_RESTRICT y, const X* CN_RESTRICT x, ptrdiff_t n, T hi,
+                               T lo, T scale, T beta, int stream, int relu)
+{
+    const int ov = (const void*)y != (const void*)x;
+    if (relu)
+        CN_H_EACH_OV(y, n, relu(CN_AFFINE(XS(x), hi, lo, scale, beta)),
+                     relu_v(CN_AFFINE(XV(x), hi, lo, scale, beta)), ov);
+    else
+        CN_H_EACH_OV(y, n, CN_AFFINE(XS(x), hi, lo, scale, beta),
+                     CN_AFFINE(XV(x), hi, lo, scale, beta), ov);
+}
+
 CN_HLOOP void CN_FN(affine)(X* CN_RESTRICT y, const X* CN_RESTRICT x, ptrdiff_t n, T hi, T lo,
                             T scale, T beta, int stream, int relu)
 {
-    if (relu)
-        CN_H_EACH(y, n, relu(CN_AFFINE(XS(x), hi, lo, scale, beta)),
-                  relu_v(CN_AFFINE(XV(x), hi, lo, scale, beta)));
-    else
-        CN_H_EACH(y, n, CN_AFFINE(XS(x), hi, lo, scale, beta),
-                  CN_AFFINE(XV(x), hi, lo, scale, beta));
+    CN_FN(affine_in)(y, x, n, hi, lo, scale, beta, stream, relu);
+}
+
+/* affine of nrows consecutive runs of n values, run p with the coefficients hi[p], lo[p],
+   scale[p], beta[p]: a row of planes of consecutive channels in one call (S = 196: one
+   call per row, not per plane), never streamed */
+CN_HLOOP void CN_FN(runs_affine)(X* CN_RESTRICT y, const X* CN_RESTRICT x, ptrdiff_t n,
+                                 ptrdiff_t nrows, const T* CN_RESTRICT hi, const T* CN_RESTRICT lo,
+                                 const T* CN_RESTRICT scale, const T* CN_RESTRICT beta, int relu)
+{
+    ptrdiff_t p;
+    for (p = 0; p < nrows; p++)
+        CN_FN(affine_in)(y + p * n, x + p * n, n, hi[p], lo[p], scale[p], beta[p], 0, relu);
 }
 
 /* the same with per-element coefficients: a row of an (N, C) batch, n = C */
@@ -64,15 +84,17 @@ CN_HLOOP void CN_FN(bn_grad)(X* CN_RESTRICT dx, const X* CN_RESTRICT dy, const X
                              ptrdiff_t n, T hi, T lo, T invstd, T k1, T mean_dy, T mean_dy_xhat,
                              int stream, const X* CN_RESTRICT ym)
 {
+    const int ov = (const void*)dx != (const void*)dy && (const void*)dx != (const void*)x
+                   && (const void*)dx != (const void*)ym;
     if (ym)
-        CN_H_EACH(dx, n,
-                  CN_BN_GRAD(mask_grad(XS(dy), XS(ym)), XS(x), hi, lo, invstd, k1, mean_dy,
-                             mean_dy_xhat),
-                  CN_BN_GRAD(mask_grad_v(XV(dy), XV(ym)), XV(x), hi, lo, invstd, k1, mean_dy,
-                             mean_dy_xhat));
+        CN_H_EACH_OV(dx, n,
+                     CN_BN_GRAD(mask_grad(XS(dy), XS(ym)), XS(x), hi, lo, invstd, k1, mean_dy,
+                                mean_dy_xhat),
+                     CN_BN_GRAD(mask_grad_v(XV(dy), XV(ym)), XV(x), hi, lo, invstd, k1, mean_dy,
+                                mean_dy_xhat), ov);
     else
-        CN_H_EACH(dx, n, CN_BN_GRAD(XS(dy), XS(x), hi, lo, invstd, k1, mean_dy, mean_dy_xhat),
-                  CN_BN_GRAD(XV(dy), XV(x), hi, lo, invstd, k1, mean_dy, mean_dy_xhat));
+        CN_H_EACH_OV(dx, n, CN_BN_GRAD(XS(dy), XS(x), hi, lo, invstd, k1, mean_dy, mean_dy_xhat),
+                     CN_BN_GRAD(XV(dy), XV(x), hi, lo, invstd, k1, mean_dy, mean_dy_xhat), ov);
 }
 
 /* the same with per-element coefficients: a row of an (N, C) batch, n = C */

@@ -3,8 +3,8 @@
    CN_H_BUNDLE: in order, or bfloat16 on avx2 the even and odd elements, whose lanes
    CN_H_LANES puts back in order). Included by half.h. */
 
-/* sum(x) */
-CN_HLOOP double CN_FN(block_sum)(const X* CN_RESTRICT x, ptrdiff_t n)
+/* sum(x) (the body of block_sum, inlined in runs_stats too) */
+CN_HBODY double CN_FN(block_sum_in)(const X* CN_RESTRICT x, ptrdiff_t n)
 {
     V acc[K];
     T lanes[L];
@@ -17,9 +17,14 @@ CN_HLOOP double CN_FN(block_sum)(const X* CN_RESTRICT x, ptrdiff_t n)
     return tree(lanes);
 }
 
-/* s1 = sum(x - shift), s2 = sum((x - shift)^2) */
-CN_HLOOP void CN_FN(block_dev)(double* s1, double* s2, const X* CN_RESTRICT x, ptrdiff_t n,
-                               T shift)
+CN_HLOOP double CN_FN(block_sum)(const X* CN_RESTRICT x, ptrdiff_t n)
+{
+    return CN_FN(block_sum_in)(x, n);
+}
+
+/* s1 = sum(x - shift), s2 = sum((x - shift)^2) (the body of block_dev) */
+CN_HBODY void CN_FN(block_dev_in)(double* s1, double* s2, const X* CN_RESTRICT x,
+                                    ptrdiff_t n, T shift)
 {
     V p[K], q[K];
     const V vs = splat(shift);
@@ -41,6 +46,37 @@ CN_HLOOP void CN_FN(block_dev)(double* s1, double* s2, const X* CN_RESTRICT x, p
     }
     *s1 = tree(a1);
     *s2 = tree(a2);
+}
+
+CN_HLOOP void CN_FN(block_dev)(double* s1, double* s2, const X* CN_RESTRICT x, ptrdiff_t n,
+                               T shift)
+{
+    CN_FN(block_dev_in)(s1, s2, x, n, shift);
+}
+
+/* common.block_stats of nrows consecutive runs of n (1 <= n <= BLOCK) half values at x:
+   reduce.h's runs_stats (m2[p] = -1: the float64 redo is the caller's), with the bodies
+   of block_sum and block_dev inlined: one call for a row of short planes or a
+   channel's blocks, the same operations, so the same bits. */
+CN_HLOOP void CN_FN(runs_stats)(double* CN_RESTRICT mean, double* CN_RESTRICT m2,
+                                const X* CN_RESTRICT x, ptrdiff_t n, ptrdiff_t nrows)
+{
+    const double inv_n = 1.0 / (double)n;
+    ptrdiff_t p;
+    for (p = 0; p < nrows; p++) {
+        const X* r = x + p * n;
+        const T shift = (T)(CN_FN(block_sum_in)(r, n) * inv_n);
+        double s1, s2, corr;
+        CN_FN(block_dev_in)(&s1, &s2, r, n, shift);
+        if (cn_f32_sums_unsafe(s1, s2, shift)) {
+            mean[p] = 0;
+            m2[p] = -1;
+            continue;
+        }
+        corr = s1 * s1 * inv_n;
+        mean[p] = shift + s1 * inv_n;
+        m2[p] = s2 > corr ? s2 - corr : 0.0;
+    }
 }
 
 /* s_dy = sum(g), s_dyd = sum(g * d); g = dy, masked by ym > 0 when ym is given */

@@ -43,6 +43,33 @@ CN_LOOP void CN_FN(block_dev)(double* s1, double* s2, const T* CN_RESTRICT x, pt
     *s2 = tree(a2);
 }
 
+/* common.block_stats of nrows consecutive runs of n (1 <= n <= BLOCK) values at x: run p's
+   mean and M2 in mean[p], m2[p], or m2[p] = -1 where its float32 sums need the float64
+   redo (cn_f32_sums_unsafe; the caller redoes it). One call for a channel's blocks or
+   a row of short planes: the same operations as block_sum, block_dev and block_stats. */
+CN_LOOP void CN_FN(runs_stats)(double* CN_RESTRICT mean, double* CN_RESTRICT m2,
+                               const T* CN_RESTRICT x, ptrdiff_t n, ptrdiff_t nrows)
+{
+    const double inv_n = 1.0 / (double)n;
+    ptrdiff_t p;
+    for (p = 0; p < nrows; p++) {
+        const T* r = x + p * n;
+        const T shift = (T)(CN_FN(block_sum)(r, n) * inv_n);
+        double s1, s2, corr;
+        CN_FN(block_dev)(&s1, &s2, r, n, shift);
+#if CN_T_BYTES == 4
+        if (cn_f32_sums_unsafe(s1, s2, shift)) {
+            mean[p] = 0;
+            m2[p] = -1;
+            continue;
+        }
+#endif
+        corr = s1 * s1 * inv_n;
+        mean[p] = shift + s1 * inv_n;
+        m2[p] = s2 > corr ? s2 - corr : 0.0;
+    }
+}
+
 /* batch-norm backward sums: s_dy = sum(g), s_dyd = sum(g * d), with g = dy, or
    g = (ym > 0 ? dy : 0) when ym (the output of a fused BN + ReLU) is given */
 CN_LOOP void CN_FN(bn_grad_sums)(double* s_dy, double* s_dyd, const T* CN_RESTRICT dy,

@@ -32,6 +32,7 @@ LOOPS = [
     # reductions over a contiguous block (<= BLOCK elements), summed over the lanes
     ("block_sum", "double", "const T* x, ptrdiff_t n"),
     ("block_dev", "void", "double* s1, double* s2, const T* x, ptrdiff_t n, T shift"),
+    ("runs_stats", "void", "double* mean, double* m2, const T* x, ptrdiff_t n, ptrdiff_t nrows"),
     (
         "bn_grad_sums",
         "void",
@@ -79,6 +80,14 @@ LOOPS = [
     ("cols_any_unsafe", "int", "const T* s1, const T* s2, const T* shift, ptrdiff_t n"),
     # elementwise
     ("affine", "void", "T* y, const T* x, ptrdiff_t n, T hi, T lo, T scale, T beta, int stream, int relu"),
+    (
+        "runs_affine",
+        "void",
+        (
+            "T* y, const T* x, ptrdiff_t n, ptrdiff_t nrows, const T* hi, const T* lo, const T* scale, "
+            "const T* beta, int relu"
+        ),
+    ),
     (
         "affine_cols",
         "void",
@@ -230,10 +239,12 @@ HALF_DTYPES = [
 HALF_LOOPS = [
     ("block_sum", "x"),
     ("block_dev", "x"),
+    ("runs_stats", "x"),
     ("bn_grad_sums", "dy x ym"),
     ("ln_grad_sums", "dy x"),
     ("ln_grad_sums2", "dy0 dy1 x0 x1"),
     ("affine", "y x"),
+    ("runs_affine", "y x"),
     ("affine_cols", "y x"),
     ("ln_row", "y x"),
     ("bn_grad", "dx dy x ym"),
