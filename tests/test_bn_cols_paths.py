@@ -82,18 +82,18 @@ def test_the_two_switches_are_set_and_restored_apart(restore):
 
 
 def test_rows_4_kib_apart_go_one_at_a_time(restore):
-    """The default switches: the normalize four rows up to C = 1024, the input gradient up
-    to 128, except row strides within 256 bytes of a multiple of 4 KiB (4K aliasing):
-    float32 C = 1024, float64 C = 512."""
+    """Four rows up to the switches (128 channels by default), but never for row strides
+    within 256 bytes of a multiple of 4 KiB (4K aliasing): float32 C = 1024, float64 512."""
     assert bn_kernels.four_rows_choice(64, 4) == (True, True)
     assert bn_kernels.four_rows_choice(128, 8) == (True, True)
-    assert bn_kernels.four_rows_choice(256, 4) == (True, False)
-    assert bn_kernels.four_rows_choice(768, 4) == (True, False)
+    assert bn_kernels.four_rows_choice(256, 4) == (False, False)
+    bn_kernels.set_cols4_max_channels(1 << 40)
+    assert bn_kernels.four_rows_choice(768, 4) == (True, True)
     assert bn_kernels.four_rows_choice(1024, 4) == (False, False)
     assert bn_kernels.four_rows_choice(1000, 4) == (False, False)  # 4000 bytes
     assert bn_kernels.four_rows_choice(512, 8) == (False, False)
-    assert bn_kernels.four_rows_choice(1024, 2) == (True, False)  # half storage: 2 KiB rows
-    assert bn_kernels.four_rows_choice(1025, 4) == (False, False)  # above the maximum
-    bn_kernels.set_cols4_max_channels(1 << 40)
+    assert bn_kernels.four_rows_choice(1024, 2) == (True, True)  # half storage: 2 KiB rows
     assert bn_kernels.four_rows_choice(1200, 4) == (True, True)  # 4800 bytes: 704 past 4 KiB
     assert bn_kernels.four_rows_choice(2048, 4) == (False, False)
+    bn_kernels.set_cols4_max_channels(1024, 128)
+    assert bn_kernels.four_rows_choice(256, 4) == (True, False)

@@ -49,16 +49,15 @@ cnp.import_array()
 
 # (N, C) rows of at most this many channels go four rows per coefficient load (the _cols4
 # loops), longer ones one row at a time (as streamed outputs always do); one switch per
-# pass. Measured (2026-12-02, AMD EPYC AVX2, paired and interleaved, min of 15-40 reps,
-# other processes paused): the normalize four rows at a time 1.1-1.4x faster for
-# C = 96-768 at the kernel (1 and 2 threads), ~1.03x in the drop-in at (6272, 256); but
-# ~1.6x slower at C = 1024 float32, rows 4 KiB apart whose loads then alias the stores of
-# the rows before (4K aliasing): such strides go one row at a time (_four_rows). The input
-# gradient: four rows ~1.5x faster at C = 64, ~1.1x at 128; above, faster at the kernel
-# but slower in the drop-in (fwd_bwd at (6272, 256): 1.79 vs 2.33 ms at 2 threads, the
-# gradient and input buffers of torch at other page offsets), so one row. Half storage
-# (2-byte rows) stays below the aliasing stride up to C = 1024. Same bits either way.
-cdef Py_ssize_t cols4_max_c = 1024
+# pass. Measured (1 thread, paired, noisy VM): four rows ~1.5x faster in both passes at
+# C = 64, ~1.1x at 128. Above 128 the kernel alone (NumPy buffers) ran 1.1-1.4x faster
+# four rows at a time for C = 96-768 (2026-12-02), but not the drop-in (torch's buffers,
+# other page offsets): at (6272, 256) the normalize even to 0.88-1.12x either way in
+# float32 and 2-10% slower in half, the input gradient 1.04-1.3x slower. Rows 4 KiB apart
+# (float32 C = 1024) ran ~1.6x slower four at a time (their loads alias the stores of the
+# rows before, 4K aliasing): _four_rows keeps them on one row whatever the switch. Tests:
+# the same bits either way.
+cdef Py_ssize_t cols4_max_c = 128
 cdef Py_ssize_t grad_cols4_max_c = 128
 
 
