@@ -183,7 +183,7 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
     cdef const floating* weight = <const floating*>j.weight
     cdef const floating* bias = <const floating*>j.bias
     cdef floating* out = <floating*>j.out
-    cdef double count = <double>(Cg * S), m, sd, ss, v, rs
+    cdef double count = <double>(Cg * S), m, sd, v, rs
     for item in range(split_start(N * K, t, n_threads), split_start(N * K, t + 1, n_threads)):
         n = _item(j, item, &c0, &c1)
         y = n * S * C       # offset (in elements) of the sample
@@ -217,12 +217,7 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
                 acc2[c] = 0
             _devs(acc + c0, acc2 + c0, x, y + c0, C, S, mu + c0, c1 - c0, CL_WIDE, kind)
         for g in range(c0 // Cg, c1 // Cg):
-            sd = 0
-            ss = 0
-            for c in range(g * Cg, (g + 1) * Cg):
-                sd += acc[c]
-                ss += acc2[c]
-            v = (ss - sd * sd / count) / count
+            v = _group_var(acc, acc2, g, Cg, count, &sd)
             if not v > 0:
                 v = 0 if v == v else v      # NaN stays NaN
             rs = 1.0 / sqrt(v + j.eps)
@@ -325,22 +320,29 @@ cdef bint _finite(const double* s, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     return True
 
 
+cdef inline double _group_var(const double* s1, const double* s2, Py_ssize_t g,
+                              Py_ssize_t Cg, double count, double* sd) noexcept nogil:
+    """Group g's biased variance from its channels' sums of d and d^2 (pass 2), the sum
+    of d in sd (it corrects the rounding of the mean)."""
+    cdef Py_ssize_t c
+    cdef double ss = 0
+    sd[0] = 0
+    for c in range(g * Cg, (g + 1) * Cg):
+        sd[0] += s1[c]
+        ss += s2[c]
+    return (ss - sd[0] * sd[0] / count) / count
+
+
 cdef bint _narrow_stats(const double* s1, const double* s2, Py_ssize_t c0, Py_ssize_t c1,
                         Py_ssize_t Cg, double count) noexcept nogil:
     """The float32 loop's sums of pass 2 are good: finite, every group's variance (as
     _forward computes it) at least NARROW_VAR_MIN."""
-    cdef Py_ssize_t g, c
-    cdef double sd, ss, v
+    cdef Py_ssize_t g
+    cdef double sd
     if not (_finite(s1, c0, c1) and _finite(s2, c0, c1)):
         return False
     for g in range(c0 // Cg, c1 // Cg):
-        sd = 0
-        ss = 0
-        for c in range(g * Cg, (g + 1) * Cg):
-            sd += s1[c]
-            ss += s2[c]
-        v = (ss - sd * sd / count) / count
-        if not v >= NARROW_VAR_MIN:
+        if not _group_var(s1, s2, g, Cg, count, &sd) >= NARROW_VAR_MIN:
             return False
     return True
 
