@@ -55,6 +55,20 @@ def test_import_cnorm_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_benchmark_builders_take_bfloat16_by_name_before_ml_dtypes_is_imported():
+    """np.dtype("bfloat16") exists only once ml_dtypes is imported: the builders import it
+    (a fresh interpreter, where nothing has yet)."""
+    pytest.importorskip("ml_dtypes")
+    code = (
+        "import sys; from cnorm.benchmarks import cases as C; "
+        "assert 'ml_dtypes' not in sys.modules; "
+        "fn = C.build(C.CASES_BY_NAME['bn2d_tiny'], 'train_fwd', 'cnorm', 'bfloat16'); "
+        "y = fn(); y = y[0] if isinstance(y, tuple) else y; assert str(y.dtype) == 'bfloat16', y.dtype; "
+        "assert C.dtype_name('bfloat16') == 'bfloat16' and C.dtype_name('float32') == 'float32'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_every_module_is_in_the_registry():
     modules = {
         name

@@ -42,6 +42,7 @@ from typing import Callable
 import numpy as np
 
 __all__ = [  # noqa: RUF022 - grouped: table, data, selection, builders
+    "dtype_name",
     "Case",
     "CASES",
     "CASES_BY_NAME",
@@ -146,10 +147,18 @@ def _make_data(case: Case, dtype: str) -> CaseData:
     return CaseData(x, dy, weight, bias, rm, rv, residual)
 
 
+def dtype_name(dtype) -> str:
+    """NumPy's name of ``dtype`` (a name, a NumPy dtype or type): "bfloat16" needs
+    ml_dtypes imported first, which registers it with NumPy."""
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        import ml_dtypes  # noqa: F401  - registers np.dtype("bfloat16")
+    return str(np.dtype(dtype))
+
+
 @functools.lru_cache(maxsize=2)
 def make_data(case: Case, dtype: str) -> CaseData:
     """Cached (the two most recent (case, dtype)) deterministic data from default_rng(0)."""
-    return _make_data(case, str(np.dtype(dtype)))
+    return _make_data(case, dtype_name(dtype))
 
 
 # --------------------------------------------------------------------------- availability
@@ -203,7 +212,7 @@ def _check(case: Case, op: str, impl: str, dtype: str):
         raise ValueError(f"op {op!r} does not apply to case {case.name!r} (ops: {case.ops})")
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; impls: {IMPLS}")
-    if str(np.dtype(dtype)) not in DTYPES:
+    if dtype_name(dtype) not in DTYPES:
         raise ValueError(f"unsupported dtype {dtype!r}; dtypes: {DTYPES}")
 
 
@@ -216,7 +225,7 @@ def build(
     (allocating its own output, as a user call would).  Raises
     :class:`ImplUnavailable` when ``impl`` cannot be built in this environment.
     """
-    dtype = str(np.dtype(dtype))
+    dtype = dtype_name(dtype)
     _check(case, op, impl, dtype)
     if data is None:
         data = make_data(case, dtype)

@@ -31,8 +31,6 @@ import copy
 from collections.abc import Sequence
 from typing import Callable
 
-import numpy as np
-
 from . import cases as C
 
 __all__ = [
@@ -107,7 +105,7 @@ def build_dropin(
         raise ValueError(f"unknown drop-in op {op!r}; ops: {DROPIN_OPS}")
     if case.kind not in DROPIN_KINDS:
         raise ValueError(f"case {case.name!r} ({case.kind}) has no cnorm.torch drop-in")
-    dtype = str(np.dtype(dtype))
+    dtype = C.dtype_name(dtype)
     data = data if data is not None else C.make_data(case, dtype)
     m = C.torch_module(case, dtype, data, ns)
     if layout not in dropin_layouts(case):
