@@ -72,7 +72,7 @@ cdef void _normalize_half(const floating* x, void* job, int t, int n_threads) no
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
     if S == 1:          # (N, C): short rows four at a time, as _normalize_work
-        if not j.stream and C <= cols4_max_c:
+        if not j.stream and _four_rows(C, 2, cols4_max_c):
             while n + 4 <= n1:
                 affine_cols4_half(j.kind, out + n * C, xh + n * C, C, C, <const float*>f.hi,
                                   <const float*>f.lo, <const float*>f.scale,
@@ -132,7 +132,7 @@ cdef void _input_grad_half(const floating* x, void* job, int t, int n_threads) n
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
     if S == 1:          # (N, C): short rows four at a time, as _input_grad_work
-        if not j.stream and C <= grad_cols4_max_c:
+        if not j.stream and _four_rows(C, 2, grad_cols4_max_c):
             while n + 4 <= n1:
                 bn_grad_cols4_half(j.kind, <uint16_t*>j.out + n * C,
                                    <const uint16_t*>j.dy + n * C, <const uint16_t*>x + n * C,
