@@ -97,3 +97,55 @@ def test_rows_4_kib_apart_go_one_at_a_time(restore):
     assert bn_kernels.four_rows_choice(2048, 4) == (False, False)
     bn_kernels.set_cols4_max_channels(1024, 128)
     assert bn_kernels.four_rows_choice(256, 4) == (True, False)
+
+
+# Rows of fewer than 512 channels go through the elementwise passes several at a time, as
+# one row with the coefficients tiled (batch_norm_cols4.pxi, _row_group): up to 128
+# elements (C < 32), and to at least 512 when the output is streamed. Each row on its
+# own (N = 1) takes the plain one-row loop: stacked, those rows must be the same bits.
+GROUP_CS = [1, 3, 4, 5, 16, 31, 32, 33, 64, 100, 511, 512]
+
+
+def _elementwise(x, dy, w, b, mean, invstd, sums, kind):
+    """The (N, C) elementwise passes on fixed coefficients: fused and plain eval normalize,
+    the normalize of the eval backward, the training and masked input gradients."""
+    n, c = x.shape[0], x.shape[1]
+    rm, rv = mean.astype(w.dtype), (1.0 / invstd**2 - EPS).astype(w.dtype)
+    y = bn_kernels.batch_norm_forward_eval(x, n, c, 1, w, b, rm, rv, EPS, False, kind)[0]
+    yr = bn_kernels.batch_norm_forward_eval(x, n, c, 1, w, b, rm, rv, EPS, True, kind)[0]
+    ye = bn_kernels.batch_norm_elemt(x, n, c, 1, mean, invstd, w, b, True, kind)
+    dxe = bn_kernels.batch_norm_backward(dy, x, n, c, 1, mean, invstd, w, False, None, kind)[0]
+    dxm = bn_kernels.batch_norm_backward(dy, x, n, c, 1, mean, invstd, w, False, yr, kind)[0]
+    dx = bn_kernels.batch_norm_backward_elemt(dy, x, n, c, 1, mean, invstd, w, *sums, 1000.0, kind)
+    return [y, yr, ye, dxe, dxm, dx]
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["cached", "streamed"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("c", GROUP_CS)
+def test_grouped_rows_give_the_bits_of_single_rows(restore, c, dtype, threads, streamed):
+    from _internals import NEVER, set_stream_min_bytes
+
+    rng = np.random.default_rng(c)
+    n = 2 * -(-512 // c) + 7  # two whole streamed groups per thread and a short one
+    x = (rng.standard_normal((n, c)) * 3 + 1).astype(dtype)
+    dy = rng.standard_normal((n, c)).astype(dtype)
+    pdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    w, b = rng.uniform(0.5, 2, c).astype(pdt), rng.standard_normal(c).astype(pdt)
+    mean, invstd = rng.standard_normal(c), rng.uniform(0.2, 3, c)
+    sums = (rng.standard_normal(c) * 30, rng.standard_normal(c) * 30)
+    kind = {np.dtype(np.float16): 1, np.dtype(ml_dtypes.bfloat16): 2}.get(np.dtype(dtype), 0)
+    if kind:
+        x, dy = x.view(np.uint16), dy.view(np.uint16)
+    cnorm.set_num_threads(threads)
+    old = set_stream_min_bytes(bn_kernels, 0 if streamed else NEVER)
+    try:
+        grouped = _elementwise(x, dy, w, b, mean, invstd, sums, kind)
+        set_stream_min_bytes(bn_kernels, NEVER)
+        rows = [_elementwise(x[i : i + 1], dy[i : i + 1], w, b, mean, invstd, sums, kind) for i in range(n)]
+    finally:
+        set_stream_min_bytes(bn_kernels, old)
+    for k, got in enumerate(grouped):
+        want = np.concatenate([r[k] for r in rows])
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), err_msg=f"output {k}")

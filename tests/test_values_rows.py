@@ -158,3 +158,37 @@ def test_add_layer_norm_matches_reference(rng, num_threads, case, dtype, affine,
     if dsum is not None:
         ldx = ldx + dsum
     assert_close(dxr, ldx, dtype, scale=np.abs(ldx).max())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("d", [600, 2047, 2048, 2100])
+def test_layer_norm_backward_one_or_two_rows_per_pass(rng, d, dtype, threads):
+    """Long rows go two per sums pass from row_norm.pair_rows_min_d on (a speed choice):
+    dx has the same bits either way, dweight and dbias (summed in another order) both
+    match the float64 reference."""
+    import cnorm
+    from cnorm._kernels import row_norm
+    from cnorm.reference.layernorm import layer_norm_backward
+
+    x = (rng.standard_normal((37, d)) * 2 + 0.5).astype(dtype)
+    dy = rng.standard_normal((37, d)).astype(dtype)
+    w = rng.uniform(0.5, 2, d).astype(dtype)
+    _, mean, rstd = F.native_layer_norm(x, (d,), w, None, EPS)
+    ref = layer_norm_backward(dy, x, (d,), mean, rstd, w)
+    xhat = (x.astype(np.float64) - mean[:, None]) * rstd[:, None]
+    old, old_threads = row_norm._set_pair_rows_min(2048), cnorm.get_num_threads()
+    cnorm.set_num_threads(threads)
+    try:
+        got = {}
+        for min_d in (1, 1 << 40):  # every row pair on, every row alone
+            row_norm._set_pair_rows_min(min_d)
+            got[min_d] = F.layer_norm_backward(dy, x, (d,), mean, rstd, w)
+    finally:
+        row_norm._set_pair_rows_min(old)
+        cnorm.set_num_threads(old_threads)
+    np.testing.assert_array_equal(got[1][0], got[1 << 40][0])
+    for dx, dw, db in got.values():
+        assert_close(dx, ref[0], dtype)
+        assert_reduction_close(dw, ref[1], dy * xhat, 0, dtype)
+        assert_reduction_close(db, ref[2], dy, 0, dtype)

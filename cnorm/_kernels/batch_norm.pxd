@@ -67,6 +67,7 @@ cdef struct Job:            # one call on x: C-contiguous (N, C, S) of the input
     void* out               # OUT (N, C, S) y, or dx (NULL: no input gradient)
     bint relu               # y = max(0, y): the fused BN + ReLU
     bint stream             # elementwise passes: non-temporal stores
+    Py_ssize_t row_group    # S = 1: rows per call of the elementwise loops (_group_rows)
     # the reductions (statistics, gradient sums) cut the work by the sizes only, never
     # by the thread count: work items, split over the threads, write partials that are
     # merged in partial order. S > 1: by channel (items = channels, 1 partial) or by
@@ -154,4 +155,4 @@ cdef inline void thread_share(const Job* j, int t, int n_threads, Py_ssize_t* st
 cdef inline bint use_stream(const Job* j, size_t itemsize) noexcept nogil:
     cdef Py_ssize_t E = j.N * j.C * j.S
     return (E * <Py_ssize_t>itemsize >= cn_stream_min_bytes
-            and (j.S if j.S > 1 else j.C) >= STREAM_MIN_RUN)
+            and (j.S == 1 or j.S >= STREAM_MIN_RUN))    # (N, C): rows grouped (_row_group)

@@ -33,7 +33,7 @@ and with the running statistics they are constants: dx = w * invstd * dy (eval).
 cimport numpy as cnp
 from libc.math cimport sqrt
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, ExactStats, call_typed, chan_merge,
                       check_array, check_dims, chunk_size, compute_typenum, data_or_null,
@@ -66,21 +66,23 @@ cdef void _normalize_work(const floating* x, void* job, int t, int n_threads) no
     cdef const floating* scale = <const floating*>j.norm.scale
     cdef const floating* beta = <const floating*>j.norm.beta
     cdef bint stream = j.stream, relu = j.relu
-    cdef Py_ssize_t C = j.C, S = j.S, n, n1
+    cdef Py_ssize_t C = j.C, S = j.S, g = j.row_group, n, n1, r
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
     if floating is double:
         if j.scaled:
             _normalize_scaled(y, x, j, n, n1)
             return
-    if S == 1:          # (N, C): per-element coefficients, short rows four at a time
-        if not stream and _four_rows(C, sizeof(floating), cols4_max_c):
-            while n + 4 <= n1:
-                affine_cols4(y + n * C, x + n * C, C, C, hi, lo, scale, beta, relu)
-                n += 4
+    if S == 1:          # (N, C): per-element coefficients, g rows per call (tiled), short
+        #               rows four (groups) at a time
+        if not stream and _four_rows(g * C, sizeof(floating), cols4_max_c):
+            while n + 4 * g <= n1:
+                affine_cols4(y + n * C, x + n * C, g * C, g * C, hi, lo, scale, beta, relu)
+                n += 4 * g
         while n < n1:
-            affine_cols(y + n * C, x + n * C, C, hi, lo, scale, beta, stream, relu)
-            n += 1
+            r = min(g, n1 - n)
+            affine_cols(y + n * C, x + n * C, r * C, hi, lo, scale, beta, stream, relu)
+            n += r
     else:               # elements n..n1, one channel per row segment
         seg = first_segment(n, n1, C, S)
         while seg.start < n1:
@@ -152,8 +154,28 @@ cdef void _normalize(const floating* x, Job* j) noexcept nogil:
             split_mean(st.mean_s, &hi[c], &lo[c])
             scale[c] = <floating>(st.rstd_s * (weight[c] if weight != NULL else 1.0))
     j.stream = use_stream(j, 2 if j.kind else sizeof(floating))     # half: 2-byte bits
+    _group_rows(j, False)
     parallel(_normalize_half[floating] if j.kind else _normalize_work[floating], x, j,
              j.threads_x)
+
+
+cdef void _group_rows(Job* j, bint grad) noexcept nogil:
+    """j.row_group of the elementwise pass about to run (after j.stream; batch_norm_cols4.pxi)
+    and its coefficients, j.grad's or j.norm's, tiled to row_group * C."""
+    cdef size_t size = 4 if j.typenum == cnp.NPY_FLOAT else 8     # half: float32 coefficients
+    cdef void* rows[6]
+    cdef int k, n_rows = 6 if grad else 4
+    j.row_group = _row_group(j.C, j.stream) if j.S == 1 else 1
+    if j.row_group == 1:
+        return
+    rows[0] = j.grad.hi if grad else j.norm.hi
+    rows[1] = j.grad.lo if grad else j.norm.lo
+    rows[2] = j.grad.invstd if grad else j.norm.scale
+    rows[3] = j.grad.k1 if grad else j.norm.beta
+    rows[4] = j.grad.mean_dy
+    rows[5] = j.grad.mean_dy_xhat
+    for k in range(n_rows):
+        _tile(rows[k], j.C, j.row_group, size)
 
 
 # ---------------------------------------------------------------------------------------
@@ -174,19 +196,20 @@ cdef void _input_grad_work(const floating* x, void* job, int t, int n_threads) n
     cdef const floating* mean_dy = <const floating*>j.grad.mean_dy
     cdef const floating* mean_dy_xhat = <const floating*>j.grad.mean_dy_xhat
     cdef bint stream = j.stream
-    cdef Py_ssize_t C = j.C, S = j.S, n, n1, o, c
+    cdef Py_ssize_t C = j.C, S = j.S, g = j.row_group, n, n1, o, c, r
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1:          # (N, C): per-element coefficients, short rows four at a time
-        if not stream and _four_rows(C, sizeof(floating), grad_cols4_max_c):
-            while n + 4 <= n1:
-                bn_grad_cols4(dx + n * C, dy + n * C, x + n * C, C, C, hi, lo, invstd, k1,
-                              mean_dy, mean_dy_xhat, offset(ym, n * C))
-                n += 4
+    if S == 1:          # (N, C): as _normalize_work
+        if not stream and _four_rows(g * C, sizeof(floating), grad_cols4_max_c):
+            while n + 4 * g <= n1:
+                bn_grad_cols4(dx + n * C, dy + n * C, x + n * C, g * C, g * C, hi, lo, invstd,
+                              k1, mean_dy, mean_dy_xhat, offset(ym, n * C))
+                n += 4 * g
         while n < n1:
-            bn_grad_cols(dx + n * C, dy + n * C, x + n * C, C, hi, lo, invstd, k1, mean_dy,
+            r = min(g, n1 - n)
+            bn_grad_cols(dx + n * C, dy + n * C, x + n * C, r * C, hi, lo, invstd, k1, mean_dy,
                          mean_dy_xhat, stream, offset(ym, n * C))
-            n += 1
+            n += r
     else:               # elements n..n1, one channel per row segment
         seg = first_segment(n, n1, C, S)
         while seg.start < n1:
@@ -242,6 +265,7 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
             scale[c] = <floating>((weight[c] if weight != NULL else 1.0) * istd[c])
             beta[c] = 0
         j.relu = False
+        _group_rows(j, False)
         parallel(_normalize_half[floating] if j.kind else _normalize_work[floating],
                  <const floating*>j.dy, j, j.threads_x)
         return
@@ -257,6 +281,7 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
         else:
             mean_dy[c] = 0
             mean_dy_xhat[c] = 0
+    _group_rows(j, True)
     parallel(_input_grad_half[floating] if j.kind else _input_grad_work[floating], x, j,
              j.threads_dy_x)
 
@@ -370,7 +395,9 @@ cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     j.threads_dy_x = n_threads_for(2 * E)
     n_threads = max(j.threads_x, j.threads_dy_x)
     _chunks(j)
-    pitch = scratch_pitch(C, itemsize) * itemsize       # bytes between coefficient rows
+    # bytes between coefficient rows: room for them tiled (_group_rows)
+    pitch = scratch_pitch(C * (max(_row_group(C, True), _row_group(C, False)) if S == 1 else 1),
+                          itemsize) * itemsize
     j.coef = coef = <char*>aligned_block(8 * pitch)
     j.norm.hi = j.grad.hi = coef
     j.norm.lo = j.grad.lo = coef + pitch

@@ -1,5 +1,6 @@
-# Included by batch_norm.pyx (and used by batch_norm_half.pxi): which (N, C) rows the
-# normalize and input-gradient passes take four at a time.
+# Included by batch_norm.pyx (and used by batch_norm_half.pxi): how the normalize and
+# input-gradient passes walk the rows of an (N, C) batch (S = 1, channels last): short
+# rows in groups, as rows of group * C elements, and which rows go four at a time.
 
 # (N, C) rows of at most this many channels go four rows per coefficient load (the _cols4
 # loops), longer ones one row at a time (as streamed outputs always do); one switch per
@@ -38,3 +39,31 @@ def set_cols4_max_channels(c, grad_c=None):
     cols4_max_c = c
     grad_cols4_max_c = c if grad_c is None else grad_c
     return old
+
+
+# Rows shorter than a vector loop's worth go through the elementwise passes row_group at a
+# time, as one row of row_group * C elements with the coefficients tiled row_group times
+# (Job.row_group, _group_rows): the same operations per element, so the same bits. Streamed
+# outputs group rows to at least STREAM_MIN_RUN elements (one call per row of C = 64
+# could not stream: the channels-last eval normalize of (32, 64, 56, 56) float32 ran 1.9x
+# slower than the NCHW one, 2026-12-02); the others group rows of fewer than
+# SHORT_ROW channels up to SHORT_ROW_GROUP elements, which then go four at a time (a call
+# per four rows of C = 4 cost ~6x the NCHW pass).
+cdef enum:
+    SHORT_ROW = 32
+    SHORT_ROW_GROUP = 128
+
+
+cdef inline Py_ssize_t _row_group(Py_ssize_t C, bint stream) noexcept nogil:
+    """Rows of C channels per call of the (N, C) elementwise loops."""
+    if stream:
+        return (STREAM_MIN_RUN + C - 1) // C if 0 < C < STREAM_MIN_RUN else 1
+    return SHORT_ROW_GROUP // C if 0 < C < SHORT_ROW else 1
+
+
+cdef inline void _tile(void* row, Py_ssize_t C, Py_ssize_t group, size_t itemsize) noexcept nogil:
+    """row[0:C] repeated group times in row[0:group * C] (doubling copies)."""
+    cdef size_t have = C * itemsize, want = group * C * itemsize
+    while have < want:
+        memcpy(<char*>row + have, row, min(have, want - have))
+        have += min(have, want - have)

@@ -68,20 +68,22 @@ cdef void _normalize_half(const floating* x, void* job, int t, int n_threads) no
     cdef const Normalize* f = &j.norm
     cdef const uint16_t* xh = <const uint16_t*>x
     cdef uint16_t* out = <uint16_t*>j.out
-    cdef Py_ssize_t C = j.C, S = j.S, n, n1, c, m
+    cdef Py_ssize_t C = j.C, S = j.S, g = j.row_group, n, n1, c, m, r
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1:          # (N, C): short rows four at a time, as _normalize_work
-        if not j.stream and _four_rows(C, 2, cols4_max_c):
-            while n + 4 <= n1:
-                affine_cols4_half(j.kind, out + n * C, xh + n * C, C, C, <const float*>f.hi,
-                                  <const float*>f.lo, <const float*>f.scale,
+    if S == 1:          # (N, C): g rows per call, short rows four at a time, as _normalize_work
+        if not j.stream and _four_rows(g * C, 2, cols4_max_c):
+            while n + 4 * g <= n1:
+                affine_cols4_half(j.kind, out + n * C, xh + n * C, g * C, g * C,
+                                  <const float*>f.hi, <const float*>f.lo, <const float*>f.scale,
                                   <const float*>f.beta, j.relu)
-                n += 4
-        for n in range(n, n1):
-            affine_cols_half(j.kind, out + n * C, xh + n * C, C, <const float*>f.hi,
+                n += 4 * g
+        while n < n1:
+            r = min(g, n1 - n)
+            affine_cols_half(j.kind, out + n * C, xh + n * C, r * C, <const float*>f.hi,
                              <const float*>f.lo, <const float*>f.scale, <const float*>f.beta,
                              j.stream, j.relu)
+            n += r
     else:
         seg = first_segment(n, n1, C, S)
         while seg.start < n1:
@@ -128,21 +130,23 @@ cdef void _input_grad_half(const floating* x, void* job, int t, int n_threads) n
     rounded in their stores."""
     cdef const Job* j = <const Job*>job
     cdef const InputGrad* g = &j.grad
-    cdef Py_ssize_t C = j.C, S = j.S, n, n1
+    cdef Py_ssize_t C = j.C, S = j.S, G = j.row_group, n, n1, r
     cdef Segment seg
     thread_share(j, t, n_threads, &n, &n1)
-    if S == 1:          # (N, C): short rows four at a time, as _input_grad_work
-        if not j.stream and _four_rows(C, 2, grad_cols4_max_c):
-            while n + 4 <= n1:
+    if S == 1:          # (N, C): G rows per call, short rows four at a time, as _input_grad_work
+        if not j.stream and _four_rows(G * C, 2, grad_cols4_max_c):
+            while n + 4 * G <= n1:
                 bn_grad_cols4_half(j.kind, <uint16_t*>j.out + n * C,
                                    <const uint16_t*>j.dy + n * C, <const uint16_t*>x + n * C,
-                                   C, C, <const float*>g.hi, <const float*>g.lo,
+                                   G * C, G * C, <const float*>g.hi, <const float*>g.lo,
                                    <const float*>g.invstd, <const float*>g.k1,
                                    <const float*>g.mean_dy, <const float*>g.mean_dy_xhat,
                                    <const uint16_t*>j.ym + n * C if j.ym != NULL else NULL)
-                n += 4
-        for n in range(n, n1):
-            _input_grad_run(j, <const uint16_t*>x, n * C, C, 0, True)
+                n += 4 * G
+        while n < n1:
+            r = min(G, n1 - n)
+            _input_grad_run(j, <const uint16_t*>x, n * C, r * C, 0, True)
+            n += r
     else:
         seg = first_segment(n, n1, C, S)
         while seg.start < n1:

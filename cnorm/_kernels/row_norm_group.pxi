@@ -26,7 +26,9 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
     cdef int kind = j.kind
     cdef const floating* xr
     cdef floating* yr
-    for r in range(split_start(j.M, t, n_threads), split_start(j.M, t + 1, n_threads)):
+    cdef Py_ssize_t r1 = split_start(j.M, t + 1, n_threads)
+    cdef bint ahead = _fetch_next(j, D)
+    for r in range(split_start(j.M, t, n_threads), r1):
         if kind:
             _group_norm_forward_row_half(j, r)
             continue
@@ -36,6 +38,8 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
         c = (r % G) * Cg
         for i in range(Cg):
             o = i * S
+            if ahead and r + 1 < r1:    # the next row, fetched while this one is written
+                _ahead(j, j.x, (r + 1) * D + o, S)
             w = <floating>(rs * (weight[c + i] if weight != NULL else 1.0))
             bi = bias[c + i] if bias != NULL else 0
             if scale == 1:
@@ -144,7 +148,8 @@ cdef void _group_norm_backward_rows(const floating* x, void* job, int t,
                 m_gxhat += ((weight[c + i] if weight != NULL else 1.0)
                             * sum_g_xhat(dyr + i * S, xr + i * S, NULL, NULL, S, hi, lo, rs))
             m_gxhat /= D
-        # pass 2 (row in cache): dx, segment by segment
+        # pass 2 (row in cache): dx, segment by segment (fetching the next row meanwhile,
+        # as the forward does, made (32, 256, 28, 28) float32 1.25x slower at 1 thread)
         for i in range(Cg):
             o = i * S
             if kind:

@@ -3,7 +3,8 @@
 # its own controls. All builds give the same bits: the tests check that.
 
 from .simd.loops cimport (CN_N_BUILDS, cn_build_in_use, cn_build_names, cn_simd_available,
-                          cn_simd_init, cn_simd_select, cn_simd_set, cn_stream_min_bytes)
+                          cn_prefetch_on, cn_simd_init, cn_simd_select, cn_simd_set,
+                          cn_stream_min_bytes)
 
 cn_simd_init()
 
@@ -38,4 +39,13 @@ def _set_stream_min_bytes(Py_ssize_t n):
     global cn_stream_min_bytes
     old = cn_stream_min_bytes
     cn_stream_min_bytes = n
+    return old
+
+
+def _set_prefetch(bint on):
+    """Software prefetches on (True) or off; returns the old choice (benchmarks and tests:
+    a speed choice only)."""
+    global cn_prefetch_on
+    old = bool(cn_prefetch_on)
+    cn_prefetch_on = on
     return old

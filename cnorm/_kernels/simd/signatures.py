@@ -215,6 +215,7 @@ RUNTIME = [
     ("cn_simd_available", "int", "int build", "1 when the module has the build and the CPU runs it"),
     ("cn_simd_set", "int", "int use_avx2", "avx2 (1) or the base build (0); returns 1 when avx2 runs"),
     ("cn_stream_fence", "void", "void", "after a thread's streamed stores"),
+    ("cn_prefetch", "void", "const void* p, ptrdiff_t bytes", "the cache lines of p..p+bytes, ahead of use"),
     (
         "cn_f32_sums_unsafe",
         "int",
@@ -222,6 +223,7 @@ RUNTIME = [
         "float32 block sums that need a float64 redo",
     ),
     ("cn_stream_min_bytes", "ptrdiff_t", None, "outputs this large use non-temporal stores"),
+    ("cn_prefetch_on", "int", None, "0: cn_prefetch does nothing (CNORM_PREFETCH=0)"),
 ]
 
 # half storage (loops.h with CN_HALF: half.h): (suffix, kind, C storage type). The loops

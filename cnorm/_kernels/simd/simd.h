@@ -303,6 +303,23 @@ static CN_INLINE void cn_stream_fence(void)
 #endif
 }
 
+/* Asks for the cache lines of [p, p + bytes) ahead of their use (a no-op without GNU C,
+   or with cn_prefetch_on = 0: CNORM_PREFETCH=0): a pass working from cache meanwhile
+   keeps the memory busy with the next input. */
+static int cn_prefetch_on = 1;
+
+static CN_INLINE void cn_prefetch(const void* p, ptrdiff_t bytes)
+{
+#if CN_GNU
+    ptrdiff_t o;
+    if (cn_prefetch_on)
+        for (o = 0; o < bytes; o += 64) __builtin_prefetch((const char*)p + o, 0, 3);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 /* 1 when this module has the build and the CPU runs it */
 static int cn_simd_available(int build)
 {
@@ -331,7 +348,10 @@ static int cn_simd_init(void)
 {
     const char* stream_env = getenv("CNORM_STREAM_MIN_BYTES");
     const char* env = getenv("CNORM_SIMD");
+    const char* prefetch_env = getenv("CNORM_PREFETCH");
     int build;
+    if (prefetch_env && *prefetch_env)
+        cn_prefetch_on = atoi(prefetch_env) != 0;
     if (stream_env && *stream_env) {
         long long v = atoll(stream_env);
         cn_stream_min_bytes = v > 0 ? (ptrdiff_t)v : PTRDIFF_MAX;
