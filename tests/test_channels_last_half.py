@@ -1,10 +1,12 @@
 """Half storage (float16, bfloat16) in the channels-last GroupNorm / InstanceNorm
 (cnorm.functional.channels_last on the kernels of channels_last.pyx).
 
-The kernels widen each load exactly and do the float64 arithmetic of their float32 /
-float64 specializations, rounding each output once: so a half result is, bit for bit,
-the float64 kernel's result on the widened inputs rounded once to the half type (checked
-here with a rounding written in NumPy). Also: the float64 truth of the same half inputs
+The kernels widen each load exactly. The forward does the float32 arithmetic of the
+float32 kernel (torch's for half storage), rounding each output once from float32: a half
+output is, bit for bit, the float32 kernel's output on the widened inputs cast to the half
+type, with the same statistics. The backward does the float64 arithmetic, rounding each
+output once: the float64 kernel's result on the widened inputs rounded once to the half
+type (checked here with a rounding written in NumPy). Also: the float64 truth of the same half inputs
 (within one half ulp of the output scale), the channels-first half results (another
 summation order: within one half ulp), torch's mixed precision (float32 weight, bias and
 running statistics with a half input), thread counts, both grad_output layouts."""
@@ -66,6 +68,10 @@ def wide(a):
     return None if a is None else a.astype(np.float64)
 
 
+def single(a):
+    return None if a is None else a.astype(np.float32)
+
+
 def truth_group_norm(x, groups, w, b, eps, dy):
     """float64 forward and backward of the half inputs (channels-last), by NumPy."""
     x = x.astype(np.float64)
@@ -91,13 +97,13 @@ def truth_group_norm(x, groups, w, b, eps, dy):
 @pytest.mark.parametrize("params", PARAMS)
 @pytest.mark.parametrize("dtype", HALF, ids=half_id)
 @pytest.mark.parametrize("groups", [1, 3, 12])
-def test_group_norm_is_the_float64_kernel_rounded_once(dtype, params, groups):
+def test_group_norm_forward_float32_backward_float64_rounded_once(dtype, params, groups):
     x, dy, w, b = data(dtype, params)
     y, mean, rstd = CL.native_group_norm(x, groups, w, b, 1e-5)
-    y64, mean64, rstd64 = CL.native_group_norm(x.astype(np.float64), groups, wide(w), wide(b), 1e-5)
+    y32, mean32, rstd32 = CL.native_group_norm(x.astype(np.float32), groups, single(w), single(b), 1e-5)
     assert y.dtype == dtype and y.shape == x.shape
-    assert np.array_equal(bits(y), bits(round_once(y64, dtype)))
-    assert np.array_equal(mean, mean64) and np.array_equal(rstd, rstd64)
+    assert np.array_equal(bits(y), bits(y32.astype(dtype)))
+    assert np.array_equal(mean, mean32) and np.array_equal(rstd, rstd32)
     dx, dw, db = CL.group_norm_backward(dy, x, groups, mean, rstd, w)
     dx64, dw64, db64 = CL.group_norm_backward(
         dy.astype(np.float64), x.astype(np.float64), groups, mean, rstd, wide(w)
@@ -127,11 +133,11 @@ def test_instance_norm_with_running_stats(dtype, params):
     rm, rv = np.zeros(6, r_dtype), np.ones(6, r_dtype)
     rm_first, rv_first = rm.copy(), rv.copy()
     y, mean, invstd = CL.native_instance_norm(x, w, b, rm, rv, True, 0.1, 1e-5)
-    y64, mean64, _ = CL.native_instance_norm(
-        x.astype(np.float64), wide(w), wide(b), None, None, True, 0.1, 1e-5
+    y32, mean32, _ = CL.native_instance_norm(
+        x.astype(np.float32), single(w), single(b), None, None, True, 0.1, 1e-5
     )
-    assert y.dtype == dtype and np.array_equal(bits(y), bits(round_once(y64, dtype)))
-    assert np.array_equal(mean, mean64)
+    assert y.dtype == dtype and np.array_equal(bits(y), bits(y32.astype(dtype)))
+    assert np.array_equal(mean, mean32)
     first = np.ascontiguousarray(np.moveaxis(x, -1, 1))
     F.native_instance_norm(first, w, b, rm_first, rv_first, True, 0.1, 1e-5)
     assert rm.dtype == r_dtype

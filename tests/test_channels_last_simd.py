@@ -4,7 +4,8 @@ simd/channels_last.h) against its naive NumPy twin, bit for bit, in every SIMD b
 The loops keep one float64 accumulator per channel and add the positions s in order, so
 the twin below (sequential sums by np.cumsum, the same operations in the same order)
 gives the same bits for any vector width, thread count and layout; half storage is the
-twin on the widened values, rounded once (round to odd to float32, then to the half).
+twin on the widened values, rounded once (round to odd to float32, then to the half),
+but for its forward: the float32 twin's (float32 lanes, rounded once from float32).
 """
 
 import numpy as np
@@ -116,11 +117,15 @@ def test_kernel_is_its_twin_bit_for_bit(build, dims, kind, threads):
         for params in ((w, b), (None, None)):
             wk, bk = (None if p is None else p.astype(cdt) for p in params)
             ref = _twin_forward(x, dims, *params)
+            if kind:  # half storage: the float32 forward, rounded once to the half type
+                r32 = _twin_forward32(x.astype(np.float32), dims, wk, bk)
+                narrow = r32[6][:, None, None]
+                last_y = np.where(narrow, r32[0].astype(HALF[kind]), _round_half(r32[5], kind))
+                ref = (last_y, *r32[1:4])
             for last in (True, False):
                 xs = _bits(x.astype(store).ravel(), kind)
                 y, mean, rstd, var = K.group_norm_forward(xs, dims, wk, bk, EPS, last, kind)
                 want = ref[0] if last else np.moveaxis(ref[0], 1, 2)
-                want = _round_half(want, kind) if kind else want
                 assert np.array_equal(_bits(want.ravel(), kind), y)
                 for got, exp in zip((mean, rstd, var), ref[1:]):
                     assert np.array_equal(got, exp)
@@ -266,14 +271,18 @@ def _group(a, G, Cg):
 
 
 def _twin_forward32(x, dims, w, b, eps=EPS):
-    """(y (N, S, C) float32, mean, rstd, var, y_first) of float32 x (N, S, C); y_first:
-    the channels-first output's values (the float64 loop's), y the channels-last one's
-    (float32 lanes: (x - hi) * scale + (b - lo * scale), the factors floats)."""
+    """(y (N, S, C) float32, mean, rstd, var, y_f64, y_wide, narrow) of float32 x (N, S,
+    C): y in either output layout (float32 lanes: (x - hi) * scale + (b - lo * scale), the
+    factors floats, unless a factor does not fit: the float64 loop's, y_f64); y_wide:
+    the float64 loop's values unrounded, narrow[n]: sample n's y came from the float32
+    lanes (half storage rounds those from float32, the others once from float64)."""
     N, G, Cg, S = dims
     count = float(Cg * S)
     mean, rstd, var = (np.empty((N, G)) for _ in range(3))
     y = np.empty(x.shape, np.float32)
     yf = np.empty(x.shape, np.float32)
+    yw = np.empty(x.shape)
+    narrow = np.zeros(N, bool)
     x64 = x.astype(np.float64)
     with np.errstate(all="ignore"):
         for n in range(N):
@@ -302,7 +311,8 @@ def _twin_forward32(x, dims, w, b, eps=EPS):
             scale = np.repeat(rs, Cg) * (w.astype(np.float64) if w is not None else 1.0)
             bias = b.astype(np.float64) if b is not None else 0.0
             mu = np.repeat(mean[n], Cg)
-            yf[n] = ((x64[n] - mu) * scale + bias).astype(np.float32)
+            yw[n] = (x64[n] - mu) * scale + bias
+            yf[n] = yw[n].astype(np.float32)
             y[n] = yf[n]
             hi = mu.astype(np.float32)
             lo = mu - hi.astype(np.float64)
@@ -318,7 +328,8 @@ def _twin_forward32(x, dims, w, b, eps=EPS):
                 and np.all(dev * np.abs(scale) <= 2.0**100)
             ):
                 y[n] = (X + (-hi)) * f + be.astype(np.float32)
-    return y, mean.ravel(), rstd.ravel(), var.ravel(), yf
+                narrow[n] = True
+    return y, mean.ravel(), rstd.ravel(), var.ravel(), yf, yw, narrow
 
 
 def _ref_stats(x, dims):
@@ -343,7 +354,7 @@ def test_float32_forward_is_its_twin_bit_for_bit(build, dims, threads):
             want = _twin_forward32(x, dims, w, b)
             for last in (True, False):
                 y, mean, rstd, var = K.group_norm_forward(x.ravel(), dims, w, b, EPS, last)
-                wy = want[0] if last or S == 1 else np.moveaxis(want[4], 1, 2)  # S = 1: one layout
+                wy = want[0] if last else np.moveaxis(want[0], 1, 2)
                 assert np.array_equal(wy.ravel(), y)
                 for got, exp in zip((mean, rstd, var), want[1:4]):
                     assert np.array_equal(got, exp)

@@ -187,8 +187,9 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
     for item in range(split_start(N * K, t, n_threads), split_start(N * K, t + 1, n_threads)):
         n = _item(j, item, &c0, &c1)
         y = n * S * C       # offset (in elements) of the sample
-        # float32 storage: float32 sums, unless they over- or underflow (_narrow_stats)
-        wide = 0 if floating is float and kind == 0 else CL_WIDE
+        # float32 and half storage: float32 sums, unless they over- or underflow
+        # (_narrow_stats)
+        wide = 0 if floating is float else CL_WIDE
         for c in range(c0, c1):
             acc[c] = 0
             acc2[c] = 0
@@ -231,7 +232,7 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
             if not wide:    # a bound of |x - hi|, at the group's first channel (read)
                 acc2[g * Cg] = sqrt(v * count) + fabs(_lo(mu[g * Cg]))
         # pass 3: y = (x - mean) * rstd * w + b
-        if not wide and oc == 1:
+        if not wide:
             wide = _narrow_affine(acc, scale, mu, acc2, c0, c1, Cg)
         _affine(out, y + c0 * oc, x, y + c0, C, S, mu + c0, scale + c0, acc + c0, c1 - c0,
                 (oc != 1) | wide, kind)

@@ -284,7 +284,7 @@ CN_CL_INLINE void CN_FN(cl_stx_v)(ST* p, ptrdiff_t cs, DV v)
 CN_HLOOP void CN_FN(cl_sums)(double* CN_RESTRICT s, const ST* CN_RESTRICT x, ptrdiff_t ld,
                              ptrdiff_t nrows, ptrdiff_t n, int wide)
 {
-#if !CN_HALF && CN_T_BYTES == 4
+#if CN_T_BYTES == 4    /* float32 storage; half storage too: channels_last_f32.h */
     if (!(wide & CN_CL_WIDE)) {
         CN_FN(cl_sums_f32)(s, x, ld, nrows, n);
         return;
@@ -322,7 +322,7 @@ CN_HLOOP void CN_FN(cl_devs)(double* CN_RESTRICT s1, double* CN_RESTRICT s2,
                              const ST* CN_RESTRICT x, ptrdiff_t ld, ptrdiff_t nrows,
                              const double* shift, ptrdiff_t n, int wide)
 {
-#if !CN_HALF && CN_T_BYTES == 4
+#if CN_T_BYTES == 4    /* float32 storage; half storage too: channels_last_f32.h */
     if (!(wide & CN_CL_WIDE)) {
         CN_FN(cl_devs_f32)(s1, s2, x, ld, nrows, shift, n);
         return;
@@ -378,9 +378,12 @@ CN_HLOOP void CN_FN(cl_affine)(ST* CN_RESTRICT y, const ST* CN_RESTRICT x, ptrdi
                                ptrdiff_t nrows, const double* mean, const double* scale,
                                const double* beta, ptrdiff_t n, int first)
 {
-#if !CN_HALF && CN_T_BYTES == 4
-    if (!(first & CN_CL_WIDE) && !(first & 1)) {
-        CN_FN(cl_affine_f32)(y, x, ld, nrows, mean, scale, beta, n);
+#if CN_T_BYTES == 4    /* float32 storage; half storage too: channels_last_f32.h */
+    if (!(first & CN_CL_WIDE)) {
+        if (first & 1)
+            CN_FN(cl_affine_first_f32)(y, x, ld, nrows, mean, scale, beta, n);
+        else
+            CN_FN(cl_affine_f32)(y, x, ld, nrows, mean, scale, beta, n);
         return;
     }
 #endif

@@ -1,10 +1,12 @@
 /* The float32 statistics and backward of float32 storage (channels_last.pyx's narrow path): included by
- * channels_last.h, once per (dtype, build), after its helpers; only float32 storage
- * (T = float, no CN_HALF) defines anything. Not loops of the table (simd/signatures.py):
- * cl_sums, cl_devs, cl_affine, cl_grad_sums and cl_grad call them when their flag CN_CL_WIDE is
- * clear. The forward here too (cl_sums_f32, cl_devs_f32, cl_affine_f32). */
+ * channels_last.h, once per (dtype, build), after its helpers; float32 storage (T = float,
+ * no CN_HALF) defines everything, half storage (CN_HALF: ST half bits, T = float) the
+ * forward only, its lanes widened exactly in the loads and each output rounded once, to
+ * nearest even, from the float32 value (torch's arithmetic for half storage). Not loops
+ * of the table (simd/signatures.py): cl_sums, cl_devs, cl_affine, cl_grad_sums and
+ * cl_grad call them when their flag CN_CL_WIDE is clear. */
 
-#if !CN_HALF && CN_T_BYTES == 4
+#if CN_T_BYTES == 4
 /* not CN_HLOOP: tests/test_simd_table.py reads those heads as the table's loops */
 #define CN_CL_F32_LOOP CN_CL_TARGET CN_NOINLINE static
 #define CN_CL_F32_ROWS ((ptrdiff_t)64) /* rows summed in float32, then added in float64 */
@@ -12,16 +14,51 @@
 typedef float CN_FN(cl_f8) __attribute__((vector_size(CN_VB)));
 #define F8 CN_FN(cl_f8)
 #define FW ((ptrdiff_t)(CN_VB / 4))
-/* FW floats at p[j * cs] (cs == 1: one load) */
-CN_CL_INLINE F8 CN_FN(cl_ldf_v)(const float* p, ptrdiff_t cs)
+#if CN_HALF
+typedef uint16_t CN_FN(cl_h8) __attribute__((vector_size(CN_VB / 2)));
+typedef uint32_t CN_FN(cl_u8) __attribute__((vector_size(CN_VB)));
+#define H8 CN_FN(cl_h8)
+#define U8 CN_FN(cl_u8)
+#endif
+/* FW values at p[j * cs] as floats (cs == 1: one load; half storage: widened exactly) */
+CN_CL_INLINE F8 CN_FN(cl_ldf_v)(const ST* p, ptrdiff_t cs)
 {
-    F8 v;
     ptrdiff_t j;
+#if !CN_HALF
+    F8 v;
     if (cs == 1)
         memcpy(&v, p, sizeof v);
     else
         for (j = 0; j < FW; j++) v[j] = p[j * cs];
     return v;
+#else
+    H8 h;
+    if (cs == 1)
+        memcpy(&h, p, sizeof h);
+    else
+        for (j = 0; j < FW; j++) h[j] = p[j * cs];
+#if CN_HALF == 2 && CN_CL_AVX2
+    {
+        __m128i bits;
+        memcpy(&bits, &h, sizeof bits);
+        return (F8)_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16);
+    }
+#elif CN_HALF == 2
+    return (F8)(__builtin_convertvector(h, U8) << 16);
+#elif CN_CL_AVX2
+    {
+        __m128i bits;
+        memcpy(&bits, &h, sizeof bits);
+        return (F8)_mm256_cvtph_ps(bits);
+    }
+#else
+    {
+        F8 v;
+        for (j = 0; j < FW; j++) v[j] = cn_f16_to_f32(h[j]);
+        return v;
+    }
+#endif
+#endif
 }
 CN_CL_INLINE F8 CN_FN(cl_zf_v)(void)
 {
@@ -29,7 +66,32 @@ CN_CL_INLINE F8 CN_FN(cl_zf_v)(void)
     memset(&v, 0, sizeof v);
     return v;
 }
-CN_CL_INLINE void CN_FN(cl_stf_v)(float* p, F8 v) { memcpy(p, &v, sizeof v); }
+/* FW floats stored at p (half storage: each rounded once to nearest even, as
+   cn_f32_to_f16 / cn_f32_to_bf16) */
+CN_CL_INLINE void CN_FN(cl_stf_v)(ST* p, F8 v)
+{
+#if !CN_HALF
+    memcpy(p, &v, sizeof v);
+#elif CN_HALF == 2
+    const U8 u = (U8)v, nan = (U8)((u & 0x7fffffffu) > 0x7f800000u);
+    const U8 r = (((u + 0x7fffu + ((u >> 16) & 1u)) >> 16) & ~nan) | (((u >> 16) | 0x40u) & nan);
+#if CN_CL_AVX2
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32((__m256i)r, (__m256i)r), 0x08);
+    memcpy(p, &packed, sizeof(H8));
+#else
+    const H8 h = __builtin_convertvector(r, H8);
+    memcpy(p, &h, sizeof h);
+#endif
+#elif CN_CL_AVX2
+    const __m128i bits = _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT);
+    memcpy(p, &bits, sizeof bits);
+#else
+    H8 h;
+    ptrdiff_t j;
+    for (j = 0; j < FW; j++) h[j] = cn_f32_to_f16(v[j]);
+    memcpy(p, &h, sizeof h);
+#endif
+}
 /* FW doubles as floats (the coefficients); the halves joined in registers on avx2 (joined
    in memory, GCC keeps the vector there and reloads it in every iteration) */
 CN_CL_INLINE F8 CN_FN(cl_cvf_v)(const double* p)
@@ -68,8 +130,27 @@ CN_CL_INLINE void CN_FN(cl_addf_v)(double* s, F8 v)
 #define cl_zf_v cl_zf_1
 #endif
 CN_CL_INLINE float CN_FN(cl_zf_1)(void) { return 0.0f; }
-CN_CL_INLINE float CN_FN(cl_ldf_1)(const float* p, ptrdiff_t cs) { (void)cs; return *p; }
-CN_CL_INLINE void CN_FN(cl_stf_1)(float* p, float v) { *p = v; }
+CN_CL_INLINE float CN_FN(cl_ldf_1)(const ST* p, ptrdiff_t cs)
+{
+    (void)cs;
+#if CN_HALF == 1
+    return cn_f16_to_f32(*p);
+#elif CN_HALF == 2
+    return cn_bf16_to_f32(*p);
+#else
+    return *p;
+#endif
+}
+CN_CL_INLINE void CN_FN(cl_stf_1)(ST* p, float v)
+{
+#if CN_HALF == 1
+    *p = cn_f32_to_f16(v);
+#elif CN_HALF == 2
+    *p = cn_f32_to_bf16(v);
+#else
+    *p = v;
+#endif
+}
 CN_CL_INLINE float CN_FN(cl_cvf_1)(const double* p) { return (float)*p; }
 CN_CL_INLINE void CN_FN(cl_addf_1)(double* s, float v) { *s += (double)v; }
 #define LDF(w, p, cs) CN_FN(cl_ldf_##w)(p, cs)
@@ -111,7 +192,7 @@ CN_CL_INLINE void CN_FN(cl_addf_1)(double* s, float v) { *s += (double)v; }
         }                                                                                  \
     }
 
-CN_CL_F32_LOOP void CN_FN(cl_sums_f32)(double* CN_RESTRICT s, const float* CN_RESTRICT x,
+CN_CL_F32_LOOP void CN_FN(cl_sums_f32)(double* CN_RESTRICT s, const ST* CN_RESTRICT x,
                                        ptrdiff_t ld, ptrdiff_t nrows, ptrdiff_t n)
 {
     CN_CL_F32_BLOCKS(CN_CL_F32_XSUMS, 4);
@@ -140,7 +221,7 @@ CN_CL_F32_LOOP void CN_FN(cl_sums_f32)(double* CN_RESTRICT s, const float* CN_RE
     }
 
 CN_CL_F32_LOOP void CN_FN(cl_devs_f32)(double* CN_RESTRICT s1, double* CN_RESTRICT s2,
-                                       const float* CN_RESTRICT x, ptrdiff_t ld,
+                                       const ST* CN_RESTRICT x, ptrdiff_t ld,
                                        ptrdiff_t nrows, const double* shift, ptrdiff_t n)
 {
     CN_CL_F32_BLOCKS(CN_CL_F32_DEVS, 4);
@@ -169,13 +250,53 @@ CN_CL_F32_LOOP void CN_FN(cl_devs_f32)(double* CN_RESTRICT s1, double* CN_RESTRI
         }                                                                                  \
     }
 
-CN_CL_F32_LOOP void CN_FN(cl_affine_f32)(float* CN_RESTRICT y, const float* CN_RESTRICT x,
+CN_CL_F32_LOOP void CN_FN(cl_affine_f32)(ST* CN_RESTRICT y, const ST* CN_RESTRICT x,
                                          ptrdiff_t ld, ptrdiff_t nrows, const double* mean,
                                          const double* scale, const double* beta, ptrdiff_t n)
 {
     CN_CL_F32_BLOCKS(CN_CL_F32_AFFINE, 3);
 }
 
+/* the same, y channels-first (element (r, c) at y[c * nrows + r]): CN_CL_F32_TILE rows of
+   the block's outputs stored as rows of a tile (whole vectors, half storage rounded in
+   the stores), then each channel's column of the tile copied to its run of y */
+#define CN_CL_F32_TILE ((ptrdiff_t)32)
+#define CN_CL_F32_AFFINE_FIRST(KB, w, VT, WW)                                              \
+    {                                                                                      \
+        ptrdiff_t r, r0, j;                                                                \
+        ST tile[CN_CL_F32_TILE][KB * WW];                                                  \
+        const VT nh0 = -CVF(w, mean + c), sc0 = CVF(w, scale + c), be0 = CVF(w, beta + c); \
+        const VT nh1 = KB > 1 ? -CVF(w, mean + c + WW) : nh0;                              \
+        const VT sc1 = KB > 1 ? CVF(w, scale + c + WW) : sc0;                              \
+        const VT be1 = KB > 1 ? CVF(w, beta + c + WW) : be0;                               \
+        const VT nh2 = KB > 2 ? -CVF(w, mean + c + 2 * WW) : nh0;                          \
+        const VT sc2 = KB > 2 ? CVF(w, scale + c + 2 * WW) : sc0;                          \
+        const VT be2 = KB > 2 ? CVF(w, beta + c + 2 * WW) : be0;                           \
+        for (r0 = 0; r0 < nrows; r0 += CN_CL_F32_TILE) {                                   \
+            const ptrdiff_t nr = nrows - r0 < CN_CL_F32_TILE ? nrows - r0 : CN_CL_F32_TILE; \
+            for (r = 0; r < nr; r++) {                                                     \
+                const ST* xr = x + (r0 + r) * ld + c;                                      \
+                CN_FN(cl_stf_##w)(&tile[r][0], (LDF(w, xr, 1) + nh0) * sc0 + be0);         \
+                if (KB > 1)                                                                \
+                    CN_FN(cl_stf_##w)(&tile[r][WW], (LDF(w, xr + WW, 1) + nh1) * sc1 + be1); \
+                if (KB > 2)                                                                \
+                    CN_FN(cl_stf_##w)(&tile[r][2 * WW],                                    \
+                                      (LDF(w, xr + 2 * WW, 1) + nh2) * sc2 + be2);         \
+            }                                                                              \
+            for (j = 0; j < KB * WW; j++)                                                  \
+                for (r = 0; r < nr; r++) y[(c + j) * nrows + r0 + r] = tile[r][j];         \
+        }                                                                                  \
+    }
+
+CN_CL_F32_LOOP void CN_FN(cl_affine_first_f32)(ST* CN_RESTRICT y, const ST* CN_RESTRICT x,
+                                               ptrdiff_t ld, ptrdiff_t nrows,
+                                               const double* mean, const double* scale,
+                                               const double* beta, ptrdiff_t n)
+{
+    CN_CL_F32_BLOCKS(CN_CL_F32_AFFINE_FIRST, 3);
+}
+
+#if !CN_HALF   /* the backward: float32 storage only */
 /* s_dy[c] += sum of dy, s_dyd[c] += sum of dy * (x - hi[c]), blocks of CN_CL_F32_ROWS */
 #define CN_CL_F32_SUMS(KB, w, VT, WW)                                                      \
     {                                                                                      \
@@ -245,11 +366,14 @@ CN_CL_F32_LOOP void CN_FN(cl_grad_f32)(float* CN_RESTRICT dx, const float* CN_RE
 {
     CN_CL_F32_LAYOUTS(CN_CL_F32_GRAD, 3);
 }
+#endif
 
 #undef CN_CL_F32_LOOP
 #undef CN_CL_F32_ROWS
 #undef F8
 #undef FW
+#undef H8
+#undef U8
 #undef cl_ldf_v
 #undef cl_stf_v
 #undef cl_cvf_v
@@ -265,6 +389,8 @@ CN_CL_F32_LOOP void CN_FN(cl_grad_f32)(float* CN_RESTRICT dx, const float* CN_RE
 #undef CN_CL_F32_DEVS
 #undef CN_CL_F32_Y
 #undef CN_CL_F32_AFFINE
+#undef CN_CL_F32_AFFINE_FIRST
+#undef CN_CL_F32_TILE
 #undef CN_CL_F32_GRAD
 #undef CN_CL_F32_DX
 #endif
