@@ -30,7 +30,7 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
     cdef bint ahead = _fetch_next(j, D)
     for r in range(split_start(j.M, t, n_threads), r1):
         if kind:
-            _group_norm_forward_row_half(j, r)
+            _group_norm_forward_row_half(j, r, ahead and r + 1 < r1)
             continue
         xr = x + r * D
         yr = y + r * D
@@ -54,8 +54,9 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
         cn_stream_fence()
 
 
-cdef void _group_norm_forward_row_half(const RowJob* j, Py_ssize_t r) noexcept nogil:
-    """Row r of _group_norm_forward_rows in half storage, with the half loops."""
+cdef void _group_norm_forward_row_half(const RowJob* j, Py_ssize_t r, bint ahead) noexcept nogil:
+    """Row r of _group_norm_forward_rows in half storage, with the half loops (ahead: the
+    next row fetched meanwhile)."""
     cdef Py_ssize_t Cg = j.Cg, S = j.S, D = j.Cg * j.S, i, c = (r % j.G) * j.Cg
     cdef const float* weight = <const float*>j.weight
     cdef const float* bias = <const float*>j.bias
@@ -64,6 +65,8 @@ cdef void _group_norm_forward_row_half(const RowJob* j, Py_ssize_t r) noexcept n
     cdef double rs = _half_row_stats(j.kind, xr, D, True, j.eps, &j.mean[r], &j.rstd[r],
                                      &j.var[r], &hi, &lo)
     for i in range(Cg):
+        if ahead:
+            _ahead(j, j.x, (r + 1) * D + i * S, S)
         affine_half(j.kind, <uint16_t*>j.out + r * D + i * S, xr + i * S, S, hi, lo,
                     <float>(rs * (weight[c + i] if weight != NULL else 1.0)),
                     bias[c + i] if bias != NULL else 0, j.stream, False)
