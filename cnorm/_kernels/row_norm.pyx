@@ -51,7 +51,7 @@ cdef enum:
     CHUNK_ELEMENTS = 8192   # a backward chunk's least elements (GroupNorm; LayerNorm: x4)
     STAGE_ROWS = 6          # half storage: rows of float32 per thread (backward: x, dy, dx of two)
     SHORT_ROW = 512         # rows shorter than this: several per C call (ln_rows, ln_grad_rows)
-    PREFETCH_MIN_ROW = 8192     # rows of at least this many bytes fetch the next one ahead
+    PREFETCH_MIN_ROW = 8192     # rows whose inputs are this many bytes fetch the next one ahead
 
 
 # an absent weight reads ones and an absent bias zeros: BLOCK of each, never a row-sized
@@ -129,13 +129,15 @@ cdef inline void _ahead(const RowJob* j, const void* a, Py_ssize_t o, Py_ssize_t
     cn_prefetch(<const char*>a + o * size, n * size)
 
 
-cdef inline bint _fetch_next(const RowJob* j, Py_ssize_t D) noexcept nogil:
-    """Whether rows of D elements fetch the next row ahead (_ahead): rows of at least
-    PREFETCH_MIN_ROW bytes. Shorter ones gained nothing (LayerNorm(768): 0.96-1.11x the
-    time without), long ones 0.7-0.93x (D = 4096; GroupNorm rows of 25 KiB: 0.73-0.92x),
-    float32, 1 and 2 threads, 2026-12-02."""
+cdef inline bint _fetch_next(const RowJob* j, Py_ssize_t D, int n_inputs) noexcept nogil:
+    """Whether rows of D elements, of n_inputs arrays read per row, fetch the next row ahead
+    (_ahead): when a row's inputs are PREFETCH_MIN_ROW bytes or more. Below, it gained
+    nothing: LayerNorm forward of D = 768 and 1024 float32 0.96-1.13x the time without,
+    its backward (dy and x) of D = 768 mixed; above, 0.63-0.99x (backward D = 1024-4096),
+    0.7-0.93x (forward D = 4096; GroupNorm rows of 25 KiB: 0.73-0.92x), float32 and half,
+    1 and 2 threads, 2026-12-02 (an AVX-512 EPYC)."""
     cdef Py_ssize_t size = 2 if j.kind else (4 if j.typenum == cnp.NPY_FLOAT else 8)
-    return D * size >= PREFETCH_MIN_ROW
+    return n_inputs * D * size >= PREFETCH_MIN_ROW
 
 
 cdef inline double _row_stats(const floating* xr, Py_ssize_t D, bint center, double eps,
@@ -197,7 +199,7 @@ cdef void _layer_norm_forward_rows(const floating* x, void* job, int t,
     cdef floating* stage = <floating*>j.stage + STAGE_ROWS * D * t     # half: x, sum, y rows
     cdef Py_ssize_t r1 = split_start(j.M, t + 1, n_threads)
     cdef bint batch = D < SHORT_ROW and not kind and res == NULL      # short rows: many per call
-    cdef bint ahead = _fetch_next(j, D)
+    cdef bint ahead = _fetch_next(j, D, 2 if res != NULL else 1)
     r = split_start(j.M, t, n_threads)
     while r < r1:
         if batch:   # stops before a row that needs the slow path of _row_stats
@@ -259,7 +261,7 @@ cdef void _layer_norm_backward_chunk(const floating* x, const RowJob* j, Py_ssiz
     """Chunk k of _layer_norm_backward_rows, on thread t (whose scratch it uses)."""
     cdef Py_ssize_t D = j.D, r, b, len_b, k_b, q, n_rows
     cdef Py_ssize_t r0 = k * j.chunk, r1 = min(r0 + j.chunk, j.M)
-    cdef bint ahead = _fetch_next(j, D)
+    cdef bint ahead = _fetch_next(j, D, 2)            # dy and x
     cdef floating* dx = <floating*>j.out
     cdef const floating* dy = <const floating*>j.dy
     cdef const floating* weight = <const floating*>j.weight

@@ -27,7 +27,7 @@ cdef void _group_norm_forward_rows(const floating* x, void* job, int t,
     cdef const floating* xr
     cdef floating* yr
     cdef Py_ssize_t r1 = split_start(j.M, t + 1, n_threads)
-    cdef bint ahead = _fetch_next(j, D)
+    cdef bint ahead = _fetch_next(j, D, 1)
     for r in range(split_start(j.M, t, n_threads), r1):
         if kind:
             _group_norm_forward_row_half(j, r, ahead and r + 1 < r1)
