@@ -230,18 +230,22 @@ CN_CL_F32_LOOP void CN_FN(cl_devs_f32)(double* CN_RESTRICT s1, double* CN_RESTRI
 /* pass 3 (cl_affine, y channels-last): y = (x - hi[c]) * scale[c] + beta[c], every factor
    as a float (the caller folds lo = mean - hi into beta); KB (1 to 3) vectors, their
    coefficients named, as in cl_grad_f32 */
-#define CN_CL_F32_Y(w, i, nh, sc, be)                                                      \
-    CN_FN(cl_stf_##w)(y + (i), (LDF(w, x + (i), 1) + (nh)) * (sc) + (be))
-#define CN_CL_F32_AFFINE(KB, w, VT, WW)                                                    \
-    {                                                                                      \
-        ptrdiff_t r;                                                                       \
+#define CN_CL_F32_YAT(w, dst, xp, nh, sc, be)                                              \
+    CN_FN(cl_stf_##w)(dst, (LDF(w, xp, 1) + (nh)) * (sc) + (be))
+#define CN_CL_F32_Y(w, i, nh, sc, be) CN_CL_F32_YAT(w, y + (i), x + (i), nh, sc, be)
+/* the coefficients of KB (1 to 3) vectors of channels from c: nh = -hi, sc, be */
+#define CN_CL_F32_AFFINE_COEFS(KB, w, VT, WW)                                              \
         const VT nh0 = -CVF(w, mean + c), sc0 = CVF(w, scale + c), be0 = CVF(w, beta + c); \
         const VT nh1 = KB > 1 ? -CVF(w, mean + c + WW) : nh0;                              \
         const VT sc1 = KB > 1 ? CVF(w, scale + c + WW) : sc0;                              \
         const VT be1 = KB > 1 ? CVF(w, beta + c + WW) : be0;                               \
         const VT nh2 = KB > 2 ? -CVF(w, mean + c + 2 * WW) : nh0;                          \
         const VT sc2 = KB > 2 ? CVF(w, scale + c + 2 * WW) : sc0;                          \
-        const VT be2 = KB > 2 ? CVF(w, beta + c + 2 * WW) : be0;                           \
+        const VT be2 = KB > 2 ? CVF(w, beta + c + 2 * WW) : be0
+#define CN_CL_F32_AFFINE(KB, w, VT, WW)                                                    \
+    {                                                                                      \
+        ptrdiff_t r;                                                                       \
+        CN_CL_F32_AFFINE_COEFS(KB, w, VT, WW);                                             \
         for (r = 0; r < nrows; r++) {                                                      \
             const ptrdiff_t i = r * ld + c;                                                \
             CN_CL_F32_Y(w, i, nh0, sc0, be0);                                              \
@@ -265,23 +269,14 @@ CN_CL_F32_LOOP void CN_FN(cl_affine_f32)(ST* CN_RESTRICT y, const ST* CN_RESTRIC
     {                                                                                      \
         ptrdiff_t r, r0, j;                                                                \
         ST tile[CN_CL_F32_TILE][KB * WW];                                                  \
-        const VT nh0 = -CVF(w, mean + c), sc0 = CVF(w, scale + c), be0 = CVF(w, beta + c); \
-        const VT nh1 = KB > 1 ? -CVF(w, mean + c + WW) : nh0;                              \
-        const VT sc1 = KB > 1 ? CVF(w, scale + c + WW) : sc0;                              \
-        const VT be1 = KB > 1 ? CVF(w, beta + c + WW) : be0;                               \
-        const VT nh2 = KB > 2 ? -CVF(w, mean + c + 2 * WW) : nh0;                          \
-        const VT sc2 = KB > 2 ? CVF(w, scale + c + 2 * WW) : sc0;                          \
-        const VT be2 = KB > 2 ? CVF(w, beta + c + 2 * WW) : be0;                           \
+        CN_CL_F32_AFFINE_COEFS(KB, w, VT, WW);                                             \
         for (r0 = 0; r0 < nrows; r0 += CN_CL_F32_TILE) {                                   \
             const ptrdiff_t nr = nrows - r0 < CN_CL_F32_TILE ? nrows - r0 : CN_CL_F32_TILE; \
             for (r = 0; r < nr; r++) {                                                     \
                 const ST* xr = x + (r0 + r) * ld + c;                                      \
-                CN_FN(cl_stf_##w)(&tile[r][0], (LDF(w, xr, 1) + nh0) * sc0 + be0);         \
-                if (KB > 1)                                                                \
-                    CN_FN(cl_stf_##w)(&tile[r][WW], (LDF(w, xr + WW, 1) + nh1) * sc1 + be1); \
-                if (KB > 2)                                                                \
-                    CN_FN(cl_stf_##w)(&tile[r][2 * WW],                                    \
-                                      (LDF(w, xr + 2 * WW, 1) + nh2) * sc2 + be2);         \
+                CN_CL_F32_YAT(w, &tile[r][0], xr, nh0, sc0, be0);                          \
+                if (KB > 1) CN_CL_F32_YAT(w, &tile[r][WW], xr + WW, nh1, sc1, be1);        \
+                if (KB > 2) CN_CL_F32_YAT(w, &tile[r][2 * WW], xr + 2 * WW, nh2, sc2, be2); \
             }                                                                              \
             for (j = 0; j < KB * WW; j++)                                                  \
                 for (r = 0; r < nr; r++) y[(c + j) * nrows + r0 + r] = tile[r][j];         \
@@ -388,6 +383,8 @@ CN_CL_F32_LOOP void CN_FN(cl_grad_f32)(float* CN_RESTRICT dx, const float* CN_RE
 #undef CN_CL_F32_XSUMS
 #undef CN_CL_F32_DEVS
 #undef CN_CL_F32_Y
+#undef CN_CL_F32_YAT
+#undef CN_CL_F32_AFFINE_COEFS
 #undef CN_CL_F32_AFFINE
 #undef CN_CL_F32_AFFINE_FIRST
 #undef CN_CL_F32_TILE
