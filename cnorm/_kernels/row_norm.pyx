@@ -51,7 +51,8 @@ cdef enum:
     CHUNK_ELEMENTS = 8192   # a backward chunk's least elements (GroupNorm; LayerNorm: x4)
     STAGE_ROWS = 6          # half storage: rows of float32 per thread (backward: x, dy, dx of two)
     SHORT_ROW = 512         # rows shorter than this: several per C call (ln_rows, ln_grad_rows)
-    PREFETCH_MIN_ROW = 8192     # rows whose inputs are this many bytes fetch the next one ahead
+    PREFETCH_MIN_ROW = 8192     # rows whose inputs are this many bytes (to PREFETCH_MAX_ROW)
+    PREFETCH_MAX_ROW = 32768    # fetch the next one ahead (_fetch_next)
 
 
 # an absent weight reads ones and an absent bias zeros: BLOCK of each, never a row-sized
@@ -131,13 +132,16 @@ cdef inline void _ahead(const RowJob* j, const void* a, Py_ssize_t o, Py_ssize_t
 
 cdef inline bint _fetch_next(const RowJob* j, Py_ssize_t D, int n_inputs) noexcept nogil:
     """Whether rows of D elements, of n_inputs arrays read per row, fetch the next row ahead
-    (_ahead): when a row's inputs are PREFETCH_MIN_ROW bytes or more. Below, it gained
-    nothing: LayerNorm forward of D = 768 and 1024 float32 0.96-1.13x the time without,
-    its backward (dy and x) of D = 768 mixed; above, 0.63-0.99x (backward D = 1024-4096),
-    0.7-0.93x (forward D = 4096; GroupNorm rows of 25 KiB: 0.73-0.92x), float32 and half,
-    1 and 2 threads, 2026-12-02 (an AVX-512 EPYC)."""
+    (_ahead): when a row's inputs are PREFETCH_MIN_ROW to PREFETCH_MAX_ROW bytes. Below,
+    it gained nothing: LayerNorm forward of D = 768 and 1024 float32 0.96-1.13x the time
+    without, its backward (dy and x) of D = 768 mixed. Within, 0.63-0.99x (LayerNorm
+    backward D = 1024-4096 float32), 0.7-0.93x (forward D = 4096; GroupNorm(32, 256)
+    forward rows of 25 KiB float32, 12.5 KiB half: 0.73-0.94x; its backward in half, 2 x
+    12.5 KiB: 0.80-0.92x). Above, the next row no longer fits the L1 cache beside this
+    one: the GroupNorm backward in float32 (2 x 25 KiB) ran 1.25x slower with it. Float32
+    and half, 1 and 2 threads, 2026-12-02 (an AVX-512 EPYC, 48 KiB L1d)."""
     cdef Py_ssize_t size = 2 if j.kind else (4 if j.typenum == cnp.NPY_FLOAT else 8)
-    return n_inputs * D * size >= PREFETCH_MIN_ROW
+    return PREFETCH_MIN_ROW <= n_inputs * D * size <= PREFETCH_MAX_ROW
 
 
 cdef inline double _row_stats(const floating* xr, Py_ssize_t D, bint center, double eps,
