@@ -159,25 +159,6 @@ cdef void _normalize(const floating* x, Job* j) noexcept nogil:
              j.threads_x)
 
 
-cdef void _group_rows(Job* j, bint grad) noexcept nogil:
-    """j.row_group of the elementwise pass about to run (after j.stream; batch_norm_cols4.pxi)
-    and its coefficients, j.grad's or j.norm's, tiled to row_group * C."""
-    cdef size_t size = 4 if j.typenum == cnp.NPY_FLOAT else 8     # half: float32 coefficients
-    cdef void* rows[6]
-    cdef int k, n_rows = 6 if grad else 4
-    j.row_group = _row_group(j.C, j.stream) if j.S == 1 else 1
-    if j.row_group == 1:
-        return
-    rows[0] = j.grad.hi if grad else j.norm.hi
-    rows[1] = j.grad.lo if grad else j.norm.lo
-    rows[2] = j.grad.invstd if grad else j.norm.scale
-    rows[3] = j.grad.k1 if grad else j.norm.beta
-    rows[4] = j.grad.mean_dy
-    rows[5] = j.grad.mean_dy_xhat
-    for k in range(n_rows):
-        _tile(rows[k], j.C, j.row_group, size)
-
-
 # ---------------------------------------------------------------------------------------
 # backward: the sums sum(dy), sum(dy * xhat) per channel (batch_norm_reduce.pxi), then
 # the input gradient
@@ -395,9 +376,9 @@ cdef int _start(Job* j, cnp.ndarray x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
     j.threads_dy_x = n_threads_for(2 * E)
     n_threads = max(j.threads_x, j.threads_dy_x)
     _chunks(j)
-    # bytes between coefficient rows: room for them tiled (_group_rows)
-    pitch = scratch_pitch(C * (max(_row_group(C, True), _row_group(C, False)) if S == 1 else 1),
-                          itemsize) * itemsize
+    # bytes between coefficient rows: room for them tiled (_group_rows; the streamed
+    # group is the larger one)
+    pitch = scratch_pitch(C * (_row_group(C, True) if S == 1 else 1), itemsize) * itemsize
     j.coef = coef = <char*>aligned_block(8 * pitch)
     j.norm.hi = j.grad.hi = coef
     j.norm.lo = j.grad.lo = coef + pitch

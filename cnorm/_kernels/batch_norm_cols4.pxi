@@ -67,3 +67,22 @@ cdef inline void _tile(void* row, Py_ssize_t C, Py_ssize_t group, size_t itemsiz
     while have < want:
         memcpy(<char*>row + have, row, min(have, want - have))
         have += min(have, want - have)
+
+
+cdef void _group_rows(Job* j, bint grad) noexcept nogil:
+    """j.row_group of the elementwise pass about to run (after j.stream; _row_group)
+    and its coefficients, j.grad's or j.norm's, tiled to row_group * C."""
+    cdef size_t size = 4 if j.typenum == cnp.NPY_FLOAT else 8     # half: float32 coefficients
+    cdef void* rows[6]
+    cdef int k, n_rows = 6 if grad else 4
+    j.row_group = _row_group(j.C, j.stream) if j.S == 1 else 1
+    if j.row_group == 1:
+        return
+    rows[0] = j.grad.hi if grad else j.norm.hi
+    rows[1] = j.grad.lo if grad else j.norm.lo
+    rows[2] = j.grad.invstd if grad else j.norm.scale
+    rows[3] = j.grad.k1 if grad else j.norm.beta
+    rows[4] = j.grad.mean_dy
+    rows[5] = j.grad.mean_dy_xhat
+    for k in range(n_rows):
+        _tile(rows[k], j.C, j.row_group, size)

@@ -122,11 +122,16 @@ cdef inline bint _use_stream(Py_ssize_t n_elements, Py_ssize_t run, size_t items
     return n_elements * <Py_ssize_t>itemsize >= cn_stream_min_bytes and run >= STREAM_MIN_RUN
 
 
+cdef inline Py_ssize_t _storage_size(const RowJob* j) noexcept nogil:
+    """Bytes per element of the (M, D) arrays (half storage: 2)."""
+    return 2 if j.kind else (4 if j.typenum == cnp.NPY_FLOAT else 8)
+
+
 cdef inline void _ahead(const RowJob* j, const void* a, Py_ssize_t o, Py_ssize_t n) noexcept nogil:
     """Elements o..o + n of the (M, D) input a (x, residual, dy; half bits with j.kind)
     asked for ahead of their use: the passes that work from cache (a long row's normalize,
     its input gradient) fetch the next row meanwhile (_fetch_next)."""
-    cdef Py_ssize_t size = 2 if j.kind else (4 if j.typenum == cnp.NPY_FLOAT else 8)
+    cdef Py_ssize_t size = _storage_size(j)
     cn_prefetch(<const char*>a + o * size, n * size)
 
 
@@ -140,8 +145,7 @@ cdef inline bint _fetch_next(const RowJob* j, Py_ssize_t D, int n_inputs) noexce
     12.5 KiB: 0.80-0.92x). Above, the next row no longer fits the L1 cache beside this
     one: the GroupNorm backward in float32 (2 x 25 KiB) ran 1.25x slower with it. Float32
     and half, 1 and 2 threads, 2026-12-02 (an AVX-512 EPYC, 48 KiB L1d)."""
-    cdef Py_ssize_t size = 2 if j.kind else (4 if j.typenum == cnp.NPY_FLOAT else 8)
-    return PREFETCH_MIN_ROW <= n_inputs * D * size <= PREFETCH_MAX_ROW
+    return PREFETCH_MIN_ROW <= n_inputs * D * _storage_size(j) <= PREFETCH_MAX_ROW
 
 
 cdef inline double _row_stats(const floating* xr, Py_ssize_t D, bint center, double eps,
