@@ -61,34 +61,10 @@ def _cnorm_runtime_name():
 
 
 def _simd_builds():
-    """(available, picked) SIMD builds of the inner loops."""
-    for module_name in ("batch_norm", "row_norm"):
-        module = sys.modules.get(f"{__package__}._kernels.{module_name}")
-        info = getattr(module, "_simd_info", None)  # a kernel-side answer, when there is one
-        if callable(info):
-            return info()
-    machine = platform.machine().lower()
-    baseline = {"x86_64": "SSE2", "amd64": "SSE2", "aarch64": "NEON", "arm64": "NEON"}
-    available = [f"baseline ({baseline.get(machine, 'scalar')})"]
-    picked = available[0]
-    # the AVX2 twin is compiled on x86-64 by GCC/Clang (target attribute); picked at
-    # import when the CPU has AVX2, unless CNORM_SIMD=baseline
-    if machine in ("x86_64", "amd64") and BUILD.get("compiler_type", "unix") != "msvc":
-        available.append("avx2")
-        if _cpu_has("AVX2") and os.environ.get("CNORM_SIMD", "") != "baseline":
-            picked = "avx2"
-    return available, picked + " (inferred from the CPU and CNORM_SIMD)"
+    """(available, picked) SIMD builds of the inner loops: the kernels' own answer."""
+    from ._kernels import batch_norm
 
-
-def _cpu_has(feature):
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__  # type: ignore[import-not-found]
-    except ImportError:  # numpy 1.x
-        try:
-            from numpy.core._multiarray_umath import __cpu_features__  # type: ignore[import-not-found]
-        except ImportError:
-            return False
-    return bool(__cpu_features__.get(feature))
+    return batch_norm._simd_info()
 
 
 def _versions():

@@ -25,8 +25,22 @@ NEVER = 2**62
 
 
 def set_simd(module, on):
-    """Switch ``module`` to its AVX2 build (True) or the baseline one; returns what is active."""
+    """Switch ``module`` to the named SIMD build (a str: returns the name of the one in
+    use), or to its AVX2 build (True) or the baseline one (False: returns whether AVX2 is
+    active)."""
+    if isinstance(on, str):
+        return module._set_simd_build(on)
     return module._set_simd(on)
+
+
+def simd_builds(module):
+    """The SIMD builds of ``module`` that this CPU runs, most portable first."""
+    return module._simd_builds()
+
+
+def simd_build(module):
+    """The name of the SIMD build ``module`` uses now."""
+    return module._simd_build()
 
 
 def set_stream_min_bytes(module, n):

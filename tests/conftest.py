@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 import pytest
-from _internals import KERNEL_MODULES, NEVER, set_simd, set_stream_min_bytes
+from _internals import KERNEL_MODULES, NEVER, set_simd, set_stream_min_bytes, simd_build, simd_builds
 
 import cnorm
 
@@ -318,22 +318,19 @@ def restore_threads():
 
 @pytest.fixture
 def kernel_switches():
-    """Yields the available SIMD modes; restores the default SIMD build and the
-    non-temporal-store threshold of every kernel module afterwards."""
-    avx2 = all(set_simd(mod, True) for mod in KERNEL_MODULES)
-    default_avx2 = avx2 and os.environ.get("CNORM_SIMD", "") != "baseline"
-    old_stream = []
-    for mod in KERNEL_MODULES:
-        old = set_stream_min_bytes(mod, NEVER)
+    """Yields the vector SIMD builds (names) that every kernel module has and the CPU runs
+    (base, avx2, avx512: the scalar one is the tests' C99 twin elsewhere); restores each
+    module's build and non-temporal-store threshold afterwards."""
+    common = [b for b in simd_builds(KERNEL_MODULES[0]) if b != "scalar"]
+    common = [b for b in common if all(b in simd_builds(mod) for mod in KERNEL_MODULES)]
+    saved = [(simd_build(mod), set_stream_min_bytes(mod, NEVER)) for mod in KERNEL_MODULES]
+    for mod, (_, old) in zip(KERNEL_MODULES, saved):
         set_stream_min_bytes(mod, old)
-        old_stream.append(old)
-    for mod in KERNEL_MODULES:
-        set_simd(mod, default_avx2)
     try:
-        yield [False, True] if avx2 else [False]
+        yield common
     finally:
-        for mod, old in zip(KERNEL_MODULES, old_stream):
-            set_simd(mod, default_avx2)
+        for mod, (build, old) in zip(KERNEL_MODULES, saved):
+            set_simd(mod, build)
             set_stream_min_bytes(mod, old)
 
 

@@ -1,5 +1,5 @@
 """The SIMD builds of the kernels (scalar: portable C99 with the lanes as scalars; base:
-16-byte vectors; avx2: 32-byte vectors) give the same bits for every norm, forward and
+16-byte vectors; avx2: 32-byte vectors; avx512: 64-byte vectors) give the same bits for every norm, forward and
 backward, with and without non-temporal stores: they keep the lanes in the same order."""
 
 import numpy as np
@@ -62,7 +62,7 @@ except ImportError:  # pragma: no cover
     HALF = [np.float16]
 
 
-# float16 / bfloat16: the half conversions of every build too (F16C in avx2, scalar C99)
+# float16 / bfloat16: the half conversions of every build too (F16C in avx2 and avx512, scalar C99)
 @pytest.mark.parametrize(
     "dtype", [np.float32, np.float64, *HALF], ids=["f32", "f64", "f16", "bf16"][: 2 + len(HALF)]
 )

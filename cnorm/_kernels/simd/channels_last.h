@@ -22,6 +22,11 @@
 #define CN_CL_AVX2 0
 #define CN_CL_TARGET CN_TARGET
 #endif
+#if CN_VB == 64 && CN_CAN_STREAM
+#define CN_CL_AVX512 1
+#else
+#define CN_CL_AVX512 0
+#endif
 #if CN_GNU
 #define CN_CL_INLINE CN_CL_TARGET __attribute__((always_inline)) static CN_INLINE
 #else
@@ -114,6 +119,9 @@ CN_CL_INLINE void CN_FN(cl_std_v)(double* p, DV v) { memcpy(p, &v, sizeof v); }
 #if CN_CL_AVX2
 #define CN_CL_F2D(f) ((DV)_mm256_cvtps_pd((__m128)(f)))
 #define CN_CL_D2F(d) ((FV)_mm256_cvtpd_ps((__m256d)(d)))
+#elif CN_CL_AVX512
+#define CN_CL_F2D(f) ((DV)_mm512_cvtps_pd((__m256)(f)))
+#define CN_CL_D2F(d) ((FV)_mm512_cvtpd_ps((__m512d)(d)))
 #else
 #define CN_CL_F2D(f) __builtin_convertvector((f), DV)
 #define CN_CL_D2F(d) __builtin_convertvector((d), FV)
@@ -126,6 +134,8 @@ CN_CL_INLINE FM CN_FN(cl_narrow_mask)(DM m)
     const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
     const __m256i low = _mm256_permutevar8x32_epi32((__m256i)m, even);
     return (FM)_mm256_castsi256_si128(low);
+#elif CN_CL_AVX512
+    return (FM)_mm512_cvtepi64_epi32((__m512i)m);
 #else
     return __builtin_convertvector(m, FM);
 #endif
@@ -166,6 +176,12 @@ CN_CL_INLINE DV CN_FN(cl_ldx_v)(const ST* p, ptrdiff_t cs)
         memcpy(&bits, &h, sizeof h);
         return (DV)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(bits), 16)));
     }
+#elif CN_HALF == 2 && CN_CL_AVX512
+    {
+        __m128i bits;
+        memcpy(&bits, &h, sizeof h);
+        return (DV)_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16)));
+    }
 #elif CN_HALF == 2
     return CN_CL_F2D((FV)(__builtin_convertvector(h, UV) << 16));
 #elif CN_CL_AVX2
@@ -173,6 +189,12 @@ CN_CL_INLINE DV CN_FN(cl_ldx_v)(const ST* p, ptrdiff_t cs)
         __m128i bits = _mm_setzero_si128();
         memcpy(&bits, &h, sizeof h);
         return (DV)_mm256_cvtps_pd(_mm_cvtph_ps(bits));
+    }
+#elif CN_CL_AVX512
+    {
+        __m128i bits;
+        memcpy(&bits, &h, sizeof h);
+        return (DV)_mm512_cvtps_pd(_mm256_cvtph_ps(bits));
     }
 #else
     {
@@ -203,6 +225,9 @@ CN_CL_INLINE void CN_FN(cl_stx_v)(ST* p, ptrdiff_t cs, DV v)
 #if CN_CL_AVX2
         const __m128i packed = _mm_packus_epi32((__m128i)r, (__m128i)r);
         memcpy(&h, &packed, sizeof h);
+#elif CN_CL_AVX512
+        const __m128i packed = _mm256_cvtepi32_epi16((__m256i)r);
+        memcpy(&h, &packed, sizeof h);
 #else
         h = __builtin_convertvector(r, HV);
 #endif
@@ -210,6 +235,11 @@ CN_CL_INLINE void CN_FN(cl_stx_v)(ST* p, ptrdiff_t cs, DV v)
 #elif CN_CL_AVX2
     {
         const __m128i bits = _mm_cvtps_ph((__m128)f, _MM_FROUND_TO_NEAREST_INT);
+        memcpy(&h, &bits, sizeof h);
+    }
+#elif CN_CL_AVX512
+    {
+        const __m128i bits = _mm256_cvtps_ph((__m256)f, _MM_FROUND_TO_NEAREST_INT);
         memcpy(&h, &bits, sizeof h);
     }
 #else
@@ -450,6 +480,7 @@ CN_HLOOP void CN_FN(cl_grad)(ST* CN_RESTRICT dx, const ST* CN_RESTRICT dy,
 }
 
 #undef CN_CL_AVX2
+#undef CN_CL_AVX512
 #undef CN_CL_TARGET
 #undef CN_CL_INLINE
 #undef CN_HLOOP

@@ -43,6 +43,12 @@ CN_CL_INLINE F8 CN_FN(cl_ldf_v)(const ST* p, ptrdiff_t cs)
         memcpy(&bits, &h, sizeof bits);
         return (F8)_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16);
     }
+#elif CN_HALF == 2 && CN_CL_AVX512
+    {
+        __m256i bits;
+        memcpy(&bits, &h, sizeof bits);
+        return (F8)_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16);
+    }
 #elif CN_HALF == 2
     return (F8)(__builtin_convertvector(h, U8) << 16);
 #elif CN_CL_AVX2
@@ -51,9 +57,16 @@ CN_CL_INLINE F8 CN_FN(cl_ldf_v)(const ST* p, ptrdiff_t cs)
         memcpy(&bits, &h, sizeof bits);
         return (F8)_mm256_cvtph_ps(bits);
     }
+#elif CN_CL_AVX512
+    {
+        __m256i bits;
+        memcpy(&bits, &h, sizeof bits);
+        return (F8)_mm512_cvtph_ps(bits);
+    }
 #else
     {
         F8 v;
+        memset(&v, 0, sizeof v);
         for (j = 0; j < FW; j++) v[j] = cn_f16_to_f32(h[j]);
         return v;
     }
@@ -78,12 +91,18 @@ CN_CL_INLINE void CN_FN(cl_stf_v)(ST* p, F8 v)
 #if CN_CL_AVX2
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32((__m256i)r, (__m256i)r), 0x08);
     memcpy(p, &packed, sizeof(H8));
+#elif CN_CL_AVX512
+    const __m256i packed = _mm512_cvtepi32_epi16((__m512i)r);
+    memcpy(p, &packed, sizeof(H8));
 #else
     const H8 h = __builtin_convertvector(r, H8);
     memcpy(p, &h, sizeof h);
 #endif
 #elif CN_CL_AVX2
     const __m128i bits = _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT);
+    memcpy(p, &bits, sizeof bits);
+#elif CN_CL_AVX512
+    const __m256i bits = _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT);
     memcpy(p, &bits, sizeof bits);
 #else
     H8 h;
@@ -99,6 +118,8 @@ CN_CL_INLINE F8 CN_FN(cl_cvf_v)(const double* p)
     const FV a = CN_CL_D2F(CN_FN(cl_ldd_v)(p)), b = CN_CL_D2F(CN_FN(cl_ldd_v)(p + DW));
 #if CN_CL_AVX2
     return (F8)_mm256_set_m128((__m128)b, (__m128)a);
+#elif CN_CL_AVX512
+    return (F8)_mm512_insertf32x8(_mm512_castps256_ps512((__m256)a), (__m256)b, 1);
 #else
     F8 v;
     memcpy(&v, &a, sizeof a);
@@ -113,6 +134,9 @@ CN_CL_INLINE void CN_FN(cl_addf_v)(double* s, F8 v)
 #if CN_CL_AVX2
     a = (FV)_mm256_castps256_ps128((__m256)v);
     b = (FV)_mm256_extractf128_ps((__m256)v, 1);
+#elif CN_CL_AVX512
+    a = (FV)_mm512_castps512_ps256((__m512)v);
+    b = (FV)_mm512_extractf32x8_ps((__m512)v, 1);
 #else
     memcpy(&a, &v, sizeof a);
     memcpy(&b, (const char*)&v + sizeof a, sizeof b);

@@ -2,13 +2,13 @@
    compute type T of loops.h (see there). Included by loops.h only.
 
    Widening is exact; narrowing rounds to nearest even, once (from double through a
-   float rounded to odd: cn_f64_to_f32_odd). The avx2 build converts 8 lanes at a time
+   float rounded to odd: cn_f64_to_f32_odd). The avx2 and avx512 builds convert 8 lanes at a time
    (F16C vcvtph2ps / vcvtps2ph; bfloat16 by 16-bit shifts, rounded 16 at a time: cn_bf16x8_*,
    cn_bf16x16_*), the other builds element by
    element with the scalar helpers of simd.h; both give the same bits (tests check every
    float16 value and the rounding edges). */
 
-#if CN_VB == 32 && CN_CAN_STREAM && CN_T_BYTES == 4
+#if (CN_VB == 32 || CN_VB == 64) && CN_CAN_STREAM && CN_T_BYTES == 4   /* avx2, avx512 */
 #define CN_CVT_AVX2 1
 #define CN_CVT_TARGET __attribute__((target("avx2,f16c")))
 #else

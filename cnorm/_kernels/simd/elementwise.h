@@ -7,7 +7,9 @@
    straight to memory instead of being read in first (write-allocate), a third less
    memory traffic for a pass that is bound by it. */
 #if CN_STREAMS
-#if CN_VB == 32
+#if CN_VB == 64
+#define CN_STORE_NT(p, v) _mm512_stream_si512((__m512i*)(void*)(p), (__m512i)(v))
+#elif CN_VB == 32
 #define CN_STORE_NT(p, v) _mm256_stream_si256((__m256i*)(void*)(p), (__m256i)(v))
 #else
 #define CN_STORE_NT(p, v) _mm_stream_si128((__m128i*)(void*)(p), (__m128i)(v))

@@ -21,6 +21,13 @@
 #define CN_H_AVX2 0
 #define CN_H_TARGET CN_TARGET
 #endif
+/* the avx512 build: 16 lanes a step (vcvtph2ps / vcvtps2ph zmm; bfloat16 widened by
+   vpmovzxwd and a shift, narrowed by the rounding of the other builds and vpmovdw) */
+#if CN_VB == 64 && CN_CAN_STREAM
+#define CN_H_AVX512 1
+#else
+#define CN_H_AVX512 0
+#endif
 #if CN_VB == 16 && CN_GNU && defined(__aarch64__) && CN_HALF == 1
 #define CN_H_NEON 1
 #else
@@ -42,7 +49,7 @@
    row narrower than a vector (a channels-last BatchNorm of 4 channels is all tails). In
    the avx2 build float16 takes F16C's scalar forms, the same bits as the vector ones
    (and as the C99 helpers) in 1 instruction instead of ~20 with branches. */
-#if CN_H_AVX2 && CN_HALF == 1
+#if (CN_H_AVX2 || CN_H_AVX512) && CN_HALF == 1
 CN_HHELPER T CN_FN(wid)(X h) { return _cvtsh_ss(h); }
 CN_HHELPER X CN_FN(nar)(T v) { return (X)_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT); }
 #else
@@ -53,6 +60,14 @@ CN_HHELPER X CN_FN(nar)(T v) { return CN_HALF == 1 ? cn_f32_to_f16(v) : cn_f32_t
 #if CN_VEC
 typedef uint32_t CN_FN(bits) __attribute__((vector_size(CN_VB)));
 #define U CN_FN(bits)
+
+/* the bfloat16 bits of v's lanes (in the low halves), rounded to nearest even; a NaN
+   quieted, its sign and top payload kept (cn_f32_to_bf16) */
+CN_HHELPER U CN_FN(bf16_round)(V v)
+{
+    const U u = (U)v, nan = (U)((u & 0x7fffffffu) > 0x7f800000u);
+    return (((u + 0x7fffu + ((u >> 16) & 1u)) >> 16) & ~nan) | (((u >> 16) | 0x40u) & nan);
+}
 #endif
 
 /* W values at p, widened */
@@ -62,6 +77,10 @@ CN_HHELPER V CN_FN(ldx)(const X* p)
     return (V)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(const void*)p));
 #elif CN_H_AVX2
     return (V)cn_bf16x8_load(p);
+#elif CN_H_AVX512 && CN_HALF == 1
+    return (V)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(const void*)p));
+#elif CN_H_AVX512
+    return (V)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(const void*)p)), 16);
 #elif CN_H_NEON
     return (V)vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
 #elif CN_VEC && CN_HALF == 2
@@ -86,11 +105,14 @@ CN_HHELPER void CN_FN(stx)(X* p, V v)
     _mm_storeu_si128((__m128i*)(void*)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
 #elif CN_H_AVX2
     cn_bf16x8_store(p, (__m256)v);
+#elif CN_H_AVX512 && CN_HALF == 1
+    _mm256_storeu_si256((__m256i*)(void*)p, _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT));
+#elif CN_H_AVX512
+    _mm256_storeu_si256((__m256i*)(void*)p, _mm512_cvtepi32_epi16((__m512i)CN_FN(bf16_round)(v)));
 #elif CN_H_NEON
     vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32((float32x4_t)v)));
 #elif CN_VEC && CN_HALF == 2
-    const U u = (U)v, nan = (U)((u & 0x7fffffffu) > 0x7f800000u);
-    const U r = (((u + 0x7fffu + ((u >> 16) & 1u)) >> 16) & ~nan) | (((u >> 16) | 0x40u) & nan);
+    const U r = CN_FN(bf16_round)(v);
     ptrdiff_t j;
     for (j = 0; j < W; j++) p[j] = (X)r[j];
 #elif CN_VEC
@@ -181,10 +203,14 @@ CN_HHELPER void CN_FN(st2_nt)(X* p, __m256i bits) { _mm256_stream_si256((__m256i
 
 /* out[i] = the narrowed value of SCALAR (element by element) or VECTOR (CN_H_STEP at a
    time from the start, or from out's alignment when streamed: avx2) */
-#if CN_H_AVX2
+#if CN_H_AVX2 || CN_H_AVX512
 CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
 {
-#if CN_HALF == 1
+#if CN_H_AVX512 && CN_HALF == 1
+    _mm256_stream_si256((__m256i*)(void*)p, _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT));
+#elif CN_H_AVX512
+    _mm256_stream_si256((__m256i*)(void*)p, _mm512_cvtepi32_epi16((__m512i)CN_FN(bf16_round)(v)));
+#elif CN_HALF == 1
     _mm_stream_si128((__m128i*)(void*)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
 #else
     _mm_stream_si128((__m128i*)(void*)p, cn_bf16x8_round((__m256)v));
@@ -192,7 +218,8 @@ CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
 }
 #define CN_H_STREAM(PAIR, out, i, n, SCALAR, VECTOR)                                      \
     if (stream) {                                                                          \
-        for (; i < n && ((uintptr_t)((out) + i) % 16) != 0; i++) (out)[i] = CN_FN(nar)(SCALAR); \
+        for (; i < n && ((uintptr_t)((out) + i) % (2 * W)) != 0; i++)                      \
+            (out)[i] = CN_FN(nar)(SCALAR);     /* to the vector stores' alignment */      \
         if (CN_H_STEP > W && i <= n - W && ((uintptr_t)((out) + i) % 32) != 0) {           \
             CN_FN(stx_nt)((out) + i, VECTOR);  /* to the 32-byte stores' alignment */      \
             i += W;                                                                        \
@@ -253,6 +280,7 @@ CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
 #include "half_cols.h"
 
 #undef CN_H_AVX2
+#undef CN_H_AVX512
 #undef CN_H_TARGET
 #undef CN_H_NEON
 #undef CN_HLOOP

@@ -24,6 +24,7 @@ BUILDS = [
     ("scalar", 0, "1", None),
     ("base", 16, "CN_GNU", None),
     ("avx2", 32, "CN_HAVE_AVX2_BUILD", "avx2"),
+    ("avx512", 64, "CN_HAVE_AVX512_BUILD", "avx512f,avx512bw,avx512dq,avx512vl,avx2,f16c"),
 ]
 
 # (name, return type, parameters): the loops, in the order of loops.h (reduce.h, elementwise.h,

@@ -12,8 +12,9 @@
  *   scalar  plain C99, V = T: the bundle as 16 (8) scalar lanes; every compiler
  *   base    GNU vector extension, 16-byte vectors (SSE2 on x86-64, NEON on ARM)
  *   avx2    32-byte vectors, x86-64 GCC/Clang only (target attribute)
+ *   avx512  64-byte vectors (AVX-512 F/BW/DQ/VL), x86-64 GCC >= 7 / Clang >= 9
  * cn_simd_init() picks the best one the CPU runs at import (CNORM_SIMD=scalar|baseline|
- * avx2 overrides); the tests switch builds to check that they give the same bits.
+ * avx2|avx512 caps it); the tests switch builds to check that they give the same bits.
  * Define CNORM_PORTABLE_C to compile as a non-GNU compiler would (no extensions).
  */
 #ifndef CNORM_SIMD_H
@@ -53,6 +54,11 @@
 #define CN_HAVE_AVX2_BUILD 1
 #else
 #define CN_HAVE_AVX2_BUILD 0
+#endif
+#if CN_HAVE_AVX2_BUILD && (defined(__clang__) || __GNUC__ >= 7)
+#define CN_HAVE_AVX512_BUILD 1
+#else
+#define CN_HAVE_AVX512_BUILD 0
 #endif
 
 /* non-temporal stores: x86-64 with the vector extension (the base and avx2 builds) */
@@ -330,6 +336,14 @@ static int cn_simd_available(int build)
         __builtin_cpu_init();
         /* its half conversions use F16C (every AVX2 CPU has it; checked all the same) */
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    }
+#endif
+#if CN_HAVE_AVX512_BUILD
+    if (build == CN_BUILD_avx512) {
+        __builtin_cpu_init();    /* libgcc / compiler-rt also check that the OS saves zmm */
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("f16c");
     }
 #endif
     return 1;
