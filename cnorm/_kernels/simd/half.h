@@ -70,6 +70,38 @@ CN_HHELPER U CN_FN(bf16_round)(V v)
 }
 #endif
 
+#if CN_H_AVX512 && CN_HALF == 2
+/* bfloat16 in the avx512 build: one word permute each way (vpermw), where a zero-extend
+   and a shift, or a shift and vpmovdw, cost twice the uops. Widened: word j into the high
+   half of lane j. Narrowed: bf16_round's bits, kept in the high halves (the rounding add,
+   or a NaN's quiet bit ORed in), those 16 words picked. */
+CN_HHELPER V CN_FN(bf16_wid16)(const X* p)
+{
+    /* word 2j + 1 <- word j (the even words zeroed by the mask) */
+    const __m512i odd_from = _mm512_set_epi32(15 << 16, 14 << 16, 13 << 16, 12 << 16,
+                                              11 << 16, 10 << 16, 9 << 16, 8 << 16,
+                                              7 << 16, 6 << 16, 5 << 16, 4 << 16,
+                                              3 << 16, 2 << 16, 1 << 16, 0);
+    const __m512i h = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(const void*)p));
+    return (V)_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, odd_from, h);
+}
+
+CN_HHELPER __m256i CN_FN(bf16_nar16)(V v)
+{
+    /* word j <- word 2j + 1 (the upper 16 words: don't care) */
+    const __m512i high_words = _mm512_set_epi32(0x1f001d, 0x1b0019, 0x170015, 0x130011,
+                                                0xf000d, 0xb0009, 0x70005, 0x30001,
+                                                0x1f001d, 0x1b0019, 0x170015, 0x130011,
+                                                0xf000d, 0xb0009, 0x70005, 0x30001);
+    const __m512i u = _mm512_castps_si512((__m512)v);
+    const __mmask16 nan = _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
+    r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000));
+    return _mm512_castsi512_si256(_mm512_permutexvar_epi16(high_words, r));
+}
+#endif
+
 /* W values at p, widened */
 CN_HHELPER V CN_FN(ldx)(const X* p)
 {
@@ -80,7 +112,7 @@ CN_HHELPER V CN_FN(ldx)(const X* p)
 #elif CN_H_AVX512 && CN_HALF == 1
     return (V)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(const void*)p));
 #elif CN_H_AVX512
-    return (V)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(const void*)p)), 16);
+    return CN_FN(bf16_wid16)(p);
 #elif CN_H_NEON
     return (V)vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
 #elif CN_VEC && CN_HALF == 2
@@ -108,7 +140,7 @@ CN_HHELPER void CN_FN(stx)(X* p, V v)
 #elif CN_H_AVX512 && CN_HALF == 1
     _mm256_storeu_si256((__m256i*)(void*)p, _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT));
 #elif CN_H_AVX512
-    _mm256_storeu_si256((__m256i*)(void*)p, _mm512_cvtepi32_epi16((__m512i)CN_FN(bf16_round)(v)));
+    _mm256_storeu_si256((__m256i*)(void*)p, CN_FN(bf16_nar16)(v));
 #elif CN_H_NEON
     vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32((float32x4_t)v)));
 #elif CN_VEC && CN_HALF == 2
@@ -209,7 +241,7 @@ CN_HHELPER void CN_FN(stx_nt)(X* p, V v)
 #if CN_H_AVX512 && CN_HALF == 1
     _mm256_stream_si256((__m256i*)(void*)p, _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT));
 #elif CN_H_AVX512
-    _mm256_stream_si256((__m256i*)(void*)p, _mm512_cvtepi32_epi16((__m512i)CN_FN(bf16_round)(v)));
+    _mm256_stream_si256((__m256i*)(void*)p, CN_FN(bf16_nar16)(v));
 #elif CN_HALF == 1
     _mm_stream_si128((__m128i*)(void*)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
 #else
