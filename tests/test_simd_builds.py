@@ -95,3 +95,32 @@ def test_builds_listed_and_selectable(builds):
         for build in builds:
             assert mod._set_simd_build(build) == build
         assert mod._set_simd_build("no such build") == builds[-1]
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["f16", "bf16"][: len(HALF)])
+@pytest.mark.parametrize("shape", [(4, 8, 2048), (8192, 8)], ids=["runs", "cols"])
+def test_every_half_pattern_same_bits_in_every_build(builds, shape, dtype):
+    """All 65,536 bit patterns (NaNs, infinities, subnormals, rounding ties after the affine)
+    widened and narrowed by each build's conversions: the eval BatchNorm is elementwise, so
+    every output is one pattern's; compared as bits, the NaN payloads included."""
+    x = np.arange(1 << 16, dtype=np.uint16).view(dtype).reshape(shape)
+    C = shape[1]
+    rng = np.random.default_rng(16)
+    w, b = (rng.standard_normal(C) * 3).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    rm, rv = rng.standard_normal(C).astype(np.float32), (rng.random(C) + 0.1).astype(np.float32)
+    ref = None
+    for build in builds:
+        for stream_min in (0, NEVER):
+            for mod in MODULES:
+                mod._set_simd_build(build)
+                mod._set_stream_min_bytes(stream_min)
+            y = F.native_batch_norm(x, w, b, rm.copy(), rv.copy(), False, 0.1, 1e-5)[0]
+            bits = np.asarray(y).view(np.uint16)
+            if ref is None:
+                ref = bits.copy()
+                continue
+            diff = np.flatnonzero(bits != ref)
+            assert diff.size == 0, (
+                f"build {build}, stream_min_bytes {stream_min}: {diff.size} outputs differ, "
+                f"first at input pattern {diff[0]:#06x}"
+            )
