@@ -64,7 +64,7 @@ def _simd_builds():
     """(available, picked) SIMD builds of the inner loops: the kernels' own answer."""
     from ._kernels import batch_norm
 
-    return batch_norm._simd_info()
+    return list(batch_norm._simd_builds()), batch_norm._simd_build()
 
 
 def _versions():

@@ -24,13 +24,9 @@ def pool_kept_bytes():
 NEVER = 2**62
 
 
-def set_simd(module, on):
-    """Switch ``module`` to the named SIMD build (a str: returns the name of the one in
-    use), or to its AVX2 build (True) or the baseline one (False: returns whether AVX2 is
-    active)."""
-    if isinstance(on, str):
-        return module._set_simd_build(on)
-    return module._set_simd(on)
+def set_simd(module, build):
+    """Switch ``module`` to the named SIMD build; returns the name of the one in use."""
+    return module._set_simd_build(build)
 
 
 def simd_builds(module):

@@ -14,11 +14,6 @@ def _simd_builds():
     return tuple(cn_build_names[b].decode() for b in range(CN_N_BUILDS) if cn_simd_available(b))
 
 
-def _simd_info():
-    """(the builds the CPU runs, the one in use): cnorm.show_config's answer."""
-    return list(_simd_builds()), _simd_build()
-
-
 def _simd_build():
     """The name of the SIMD build in use."""
     return cn_build_names[cn_build_in_use].decode()

@@ -12,7 +12,7 @@
  *   scalar  plain C99, V = T: the bundle as 16 (8) scalar lanes; every compiler
  *   base    GNU vector extension, 16-byte vectors (SSE2 on x86-64, NEON on ARM)
  *   avx2    32-byte vectors, x86-64 GCC/Clang only (target attribute)
- *   avx512  64-byte vectors (AVX-512 F/BW/DQ/VL), x86-64 GCC >= 7 / Clang >= 9
+ *   avx512  64-byte vectors (AVX-512 F/BW/DQ/VL), x86-64 GCC >= 7 / Clang
  * cn_simd_init() picks the best one the CPU runs at import (CNORM_SIMD=scalar|baseline|
  * avx2|avx512 caps it); the tests switch builds to check that they give the same bits.
  * Define CNORM_PORTABLE_C to compile as a non-GNU compiler would (no extensions).
@@ -61,7 +61,7 @@
 #define CN_HAVE_AVX512_BUILD 0
 #endif
 
-/* non-temporal stores: x86-64 with the vector extension (the base and avx2 builds) */
+/* non-temporal stores: x86-64 with the vector extension (the base, avx2 and avx512 builds) */
 #if CN_GNU && (defined(__SSE2__) || defined(__x86_64__))
 #include <immintrin.h>
 #define CN_CAN_STREAM 1
