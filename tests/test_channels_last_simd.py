@@ -409,3 +409,41 @@ def test_float32_forward_falls_back_to_float64_arithmetic(case):
             else:  # float32 sums of 64 rows: well below a float32 ulp of the std
                 assert np.allclose(mean[n], mm, rtol=0, atol=1e-7 * np.sqrt(vv).max())
                 assert np.allclose(var[n], vv, rtol=1e-6, atol=0)
+
+
+# outputs of 256 KiB and more come from the output pool, 64-byte aligned: rows of 32 and 64
+# channels stream (the avx2 and avx512 builds), rows of 20 (80 bytes: not whole cache
+# lines) never
+STREAM_SHAPES = [(2, 8, 4, 1100), (3, 4, 16, 400), (3, 2, 10, 1200), (1, 32, 2, 1100)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dims", STREAM_SHAPES)
+def test_streamed_outputs_give_the_same_bits(build, dims, threads):
+    """The float32 loops write y and dx by non-temporal stores when the output is large
+    (cn_stream_min_bytes) and its rows are aligned to cache lines: the same bits as the
+    plain stores, in every build, and the same as the twin."""
+    rng = np.random.default_rng(sum(dims))
+    N, G, Cg, S = dims
+    C = G * Cg
+    x = (rng.standard_normal((N, S, C)) * 3 + 10).astype(np.float32).ravel()
+    dy = rng.standard_normal((N, S, C)).astype(np.float32).ravel()
+    w = rng.standard_normal(C).astype(np.float32)
+    old, saved = cnorm.get_num_threads(), K._set_stream_min_bytes(1 << 62)
+    cnorm.set_num_threads(threads)
+    try:
+        got = {}
+        for stream_min in (1 << 62, 0):
+            K._set_stream_min_bytes(stream_min)
+            fwd = K.group_norm_forward(x, dims, w, w, EPS, True)
+            bwd = K.group_norm_backward(dy, x, dims, fwd[1], fwd[2], w, True)
+            got[stream_min] = [a.tobytes() for a in (*fwd, *bwd)]
+        assert got[0] == got[1 << 62]
+        x3 = x.reshape(N, S, C)
+        want_y = _twin_forward32(x3, dims, w, w)[0]
+        assert np.frombuffer(got[0][0], np.float32).tobytes() == want_y.tobytes()
+        want_dx = _twin_backward32(dy.reshape(N, S, C), x3, dims, fwd[1], fwd[2], w)[0]
+        assert got[0][4] == want_dx.astype(np.float32).tobytes()
+    finally:
+        cnorm.set_num_threads(old)
+        K._set_stream_min_bytes(saved)

@@ -70,19 +70,24 @@ from .simd.loops cimport floating
 
 # the loops of simd/channels_last.h; x, y, dy, dx at an element offset (half: uint16 bits)
 from .simd.loops cimport (cl_affine, cl_affine_half, cl_devs, cl_devs_half, cl_grad,
-                          cl_grad_half, cl_grad_sums, cl_grad_sums_half, cl_sums, cl_sums_half)
+                          cl_grad_half, cl_grad_sums, cl_grad_sums_half, cl_sums, cl_sums_half,
+                          cn_stream_fence)
 
 include "simd_control.pxi"
 
-# the loops' flag (with the layout bit of first): float64 arithmetic for float32 storage
+# the loops' flags (with the layout bit of first): float64 arithmetic for float32
+# storage; y / dx of the float32 loops by non-temporal stores (a large output: it then
+# goes to memory without being read in first)
 cdef enum:
     CL_WIDE = 2
+    CL_STREAM = 4
 
 
 cdef struct Job:            # one call; x: C-contiguous (N, S, C) of the input dtype
     Py_ssize_t N, G, Cg, S, C
     Py_ssize_t blocks       # group blocks per sample (items = N * blocks)
     int kind                # 0: the dtype's own storage; 1 float16, 2 bfloat16 bits
+    int stream              # CL_STREAM or 0: the output by non-temporal stores
     double eps
     Py_ssize_t out_s, out_c     # element strides of y / dx: (C, 1) last, (1, S) first
     Py_ssize_t dy_s, dy_c       # of grad_output
@@ -235,7 +240,9 @@ cdef void _forward(const floating* x, void* job, int t, int n_threads) noexcept 
         if not wide:
             wide = _narrow_affine(acc, scale, mu, acc2, c0, c1, Cg)
         _affine(out, y + c0 * oc, x, y + c0, C, S, mu + c0, scale + c0, acc + c0, c1 - c0,
-                (oc != 1) | wide, kind)
+                (oc != 1) | wide | j.stream, kind)
+    if j.stream:        # once per thread, after all its streamed stores
+        cn_stream_fence()
 
 
 cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept nogil:
@@ -293,7 +300,9 @@ cdef void _backward(const floating* x, void* job, int t, int n_threads) noexcept
             wide = _narrow_coefficients(sdy, sdx, alpha, mu, c0, c1)
         # pass 2: dx = alpha * dy + beta * (x - mean) + gamma
         _grad(dx, dys, dy + c0 * dc, x, dy + c0, C, S, alpha + c0, sdx + c0, sdy + c0,
-              mu + c0, c1 - c0, layout | wide, kind)
+              mu + c0, c1 - c0, layout | wide | j.stream, kind)
+    if j.stream:
+        cn_stream_fence()
 
 
 # The float32 loops of float32 storage (simd/channels_last.h) take x - mean as x - hi,
@@ -426,6 +435,9 @@ cdef int _job(Job* j, object x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
                 "input")
     j.kind = kind
     j.N, j.G, j.Cg, j.S, j.C = N, G, Cg, S, G * Cg
+    # the float32 loops stream an output of cn_stream_min_bytes or more (as batch_norm.pyx)
+    j.stream = (CL_STREAM if kind == 0 and cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT
+                and N * G * Cg * S * 4 >= cn_stream_min_bytes else 0)
     cdef int n_threads = n_threads_for(N * G * Cg * S)
     # fewer samples than threads: cut each sample's groups into blocks too
     j.blocks = 1 if N >= n_threads else min(G, (n_threads + N - 1) // N)
@@ -463,6 +475,8 @@ def group_norm_forward(cnp.ndarray x not None, tuple dims, weight, bias, double 
         y = empty_1d(N * S * j.C, cnp.NPY_UINT16 if kind else typenum)
         j.eps = eps
         _strides(&j.out_s, &j.out_c, out_last, S, j.C)
+        if not out_last:    # the channels-first stores go through a tile, never streamed
+            j.stream = 0
         j.out = cnp.PyArray_DATA(<cnp.ndarray>y)
         j.weight = data_or_null(weight)
         j.bias = data_or_null(bias)

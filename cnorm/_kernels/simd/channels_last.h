@@ -298,6 +298,7 @@ CN_CL_INLINE void CN_FN(cl_stx_v)(ST* p, ptrdiff_t cs, DV v)
  * lo = mean - hi is left to the caller (channels_last.pyx), as are the checks that send a
  * sample whose float32 sums or coefficients over- or underflow to the wide loops. */
 #define CN_CL_WIDE 2
+#define CN_CL_STREAM 4  /* the float32 loops' y / dx by non-temporal stores, where aligned */
 #include "channels_last_f32.h"  /* cl_sums_f32, cl_devs_f32, cl_affine_f32, cl_grad_sums_f32, cl_grad_f32 */
 
 /* ---- pass 1 of the forward: s[c] += sum over the rows of x[r, c] --------------------- */
@@ -413,7 +414,7 @@ CN_HLOOP void CN_FN(cl_affine)(ST* CN_RESTRICT y, const ST* CN_RESTRICT x, ptrdi
         if (first & 1)
             CN_FN(cl_affine_first_f32)(y, x, ld, nrows, mean, scale, beta, n);
         else
-            CN_FN(cl_affine_f32)(y, x, ld, nrows, mean, scale, beta, n);
+            CN_FN(cl_affine_f32)(y, x, ld, nrows, mean, scale, beta, n, first & CN_CL_STREAM);
         return;
     }
 #endif
@@ -471,7 +472,8 @@ CN_HLOOP void CN_FN(cl_grad)(ST* CN_RESTRICT dx, const ST* CN_RESTRICT dy,
 {
 #if !CN_HALF && CN_T_BYTES == 4
     if (!(first & CN_CL_WIDE)) {
-        CN_FN(cl_grad_f32)(dx, dy, x, ld, nrows, alpha, beta, gamma, mean, n, first);
+        CN_FN(cl_grad_f32)(dx, dy, x, ld, nrows, alpha, beta, gamma, mean, n, first,
+                           first & CN_CL_STREAM);
         return;
     }
 #endif
@@ -519,3 +521,4 @@ CN_HLOOP void CN_FN(cl_grad)(ST* CN_RESTRICT dx, const ST* CN_RESTRICT dy,
 #undef cl_ldx_v
 #undef cl_stx_v
 #undef CN_CL_WIDE
+#undef CN_CL_STREAM

@@ -187,17 +187,86 @@ CN_CL_INLINE void CN_FN(cl_addf_1)(double* s, float v) { *s += (double)v; }
         for (; c + FW <= n; c += FW) BODY(1, v, F8, FW)                                    \
         for (; c < n; c++) BODY(1, 1, float, 1)                                            \
     } while (0)
-#define CN_CL_F32_LAYOUTS(BODY, KB)                                                        \
+#define CN_CL_F32_DY(w, WW, r, k) LDF(w, dy + (r) * os + (c + (k) * WW) * oc, oc)
+
+#if CN_VEC
+/* FW floats of a float32 array (the partial sums, the coefficients of a tile) */
+CN_CL_INLINE F8 CN_FN(cl_ldp_v)(const float* p)
+{
+    F8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+CN_CL_INLINE void CN_FN(cl_stp_v)(float* p, F8 v) { memcpy(p, &v, sizeof v); }
+#else
+#define cl_ldp_v cl_ldp_1
+#define cl_stp_v cl_stp_1
+#endif
+/* non-temporal stores of whole vectors (float32 storage, y or dx aligned to CN_VB: the
+   loops check), plain ones for the channels past the last whole vector */
+#if CN_VEC && CN_STREAMS && !CN_HALF && CN_VB >= 32
+#define CN_CL_F32_NT 1
+/* vectors per channel block of the streamed loops: whole cache lines (192 or 64 bytes), so
+   each line's write-combining buffer fills at once (a block of 1.5 lines left half lines
+   for 16 rows: avx2 ran 1.5x slower than with plain stores) */
+#define CN_CL_F32_NT_KB (CN_VB == 64 ? 3 : 64 / CN_VB)
+CN_CL_INLINE void CN_FN(cl_stnt_v)(ST* p, F8 v) { CN_STORE_NT(p, v); }
+#else
+#define CN_CL_F32_NT 0
+#define CN_CL_F32_NT_KB 1
+#define cl_stnt_v cl_stf_v
+#endif
+#define cl_stnt_1 cl_stf_1
+CN_CL_INLINE float CN_FN(cl_ldp_1)(const float* p) { return *p; }
+CN_CL_INLINE void CN_FN(cl_stp_1)(float* p, float v) { *p = v; }
+#define LDP(w, p) CN_FN(cl_ldp_##w)(p)
+#define STP(w, p, v) CN_FN(cl_stp_##w)(p, v)
+
+/* The passes walk the rows in tiles of CN_CL_F32_TR rows by CN_CL_F32_TC channels, the
+   channel blocks of a tile in turn, so the input is read in address order (a 16 KiB window
+   at a time), not in one sweep of stride ld per channel block: those sweeps over a whole
+   sample read each row's lines out of order, four to six times over (GroupNorm(32, 256)
+   channels_last (32, 256, 28, 28): pass 1 ran at a third of the copy bandwidth). A
+   reduction carries each channel's float32 sum of its CN_CL_F32_ROWS-row block in a
+   partial array between tiles: the same chain of additions per channel as one sweep, the
+   same bits. TILE: once per tile's channels [cb, ce) (coefficients as floats), ZERO and
+   FLUSH: before and after each row block. */
+#define CN_CL_F32_TR ((ptrdiff_t)16)
+#define CN_CL_F32_TC ((ptrdiff_t)256)
+#define CN_CL_F32_TILES(BODY, KB, TILE, ZERO, FLUSH)                                       \
     do {                                                                                   \
-        if (first & 1) {                                                                   \
-            const ptrdiff_t os = 1, oc = nrows;                                            \
-            CN_CL_F32_BLOCKS(BODY, KB);                                                    \
-        } else {                                                                           \
-            const ptrdiff_t os = ld, oc = 1;                                               \
-            CN_CL_F32_BLOCKS(BODY, KB);                                                    \
+        ptrdiff_t cb, r0, t0, c;                                                           \
+        for (cb = 0; cb < n; cb += CN_CL_F32_TC) {                                         \
+            const ptrdiff_t ce = n - cb < CN_CL_F32_TC ? n : cb + CN_CL_F32_TC;            \
+            TILE;                                                                          \
+            for (r0 = 0; r0 < nrows; r0 += CN_CL_F32_ROWS) {                               \
+                const ptrdiff_t r1 = nrows - r0 < CN_CL_F32_ROWS ? nrows : r0 + CN_CL_F32_ROWS; \
+                ZERO;                                                                      \
+                for (t0 = r0; t0 < r1; t0 += CN_CL_F32_TR) {                               \
+                    const ptrdiff_t t1 = r1 - t0 < CN_CL_F32_TR ? r1 : t0 + CN_CL_F32_TR;  \
+                    for (c = cb; c + KB * FW <= ce; c += KB * FW) BODY(KB, v, F8, FW)      \
+                    for (; c + FW <= ce; c += FW) BODY(1, v, F8, FW)                       \
+                    for (; c < ce; c++) BODY(1, 1, float, 1)                               \
+                }                                                                          \
+                FLUSH;                                                                     \
+            }                                                                              \
         }                                                                                  \
     } while (0)
-#define CN_CL_F32_DY(w, WW, r, k) LDF(w, dy + (r) * os + (c + (k) * WW) * oc, oc)
+/* the partial sums p of the tile's channels: zeroed, added to the float64 sums s */
+#define CN_CL_F32_ZERO(p) memset((p), 0, (size_t)(ce - cb) * sizeof(float))
+#define CN_CL_F32_FLUSH(s, p)                                                              \
+    do {                                                                                   \
+        ptrdiff_t j = cb;                                                                  \
+        for (; j + FW <= ce; j += FW) CN_FN(cl_addf_v)((s) + j, LDP(v, (p) + j - cb));     \
+        for (; j < ce; j++) CN_FN(cl_addf_1)((s) + j, (p)[j - cb]);                        \
+    } while (0)
+/* the floats of the tile's coefficients: f[c - cb] = (float)(sign * d[c]) */
+#define CN_CL_F32_COEFS(f, d, sign)                                                        \
+    do {                                                                                   \
+        ptrdiff_t j;                                                                       \
+        for (j = cb; j < ce; j++) (f)[j - cb] = sign((float)(d)[j]);                       \
+    } while (0)
+#define CN_CL_F32_NOTHING ((void)0)
 
 /* ---- the forward's statistics (cl_sums, cl_devs without CN_CL_WIDE): float32 sums of
    CN_CL_F32_ROWS rows per channel, each block's sums then added to the float64 ones */
@@ -205,42 +274,41 @@ CN_CL_INLINE void CN_FN(cl_addf_1)(double* s, float v) { *s += (double)v; }
 /* pass 1: s[c] += sum of x[r, c] */
 #define CN_CL_F32_XSUMS(KB, w, VT, WW)                                                     \
     {                                                                                      \
-        ptrdiff_t k, r, r0;                                                                \
+        ptrdiff_t k, r;                                                                    \
         VT a[KB];                                                                          \
-        for (r0 = 0; r0 < nrows; r0 += CN_CL_F32_ROWS) {                                   \
-            const ptrdiff_t r1 = nrows - r0 < CN_CL_F32_ROWS ? nrows : r0 + CN_CL_F32_ROWS; \
-            for (k = 0; k < KB; k++) a[k] = CN_FN(cl_zf_##w)();                            \
-            for (r = r0; r < r1; r++)                                                      \
-                for (k = 0; k < KB; k++) a[k] += LDF(w, x + r * ld + c + k * WW, 1);       \
-            for (k = 0; k < KB; k++) CN_FN(cl_addf_##w)(s + c + k * WW, a[k]);             \
-        }                                                                                  \
+        for (k = 0; k < KB; k++) a[k] = LDP(w, p1 + c - cb + k * WW);                      \
+        for (r = t0; r < t1; r++)                                                          \
+            for (k = 0; k < KB; k++) a[k] += LDF(w, x + r * ld + c + k * WW, 1);           \
+        for (k = 0; k < KB; k++) STP(w, p1 + c - cb + k * WW, a[k]);                       \
     }
 
 CN_CL_F32_LOOP void CN_FN(cl_sums_f32)(double* CN_RESTRICT s, const ST* CN_RESTRICT x,
                                        ptrdiff_t ld, ptrdiff_t nrows, ptrdiff_t n)
 {
-    CN_CL_F32_BLOCKS(CN_CL_F32_XSUMS, 4);
+    float p1[CN_CL_F32_TC];
+    CN_CL_F32_TILES(CN_CL_F32_XSUMS, 4, CN_CL_F32_NOTHING, CN_CL_F32_ZERO(p1),
+                    CN_CL_F32_FLUSH(s, p1));
 }
 
 /* pass 2: d = x - hi[c] (hi = (float)shift[c], x + (-hi)); s1[c] += d, s2[c] += d * d */
 #define CN_CL_F32_DEVS(KB, w, VT, WW)                                                      \
     {                                                                                      \
-        ptrdiff_t k, r, r0;                                                                \
+        ptrdiff_t k, r;                                                                    \
         VT nh[KB], a1[KB], a2[KB];                                                         \
-        for (k = 0; k < KB; k++) nh[k] = -CVF(w, shift + c + k * WW);                      \
-        for (r0 = 0; r0 < nrows; r0 += CN_CL_F32_ROWS) {                                   \
-            const ptrdiff_t r1 = nrows - r0 < CN_CL_F32_ROWS ? nrows : r0 + CN_CL_F32_ROWS; \
-            for (k = 0; k < KB; k++) a1[k] = a2[k] = CN_FN(cl_zf_##w)();                   \
-            for (r = r0; r < r1; r++)                                                      \
-                for (k = 0; k < KB; k++) {                                                 \
-                    const VT d = LDF(w, x + r * ld + c + k * WW, 1) + nh[k];               \
-                    a1[k] += d;                                                            \
-                    a2[k] += d * d;                                                        \
-                }                                                                          \
+        for (k = 0; k < KB; k++) {                                                         \
+            nh[k] = LDP(w, fnh + c - cb + k * WW);                                         \
+            a1[k] = LDP(w, p1 + c - cb + k * WW);                                          \
+            a2[k] = LDP(w, p2 + c - cb + k * WW);                                          \
+        }                                                                                  \
+        for (r = t0; r < t1; r++)                                                          \
             for (k = 0; k < KB; k++) {                                                     \
-                CN_FN(cl_addf_##w)(s1 + c + k * WW, a1[k]);                                \
-                CN_FN(cl_addf_##w)(s2 + c + k * WW, a2[k]);                                \
+                const VT d = LDF(w, x + r * ld + c + k * WW, 1) + nh[k];                   \
+                a1[k] += d;                                                                \
+                a2[k] += d * d;                                                            \
             }                                                                              \
+        for (k = 0; k < KB; k++) {                                                         \
+            STP(w, p1 + c - cb + k * WW, a1[k]);                                           \
+            STP(w, p2 + c - cb + k * WW, a2[k]);                                           \
         }                                                                                  \
     }
 
@@ -248,41 +316,79 @@ CN_CL_F32_LOOP void CN_FN(cl_devs_f32)(double* CN_RESTRICT s1, double* CN_RESTRI
                                        const ST* CN_RESTRICT x, ptrdiff_t ld,
                                        ptrdiff_t nrows, const double* shift, ptrdiff_t n)
 {
-    CN_CL_F32_BLOCKS(CN_CL_F32_DEVS, 4);
+    float p1[CN_CL_F32_TC], p2[CN_CL_F32_TC], fnh[CN_CL_F32_TC];
+    CN_CL_F32_TILES(CN_CL_F32_DEVS, 4, CN_CL_F32_COEFS(fnh, shift, -),
+                    CN_CL_F32_ZERO(p1); CN_CL_F32_ZERO(p2),
+                    CN_CL_F32_FLUSH(s1, p1); CN_CL_F32_FLUSH(s2, p2));
 }
 
 /* pass 3 (cl_affine, y channels-last): y = (x - hi[c]) * scale[c] + beta[c], every factor
    as a float (the caller folds lo = mean - hi into beta); KB (1 to 3) vectors, their
    coefficients named, as in cl_grad_f32 */
-#define CN_CL_F32_YAT(w, dst, xp, nh, sc, be)                                              \
-    CN_FN(cl_stf_##w)(dst, (LDF(w, xp, 1) + (nh)) * (sc) + (be))
-#define CN_CL_F32_Y(w, i, nh, sc, be) CN_CL_F32_YAT(w, y + (i), x + (i), nh, sc, be)
-/* the coefficients of KB (1 to 3) vectors of channels from c: nh = -hi, sc, be */
-#define CN_CL_F32_AFFINE_COEFS(KB, w, VT, WW)                                              \
-        const VT nh0 = -CVF(w, mean + c), sc0 = CVF(w, scale + c), be0 = CVF(w, beta + c); \
-        const VT nh1 = KB > 1 ? -CVF(w, mean + c + WW) : nh0;                              \
-        const VT sc1 = KB > 1 ? CVF(w, scale + c + WW) : sc0;                              \
-        const VT be1 = KB > 1 ? CVF(w, beta + c + WW) : be0;                               \
-        const VT nh2 = KB > 2 ? -CVF(w, mean + c + 2 * WW) : nh0;                          \
-        const VT sc2 = KB > 2 ? CVF(w, scale + c + 2 * WW) : sc0;                          \
-        const VT be2 = KB > 2 ? CVF(w, beta + c + 2 * WW) : be0
+#define CN_CL_F32_YST(w, S, dst, xp, nh, sc, be)                                           \
+    CN_FN(S##_##w)(dst, (LDF(w, xp, 1) + (nh)) * (sc) + (be))
+#define CN_CL_F32_YAT(w, dst, xp, nh, sc, be) CN_CL_F32_YST(w, cl_stf, dst, xp, nh, sc, be)
+#define CN_CL_F32_Y(w, S, i, nh, sc, be) CN_CL_F32_YST(w, S, y + (i), x + (i), nh, sc, be)
+/* the coefficients of KB (1 to 3) vectors of channels from c: nh = -hi, sc, be (F: the
+   float of a coefficient from its name and offset) */
+#define CN_CL_F32_AFFINE_COEFS(KB, w, VT, WW, F)                                           \
+        const VT nh0 = F(w, nh, 0), sc0 = F(w, sc, 0), be0 = F(w, be, 0);                  \
+        const VT nh1 = KB > 1 ? F(w, nh, WW) : nh0;                                        \
+        const VT sc1 = KB > 1 ? F(w, sc, WW) : sc0;                                        \
+        const VT be1 = KB > 1 ? F(w, be, WW) : be0;                                        \
+        const VT nh2 = KB > 2 ? F(w, nh, 2 * WW) : nh0;                                    \
+        const VT sc2 = KB > 2 ? F(w, sc, 2 * WW) : sc0;                                    \
+        const VT be2 = KB > 2 ? F(w, be, 2 * WW) : be0
+/* a coefficient from the tile's floats (f##name), or converted from the doubles */
+#define CN_CL_F32_TILED(w, name, o) LDP(w, f##name + c - cb + (o))
+#define CN_CL_F32_CVF_nh(w, o) (-CVF(w, mean + c + (o)))
+#define CN_CL_F32_CVF_sc(w, o) CVF(w, scale + c + (o))
+#define CN_CL_F32_CVF_be(w, o) CVF(w, beta + c + (o))
+#define CN_CL_F32_CONVERTED(w, name, o) CN_CL_F32_CVF_##name(w, o)
 #define CN_CL_F32_AFFINE(KB, w, VT, WW)                                                    \
     {                                                                                      \
+        CN_CL_F32_AFFINE_ROWS(KB, w, VT, WW, cl_stf)                                       \
+    }
+#define CN_CL_F32_AFFINE_NT(KB, w, VT, WW)                                                 \
+    {                                                                                      \
+        CN_CL_F32_AFFINE_ROWS(KB, w, VT, WW, cl_stnt)                                      \
+    }
+#define CN_CL_F32_AFFINE_ROWS(KB, w, VT, WW, STORE)                                        \
+    {                                                                                      \
         ptrdiff_t r;                                                                       \
-        CN_CL_F32_AFFINE_COEFS(KB, w, VT, WW);                                             \
-        for (r = 0; r < nrows; r++) {                                                      \
+        CN_CL_F32_AFFINE_COEFS(KB, w, VT, WW, CN_CL_F32_TILED);                            \
+        for (r = t0; r < t1; r++) {                                                        \
             const ptrdiff_t i = r * ld + c;                                                \
-            CN_CL_F32_Y(w, i, nh0, sc0, be0);                                              \
-            if (KB > 1) CN_CL_F32_Y(w, i + WW, nh1, sc1, be1);                             \
-            if (KB > 2) CN_CL_F32_Y(w, i + 2 * WW, nh2, sc2, be2);                         \
+            CN_CL_F32_Y(w, STORE, i, nh0, sc0, be0);                                       \
+            if (KB > 1) CN_CL_F32_Y(w, STORE, i + WW, nh1, sc1, be1);                      \
+            if (KB > 2) CN_CL_F32_Y(w, STORE, i + 2 * WW, nh2, sc2, be2);                  \
         }                                                                                  \
     }
 
+/* stream: non-temporal stores when y and its rows are aligned to cache lines */
+#if CN_CL_F32_NT
+#define CN_CL_F32_CAN_STREAM(p)                                                            \
+    (stream && (uintptr_t)(p) % 64 == 0 && ((size_t)ld * sizeof(ST)) % 64 == 0)
+#else
+#define CN_CL_F32_CAN_STREAM(p) ((void)stream, 0)
+#endif
+
 CN_CL_F32_LOOP void CN_FN(cl_affine_f32)(ST* CN_RESTRICT y, const ST* CN_RESTRICT x,
                                          ptrdiff_t ld, ptrdiff_t nrows, const double* mean,
-                                         const double* scale, const double* beta, ptrdiff_t n)
+                                         const double* scale, const double* beta, ptrdiff_t n,
+                                         int stream)
 {
-    CN_CL_F32_BLOCKS(CN_CL_F32_AFFINE, 3);
+    float fnh[CN_CL_F32_TC], fsc[CN_CL_F32_TC], fbe[CN_CL_F32_TC];
+#define CN_CL_F32_AFFINE_TILES(BODY, KB)                                                   \
+    CN_CL_F32_TILES(BODY, KB,                                                              \
+                    CN_CL_F32_COEFS(fnh, mean, -); CN_CL_F32_COEFS(fsc, scale, );          \
+                    CN_CL_F32_COEFS(fbe, beta, ),                                          \
+                    CN_CL_F32_NOTHING, CN_CL_F32_NOTHING)
+    if (CN_CL_F32_CAN_STREAM(y))
+        CN_CL_F32_AFFINE_TILES(CN_CL_F32_AFFINE_NT, CN_CL_F32_NT_KB);
+    else
+        CN_CL_F32_AFFINE_TILES(CN_CL_F32_AFFINE, 3);
+#undef CN_CL_F32_AFFINE_TILES
 }
 
 /* the same, y channels-first (element (r, c) at y[c * nrows + r]): CN_CL_F32_TILE rows of
@@ -293,7 +399,7 @@ CN_CL_F32_LOOP void CN_FN(cl_affine_f32)(ST* CN_RESTRICT y, const ST* CN_RESTRIC
     {                                                                                      \
         ptrdiff_t r, r0, j;                                                                \
         ST tile[CN_CL_F32_TILE][KB * WW];                                                  \
-        CN_CL_F32_AFFINE_COEFS(KB, w, VT, WW);                                             \
+        CN_CL_F32_AFFINE_COEFS(KB, w, VT, WW, CN_CL_F32_CONVERTED);                        \
         for (r0 = 0; r0 < nrows; r0 += CN_CL_F32_TILE) {                                   \
             const ptrdiff_t nr = nrows - r0 < CN_CL_F32_TILE ? nrows - r0 : CN_CL_F32_TILE; \
             for (r = 0; r < nr; r++) {                                                     \
@@ -319,22 +425,22 @@ CN_CL_F32_LOOP void CN_FN(cl_affine_first_f32)(ST* CN_RESTRICT y, const ST* CN_R
 /* s_dy[c] += sum of dy, s_dyd[c] += sum of dy * (x - hi[c]), blocks of CN_CL_F32_ROWS */
 #define CN_CL_F32_SUMS(KB, w, VT, WW)                                                      \
     {                                                                                      \
-        ptrdiff_t k, r, r0;                                                                \
+        ptrdiff_t k, r;                                                                    \
         VT nh[KB], a1[KB], a2[KB];                                                         \
-        for (k = 0; k < KB; k++) nh[k] = -CVF(w, mean + c + k * WW);                       \
-        for (r0 = 0; r0 < nrows; r0 += CN_CL_F32_ROWS) {                                   \
-            const ptrdiff_t r1 = nrows - r0 < CN_CL_F32_ROWS ? nrows : r0 + CN_CL_F32_ROWS; \
-            for (k = 0; k < KB; k++) a1[k] = a2[k] = CN_FN(cl_zf_##w)();                          \
-            for (r = r0; r < r1; r++)                                                      \
-                for (k = 0; k < KB; k++) {                                                 \
-                    const VT g = CN_CL_F32_DY(w, WW, r, k);                                   \
-                    a1[k] += g;                                                            \
-                    a2[k] += g * (LDF(w, x + r * ld + c + k * WW, 1) + nh[k]);             \
-                }                                                                          \
+        for (k = 0; k < KB; k++) {                                                         \
+            nh[k] = LDP(w, fnh + c - cb + k * WW);                                         \
+            a1[k] = LDP(w, p1 + c - cb + k * WW);                                          \
+            a2[k] = LDP(w, p2 + c - cb + k * WW);                                          \
+        }                                                                                  \
+        for (r = t0; r < t1; r++)                                                          \
             for (k = 0; k < KB; k++) {                                                     \
-                CN_FN(cl_addf_##w)(s_dy + c + k * WW, a1[k]);                              \
-                CN_FN(cl_addf_##w)(s_dyd + c + k * WW, a2[k]);                             \
+                const VT g = CN_CL_F32_DY(w, WW, r, k);                                    \
+                a1[k] += g;                                                                \
+                a2[k] += g * (LDF(w, x + r * ld + c + k * WW, 1) + nh[k]);                 \
             }                                                                              \
+        for (k = 0; k < KB; k++) {                                                         \
+            STP(w, p1 + c - cb + k * WW, a1[k]);                                           \
+            STP(w, p2 + c - cb + k * WW, a2[k]);                                           \
         }                                                                                  \
     }
 
@@ -343,37 +449,57 @@ CN_CL_F32_LOOP void CN_FN(cl_grad_sums_f32)(double* CN_RESTRICT s_dy, double* CN
                                       ptrdiff_t ld, ptrdiff_t nrows, const double* mean,
                                       ptrdiff_t n, int first)
 {
-    CN_CL_F32_LAYOUTS(CN_CL_F32_SUMS, 4);
+    float p1[CN_CL_F32_TC], p2[CN_CL_F32_TC], fnh[CN_CL_F32_TC];
+#define CN_CL_F32_SUMS_TILES                                                               \
+    CN_CL_F32_TILES(CN_CL_F32_SUMS, 4, CN_CL_F32_COEFS(fnh, mean, -),                      \
+                    CN_CL_F32_ZERO(p1); CN_CL_F32_ZERO(p2),                                \
+                    CN_CL_F32_FLUSH(s_dy, p1); CN_CL_F32_FLUSH(s_dyd, p2))
+    if (first & 1) {
+        const ptrdiff_t os = 1, oc = nrows;
+        CN_CL_F32_SUMS_TILES;
+    } else {
+        const ptrdiff_t os = ld, oc = 1;
+        CN_CL_F32_SUMS_TILES;
+    }
+#undef CN_CL_F32_SUMS_TILES
 }
 
 /* dx = (alpha[c] * dy + beta[c] * (x - hi[c])) + gamma[c], every factor as a float; KB
    (1 to 3) vectors, their coefficients named (in arrays GCC keeps them on the stack) */
-#define CN_CL_F32_DX(w, VT, WW, i, g, al, be, ga, nh)                                      \
-    CN_FN(cl_stf_##w)(dx + (i), ((al) * (g) + (be) * (LDF(w, x + (i), 1) + (nh))) + (ga))
+#define CN_CL_F32_DX(w, S, i, g, al, be, ga, nh)                                           \
+    CN_FN(S##_##w)(dx + (i), ((al) * (g) + (be) * (LDF(w, x + (i), 1) + (nh))) + (ga))
 #define CN_CL_F32_GRAD(KB, w, VT, WW)                                                      \
     {                                                                                      \
+        CN_CL_F32_GRAD_ROWS(KB, w, VT, WW, cl_stf)                                         \
+    }
+#define CN_CL_F32_GRAD_NT(KB, w, VT, WW)                                                   \
+    {                                                                                      \
+        CN_CL_F32_GRAD_ROWS(KB, w, VT, WW, cl_stnt)                                        \
+    }
+#define CN_CL_F32_GRAD_ROWS(KB, w, VT, WW, STORE)                                          \
+    {                                                                                      \
         ptrdiff_t r;                                                                       \
-        const VT al0 = CVF(w, alpha + c), be0 = CVF(w, beta + c);                          \
-        const VT ga0 = CVF(w, gamma + c), nh0 = -CVF(w, mean + c);                         \
-        const VT al1 = KB > 1 ? CVF(w, alpha + c + WW) : al0;                              \
-        const VT be1 = KB > 1 ? CVF(w, beta + c + WW) : be0;                               \
-        const VT ga1 = KB > 1 ? CVF(w, gamma + c + WW) : ga0;                              \
-        const VT nh1 = KB > 1 ? -CVF(w, mean + c + WW) : nh0;                              \
-        const VT al2 = KB > 2 ? CVF(w, alpha + c + 2 * WW) : al0;                          \
-        const VT be2 = KB > 2 ? CVF(w, beta + c + 2 * WW) : be0;                           \
-        const VT ga2 = KB > 2 ? CVF(w, gamma + c + 2 * WW) : ga0;                          \
-        const VT nh2 = KB > 2 ? -CVF(w, mean + c + 2 * WW) : nh0;                          \
-        for (r = 0; r < nrows; r++) {                                                      \
+        const VT al0 = LDP(w, fal + c - cb), be0 = LDP(w, fbe + c - cb);                   \
+        const VT ga0 = LDP(w, fga + c - cb), nh0 = LDP(w, fnh + c - cb);                   \
+        const VT al1 = KB > 1 ? LDP(w, fal + c - cb + WW) : al0;                           \
+        const VT be1 = KB > 1 ? LDP(w, fbe + c - cb + WW) : be0;                           \
+        const VT ga1 = KB > 1 ? LDP(w, fga + c - cb + WW) : ga0;                           \
+        const VT nh1 = KB > 1 ? LDP(w, fnh + c - cb + WW) : nh0;                           \
+        const VT al2 = KB > 2 ? LDP(w, fal + c - cb + 2 * WW) : al0;                       \
+        const VT be2 = KB > 2 ? LDP(w, fbe + c - cb + 2 * WW) : be0;                       \
+        const VT ga2 = KB > 2 ? LDP(w, fga + c - cb + 2 * WW) : ga0;                       \
+        const VT nh2 = KB > 2 ? LDP(w, fnh + c - cb + 2 * WW) : nh0;                       \
+        for (r = t0; r < t1; r++) {                                                        \
             const ptrdiff_t i = r * ld + c;                                                \
             const VT g0 = CN_CL_F32_DY(w, WW, r, 0);                                       \
-            CN_CL_F32_DX(w, VT, WW, i, g0, al0, be0, ga0, nh0);                            \
+            CN_CL_F32_DX(w, STORE, i, g0, al0, be0, ga0, nh0);                            \
             if (KB > 1) {                                                                  \
                 const VT g1 = CN_CL_F32_DY(w, WW, r, 1);                                   \
-                CN_CL_F32_DX(w, VT, WW, i + WW, g1, al1, be1, ga1, nh1);                   \
+                CN_CL_F32_DX(w, STORE, i + WW, g1, al1, be1, ga1, nh1);                   \
             }                                                                              \
             if (KB > 2) {                                                                  \
                 const VT g2 = CN_CL_F32_DY(w, WW, r, 2);                                   \
-                CN_CL_F32_DX(w, VT, WW, i + 2 * WW, g2, al2, be2, ga2, nh2);               \
+                CN_CL_F32_DX(w, STORE, i + 2 * WW, g2, al2, be2, ga2, nh2);               \
             }                                                                              \
         }                                                                                  \
     }
@@ -381,9 +507,29 @@ CN_CL_F32_LOOP void CN_FN(cl_grad_sums_f32)(double* CN_RESTRICT s_dy, double* CN
 CN_CL_F32_LOOP void CN_FN(cl_grad_f32)(float* CN_RESTRICT dx, const float* CN_RESTRICT dy,
                                  const float* CN_RESTRICT x, ptrdiff_t ld, ptrdiff_t nrows,
                                  const double* alpha, const double* beta, const double* gamma,
-                                 const double* mean, ptrdiff_t n, int first)
+                                 const double* mean, ptrdiff_t n, int first, int stream)
 {
-    CN_CL_F32_LAYOUTS(CN_CL_F32_GRAD, 3);
+    float fal[CN_CL_F32_TC], fbe[CN_CL_F32_TC], fga[CN_CL_F32_TC], fnh[CN_CL_F32_TC];
+    const int nt = CN_CL_F32_CAN_STREAM(dx);
+#define CN_CL_F32_GRAD_TILES                                                               \
+    if (nt)                                                                                \
+        CN_CL_F32_GRAD_TILES_OF(CN_CL_F32_GRAD_NT, CN_CL_F32_NT_KB);                       \
+    else                                                                                   \
+        CN_CL_F32_GRAD_TILES_OF(CN_CL_F32_GRAD, 3)
+#define CN_CL_F32_GRAD_TILES_OF(BODY, KB)                                                  \
+    CN_CL_F32_TILES(BODY, KB,                                                              \
+                    CN_CL_F32_COEFS(fal, alpha, ); CN_CL_F32_COEFS(fbe, beta, );           \
+                    CN_CL_F32_COEFS(fga, gamma, ); CN_CL_F32_COEFS(fnh, mean, -),          \
+                    CN_CL_F32_NOTHING, CN_CL_F32_NOTHING)
+    if (first & 1) {
+        const ptrdiff_t os = 1, oc = nrows;
+        CN_CL_F32_GRAD_TILES;
+    } else {
+        const ptrdiff_t os = ld, oc = 1;
+        CN_CL_F32_GRAD_TILES;
+    }
+#undef CN_CL_F32_GRAD_TILES
+#undef CN_CL_F32_GRAD_TILES_OF
 }
 #endif
 
@@ -401,7 +547,32 @@ CN_CL_F32_LOOP void CN_FN(cl_grad_f32)(float* CN_RESTRICT dx, const float* CN_RE
 #undef LDF
 #undef CVF
 #undef CN_CL_F32_BLOCKS
-#undef CN_CL_F32_LAYOUTS
+#undef LDP
+#undef STP
+#undef cl_ldp_v
+#undef cl_stp_v
+#undef CN_CL_F32_TR
+#undef CN_CL_F32_TC
+#undef CN_CL_F32_TILES
+#undef CN_CL_F32_ZERO
+#undef CN_CL_F32_FLUSH
+#undef CN_CL_F32_COEFS
+#undef CN_CL_F32_NOTHING
+#undef CN_CL_F32_TILED
+#undef CN_CL_F32_CVF_nh
+#undef CN_CL_F32_CVF_sc
+#undef CN_CL_F32_CVF_be
+#undef CN_CL_F32_CONVERTED
+#undef CN_CL_F32_NT
+#undef CN_CL_F32_NT_KB
+#undef cl_stnt_v
+#undef cl_stnt_1
+#undef CN_CL_F32_CAN_STREAM
+#undef CN_CL_F32_YST
+#undef CN_CL_F32_AFFINE_NT
+#undef CN_CL_F32_AFFINE_ROWS
+#undef CN_CL_F32_GRAD_NT
+#undef CN_CL_F32_GRAD_ROWS
 #undef CN_CL_F32_DY
 #undef CN_CL_F32_SUMS
 #undef CN_CL_F32_XSUMS
