@@ -187,6 +187,17 @@ CN_CL_INLINE void CN_FN(cl_addf_1)(double* s, float v) { *s += (double)v; }
         for (; c + FW <= n; c += FW) BODY(1, v, F8, FW)                                    \
         for (; c < n; c++) BODY(1, 1, float, 1)                                            \
     } while (0)
+/* STMT with dy's strides: os between rows, oc between channels (first & 1: channels-first) */
+#define CN_CL_F32_DY_LAYOUTS(STMT)                                                         \
+    do {                                                                                   \
+        if (first & 1) {                                                                   \
+            const ptrdiff_t os = 1, oc = nrows;                                            \
+            STMT;                                                                          \
+        } else {                                                                           \
+            const ptrdiff_t os = ld, oc = 1;                                               \
+            STMT;                                                                          \
+        }                                                                                  \
+    } while (0)
 #define CN_CL_F32_DY(w, WW, r, k) LDF(w, dy + (r) * os + (c + (k) * WW) * oc, oc)
 
 #if CN_VEC
@@ -233,7 +244,7 @@ CN_CL_INLINE void CN_FN(cl_stp_1)(float* p, float v) { *p = v; }
    FLUSH: before and after each row block. */
 #define CN_CL_F32_TR ((ptrdiff_t)16)
 #define CN_CL_F32_TC ((ptrdiff_t)256)
-#define CN_CL_F32_TILES(BODY, KB, TILE, ZERO, FLUSH)                                       \
+#define CN_CL_F32_TILES(BODY, KB, ST_, TILE, ZERO, FLUSH)                                     \
     do {                                                                                   \
         ptrdiff_t cb, r0, t0, c;                                                           \
         for (cb = 0; cb < n; cb += CN_CL_F32_TC) {                                         \
@@ -244,9 +255,9 @@ CN_CL_INLINE void CN_FN(cl_stp_1)(float* p, float v) { *p = v; }
                 ZERO;                                                                      \
                 for (t0 = r0; t0 < r1; t0 += CN_CL_F32_TR) {                               \
                     const ptrdiff_t t1 = r1 - t0 < CN_CL_F32_TR ? r1 : t0 + CN_CL_F32_TR;  \
-                    for (c = cb; c + KB * FW <= ce; c += KB * FW) BODY(KB, v, F8, FW)      \
-                    for (; c + FW <= ce; c += FW) BODY(1, v, F8, FW)                       \
-                    for (; c < ce; c++) BODY(1, 1, float, 1)                               \
+                    for (c = cb; c + KB * FW <= ce; c += KB * FW) BODY(KB, v, F8, FW, ST_) \
+                    for (; c + FW <= ce; c += FW) BODY(1, v, F8, FW, ST_)                  \
+                    for (; c < ce; c++) BODY(1, 1, float, 1, ST_)                          \
                 }                                                                          \
                 FLUSH;                                                                     \
             }                                                                              \
@@ -272,7 +283,7 @@ CN_CL_INLINE void CN_FN(cl_stp_1)(float* p, float v) { *p = v; }
    CN_CL_F32_ROWS rows per channel, each block's sums then added to the float64 ones */
 
 /* pass 1: s[c] += sum of x[r, c] */
-#define CN_CL_F32_XSUMS(KB, w, VT, WW)                                                     \
+#define CN_CL_F32_XSUMS(KB, w, VT, WW, S)                                                    \
     {                                                                                      \
         ptrdiff_t k, r;                                                                    \
         VT a[KB];                                                                          \
@@ -286,12 +297,13 @@ CN_CL_F32_LOOP void CN_FN(cl_sums_f32)(double* CN_RESTRICT s, const ST* CN_RESTR
                                        ptrdiff_t ld, ptrdiff_t nrows, ptrdiff_t n)
 {
     float p1[CN_CL_F32_TC];
-    CN_CL_F32_TILES(CN_CL_F32_XSUMS, 4, CN_CL_F32_NOTHING, CN_CL_F32_ZERO(p1),
+    CN_CL_F32_TILES(CN_CL_F32_XSUMS, 4, cl_stf, CN_CL_F32_NOTHING, CN_CL_F32_ZERO(p1),
                     CN_CL_F32_FLUSH(s, p1));
 }
 
-/* pass 2: d = x - hi[c] (hi = (float)shift[c], x + (-hi)); s1[c] += d, s2[c] += d * d */
-#define CN_CL_F32_DEVS(KB, w, VT, WW)                                                      \
+/* the shared body of pass 2 and of the backward's sums: p1[c] += P, p2[c] += P * Q over the
+   tile's rows, P and Q the expressions of row r, vector k (nh[k] = -hi of the channels) */
+#define CN_CL_F32_PAIR_SUMS(KB, w, VT, WW, P, Q)                                           \
     {                                                                                      \
         ptrdiff_t k, r;                                                                    \
         VT nh[KB], a1[KB], a2[KB];                                                         \
@@ -302,22 +314,26 @@ CN_CL_F32_LOOP void CN_FN(cl_sums_f32)(double* CN_RESTRICT s, const ST* CN_RESTR
         }                                                                                  \
         for (r = t0; r < t1; r++)                                                          \
             for (k = 0; k < KB; k++) {                                                     \
-                const VT d = LDF(w, x + r * ld + c + k * WW, 1) + nh[k];                   \
-                a1[k] += d;                                                                \
-                a2[k] += d * d;                                                            \
+                const VT p_ = (P);                                                         \
+                a1[k] += p_;                                                               \
+                a2[k] += p_ * (Q);                                                         \
             }                                                                              \
         for (k = 0; k < KB; k++) {                                                         \
             STP(w, p1 + c - cb + k * WW, a1[k]);                                           \
             STP(w, p2 + c - cb + k * WW, a2[k]);                                           \
         }                                                                                  \
     }
+#define CN_CL_F32_XDEV(w, WW) (LDF(w, x + r * ld + c + k * WW, 1) + nh[k])
+
+/* pass 2: d = x - hi[c] (hi = (float)shift[c], x + (-hi)); s1[c] += d, s2[c] += d * d */
+#define CN_CL_F32_DEVS(KB, w, VT, WW, S) CN_CL_F32_PAIR_SUMS(KB, w, VT, WW, CN_CL_F32_XDEV(w, WW), p_)
 
 CN_CL_F32_LOOP void CN_FN(cl_devs_f32)(double* CN_RESTRICT s1, double* CN_RESTRICT s2,
                                        const ST* CN_RESTRICT x, ptrdiff_t ld,
                                        ptrdiff_t nrows, const double* shift, ptrdiff_t n)
 {
     float p1[CN_CL_F32_TC], p2[CN_CL_F32_TC], fnh[CN_CL_F32_TC];
-    CN_CL_F32_TILES(CN_CL_F32_DEVS, 4, CN_CL_F32_COEFS(fnh, shift, -),
+    CN_CL_F32_TILES(CN_CL_F32_DEVS, 4, cl_stf, CN_CL_F32_COEFS(fnh, shift, -),
                     CN_CL_F32_ZERO(p1); CN_CL_F32_ZERO(p2),
                     CN_CL_F32_FLUSH(s1, p1); CN_CL_F32_FLUSH(s2, p2));
 }
@@ -345,15 +361,7 @@ CN_CL_F32_LOOP void CN_FN(cl_devs_f32)(double* CN_RESTRICT s1, double* CN_RESTRI
 #define CN_CL_F32_CVF_sc(w, o) CVF(w, scale + c + (o))
 #define CN_CL_F32_CVF_be(w, o) CVF(w, beta + c + (o))
 #define CN_CL_F32_CONVERTED(w, name, o) CN_CL_F32_CVF_##name(w, o)
-#define CN_CL_F32_AFFINE(KB, w, VT, WW)                                                    \
-    {                                                                                      \
-        CN_CL_F32_AFFINE_ROWS(KB, w, VT, WW, cl_stf)                                       \
-    }
-#define CN_CL_F32_AFFINE_NT(KB, w, VT, WW)                                                 \
-    {                                                                                      \
-        CN_CL_F32_AFFINE_ROWS(KB, w, VT, WW, cl_stnt)                                      \
-    }
-#define CN_CL_F32_AFFINE_ROWS(KB, w, VT, WW, STORE)                                        \
+#define CN_CL_F32_AFFINE(KB, w, VT, WW, STORE)                                             \
     {                                                                                      \
         ptrdiff_t r;                                                                       \
         CN_CL_F32_AFFINE_COEFS(KB, w, VT, WW, CN_CL_F32_TILED);                            \
@@ -379,15 +387,15 @@ CN_CL_F32_LOOP void CN_FN(cl_affine_f32)(ST* CN_RESTRICT y, const ST* CN_RESTRIC
                                          int stream)
 {
     float fnh[CN_CL_F32_TC], fsc[CN_CL_F32_TC], fbe[CN_CL_F32_TC];
-#define CN_CL_F32_AFFINE_TILES(BODY, KB)                                                   \
-    CN_CL_F32_TILES(BODY, KB,                                                              \
+#define CN_CL_F32_AFFINE_TILES(KB, STORE)                                                  \
+    CN_CL_F32_TILES(CN_CL_F32_AFFINE, KB, STORE,                                           \
                     CN_CL_F32_COEFS(fnh, mean, -); CN_CL_F32_COEFS(fsc, scale, );          \
                     CN_CL_F32_COEFS(fbe, beta, ),                                          \
                     CN_CL_F32_NOTHING, CN_CL_F32_NOTHING)
     if (CN_CL_F32_CAN_STREAM(y))
-        CN_CL_F32_AFFINE_TILES(CN_CL_F32_AFFINE_NT, CN_CL_F32_NT_KB);
+        CN_CL_F32_AFFINE_TILES(CN_CL_F32_NT_KB, cl_stnt);
     else
-        CN_CL_F32_AFFINE_TILES(CN_CL_F32_AFFINE, 3);
+        CN_CL_F32_AFFINE_TILES(3, cl_stf);
 #undef CN_CL_F32_AFFINE_TILES
 }
 
@@ -423,26 +431,8 @@ CN_CL_F32_LOOP void CN_FN(cl_affine_first_f32)(ST* CN_RESTRICT y, const ST* CN_R
 
 #if !CN_HALF   /* the backward: float32 storage only */
 /* s_dy[c] += sum of dy, s_dyd[c] += sum of dy * (x - hi[c]), blocks of CN_CL_F32_ROWS */
-#define CN_CL_F32_SUMS(KB, w, VT, WW)                                                      \
-    {                                                                                      \
-        ptrdiff_t k, r;                                                                    \
-        VT nh[KB], a1[KB], a2[KB];                                                         \
-        for (k = 0; k < KB; k++) {                                                         \
-            nh[k] = LDP(w, fnh + c - cb + k * WW);                                         \
-            a1[k] = LDP(w, p1 + c - cb + k * WW);                                          \
-            a2[k] = LDP(w, p2 + c - cb + k * WW);                                          \
-        }                                                                                  \
-        for (r = t0; r < t1; r++)                                                          \
-            for (k = 0; k < KB; k++) {                                                     \
-                const VT g = CN_CL_F32_DY(w, WW, r, k);                                    \
-                a1[k] += g;                                                                \
-                a2[k] += g * (LDF(w, x + r * ld + c + k * WW, 1) + nh[k]);                 \
-            }                                                                              \
-        for (k = 0; k < KB; k++) {                                                         \
-            STP(w, p1 + c - cb + k * WW, a1[k]);                                           \
-            STP(w, p2 + c - cb + k * WW, a2[k]);                                           \
-        }                                                                                  \
-    }
+#define CN_CL_F32_SUMS(KB, w, VT, WW, S)                                                   \
+    CN_CL_F32_PAIR_SUMS(KB, w, VT, WW, CN_CL_F32_DY(w, WW, r, k), CN_CL_F32_XDEV(w, WW))
 
 CN_CL_F32_LOOP void CN_FN(cl_grad_sums_f32)(double* CN_RESTRICT s_dy, double* CN_RESTRICT s_dyd,
                                       const float* CN_RESTRICT dy, const float* CN_RESTRICT x,
@@ -451,16 +441,10 @@ CN_CL_F32_LOOP void CN_FN(cl_grad_sums_f32)(double* CN_RESTRICT s_dy, double* CN
 {
     float p1[CN_CL_F32_TC], p2[CN_CL_F32_TC], fnh[CN_CL_F32_TC];
 #define CN_CL_F32_SUMS_TILES                                                               \
-    CN_CL_F32_TILES(CN_CL_F32_SUMS, 4, CN_CL_F32_COEFS(fnh, mean, -),                      \
+    CN_CL_F32_TILES(CN_CL_F32_SUMS, 4, cl_stf, CN_CL_F32_COEFS(fnh, mean, -),              \
                     CN_CL_F32_ZERO(p1); CN_CL_F32_ZERO(p2),                                \
                     CN_CL_F32_FLUSH(s_dy, p1); CN_CL_F32_FLUSH(s_dyd, p2))
-    if (first & 1) {
-        const ptrdiff_t os = 1, oc = nrows;
-        CN_CL_F32_SUMS_TILES;
-    } else {
-        const ptrdiff_t os = ld, oc = 1;
-        CN_CL_F32_SUMS_TILES;
-    }
+    CN_CL_F32_DY_LAYOUTS(CN_CL_F32_SUMS_TILES);
 #undef CN_CL_F32_SUMS_TILES
 }
 
@@ -468,15 +452,7 @@ CN_CL_F32_LOOP void CN_FN(cl_grad_sums_f32)(double* CN_RESTRICT s_dy, double* CN
    (1 to 3) vectors, their coefficients named (in arrays GCC keeps them on the stack) */
 #define CN_CL_F32_DX(w, S, i, g, al, be, ga, nh)                                           \
     CN_FN(S##_##w)(dx + (i), ((al) * (g) + (be) * (LDF(w, x + (i), 1) + (nh))) + (ga))
-#define CN_CL_F32_GRAD(KB, w, VT, WW)                                                      \
-    {                                                                                      \
-        CN_CL_F32_GRAD_ROWS(KB, w, VT, WW, cl_stf)                                         \
-    }
-#define CN_CL_F32_GRAD_NT(KB, w, VT, WW)                                                   \
-    {                                                                                      \
-        CN_CL_F32_GRAD_ROWS(KB, w, VT, WW, cl_stnt)                                        \
-    }
-#define CN_CL_F32_GRAD_ROWS(KB, w, VT, WW, STORE)                                          \
+#define CN_CL_F32_GRAD(KB, w, VT, WW, STORE)                                               \
     {                                                                                      \
         ptrdiff_t r;                                                                       \
         const VT al0 = LDP(w, fal + c - cb), be0 = LDP(w, fbe + c - cb);                   \
@@ -513,21 +489,15 @@ CN_CL_F32_LOOP void CN_FN(cl_grad_f32)(float* CN_RESTRICT dx, const float* CN_RE
     const int nt = CN_CL_F32_CAN_STREAM(dx);
 #define CN_CL_F32_GRAD_TILES                                                               \
     if (nt)                                                                                \
-        CN_CL_F32_GRAD_TILES_OF(CN_CL_F32_GRAD_NT, CN_CL_F32_NT_KB);                       \
+        CN_CL_F32_GRAD_TILES_OF(CN_CL_F32_NT_KB, cl_stnt);                                 \
     else                                                                                   \
-        CN_CL_F32_GRAD_TILES_OF(CN_CL_F32_GRAD, 3)
-#define CN_CL_F32_GRAD_TILES_OF(BODY, KB)                                                  \
-    CN_CL_F32_TILES(BODY, KB,                                                              \
+        CN_CL_F32_GRAD_TILES_OF(3, cl_stf)
+#define CN_CL_F32_GRAD_TILES_OF(KB, STORE)                                                 \
+    CN_CL_F32_TILES(CN_CL_F32_GRAD, KB, STORE,                                             \
                     CN_CL_F32_COEFS(fal, alpha, ); CN_CL_F32_COEFS(fbe, beta, );           \
                     CN_CL_F32_COEFS(fga, gamma, ); CN_CL_F32_COEFS(fnh, mean, -),          \
                     CN_CL_F32_NOTHING, CN_CL_F32_NOTHING)
-    if (first & 1) {
-        const ptrdiff_t os = 1, oc = nrows;
-        CN_CL_F32_GRAD_TILES;
-    } else {
-        const ptrdiff_t os = ld, oc = 1;
-        CN_CL_F32_GRAD_TILES;
-    }
+    CN_CL_F32_DY_LAYOUTS(CN_CL_F32_GRAD_TILES);
 #undef CN_CL_F32_GRAD_TILES
 #undef CN_CL_F32_GRAD_TILES_OF
 }
@@ -569,14 +539,13 @@ CN_CL_F32_LOOP void CN_FN(cl_grad_f32)(float* CN_RESTRICT dx, const float* CN_RE
 #undef cl_stnt_1
 #undef CN_CL_F32_CAN_STREAM
 #undef CN_CL_F32_YST
-#undef CN_CL_F32_AFFINE_NT
-#undef CN_CL_F32_AFFINE_ROWS
-#undef CN_CL_F32_GRAD_NT
-#undef CN_CL_F32_GRAD_ROWS
 #undef CN_CL_F32_DY
+#undef CN_CL_F32_DY_LAYOUTS
 #undef CN_CL_F32_SUMS
 #undef CN_CL_F32_XSUMS
 #undef CN_CL_F32_DEVS
+#undef CN_CL_F32_PAIR_SUMS
+#undef CN_CL_F32_XDEV
 #undef CN_CL_F32_Y
 #undef CN_CL_F32_YAT
 #undef CN_CL_F32_AFFINE_COEFS
