@@ -472,8 +472,7 @@ CN_HLOOP void CN_FN(cl_grad)(ST* CN_RESTRICT dx, const ST* CN_RESTRICT dy,
 {
 #if !CN_HALF && CN_T_BYTES == 4
     if (!(first & CN_CL_WIDE)) {
-        CN_FN(cl_grad_f32)(dx, dy, x, ld, nrows, alpha, beta, gamma, mean, n, first,
-                           first & CN_CL_STREAM);
+        CN_FN(cl_grad_f32)(dx, dy, x, ld, nrows, alpha, beta, gamma, mean, n, first);
         return;
     }
 #endif

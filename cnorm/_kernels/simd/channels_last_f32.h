@@ -483,10 +483,10 @@ CN_CL_F32_LOOP void CN_FN(cl_grad_sums_f32)(double* CN_RESTRICT s_dy, double* CN
 CN_CL_F32_LOOP void CN_FN(cl_grad_f32)(float* CN_RESTRICT dx, const float* CN_RESTRICT dy,
                                  const float* CN_RESTRICT x, ptrdiff_t ld, ptrdiff_t nrows,
                                  const double* alpha, const double* beta, const double* gamma,
-                                 const double* mean, ptrdiff_t n, int first, int stream)
+                                 const double* mean, ptrdiff_t n, int first)
 {
     float fal[CN_CL_F32_TC], fbe[CN_CL_F32_TC], fga[CN_CL_F32_TC], fnh[CN_CL_F32_TC];
-    const int nt = CN_CL_F32_CAN_STREAM(dx);
+    const int stream = first & CN_CL_STREAM, nt = CN_CL_F32_CAN_STREAM(dx);
 #define CN_CL_F32_GRAD_TILES                                                               \
     if (nt)                                                                                \
         CN_CL_F32_GRAD_TILES_OF(CN_CL_F32_NT_KB, cl_stnt);                                 \
