@@ -1,6 +1,5 @@
-from .common cimport STREAM_MIN_RUN, ExactStats, floating, split_start
+from .common cimport STREAM_MIN_RUN, ExactStats, floating, split_start, streams
 from .pool cimport aligned_block
-from .simd.loops cimport cn_stream_min_bytes
 
 # The description of one batch-norm call (Job) with its per-channel coefficients, and
 # the walks over the row segments of an (N, C, S) batch: declarations of batch_norm.pyx.
@@ -152,7 +151,6 @@ cdef inline void thread_share(const Job* j, int t, int n_threads, Py_ssize_t* st
     stop[0] = split_start(total, t + 1, n_threads)
 
 
-cdef inline bint use_stream(const Job* j, size_t itemsize) noexcept nogil:
-    cdef Py_ssize_t E = j.N * j.C * j.S
-    return (E * <Py_ssize_t>itemsize >= cn_stream_min_bytes
+cdef inline bint use_stream(const Job* j, size_t itemsize, bint gradient) noexcept nogil:
+    return (streams(j.N * j.C * j.S * <Py_ssize_t>itemsize, gradient)
             and (j.S == 1 or j.S >= STREAM_MIN_RUN))    # (N, C): rows grouped (_row_group)

@@ -153,7 +153,7 @@ cdef void _normalize(const floating* x, Job* j) noexcept nogil:
             st = &j.exact[c]            # the statistics of x * scale
             split_mean(st.mean_s, &hi[c], &lo[c])
             scale[c] = <floating>(st.rstd_s * (weight[c] if weight != NULL else 1.0))
-    j.stream = use_stream(j, 2 if j.kind else sizeof(floating))     # half: 2-byte bits
+    j.stream = use_stream(j, 2 if j.kind else sizeof(floating), False)   # half: 2-byte bits
     _group_rows(j, False)
     parallel(_normalize_half[floating] if j.kind else _normalize_work[floating], x, j,
              j.threads_x)
@@ -236,7 +236,8 @@ cdef void _backward(const floating* x, void* job) noexcept nogil:
         j.in_sum_dy_xhat = j.sum_dy_xhat
     if j.out == NULL:
         return
-    j.stream = use_stream(j, 2 if j.kind else sizeof(floating))     # half: 2-byte bits
+    # half: 2-byte bits; the eval dx without a ReLU mask reads dy alone, as a forward
+    j.stream = use_stream(j, 2 if j.kind else sizeof(floating), j.training or j.ym != NULL)
     if not j.training and j.ym == NULL:
         # running statistics: dx = dy * w * invstd, a per-channel scaling of dy (x unread,
         # so that a NaN in x does not leak into dx): the normalize pass on dy

@@ -59,7 +59,7 @@ from libc.stdint cimport uint16_t
 from libc.stdlib cimport calloc, free
 
 from .common cimport (check_array, check_dims, compute_typenum, data_or_null, empty_1d,
-                      input_typenum, run_threads, split_start)
+                      input_typenum, run_threads, split_start, streams)
 from .openmp cimport n_threads_for
 
 cnp.import_array()
@@ -428,16 +428,16 @@ cdef int _narrow_coefficients(double* gamma, const double* beta, const double* a
 # ---------------------------------------------------------------------------------------
 
 cdef int _job(Job* j, object x, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,
-              Py_ssize_t S, int kind) except -1:
+              Py_ssize_t S, int kind, bint gradient) except -1:
     """Sizes, the thread count, the item split and the scratch of a call (x checked)."""
     compute_typenum(x, kind)
     check_array(x, N * G * Cg * S, cnp.NPY_UINT16 if kind else cnp.PyArray_TYPE(x), False,
                 "input")
     j.kind = kind
     j.N, j.G, j.Cg, j.S, j.C = N, G, Cg, S, G * Cg
-    # the float32 loops stream an output of cn_stream_min_bytes or more (as batch_norm.pyx)
+    # the float32 loops stream large outputs (common.streams; gradient: dx, which reads x, dy)
     j.stream = (CL_STREAM if kind == 0 and cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT
-                and N * G * Cg * S * 4 >= cn_stream_min_bytes else 0)
+                and streams(N * G * Cg * S * 4, gradient) else 0)
     cdef int n_threads = n_threads_for(N * G * Cg * S)
     # fewer samples than threads: cut each sample's groups into blocks too
     j.blocks = 1 if N >= n_threads else min(G, (n_threads + N - 1) // N)
@@ -467,7 +467,7 @@ def group_norm_forward(cnp.ndarray x not None, tuple dims, weight, bias, double 
         rstd.fill(float("nan"))
         var.fill(float("nan"))
         return empty_1d(0, input_typenum(x, "input")), mean, rstd, var
-    cdef int n_threads = _job(&j, x, N, G, Cg, S, kind)
+    cdef int n_threads = _job(&j, x, N, G, Cg, S, kind, False)
     cdef int typenum = compute_typenum(x, kind)
     try:
         check_array(weight, j.C, typenum, False, "weight")
@@ -504,7 +504,7 @@ def group_norm_backward(cnp.ndarray dy not None, cnp.ndarray x not None, tuple d
     cdef Py_ssize_t C = G * Cg
     if N * G * Cg * S == 0:     # empty rows: zero parameter gradients
         return empty_1d(0, input_typenum(x, "input")), np.zeros(C), np.zeros(C)
-    cdef int n_threads = _job(&j, x, N, G, Cg, S, kind)
+    cdef int n_threads = _job(&j, x, N, G, Cg, S, kind, True)
     cdef int typenum = compute_typenum(x, kind)
     try:
         check_array(dy, N * C * S, cnp.NPY_UINT16 if kind else typenum, False, "grad_output")

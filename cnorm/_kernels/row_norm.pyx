@@ -37,7 +37,7 @@ from .common cimport (BLOCK, MAX_CHUNKS, MAX_WIDE_CHUNKS, STREAM_MIN_RUN, ExactS
                       check_dims, chunk_size, compute_typenum, data_or_null, empty_1d, empty_like,
                       exact_stats, f64_stats_unsafe, finite, floating, input_typenum, run_threads,
                       scaled_copy, segment_stats, split_mean, split_start, stage_in, stage_out,
-                      sum_g_xhat, sum_partials, sum_squares)
+                      streams, sum_g_xhat, sum_partials, sum_squares)
 from .openmp cimport n_threads_for
 from .simd.loops cimport (affine, bn_grad_sums, cn_prefetch, cn_stream_fence, gn_grad_segment, ln_grad_row,
                           ln_grad_rows, ln_grad_sums, ln_grad_sums2, ln_row, ln_rows, residual_add)
@@ -118,8 +118,9 @@ cdef struct RowJob:         # one call on x: C-contiguous (M, D) rows of the inp
     float* stage            # scratch (n_threads, STAGE_ROWS, D) float32 rows (kind != 0)
 
 
-cdef inline bint _use_stream(Py_ssize_t n_elements, Py_ssize_t run, size_t itemsize) noexcept nogil:
-    return n_elements * <Py_ssize_t>itemsize >= cn_stream_min_bytes and run >= STREAM_MIN_RUN
+cdef inline bint _use_stream(Py_ssize_t n_elements, Py_ssize_t run, size_t itemsize,
+                             bint gradient) noexcept nogil:
+    return streams(n_elements * <Py_ssize_t>itemsize, gradient) and run >= STREAM_MIN_RUN
 
 
 cdef inline Py_ssize_t _storage_size(const RowJob* j) noexcept nogil:
@@ -416,7 +417,7 @@ cdef tuple _forward_job(RowJob* j, cnp.ndarray x, res, Py_ssize_t M, Py_ssize_t 
     cdef cnp.ndarray s = empty_like(x) if res is not None else None
     cdef cnp.ndarray mean = empty_1d(M, cnp.NPY_DOUBLE), rstd = empty_1d(M, cnp.NPY_DOUBLE)
     _start(j, x, typenum, M, D, M * D)
-    j.stream = _use_stream(M * D, D, cnp.PyArray_ITEMSIZE(x))
+    j.stream = _use_stream(M * D, D, cnp.PyArray_ITEMSIZE(x), False)
     j.eps = eps
     j.center = center
     j.out = cnp.PyArray_DATA(y)
@@ -490,7 +491,7 @@ cdef tuple _backward_job(RowJob* j, cnp.ndarray dy, cnp.ndarray x, Py_ssize_t M,
     if j.part == NULL:
         raise MemoryError()
     j.tmp = <char*>j.part + j.n_chunks * D * 2 * sizeof(double)
-    j.stream = _use_stream(M * D, D, itemsize)
+    j.stream = _use_stream(M * D, D, itemsize, True)    # dx: reads x and dy
     j.out = cnp.PyArray_DATA(dx)
     j.dy = cnp.PyArray_DATA(dy)
     j.mean = <double*>data_or_null(mean)

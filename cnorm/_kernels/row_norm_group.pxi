@@ -182,7 +182,7 @@ cdef void _group_job(RowJob* j, cnp.ndarray x, int typenum, Py_ssize_t N, Py_ssi
     j.G = G
     j.Cg = Cg
     j.S = S
-    j.stream = _use_stream(N * G * Cg * S, S, cnp.PyArray_ITEMSIZE(x))
+    j.stream = _use_stream(N * G * Cg * S, S, cnp.PyArray_ITEMSIZE(x), reads >= 2)
 
 
 def group_norm_forward(cnp.ndarray x not None, Py_ssize_t N, Py_ssize_t G, Py_ssize_t Cg,

@@ -295,8 +295,9 @@ __attribute__((target("avx2"))) static CN_INLINE __m256i cn_bf16x16_round(__m256
 
 /* outputs of at least this many bytes are written with non-temporal stores: input and
    output then exceed a typical L3 (an 8 MB output still fits with its input in 32 MB and
-   gets slower streamed; 12 MB and up got 15-25% faster here). CNORM_STREAM_MIN_BYTES
-   overrides, 0 disables. */
+   gets slower streamed; 12 MB and up got 15-25% faster here). An input gradient, whose
+   pass also reads x and dy, streams from half this size (common.pxd: streams).
+   CNORM_STREAM_MIN_BYTES overrides, 0 disables. */
 static ptrdiff_t cn_stream_min_bytes = (ptrdiff_t)10 << 20;
 
 /* Orders the non-temporal stores of this thread before what follows: once per thread
